@@ -1,0 +1,34 @@
+# `make demo` and `make test` each set up .venv on first use (Python ≥ 3.10).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS ?= tensorflow-cpu,jax,test
+OUT ?= runs/demo
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+.PHONY: demo test test-tf test-jax bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/keras-lowrank demo --output $(OUT)
+
+# Whole suite on TensorFlow, then the backend-neutral tests again on JAX.
+test: test-tf test-jax
+
+test-tf: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PYTEST)
+
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(PYTEST) -m backend_neutral
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/lr_layer_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

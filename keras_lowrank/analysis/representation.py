@@ -1,0 +1,177 @@
+"""Streaming rank measures of a model's layer outputs over a dataset.
+
+Per chosen layer, second moments are accumulated batch by batch — the scatter
+Σ (a − c)(a − c)ᵀ and Σ (a − c) around a fixed shift c (the first batch's mean,
+which avoids the cancellation of Σ a aᵀ − n μ μᵀ) — so memory is O(m²) per layer
+whatever the number of samples. The eigenvalues λ of the scatter give the
+singular values √λ of the (centred) activation matrix, and from them the ranks
+of METHODS.md §5.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from keras_lowrank.analysis._batches import iterate_inputs
+from keras_lowrank.analysis.ranks import (
+    effective_rank_from_singular_values,
+    stable_rank_from_singular_values,
+    variance_rank_from_singular_values,
+)
+
+
+@dataclasses.dataclass
+class RepresentationRanks:
+    """Spectrum and ranks of one layer's output over a dataset."""
+
+    layer: str
+    num_samples: int
+    num_features: int
+    singular_values: np.ndarray
+    effective_rank: float
+    stable_rank: float
+    variance_rank: int
+    threshold: float
+
+    def as_dict(self):
+        record = dataclasses.asdict(self)
+        record["singular_values"] = self.singular_values.tolist()
+        return record
+
+
+class _SecondMoments:
+    """Shifted second moments of the rows of successive (n_b × m) batches.
+
+    Accumulated in float64 numpy: sums over many batches of float32 products
+    lose the small eigenvalues that the variance rank depends on.
+    """
+
+    def __init__(self, center):
+        self.center = center
+        self.count = 0
+        self.shift = None
+        self.total = None
+        self.scatter = None
+
+    def update(self, batch):
+        batch = np.asarray(batch, dtype=np.float64)
+        if self.shift is None:
+            m = batch.shape[1]
+            self.shift = batch.mean(axis=0) if self.center else np.zeros(m)
+            self.total = np.zeros(m)
+            self.scatter = np.zeros((m, m))
+        shifted = batch - self.shift
+        self.count += len(batch)
+        self.total += shifted.sum(axis=0)
+        self.scatter += shifted.T @ shifted
+
+    def singular_values(self):
+        scatter = self.scatter
+        if self.center:
+            mean = self.total / self.count
+            scatter = scatter - self.count * np.outer(mean, mean)
+        eigenvalues = np.linalg.eigvalsh(scatter)[::-1]
+        return np.sqrt(np.clip(eigenvalues, 0.0, None))
+
+
+def resolve_layers(model, layers):
+    """Layer objects from names or layers; default: all but input layers."""
+    if layers is None:
+        return [
+            layer for layer in model.layers
+            if not isinstance(layer, keras.layers.InputLayer)
+        ]
+    if isinstance(layers, (str, keras.layers.Layer)):
+        layers = [layers]
+    names = [layer.name for layer in model.layers]
+    resolved = []
+    for layer in layers:
+        if isinstance(layer, str):
+            if layer not in names:
+                raise ValueError(
+                    f"`layers`: no layer named {layer!r} in model "
+                    f"{model.name!r}; its layers are {names}."
+                )
+            layer = model.get_layer(layer)
+        resolved.append(layer)
+    return resolved
+
+
+def feature_extractor(model, layers):
+    """A model from ``model``'s inputs to the outputs of ``layers``."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if not inputs:
+        raise ValueError(
+            "The model must be built on a known input (a functional model, or a "
+            "Sequential model starting with keras.Input) to read its layers."
+        )
+    return keras.Model(inputs, [layer.output for layer in layers])
+
+
+def representation_ranks(
+    model,
+    data,
+    layers=None,
+    threshold=0.99,
+    center=True,
+    flatten=True,
+    max_batches=None,
+    max_features=8192,
+):
+    """Spectra and ranks of the outputs of ``layers`` of ``model`` over ``data``.
+
+    Args:
+        model: a built Keras model.
+        data: tf.data.Dataset of (x, y) or x, an iterable of batches, or an array.
+        layers: layer names or layers (default: every non-input layer).
+        threshold: the fraction of variance for the variance rank.
+        center: subtract the mean activation (covariance spectrum, default) or
+            not (spectrum of the raw activation matrix).
+        flatten: flatten each sample's output (m = h·w·c for conv maps); if
+            False the last axis is the features and other positions are samples.
+        max_batches: stop after this many batches.
+        max_features: refuse layers wider than this (the scatter is m × m).
+
+    Returns:
+        dict layer name → ``RepresentationRanks``, in layer order.
+    """
+    layers = resolve_layers(model, layers)
+    for layer in layers:
+        shape = layer.output.shape
+        m = int(np.prod(shape[1:])) if flatten else shape[-1]
+        if m > max_features:
+            raise ValueError(
+                f"Layer {layer.name!r} has {m} features per sample (output "
+                f"{tuple(shape)}), more than max_features={max_features}; pass "
+                "flatten=False to measure channel vectors, or raise max_features."
+            )
+    extractor = feature_extractor(model, layers)
+    moments = [_SecondMoments(center) for _ in layers]
+    for x in iterate_inputs(data, max_batches=max_batches):
+        outputs = extractor.predict_on_batch(x)
+        if len(layers) == 1 and not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        for acc, out in zip(moments, outputs):
+            out = np.asarray(out)
+            out = out.reshape(len(out), -1) if flatten else out.reshape(-1, out.shape[-1])
+            acc.update(out)
+    if moments[0].count == 0:
+        raise ValueError("`data` yielded no batches.")
+    results = {}
+    for layer, acc in zip(layers, moments):
+        s = acc.singular_values()
+        results[layer.name] = RepresentationRanks(
+            layer=layer.name,
+            num_samples=acc.count,
+            num_features=len(s),
+            singular_values=s,
+            effective_rank=effective_rank_from_singular_values(s),
+            stable_rank=stable_rank_from_singular_values(s),
+            variance_rank=variance_rank_from_singular_values(s, threshold),
+            threshold=threshold,
+        )
+    return results

@@ -1,0 +1,194 @@
+"""Datasets as batched ``tf.data.Dataset`` of (image, label), images float32 in [0, 1].
+
+Offline and real (no download): ``"digits"`` — scikit-learn's bundled 8×8
+handwritten digits, a fixed stratified 75/25 split; ``"mnist1d"`` — MNIST-1D
+(Greydanus 2020) generated locally by the ``mnist1d`` package with its default
+arguments (4000 train / 1000 test signals of length 40, shaped (40, 1)).
+
+Through TensorFlow Datasets: ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``,
+``"cifar100"`` and ``"cifar10_corrupted/<corruption>_<severity>"`` (test split only).
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+OFFLINE_DATASETS = ("digits", "mnist1d")
+TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+CIFAR10_CORRUPTIONS = (
+    "brightness", "contrast", "defocus_blur", "elastic", "fog", "frost",
+    "frosted_glass_blur", "gaussian_blur", "gaussian_noise", "impulse_noise",
+    "jpeg_compression", "motion_blur", "pixelate", "saturate", "shot_noise",
+    "snow", "spatter", "speckle_noise", "zoom_blur",
+)
+CORRUPTED_PREFIX = "cifar10_corrupted/"
+_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
+            "cifar10_corrupted": 10}
+
+
+class DataUnavailableError(RuntimeError):
+    """The dataset is neither on disk nor downloadable from here."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a loaded split."""
+
+    name: str
+    split: str
+    input_shape: tuple
+    num_classes: int
+    num_examples: int
+
+
+def available_datasets():
+    """Every accepted ``name`` (corruptions as the pattern they follow)."""
+    return OFFLINE_DATASETS + TFDS_DATASETS + (
+        CORRUPTED_PREFIX + "<corruption>_<1..5>",
+    )
+
+
+def load(name, split="train", batch_size=128, shuffle=None, seed=0,
+         data_dir=None, download=True):
+    """Loads ``split`` of dataset ``name`` as a batched tf.data.Dataset.
+
+    Args:
+        name: one of ``available_datasets()``.
+        split: ``"train"`` or ``"test"`` (tfds datasets accept any tfds split
+            string, e.g. ``"train[:10%]"``).
+        batch_size: batch size (≥ 1).
+        shuffle: shuffle each epoch; default True for ``"train"``, else False.
+        seed: shuffling seed.
+        data_dir, download: passed to ``tfds.load`` for tfds datasets.
+
+    Returns:
+        ``(dataset, DatasetInfo)``.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an integer ≥ 1, got {batch_size!r}.")
+    if shuffle is None:
+        shuffle = split == "train"
+    if name in OFFLINE_DATASETS:
+        if split not in ("train", "test"):
+            raise ValueError(
+                f"`split` for {name!r} must be 'train' or 'test', got {split!r}."
+            )
+        x, y = (load_digits_arrays if name == "digits" else load_mnist1d_arrays)(split)
+        return _from_arrays(name, split, x, y, 10, batch_size, shuffle, seed)
+    tfds_name = _check_tfds_name(name)
+    return _load_tfds(name, tfds_name, split, batch_size, shuffle, seed,
+                      data_dir, download)
+
+
+def load_digits_arrays(split):
+    """Digits as (images (n, 8, 8, 1) float32 in [0, 1], labels int32)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype("float32")[..., None]
+    y = digits.target.astype("int32")
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.25, stratify=y, random_state=0
+    )
+    return (x_train, y_train) if split == "train" else (x_test, y_test)
+
+
+def _cache_dir():
+    return os.environ.get(
+        "KERAS_LOWRANK_CACHE",
+        os.path.join(os.path.expanduser("~"), ".cache", "keras_lowrank"),
+    )
+
+
+def load_mnist1d_arrays(split):
+    """MNIST-1D as (signals (n, 40, 1) float32 in [0, 1], labels int32).
+
+    The generator's standardised signals are mapped affinely to [0, 1] with the
+    minimum and maximum over both splits. Cached under ``$KERAS_LOWRANK_CACHE``
+    (default ``~/.cache/keras_lowrank``) since generation takes seconds.
+    """
+    path = os.path.join(_cache_dir(), "mnist1d_default.npz")
+    if not os.path.exists(path):
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        raw = make_dataset(get_dataset_args())
+        low = min(raw["x"].min(), raw["x_test"].min())
+        high = max(raw["x"].max(), raw["x_test"].max())
+        scale = lambda v: ((v - low) / (high - low)).astype("float32")[..., None]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + f".{os.getpid()}.tmp.npz"
+        np.savez(tmp, x=scale(raw["x"]), y=raw["y"].astype("int32"),
+                 x_test=scale(raw["x_test"]), y_test=raw["y_test"].astype("int32"))
+        os.replace(tmp, path)  # atomic: parallel test workers never see half a file
+    with np.load(path) as arrays:
+        if split == "train":
+            return arrays["x"], arrays["y"]
+        return arrays["x_test"], arrays["y_test"]
+
+
+def _from_arrays(name, split, x, y, num_classes, batch_size, shuffle, seed):
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    info = DatasetInfo(name, split, tuple(x.shape[1:]), num_classes, len(x))
+    return dataset, info
+
+
+def _check_tfds_name(name):
+    if name in TFDS_DATASETS:
+        return name
+    if isinstance(name, str) and name.startswith(CORRUPTED_PREFIX):
+        config = name[len(CORRUPTED_PREFIX):]
+        corruption, _, severity = config.rpartition("_")
+        if corruption in CIFAR10_CORRUPTIONS and severity in list("12345"):
+            return name
+        raise ValueError(
+            f"Unknown CIFAR-10-C config {config!r} in `name`: expected "
+            f"'<corruption>_<severity>' with severity 1..5 and corruption one of "
+            f"{', '.join(CIFAR10_CORRUPTIONS)}."
+        )
+    raise ValueError(
+        f"Unknown dataset name={name!r}; valid names are "
+        f"{', '.join(available_datasets())}."
+    )
+
+
+def _load_tfds(name, tfds_name, split, batch_size, shuffle, seed, data_dir,
+               download):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    try:
+        dataset, builder_info = tfds.load(
+            tfds_name, split=split, as_supervised=True, with_info=True,
+            data_dir=data_dir, download=download, shuffle_files=shuffle,
+        )
+    except (AssertionError, OSError) as error:
+        # tfds: AssertionError "could not find data" with download=False;
+        # OSError (requests' ConnectionError) when a download fails.
+        raise DataUnavailableError(
+            f"Dataset {name!r} (split {split!r}) is not in the TFDS data dir "
+            f"({data_dir or tfds.core.constants.DATA_DIR}) and could not be "
+            f"downloaded ({type(error).__name__}: {str(error)[:200]}). On a "
+            "machine with internet run `python -c \"import tensorflow_datasets "
+            f"as tfds; tfds.load('{tfds_name}')\"`, copy ~/tensorflow_datasets "
+            "here and pass data_dir= (or set TFDS_DATA_DIR). Offline datasets "
+            f"that need no download: {', '.join(OFFLINE_DATASETS)}."
+        ) from None
+
+    def to_unit_range(image, label):
+        return tf.cast(image, tf.float32) / 255.0, tf.cast(label, tf.int32)
+
+    dataset = dataset.map(to_unit_range, num_parallel_calls=tf.data.AUTOTUNE)
+    if shuffle:
+        dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    num_examples = builder_info.splits[split].num_examples
+    num_classes = _CLASSES[tfds_name.split("/")[0]]
+    shape = tuple(builder_info.features["image"].shape)
+    return dataset, DatasetInfo(name, split, shape, num_classes, num_examples)

@@ -1,0 +1,238 @@
+"""The LR layer of Sanyal et al., "Robustness via Deep Low-Rank Representations"
+(arXiv 1804.07090); formulas in ../shared/design/METHODS.md §1.
+
+A virtual layer attached to a representation a (batch × m). It carries W (m × m,
+held at rank r) and b (m). In the forward pass it returns a unchanged (or, on
+request, its projection) and adds two losses through Keras' loss mechanism:
+
+    projection loss  L_c = (1/n) Σ_i ‖ Wᵀ(a_i + b) − (a_i + b) ‖²
+    norm loss        L_n = (1/n) Σ_i | 1 − ‖a_i‖ |
+
+Every ``update_every`` training steps W is replaced by its best rank-r
+approximation (truncated SVD). Keras stores row vectors, so Wᵀ(a + b) is
+written ``(a + b) @ W`` below.
+"""
+
+import keras
+from keras import ops
+
+_OUTPUT_MODES = ("input", "projection")
+
+
+def truncate_to_rank(matrix, rank):
+    """Best rank-``rank`` approximation of a matrix (Eckart–Young, by SVD)."""
+    u, s, vt = ops.svd(matrix, full_matrices=False)
+    return ops.matmul(u[:, :rank] * s[:rank], vt[:rank, :])
+
+
+@keras.saving.register_keras_serializable(package="keras_lowrank")
+class LowRankProjection(keras.layers.Layer):
+    """Pushes the representation it is attached to into a rank-``rank`` subspace.
+
+    Args:
+        rank: target rank r of W, 1 ≤ r ≤ m (m = feature size).
+        projection_weight: λ_c, weight of the projection loss (≥ 0, default 1).
+        norm_weight: λ_n, weight of the norm loss (≥ 0, default 1).
+        update_every: W is hard-thresholded to rank r on the first training step
+            and then every ``update_every`` training steps (default 10).
+        output_mode: ``"input"`` (default) returns the input unchanged — the virtual
+            layer of the paper; ``"projection"`` returns Wᵀ(a + b) − b, the
+            representation as seen through the rank-r subspace.
+        flatten: if True (default) each sample's features are all its non-batch
+            axes flattened (m = h·w·c for a conv map, as in the paper); if False
+            the last axis holds the features and every other position is a sample
+            (m = c, per-pixel channel vectors).
+        kernel_initializer, bias_initializer: initializers of W and b.
+
+    The representation is compressed after training with ``encode`` (r
+    coefficients per sample) and ``decode`` (back to features).
+    """
+
+    def __init__(
+        self,
+        rank,
+        projection_weight=1.0,
+        norm_weight=1.0,
+        update_every=10,
+        output_mode="input",
+        flatten=True,
+        kernel_initializer="orthogonal",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise ValueError(
+                f"`rank` must be an integer ≥ 1, got rank={rank!r}."
+            )
+        for arg, value in (
+            ("projection_weight", projection_weight),
+            ("norm_weight", norm_weight),
+        ):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(
+                    f"`{arg}` must be a number ≥ 0, got {arg}={value!r}."
+                )
+        if not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(
+                "`update_every` must be an integer ≥ 1 (training steps between "
+                f"rank thresholdings), got update_every={update_every!r}."
+            )
+        if output_mode not in _OUTPUT_MODES:
+            raise ValueError(
+                f"`output_mode` must be one of {_OUTPUT_MODES}, got "
+                f"output_mode={output_mode!r}."
+            )
+        self.rank = rank
+        self.projection_weight = float(projection_weight)
+        self.norm_weight = float(norm_weight)
+        self.update_every = update_every
+        self.output_mode = output_mode
+        self.flatten = bool(flatten)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.supports_masking = True
+
+    # ------------------------------------------------------------------ build
+    def _feature_size(self, input_shape):
+        if len(input_shape) < 2:
+            raise ValueError(
+                "LowRankProjection expects inputs of rank ≥ 2 (batch, features"
+                f"...), got input shape {tuple(input_shape)}."
+            )
+        dims = input_shape[1:] if self.flatten else input_shape[-1:]
+        if any(d is None for d in dims):
+            raise ValueError(
+                "LowRankProjection needs the feature dimensions to be known, got "
+                f"input shape {tuple(input_shape)} (flatten={self.flatten})."
+            )
+        size = 1
+        for d in dims:
+            size *= d
+        return size
+
+    def build(self, input_shape):
+        m = self._feature_size(input_shape)
+        if self.rank > m:
+            raise ValueError(
+                f"`rank` must be ≤ the feature size m={m} of the input "
+                f"{tuple(input_shape)}, got rank={self.rank}."
+            )
+        self.features = m
+        self.kernel = self.add_weight(
+            name="kernel", shape=(m, m), initializer=self.kernel_initializer
+        )
+        self.bias = self.add_weight(
+            name="bias", shape=(m,), initializer=self.bias_initializer
+        )
+        # Keras' JAX trainer keeps only *non-trainable* state assigned inside
+        # `call`, so the hard threshold is stored as a non-trainable correction:
+        # W = kernel + threshold_correction. The optimizer moves `kernel`;
+        # thresholding sets the correction so that W is exactly rank r.
+        self.threshold_correction = self.add_weight(
+            name="threshold_correction",
+            shape=(m, m),
+            initializer="zeros",
+            trainable=False,
+        )
+        self.steps = self.add_weight(
+            name="steps", shape=(), initializer="zeros", dtype="int64",
+            trainable=False,
+        )
+
+    # ----------------------------------------------------------------- public
+    @property
+    def projection_matrix(self):
+        """W (m × m): the current projection matrix."""
+        return self.kernel + self.threshold_correction
+
+    def threshold(self):
+        """Sets W to its best rank-r approximation now (e.g. after training)."""
+        w = self.projection_matrix
+        self.threshold_correction.assign(truncate_to_rank(w, self.rank) - self.kernel)
+
+    def encode(self, inputs):
+        """Features → r coefficients: (a + b) U_r diag(s_r), with W = U S Vᵀ."""
+        u, s, _ = ops.svd(self.projection_matrix, full_matrices=False)
+        a = self._as_matrix(ops.convert_to_tensor(inputs, self.compute_dtype))
+        return ops.matmul(a + self.bias, u[:, : self.rank] * s[: self.rank])
+
+    def decode(self, coefficients, shape=None):
+        """r coefficients → features: c V_rᵀ − b (reshaped to ``shape`` if given)."""
+        _, _, vt = ops.svd(self.projection_matrix, full_matrices=False)
+        a = ops.matmul(coefficients, vt[: self.rank, :]) - self.bias
+        return a if shape is None else ops.reshape(a, shape)
+
+    def projection_loss(self, inputs):
+        """L_c = mean_i ‖Wᵀ(a_i + b) − (a_i + b)‖² (unweighted)."""
+        a = self._as_matrix(inputs)
+        return self._projection_loss(a + self.bias, self.projection_matrix)
+
+    def norm_loss(self, inputs):
+        """L_n = mean_i |1 − ‖a_i‖| (unweighted)."""
+        return self._norm_loss(self._as_matrix(inputs))
+
+    # ------------------------------------------------------------------- call
+    def call(self, inputs, training=None):
+        a = self._as_matrix(inputs)
+        w = self._training_projection_matrix() if training else self.projection_matrix
+        shifted = a + self.bias
+        if self.projection_weight:
+            self.add_loss(self.projection_weight * self._projection_loss(shifted, w))
+        if self.norm_weight:
+            self.add_loss(self.norm_weight * self._norm_loss(a))
+        if self.output_mode == "input":
+            return inputs
+        return ops.reshape(ops.matmul(shifted, w) - self.bias, ops.shape(inputs))
+
+    def _training_projection_matrix(self):
+        """Thresholds W when a step is due; returns W with d W / d kernel = I."""
+        due = ops.equal(ops.mod(self.steps, self.update_every), 0)
+        correction = ops.cond(
+            due,
+            lambda: truncate_to_rank(self.projection_matrix, self.rank) - self.kernel,
+            lambda: ops.convert_to_tensor(self.threshold_correction),
+        )
+        correction = ops.stop_gradient(correction)
+        self.threshold_correction.assign(correction)
+        self.steps.assign_add(ops.cast(1, "int64"))
+        return self.kernel + correction
+
+    def _as_matrix(self, x):
+        if self.flatten:
+            return ops.reshape(x, (-1, self.features))
+        return ops.reshape(x, (-1, ops.shape(x)[-1]))
+
+    @staticmethod
+    def _projection_loss(shifted, w):
+        residual = ops.matmul(shifted, w) - shifted
+        return ops.mean(ops.sum(ops.square(residual), axis=-1))
+
+    @staticmethod
+    def _norm_loss(a):
+        # max(·, tiny) keeps the gradient finite for an all-zero feature vector.
+        norms = ops.sqrt(ops.maximum(ops.sum(ops.square(a), axis=-1), 1e-12))
+        return ops.mean(ops.abs(1.0 - norms))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "rank": self.rank,
+                "projection_weight": self.projection_weight,
+                "norm_weight": self.norm_weight,
+                "update_every": self.update_every,
+                "output_mode": self.output_mode,
+                "flatten": self.flatten,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+            }
+        )
+        return config

@@ -1,0 +1,183 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_lowrank import LowRankProjection
+
+pytestmark = pytest.mark.backend_neutral
+
+
+def numpy_losses(a, w, b):
+    """L_c and L_n of METHODS §1 written independently in column-vector form."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    shifted = (a + b).T                       # m × n, columns a_i + b
+    residual = w.T @ shifted - shifted        # Wᵀ(a_i + b) − (a_i + b)
+    l_c = np.mean(np.sum(residual**2, axis=0))
+    l_n = np.mean(np.abs(1 - np.linalg.norm(a, axis=1)))
+    return l_c, l_n
+
+
+def best_rank(w, r):
+    u, s, vt = np.linalg.svd(w)
+    return (u[:, :r] * s[:r]) @ vt[:r]
+
+
+def lr_model(input_shape, **kwargs):
+    inputs = keras.Input(input_shape)
+    features = keras.layers.Dense(12, activation="relu", name="features")(inputs)
+    projected = LowRankProjection(name="lr", **kwargs)(features)
+    return keras.Model(inputs, keras.layers.Dense(3)(projected))
+
+
+def weights_of(layer):
+    return (keras.ops.convert_to_numpy(layer.projection_matrix).astype(np.float64),
+            keras.ops.convert_to_numpy(layer.bias).astype(np.float64))
+
+
+@pytest.mark.parametrize("shape,flatten", [((6,), True), ((4, 4, 3), True),
+                                           ((4, 4, 3), False)])
+def test_losses_match_formula_and_output_is_input(rng, shape, flatten):
+    layer = LowRankProjection(2, projection_weight=0.7, norm_weight=1.9,
+                              flatten=flatten, bias_initializer="random_normal")
+    x = rng.normal(size=(5,) + shape).astype("float32")
+    y = layer(x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(y), x)
+    w, b = weights_of(layer)
+    a = x.reshape(-1, shape[-1]) if not flatten else x
+    l_c, l_n = numpy_losses(a, w, b)
+    got = [float(keras.ops.convert_to_numpy(v)) for v in layer.losses]
+    np.testing.assert_allclose(got, [0.7 * l_c, 1.9 * l_n], rtol=2e-5)
+
+
+def test_projection_output_and_compression_round_trip(rng):
+    layer = LowRankProjection(3, output_mode="projection",
+                              bias_initializer="random_normal")
+    x = rng.normal(size=(7, 10)).astype("float32")
+    layer(x)  # build
+    w, b = weights_of(layer)
+    expected = (x + b) @ w - b
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected,
+                               atol=1e-5)
+    layer.threshold()
+    w, b = weights_of(layer)
+    coefficients = layer.encode(x)
+    assert tuple(coefficients.shape) == (7, 3)
+    decoded = keras.ops.convert_to_numpy(layer.decode(coefficients))
+    np.testing.assert_allclose(decoded, (x + b) @ w - b, atol=1e-4)
+
+
+def test_threshold_is_the_best_rank_r_approximation(rng):
+    layer = LowRankProjection(4, kernel_initializer="random_normal")
+    layer.build((None, 9))
+    before, _ = weights_of(layer)
+    layer.threshold()
+    after, _ = weights_of(layer)
+    np.testing.assert_allclose(after, best_rank(before, 4), atol=1e-5)
+    assert np.linalg.matrix_rank(after, tol=1e-4) == 4
+
+
+def test_fit_thresholds_on_first_step_and_every_k_steps(rng):
+    # With lr = 0 the optimizer leaves the kernel alone, so W after fit is the
+    # first step's threshold of the initial W; the counter counts train steps.
+    model = lr_model((5,), rank=3, update_every=4, kernel_initializer="random_normal")
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    layer = model.get_layer("lr")
+    initial, _ = weights_of(layer)
+    x, y = rng.normal(size=(24, 5)), rng.normal(size=(24, 3))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    w, _ = weights_of(layer)
+    np.testing.assert_allclose(w, best_rank(initial, 3), atol=1e-5)
+    assert int(keras.ops.convert_to_numpy(layer.steps)) == 6
+
+
+def test_fit_trains_kernel_then_thresholds_it(rng):
+    model = lr_model((5,), rank=2, update_every=3)
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    layer = model.get_layer("lr")
+    x, y = rng.normal(size=(32, 5)), rng.normal(size=(32, 3))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)  # steps 0..7, thresholds at 0, 3, 6
+    trained, _ = weights_of(layer)
+    assert np.linalg.matrix_rank(trained, tol=1e-6) > 2  # the kernel moved after step 6
+    model.optimizer.learning_rate.assign(0.0)
+    model.fit(x[:8], y[:8], batch_size=4, epochs=1, verbose=0)  # steps 8, 9: thresholds at 9
+    w, _ = weights_of(layer)
+    np.testing.assert_allclose(w, best_rank(trained, 2), atol=1e-5)
+
+
+def test_losses_enter_fit_loss(rng):
+    model = lr_model((5,), rank=2, projection_weight=2.0, norm_weight=3.0)
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    x, y = rng.normal(size=(8, 5)).astype("float32"), rng.normal(size=(8, 3))
+    layer = model.get_layer("lr")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # thresholds W once
+    evaluated = model.evaluate(x, y, batch_size=8, verbose=0)
+    features = keras.Model(model.inputs, model.get_layer("features").output).predict(x, verbose=0)
+    w, b = weights_of(layer)
+    l_c, l_n = numpy_losses(features, w, b)
+    mse = np.mean((model.predict(x, verbose=0) - y) ** 2)
+    np.testing.assert_allclose(evaluated, mse + 2 * l_c + 3 * l_n, rtol=1e-4)
+
+
+def test_norm_loss_gradient_finite_for_zero_features():
+    layer = LowRankProjection(1)
+    x = keras.ops.zeros((3, 4))
+    layer(x)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        x = tf.Variable(np.zeros((3, 4), "float32"))
+        with tf.GradientTape() as tape:
+            loss = layer.norm_loss(x) + layer.projection_loss(x)
+        grad = tape.gradient(loss, x).numpy()
+    else:
+        import jax
+        grad = np.asarray(jax.grad(lambda v: layer.norm_loss(v) + layer.projection_loss(v))(
+            np.zeros((3, 4), "float32")))
+    assert np.all(np.isfinite(grad))
+
+
+def test_save_load_round_trip(tmp_path, rng):
+    model = lr_model((5,), rank=2, update_every=2, output_mode="projection")
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    x, y = rng.normal(size=(16, 5)).astype("float32"), rng.normal(size=(16, 3))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    path = tmp_path / "lr.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    layer, twin = model.get_layer("lr"), loaded.get_layer("lr")
+    assert twin.get_config() == layer.get_config()
+    for v, u in zip(layer.weights, twin.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), keras.ops.convert_to_numpy(u))
+    np.testing.assert_allclose(model.evaluate(x, y, verbose=0), loaded.evaluate(x, y, verbose=0),
+                               rtol=1e-6)
+
+
+def test_jit_compiled_fit(rng):
+    model = lr_model((5,), rank=2, update_every=2)
+    model.compile(keras.optimizers.Adam(1e-2), "mse", jit_compile=True)
+    x, y = rng.normal(size=(32, 5)), rng.normal(size=(32, 3))
+    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert int(keras.ops.convert_to_numpy(model.get_layer("lr").steps)) == 12
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"rank": 0}, "`rank`"), ({"rank": 2.5}, "`rank`"),
+     ({"rank": 2, "projection_weight": -1}, "`projection_weight`"),
+     ({"rank": 2, "norm_weight": -0.1}, "`norm_weight`"),
+     ({"rank": 2, "update_every": 0}, "`update_every`"),
+     ({"rank": 2, "output_mode": "coefficients"}, "`output_mode`")],
+)
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LowRankProjection(**kwargs)
+
+
+def test_bad_input_shapes_are_named():
+    with pytest.raises(ValueError, match="`rank` must be ≤ the feature size m=6"):
+        LowRankProjection(7).build((None, 6))
+    with pytest.raises(ValueError, match="rank ≥ 2"):
+        LowRankProjection(1).build((6,))
+    with pytest.raises(ValueError, match="known"):
+        LowRankProjection(1).build((None, None))
