@@ -184,11 +184,13 @@ def _load_tfds(name, tfds_name, split, batch_size, shuffle, seed, data_dir,
     def to_unit_range(image, label):
         return tf.cast(image, tf.float32) / 255.0, tf.cast(label, tf.int32)
 
+    num_examples = int(dataset.cardinality())
+    if num_examples < 0:  # unknown cardinality: fall back on the split metadata
+        num_examples = builder_info.splits[split].num_examples
     dataset = dataset.map(to_unit_range, num_parallel_calls=tf.data.AUTOTUNE)
     if shuffle:
         dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    num_examples = builder_info.splits[split].num_examples
     num_classes = _CLASSES[tfds_name.split("/")[0]]
     shape = tuple(builder_info.features["image"].shape)
     return dataset, DatasetInfo(name, split, shape, num_classes, num_examples)

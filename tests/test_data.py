@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from keras_lowrank import data
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+
+def collect(dataset):
+    xs, ys = zip(*dataset.as_numpy_iterator())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_digits_split_is_fixed_stratified_and_in_unit_range():
+    from sklearn.datasets import load_digits
+
+    train, info = data.load("digits", "train", batch_size=100)
+    test, test_info = data.load("digits", "test", batch_size=100)
+    x_train, y_train = collect(train)
+    x_test, y_test = collect(test)
+    assert info.input_shape == (8, 8, 1) and info.num_classes == 10
+    assert len(x_train) + len(x_test) == len(load_digits().target) == 1797
+    assert (info.num_examples, test_info.num_examples) == (len(x_train), len(x_test))
+    assert x_train.dtype == np.float32 and 0 <= x_train.min() and x_train.max() <= 1
+    # stratified: class proportions agree within one example per class
+    assert np.abs(np.bincount(y_train) / 3 - np.bincount(y_test)).max() <= 1.5
+    # the split is fixed and the test set is the same samples every time
+    again, _ = collect(data.load("digits", "test", batch_size=7)[0])
+    np.testing.assert_array_equal(np.sort(again.reshape(len(again), -1), 0),
+                                  np.sort(x_test.reshape(len(x_test), -1), 0))
+    # and it is the digits themselves: every test image is a sklearn image / 16
+    reference = {img.tobytes() for img in (load_digits().images / 16).astype("float32")}
+    assert all(img[..., 0].tobytes() in reference for img in x_test)
+
+
+def test_mnist1d_shapes_and_range(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_LOWRANK_CACHE", str(tmp_path))
+    train, info = data.load("mnist1d", "train", batch_size=500)
+    x, y = collect(train)
+    assert info.input_shape == (40, 1) and x.shape == (4000, 40, 1)
+    assert x.min() >= 0 and x.max() <= 1 and set(np.unique(y)) == set(range(10))
+    assert (tmp_path / "mnist1d_default.npz").exists()
+    x_test, _ = collect(data.load("mnist1d", "test")[0])
+    assert x_test.shape == (1000, 40, 1) and x_test.min() >= 0 and x_test.max() <= 1
+
+
+@pytest.mark.parametrize("name,shape,classes", [("mnist", (28, 28, 1), 10),
+                                                ("cifar100", (32, 32, 3), 100)])
+def test_tfds_datasets_with_mock_data(name, shape, classes):
+    with tfds.testing.mock_data(num_examples=12):
+        dataset, info = data.load(name, "train", batch_size=5)
+        x, y = collect(dataset)
+    assert info.input_shape == shape and info.num_classes == classes
+    assert x.shape == (12,) + shape and x.dtype == np.float32
+    assert 0 <= x.min() and x.max() <= 1 and y.dtype == np.int32
+
+
+def test_cifar10_corrupted_with_mock_data():
+    with tfds.testing.mock_data(num_examples=6):
+        dataset, info = data.load("cifar10_corrupted/gaussian_noise_3", "test")
+        x, _ = collect(dataset)
+    assert x.shape == (6, 32, 32, 3) and info.num_classes == 10
+
+
+def test_missing_tfds_data_says_how_to_fix(tmp_path):
+    with pytest.raises(data.DataUnavailableError, match="data_dir=.*TFDS_DATA_DIR"):
+        data.load("fashion_mnist", data_dir=str(tmp_path), download=False)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"name": "imagenet"}, "valid names are digits, mnist1d"),
+    ({"name": "cifar10_corrupted/fog_6"}, "severity 1..5"),
+    ({"name": "cifar10_corrupted/rain_1"}, "corruption one of"),
+    ({"name": "digits", "split": "validation"}, "`split`"),
+    ({"name": "digits", "batch_size": 0}, "`batch_size`"),
+])
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        data.load(**kwargs)

@@ -1,0 +1,56 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_lowrank import analysis
+
+pytestmark = pytest.mark.backend_neutral
+
+
+def conv_model():
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.Flatten(name="flat")(x)
+    x = keras.layers.Dense(5, name="dense")(x)
+    return keras.Model(inputs, x)
+
+
+def test_streaming_equals_full_matrix(rng):
+    model = conv_model()
+    x = (rng.normal(size=(100, 6, 6, 2)) + 3.0).astype("float32")  # large mean
+    results = analysis.representation_ranks(model, x, layers=["conv", "dense"])
+    assert list(results) == ["conv", "dense"]
+    full = keras.Model(model.inputs, [model.get_layer("conv").output,
+                                      model.get_layer("dense").output]).predict(x, verbose=0)
+    for name, acts in zip(["conv", "dense"], full):
+        a = acts.reshape(100, -1).astype(np.float64)
+        s = np.linalg.svd(a - a.mean(0), compute_uv=False)
+        got = results[name]
+        assert got.num_samples == 100 and got.num_features == a.shape[1]
+        np.testing.assert_allclose(got.singular_values[: len(s)], s, rtol=1e-4, atol=1e-3)
+        assert got.variance_rank == analysis.variance_rank_from_singular_values(s, 0.99)
+        assert got.effective_rank == pytest.approx(
+            analysis.effective_rank_from_singular_values(s), rel=1e-3)
+
+
+def test_dataset_batches_uncentred_and_channel_mode(rng):
+    import tensorflow as tf
+
+    model = conv_model()
+    x = rng.normal(size=(64, 6, 6, 2)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, np.zeros(64))).batch(10)
+    res = analysis.representation_ranks(model, data, layers="conv", center=False,
+                                        flatten=False)["conv"]
+    acts = keras.Model(model.inputs, model.get_layer("conv").output).predict(x, verbose=0)
+    expected = np.linalg.svd(acts.reshape(-1, 4), compute_uv=False)
+    assert res.num_samples == 64 * 16 and res.num_features == 4
+    np.testing.assert_allclose(res.singular_values, expected, rtol=1e-4)
+
+
+def test_layer_errors():
+    model = conv_model()
+    with pytest.raises(ValueError, match="no layer named 'nope'.*conv"):
+        analysis.representation_ranks(model, np.zeros((2, 6, 6, 2)), layers=["nope"])
+    with pytest.raises(ValueError, match="max_features"):
+        analysis.representation_ranks(model, np.zeros((2, 6, 6, 2)), layers=["conv"],
+                                      max_features=10)
