@@ -1,0 +1,5 @@
+import sys
+
+from keras_lowrank.cli import main
+
+sys.exit(main())
