@@ -6,7 +6,7 @@ from keras_lowrank.layers import LowRankProjection
 
 
 def small_cnn(input_shape=(8, 8, 1), num_classes=10, feature_dim=64,
-              lr_rank=None, lr_kwargs=None, seed=0):
+              lr_rank=None, lr_kwargs=None, seed=0, filters=(16, 32)):
     """Conv(16)–Conv(32)–Dense(feature_dim, "features")[–LR]–Dense(classes).
 
     Works for images (h, w, c) and signals (length, c). With ``lr_rank`` a
@@ -17,8 +17,9 @@ def small_cnn(input_shape=(8, 8, 1), num_classes=10, feature_dim=64,
     init = lambda k: keras.initializers.GlorotUniform(seed=seed + k)
     layers = [
         keras.Input(input_shape),
-        conv(16, 3, padding="same", activation="relu", kernel_initializer=init(0)),
-        conv(32, 3, strides=2, padding="same", activation="relu",
+        conv(filters[0], 3, padding="same", activation="relu",
+             kernel_initializer=init(0)),
+        conv(filters[1], 3, strides=2, padding="same", activation="relu",
              kernel_initializer=init(1)),
         keras.layers.Flatten(),
         keras.layers.Dense(feature_dim, activation="relu", name="features",

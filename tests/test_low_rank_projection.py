@@ -76,6 +76,28 @@ def test_threshold_is_the_best_rank_r_approximation(rng):
     assert np.linalg.matrix_rank(after, tol=1e-4) == 4
 
 
+@pytest.mark.parametrize("m,r", [(64, 5), (200, 12)])
+def test_randomized_threshold_matches_exact_svd(rng, m, r):
+    # As in training: rank r plus the drift of a few gradient steps.
+    layer = LowRankProjection(r, svd="auto")
+    layer.build((None, m))
+    assert layer.randomized
+    low = rng.normal(size=(m, r)) @ rng.normal(size=(r, m))
+    drifted = low + 1e-2 * rng.normal(size=(m, m))
+    layer.kernel.assign(drifted.astype("float32"))
+    layer.threshold()
+    w, _ = weights_of(layer)
+    best = best_rank(drifted, r)
+    assert np.linalg.norm(w - best) <= 1e-4 * np.linalg.norm(best)
+    assert np.linalg.matrix_rank(w, tol=1e-3 * np.linalg.norm(w, 2)) == r
+
+
+def test_auto_uses_exact_svd_where_it_is_cheaper():
+    layer = LowRankProjection(8)
+    layer.build((None, 30))   # r + 10 = 18 ≥ 30 / 2
+    assert not layer.randomized and len(layer.non_trainable_weights) == 2
+
+
 def test_fit_thresholds_on_first_step_and_every_k_steps(rng):
     # With lr = 0 the optimizer leaves the kernel alone, so W after fit is the
     # first step's threshold of the initial W; the counter counts train steps.
@@ -167,7 +189,8 @@ def test_jit_compiled_fit(rng):
      ({"rank": 2, "projection_weight": -1}, "`projection_weight`"),
      ({"rank": 2, "norm_weight": -0.1}, "`norm_weight`"),
      ({"rank": 2, "update_every": 0}, "`update_every`"),
-     ({"rank": 2, "output_mode": "coefficients"}, "`output_mode`")],
+     ({"rank": 2, "output_mode": "coefficients"}, "`output_mode`"),
+     ({"rank": 2, "svd": "lanczos"}, "`svd`")],
 )
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):

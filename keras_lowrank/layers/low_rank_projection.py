@@ -17,12 +17,29 @@ import keras
 from keras import ops
 
 _OUTPUT_MODES = ("input", "projection")
+_SVD_MODES = ("auto", "exact", "randomized")
+_OVERSAMPLING = 10
 
 
 def truncate_to_rank(matrix, rank):
     """Best rank-``rank`` approximation of a matrix (Eckart–Young, by SVD)."""
     u, s, vt = ops.svd(matrix, full_matrices=False)
     return ops.matmul(u[:, :rank] * s[:rank], vt[:rank, :])
+
+
+def randomized_truncate_to_rank(matrix, rank, sketch, power_iterations=2):
+    """Rank-``rank`` approximation by a randomized range finder (Halko, Martinsson
+    & Tropp 2011, Alg. 4.4): Q spans W Ω after power iterations, then the SVD of
+    the small Qᵀ W. O(m² k) for k = sketch columns instead of O(m³); the authors
+    of the LR layer likewise use an approximate SVD. Keras has no randomized SVD,
+    hence this function.
+    """
+    q, _ = ops.qr(ops.matmul(matrix, sketch))
+    for _ in range(power_iterations):
+        q, _ = ops.qr(ops.matmul(ops.transpose(matrix), q))
+        q, _ = ops.qr(ops.matmul(matrix, q))
+    u, s, vt = ops.svd(ops.matmul(ops.transpose(q), matrix), full_matrices=False)
+    return ops.matmul(ops.matmul(q, u[:, :rank]) * s[:rank], vt[:rank, :])
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
@@ -35,6 +52,10 @@ class LowRankProjection(keras.layers.Layer):
         norm_weight: λ_n, weight of the norm loss (≥ 0, default 1).
         update_every: W is hard-thresholded to rank r on the first training step
             and then every ``update_every`` training steps (default 10).
+        svd: how W is thresholded: ``"exact"`` (full SVD, O(m³)),
+            ``"randomized"`` (randomized range finder with r + 10 columns and two
+            power iterations, O(m² r)), or ``"auto"`` (default: randomized when
+            r + 10 < m / 2, i.e. where it is cheaper).
         output_mode: ``"input"`` (default) returns the input unchanged — the virtual
             layer of the paper; ``"projection"`` returns Wᵀ(a + b) − b, the
             representation as seen through the rank-r subspace.
@@ -56,6 +77,7 @@ class LowRankProjection(keras.layers.Layer):
         update_every=10,
         output_mode="input",
         flatten=True,
+        svd="auto",
         kernel_initializer="orthogonal",
         bias_initializer="zeros",
         **kwargs,
@@ -83,7 +105,10 @@ class LowRankProjection(keras.layers.Layer):
                 f"`output_mode` must be one of {_OUTPUT_MODES}, got "
                 f"output_mode={output_mode!r}."
             )
+        if svd not in _SVD_MODES:
+            raise ValueError(f"`svd` must be one of {_SVD_MODES}, got svd={svd!r}.")
         self.rank = rank
+        self.svd = svd
         self.projection_weight = float(projection_weight)
         self.norm_weight = float(norm_weight)
         self.update_every = update_every
@@ -135,6 +160,16 @@ class LowRankProjection(keras.layers.Layer):
             initializer="zeros",
             trainable=False,
         )
+        sketch_columns = min(m, self.rank + _OVERSAMPLING)
+        self.randomized = self.svd == "randomized" or (
+            self.svd == "auto" and sketch_columns < m / 2
+        )
+        if self.randomized:
+            # A fixed Gaussian test matrix Ω for the range finder.
+            self.sketch = self.add_weight(
+                name="sketch", shape=(m, sketch_columns), trainable=False,
+                initializer=keras.initializers.RandomNormal(seed=m),
+            )
         self.steps = self.add_weight(
             name="steps", shape=(), initializer="zeros", dtype="int64",
             trainable=False,
@@ -148,8 +183,14 @@ class LowRankProjection(keras.layers.Layer):
 
     def threshold(self):
         """Sets W to its best rank-r approximation now (e.g. after training)."""
-        w = self.projection_matrix
-        self.threshold_correction.assign(truncate_to_rank(w, self.rank) - self.kernel)
+        self.threshold_correction.assign(
+            self._truncate(self.projection_matrix) - self.kernel
+        )
+
+    def _truncate(self, w):
+        if self.randomized:
+            return randomized_truncate_to_rank(w, self.rank, self.sketch)
+        return truncate_to_rank(w, self.rank)
 
     def encode(self, inputs):
         """Features → r coefficients: (a + b) U_r diag(s_r), with W = U S Vᵀ."""
@@ -187,13 +228,16 @@ class LowRankProjection(keras.layers.Layer):
 
     def _training_projection_matrix(self):
         """Thresholds W when a step is due; returns W with d W / d kernel = I."""
+        # Gradients are stopped on the branch inputs: nothing differentiates
+        # through QR/SVD, and the kept correction is returned bit for bit.
+        kernel = ops.stop_gradient(self.kernel)
+        correction = ops.stop_gradient(self.threshold_correction)
         due = ops.equal(ops.mod(self.steps, self.update_every), 0)
         correction = ops.cond(
             due,
-            lambda: truncate_to_rank(self.projection_matrix, self.rank) - self.kernel,
-            lambda: ops.convert_to_tensor(self.threshold_correction),
+            lambda: self._truncate(kernel + correction) - kernel,
+            lambda: correction,
         )
-        correction = ops.stop_gradient(correction)
         self.threshold_correction.assign(correction)
         self.steps.assign_add(ops.cast(1, "int64"))
         return self.kernel + correction
@@ -227,6 +271,7 @@ class LowRankProjection(keras.layers.Layer):
                 "update_every": self.update_every,
                 "output_mode": self.output_mode,
                 "flatten": self.flatten,
+                "svd": self.svd,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
