@@ -18,7 +18,7 @@ def build_parser():
     demo.add_argument("--rank", type=int, default=10, help="target rank of the LR layer")
     demo.add_argument("--projection-weight", type=float, default=4.0)
     demo.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2, 0.3])
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     return parser
 
 
@@ -37,7 +37,7 @@ def main(argv=None):
 
     run_demo(args.output, dataset=args.dataset, epochs=args.epochs, rank=args.rank,
              projection_weight=args.projection_weight, sigmas=args.sigmas,
-             seed=args.seed)
+             seeds=tuple(args.seeds))
     return 0
 
 

@@ -1,6 +1,7 @@
 """The main job: a small CNN on real data, with and without the LR layer.
 
-Trains both models with the same seed, then reports clean accuracy, the ranks
+Trains both models with the same seeds, then reports (mean ± std over seeds)
+clean accuracy, the ranks
 of the penultimate representation ("features"), accuracy under Gaussian noise,
 and the accuracy of the LR model when its features are stored as r coefficients.
 Writes results.json, spectra.png and both models (.keras) to the output folder.
@@ -43,58 +44,86 @@ def compressed_feature_accuracy(model, test):
     return correct / total, lr.rank
 
 
+def train_and_measure(info, train, test, lr_rank, projection_weight, sigmas,
+                      seed, epochs, learning_rate):
+    """One model: its metrics record and the spectrum of its features."""
+    start = time.time()
+    keras.utils.set_random_seed(seed)
+    model = small_cnn(info.input_shape, info.num_classes, lr_rank=lr_rank,
+                      lr_kwargs={"projection_weight": projection_weight}, seed=seed)
+    train_model(model, train, epochs, learning_rate)
+    record = {"accuracy": model.evaluate(test, verbose=0, return_dict=True)["accuracy"]}
+    ranks = analysis.representation_ranks(model, test, layers=["features"])["features"]
+    record.update(effective_rank=ranks.effective_rank, stable_rank=ranks.stable_rank,
+                  variance_rank_99=ranks.variance_rank)
+    noisy = gaussian_noise_accuracy(model, test, sigmas, seed=seed)
+    record.update({f"accuracy_sigma_{s}": a for s, a in noisy.items()})
+    if lr_rank is not None:
+        record["compressed_feature_accuracy"], _ = compressed_feature_accuracy(model, test)
+    record["train_seconds"] = round(time.time() - start, 1)
+    return model, record, ranks.singular_values
+
+
 def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=4.0,
-             sigmas=(0.1, 0.2, 0.3), seed=0, learning_rate=1e-3, echo=print):
+             sigmas=(0.1, 0.2, 0.3), seeds=(0, 1, 2), learning_rate=1e-3, echo=print):
+    """Trains the baseline and the LR model for each seed; reports mean ± std."""
     os.makedirs(output, exist_ok=True)
-    train, info = data.load(dataset, "train", batch_size=32, seed=seed)
     test, _ = data.load(dataset, "test", batch_size=256)
+    info = data.load(dataset, "train")[1]
     echo(f"keras_lowrank demo: {dataset} {info.input_shape}, {info.num_examples} "
-         f"train images, backend {keras.backend.backend()}, {epochs} epochs")
+         f"train images, backend {keras.backend.backend()}, {epochs} epochs, "
+         f"seeds {list(seeds)}")
     results = {"dataset": dataset, "epochs": epochs, "rank": rank,
-               "projection_weight": projection_weight, "seed": seed, "models": {}}
+               "projection_weight": projection_weight, "seeds": list(seeds),
+               "per_seed": {"baseline": [], "lr": []}}
     spectra = {}
-    for label, lr_rank in (("baseline", None), ("lr", rank)):
-        start = time.time()
-        keras.utils.set_random_seed(seed)
-        model = small_cnn(info.input_shape, info.num_classes, lr_rank=lr_rank,
-                          lr_kwargs={"projection_weight": projection_weight}, seed=seed)
-        train_model(model, train, epochs, learning_rate)
-        record = {"accuracy": model.evaluate(test, verbose=0, return_dict=True)["accuracy"]}
-        ranks = analysis.representation_ranks(model, test, layers=["features"])["features"]
-        record.update(effective_rank=ranks.effective_rank, stable_rank=ranks.stable_rank,
-                      variance_rank_99=ranks.variance_rank)
-        noisy = gaussian_noise_accuracy(model, test, sigmas, seed=seed)
-        record["noise_accuracy"] = {str(s): a for s, a in noisy.items()}
-        if lr_rank is not None:
-            record["compressed_feature_accuracy"], _ = compressed_feature_accuracy(model, test)
-        record["train_seconds"] = round(time.time() - start, 1)
-        spectra[label] = ranks.singular_values
-        model.save(os.path.join(output, f"{label}.keras"))
-        results["models"][label] = record
-        echo(f"  trained {label} in {record['train_seconds']} s")
+    for seed in seeds:
+        train, _ = data.load(dataset, "train", batch_size=32, seed=seed)
+        for label, lr_rank in (("baseline", None), ("lr", rank)):
+            model, record, spectrum = train_and_measure(
+                info, train, test, lr_rank, projection_weight, sigmas, seed,
+                epochs, learning_rate)
+            results["per_seed"][label].append(record)
+            echo(f"  seed {seed}: trained {label} in {record['train_seconds']} s")
+            if seed == seeds[0]:
+                spectra[label] = spectrum
+                model.save(os.path.join(output, f"{label}.keras"))
+    results["mean"] = {label: summarize(records)
+                       for label, records in results["per_seed"].items()}
     echo("")
-    echo(format_table(results, sigmas))
+    echo(format_table(results["mean"], sigmas, len(seeds)))
     plot_spectra(spectra, rank, os.path.join(output, "spectra.png"))
     with open(os.path.join(output, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    echo(f"\nwrote {output}/results.json, spectra.png, baseline.keras, lr.keras")
+    echo(f"\nwrote {output}/results.json, spectra.png (seed {seeds[0]}), "
+         "baseline.keras, lr.keras")
     return results
 
 
-def format_table(results, sigmas):
-    header = ["model", "clean acc", "eff. rank", "var. rank 99%", "stable rank"]
-    header += [f"acc σ={s}" for s in sigmas] + ["acc from r coeffs"]
-    rows = [header]
-    for label, r in results["models"].items():
-        row = [label, f"{r['accuracy']:.4f}", f"{r['effective_rank']:.1f}",
-               str(r["variance_rank_99"]), f"{r['stable_rank']:.2f}"]
-        row += [f"{r['noise_accuracy'][str(float(s))]:.4f}" for s in sigmas]
-        row.append(f"{r['compressed_feature_accuracy']:.4f}"
-                   if "compressed_feature_accuracy" in r else "-")
+def summarize(records):
+    """Mean and standard deviation over seeds of every metric."""
+    return {key: {"mean": float(np.mean([r[key] for r in records])),
+                  "std": float(np.std([r[key] for r in records]))}
+            for key in records[0]}
+
+
+def format_table(means, sigmas, num_seeds):
+    columns = [("clean acc", "accuracy", 4), ("eff. rank", "effective_rank", 1),
+               ("var. rank 99%", "variance_rank_99", 1), ("stable rank", "stable_rank", 2)]
+    columns += [(f"acc σ={s}", f"accuracy_sigma_{float(s)}", 4) for s in sigmas]
+    columns += [("acc from r coeffs", "compressed_feature_accuracy", 4)]
+    rows = [["model"] + [title for title, _, _ in columns]]
+    for label, metrics in means.items():
+        row = [label]
+        for _, key, digits in columns:
+            cell = metrics.get(key)
+            row.append("-" if cell is None else
+                       f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}")
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(f"(mean ± std over {num_seeds} seeds; test split)")
     return "\n".join(lines)
 
 

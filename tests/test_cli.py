@@ -9,14 +9,16 @@ pytestmark = pytest.mark.slow
 
 def test_demo_writes_its_outputs(tmp_path, capsys):
     assert cli.main(["demo", "--output", str(tmp_path), "--epochs", "2",
-                     "--sigmas", "0.1", "0.3"]) == 0
+                     "--sigmas", "0.1", "0.3", "--seeds", "0", "1"]) == 0
     printed = capsys.readouterr().out
     assert "var. rank 99%" in printed and "baseline" in printed
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["models"]) == {"baseline", "lr"}
-    lr = results["models"]["lr"]
-    assert set(lr["noise_accuracy"]) == {"0.1", "0.3"}
-    assert 0 <= lr["compressed_feature_accuracy"] <= 1
+    assert set(results["mean"]) == {"baseline", "lr"}
+    runs = results["per_seed"]["lr"]
+    assert len(runs) == 2 and {"accuracy_sigma_0.1", "accuracy_sigma_0.3"} <= set(runs[0])
+    accuracies = [r["accuracy"] for r in runs]
+    assert results["mean"]["lr"]["accuracy"]["mean"] == pytest.approx(sum(accuracies) / 2)
+    assert 0 <= runs[0]["compressed_feature_accuracy"] <= 1
     for name in ("spectra.png", "baseline.keras", "lr.keras"):
         assert (tmp_path / name).stat().st_size > 0
 
