@@ -1,9 +1,8 @@
 """The main job: a small CNN on real data, with and without the LR layer.
 
 Trains both models with the same seeds, then reports (mean ± std over seeds)
-clean accuracy, the ranks
-of the penultimate representation ("features"), accuracy under Gaussian noise,
-and the accuracy of the LR model when its features are stored as r coefficients.
+clean accuracy, the ranks of the penultimate representation ("features"),
+accuracy under Gaussian noise, and the accuracy of the LR model when its features are stored as r coefficients.
 Writes results.json, spectra.png and both models (.keras) to the output folder.
 """
 
