@@ -204,3 +204,19 @@ def test_bad_input_shapes_are_named():
         LowRankProjection(1).build((6,))
     with pytest.raises(ValueError, match="known"):
         LowRankProjection(1).build((None, None))
+
+
+@pytest.mark.parametrize("flatten", [True, False])
+def test_fit_on_conv_maps_holds_rank(rng, flatten):
+    inputs = keras.Input((6, 6, 1))
+    maps = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    maps = LowRankProjection(2, flatten=flatten, update_every=5, name="lr")(maps)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(maps)))
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    x, y = rng.uniform(size=(20, 6, 6, 1)), rng.normal(size=(20, 2))
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    layer = model.get_layer("lr")
+    w, _ = weights_of(layer)
+    assert w.shape == ((144, 144) if flatten else (4, 4))
+    layer.threshold()
+    assert np.linalg.matrix_rank(weights_of(layer)[0], tol=1e-5) == 2
