@@ -1,5 +1,6 @@
-"""Robustness evaluation."""
+"""Robustness evaluation: attacks and accuracy under noise."""
 
+from keras_lowrank.robustness.attacks import FGSM, PGD, Attack
 from keras_lowrank.robustness.noise import gaussian_noise_accuracy
 
-__all__ = ["gaussian_noise_accuracy"]
+__all__ = ["FGSM", "PGD", "Attack", "gaussian_noise_accuracy"]

@@ -1,0 +1,265 @@
+"""Gradient attacks as callables: ``x_adv = attack(model, x, y)``.
+
+FGSM (Goodfellow et al. 2015) and PGD (Madry et al. 2018), L∞ or L2, untargeted
+or targeted, with the semantics of cleverhans 4 (``fast_gradient_method``,
+``projected_gradient_descent``) so results can be cross-checked:
+
+    FGSM:  x' = clip(x + ε · d),  d = sign(g) (L∞) or g / max(‖g‖₂, 1e-6) (L2),
+           g = ∇ₓ CE(f(x), y)  (−∇ for targeted attacks, y = target)
+    PGD:   x₀ = clip(x + η₀) (η₀ random in the ε-ball, or 0), then `steps` times
+           x ← clip(x + Π_ε(FGSM_α(x) − x)),  Π_ε scales η back into the ε-ball.
+
+The model runs in inference mode (``training=False``). Each batch is attacked in
+one compiled graph (the PGD loop is ``keras.ops.fori_loop``) on TensorFlow or JAX.
+"""
+
+import weakref
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lowrank.robustness._gradients import compile_attack
+
+_NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
+_TINY = 1e-12  # cleverhans' avoid_zero_div, inside the square root
+
+
+def _check_norm(norm):
+    try:
+        return _NORMS[norm]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f'`norm` must be "inf" (or np.inf) or 2, got norm={norm!r}.'
+        ) from None
+
+
+def _check_nonnegative(name, value, strict=False):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+        value > 0 if strict else value >= 0
+    ):
+        raise ValueError(
+            f"`{name}` must be a number {'>' if strict else '≥'} 0, got "
+            f"{name}={value!r}."
+        )
+    return float(value)
+
+
+def _per_example_sum(x):
+    return ops.sum(x, axis=tuple(range(1, len(x.shape))), keepdims=True)
+
+
+def steepest_step(grad, eps, norm):
+    """ε · argmax_{‖d‖ ≤ 1} ⟨d, g⟩ per example: ε sign(g) or ε g / ‖g‖₂."""
+    if norm == "inf":
+        return eps * ops.sign(grad)
+    return eps * grad / ops.sqrt(ops.maximum(_TINY, _per_example_sum(ops.square(grad))))
+
+
+def clip_to_ball(eta, eps, norm):
+    """Scales (L2) or clips (L∞) each perturbation back into the ε-ball."""
+    if norm == "inf":
+        return ops.clip(eta, -eps, eps)
+    length = ops.sqrt(ops.maximum(_TINY, _per_example_sum(ops.square(eta))))
+    return eta * ops.minimum(1.0, eps / length)
+
+
+class Attack:
+    """Base class: label handling, input checks, compiled per-model graphs.
+
+    Args:
+        targeted: if True, ``y`` holds target classes and the attack pushes
+            the prediction towards them.
+        clip: (low, high) input range that inputs must lie in and adversarial
+            examples are clipped to; None for no range.
+        from_logits: whether the model outputs logits. None (default): logits
+            unless the model's last layer has a softmax activation.
+    """
+
+    def __init__(self, targeted=False, clip=(0.0, 1.0), from_logits=None):
+        if clip is not None:
+            if len(clip) != 2 or not clip[0] < clip[1]:
+                raise ValueError(
+                    f"`clip` must be None or (low, high) with low < high, got {clip!r}."
+                )
+            clip = (float(clip[0]), float(clip[1]))
+        self.targeted = bool(targeted)
+        self.clip = clip
+        self.from_logits = from_logits
+        self._compiled = weakref.WeakKeyDictionary()
+
+    # -- to be defined by attacks
+    def _attack(self, oracle, x, y, noise):
+        raise NotImplementedError
+
+    def _noise(self, x):
+        return ops.zeros_like(x)
+
+    # -- public
+    def __call__(self, model, x, y=None):
+        """Adversarial examples for the batch ``x`` (labels ``y``: integer classes
+        or one-hot; default: the model's own predictions, as cleverhans does)."""
+        x = ops.convert_to_tensor(x, "float32")
+        num_classes = self._num_classes(model, x)
+        self._check_range(x)
+        y = self._labels(model, x, y, num_classes)
+        run = self._compiled.get(model)
+        if run is None:
+            run = compile_attack(model, self._loss_fn(model), self._attack)
+            self._compiled[model] = run
+        return run(x, y, self._noise(x))
+
+    def _loss_fn(self, model):
+        from_logits = self.from_logits
+        if from_logits is None:
+            activation = getattr(model.layers[-1], "activation", None) if model.layers else None
+            from_logits = activation is not keras.activations.softmax
+        sign = -1.0 if self.targeted else 1.0
+
+        def loss_fn(y, outputs):
+            return sign * keras.losses.sparse_categorical_crossentropy(
+                y, outputs, from_logits=from_logits
+            )
+
+        return loss_fn
+
+    def _num_classes(self, model, x):
+        shape = model.compute_output_shape(tuple(x.shape))
+        if len(shape) != 2 or shape[-1] is None or shape[-1] < 2:
+            raise ValueError(
+                "The model must output class scores, logits or probabilities of "
+                f"shape (batch, classes ≥ 2); it outputs {tuple(shape)}."
+            )
+        return shape[-1]
+
+    def _check_range(self, x):
+        if self.clip is None:
+            return
+        low, high = float(ops.min(x)), float(ops.max(x))
+        if low < self.clip[0] - 1e-6 or high > self.clip[1] + 1e-6:
+            raise ValueError(
+                f"`x` lies in [{low:.4g}, {high:.4g}], outside the declared input "
+                f"range clip={self.clip}; rescale the inputs or pass clip=."
+            )
+
+    def _labels(self, model, x, y, num_classes):
+        if y is None:
+            if self.targeted:
+                raise ValueError("A targeted attack needs `y`: the target classes.")
+            return ops.cast(ops.argmax(model(x, training=False), axis=-1), "int32")
+        y = np.asarray(ops.convert_to_numpy(y))
+        if y.ndim == 2 and y.shape[1] == num_classes:
+            y = y.argmax(axis=1)
+        if y.ndim != 1 or len(y) != x.shape[0]:
+            raise ValueError(
+                f"`y` must hold {x.shape[0]} integer labels (shape ({x.shape[0]},)) "
+                f"or one-hot rows (shape ({x.shape[0]}, {num_classes})), got "
+                f"shape {y.shape}."
+            )
+        if not np.all((y >= 0) & (y < num_classes) & (y == np.round(y))):
+            raise ValueError(
+                f"`y` must be integer classes in [0, {num_classes}), got values "
+                f"from {y.min()} to {y.max()}."
+            )
+        return ops.convert_to_tensor(y.astype("int32"))
+
+    def _clip(self, x):
+        return x if self.clip is None else ops.clip(x, self.clip[0], self.clip[1])
+
+
+class FGSM(Attack):
+    """Fast gradient (sign) method: one steepest step of size ``eps``.
+
+    Args:
+        eps: the perturbation budget (≥ 0), in input units.
+        norm: "inf" (sign of the gradient) or 2 (normalised gradient).
+        targeted, clip, from_logits: see ``Attack``.
+    """
+
+    def __init__(self, eps, norm="inf", **kwargs):
+        super().__init__(**kwargs)
+        self.eps = _check_nonnegative("eps", eps)
+        self.norm = _check_norm(norm)
+
+    def _attack(self, oracle, x, y, noise):
+        return self._clip(x + steepest_step(oracle.grad(x, y), self.eps, self.norm))
+
+    def __repr__(self):
+        return f"FGSM(eps={self.eps:g}, norm={self.norm})"
+
+
+class PGD(Attack):
+    """Projected gradient descent (Madry et al.): iterated FGSM steps of size
+    ``step_size`` projected back into the ε-ball around x.
+
+    Args:
+        eps: the perturbation budget (≥ 0).
+        step_size: size of each step (> 0, ≤ eps); default 2.5 · eps / steps.
+        steps: number of steps (≥ 1).
+        norm: "inf" or 2.
+        random_start: start from a uniform random point of the ε-ball.
+        restarts: attacks per example (≥ 1); each example keeps the restart
+            with the largest loss (smallest for targeted attacks).
+        seed: seed of the random starts.
+        targeted, clip, from_logits: see ``Attack``.
+    """
+
+    def __init__(self, eps, step_size=None, steps=10, norm="inf", random_start=True,
+                 restarts=1, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.eps = _check_nonnegative("eps", eps)
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"`steps` must be an integer ≥ 1, got steps={steps!r}.")
+        if not isinstance(restarts, int) or restarts < 1:
+            raise ValueError(
+                f"`restarts` must be an integer ≥ 1, got restarts={restarts!r}."
+            )
+        self.steps = steps
+        self.step_size = (2.5 * self.eps / steps if step_size is None
+                          else _check_nonnegative("step_size", step_size, strict=True))
+        self.norm = _check_norm(norm)
+        self.random_start = bool(random_start)
+        self.restarts = restarts
+        self._seed = keras.random.SeedGenerator(seed)
+
+    def _noise(self, x):
+        shape = (self.restarts,) + tuple(x.shape)
+        if not self.random_start:
+            return ops.zeros(shape)
+        if self.norm == "inf":
+            return keras.random.uniform(shape, -self.eps, self.eps, seed=self._seed)
+        # Uniform in the L2 ball (Calafiore et al. 1998): a direction, radius ε·u^(1/d).
+        flat = keras.random.normal((shape[0] * shape[1], int(np.prod(shape[2:]))),
+                                   seed=self._seed)
+        radius = keras.random.uniform((flat.shape[0], 1), seed=self._seed) ** (
+            1.0 / flat.shape[1])
+        ball = self.eps * radius * flat / ops.norm(flat, axis=1, keepdims=True)
+        return ops.reshape(ball, shape)
+
+    def _attack(self, oracle, x, y, noise):
+        def step(_, adv):
+            stepped = self._clip(
+                adv + steepest_step(oracle.grad(adv, y), self.step_size, self.norm))
+            return self._clip(x + clip_to_ball(stepped - x, self.eps, self.norm))
+
+        best = best_loss = None
+        for restart in range(self.restarts):  # unrolled: restarts are few
+            start = self._clip(x + clip_to_ball(noise[restart], self.eps, self.norm))
+            adv = ops.fori_loop(0, self.steps, step, start)
+            if self.restarts == 1:
+                return adv
+            # The loss is signed for targeted attacks: larger is always better.
+            loss = oracle.loss(adv, y)
+            if best is None:
+                best, best_loss = adv, loss
+            else:
+                better = loss > best_loss
+                mask = ops.reshape(better, (-1,) + (1,) * (len(x.shape) - 1))
+                best = ops.where(mask, adv, best)
+                best_loss = ops.where(better, loss, best_loss)
+        return best
+
+    def __repr__(self):
+        return (f"PGD(eps={self.eps:g}, step_size={self.step_size:g}, "
+                f"steps={self.steps}, norm={self.norm}, "
+                f"random_start={self.random_start}, restarts={self.restarts})")

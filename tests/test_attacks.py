@@ -1,0 +1,153 @@
+"""Attacks against closed-form numpy attacks (any backend) and cleverhans (TF)."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_lowrank import data
+from keras_lowrank.robustness import FGSM, PGD
+
+pytestmark = pytest.mark.backend_neutral
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = data.load_digits_arrays("test")
+    return x[:120], y[:120]
+
+
+def softmax_regression(seed=0, activation=None):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation=activation,
+                                                 bias_initializer="random_normal")])
+    return model
+
+
+def numpy_gradient(model, x, y, targeted=False):
+    """d CE(softmax(xW + b), y) / dx = (softmax − onehot(y)) Wᵀ, in float64."""
+    w, b = (np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in model.weights)
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    z = flat @ w + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    g = (p - np.eye(10)[y]) @ w.T
+    return (-g if targeted else g).reshape(x.shape)
+
+
+def numpy_fgsm(model, x, y, eps, norm, targeted=False):
+    g = numpy_gradient(model, x, y, targeted)
+    if norm == "inf":
+        step = np.sign(g)
+    else:
+        step = g / np.sqrt(np.maximum(1e-12, (g**2).sum(axis=(1, 2, 3), keepdims=True)))
+    return np.clip(x + eps * step, 0, 1)
+
+
+def numpy_pgd(model, x, y, eps, step_size, steps, norm, targeted=False):
+    adv = x.astype(np.float64)
+    for _ in range(steps):
+        adv = numpy_fgsm(model, adv, y, step_size, norm, targeted)
+        eta = adv - x
+        if norm == "inf":
+            eta = np.clip(eta, -eps, eps)
+        else:
+            length = np.sqrt(np.maximum(1e-12, (eta**2).sum(axis=(1, 2, 3), keepdims=True)))
+            eta = eta * np.minimum(1.0, eps / length)
+        adv = np.clip(x + eta, 0, 1)
+    return adv
+
+
+@pytest.mark.parametrize("norm,eps", [("inf", 0.1), (2, 0.8)])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_fgsm_matches_closed_form(digits, norm, eps, targeted):
+    x, y = digits
+    model = softmax_regression()
+    labels = (y + 3) % 10 if targeted else y
+    got = np.asarray(keras.ops.convert_to_numpy(
+        FGSM(eps, norm=norm, targeted=targeted)(model, x, labels)))
+    expected = numpy_fgsm(model, x, labels, eps, "inf" if norm == "inf" else 2, targeted)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm,eps,step", [("inf", 0.1, 0.02), (2, 1.0, 0.3)])
+def test_pgd_without_random_start_matches_closed_form(digits, norm, eps, step):
+    x, y = digits
+    model = softmax_regression()
+    got = np.asarray(keras.ops.convert_to_numpy(
+        PGD(eps, step_size=step, steps=7, norm=norm, random_start=False)(model, x, y)))
+    expected = numpy_pgd(model, x, y, eps, step, 7, "inf" if norm == "inf" else 2)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_probabilities_model_gives_the_logits_attack(digits):
+    x, y = digits
+    logits, probs = softmax_regression(), softmax_regression(activation="softmax")
+    probs.set_weights(logits.get_weights())
+    a = keras.ops.convert_to_numpy(FGSM(0.5, norm=2)(logits, x, y))
+    b = keras.ops.convert_to_numpy(FGSM(0.5, norm=2)(probs, x, y))
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm,eps", [("inf", 0.1), (2, 1.0)])
+def test_pgd_random_start_and_restarts_stay_in_ball(digits, norm, eps):
+    x, y = digits
+    model = softmax_regression()
+    adv = np.asarray(keras.ops.convert_to_numpy(
+        PGD(eps, steps=5, norm=norm, restarts=3, seed=1)(model, x, y)))
+    eta = (adv - x).reshape(len(x), -1)
+    size = np.abs(eta).max(1) if norm == "inf" else np.linalg.norm(eta, axis=1)
+    assert size.max() <= eps + 1e-5 and adv.min() >= 0 and adv.max() <= 1
+
+
+def test_restarts_keep_the_worst_case_per_example(digits):
+    x, y = digits
+    model = softmax_regression()
+    loss = lambda adv: keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
+        y, model(adv), from_logits=True))
+    one = [loss(PGD(0.05, steps=2, restarts=1, seed=s)(model, x, y)) for s in range(3)]
+    many = loss(PGD(0.05, steps=2, restarts=8, seed=0)(model, x, y))
+    assert many.mean() >= max(o.mean() for o in one) - 1e-6
+
+
+def test_targeted_pgd_reaches_targets(digits):
+    x, y = digits
+    model = softmax_regression()
+    targets = (y + 1) % 10
+    adv = PGD(1.0, step_size=0.1, steps=20, targeted=True)(model, x, targets)
+    hit = np.mean(np.argmax(keras.ops.convert_to_numpy(model(adv)), -1) == targets)
+    assert hit > 0.95
+
+
+def test_attack_sees_weights_changed_after_compiling(digits):
+    x, y = digits
+    model = softmax_regression()
+    attack = FGSM(0.1)
+    attack(model, x, y)
+    model.set_weights([-w for w in model.get_weights()])
+    got = keras.ops.convert_to_numpy(attack(model, x, y))
+    np.testing.assert_allclose(got, numpy_fgsm(model, x, y, 0.1, "inf"), atol=1e-5)
+
+
+def test_bad_arguments_are_named(digits):
+    x, y = digits
+    model = softmax_regression()
+    for build, match in [(lambda: FGSM(-0.1), "`eps`"), (lambda: FGSM(0.1, norm=1), "`norm`"),
+                         (lambda: PGD(0.1, steps=0), "`steps`"),
+                         (lambda: PGD(0.1, step_size=0), "`step_size`"),
+                         (lambda: PGD(0.1, restarts=0), "`restarts`"),
+                         (lambda: FGSM(0.1, clip=(1, 0)), "`clip`")]:
+        with pytest.raises(ValueError, match=match):
+            build()
+    with pytest.raises(ValueError, match="`x` lies in"):
+        FGSM(0.1)(model, x * 255, y)
+    with pytest.raises(ValueError, match="`y` must hold 120"):
+        FGSM(0.1)(model, x, y[:5])
+    with pytest.raises(ValueError, match=r"`y` must be integer classes in \[0, 10\)"):
+        FGSM(0.1)(model, x, y + 10)
+    with pytest.raises(ValueError, match="targeted attack needs `y`"):
+        FGSM(0.1, targeted=True)(model, x)
+    regression = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                   keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="classes ≥ 2"):
+        FGSM(0.1)(regression, x, y)

@@ -1,0 +1,60 @@
+"""Cross-check against cleverhans 4 (TensorFlow only) on a trained digits CNN."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_lowrank import data
+from keras_lowrank.models import small_cnn
+from keras_lowrank.robustness import FGSM, PGD
+
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("cleverhans' tf2 attacks need the TensorFlow backend",
+                allow_module_level=True)
+ch_fgm = pytest.importorskip("cleverhans.tf2.attacks.fast_gradient_method")
+ch_pgd = pytest.importorskip("cleverhans.tf2.attacks.projected_gradient_descent")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(0)
+    x, y = data.load_digits_arrays("train")
+    model = small_cnn()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=8, batch_size=64, verbose=0)
+    x_test, y_test = data.load_digits_arrays("test")
+    return model, x_test[:200], y_test[:200]
+
+
+def accuracy(model, x, y):
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
+
+
+@pytest.mark.parametrize("norm,eps", [(np.inf, 0.1), (2, 1.0)])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_fgsm_equals_cleverhans(trained, norm, eps, targeted):
+    model, x, y = trained
+    labels = (y + 1) % 10 if targeted else y
+    ours = FGSM(eps, norm=norm, targeted=targeted)(model, x, labels)
+    theirs = ch_fgm.fast_gradient_method(model, x, eps, norm, clip_min=0.0, clip_max=1.0,
+                                         y=labels, targeted=targeted)
+    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("norm,eps,step", [(np.inf, 0.1, 0.02), (2, 1.0, 0.25)])
+def test_pgd_without_random_start_equals_cleverhans(trained, norm, eps, step):
+    model, x, y = trained
+    ours = PGD(eps, step_size=step, steps=10, norm=norm, random_start=False)(model, x, y)
+    theirs = ch_pgd.projected_gradient_descent(
+        model, x, eps, step, 10, norm, clip_min=0.0, clip_max=1.0, y=y, rand_init=False,
+        sanity_checks=False)
+    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=1e-5)
+
+
+def test_pgd_random_start_robust_accuracy_matches_cleverhans(trained):
+    model, x, y = trained
+    ours = accuracy(model, np.asarray(PGD(0.08, step_size=0.02, steps=10, seed=0)(model, x, y)), y)
+    theirs = accuracy(model, ch_pgd.projected_gradient_descent(
+        model, x, 0.08, 0.02, 10, np.inf, clip_min=0.0, clip_max=1.0, y=y, rand_init=True,
+        sanity_checks=False).numpy(), y)
+    assert abs(ours - theirs) <= 0.01 + 1e-9
