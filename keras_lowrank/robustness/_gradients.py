@@ -70,3 +70,31 @@ def compile_attack(model, loss_fn, attack_fn):
     raise NotImplementedError(
         f"Attacks support the 'tensorflow' and 'jax' backends, not {backend!r}."
     )
+
+
+def inline_oracle(model, loss_fn):
+    """An oracle for use inside a step Keras is already tracing (tf.function, or
+    jax.jit under Keras' StatelessScope, where ``model(x)`` reads the traced
+    state)."""
+    backend = keras.backend.backend()
+
+    def loss(x, y):
+        return loss_fn(y, model(x, training=False))
+
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def grad(x, y):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                total = tf.reduce_sum(loss(x, y))
+            return tape.gradient(total, x)
+
+        return _Oracle(loss, grad)
+    if backend == "jax":
+        import jax
+
+        return _Oracle(loss, jax.grad(lambda x, y: keras.ops.sum(loss(x, y))))
+    raise NotImplementedError(
+        f"Attacks support the 'tensorflow' and 'jax' backends, not {backend!r}."
+    )

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank.robustness._gradients import compile_attack
+from keras_lowrank.robustness._gradients import compile_attack, inline_oracle
 
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
 _TINY = 1e-12  # cleverhans' avoid_zero_div, inside the square root
@@ -108,6 +108,15 @@ class Attack:
             run = compile_attack(model, self._loss_fn(model), self._attack)
             self._compiled[model] = run
         return run(x, y, self._noise(x))
+
+    def perturb_in_graph(self, model, x, y=None):
+        """The attack inside a step Keras is already compiling (no host-side
+        checks): used by ``PerturbedModel``. ``y``: integer labels or None."""
+        if y is None:
+            y = ops.argmax(model(x, training=False), axis=-1)
+        y = ops.cast(y, "int32")
+        oracle = inline_oracle(model, self._loss_fn(model))
+        return self._attack(oracle, x, y, self._noise(x))
 
     def _loss_fn(self, model):
         from_logits = self.from_logits
@@ -223,18 +232,24 @@ class PGD(Attack):
         self._seed = keras.random.SeedGenerator(seed)
 
     def _noise(self, x):
-        shape = (self.restarts,) + tuple(x.shape)
+        """One random start per restart, each shaped like ``x`` (dynamic batch)."""
         if not self.random_start:
-            return ops.zeros(shape)
-        if self.norm == "inf":
-            return keras.random.uniform(shape, -self.eps, self.eps, seed=self._seed)
-        # Uniform in the L2 ball (Calafiore et al. 1998): a direction, radius ε·u^(1/d).
-        flat = keras.random.normal((shape[0] * shape[1], int(np.prod(shape[2:]))),
-                                   seed=self._seed)
-        radius = keras.random.uniform((flat.shape[0], 1), seed=self._seed) ** (
-            1.0 / flat.shape[1])
-        ball = self.eps * radius * flat / ops.norm(flat, axis=1, keepdims=True)
-        return ops.reshape(ball, shape)
+            return [ops.zeros_like(x)] * self.restarts
+        starts = []
+        for _ in range(self.restarts):
+            if self.norm == "inf":
+                starts.append(keras.random.uniform(ops.shape(x), -self.eps, self.eps,
+                                                   seed=self._seed))
+                continue
+            # Uniform in the L2 ball (Calafiore et al. 1998): a Gaussian direction
+            # and radius ε·u^(1/d).
+            direction = keras.random.normal(ops.shape(x), seed=self._seed)
+            dim = float(np.prod(x.shape[1:]))
+            u = keras.random.uniform(ops.shape(x)[:1], seed=self._seed)
+            scale = self.eps * u ** (1.0 / dim) / ops.sqrt(
+                ops.sum(ops.square(ops.reshape(direction, (ops.shape(x)[0], -1))), axis=1))
+            starts.append(direction * ops.reshape(scale, (-1,) + (1,) * (len(x.shape) - 1)))
+        return starts
 
     def _attack(self, oracle, x, y, noise):
         def step(_, adv):

@@ -1,0 +1,69 @@
+"""Robustness through Keras' own ``evaluate`` and ``fit``.
+
+``PerturbedModel(model, perturbation)`` is a Keras model whose forward pass
+perturbs its input before running ``model``: with an attack, every batch of
+``evaluate`` is attacked inside the compiled test step (compiled metrics,
+progress bar, callbacks, distribution strategies come from Keras), and ``fit``
+is adversarial training (Madry et al. 2018: minimise the loss at the PGD point,
+no gradient through the attack). The wrapped model's weights are shared, so
+training the wrapper trains ``model``.
+
+How the labels reach the attack: ``train_step``/``test_step`` hand the batch's
+labels to ``call`` within the same trace, then run Keras' own step. In
+``predict`` (no labels) the attack uses the model's own predictions.
+"""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_lowrank")
+class PerturbedModel(keras.Model):
+    """Runs ``model`` on ``perturbation(model, x, y)`` instead of ``x``.
+
+    Args:
+        model: a Keras classifier (logits or probabilities).
+        perturbation: an attack (``FGSM``, ``PGD``) or any object with
+            ``perturb_in_graph(model, x, y)`` written in ``keras.ops``.
+    """
+
+    def __init__(self, model, perturbation, **kwargs):
+        super().__init__(**kwargs)
+        if not hasattr(perturbation, "perturb_in_graph"):
+            raise ValueError(
+                "`perturbation` must be an attack such as FGSM or PGD, or an "
+                "object with perturb_in_graph(model, x, y); got "
+                f"{type(perturbation).__name__}."
+            )
+        self.model = model
+        self.perturbation = perturbation
+        # Tracked so that random starts advance in JAX's stateless steps too.
+        self.perturbation_seed = getattr(perturbation, "_seed", None)
+        self._labels = None
+
+    def call(self, inputs, training=False):
+        perturbed = ops.stop_gradient(
+            self.perturbation.perturb_in_graph(self.model, inputs, self._labels)
+        )
+        return self.model(perturbed, training=training)
+
+    def _with_labels(self, step, args):
+        _, y, _ = keras.utils.unpack_x_y_sample_weight(args[-1])
+        if y is not None:
+            if len(y.shape) == 2 and y.shape[-1] != 1:
+                y = ops.argmax(y, axis=-1)  # one-hot
+            y = ops.reshape(y, (-1,))
+        self._labels = y
+        try:
+            return step(*args)
+        finally:
+            self._labels = None
+
+    def train_step(self, *args):
+        return self._with_labels(super().train_step, args)
+
+    def test_step(self, *args):
+        return self._with_labels(super().test_step, args)
+
+    def compute_output_shape(self, input_shape):
+        return self.model.compute_output_shape(input_shape)
