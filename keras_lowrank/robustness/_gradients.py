@@ -37,7 +37,9 @@ def compile_attack(model, loss_fn, attack_fn):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 total = tf.reduce_sum(loss(x, y))
-            return tape.gradient(total, x)
+            # A gradient that does not reach x (e.g. through round) is zero, as on JAX.
+            return tape.gradient(total, x,
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
         oracle = _Oracle(loss, grad)
         return tf.function(lambda x, y, noise: attack_fn(oracle, x, y, noise),
@@ -88,7 +90,9 @@ def inline_oracle(model, loss_fn):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 total = tf.reduce_sum(loss(x, y))
-            return tape.gradient(total, x)
+            # A gradient that does not reach x (e.g. through round) is zero, as on JAX.
+            return tape.gradient(total, x,
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
         return _Oracle(loss, grad)
     if backend == "jax":

@@ -22,6 +22,7 @@ from keras import ops
 from keras_lowrank.robustness._gradients import compile_attack, inline_oracle
 
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
+_SYMBOL = {"inf": "∞", "2": "2"}
 _TINY = 1e-12  # cleverhans' avoid_zero_div, inside the square root
 
 
@@ -193,6 +194,10 @@ class FGSM(Attack):
     def _attack(self, oracle, x, y, noise):
         return self._clip(x + steepest_step(oracle.grad(x, y), self.eps, self.norm))
 
+    @property
+    def name(self):
+        return f"FGSM L{_SYMBOL[self.norm]} ε={self.eps:g}"
+
     def __repr__(self):
         return f"FGSM(eps={self.eps:g}, norm={self.norm})"
 
@@ -273,6 +278,11 @@ class PGD(Attack):
                 best = ops.where(mask, adv, best)
                 best_loss = ops.where(better, loss, best_loss)
         return best
+
+    @property
+    def name(self):
+        restarts = f" ×{self.restarts}" if self.restarts > 1 else ""
+        return f"PGD-{self.steps} L{_SYMBOL[self.norm]} ε={self.eps:g}{restarts}"
 
     def __repr__(self):
         return (f"PGD(eps={self.eps:g}, step_size={self.step_size:g}, "

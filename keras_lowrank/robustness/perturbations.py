@@ -1,0 +1,33 @@
+"""Random perturbations usable wherever an attack is (``PerturbedModel``,
+``evaluate_robustness``): they act inside the compiled step, in ``keras.ops``."""
+
+import keras
+from keras import ops
+
+
+class GaussianNoise:
+    """x̃ = clip(x + σ ε), ε ~ N(0, I): a new draw for every batch.
+
+    Args:
+        sigma: the noise standard deviation (≥ 0), in input units.
+        clip: (low, high) range of the noisy input, or None.
+        seed: noise seed.
+    """
+
+    def __init__(self, sigma, clip=(0.0, 1.0), seed=None):
+        if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or sigma < 0:
+            raise ValueError(f"`sigma` must be a number ≥ 0, got sigma={sigma!r}.")
+        self.sigma = float(sigma)
+        self.clip = clip
+        self._seed = keras.random.SeedGenerator(seed)
+
+    def perturb_in_graph(self, model, x, y=None):
+        noisy = x + self.sigma * keras.random.normal(ops.shape(x), seed=self._seed)
+        return noisy if self.clip is None else ops.clip(noisy, *self.clip)
+
+    @property
+    def name(self):
+        return f"Gaussian σ={self.sigma:g}"
+
+    def __repr__(self):
+        return f"GaussianNoise(sigma={self.sigma:g})"

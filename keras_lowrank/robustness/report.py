@@ -1,0 +1,220 @@
+"""``evaluate_robustness``: accuracy under attacks and noise, with the checks of
+Carlini et al., "On Evaluating Adversarial Robustness" (METHODS.md §6), so that a
+real robustness gain can be told from a broken attack (gradient masking)."""
+
+import dataclasses
+import json
+
+import keras
+
+from keras_lowrank.robustness.attacks import FGSM, PGD
+from keras_lowrank.robustness.evaluation import PerturbedModel
+from keras_lowrank.robustness.perturbations import GaussianNoise
+
+
+class _Identity:
+    name = "clean"
+
+    def perturb_in_graph(self, model, x, y=None):
+        return x
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclasses.dataclass
+class RobustnessReport:
+    """Rows of (perturbation, family, norm, size, accuracy) and the checks."""
+
+    rows: list
+    checks: list
+    num_examples: int
+
+    @property
+    def clean_accuracy(self):
+        return next(r["accuracy"] for r in self.rows if r["family"] == "clean")
+
+    def accuracy(self, family, size, norm="inf"):
+        for row in self.rows:
+            if row["family"] == family and row["size"] == size and row["norm"] in (norm, None):
+                return row["accuracy"]
+        raise KeyError(f"no row for {family} at {size} ({norm})")
+
+    @property
+    def all_checks_passed(self):
+        return all(check.passed for check in self.checks)
+
+    def as_dict(self):
+        return {"num_examples": self.num_examples, "rows": self.rows,
+                "checks": [dataclasses.asdict(c) for c in self.checks]}
+
+    def to_json(self, path=None):
+        text = json.dumps(self.as_dict(), indent=2)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    def to_markdown(self):
+        lines = ["| perturbation | accuracy |", "| --- | --- |"]
+        lines += [f"| {r['name']} | {r['accuracy']:.4f} |" for r in self.rows]
+        lines += ["", "| check | result | detail |", "| --- | --- | --- |"]
+        lines += [f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | {c.detail} |"
+                  for c in self.checks]
+        return "\n".join(lines)
+
+    def __str__(self):
+        width = max(len(r["name"]) for r in self.rows)
+        lines = [f"{'perturbation':<{width}}  accuracy  ({self.num_examples} examples)"]
+        lines += [f"{r['name']:<{width}}  {r['accuracy']:.4f}" for r in self.rows]
+        lines.append("gradient-masking checks:")
+        for c in self.checks:
+            lines.append(f"  [{'ok' if c.passed else 'FAIL'}] {c.name}: {c.detail}")
+        if not self.all_checks_passed:
+            lines.append("  WARNING: a check failed; the attack accuracies may overstate "
+                         "robustness (possible gradient masking or a broken attack).")
+        return "\n".join(lines)
+
+    def plot(self, path, title=None):
+        """Accuracy vs eps per attack (and vs sigma for noise), saved to ``path``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        families = sorted({(r["family"], r["norm"]) for r in self.rows
+                           if r["family"] not in ("clean",)}, key=str)
+        noise = [f for f in families if f[0] == "gaussian"]
+        attacks = [f for f in families if f[0] != "gaussian"]
+        panels = [p for p in (attacks, noise) if p]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6),
+                                 squeeze=False)
+        for ax, group in zip(axes[0], panels):
+            for family, norm in group:
+                points = sorted((r["size"], r["accuracy"]) for r in self.rows
+                                if r["family"] == family and r["norm"] == norm)
+                points = [(0.0, self.clean_accuracy)] + points
+                label = family if norm is None else f"{family} (L{'∞' if norm == 'inf' else norm})"
+                ax.plot(*zip(*points), "o-", label=label)
+            ax.set_xlabel("σ" if group is noise else "ε")
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(0, 1.02)
+            ax.legend()
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def _describe(perturbation):
+    if isinstance(perturbation, _Identity):
+        return "clean", None, 0.0
+    if isinstance(perturbation, GaussianNoise):
+        return "gaussian", None, perturbation.sigma
+    if isinstance(perturbation, (FGSM, PGD)):
+        return type(perturbation).__name__, perturbation.norm, perturbation.eps
+    return type(perturbation).__name__, None, None
+
+
+def _accuracy(model, perturbation, data, from_logits):
+    wrapper = PerturbedModel(model, perturbation)
+    wrapper.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return float(wrapper.evaluate(data, verbose=0, return_dict=True)["accuracy"])
+
+
+def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), clip=(0.0, 1.0),
+                        large_eps=None, seed=0, from_logits=None):
+    """Accuracy of ``model`` on ``data`` clean, under each attack and noise level.
+
+    Args:
+        model: a Keras classifier.
+        data: a tf.data.Dataset (or anything ``evaluate`` takes) of (x, y) batches.
+        attacks: attack objects (``FGSM``, ``PGD``), typically a sweep over eps.
+        noise_sigmas: Gaussian-noise standard deviations.
+        clip: the input range.
+        large_eps: eps of the "large eps drives accuracy to ~0" probe (PGD L∞, 20
+            steps); default half the input range. None with clip=None skips it.
+        from_logits: as in the attacks; None = logits unless the last layer has a
+            softmax.
+
+    Returns:
+        ``RobustnessReport`` (print it; ``to_json``, ``to_markdown``, ``plot``).
+    """
+    if from_logits is None:
+        activation = getattr(model.layers[-1], "activation", None)
+        from_logits = activation is not keras.activations.softmax
+    rows = []
+
+    def add(perturbation, name=None):
+        family, norm, size = _describe(perturbation)
+        accuracy = _accuracy(model, perturbation, data, from_logits)
+        row = {"name": name or getattr(perturbation, "name", repr(perturbation)), "family": family, "norm": norm,
+               "size": size, "accuracy": accuracy}
+        rows.append(row)
+        return row
+
+    add(_Identity(), name="clean")
+    for attack in attacks:
+        add(attack)
+    for sigma in noise_sigmas:
+        add(GaussianNoise(sigma, clip=clip, seed=seed))
+    if large_eps is None and clip is not None:
+        large_eps = (clip[1] - clip[0]) / 2
+    probe = None
+    if large_eps is not None:
+        probe = add(PGD(large_eps, steps=20, seed=seed, clip=clip),
+                    name=f"PGD-20 L∞ ε={large_eps:g} (large-ε probe)")
+    num_examples = _count(data)
+    checks = _checks(rows, probe, num_examples)
+    return RobustnessReport(rows=rows, checks=checks, num_examples=num_examples)
+
+
+def _count(data):
+    if hasattr(data, "as_numpy_iterator"):
+        return sum(len(batch[1]) for batch in data.as_numpy_iterator())
+    return None
+
+
+def _checks(rows, probe, num_examples):
+    tolerance = 1.0 / num_examples if num_examples else 0.005  # one example
+    clean = rows[0]["accuracy"]
+    attack_rows = [r for r in rows if r["family"] in ("FGSM", "PGD") and r is not probe]
+    checks = []
+    worst = max((r["accuracy"] - clean for r in attack_rows), default=0.0)
+    checks.append(Check("attacks do not raise accuracy above clean", worst <= tolerance,
+                        f"largest gain over clean {worst:+.4f}"))
+    for family in ("FGSM", "PGD"):
+        for norm in ("inf", "2"):
+            series = sorted((r["size"], r["accuracy"]) for r in attack_rows
+                            if r["family"] == family and r["norm"] == norm)
+            if len(series) < 2:
+                continue
+            rises = [(a, b) for (a, acc_a), (b, acc_b) in zip(series, series[1:])
+                     if acc_b > acc_a + tolerance]
+            checks.append(Check(
+                f"{family} L{norm} accuracy non-increasing in ε", not rises,
+                "monotone" if not rises else f"rises between ε={rises[0][0]:g} and {rises[0][1]:g}"))
+    for norm in ("inf", "2"):
+        fgsm = {r["size"]: r["accuracy"] for r in attack_rows
+                if r["family"] == "FGSM" and r["norm"] == norm}
+        pgd = {r["size"]: r["accuracy"] for r in attack_rows
+               if r["family"] == "PGD" and r["norm"] == norm}
+        common = sorted(set(fgsm) & set(pgd))
+        if common:
+            weaker = [e for e in common if pgd[e] > fgsm[e] + tolerance]
+            checks.append(Check(
+                f"PGD L{norm} at least as strong as FGSM", not weaker,
+                f"at ε in {common}" if not weaker else f"PGD weaker at ε={weaker}"))
+    if probe is not None:
+        checks.append(Check(f"large ε={probe['size']:g} drives accuracy near 0",
+                            probe["accuracy"] <= 0.1,
+                            f"accuracy {probe['accuracy']:.4f} (threshold 0.10)"))
+    return checks

@@ -1,0 +1,125 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from keras_lowrank import data
+from keras_lowrank.models import small_cnn
+from keras_lowrank.robustness import (FGSM, PGD, GaussianNoise, PerturbedModel,
+                                      evaluate_robustness)
+from keras_lowrank.robustness.report import _checks
+
+pytestmark = pytest.mark.backend_neutral
+CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(0)
+    x, y = data.load_digits_arrays("train")
+    model = small_cnn()
+    model.compile("adam", CE)
+    model.fit(x, y, epochs=5, batch_size=64, verbose=0)
+    x_test, y_test = data.load_digits_arrays("test")
+    return model, x_test[:200], y_test[:200]
+
+
+def accuracy(model, x, y):
+    return float(np.mean(np.argmax(keras.ops.convert_to_numpy(model(x)), -1) == y))
+
+
+@pytest.mark.parametrize("attack", [FGSM(0.1), FGSM(0.8, norm=2),
+                                    PGD(0.1, steps=4, random_start=False)])
+def test_evaluate_under_attack_equals_attacking_each_batch(trained, attack):
+    model, x, y = trained
+    wrapper = PerturbedModel(model, attack)
+    wrapper.compile(loss=CE, metrics=["accuracy"])
+    got = wrapper.evaluate(x, y, batch_size=50, verbose=0, return_dict=True)["accuracy"]
+    adversarial = np.concatenate([keras.ops.convert_to_numpy(attack(model, x[i:i + 50], y[i:i + 50]))
+                                  for i in range(0, len(x), 50)])
+    assert got == pytest.approx(accuracy(model, adversarial, y), abs=1e-6)
+
+
+def test_one_hot_labels_and_zero_noise_give_clean_accuracy(trained):
+    model, x, y = trained
+    wrapper = PerturbedModel(model, GaussianNoise(0.0))
+    wrapper.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                    metrics=["categorical_accuracy"])
+    got = wrapper.evaluate(x, np.eye(10)[y], verbose=0, return_dict=True)
+    assert got["categorical_accuracy"] == pytest.approx(accuracy(model, x, y), abs=1e-6)
+
+
+def test_adversarial_fit_trains_the_wrapped_model(trained):
+    model, x, y = trained
+    keras.utils.set_random_seed(1)
+    student = small_cnn()
+    before = [w.copy() for w in student.get_weights()]
+    wrapper = PerturbedModel(student, PGD(0.1, steps=3))
+    wrapper.compile("adam", CE)
+    history = wrapper.fit(x, y, epochs=2, batch_size=50, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert any(not np.allclose(a, b) for a, b in zip(before, student.get_weights()))
+
+
+def test_wrong_perturbation_is_named():
+    with pytest.raises(ValueError, match="`perturbation`"):
+        PerturbedModel(keras.Sequential([keras.layers.Dense(2)]), 0.1)
+    with pytest.raises(ValueError, match="`sigma`"):
+        GaussianNoise(-1.0)
+
+
+def test_report_flags_gradient_masking():
+    # Rounding the input kills the input gradient: attacks cannot move, so even
+    # eps = 0.5 leaves accuracy high. The report must say so.
+    x, y = data.load_digits_arrays("test")
+    inputs = keras.Input((8, 8, 1))
+    rounded = keras.layers.Lambda(lambda t: keras.ops.round(t * 4) / 4)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(rounded)))
+    model.compile("adam", CE)
+    model.fit(x, y, epochs=20, verbose=0)
+    report = evaluate_robustness(model, _dataset(x, y),
+                                 attacks=[FGSM(0.1), PGD(0.1, steps=5)])
+    assert not report.all_checks_passed
+    failed = [c.name for c in report.checks if not c.passed]
+    assert "large ε=0.5 drives accuracy near 0" in failed
+    # Zero gradients: FGSM leaves x unchanged, so it equals clean accuracy.
+    assert report.accuracy("FGSM", 0.1) == report.clean_accuracy
+    assert "WARNING" in str(report) and "**FAIL**" in report.to_markdown()
+
+
+def _dataset(x, y):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(128)
+
+
+def test_report_rows_json_and_plot(trained, tmp_path):
+    model, x, y = trained
+    report = evaluate_robustness(model, _dataset(x, y), attacks=[FGSM(0.05), FGSM(0.1)],
+                                 noise_sigmas=[0.2])
+    assert [r["name"] for r in report.rows] == [
+        "clean", "FGSM L∞ ε=0.05", "FGSM L∞ ε=0.1", "Gaussian σ=0.2",
+        "PGD-20 L∞ ε=0.5 (large-ε probe)"]
+    assert report.clean_accuracy == pytest.approx(accuracy(model, x, y), abs=1e-6)
+    assert report.num_examples == 200
+    assert json.loads(report.to_json(tmp_path / "r.json")) == report.as_dict()
+    report.plot(tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_checks_catch_each_violation():
+    def row(family, size, acc, norm="inf"):
+        return {"name": f"{family}{size}", "family": family, "norm": norm, "size": size,
+                "accuracy": acc}
+
+    clean = row("clean", 0.0, 0.9, None)
+    good = [clean, row("FGSM", 0.1, 0.5), row("FGSM", 0.2, 0.3), row("PGD", 0.1, 0.4),
+            row("PGD", 0.2, 0.1)]
+    assert all(c.passed for c in _checks(good, None, 100))
+    rising = [clean, row("FGSM", 0.1, 0.5), row("FGSM", 0.2, 0.6)]
+    assert [c.passed for c in _checks(rising, None, 100)] == [True, False]
+    weak_pgd = [clean, row("FGSM", 0.1, 0.5), row("PGD", 0.1, 0.7)]
+    assert not _checks(weak_pgd, None, 100)[-1].passed
+    above_clean = [clean, row("FGSM", 0.1, 0.95)]
+    assert not _checks(above_clean, None, 100)[0].passed
