@@ -15,7 +15,10 @@ import numpy as np
 
 from keras_lowrank import analysis, data
 from keras_lowrank.models import small_cnn
-from keras_lowrank.robustness import gaussian_noise_accuracy
+from keras_lowrank.robustness import (FGSM, PGD, PerturbedModel, evaluate_robustness,
+                                      gaussian_noise_accuracy)
+
+ATTACK_EPS = (0.05, 0.1, 0.2)
 
 
 def train_model(model, train, epochs, learning_rate):
@@ -24,7 +27,7 @@ def train_model(model, train, epochs, learning_rate):
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    model.fit(train, epochs=epochs, verbose=0)
+    model.fit(train, epochs=epochs, verbose=0, shuffle=False)  # the dataset shuffles
     return model
 
 
@@ -75,7 +78,7 @@ def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=4.0
     results = {"dataset": dataset, "epochs": epochs, "rank": rank,
                "projection_weight": projection_weight, "seeds": list(seeds),
                "per_seed": {"baseline": [], "lr": []}}
-    spectra = {}
+    spectra, first_models = {}, {}
     for seed in seeds:
         train, _ = data.load(dataset, "train", batch_size=32, seed=seed)
         for label, lr_rank in (("baseline", None), ("lr", rank)):
@@ -86,17 +89,84 @@ def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=4.0
             echo(f"  seed {seed}: trained {label} in {record['train_seconds']} s")
             if seed == seeds[0]:
                 spectra[label] = spectrum
+                first_models[label] = model
                 model.save(os.path.join(output, f"{label}.keras"))
     results["mean"] = {label: summarize(records)
                        for label, records in results["per_seed"].items()}
     echo("")
     echo(format_table(results["mean"], sigmas, len(seeds)))
     plot_spectra(spectra, rank, os.path.join(output, "spectra.png"))
+    results["robustness"] = robustness_section(first_models, info, test, sigmas,
+                                               seeds[0], epochs, learning_rate,
+                                               output, echo)
     with open(os.path.join(output, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    echo(f"\nwrote {output}/results.json, spectra.png (seed {seeds[0]}), "
-         "baseline.keras, lr.keras")
+    echo(f"\nwrote {output}/: results.json, spectra.png, robustness.png, "
+         "robustness.md, baseline.keras, lr.keras, pgd_trained.keras")
     return results
+
+
+def robustness_section(models, info, test, sigmas, seed, epochs, learning_rate,
+                       output, echo):
+    """Attacks and noise on the seed's models and a PGD-trained one (Madry et al.)."""
+    start = time.time()
+    keras.utils.set_random_seed(seed)
+    robust = small_cnn(info.input_shape, info.num_classes, seed=seed)
+    train, _ = data.load(info.name, "train", batch_size=32, seed=seed)
+    train_model(PerturbedModel(robust, PGD(0.1, steps=5, seed=seed)), train, epochs,
+                learning_rate)
+    robust.save(os.path.join(output, "pgd_trained.keras"))
+    models = dict(models, pgd_trained=robust)
+    attacks = [FGSM(e) for e in ATTACK_EPS] + [PGD(e, steps=10, seed=seed) for e in ATTACK_EPS]
+    reports = {label: evaluate_robustness(model, test, attacks=attacks,
+                                          noise_sigmas=sigmas, seed=seed)
+               for label, model in models.items()}
+    echo(f"\nRobustness (seed {seed}; pgd_trained: PGD-5 ε=0.1 adversarial training; "
+         f"{time.time() - start:.0f} s)")
+    echo(compare_reports(reports))
+    plot_robustness(reports, os.path.join(output, "robustness.png"))
+    with open(os.path.join(output, "robustness.md"), "w") as f:
+        for label, report in reports.items():
+            f.write(f"## {label}\n\n{report.to_markdown()}\n\n")
+    return {label: report.as_dict() for label, report in reports.items()}
+
+
+def compare_reports(reports):
+    """One row per perturbation, one accuracy column per model, then the checks."""
+    labels = list(reports)
+    names = [row["name"] for row in next(iter(reports.values())).rows]
+    width = max(map(len, names))
+    lines = [f"{'perturbation':<{width}}  " + "  ".join(f"{l:>11}" for l in labels)]
+    for i, name in enumerate(names):
+        lines.append(f"{name:<{width}}  " + "  ".join(
+            f"{reports[l].rows[i]['accuracy']:>11.4f}" for l in labels))
+    for label, report in reports.items():
+        failed = [c.name for c in report.checks if not c.passed]
+        lines.append(f"gradient-masking checks, {label}: "
+                     + ("all passed" if not failed else "FAILED: " + "; ".join(failed)))
+    return "\n".join(lines)
+
+
+def plot_robustness(reports, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, report in reports.items():
+        for ax, family in zip(axes, ("PGD", "gaussian")):
+            points = sorted((r["size"], r["accuracy"]) for r in report.rows
+                            if r["family"] == family and "probe" not in r["name"])
+            ax.plot(*zip(*([(0.0, report.clean_accuracy)] + points)), "o-", label=label)
+    axes[0].set(xlabel="ε (L∞, pixels in [0, 1])", ylabel="accuracy",
+                title="PGD-10", ylim=(0, 1.02))
+    axes[1].set(xlabel="σ", ylabel="accuracy", title="Gaussian noise", ylim=(0, 1.02))
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def summarize(records):

@@ -19,7 +19,12 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     accuracies = [r["accuracy"] for r in runs]
     assert results["mean"]["lr"]["accuracy"]["mean"] == pytest.approx(sum(accuracies) / 2)
     assert 0 <= runs[0]["compressed_feature_accuracy"] <= 1
-    for name in ("spectra.png", "baseline.keras", "lr.keras"):
+    robustness = results["robustness"]
+    assert set(robustness) == {"baseline", "lr", "pgd_trained"}
+    assert robustness["lr"]["rows"][0]["name"] == "clean"
+    assert "gradient-masking checks, pgd_trained" in printed
+    for name in ("spectra.png", "robustness.png", "robustness.md", "baseline.keras",
+                 "lr.keras", "pgd_trained.keras"):
         assert (tmp_path / name).stat().st_size > 0
 
 

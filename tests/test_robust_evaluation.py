@@ -123,3 +123,24 @@ def test_checks_catch_each_violation():
     assert not _checks(weak_pgd, None, 100)[-1].passed
     above_clean = [clean, row("FGSM", 0.1, 0.95)]
     assert not _checks(above_clean, None, 100)[0].passed
+
+
+def test_attacks_on_a_model_that_adds_losses():
+    # LowRankProjection adds losses in call; the attack's forward passes (inside
+    # PGD's loop, inside the train step) must neither leak nor double them.
+    from keras_lowrank.models import small_cnn as cnn
+
+    x, y = data.load_digits_arrays("test")
+    x, y = x[:64], y[:64]
+    keras.utils.set_random_seed(0)
+    model = cnn(lr_rank=4)
+    model.compile("adam", CE)
+    clean_loss = model.evaluate(x, y, verbose=0)
+    wrapper = PerturbedModel(model, PGD(0.0, steps=2, random_start=False))
+    wrapper.compile("adam", CE)
+    # eps = 0 leaves x unchanged: the wrapper's loss (task + LR losses) is the clean one.
+    assert wrapper.evaluate(x, y, verbose=0) == pytest.approx(clean_loss, rel=1e-5)
+    wrapper.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    adv = PGD(0.1, steps=2)(model, x, y)
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(adv)))
+    assert int(keras.ops.convert_to_numpy(model.get_layer("low_rank").steps)) == 2

@@ -11,6 +11,15 @@ weights after training.
 import keras
 
 
+def forward_without_side_effects(model, x):
+    """model(x) in inference mode that records no losses (``add_loss`` of e.g.
+    LowRankProjection or activity regularizers) and changes no state: the attack's
+    forward passes, often inside a loop, must not leak into the training step."""
+    mapping = [(v, v.value) for v in model.variables]
+    with keras.StatelessScope(state_mapping=mapping, collect_losses=False):
+        return model(x, training=False)
+
+
 class _Oracle:
     """``loss(x, y)``: per-example loss of the model in inference mode;
     ``grad(x, y)``: d Σ loss / dx."""
@@ -31,7 +40,7 @@ def compile_attack(model, loss_fn, attack_fn):
         import tensorflow as tf
 
         def loss(x, y):
-            return loss_fn(y, model(x, training=False))
+            return loss_fn(y, forward_without_side_effects(model, x))
 
         def grad(x, y):
             with tf.GradientTape() as tape:
@@ -81,7 +90,7 @@ def inline_oracle(model, loss_fn):
     backend = keras.backend.backend()
 
     def loss(x, y):
-        return loss_fn(y, model(x, training=False))
+        return loss_fn(y, forward_without_side_effects(model, x))
 
     if backend == "tensorflow":
         import tensorflow as tf

@@ -19,7 +19,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank.robustness._gradients import compile_attack, inline_oracle
+from keras_lowrank.robustness._gradients import (compile_attack,
+                                                 forward_without_side_effects,
+                                                 inline_oracle)
 
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
 _SYMBOL = {"inf": "∞", "2": "2"}
@@ -114,7 +116,7 @@ class Attack:
         """The attack inside a step Keras is already compiling (no host-side
         checks): used by ``PerturbedModel``. ``y``: integer labels or None."""
         if y is None:
-            y = ops.argmax(model(x, training=False), axis=-1)
+            y = ops.argmax(forward_without_side_effects(model, x), axis=-1)
         y = ops.cast(y, "int32")
         oracle = inline_oracle(model, self._loss_fn(model))
         return self._attack(oracle, x, y, self._noise(x))
@@ -156,7 +158,8 @@ class Attack:
         if y is None:
             if self.targeted:
                 raise ValueError("A targeted attack needs `y`: the target classes.")
-            return ops.cast(ops.argmax(model(x, training=False), axis=-1), "int32")
+            return ops.cast(ops.argmax(forward_without_side_effects(model, x), axis=-1),
+                            "int32")
         y = np.asarray(ops.convert_to_numpy(y))
         if y.ndim == 2 and y.shape[1] == num_classes:
             y = y.argmax(axis=1)
