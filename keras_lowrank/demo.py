@@ -15,8 +15,8 @@ import numpy as np
 
 from keras_lowrank import analysis, data
 from keras_lowrank.models import small_cnn
-from keras_lowrank.robustness import (FGSM, PGD, PerturbedModel, evaluate_robustness,
-                                      gaussian_noise_accuracy)
+from keras_lowrank.robustness import (FGSM, PGD, PerturbedModel, all_corruptions,
+                                      evaluate_robustness, gaussian_noise_accuracy)
 
 ATTACK_EPS = (0.05, 0.1, 0.2)
 
@@ -118,8 +118,10 @@ def robustness_section(models, info, test, sigmas, seed, epochs, learning_rate,
     robust.save(os.path.join(output, "pgd_trained.keras"))
     models = dict(models, pgd_trained=robust)
     attacks = [FGSM(e) for e in ATTACK_EPS] + [PGD(e, steps=10, seed=seed) for e in ATTACK_EPS]
+    corruptions = all_corruptions(severities=(1, 3, 5), seed=seed)
     reports = {label: evaluate_robustness(model, test, attacks=attacks,
-                                          noise_sigmas=sigmas, seed=seed)
+                                          noise_sigmas=sigmas, corruptions=corruptions,
+                                          seed=seed)
                for label, model in models.items()}
     echo(f"\nRobustness (seed {seed}; pgd_trained: PGD-5 ε=0.1 adversarial training; "
          f"{time.time() - start:.0f} s)")
@@ -140,6 +142,8 @@ def compare_reports(reports):
     for i, name in enumerate(names):
         lines.append(f"{name:<{width}}  " + "  ".join(
             f"{reports[l].rows[i]['accuracy']:>11.4f}" for l in labels))
+    lines.append(f"{'mean over corruptions':<{width}}  " + "  ".join(
+        f"{reports[l].mean_corruption_accuracy():>11.4f}" for l in labels))
     for label, report in reports.items():
         failed = [c.name for c in report.checks if not c.passed]
         lines.append(f"gradient-masking checks, {label}: "

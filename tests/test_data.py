@@ -77,3 +77,18 @@ def test_missing_tfds_data_says_how_to_fix(tmp_path):
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         data.load(**kwargs)
+
+
+def test_cifar10_corrupted_feeds_the_robustness_report():
+    import keras
+
+    from keras_lowrank.robustness import evaluate_robustness
+
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(10)])
+    with tfds.testing.mock_data(num_examples=8):
+        corrupted, info = data.load("cifar10_corrupted/fog_3", "test", batch_size=4)
+        report = evaluate_robustness(model, corrupted, datasets={"CIFAR-10-C fog 3": corrupted},
+                                     large_eps=None)
+    assert [r["name"] for r in report.rows] == ["clean", "CIFAR-10-C fog 3"]
+    assert report.rows[1]["accuracy"] == report.clean_accuracy

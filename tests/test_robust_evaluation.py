@@ -144,3 +144,22 @@ def test_attacks_on_a_model_that_adds_losses():
     adv = PGD(0.1, steps=2)(model, x, y)
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(adv)))
     assert int(keras.ops.convert_to_numpy(model.get_layer("low_rank").steps)) == 2
+
+
+def test_report_corruption_and_dataset_rows(trained):
+    from keras_lowrank.robustness import Corruption
+
+    model, x, y = trained
+    blurred = np.asarray(keras.ops.convert_to_numpy(Corruption("gaussian_blur", 5)(None, x)))
+    report = evaluate_robustness(
+        model, _dataset(x, y), corruptions=[Corruption("contrast", 1), Corruption("gaussian_blur", 5)],
+        datasets={"pre-blurred": _dataset(blurred, y)}, large_eps=None, clip=None)
+    names = [r["name"] for r in report.rows]
+    assert names == ["clean", "contrast 1", "gaussian_blur 5", "pre-blurred"]
+    # the in-graph corruption and the same corruption applied beforehand agree
+    assert report.accuracy("corruption:gaussian_blur", 5) == pytest.approx(
+        report.rows[-1]["accuracy"], abs=1e-6)
+    assert report.accuracy("corruption:gaussian_blur", 5) == pytest.approx(
+        accuracy(model, blurred, y), abs=1e-6)
+    assert report.mean_corruption_accuracy() == pytest.approx(
+        (report.rows[1]["accuracy"] + report.rows[2]["accuracy"]) / 2)

@@ -8,6 +8,7 @@ import json
 import keras
 
 from keras_lowrank.robustness.attacks import FGSM, PGD
+from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
 from keras_lowrank.robustness.perturbations import GaussianNoise
 
@@ -43,6 +44,11 @@ class RobustnessReport:
             if row["family"] == family and row["size"] == size and row["norm"] in (norm, None):
                 return row["accuracy"]
         raise KeyError(f"no row for {family} at {size} ({norm})")
+
+    def mean_corruption_accuracy(self):
+        """Mean accuracy over the corruption rows (None without any)."""
+        values = [r["accuracy"] for r in self.rows if r["family"].startswith("corruption:")]
+        return sum(values) / len(values) if values else None
 
     @property
     def all_checks_passed(self):
@@ -87,7 +93,7 @@ class RobustnessReport:
         import matplotlib.pyplot as plt
 
         families = sorted({(r["family"], r["norm"]) for r in self.rows
-                           if r["family"] not in ("clean",)}, key=str)
+                           if r["family"] in ("FGSM", "PGD", "gaussian")}, key=str)
         noise = [f for f in families if f[0] == "gaussian"]
         attacks = [f for f in families if f[0] != "gaussian"]
         panels = [p for p in (attacks, noise) if p]
@@ -116,6 +122,8 @@ def _describe(perturbation):
         return "clean", None, 0.0
     if isinstance(perturbation, GaussianNoise):
         return "gaussian", None, perturbation.sigma
+    if isinstance(perturbation, Corruption):
+        return f"corruption:{perturbation.corruption}", None, perturbation.severity
     if isinstance(perturbation, (FGSM, PGD)):
         return type(perturbation).__name__, perturbation.norm, perturbation.eps
     return type(perturbation).__name__, None, None
@@ -131,8 +139,9 @@ def _accuracy(model, perturbation, data, from_logits, jit_compile):
     return float(wrapper.evaluate(data, verbose=0, return_dict=True)["accuracy"])
 
 
-def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), clip=(0.0, 1.0),
-                        large_eps=None, seed=0, from_logits=None, jit_compile="auto"):
+def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=(),
+                        datasets=None, clip=(0.0, 1.0), large_eps="auto", seed=0,
+                        from_logits=None, jit_compile="auto"):
     """Accuracy of ``model`` on ``data`` clean, under each attack and noise level.
 
     Args:
@@ -140,9 +149,13 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), clip=(0.0, 1.0
         data: a tf.data.Dataset (or anything ``evaluate`` takes) of (x, y) batches.
         attacks: attack objects (``FGSM``, ``PGD``), typically a sweep over eps.
         noise_sigmas: Gaussian-noise standard deviations.
+        corruptions: ``Corruption`` objects (e.g. ``all_corruptions()``).
+        datasets: {label: dataset} of already-perturbed data evaluated as they
+            are, e.g. the real CIFAR-10-C from
+            ``data.load("cifar10_corrupted/fog_3", "test")``.
         clip: the input range.
         large_eps: eps of the "large eps drives accuracy to ~0" probe (PGD L∞, 20
-            steps); default half the input range. None with clip=None skips it.
+            steps); "auto" (default): half the input range; None: no probe.
         from_logits: as in the attacks; None = logits unless the last layer has a
             softmax.
         jit_compile: passed to ``compile``; True (XLA) makes TF attacks ~1.3–1.5×
@@ -156,9 +169,10 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), clip=(0.0, 1.0
         from_logits = activation is not keras.activations.softmax
     rows = []
 
-    def add(perturbation, name=None):
-        family, norm, size = _describe(perturbation)
-        accuracy = _accuracy(model, perturbation, data, from_logits, jit_compile)
+    def add(perturbation, name=None, on=data, family=None):
+        described_family, norm, size = _describe(perturbation)
+        family = family or described_family
+        accuracy = _accuracy(model, perturbation, on, from_logits, jit_compile)
         row = {"name": name or getattr(perturbation, "name", repr(perturbation)), "family": family, "norm": norm,
                "size": size, "accuracy": accuracy}
         rows.append(row)
@@ -169,8 +183,12 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), clip=(0.0, 1.0
         add(attack)
     for sigma in noise_sigmas:
         add(GaussianNoise(sigma, clip=clip, seed=seed))
-    if large_eps is None and clip is not None:
-        large_eps = (clip[1] - clip[0]) / 2
+    for corruption in corruptions:
+        add(corruption)
+    for label, dataset in (datasets or {}).items():
+        add(_Identity(), name=label, on=dataset, family="dataset")
+    if large_eps == "auto":
+        large_eps = None if clip is None else (clip[1] - clip[0]) / 2
     probe = None
     if large_eps is not None:
         probe = add(PGD(large_eps, steps=20, seed=seed, clip=clip),

@@ -1,0 +1,135 @@
+"""Common corruptions as tensor ops, usable wherever an attack is.
+
+After Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common
+Corruptions and Perturbations" (ICLR 2019), with the severity parameters of their
+CIFAR-10-C script (`make_cifar_c.py`), on images in [0, 1] of shape (h, w, c):
+
+    gaussian_noise  x + N(0, c²)                     c = .04 .06 .08 .09 .10
+    shot_noise      Poisson(x·c) / c                  c = 500 250 100 75 50
+    impulse_noise   salt and pepper, fraction c       c = .01 .02 .03 .05 .07
+    brightness      V + c in HSV (x + c if gray)      c = .05 .10 .15 .20 .30
+    contrast        (x − mean) · c + mean             c = .75 .50 .40 .30 .15
+    gaussian_blur   blur with σ = c pixels            c = .40 .60 .70 .80 1.0
+    pixelate        down to c·size, up nearest        c = .95 .90 .85 .75 .65
+    jpeg            JPEG quality c (TensorFlow only)  c = 80 65 58 50 40
+
+Written in ``keras.ops`` (jpeg through ``tf.image``), so they run inside the
+compiled test step on a batch, like the attacks. For the real CIFAR-10-C, load
+``keras_lowrank.data.load("cifar10_corrupted/<name>_<severity>", "test")``.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+SEVERITIES = {
+    "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),
+    "shot_noise": (500, 250, 100, 75, 50),
+    "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),
+    "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),
+    "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),
+    "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),
+    "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),
+    "jpeg": (80, 65, 58, 50, 40),
+}
+CORRUPTIONS = tuple(SEVERITIES)
+
+
+class Corruption:
+    """One corruption at one severity (1..5), applied per batch in-graph.
+
+    Args:
+        name: one of ``CORRUPTIONS``.
+        severity: 1 (mild) … 5 (strong).
+        seed: seed of the random corruptions.
+    """
+
+    def __init__(self, name, severity, seed=None):
+        if name not in SEVERITIES:
+            raise ValueError(
+                f"Unknown corruption name={name!r}; choose one of {', '.join(CORRUPTIONS)}."
+            )
+        if severity not in (1, 2, 3, 4, 5):
+            raise ValueError(f"`severity` must be 1, 2, 3, 4 or 5, got severity={severity!r}.")
+        if name == "jpeg" and keras.backend.backend() != "tensorflow":
+            raise ValueError("The 'jpeg' corruption needs the TensorFlow backend (tf.image).")
+        self.corruption = name
+        self.severity = severity
+        self.parameter = SEVERITIES[name][severity - 1]
+        self._seed = keras.random.SeedGenerator(seed)
+
+    @property
+    def name(self):
+        return f"{self.corruption} {self.severity}"
+
+    def __repr__(self):
+        return f"Corruption({self.corruption!r}, severity={self.severity})"
+
+    def perturb_in_graph(self, model, x, y=None):
+        return ops.clip(getattr(self, "_" + self.corruption)(x, self.parameter), 0.0, 1.0)
+
+    __call__ = perturb_in_graph
+
+    def _gaussian_noise(self, x, c):
+        return x + c * keras.random.normal(ops.shape(x), seed=self._seed)
+
+    def _shot_noise(self, x, c):
+        # keras.random has no Poisson: Binomial(10c, x/10) has its mean x·c and
+        # variance x·c·(1 − x/10), within 10% of Poisson's.
+        counts = ops.full(ops.shape(x), 10.0 * c)
+        draws = keras.random.binomial(ops.shape(x), counts, ops.clip(x, 0, 1) / 10.0,
+                                      seed=self._seed)
+        return draws / c
+
+    def _impulse_noise(self, x, c):
+        u = keras.random.uniform(ops.shape(x), seed=self._seed)
+        return ops.where(u < c / 2, 0.0, ops.where(u < c, 1.0, x))
+
+    def _brightness(self, x, c):
+        if x.shape[-1] != 3:
+            return x + c
+        hsv = ops.image.rgb_to_hsv(x)
+        value = ops.clip(hsv[..., 2:] + c, 0.0, 1.0)
+        return ops.image.hsv_to_rgb(ops.concatenate([hsv[..., :2], value], axis=-1))
+
+    def _contrast(self, x, c):
+        means = ops.mean(x, axis=(1, 2), keepdims=True)
+        return (x - means) * c + means
+
+    def _gaussian_blur(self, x, sigma):
+        # keras.ops.image.gaussian_blur pads with zeros and, in Keras 3.15, gives
+        # other values on JAX than on TensorFlow; a separable normalised kernel
+        # after symmetric padding (scipy's "reflect") is the same on both.
+        radius = int(3 * sigma + 0.5)
+        taps = [math.exp(-(i * i) / (2 * sigma * sigma)) for i in range(-radius, radius + 1)]
+        taps = ops.convert_to_tensor([t / sum(taps) for t in taps], x.dtype)
+        channels = x.shape[-1]
+        padded = ops.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)),
+                         mode="symmetric")
+        size = 2 * radius + 1
+        rows = ops.tile(ops.reshape(taps, (size, 1, 1, 1)), (1, 1, channels, 1))
+        cols = ops.tile(ops.reshape(taps, (1, size, 1, 1)), (1, 1, channels, 1))
+        return ops.depthwise_conv(ops.depthwise_conv(padded, rows), cols)
+
+    def _pixelate(self, x, c):
+        height, width = x.shape[1], x.shape[2]
+        small = (max(1, int(height * c)), max(1, int(width * c)))
+        down = ops.image.resize(x, small, interpolation="bilinear", antialias=True)
+        return ops.image.resize(down, (height, width), interpolation="nearest")
+
+    def _jpeg(self, x, quality):
+        import tensorflow as tf
+
+        channels = x.shape[-1]
+        rgb = x if channels == 3 else tf.repeat(x, 3, axis=-1)
+        compressed = tf.map_fn(
+            lambda image: tf.image.adjust_jpeg_quality(image, quality), rgb)
+        return compressed if channels == 3 else tf.reduce_mean(compressed, -1, keepdims=True)
+
+
+def all_corruptions(severities=(1, 2, 3, 4, 5), names=None, seed=0):
+    """Every corruption (available on this backend) at every severity."""
+    names = names or [n for n in CORRUPTIONS
+                      if n != "jpeg" or keras.backend.backend() == "tensorflow"]
+    return [Corruption(name, s, seed=seed) for name in names for s in severities]

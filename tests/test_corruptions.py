@@ -1,0 +1,79 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_lowrank.robustness.corruptions import CORRUPTIONS, Corruption, all_corruptions
+
+pytestmark = pytest.mark.backend_neutral
+
+
+def apply(name, severity, x, seed=0):
+    return np.asarray(keras.ops.convert_to_numpy(Corruption(name, severity, seed=seed)(None, x)))
+
+
+@pytest.fixture
+def images(rng):
+    return rng.uniform(size=(6, 12, 12, 3)).astype("float32")
+
+
+def test_every_corruption_keeps_shape_and_range(images):
+    for corruption in all_corruptions():
+        out = np.asarray(keras.ops.convert_to_numpy(corruption(None, images)))
+        assert out.shape == images.shape and 0 <= out.min() and out.max() <= 1, corruption
+
+
+def test_gaussian_and_shot_noise_statistics():
+    gray = np.full((8, 32, 32, 1), 0.5, "float32")
+    delta = apply("gaussian_noise", 3, gray) - gray
+    assert delta.std() == pytest.approx(0.08, rel=0.05) and abs(delta.mean()) < 0.005
+    shot = apply("shot_noise", 5, gray)            # c = 50: Poisson(25) / 50
+    assert shot.mean() == pytest.approx(0.5, abs=0.005)
+    assert shot.var() == pytest.approx(0.5 / 50, rel=0.1)
+
+
+def test_impulse_noise_sets_fraction_to_extremes():
+    gray = np.full((8, 32, 32, 1), 0.5, "float32")
+    out = apply("impulse_noise", 5, gray)          # c = 0.07
+    changed = out != 0.5
+    assert changed.mean() == pytest.approx(0.07, rel=0.1)
+    assert set(np.unique(out[changed])) <= {0.0, 1.0}
+
+
+def test_contrast_keeps_means_and_scales_deviations(rng):
+    x = rng.uniform(0.4, 0.6, size=(3, 8, 8, 1)).astype("float32")  # no clipping
+    out = apply("contrast", 2, x)                  # c = 0.5
+    np.testing.assert_allclose(out.mean(axis=(1, 2)), x.mean(axis=(1, 2)), atol=1e-6)
+    np.testing.assert_allclose(out.std(axis=(1, 2)), 0.5 * x.std(axis=(1, 2)), rtol=1e-4)
+
+
+def test_brightness_grayscale_and_rgb_value(rng):
+    x = rng.uniform(0, 0.5, size=(2, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(apply("brightness", 5, x), x + 0.3, atol=1e-6)
+    rgb = rng.uniform(0, 0.5, size=(2, 8, 8, 3)).astype("float32")
+    out = apply("brightness", 5, rgb)
+    np.testing.assert_allclose(out.max(-1), rgb.max(-1) + 0.3, atol=1e-5)  # V = max(r, g, b)
+
+
+def test_blur_matches_scipy_reflect(rng):
+    from scipy.ndimage import gaussian_filter
+
+    x = rng.uniform(size=(2, 10, 10, 1)).astype("float32")
+    out = apply("gaussian_blur", 5, x)             # σ = 1, radius 3
+    expected = np.stack([gaussian_filter(img[..., 0].astype(np.float64), 1.0, mode="reflect",
+                                         truncate=3.0)[..., None] for img in x])
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_pixelate_is_blockwise_constant(rng):
+    x = rng.uniform(size=(2, 20, 20, 1)).astype("float32")
+    out = apply("pixelate", 5, x)                  # 20 → 13 → 20
+    assert all(len(np.unique(img)) <= 13 * 13 for img in out)
+    assert np.abs(out.mean() - x.mean()) < 0.05
+
+
+@pytest.mark.parametrize("kwargs,match", [({"name": "fog", "severity": 1}, "choose one of"),
+                                          ({"name": "contrast", "severity": 6}, "`severity`")])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Corruption(**kwargs)
+    assert "jpeg" in CORRUPTIONS
