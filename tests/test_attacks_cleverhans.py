@@ -58,3 +58,24 @@ def test_pgd_random_start_robust_accuracy_matches_cleverhans(trained):
         model, x, 0.08, 0.02, 10, np.inf, clip_min=0.0, clip_max=1.0, y=y, rand_init=True,
         sanity_checks=False).numpy(), y)
     assert abs(ours - theirs) <= 0.01 + 1e-9
+
+
+def test_adapter_runs_cleverhans_inside_keras_evaluate(trained):
+    from keras_lowrank.robustness import CleverhansAttack, PerturbedModel, evaluate_robustness
+
+    model, x, y = trained
+    adapter = CleverhansAttack(ch_pgd.projected_gradient_descent, eps=0.1, eps_iter=0.02,
+                               nb_iter=5, norm=np.inf, clip_min=0.0, clip_max=1.0,
+                               rand_init=False)
+    wrapper = PerturbedModel(model, adapter)
+    wrapper.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=["accuracy"])
+    got = wrapper.evaluate(x, y, batch_size=50, verbose=0, return_dict=True)["accuracy"]
+    ours = PGD(0.1, step_size=0.02, steps=5, random_start=False)
+    assert got == pytest.approx(accuracy(model, np.asarray(ours(model, x, y)), y), abs=1e-6)
+    import tensorflow as tf
+
+    report = evaluate_robustness(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(50),
+                                 attacks=[adapter], large_eps=None)
+    assert report.rows[1]["name"] == "projected_gradient_descent"
+    assert report.rows[1]["accuracy"] == pytest.approx(got, abs=1e-6)

@@ -1,0 +1,44 @@
+"""Runs any cleverhans 4 tf2 attack inside our evaluation (TensorFlow only).
+
+    from cleverhans.tf2.attacks.carlini_wagner_l2 import carlini_wagner_l2
+    from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+    attack = CleverhansAttack(projected_gradient_descent, eps=0.1, eps_iter=0.01,
+                              nb_iter=20, norm=np.inf, clip_min=0.0, clip_max=1.0)
+    PerturbedModel(model, attack).evaluate(test)   # or attack(model, x, y)
+
+The attack function is called as ``fn(model_fn, x, y=y, **kwargs)`` with a
+``model_fn`` that runs the model in inference mode without recording losses.
+cleverhans' ``sanity_checks`` (asserts evaluated in Python) cannot run inside a
+compiled step, so they are off unless passed explicitly.
+"""
+
+import keras
+
+from keras_lowrank.robustness._gradients import forward_without_side_effects
+
+
+class CleverhansAttack:
+    """Adapter: a cleverhans tf2 attack function and its keyword arguments."""
+
+    def __init__(self, attack_fn, name=None, **kwargs):
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError("CleverhansAttack needs the TensorFlow backend (cleverhans tf2).")
+        if not callable(attack_fn):
+            raise ValueError(f"`attack_fn` must be a cleverhans tf2 attack function, "
+                             f"got {attack_fn!r}.")
+        self.attack_fn = attack_fn
+        self.kwargs = dict(kwargs)
+        self.kwargs.setdefault("sanity_checks", False)
+        self.name = name or attack_fn.__name__
+
+    def perturb_in_graph(self, model, x, y=None):
+        model_fn = lambda inputs: forward_without_side_effects(model, inputs)  # noqa: E731
+        return self.attack_fn(model_fn, x, y=y, **self.kwargs)
+
+    def __call__(self, model, x, y=None):
+        import tensorflow as tf
+
+        return self.perturb_in_graph(model, tf.convert_to_tensor(x, tf.float32), y)
+
+    def __repr__(self):
+        return f"CleverhansAttack({self.name})"
