@@ -29,6 +29,7 @@ test-jax: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/lr_layer_overhead.py
+	$(BIN)/python benchmarks/pgd_vs_cleverhans.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
