@@ -3,9 +3,7 @@ gradient with respect to the input.
 
 Everything else in the attacks is written with ``keras.ops``. Only the input
 gradient differs by backend (tf.GradientTape / jax.grad), and so does
-compilation (tf.function / jax.jit). On JAX the model's variables are passed as
-arguments (``stateless_call``) so a cached compiled attack never sees stale
-weights after training.
+compilation (tf.function / jax.jit).
 """
 
 import keras
@@ -20,94 +18,51 @@ def forward_without_side_effects(model, x):
         return model(x, training=False)
 
 
-class _Oracle:
+class Oracle:
     """``loss(x, y)``: per-example loss of the model in inference mode;
-    ``grad(x, y)``: d Σ loss / dx."""
+    ``grad(x, y)``: d Σ loss / dx. For use inside a step being traced."""
 
-    def __init__(self, loss, grad):
-        self.loss = loss
-        self.grad = grad
+    def __init__(self, model, loss_fn):
+        self.model = model
+        self.loss_fn = loss_fn
+        backend = keras.backend.backend()
+        if backend == "jax":
+            import jax
+
+            self.grad = jax.grad(lambda x, y: keras.ops.sum(self.loss(x, y)))
+        elif backend != "tensorflow":
+            raise NotImplementedError(
+                f"Attacks support the 'tensorflow' and 'jax' backends, not {backend!r}."
+            )
+
+    def loss(self, x, y):
+        return self.loss_fn(y, forward_without_side_effects(self.model, x))
+
+    def grad(self, x, y):  # TensorFlow; replaced by jax.grad on JAX
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(self.loss(x, y))
+        # A gradient that does not reach x (e.g. through round) is zero, as on JAX.
+        return tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def compile_attack(model, loss_fn, attack_fn):
-    """Compiles ``attack_fn(oracle, x, y, noise) -> x_adv`` for ``model``.
-
-    ``loss_fn(y, outputs)`` returns one loss per example. Returns
-    ``run(x, y, noise) -> x_adv``, which executes as one graph.
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
+    """Compiles ``attack_fn(oracle, x, y, noise) -> x_adv`` for ``model`` into
+    ``run(x, y, noise)``, one graph per batch. On JAX the model's variables are
+    arguments, so a cached compiled attack never sees stale weights."""
+    oracle = Oracle(model, loss_fn)
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        def loss(x, y):
-            return loss_fn(y, forward_without_side_effects(model, x))
-
-        def grad(x, y):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                total = tf.reduce_sum(loss(x, y))
-            # A gradient that does not reach x (e.g. through round) is zero, as on JAX.
-            return tape.gradient(total, x,
-                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-        oracle = _Oracle(loss, grad)
         return tf.function(lambda x, y, noise: attack_fn(oracle, x, y, noise),
                            reduce_retracing=True)
+    import jax
 
-    if backend == "jax":
-        import jax
+    def attack_with_state(values, x, y, noise):
+        with keras.StatelessScope(state_mapping=list(zip(model.variables, values))):
+            return attack_fn(oracle, x, y, noise)
 
-        def attack_with_state(trainable, non_trainable, x, y, noise):
-            def loss(inputs, labels):
-                outputs, _ = model.stateless_call(
-                    trainable, non_trainable, inputs, training=False
-                )
-                return loss_fn(labels, outputs)
-
-            grad = jax.grad(lambda inputs, labels: keras.ops.sum(loss(inputs, labels)))
-            return attack_fn(_Oracle(loss, grad), x, y, noise)
-
-        jitted = jax.jit(attack_with_state)
-
-        def run(x, y, noise):
-            return jitted(
-                [v.value for v in model.trainable_variables],
-                [v.value for v in model.non_trainable_variables],
-                x, y, noise,
-            )
-
-        return run
-
-    raise NotImplementedError(
-        f"Attacks support the 'tensorflow' and 'jax' backends, not {backend!r}."
-    )
-
-
-def inline_oracle(model, loss_fn):
-    """An oracle for use inside a step Keras is already tracing (tf.function, or
-    jax.jit under Keras' StatelessScope, where ``model(x)`` reads the traced
-    state)."""
-    backend = keras.backend.backend()
-
-    def loss(x, y):
-        return loss_fn(y, forward_without_side_effects(model, x))
-
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        def grad(x, y):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                total = tf.reduce_sum(loss(x, y))
-            # A gradient that does not reach x (e.g. through round) is zero, as on JAX.
-            return tape.gradient(total, x,
-                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-        return _Oracle(loss, grad)
-    if backend == "jax":
-        import jax
-
-        return _Oracle(loss, jax.grad(lambda x, y: keras.ops.sum(loss(x, y))))
-    raise NotImplementedError(
-        f"Attacks support the 'tensorflow' and 'jax' backends, not {backend!r}."
-    )
+    jitted = jax.jit(attack_with_state)
+    return lambda x, y, noise: jitted([v.value for v in model.variables], x, y, noise)

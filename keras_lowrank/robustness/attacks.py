@@ -20,9 +20,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank.robustness._gradients import (compile_attack,
-                                                 forward_without_side_effects,
-                                                 inline_oracle)
+from keras_lowrank.robustness._gradients import (Oracle, compile_attack,
+                                                 forward_without_side_effects)
 
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
 _SYMBOL = {"inf": "∞", "2": "2"}
@@ -120,7 +119,7 @@ class Attack:
         if y is None:
             y = ops.argmax(forward_without_side_effects(model, x), axis=-1)
         y = ops.cast(y, "int32")
-        oracle = inline_oracle(model, self._loss_fn(model))
+        oracle = Oracle(model, self._loss_fn(model))
         return self._attack(oracle, x, y, self._noise(x))
 
     def _loss_fn(self, model):
