@@ -7,7 +7,7 @@ import json
 
 import keras
 
-from keras_lowrank.robustness.attacks import FGSM, PGD
+from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD
 from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
 from keras_lowrank.robustness.perturbations import GaussianNoise
@@ -221,7 +221,7 @@ def _checks(rows, probe, num_examples):
             rises = [(a, b) for (a, acc_a), (b, acc_b) in zip(series, series[1:])
                      if acc_b > acc_a + tolerance]
             checks.append(Check(
-                f"{family} L{norm} accuracy non-increasing in ε", not rises,
+                f"{family} L{_SYMBOL[norm]} accuracy non-increasing in ε", not rises,
                 "monotone" if not rises else f"rises between ε={rises[0][0]:g} and {rises[0][1]:g}"))
     for norm in ("inf", "2"):
         fgsm = {r["size"]: r["accuracy"] for r in attack_rows
@@ -232,7 +232,7 @@ def _checks(rows, probe, num_examples):
         if common:
             weaker = [e for e in common if pgd[e] > fgsm[e] + tolerance]
             checks.append(Check(
-                f"PGD L{norm} at least as strong as FGSM", not weaker,
+                f"PGD L{_SYMBOL[norm]} at least as strong as FGSM", not weaker,
                 f"at ε in {common}" if not weaker else f"PGD weaker at ε={weaker}"))
     if probe is not None:
         checks.append(Check(f"large ε={probe['size']:g} drives accuracy near 0",
