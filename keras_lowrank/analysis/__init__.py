@@ -1,4 +1,6 @@
-"""Representation analysis: rank measures and spectra."""
+"""Representation analysis: rank measures, spectra and CKA."""
+
+from keras_lowrank.analysis.cka import CKAMap, cka_map, linear_cka, rbf_cka
 
 from keras_lowrank.analysis.ranks import (
     effective_rank,
@@ -15,6 +17,10 @@ from keras_lowrank.analysis.representation import (
 )
 
 __all__ = [
+    "CKAMap",
+    "cka_map",
+    "linear_cka",
+    "rbf_cka",
     "RepresentationRanks",
     "effective_rank",
     "effective_rank_from_singular_values",

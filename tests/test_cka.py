@@ -1,0 +1,139 @@
+"""CKA against independent float64 numpy computations and its known properties."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_lowrank.analysis import cka_map, linear_cka, rbf_cka
+
+pytestmark = pytest.mark.backend_neutral
+# float64 on TensorFlow; JAX computes in float32 unless x64 is enabled.
+TOL = 1e-6 if keras.backend.backend() == "tensorflow" else 2e-4
+
+
+def np_linear_cka_feature_space(x, y):
+    """Biased linear CKA in feature space: ‖YᵀX‖² / (‖XᵀX‖ ‖YᵀY‖), centred."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    y = y.reshape(len(y), -1).astype(np.float64)
+    x, y = x - x.mean(0), y - y.mean(0)
+    return np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+def np_hsic_unbiased(k, l):
+    n = len(k)
+    k, l = k.copy(), l.copy()
+    np.fill_diagonal(k, 0)
+    np.fill_diagonal(l, 0)
+    ones = np.ones(n)
+    return (np.trace(k @ l) + (ones @ k @ ones) * (ones @ l @ ones) / ((n - 1) * (n - 2))
+            - 2 * ones @ k @ l @ ones / (n - 2)) / (n * (n - 3))
+
+
+def np_cka_from_grams(k, l, unbiased):
+    if unbiased:
+        hsic = np_hsic_unbiased
+    else:
+        h = np.eye(len(k)) - 1.0 / len(k)
+        hsic = lambda a, b: np.sum((h @ a @ h) * (h @ b @ h))  # noqa: E731
+    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+
+
+def np_gram_rbf(x, threshold):
+    """The reference code's RBF Gram (Kornblith et al.'s Demo.ipynb)."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    dots = x @ x.T
+    norms = np.diag(dots)
+    sq = -2 * dots + norms[:, None] + norms[None, :]
+    return np.exp(-sq / (2 * threshold**2 * np.median(sq)))
+
+
+@pytest.fixture
+def xy(rng):
+    x = rng.normal(size=(40, 6, 2))
+    y = np.tanh(x.reshape(40, -1) @ rng.normal(size=(12, 7))) + 0.3 * rng.normal(size=(40, 7))
+    return x.astype("float32"), y.astype("float32")
+
+
+def test_linear_cka_matches_numpy(xy):
+    x, y = xy
+    assert linear_cka(x, y) == pytest.approx(np_linear_cka_feature_space(x, y), abs=TOL)
+    xf, yf = x.reshape(40, -1).astype(np.float64), y.astype(np.float64)
+    assert linear_cka(x, y, unbiased=True) == pytest.approx(
+        np_cka_from_grams(xf @ xf.T, yf @ yf.T, True), abs=TOL)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("threshold", [0.5, 1.0])
+def test_rbf_cka_matches_numpy(xy, unbiased, threshold):
+    x, y = xy
+    expected = np_cka_from_grams(np_gram_rbf(x, threshold), np_gram_rbf(y, threshold), unbiased)
+    assert rbf_cka(x, y, threshold, unbiased) == pytest.approx(expected, abs=TOL)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_invariances(rng, xy, unbiased):
+    x, _ = xy
+    flat = x.reshape(40, -1)
+    q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+    assert linear_cka(flat, flat, unbiased) == pytest.approx(1.0, abs=TOL)
+    assert linear_cka(flat, (flat @ q).astype("float32"), unbiased) == pytest.approx(1.0, abs=TOL)
+    assert linear_cka(flat, 7.5 * flat, unbiased) == pytest.approx(1.0, abs=TOL)
+    skew = (flat @ np.diag(np.geomspace(1, 30, 12))).astype("float32")  # invertible, not orthogonal
+    assert linear_cka(flat, skew, unbiased) < 0.99
+
+
+def test_errors_instead_of_nan(xy):
+    x, y = xy
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        linear_cka(x[:3], y[:3], unbiased=True)
+    with pytest.raises(ValueError, match="`y` has no variance"):
+        linear_cka(x, np.ones((40, 5), "float32"))
+    with pytest.raises(ValueError, match="same samples"):
+        linear_cka(x, y[:10])
+
+
+def small_model(seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 6, 1))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(8, activation="relu", name="hidden")(h)
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(h))
+
+
+def test_cka_map_equals_mean_hsic_over_batches(rng):
+    model, other = small_model(0), small_model(1)
+    x = rng.normal(size=(60, 6, 6, 1)).astype("float32")
+    result = cka_map(model, [x[i:i + 20] for i in range(0, 60, 20)], model_b=other)
+    assert result.rows == ["conv", "hidden", "out"] and result.columns == result.rows
+    acts_a = keras.Model(model.inputs, [model.get_layer(n).output for n in result.rows]).predict(x, verbose=0)
+    acts_b = keras.Model(other.inputs, [other.get_layer(n).output for n in result.rows]).predict(x, verbose=0)
+    grams = lambda acts, s: [a[s].reshape(20, -1).astype(np.float64) @ a[s].reshape(20, -1).T.astype(np.float64) for a in acts]  # noqa: E731
+    batches = [slice(i, i + 20) for i in range(0, 60, 20)]
+    for i in range(3):
+        for j in range(3):
+            kk = np.mean([np_hsic_unbiased(grams(acts_a, s)[i], grams(acts_a, s)[i]) for s in batches])
+            ll = np.mean([np_hsic_unbiased(grams(acts_b, s)[j], grams(acts_b, s)[j]) for s in batches])
+            kl = np.mean([np_hsic_unbiased(grams(acts_a, s)[i], grams(acts_b, s)[j]) for s in batches])
+            assert result.matrix[i, j] == pytest.approx(kl / np.sqrt(kk * ll), abs=10 * TOL)
+
+
+def test_cka_map_within_one_model(rng, tmp_path):
+    import tensorflow as tf
+
+    model = small_model(0)
+    x = rng.normal(size=(50, 6, 6, 1)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, np.zeros(50))).batch(16)  # last batch: 2, skipped
+    result = cka_map(model, data, layers=(keras.layers.Dense,))
+    assert result.rows == ["hidden", "out"]
+    np.testing.assert_allclose(np.diag(result.matrix), 1.0, atol=10 * TOL)
+    np.testing.assert_allclose(result.matrix, result.matrix.T, atol=10 * TOL)
+    single = cka_map(model, x, layers=["hidden", "out"], unbiased=False, max_batches=1)
+    acts = keras.Model(model.inputs, [model.get_layer("hidden").output,
+                                      model.get_layer("out").output]).predict(x, verbose=0)
+    assert single.matrix[0, 1] == pytest.approx(
+        np_linear_cka_feature_space(acts[0][:256], acts[1][:256]), abs=10 * TOL)
+    result.plot(tmp_path / "cka.png")
+    assert (tmp_path / "cka.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="`kernel`"):
+        cka_map(model, x, kernel="cosine")
