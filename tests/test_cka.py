@@ -7,8 +7,8 @@ import pytest
 from keras_lowrank.analysis import cka_map, linear_cka, rbf_cka
 
 pytestmark = pytest.mark.backend_neutral
-# float64 on TensorFlow; JAX computes in float32 unless x64 is enabled.
-TOL = 1e-6 if keras.backend.backend() == "tensorflow" else 2e-4
+# float64 on TensorFlow; JAX forms its Gram matrices in float32 unless x64 is enabled.
+TOL = 1e-6 if keras.backend.backend() == "tensorflow" else 1e-5
 
 
 def np_linear_cka_feature_space(x, y):

@@ -30,22 +30,22 @@ from keras_lowrank.analysis.representation import feature_extractor, resolve_lay
 _DTYPE = "float64"  # float32 where the backend has no float64 (JAX by default)
 
 
-def _matrix(x, name):
+def _matrix(x, name, dtype=_DTYPE):
     x = ops.convert_to_tensor(x)
     if len(x.shape) < 2:
         raise ValueError(f"`{name}` must be (samples, features...), got shape {tuple(x.shape)}.")
-    return ops.reshape(ops.cast(x, _DTYPE), (x.shape[0], -1))
+    return ops.reshape(ops.cast(x, dtype), (x.shape[0], -1))
 
 
-def gram_linear(x):
+def gram_linear(x, dtype=_DTYPE):
     """K = X Xᵀ of x (samples × features...)."""
-    x = _matrix(x, "x")
+    x = _matrix(x, "x", dtype)
     return ops.matmul(x, ops.transpose(x))
 
 
-def gram_rbf(x, threshold=1.0):
+def gram_rbf(x, threshold=1.0, dtype=_DTYPE):
     """K_ij = exp(−‖x_i − x_j‖² / (2 · threshold² · median_ij ‖x_i − x_j‖²))."""
-    x = _matrix(x, "x")
+    x = _matrix(x, "x", dtype)
     dots = ops.matmul(x, ops.transpose(x))
     norms = ops.diagonal(dots)
     squared = ops.maximum(norms[:, None] + norms[None, :] - 2 * dots, 0.0)
@@ -54,21 +54,26 @@ def gram_rbf(x, threshold=1.0):
 
 
 def _hsic_terms(grams, unbiased):
-    """HSIC of every pair of a stack of Gram matrices (m, n, n) → (m, m)."""
+    """HSIC of every pair of a stack of Gram matrices (m, n, n) → (m, m).
+
+    In float64 numpy on every backend: the unbiased estimator subtracts nearly
+    equal terms, which float32 (JAX's default) cancels to noise (errors ~1e-2
+    seen). The costly part, the Gram products, stays in keras.ops.
+    """
+    grams = np.asarray(ops.convert_to_numpy(grams), dtype=np.float64)
     n = grams.shape[-1]
     if unbiased:
         if n < 4:
             raise ValueError(f"Unbiased CKA needs at least 4 samples per batch, got {n}.")
-        grams = grams * (1.0 - ops.eye(n, dtype=grams.dtype))
-        trace = ops.einsum("inm,jnm->ij", grams, grams)
-        sums = ops.sum(grams, axis=(1, 2))
-        rows = ops.sum(grams, axis=2)
-        cross = ops.matmul(rows, ops.transpose(rows))
-        return (trace + sums[:, None] * sums[None, :] / ((n - 1) * (n - 2))
-                - 2 * cross / (n - 2)) / (n * (n - 3))
-    centred = grams - ops.mean(grams, axis=1, keepdims=True)
-    centred = centred - ops.mean(centred, axis=2, keepdims=True)
-    return ops.einsum("inm,jnm->ij", centred, centred)
+        grams = grams * (1.0 - np.eye(n))
+        trace = np.einsum("inm,jnm->ij", grams, grams)
+        sums = grams.sum(axis=(1, 2))
+        rows = grams.sum(axis=2)
+        return (trace + np.outer(sums, sums) / ((n - 1) * (n - 2))
+                - 2 * rows @ rows.T / (n - 2)) / (n * (n - 3))
+    centred = grams - grams.mean(axis=1, keepdims=True)
+    centred = centred - centred.mean(axis=2, keepdims=True)
+    return np.einsum("inm,jnm->ij", centred, centred)
 
 
 def _ratio(hsic, i, j, names):
@@ -81,9 +86,7 @@ def _ratio(hsic, i, j, names):
 
 
 def _cka(k, l, unbiased, names):
-    hsic = np.asarray(ops.convert_to_numpy(_hsic_terms(ops.stack([k, l]), unbiased)),
-                      dtype=np.float64)
-    return _ratio(hsic, 0, 1, names)
+    return _ratio(_hsic_terms(ops.stack([k, l]), unbiased), 0, 1, names)
 
 
 def linear_cka(x, y, unbiased=False):
@@ -176,9 +179,11 @@ def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=Tr
         for extractor in extractors:
             out = extractor.predict_on_batch(x)
             outputs += out if isinstance(out, (list, tuple)) else [out]
-        make = gram_linear if kernel == "linear" else lambda a: gram_rbf(a, threshold)
-        hsic = _hsic_terms(ops.stack([make(a) for a in outputs]), unbiased)
-        hsic = np.asarray(ops.convert_to_numpy(hsic), dtype=np.float64)
+        # Grams in the activations' float32 (the costly n²·p products); the
+        # pairwise HSIC terms and their sums over batches in float64.
+        grams = [gram_linear(a, "float32") if kernel == "linear"
+                 else gram_rbf(a, threshold, "float32") for a in outputs]
+        hsic = _hsic_terms(ops.stack(grams), unbiased)
         total = hsic if total is None else total + hsic
         batches += 1
     if not batches:
