@@ -30,6 +30,7 @@ test-jax: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/lr_layer_overhead.py
 	$(BIN)/python benchmarks/pgd_vs_cleverhans.py
+	$(BIN)/python benchmarks/cka_map_vs_numpy.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
