@@ -43,7 +43,7 @@ def compressed_feature_accuracy(model, test):
         logits = head(lr.decode(codes))
         correct += int(np.sum(np.argmax(keras.ops.convert_to_numpy(logits), -1) == y))
         total += len(y)
-    return correct / total, lr.rank
+    return correct / total
 
 
 def train_and_measure(info, train, test, lr_rank, projection_weight, sigmas,
@@ -61,7 +61,7 @@ def train_and_measure(info, train, test, lr_rank, projection_weight, sigmas,
     noisy = gaussian_noise_accuracy(model, test, sigmas, seed=seed)
     record.update({f"accuracy_sigma_{s}": a for s, a in noisy.items()})
     if lr_rank is not None:
-        record["compressed_feature_accuracy"], _ = compressed_feature_accuracy(model, test)
+        record["compressed_feature_accuracy"] = compressed_feature_accuracy(model, test)
     record["train_seconds"] = round(time.time() - start, 1)
     return model, record, ranks.singular_values
 

@@ -16,13 +16,9 @@ def test_noise_accuracy_against_direct_computation(rng):
     x = rng.uniform(size=(50, 6)).astype("float32")
     y = rng.integers(0, 3, size=50)
     clean_accuracy = np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)
-    result = gaussian_noise_accuracy(model, batches(x, y), [0.0, 0.5, 50.0], seed=3)
+    result = gaussian_noise_accuracy(model, batches(x, y), [0.0, 0.5], seed=3)
     assert result[0.0] == pytest.approx(clean_accuracy)
-    assert result == gaussian_noise_accuracy(model, batches(x, y), [0.0, 0.5, 50.0], seed=3)
-    # With σ huge and clipping to [0, 1], inputs become (almost) binary corners,
-    # so predictions agree with the model on the clipped sign pattern.
-    noisy_pred = result[50.0]
-    assert 0.0 <= noisy_pred <= 1.0
+    assert result == gaussian_noise_accuracy(model, batches(x, y), [0.0, 0.5], seed=3)
 
 
 def test_clipping_is_applied(rng):

@@ -68,6 +68,12 @@ def clip_to_ball(eta, eps, norm):
     return eta * ops.minimum(1.0, eps / length)
 
 
+def outputs_logits(model):
+    """True unless the model's last layer has a softmax activation."""
+    activation = getattr(model.layers[-1], "activation", None) if model.layers else None
+    return activation is not keras.activations.softmax
+
+
 class Attack:
     """Base class: label handling, input checks, compiled per-model graphs.
 
@@ -123,10 +129,7 @@ class Attack:
         return self._attack(oracle, x, y, self._noise(x))
 
     def _loss_fn(self, model):
-        from_logits = self.from_logits
-        if from_logits is None:
-            activation = getattr(model.layers[-1], "activation", None) if model.layers else None
-            from_logits = activation is not keras.activations.softmax
+        from_logits = outputs_logits(model) if self.from_logits is None else self.from_logits
         sign = -1.0 if self.targeted else 1.0
 
         def loss_fn(y, outputs):

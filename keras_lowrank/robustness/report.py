@@ -7,7 +7,7 @@ import json
 
 import keras
 
-from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD
+from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, outputs_logits
 from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
 from keras_lowrank.robustness.perturbations import GaussianNoise
@@ -165,8 +165,7 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         ``RobustnessReport`` (print it; ``to_json``, ``to_markdown``, ``plot``).
     """
     if from_logits is None:
-        activation = getattr(model.layers[-1], "activation", None)
-        from_logits = activation is not keras.activations.softmax
+        from_logits = outputs_logits(model)
     rows = []
 
     def add(perturbation, name=None, on=data, family=None):
