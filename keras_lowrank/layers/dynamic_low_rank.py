@@ -1,0 +1,365 @@
+"""Dense and Conv2D layers whose kernel is held as W = U S Vᵀ (seed 003).
+
+Schotthöfer, Wang & Schnake, "Dynamical Low-Rank Compression of Neural Networks
+with Robustness under Adversarial Attacks" (NeurIPS 2025); METHODS.md §2.
+
+U (n_in × r_max) and V (n_out × r_max) have orthonormal active columns, S is
+r_max × r_max; the active rank r is the number of non-zero columns of U (see
+``factorization``). Train them with ``keras_lowrank.optimizers.DLRT`` (the
+rank-adaptive integrator) or with any optimizer plus the callbacks in
+``keras_lowrank.callbacks``.
+"""
+
+import weakref
+
+import keras
+import numpy as np
+from keras import ops
+from keras.src.ops.operation_utils import compute_conv_output_shape
+
+from keras_lowrank.layers import factorization
+
+FACTOR_ROLE = "_keras_lowrank_role"
+FACTOR_OWNER = "_keras_lowrank_owner"
+
+
+def _check_positive_int(value, name, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+class DynamicLowRankBase(keras.layers.Layer):
+    """Shared machinery: factor variables, rank bookkeeping, spectral loss.
+
+    Subclasses define ``_matrix_shape(input_shape)`` → (n_in, n_out),
+    ``_kernel_shape(n_in, n_out)`` (the shape the kernel initializer sees) and
+    ``_apply_kernel(inputs, u, s_vt)``.
+    """
+
+    def __init__(
+        self,
+        max_rank=None,
+        rank=None,
+        min_rank=1,
+        tol=0.1,
+        spectral_weight=0.0,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_positive_int(max_rank, "max_rank", allow_none=True)
+        _check_positive_int(rank, "rank", allow_none=True)
+        _check_positive_int(min_rank, "min_rank")
+        if max_rank is not None and min_rank > max_rank:
+            raise ValueError(
+                f"`min_rank` ({min_rank}) must be ≤ `max_rank` ({max_rank})."
+            )
+        if rank is not None and not (
+            min_rank <= rank <= (max_rank if max_rank is not None else rank)
+        ):
+            raise ValueError(
+                f"`rank` must satisfy min_rank ≤ rank ≤ max_rank, got rank={rank}, "
+                f"min_rank={min_rank}, max_rank={max_rank}."
+            )
+        if not 0.0 < float(tol) < 1.0:
+            raise ValueError(f"`tol` must be in (0, 1), got {tol!r}.")
+        if float(spectral_weight) < 0:
+            raise ValueError(f"`spectral_weight` must be ≥ 0, got {spectral_weight!r}.")
+        self.max_rank = None if max_rank is None else int(max_rank)
+        self.initial_rank = None if rank is None else int(rank)
+        self.min_rank = int(min_rank)
+        self.tol = float(tol)
+        self.spectral_weight = float(spectral_weight)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    # -- construction -------------------------------------------------------
+    def build(self, input_shape):
+        n_in, n_out = self._matrix_shape(input_shape)
+        full = min(n_in, n_out)
+        if self.max_rank is None:
+            self.max_rank = max(self.min_rank, full // 2)
+        if self.max_rank > full:
+            raise ValueError(
+                f"`max_rank` ({self.max_rank}) must be ≤ min(n_in, n_out) = {full} "
+                f"for layer {self.name!r} (n_in={n_in}, n_out={n_out})."
+            )
+        if self.min_rank > self.max_rank:
+            raise ValueError(
+                f"`min_rank` ({self.min_rank}) must be ≤ `max_rank` ({self.max_rank})."
+            )
+        if self.initial_rank is None:
+            self.initial_rank = max(self.min_rank, self.max_rank // 2)
+        if self.initial_rank > self.max_rank:
+            raise ValueError(
+                f"`rank` ({self.initial_rank}) must be ≤ `max_rank` ({self.max_rank})."
+            )
+        self.n_in, self.n_out = n_in, n_out
+        # The rank-r truncation of the kernel a full layer would start from.
+        kernel = self.kernel_initializer(self._kernel_shape(n_in, n_out), self.dtype)
+        u0, s0, v0 = self._pad_factors(*_svd_factors(ops.reshape(kernel, (n_in, n_out))),
+                                       self.initial_rank)
+        self.u = self._add_factor("U", (n_in, self.max_rank), u0)
+        self.s = self._add_factor("S", (self.max_rank, self.max_rank), s0)
+        self.v = self._add_factor("V", (n_out, self.max_rank), v0)
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(n_out,), initializer=self.bias_initializer
+            )
+        else:
+            self.bias = None
+
+    def _add_factor(self, role, shape, value):
+        variable = self.add_weight(
+            name=role, shape=shape, initializer=lambda shape, dtype=None: value
+        )
+        setattr(variable, FACTOR_ROLE, role)
+        setattr(variable, FACTOR_OWNER, weakref.ref(self))
+        return variable
+
+    def _pad_factors(self, u, s, v, rank):
+        """Zero-pad rank-``rank`` factors (u: n_in × k, s: (k,) or k × k,
+        v: n_out × k, k ≥ rank) to the storage shape at r_max."""
+        u = ops.convert_to_tensor(u, self.dtype)[:, :rank]
+        v = ops.convert_to_tensor(v, self.dtype)[:, :rank]
+        s = ops.convert_to_tensor(s, self.dtype)
+        s = ops.diag(s[:rank]) if len(s.shape) == 1 else s[:rank, :rank]
+        pad = self.max_rank - rank
+        return (
+            ops.pad(u, [[0, 0], [0, pad]]),
+            ops.pad(s, [[0, pad], [0, pad]]),
+            ops.pad(v, [[0, 0], [0, pad]]),
+        )
+
+    # -- state --------------------------------------------------------------
+    @property
+    def rank(self):
+        """The current active rank r (a Python int)."""
+        return int(ops.convert_to_numpy(factorization.active_rank(self.u)))
+
+    def factors(self):
+        """The active factors (U_r, S_r, V_r) as numpy arrays; W = U_r S_r V_rᵀ."""
+        r = self.rank
+        u, s, v = (ops.convert_to_numpy(t) for t in (self.u, self.s, self.v))
+        return u[:, :r], s[:r, :r], v[:, :r]
+
+    def set_factors(self, u, s, v):
+        """Assigns factors of any rank ≤ max_rank (u: n_in × r with orthonormal
+        columns, s: r × r or (r,), v: n_out × r); they are not re-orthonormalised."""
+        rank = ops.shape(u)[1]
+        if not self.min_rank <= rank <= self.max_rank:
+            raise ValueError(
+                f"rank of the given factors ({rank}) must be in "
+                f"[min_rank, max_rank] = [{self.min_rank}, {self.max_rank}]."
+            )
+        for variable, value in zip((self.u, self.s, self.v), self._pad_factors(u, s, v, rank)):
+            variable.assign(value)
+
+    @property
+    def kernel(self):
+        """The full kernel U S Vᵀ in the shape of the equivalent Keras layer."""
+        matrix = ops.matmul(ops.matmul(self.u, self.s), ops.transpose(self.v))
+        return ops.reshape(matrix, self._kernel_shape(self.n_in, self.n_out))
+
+    # -- forward ------------------------------------------------------------
+    def call(self, inputs):
+        if self.spectral_weight > 0:
+            rank = factorization.active_rank(self.u)
+            self.add_loss(self.spectral_weight * factorization.spectral_penalty(self.s, rank))
+        s_vt = ops.matmul(self.s, ops.transpose(self.v))
+        outputs = self._apply_kernel(inputs, self.u, s_vt)
+        if self.bias is not None:
+            outputs = ops.add(outputs, self.bias)
+        return self.activation(outputs) if self.activation is not None else outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            max_rank=self.max_rank,
+            rank=self.initial_rank,
+            min_rank=self.min_rank,
+            tol=self.tol,
+            spectral_weight=self.spectral_weight,
+            activation=keras.activations.serialize(self.activation),
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+        )
+        return config
+
+
+def _svd_factors(matrix):
+    u, s, vt = ops.svd(matrix, full_matrices=False)
+    return u, s, ops.transpose(vt)
+
+
+@keras.saving.register_keras_serializable(package="keras_lowrank")
+class DynamicLowRankDense(DynamicLowRankBase):
+    """Dense layer with kernel W = U S Vᵀ of adaptive rank: y = ((x U) S) Vᵀ + b.
+
+    Args:
+        units: output size.
+        max_rank: storage rank r_max ≤ min(n_in, units); compute and memory scale
+            with it (default min(n_in, units) // 2).
+        rank: initial rank (default r_max // 2); the integrator grows it up to
+            r_max and truncates it by ``tol``.
+        min_rank: the rank never goes below this (default 1).
+        tol: relative truncation tolerance in (0, 1): keep the fewest singular
+            values with ‖d[r:]‖₂ < tol·‖d‖₂ (default 0.1).
+        spectral_weight: β of the spectral regularizer β‖S Sᵀ − α² I‖_F,
+            α² = ‖S‖_F²/r, added to the model's losses (default 0: off).
+        activation, use_bias, kernel_initializer, bias_initializer: as in
+            ``keras.layers.Dense``; from scratch the factors are the SVD of a
+            kernel drawn from ``kernel_initializer``, truncated to ``rank``.
+    """
+
+    def __init__(self, units, max_rank=None, rank=None, **kwargs):
+        _check_positive_int(units, "units")
+        super().__init__(max_rank=max_rank, rank=rank, **kwargs)
+        self.units = int(units)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def _matrix_shape(self, input_shape):
+        return int(input_shape[-1]), self.units
+
+    def _kernel_shape(self, n_in, n_out):
+        return (n_in, n_out)
+
+    def _apply_kernel(self, inputs, u, s_vt):
+        return ops.matmul(ops.matmul(inputs, u), s_vt)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def multiply_adds(self, rank=None):
+        """Multiply-adds per sample of the dense and of the rank-r layer (S folded)."""
+        rank = self.rank if rank is None else rank
+        return self.n_in * self.n_out, rank * (self.n_in + self.n_out)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="keras_lowrank")
+class DynamicLowRankConv2D(DynamicLowRankBase):
+    """Conv2D whose kernel, as a (kh·kw·c_in) × c_out matrix, is W = U S Vᵀ.
+
+    Computed as a kh×kw convolution to r_max channels with kernel U followed by a
+    1×1 map S Vᵀ — the matrix form of CondLR (METHODS §2): one ordinary
+    convolution, so every backend's fast conv kernel applies. Only
+    ``data_format="channels_last"`` and ``groups=1``.
+
+    Args: ``filters``, ``kernel_size``, ``strides``, ``padding`` ("valid" or
+    "same"), ``dilation_rate`` as in ``keras.layers.Conv2D``; the rank arguments
+    as in ``DynamicLowRankDense``.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1),
+        groups=1,
+        max_rank=None,
+        rank=None,
+        **kwargs,
+    ):
+        _check_positive_int(filters, "filters")
+        if groups != 1:
+            raise ValueError(
+                f"`groups` must be 1 for DynamicLowRankConv2D, got {groups!r}: a grouped "
+                "kernel is block-diagonal, not one low-rank matrix."
+            )
+        data_format = data_format or keras.config.image_data_format()
+        if data_format != "channels_last":
+            raise ValueError(
+                f"`data_format` must be 'channels_last', got {data_format!r}."
+            )
+        padding = str(padding).lower()
+        if padding not in ("valid", "same"):
+            raise ValueError(f"`padding` must be 'valid' or 'same', got {padding!r}.")
+        super().__init__(max_rank=max_rank, rank=rank, **kwargs)
+        self.filters = int(filters)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.strides = _pair(strides, "strides")
+        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
+        self.padding = padding
+        self.data_format = data_format
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def _matrix_shape(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError("The channel axis of the input must be defined.")
+        kh, kw = self.kernel_size
+        self.input_channels = int(input_shape[-1])
+        return kh * kw * self.input_channels, self.filters
+
+    def _kernel_shape(self, n_in, n_out):
+        return (*self.kernel_size, self.input_channels, n_out)
+
+    def _apply_kernel(self, inputs, u, s_vt):
+        u4 = ops.reshape(u, (*self.kernel_size, self.input_channels, self.max_rank))
+        hidden = ops.conv(
+            inputs,
+            u4,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        return ops.matmul(hidden, s_vt)
+
+    def compute_output_shape(self, input_shape):
+        return compute_conv_output_shape(
+            input_shape,
+            self.filters,
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        )
+
+    def multiply_adds(self, rank=None, input_shape=None):
+        """Multiply-adds per sample of the dense and of the rank-r convolution."""
+        rank = self.rank if rank is None else rank
+        shape = input_shape or self._build_shapes_dict_input_shape()
+        out = self.compute_output_shape(shape)
+        positions = int(np.prod(out[1:3]))
+        return positions * self.n_in * self.n_out, positions * rank * (self.n_in + self.n_out)
+
+    def _build_shapes_dict_input_shape(self):
+        shapes = getattr(self, "_build_shapes_dict", None) or {}
+        if not shapes:
+            raise ValueError(f"Layer {self.name!r} is not built; pass `input_shape`.")
+        return next(iter(shapes.values()))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "data_format": self.data_format,
+            "dilation_rate": self.dilation_rate,
+        }
+
+
+def _pair(value, name):
+    if isinstance(value, int):
+        value = (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in value):
+        raise ValueError(f"`{name}` must be a positive int or a pair of them, got {value!r}.")
+    return tuple(int(v) for v in value)

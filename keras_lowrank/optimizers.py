@@ -1,0 +1,256 @@
+"""DLRT: the rank-adaptive dynamical low-rank integrator as a Keras optimizer wrapper.
+
+METHODS.md §2 (Schotthöfer et al. 2025, augmented BUG). Wrap any Keras optimizer,
+compile, fit — the wrapper recognises the factors of ``DynamicLowRankDense`` /
+``DynamicLowRankConv2D`` layers among the trainable variables and runs, in
+cycles of ``steps_per_cycle`` training steps, inside the compiled train step:
+
+1. augment (first step of a cycle): r₁ = min(r_max, 2r),
+   U₁ = orth([U_r, −∇_U L]), V₁ = orth([V_r, −∇_V L]), S ← (U₁ᵀU) S (VᵀV₁);
+2. Galerkin steps: the wrapped optimizer moves S (in the fixed bases), biases
+   and every other variable; the gradients of U and V are dropped;
+3. truncate (after the last step of a cycle): SVD of S, keep the fewest singular
+   values with ‖d[r:]‖ < tol·‖d‖ (tol, min_rank from each layer).
+
+Every other variable of the model takes an ordinary step on every batch,
+including the augment batch (the authors' code skips it; a wasted batch buys
+nothing). The wrapped optimizer's slots of S (Adam's moments, momentum) are
+reset to zero at each augmentation, where S changes basis — METHODS §2 allows
+this instead of the authors' rotation. Unlike the authors' code, biases of the
+low-rank layers train (METHODS §2, "bug to avoid").
+
+Non-finite gradients: the whole step is skipped (no variable changes), counted
+in ``skipped_steps`` — a NaN batch never corrupts the factors or the rank.
+
+Why an optimizer wrapper (like ``keras.optimizers.LossScaleOptimizer``): it is
+the one place of Keras' compiled train step that sees gradients and may assign
+trainable variables on both backends, so Sequential, functional and subclassed
+models, ``fit``, ``BackupAndRestore`` and saving all work unchanged; the user
+changes one line (``optimizer=DLRT(keras.optimizers.Adam())``).
+"""
+
+import keras
+from keras import backend, ops
+from keras.src.utils import tracking
+
+from keras_lowrank.layers import factorization
+from keras_lowrank.layers.dynamic_low_rank import FACTOR_OWNER, FACTOR_ROLE
+
+
+def low_rank_groups(variables):
+    """[(layer, index_U, index_S, index_V)] for the dynamic low-rank layers whose
+    three factors are all among ``variables``."""
+    found = {}
+    for index, variable in enumerate(variables):
+        owner = getattr(variable, FACTOR_OWNER, None)
+        layer = owner() if owner is not None else None
+        if layer is None:
+            continue
+        found.setdefault(id(layer), [layer, {}])[1][getattr(variable, FACTOR_ROLE)] = index
+    return [
+        (layer, roles["U"], roles["S"], roles["V"])
+        for layer, roles in found.values()
+        if set(roles) == {"U", "S", "V"}
+    ]
+
+
+@keras.saving.register_keras_serializable(package="keras_lowrank")
+class DLRT(keras.optimizers.Optimizer):
+    """Dynamical low-rank training around any Keras optimizer.
+
+    Args:
+        inner_optimizer: the optimizer that takes the S (Galerkin) steps and the
+            steps of every other variable, e.g. ``keras.optimizers.Adam(1e-3)``.
+        steps_per_cycle: k ≥ 2 training steps per augment / Galerkin / truncate
+            cycle (default 10, as the authors).
+
+    Models without dynamic low-rank layers train exactly as with
+    ``inner_optimizer``.
+    """
+
+    def __init__(self, inner_optimizer, steps_per_cycle=10, name=None, **kwargs):
+        if kwargs:
+            raise ValueError(
+                f"DLRT does not take {sorted(kwargs)}; set them on `inner_optimizer`."
+            )
+        if isinstance(steps_per_cycle, bool) or not isinstance(steps_per_cycle, int) or steps_per_cycle < 2:
+            raise ValueError(f"`steps_per_cycle` must be an int ≥ 2, got {steps_per_cycle!r}.")
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = keras.optimizers.get(inner_optimizer)
+        self.steps_per_cycle = steps_per_cycle
+        self._in_stateless_apply = False
+
+    # -- variables ------------------------------------------------------------
+    @tracking.no_automatic_dependency_tracking  # S's slots belong to the inner optimizer
+    def build(self, var_list):
+        self._groups = low_rank_groups(var_list)
+        frozen = {i for _, iu, _, iv in self._groups for i in (iu, iv)}
+        self._inner_indices = [i for i in range(len(var_list)) if i not in frozen]
+        self.cycle_step = self.add_variable(
+            shape=(), dtype="int64", initializer="zeros", aggregation="none", name="cycle_step"
+        )
+        self.skipped_steps = self.add_variable(
+            shape=(), dtype="int64", initializer="zeros", aggregation="none", name="skipped_steps"
+        )
+        self.inner_optimizer.build([var_list[i] for i in self._inner_indices])
+        super().build(var_list)
+        self._s_slots = [self._slots_of(var_list[i_s]) for _, _, i_s, _ in self._groups]
+
+    def _slots_of(self, variable):
+        """The wrapped optimizer's variables made from ``variable`` (its moments):
+        Keras names them ``{variable.path with _}_{slot}``."""
+        prefix = variable.path.replace("/", "_") + "_"
+        return [
+            slot
+            for slot in self.inner_optimizer.variables
+            if slot.name.startswith(prefix) and tuple(slot.shape) == tuple(variable.shape)
+        ]
+
+    @property
+    def variables(self):
+        return self._variables + self.inner_optimizer.variables
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    # -- the step ---------------------------------------------------------------
+    def _step(self, grads, trainable_variables):
+        """One DLRT step on variables whose values are current (stateful)."""
+        factors = [
+            (trainable_variables[iu], trainable_variables[i_s], trainable_variables[iv])
+            for _, iu, i_s, iv in self._groups
+        ]
+        before = [tuple(ops.copy(v.value) for v in f) for f in factors]
+        self.inner_optimizer.apply(
+            [grads[i] for i in self._inner_indices],
+            [trainable_variables[i] for i in self._inner_indices],
+        )
+        phase = self.cycle_step % self.steps_per_cycle
+        augmenting = ops.equal(phase, 0)
+        truncating = ops.equal(phase, self.steps_per_cycle - 1)
+        for (layer, iu, _, iv), (u, s, v), (u0, s0, v0), slots in zip(
+            self._groups, factors, before, self._s_slots
+        ):
+            grad_u, grad_v = grads[iu], grads[iv]
+            s_now = ops.copy(s.value)
+
+            def augment_branch(u0=u0, s0=s0, v0=v0, gu=grad_u, gv=grad_v, layer=layer):
+                return factorization.augment(u0, s0, v0, gu, gv, layer.max_rank)
+
+            def other_branch(u0=u0, s_now=s_now, v0=v0, layer=layer):
+                return ops.cond(
+                    truncating,
+                    lambda: factorization.truncate(u0, s_now, v0, layer.tol, layer.min_rank),
+                    lambda: (u0, s_now, v0),
+                )
+
+            new_u, new_s, new_v = ops.cond(augmenting, augment_branch, other_branch)
+            u.assign(new_u)
+            s.assign(new_s)
+            v.assign(new_v)
+            for slot in slots:
+                slot.assign(ops.where(augmenting, ops.zeros_like(slot.value), slot.value))
+        self.cycle_step.assign_add(1)
+
+    def _skip(self):
+        self.skipped_steps.assign_add(1)
+
+    def apply(self, grads, trainable_variables=None):
+        if trainable_variables is None:
+            trainable_variables = self._trainable_variables
+        else:
+            trainable_variables = list(trainable_variables)
+            if not self.built:
+                self.build(trainable_variables)
+        grads = list(grads)
+        if self._in_stateless_apply:  # finiteness decided by stateless_apply
+            self._step(grads, trainable_variables)
+        elif backend.backend() == "tensorflow":
+            self._tf_apply(grads, trainable_variables)
+        else:
+            # Outside a compiled train step (JAX eager), without the guard.
+            self._step(grads, trainable_variables)
+
+    def _finite(self, grads):
+        return ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads if g is not None]))
+
+    def _tf_apply(self, grads, trainable_variables):
+        import tensorflow as tf
+
+        def guarded():
+            ops.cond(
+                self._finite(grads),
+                lambda: self._step(grads, trainable_variables),
+                self._skip,
+            )
+
+        if tf.distribute.in_cross_replica_context() or tf.__internal__.distribute.strategy_supports_no_merge_call():
+            guarded()
+            return
+
+        # As keras.optimizers.LossScaleOptimizer: gradients are all-reduced, so
+        # every replica takes the same branch; the cond runs cross-replica.
+        def cross_replica(distribution, grads, trainable_variables):
+            finite = distribution.experimental_local_results(
+                distribution.extended.call_for_each_replica(self._finite, args=(grads,))
+            )[0]
+
+            def step():
+                distribution.extended.call_for_each_replica(
+                    self._step, args=(grads, trainable_variables)
+                )
+
+            ops.cond(finite, step, self._skip)
+
+        tf.distribute.get_replica_context().merge_call(
+            cross_replica, args=(grads, trainable_variables)
+        )
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        """JAX: the step as a pure function; skipped when a gradient is non-finite."""
+
+        def step():
+            self._in_stateless_apply = True
+            try:
+                return super(DLRT, self).stateless_apply(
+                    optimizer_variables, grads, trainable_variables
+                )
+            finally:
+                self._in_stateless_apply = False
+
+        def skip():
+            index = next(i for i, v in enumerate(self.variables) if v is self.skipped_steps)
+            new_optimizer_variables = list(optimizer_variables)
+            new_optimizer_variables[index] = optimizer_variables[index] + 1
+            return list(trainable_variables), new_optimizer_variables
+
+        return ops.cond(self._finite(grads), step, skip)
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(
+            [var_list[i] for i in self._inner_indices] if self.built else var_list
+        )
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "inner_optimizer": keras.optimizers.serialize(self.inner_optimizer),
+            "steps_per_cycle": self.steps_per_cycle,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["inner_optimizer"] = keras.optimizers.deserialize(
+            config["inner_optimizer"], custom_objects=custom_objects
+        )
+        return cls(**config)
