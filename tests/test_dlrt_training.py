@@ -1,0 +1,175 @@
+"""DLRT inside compile/fit: invariants, rank adaptation, NaN guard, save/resume."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense
+from keras_lowrank.optimizers import DLRT
+
+pytestmark = pytest.mark.backend_neutral
+
+
+def _linear_problem(rng, rank, n=1280, dim=64):
+    x = rng.normal(size=(n, dim)).astype("float32")
+    a = rng.normal(size=(dim, rank)) @ rng.normal(size=(rank, dim)) / np.sqrt(dim * rank)
+    return x, (x @ a).astype("float32")
+
+
+def _check_invariants(layer):
+    u, s, v = layer.factors()
+    r = layer.rank
+    assert layer.min_rank <= r <= layer.max_rank
+    assert np.abs(u.T @ u - np.eye(r)).max() <= 1e-4
+    assert np.abs(v.T @ v - np.eye(r)).max() <= 1e-4
+    # storage beyond the active rank stays exactly zero
+    full_u = ops.convert_to_numpy(layer.u)
+    assert np.all(full_u[:, r:] == 0)
+
+
+def _fit_epochs(model, x, y, epochs, layer, batch_size=64):
+    losses = []
+    for _ in range(epochs):
+        history = model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+        losses.append(history.history["loss"][-1])
+        _check_invariants(layer)
+    return losses
+
+
+def test_rank_goes_down_when_the_target_has_rank_three(rng):
+    x, y = _linear_problem(rng, rank=3)
+    layer = DynamicLowRankDense(64, max_rank=32, rank=16, tol=0.05)
+    model = keras.Sequential([keras.Input((64,)), layer])
+    model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=10), loss="mse")
+    bias_before = ops.convert_to_numpy(layer.bias).copy()
+    losses = _fit_epochs(model, x, y, epochs=8, layer=layer)  # 20 steps/epoch: ends truncated
+    assert layer.rank <= 6
+    assert losses[-1] < 0.1 * losses[0]
+    assert not np.allclose(ops.convert_to_numpy(layer.bias), bias_before)  # biases train
+
+
+def test_rank_goes_up_when_the_target_needs_more(rng):
+    x, y = _linear_problem(rng, rank=32)
+    layer = DynamicLowRankDense(64, max_rank=32, rank=2, tol=0.05)
+    model = keras.Sequential([keras.Input((64,)), layer])
+    model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2)), loss="mse")
+    _fit_epochs(model, x, y, epochs=4, layer=layer)
+    assert layer.rank >= 16
+
+
+def test_loss_decreases_like_a_dense_layer_on_digits():
+    from keras_lowrank.data import load_digits_arrays
+
+    (x, y), (x_test, y_test) = load_digits_arrays("train"), load_digits_arrays("test")
+    x, x_test = x.reshape(len(x), -1), x_test.reshape(len(x_test), -1)
+    results = {}
+    for name in ("dense", "dlrt"):
+        keras.utils.set_random_seed(0)
+        hidden = (
+            keras.layers.Dense(128, activation="relu")
+            if name == "dense"
+            else DynamicLowRankDense(128, max_rank=32, rank=16, activation="relu")
+        )
+        model = keras.Sequential([keras.Input((64,)), hidden, keras.layers.Dense(10)])
+        optimizer = keras.optimizers.Adam(3e-3)
+        model.compile(
+            optimizer=DLRT(optimizer) if name == "dlrt" else optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        losses = model.fit(x, y, batch_size=32, epochs=10, verbose=0).history["loss"]
+        results[name] = losses, model.evaluate(x_test, y_test, verbose=0)[1]
+    (dlrt_losses, dlrt_acc), (dense_losses, dense_acc) = results["dlrt"], results["dense"]
+    assert dlrt_losses[-1] < 0.1 * dlrt_losses[0]
+    assert dlrt_losses[-1] < 2 * dense_losses[-1] + 0.02
+    assert dlrt_acc > dense_acc - 0.03
+
+
+def test_non_finite_gradients_skip_the_step_and_keep_the_factors(rng):
+    layer = DynamicLowRankDense(8, max_rank=4, rank=2)
+    model = keras.Sequential([keras.Input((8,)), layer])
+    optimizer = DLRT(keras.optimizers.SGD(0.1), steps_per_cycle=2)
+    model.compile(optimizer=optimizer, loss="mse")
+    x = rng.normal(size=(16, 8)).astype("float32")
+    y = np.zeros((16, 8), "float32")
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)  # a full cycle: factors settle
+    before = [ops.convert_to_numpy(w).copy() for w in model.weights]
+    y_bad = y.copy()
+    y_bad[0, 0] = np.nan
+    model.fit(x, y_bad, batch_size=16, epochs=1, verbose=0)
+    after = [ops.convert_to_numpy(w) for w in model.weights]
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert int(ops.convert_to_numpy(optimizer.skipped_steps)) == 1
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)  # and training goes on
+    assert all(np.all(np.isfinite(ops.convert_to_numpy(w))) for w in model.weights)
+
+
+def _conv_model(max_rank=6, rank=3):
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        DynamicLowRankConv2D(8, 3, padding="same", max_rank=max_rank, rank=rank, activation="relu"),
+        keras.layers.Flatten(),
+        DynamicLowRankDense(10, max_rank=8, rank=4, spectral_weight=0.1),
+    ])
+
+
+def test_save_load_round_trip_and_resume_with_the_same_ranks(rng, tmp_path):
+    x = rng.uniform(size=(64, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=64)
+    model = _conv_model()
+    model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)  # 8 steps: mid-cycle, augmented ranks
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)))
+    assert [l.rank for l in loaded.layers if hasattr(l, "rank")] == [
+        l.rank for l in model.layers if hasattr(l, "rank")
+    ]
+    assert isinstance(loaded.optimizer, DLRT)
+    assert int(ops.convert_to_numpy(loaded.optimizer.cycle_step)) == 8
+    # Resumed training takes the same steps as uninterrupted training.
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), atol=1e-5)
+
+
+def test_backup_and_restore_resumes_with_the_same_ranks(rng, tmp_path):
+    x = rng.uniform(size=(64, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=64)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("interrupted")
+
+    def compiled():
+        keras.utils.set_random_seed(7)
+        model = _conv_model()
+        model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    reference = compiled()
+    reference.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0)
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    interrupted = compiled()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        interrupted.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
+                        callbacks=[backup, Interrupt()])
+    resumed = compiled()
+    resumed.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0, callbacks=[backup])
+    assert [l.rank for l in resumed.layers if hasattr(l, "rank")] == [
+        l.rank for l in reference.layers if hasattr(l, "rank")
+    ]
+    for a, b in zip(reference.weights, resumed.weights):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), atol=1e-5)
+
+
+def test_steps_per_cycle_must_be_at_least_two():
+    with pytest.raises(ValueError, match="steps_per_cycle"):
+        DLRT(keras.optimizers.SGD(), steps_per_cycle=1)

@@ -1,0 +1,203 @@
+"""DynamicLowRankDense / DynamicLowRankConv2D and the factor math, against numpy."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, factorization
+
+pytestmark = pytest.mark.backend_neutral
+
+
+def _np(x):
+    return ops.convert_to_numpy(x)
+
+
+def _orthonormal(rng, n, r):
+    q, _ = np.linalg.qr(rng.normal(size=(n, r)))
+    return q.astype("float32")
+
+
+def _pad(u, s, v, r_max):
+    r = u.shape[1]
+    pad = lambda a, rows, cols: np.pad(a, [(0, rows), (0, cols)])  # noqa: E731
+    return pad(u, 0, r_max - r), pad(s, r_max - r, r_max - r), pad(v, 0, r_max - r)
+
+
+@pytest.mark.parametrize("n_in,units,max_rank,rank", [(12, 7, 6, 3), (5, 9, 5, 5), (30, 30, 10, 1)])
+def test_dense_equals_keras_dense_with_kernel_usvt(rng, n_in, units, max_rank, rank):
+    layer = DynamicLowRankDense(units, max_rank=max_rank, rank=rank, activation="tanh")
+    x = rng.normal(size=(4, n_in)).astype("float32")
+    y = _np(layer(x))
+    u, s, v = layer.factors()
+    assert layer.rank == rank and u.shape == (n_in, rank) and v.shape == (units, rank)
+    reference = keras.layers.Dense(units, activation="tanh")
+    reference.build((None, n_in))
+    reference.set_weights([(u @ s @ v.T).astype("float32"), _np(layer.bias)])
+    np.testing.assert_allclose(y, _np(reference(x)), atol=2e-6)
+    np.testing.assert_allclose(u.T @ u, np.eye(rank), atol=1e-5)
+    np.testing.assert_allclose(v.T @ v, np.eye(rank), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kernel_size,strides,padding,dilation,rank",
+    [(3, 1, "valid", 1, 4), ((3, 2), 2, "same", 1, 2), (3, 1, "same", 2, 6), (1, 1, "valid", 1, 3)],
+)
+def test_conv_equals_keras_conv2d_with_kernel_usvt(rng, kernel_size, strides, padding, dilation, rank):
+    layer = DynamicLowRankConv2D(
+        6, kernel_size, strides=strides, padding=padding, dilation_rate=dilation,
+        max_rank=min(6, int(np.prod(kernel_size)) * 3), rank=rank,
+    )
+    x = rng.normal(size=(2, 9, 8, 3)).astype("float32")
+    layer.build(x.shape)
+    u_r, v_r = _orthonormal(rng, layer.n_in, rank), _orthonormal(rng, 6, rank)
+    s_r = rng.normal(size=(rank, rank)).astype("float32")
+    layer.set_factors(u_r, s_r, v_r)
+    reference = keras.layers.Conv2D(
+        6, kernel_size, strides=strides, padding=padding, dilation_rate=dilation
+    )
+    reference.build(x.shape)
+    kernel = (u_r @ s_r @ v_r.T).reshape(reference.kernel.shape)
+    reference.set_weights([kernel, _np(layer.bias)])
+    np.testing.assert_allclose(_np(layer(x)), _np(reference(x)), atol=1e-5)
+    assert layer.compute_output_shape(x.shape) == tuple(reference(x).shape)
+    assert layer.rank == rank
+
+
+def test_augment_keeps_w_and_old_span_and_doubles_rank(rng):
+    n, m, r_max, r = 20, 15, 8, 3
+    u, s, v = _pad(_orthonormal(rng, n, r), rng.normal(size=(r, r)), _orthonormal(rng, m, r), r_max)
+    grad_u, grad_v = rng.normal(size=(n, r_max)), rng.normal(size=(m, r_max))
+    u1, s1, v1 = (_np(t) for t in factorization.augment(
+        *(ops.convert_to_tensor(a.astype("float32")) for a in (u, s, v, grad_u, grad_v)), r_max))
+    assert int(_np(factorization.active_rank(u1))) == 2 * r
+    np.testing.assert_allclose(u1.T @ u1, np.diag([1.0] * 6 + [0.0] * 2), atol=1e-5)
+    np.testing.assert_allclose(u1 @ s1 @ v1.T, u @ s @ v.T, atol=1e-5)  # W unchanged
+    # span(U₁) ⊇ span(U_r) and contains the gradient directions
+    projector = u1 @ u1.T
+    np.testing.assert_allclose(projector @ u[:, :r], u[:, :r], atol=1e-5)
+    np.testing.assert_allclose(projector @ grad_u[:, :r], grad_u[:, :r], atol=1e-4)
+    # capped at r_max
+    u2, _, _ = factorization.augment(*(ops.convert_to_tensor(a.astype("float32")) for a in (
+        u1, s1, v1, rng.normal(size=(n, r_max)), rng.normal(size=(m, r_max)))), r_max)
+    assert int(_np(factorization.active_rank(u2))) == r_max
+
+
+@pytest.mark.parametrize("tol", [0.05, 0.3])
+def test_truncate_follows_the_tolerance_rule_and_keeps_orthonormality(rng, tol):
+    n, m, r_max, r = 20, 15, 8, 6
+    d = np.array([5.0, 3.0, 1.0, 0.5, 0.1, 0.01])
+    p, q = _orthonormal(rng, r, r), _orthonormal(rng, r, r)
+    u, s, v = _pad(_orthonormal(rng, n, r), (p * d) @ q.T, _orthonormal(rng, m, r), r_max)
+    u1, s1, v1 = (_np(t) for t in factorization.truncate(
+        *(ops.convert_to_tensor(a.astype("float32")) for a in (u, s, v)), tol, 1))
+    tails = np.sqrt(np.cumsum((d**2)[::-1])[::-1])
+    expected = int(np.argmax(tails < tol * np.linalg.norm(d)))
+    rank = int(_np(factorization.active_rank(u1)))
+    assert rank == expected
+    np.testing.assert_allclose(u1[:, :rank].T @ u1[:, :rank], np.eye(rank), atol=1e-5)
+    best = (u[:, :r] @ p[:, :rank] * d[:rank]) @ (v[:, :r] @ q[:, :rank]).T
+    np.testing.assert_allclose(u1 @ s1 @ v1.T, best, atol=1e-4)  # Eckart–Young
+    error = np.linalg.norm(u1 @ s1 @ v1.T - u @ s @ v.T)
+    assert error < tol * np.linalg.norm(d)
+
+
+def test_truncate_respects_min_rank(rng):
+    u, s, v = _pad(_orthonormal(rng, 10, 4), np.diag([1.0, 1e-3, 1e-4, 0.0]), _orthonormal(rng, 9, 4), 6)
+    u1, s1, v1 = (_np(t) for t in factorization.truncate(
+        *(ops.convert_to_tensor(a.astype("float32")) for a in (u, s, v)), 0.1, 3))
+    assert int(_np(factorization.active_rank(u1))) == 3
+    np.testing.assert_allclose(u1[:, :3].T @ u1[:, :3], np.eye(3), atol=1e-5)
+
+
+def test_condition_caps_condition_number(rng):
+    r, r_max, kappa = 5, 7, 1.5
+    s = np.zeros((r_max, r_max), "float32")
+    s[:r, :r] = (_orthonormal(rng, r, r) * [10.0, 4.0, 1.0, 0.5, 0.1]) @ _orthonormal(rng, r, r).T
+    s_new = _np(factorization.condition(ops.convert_to_tensor(s), r, kappa))
+    d = np.linalg.svd(s_new[:r, :r], compute_uv=False)
+    assert d.max() / d.min() <= kappa + 1e-4
+    assert np.abs(s_new[r:]).max() == 0 and np.abs(s_new[:, r:]).max() == 0
+
+
+def test_spectral_penalty_equals_sqrt_r_times_std_of_squared_singular_values(rng):
+    r, r_max = 4, 6
+    s = np.zeros((r_max, r_max), "float32")
+    s[:r, :r] = rng.normal(size=(r, r))
+    sigma2 = np.linalg.svd(s[:r, :r], compute_uv=False) ** 2
+    expected = np.sqrt(r) * sigma2.std()
+    got = float(_np(factorization.spectral_penalty(ops.convert_to_tensor(s), r)))
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def _gradient(fn, x):
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return np.asarray(jax.grad(fn)(x))
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = fn(x)
+    return tape.gradient(value, x).numpy()
+
+
+def test_spectral_penalty_gradient_is_finite_where_the_penalty_vanishes():
+    s = np.diag([2.0, 2.0, 2.0, 0.0]).astype("float32")  # S Sᵀ = α² I on the active block
+    assert float(_np(factorization.spectral_penalty(ops.convert_to_tensor(s), 3))) < 1e-5
+    grad = _gradient(lambda t: factorization.spectral_penalty(t, 3), s)
+    assert np.all(np.isfinite(grad))
+
+
+def test_spectral_weight_adds_a_loss_to_the_layer(rng):
+    layer = DynamicLowRankDense(8, max_rank=6, rank=4, spectral_weight=0.5)
+    layer(rng.normal(size=(2, 10)).astype("float32"))
+    _, s, _ = layer.factors()
+    sigma2 = np.linalg.svd(s, compute_uv=False) ** 2
+    (loss,) = layer.losses
+    np.testing.assert_allclose(float(_np(loss)), 0.5 * np.sqrt(4) * sigma2.std(), rtol=1e-4)
+    assert DynamicLowRankDense(8, max_rank=6).losses == []
+
+
+def test_from_scratch_factors_truncate_the_initializer_kernel():
+    layer = DynamicLowRankDense(8, max_rank=6, rank=3, kernel_initializer=keras.initializers.GlorotUniform(seed=3))
+    layer.build((None, 10))
+    kernel = _np(keras.initializers.GlorotUniform(seed=3)((10, 8)))
+    u, d, vt = np.linalg.svd(kernel)
+    np.testing.assert_allclose(_np(layer.kernel), (u[:, :3] * d[:3]) @ vt[:3], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(units=4, max_rank=0), "max_rank"),
+        (dict(units=4, max_rank=3, rank=5), "rank"),
+        (dict(units=4, max_rank=3, min_rank=4), "min_rank"),
+        (dict(units=4, tol=1.0), "tol"),
+        (dict(units=4, tol=0.0), "tol"),
+        (dict(units=4, spectral_weight=-1.0), "spectral_weight"),
+        (dict(units=0), "units"),
+        (dict(units=4, rank=2.5), "rank"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DynamicLowRankDense(**kwargs)
+
+
+def test_max_rank_above_matrix_size_is_an_error_at_build():
+    with pytest.raises(ValueError, match="max_rank"):
+        DynamicLowRankDense(4, max_rank=5).build((None, 10))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [(dict(groups=2), "groups"), (dict(data_format="channels_first"), "data_format"),
+     (dict(padding="causal"), "padding"), (dict(strides=0), "strides")],
+)
+def test_conv_unsupported_arguments_are_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DynamicLowRankConv2D(4, 3, **kwargs)
