@@ -120,3 +120,14 @@ def spectral_penalty(s, rank):
     gram = ops.matmul(s, ops.transpose(s))
     residual = gram - alpha2 * ops.diag(keep)
     return ops.sqrt(ops.sum(ops.square(residual)) + SPECTRAL_EPSILON)
+
+
+def orthonormalize(u, s, v):
+    """Re-orthonormalise factors moved by an ordinary optimizer: U = Q_U R_U,
+    V = Q_V R_V, S ← R_U S R_Vᵀ, so that U S Vᵀ is unchanged. Zero columns of U
+    and V (beyond the active rank) stay zero."""
+    keep = leading_mask(active_rank(u), u.shape[1], u.dtype)
+    qu, ru = ops.qr(u, mode="reduced")
+    qv, rv = ops.qr(v, mode="reduced")
+    s_new = ops.matmul(ops.matmul(ru, s), ops.transpose(rv))
+    return qu * keep, s_new * keep[:, None] * keep[None, :], qv * keep

@@ -1,0 +1,294 @@
+"""Convert trained models to dynamic low-rank layers, summarise, export small files.
+
+- ``to_low_rank``: Dense / Conv2D → DynamicLowRankDense / DynamicLowRankConv2D,
+  initialised by the truncated SVD of the trained kernel (METHODS.md §2).
+- ``compression_summary``: per layer and total parameters, ranks, compression
+  rate 1 − Σ(n_in r + r² + n_out r)/Σ(n_in n_out) (biases on neither side, as
+  METHODS §2), multiply-adds, cond(S).
+- ``export_compressed``: rebuilds the model at the exact ranks from Keras' own
+  layers (Dense(r) → Dense(units); Conv2D(r) → 1×1 Conv2D), so the ``.keras``
+  file and the SavedModel really are small and load without keras_lowrank.
+"""
+
+import os
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lowrank.layers.dynamic_low_rank import (
+    DynamicLowRankBase,
+    DynamicLowRankConv2D,
+    DynamicLowRankDense,
+)
+
+_FORMATS = ("keras", "saved_model", "tflite")
+
+
+# -- summary -------------------------------------------------------------------
+class CompressionSummary:
+    """Rows (one dict per low-rank layer) and totals; ``str()`` is a Markdown table."""
+
+    def __init__(self, rows, total):
+        self.rows = rows
+        self.total = total
+
+    def to_dict(self):
+        return {"layers": self.rows, "total": self.total}
+
+    def to_markdown(self):
+        head = "| layer | shape | rank | dense params | low-rank params | compression | dense MACs | low-rank MACs | cond(S) |"
+        lines = [head, "|" + "---|" * 9]
+        for r in self.rows:
+            lines.append(
+                f"| {r['layer']} | {r['n_in']}×{r['n_out']} | {r['rank']}/{r['max_rank']} | "
+                f"{r['dense_params']:,} | {r['low_rank_params']:,} | {r['compression_rate']:.1%} | "
+                f"{r['dense_macs']:,} | {r['low_rank_macs']:,} | {r['cond']:.3g} |"
+            )
+        t = self.total
+        lines.append(
+            f"| **total** | | | {t['dense_params']:,} | {t['low_rank_params']:,} | "
+            f"{t['compression_rate']:.1%} | {t['dense_macs']:,} | {t['low_rank_macs']:,} | |"
+        )
+        return "\n".join(lines)
+
+    __str__ = to_markdown
+
+
+def compression_summary(model):
+    """Per dynamic low-rank layer: n_in, n_out, rank, max_rank, dense parameters
+    n_in·n_out, low-rank parameters n_in r + r² + n_out r, compression rate,
+    multiply-adds per sample of the dense and of the exported rank-r layer
+    (r(n_in + n_out) per output position), cond(S_r). Totals over these layers."""
+    from keras_lowrank.callbacks import condition_number, low_rank_layers
+
+    rows = []
+    for layer in low_rank_layers(model):
+        r, n_in, n_out = layer.rank, layer.n_in, layer.n_out
+        dense_params, low_params = n_in * n_out, n_in * r + r * r + n_out * r
+        if isinstance(layer, DynamicLowRankConv2D):
+            dense_macs, low_macs = layer.multiply_adds(r)
+        else:
+            dense_macs, low_macs = n_in * n_out, r * (n_in + n_out)
+        rows.append(dict(
+            layer=layer.name, n_in=n_in, n_out=n_out, rank=r, max_rank=layer.max_rank,
+            dense_params=dense_params, low_rank_params=low_params,
+            compression_rate=1.0 - low_params / dense_params,
+            dense_macs=dense_macs, low_rank_macs=low_macs, cond=condition_number(layer),
+        ))
+    dense = sum(r["dense_params"] for r in rows)
+    low = sum(r["low_rank_params"] for r in rows)
+    total = dict(
+        dense_params=dense, low_rank_params=low,
+        compression_rate=(1.0 - low / dense) if dense else 0.0,
+        dense_macs=sum(r["dense_macs"] for r in rows),
+        low_rank_macs=sum(r["low_rank_macs"] for r in rows),
+    )
+    return CompressionSummary(rows, total)
+
+
+# -- conversion ----------------------------------------------------------------
+def _check_clonable(model, argument="model"):
+    if not isinstance(model, keras.Model) or not (
+        isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
+        or type(model).__name__ == "Functional"
+    ):
+        raise ValueError(
+            f"`{argument}` must be a Sequential or functional keras.Model "
+            f"(subclassed models cannot be rebuilt layer by layer), got {type(model).__name__}."
+        )
+
+
+def _svd(kernel_matrix):
+    u, d, vt = np.linalg.svd(np.asarray(kernel_matrix, dtype="float64"), full_matrices=False)
+    return u, d, vt.T
+
+
+def _rank_for(d, tol):
+    tails = np.sqrt(np.cumsum((d**2)[::-1])[::-1])
+    below = tails < tol * np.linalg.norm(d)
+    return int(np.argmax(below)) if below.any() else len(d)
+
+
+def to_low_rank(
+    model,
+    layers=None,
+    rank=None,
+    tol=0.1,
+    max_rank=None,
+    min_rank=1,
+    spectral_weight=0.0,
+    skip_first=False,
+    skip_last=True,
+):
+    """A copy of a trained Sequential/functional model whose Dense and Conv2D
+    layers are DynamicLowRankDense / DynamicLowRankConv2D, initialised by the SVD
+    of the trained kernel truncated to ``rank`` (an int) or, if ``rank`` is None,
+    by the tolerance rule ‖d[r:]‖ < tol·‖d‖. Outputs match the original up to the
+    truncation error. Other layers keep their weights.
+
+    Args:
+        layers: names of the layers to convert (default: every Dense and Conv2D,
+            minus the first / last of them per ``skip_first`` / ``skip_last``).
+        max_rank: storage rank for DLRT training: an int, or None for
+            min(2·rank, n_in, n_out) (room for one augmentation).
+        min_rank, spectral_weight, tol: passed to the new layers.
+    """
+    _check_clonable(model)
+    candidates = [
+        l for l in model._flatten_layers(include_self=False)
+        if type(l) in (keras.layers.Dense, keras.layers.Conv2D)
+    ]
+    if layers is None:
+        chosen = candidates[1 if skip_first else 0: len(candidates) - (1 if skip_last else 0)]
+    else:
+        names = {l.name: l for l in candidates}
+        unknown = [n for n in layers if n not in names]
+        if unknown:
+            raise ValueError(
+                f"`layers` names {unknown} are not Dense/Conv2D layers of the model; "
+                f"choose from {sorted(names)}."
+            )
+        chosen = [names[n] for n in layers]
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"`rank` must be a positive int or None, got {rank!r}.")
+    plans = {}
+    for layer in chosen:
+        if isinstance(layer, keras.layers.Conv2D) and (
+            layer.groups != 1 or layer.data_format != "channels_last"
+        ):
+            raise ValueError(
+                f"Conv2D layer {layer.name!r} has groups={layer.groups}, "
+                f"data_format={layer.data_format!r}; only groups=1, channels_last convert."
+            )
+        kernel = ops.convert_to_numpy(layer.kernel)
+        u, d, v = _svd(kernel.reshape(-1, kernel.shape[-1]))
+        full = len(d)
+        r = min(rank if rank is not None else _rank_for(d, tol), full)
+        r = max(r, min_rank)
+        r_max = max_rank if max_rank is not None else min(2 * r, full)
+        if r_max < r:
+            raise ValueError(f"`max_rank` ({r_max}) is below the rank chosen for {layer.name!r} ({r}).")
+        plans[id(layer)] = (u[:, :r], d[:r], v[:, :r], r, r_max)
+
+    def clone(layer):
+        plan = plans.get(id(layer))
+        if plan is None:
+            return layer.__class__.from_config(layer.get_config())
+        _, _, _, r, r_max = plan
+        config = layer.get_config()
+        common = dict(
+            max_rank=r_max, rank=r, min_rank=min(min_rank, r), tol=tol, spectral_weight=spectral_weight,
+            activation=config["activation"], use_bias=config["use_bias"], name=config["name"],
+            bias_initializer=config["bias_initializer"], dtype=config.get("dtype"),
+        )
+        if isinstance(layer, keras.layers.Dense):
+            return DynamicLowRankDense(config["units"], **common)
+        return DynamicLowRankConv2D(
+            config["filters"], config["kernel_size"], strides=config["strides"],
+            padding=config["padding"], dilation_rate=config["dilation_rate"], **common,
+        )
+
+    converted = keras.models.clone_model(model, clone_function=clone)
+    _copy_weights(model, converted, plans, _set_low_rank)
+    return converted
+
+
+def _set_low_rank(old, new, plan):
+    u, d, v, _, _ = plan
+    new.set_factors(u.astype("float32"), d.astype("float32"), v.astype("float32"))
+    if old.use_bias:
+        new.bias.assign(old.bias)
+
+
+def _pairs(old_model, new_model):
+    old_layers = list(old_model._flatten_layers(include_self=False, recursive=False))
+    new_layers = list(new_model._flatten_layers(include_self=False, recursive=False))
+    if len(old_layers) != len(new_layers):
+        raise RuntimeError("the cloned model's layers do not match the original's")
+    return zip(old_layers, new_layers)
+
+
+def _copy_weights(old_model, new_model, plans, set_converted):
+    for old, new in _pairs(old_model, new_model):
+        if id(old) in plans:
+            set_converted(old, new, plans[id(old)])
+        elif old.weights:
+            new.set_weights(old.get_weights())
+
+
+# -- export --------------------------------------------------------------------
+def compressed_model(model):
+    """The model rebuilt at exact ranks from Keras' built-in layers: each dynamic
+    low-rank layer becomes a two-layer Sequential (x U_r, then (S_r V_rᵀ) + b with
+    the activation), so nothing of keras_lowrank is needed to load or run it."""
+    _check_clonable(model)
+    plans = {id(l): l.factors() for l in model._flatten_layers(include_self=False, recursive=False)
+             if isinstance(l, DynamicLowRankBase)}
+
+    def clone(layer):
+        if id(layer) not in plans:
+            return layer.__class__.from_config(layer.get_config())
+        r = plans[id(layer)][0].shape[1]
+        act = keras.activations.serialize(layer.activation)
+        if isinstance(layer, DynamicLowRankDense):
+            parts = [keras.layers.Dense(r, use_bias=False, name=f"{layer.name}_u"),
+                     keras.layers.Dense(layer.units, activation=act, use_bias=layer.use_bias,
+                                        name=f"{layer.name}_sv")]
+        else:
+            parts = [keras.layers.Conv2D(r, layer.kernel_size, strides=layer.strides,
+                                         padding=layer.padding, dilation_rate=layer.dilation_rate,
+                                         use_bias=False, name=f"{layer.name}_u"),
+                     keras.layers.Conv2D(layer.filters, 1, activation=act, use_bias=layer.use_bias,
+                                         name=f"{layer.name}_sv")]
+        return keras.Sequential(parts, name=layer.name)
+
+    compact = keras.models.clone_model(model, clone_function=clone)
+    inner = getattr(getattr(model, "optimizer", None), "inner_optimizer", None)
+    if model.compiled and inner is not None:
+        # Keep the compile settings but not the DLRT wrapper, which only training
+        # needs and which would make the file unloadable without keras_lowrank.
+        config = model.get_compile_config()
+        config["optimizer"] = keras.optimizers.serialize(inner.__class__.from_config(inner.get_config()))
+        compact.compile_from_config(config)
+
+    def set_parts(old, new, factors):
+        u, s, v = factors
+        first, second = new.layers
+        first.kernel.assign(u.reshape(first.kernel.shape))
+        second.kernel.assign((s @ v.T).reshape(second.kernel.shape))
+        if old.use_bias:
+            second.bias.assign(old.bias)
+
+    _copy_weights(model, compact, plans, set_parts)
+    return compact
+
+
+def export_compressed(model, path, formats=("keras", "saved_model")):
+    """Writes the exact-rank model (``compressed_model``) under directory ``path``:
+    ``model.keras`` and/or ``saved_model/`` (``Model.export``, loadable with plain
+    ``tf.saved_model.load``) and/or ``model.tflite``. Returns
+    {"model": compressed model, format: file path}. The SavedModel and TFLite
+    formats need TensorFlow installed."""
+    if isinstance(formats, str):
+        formats = (formats,)
+    unknown = [f for f in formats if f not in _FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"`formats` must be a non-empty subset of {_FORMATS}, got {formats!r}.")
+    compact = compressed_model(model)
+    os.makedirs(path, exist_ok=True)
+    written = {"model": compact}
+    if "keras" in formats:
+        written["keras"] = os.path.join(path, "model.keras")
+        compact.save(written["keras"])
+    if "saved_model" in formats or "tflite" in formats:
+        written["saved_model"] = os.path.join(path, "saved_model")
+        compact.export(written["saved_model"], format="tf_saved_model", verbose=False)
+    if "tflite" in formats:
+        import tensorflow as tf
+
+        converter = tf.lite.TFLiteConverter.from_saved_model(written["saved_model"])
+        written["tflite"] = os.path.join(path, "model.tflite")
+        with open(written["tflite"], "wb") as handle:
+            handle.write(converter.convert())
+    return written

@@ -1,0 +1,208 @@
+"""to_low_rank, compression_summary, export_compressed, and the callbacks."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_lowrank import callbacks, compression
+from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense
+
+
+def _cnn(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2d")(inputs)
+    h = keras.layers.Conv2D(32, 3, strides=2, activation="relu", name="conv2d_1")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(64, activation="relu", name="dense")(h)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+
+
+def _np(x):
+    return ops.convert_to_numpy(x)
+
+
+@pytest.mark.backend_neutral
+def test_to_low_rank_at_full_rank_reproduces_the_model_and_truncation_error_is_bounded(rng):
+    model = _cnn()
+    x = rng.uniform(size=(6, 8, 8, 1)).astype("float32")
+    exact = compression.to_low_rank(model, tol=1e-7)
+    kinds = [type(l).__name__ for l in exact.layers]
+    assert kinds == ["InputLayer", "DynamicLowRankConv2D", "DynamicLowRankConv2D", "Flatten",
+                     "DynamicLowRankDense", "Dense"]  # last layer skipped by default
+    np.testing.assert_allclose(_np(exact(x)), _np(model(x)), atol=1e-5)
+    # rank 4: each converted kernel is its best rank-4 approximation
+    low = compression.to_low_rank(model, rank=4, layers=["dense"])
+    (converted,) = [l for l in low.layers if isinstance(l, DynamicLowRankDense)]
+    kernel = _np(model.get_layer("dense").kernel)
+    u, d, vt = np.linalg.svd(kernel, full_matrices=False)
+    np.testing.assert_allclose(_np(converted.kernel), (u[:, :4] * d[:4]) @ vt[:4], atol=1e-5)
+    assert converted.rank == 4 and converted.max_rank == 8
+
+
+def test_to_low_rank_errors_name_the_argument():
+    with pytest.raises(ValueError, match="layers"):
+        compression.to_low_rank(_cnn(), layers=["nope"])
+    with pytest.raises(ValueError, match="rank"):
+        compression.to_low_rank(_cnn(), rank=0)
+
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="Sequential or functional"):
+        compression.to_low_rank(Sub())
+
+
+def test_compression_summary_counts_parameters_and_multiply_adds():
+    model = compression.to_low_rank(_cnn(), rank=4)
+    summary = compression.compression_summary(model)
+    rows = {r["layer"]: r for r in summary.rows}
+    dense = rows["dense"]  # 288 × 64 at rank 4
+    assert (dense["dense_params"], dense["low_rank_params"]) == (288 * 64, 288 * 4 + 16 + 64 * 4)
+    conv = rows["conv2d_1"]  # 3×3×16 → 32, 'valid' stride 2 on 8×8: 3×3 output positions
+    assert conv["dense_macs"] == 9 * 144 * 32 and conv["low_rank_macs"] == 9 * 4 * (144 + 32)
+    dense_total = sum(r["dense_params"] for r in summary.rows)
+    low_total = sum(r["low_rank_params"] for r in summary.rows)
+    assert summary.total["compression_rate"] == pytest.approx(1 - low_total / dense_total)
+    assert "| **total** |" in str(summary)
+
+
+def _train_briefly(model, x, y):
+    from keras_lowrank.optimizers import DLRT
+
+    model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+
+
+@pytest.mark.backend_neutral
+def test_export_compressed_keras_file_is_small_and_reloads_exactly(rng, tmp_path):
+    x = rng.uniform(size=(32, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=32)
+    model = compression.to_low_rank(_cnn(), rank=3)
+    _train_briefly(model, x, y)  # 2 steps: ranks differ from the stored maximum
+    written = compression.export_compressed(model, str(tmp_path / "out"), formats=("keras",))
+    reloaded = keras.models.load_model(written["keras"])
+    np.testing.assert_allclose(_np(reloaded(x)), _np(model(x)), atol=1e-5)
+    exported_params = sum(int(np.prod(w.shape)) for w in written["model"].weights)
+    ranks = {l.name: l.rank for l in model.layers if isinstance(l, (DynamicLowRankDense, DynamicLowRankConv2D))}
+    expected = sum(r["n_in"] * r["rank"] + r["rank"] * r["n_out"]
+                   for r in compression.compression_summary(model).rows)
+    others = sum(int(np.prod(w.shape)) for l in model.layers if l.name not in ranks for w in l.weights)
+    biases = sum(int(np.prod(l.bias.shape)) for l in model.layers if l.name in ranks)
+    assert exported_params == expected + others + biases
+
+
+def test_exported_file_shrinks_with_the_parameters(tmp_path):
+    keras.utils.set_random_seed(0)
+    mlp = keras.Sequential([keras.Input((256,)), keras.layers.Dense(512, activation="relu"),
+                            keras.layers.Dense(512, activation="relu"), keras.layers.Dense(10)])
+    mlp.save(tmp_path / "dense.keras")
+    low = compression.to_low_rank(mlp, rank=16)
+    written = compression.export_compressed(low, str(tmp_path / "out"), formats="keras")
+    dense_bytes, low_bytes = (os.path.getsize(p) for p in (tmp_path / "dense.keras", written["keras"]))
+    params = lambda m: sum(int(np.prod(w.shape)) for w in m.weights)  # noqa: E731
+    assert low_bytes < dense_bytes * (params(written["model"]) / params(mlp)) * 1.5
+    assert low_bytes < 0.15 * dense_bytes
+
+
+_LOAD_WITHOUT_PACKAGE = """
+import sys
+sys.modules["keras_lowrank"] = None  # importing it would fail
+import numpy as np
+x = np.load(sys.argv[2])
+import {module}
+{load}
+print(float(np.abs(out - np.load(sys.argv[3])).max()))
+"""
+
+
+def test_exported_savedmodel_and_keras_file_load_without_keras_lowrank(rng, tmp_path):
+    x = rng.uniform(size=(32, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=32)
+    model = compression.to_low_rank(_cnn(), rank=3)
+    _train_briefly(model, x, y)
+    written = compression.export_compressed(model, str(tmp_path / "out"), formats=("keras", "saved_model"))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", _np(model(x)))
+    loaders = {
+        "tensorflow": "m = tensorflow.saved_model.load(sys.argv[1]); out = m.serve(x).numpy()",
+        "keras": "m = keras.models.load_model(sys.argv[1]); out = np.asarray(m(x))",
+    }
+    for module, path in (("tensorflow", written["saved_model"]), ("keras", written["keras"])):
+        script = _LOAD_WITHOUT_PACKAGE.format(module=module, load=loaders[module])
+        result = subprocess.run(
+            [sys.executable, "-c", script, path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+            capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
+            env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert float(result.stdout.strip().splitlines()[-1]) <= 1e-5
+
+
+def test_export_formats_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="formats"):
+        compression.export_compressed(compression.to_low_rank(_cnn(), rank=2), str(tmp_path), formats=("onnx",))
+
+
+# -- callbacks ------------------------------------------------------------------
+def _factor_model():
+    return keras.Sequential([
+        keras.Input((16,)),
+        DynamicLowRankDense(16, max_rank=8, rank=8, tol=0.2, activation="relu"),
+        DynamicLowRankDense(4, max_rank=4, rank=4),
+    ])
+
+
+@pytest.mark.backend_neutral
+def test_rank_truncation_callback_with_a_plain_optimizer(rng):
+    x = rng.normal(size=(64, 16)).astype("float32")
+    y = rng.normal(size=(64, 4)).astype("float32")
+    model = _factor_model()
+    first = model.layers[0]
+    q = np.linalg.qr(rng.normal(size=(16, 16)))[0].astype("float32")
+    first.set_factors(q[:, :8], np.array([4, 3, 2, 1, 0.1, 0.05, 0.02, 0.01], "float32"), q[:, 8:])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                        callbacks=[callbacks.RankTruncation(), callbacks.LowRankMonitor()])
+    u, s, v = first.factors()
+    r = first.rank
+    np.testing.assert_allclose(u.T @ u, np.eye(r), atol=1e-4)
+    np.testing.assert_allclose(v.T @ v, np.eye(r), atol=1e-4)
+    assert r == 3  # ‖(1, 0.1, …, 0.01)‖ ≈ 1.01 < 0.2·‖d‖ ≈ 1.10 < ‖(2, 1, …)‖ ≈ 2.24
+    # the monitor logged ranks and the compression rate into History
+    assert history.history[f"{first.name}/rank"][-1] == r
+    assert history.history["compression_rate"][-1] == pytest.approx(
+        compression.compression_summary(model).total["compression_rate"])
+    assert np.isfinite(history.history[f"{first.name}/cond"][-1])
+
+
+@pytest.mark.backend_neutral
+def test_spectral_conditioning_callback_caps_the_condition_number(rng):
+    x = rng.normal(size=(64, 16)).astype("float32")
+    y = rng.normal(size=(64, 4)).astype("float32")
+    model = _factor_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+              callbacks=[callbacks.SpectralConditioning(kappa=1.2, frequency=2)])
+    for layer in model.layers:
+        assert callbacks.condition_number(layer) <= 1.2 + 1e-3
+
+
+def test_callbacks_refuse_to_truncate_non_finite_factors():
+    model = _factor_model()
+    model.layers[0].s.assign(np.full((8, 8), np.nan, "float32"))
+    callback = callbacks.RankTruncation()
+    callback.set_model(model)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        callback.on_epoch_end(0, {})
+    with pytest.raises(ValueError, match="frequency"):
+        callbacks.RankTruncation(frequency=0)
+    with pytest.raises(ValueError, match="kappa"):
+        callbacks.SpectralConditioning(kappa=0.5)
