@@ -19,8 +19,10 @@ reset to zero at each augmentation, where S changes basis — METHODS §2 allows
 this instead of the authors' rotation. Unlike the authors' code, biases of the
 low-rank layers train (METHODS §2, "bug to avoid").
 
-Non-finite gradients: the whole step is skipped (no variable changes), counted
-in ``skipped_steps`` — a NaN batch never corrupts the factors or the rank.
+Non-finite gradients: the whole step is discarded (no variable changes), counted
+in ``skipped_steps`` — a NaN batch never corrupts the factors or the rank. Under
+``tf.distribute`` the gradients of U and V are all-reduced before the basis
+update and the replicas agree on finiteness (tested with MirroredStrategy).
 
 Why an optimizer wrapper (like ``keras.optimizers.LossScaleOptimizer``): it is
 the one place of Keras' compiled train step that sees gradients and may assign
@@ -78,7 +80,6 @@ class DLRT(keras.optimizers.Optimizer):
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = keras.optimizers.get(inner_optimizer)
         self.steps_per_cycle = steps_per_cycle
-        self._in_stateless_apply = False
 
     # -- variables ------------------------------------------------------------
     @tracking.no_automatic_dependency_tracking  # S's slots belong to the inner optimizer
@@ -123,20 +124,25 @@ class DLRT(keras.optimizers.Optimizer):
         return self.inner_optimizer.iterations
 
     # -- the step ---------------------------------------------------------------
-    def _step(self, grads, trainable_variables):
-        """One DLRT step on variables whose values are current (stateful)."""
+    def _step(self, grads, trainable_variables, finite):
+        """One DLRT step (stateful). Where ``finite`` is false every variable keeps
+        its value: the step is computed on zeroed gradients and then discarded by
+        selection, so no branch holds a synchronisation point (tf.distribute) or a
+        side effect (JAX)."""
+        grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g)) for g in grads]
+        inner_variables = [trainable_variables[i] for i in self._inner_indices]
+        kept = list(inner_variables) + list(self.inner_optimizer.variables)
+        snapshot = [ops.copy(v.value) for v in kept]
         factors = [
             (trainable_variables[iu], trainable_variables[i_s], trainable_variables[iv])
             for _, iu, i_s, iv in self._groups
         ]
         before = [tuple(ops.copy(v.value) for v in f) for f in factors]
-        self.inner_optimizer.apply(
-            [grads[i] for i in self._inner_indices],
-            [trainable_variables[i] for i in self._inner_indices],
-        )
+        self.inner_optimizer.apply([grads[i] for i in self._inner_indices], inner_variables)
         phase = self.cycle_step % self.steps_per_cycle
         augmenting = ops.equal(phase, 0)
         truncating = ops.equal(phase, self.steps_per_cycle - 1)
+        updates = []
         for (layer, iu, _, iv), (u, s, v), (u0, s0, v0), slots in zip(
             self._groups, factors, before, self._s_slots
         ):
@@ -153,16 +159,22 @@ class DLRT(keras.optimizers.Optimizer):
                     lambda: (u0, s_now, v0),
                 )
 
-            new_u, new_s, new_v = ops.cond(augmenting, augment_branch, other_branch)
-            u.assign(new_u)
-            s.assign(new_s)
-            v.assign(new_v)
-            for slot in slots:
-                slot.assign(ops.where(augmenting, ops.zeros_like(slot.value), slot.value))
-        self.cycle_step.assign_add(1)
+            new = ops.cond(augmenting, augment_branch, other_branch)
+            updates += [(u, new[0], u0), (s, new[1], s0), (v, new[2], v0)]
+            for slot in slots:  # S changes basis: its moments restart
+                updates.append((slot, ops.zeros_like(slot.value), None))
+        for variable, old in zip(kept, snapshot):
+            variable.assign(ops.where(finite, variable.value, old))
+        for variable, value, old in updates:
+            if old is None:
+                value = ops.where(augmenting, value, variable.value)
+                old = variable.value
+            variable.assign(ops.where(finite, value, old))
+        self.cycle_step.assign_add(ops.cast(finite, "int64"))
+        self.skipped_steps.assign_add(1 - ops.cast(finite, "int64"))
 
-    def _skip(self):
-        self.skipped_steps.assign_add(1)
+    def _finite(self, grads):
+        return ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads if g is not None]))
 
     def apply(self, grads, trainable_variables=None):
         if trainable_variables is None:
@@ -172,68 +184,28 @@ class DLRT(keras.optimizers.Optimizer):
             if not self.built:
                 self.build(trainable_variables)
         grads = list(grads)
-        if self._in_stateless_apply:  # finiteness decided by stateless_apply
-            self._step(grads, trainable_variables)
-        elif backend.backend() == "tensorflow":
-            self._tf_apply(grads, trainable_variables)
-        else:
-            # Outside a compiled train step (JAX eager), without the guard.
-            self._step(grads, trainable_variables)
+        finite = self._finite(grads)
+        if backend.backend() == "tensorflow":
+            import tensorflow as tf
 
-    def _finite(self, grads):
-        return ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads if g is not None]))
-
-    def _tf_apply(self, grads, trainable_variables):
-        import tensorflow as tf
-
-        def guarded():
-            ops.cond(
-                self._finite(grads),
-                lambda: self._step(grads, trainable_variables),
-                self._skip,
-            )
-
-        if tf.distribute.in_cross_replica_context() or tf.__internal__.distribute.strategy_supports_no_merge_call():
-            guarded()
-            return
-
-        # As keras.optimizers.LossScaleOptimizer: gradients are all-reduced, so
-        # every replica takes the same branch; the cond runs cross-replica.
-        def cross_replica(distribution, grads, trainable_variables):
-            finite = distribution.experimental_local_results(
-                distribution.extended.call_for_each_replica(self._finite, args=(grads,))
-            )[0]
-
-            def step():
-                distribution.extended.call_for_each_replica(
-                    self._step, args=(grads, trainable_variables)
+            context = tf.distribute.get_replica_context()
+            if context is not None and context.num_replicas_in_sync > 1:
+                # Under tf.distribute the gradients here are per replica; the
+                # wrapped optimizer all-reduces its own, the integrator needs the
+                # summed gradients of U and V, and every replica must make the
+                # same finiteness decision.
+                factor_indices = [i for _, iu, _, iv in self._groups for i in (iu, iv)]
+                if factor_indices:
+                    summed = context.all_reduce(
+                        tf.distribute.ReduceOp.SUM, [grads[i] for i in factor_indices]
+                    )
+                    for i, g in zip(factor_indices, summed):
+                        grads[i] = g
+                bad = context.all_reduce(
+                    tf.distribute.ReduceOp.SUM, 1.0 - ops.cast(finite, "float32")
                 )
-
-            ops.cond(finite, step, self._skip)
-
-        tf.distribute.get_replica_context().merge_call(
-            cross_replica, args=(grads, trainable_variables)
-        )
-
-    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        """JAX: the step as a pure function; skipped when a gradient is non-finite."""
-
-        def step():
-            self._in_stateless_apply = True
-            try:
-                return super(DLRT, self).stateless_apply(
-                    optimizer_variables, grads, trainable_variables
-                )
-            finally:
-                self._in_stateless_apply = False
-
-        def skip():
-            index = next(i for i, v in enumerate(self.variables) if v is self.skipped_steps)
-            new_optimizer_variables = list(optimizer_variables)
-            new_optimizer_variables[index] = optimizer_variables[index] + 1
-            return list(trainable_variables), new_optimizer_variables
-
-        return ops.cond(self._finite(grads), step, skip)
+                finite = ops.equal(bad, 0.0)
+        self._step(grads, trainable_variables, finite)
 
     def finalize_variable_values(self, var_list):
         self.inner_optimizer.finalize_variable_values(
