@@ -2,15 +2,33 @@
 
 Public API:
     LowRankProjection                  the LR layer (Sanyal et al.)
+    DynamicLowRankDense, DynamicLowRankConv2D
+                                       W = U S Vᵀ layers of adaptive rank (DLRT)
+    keras_lowrank.optimizers.DLRT      the rank-adaptive integrator (optimizer wrapper)
+    keras_lowrank.callbacks            RankTruncation, SpectralConditioning, LowRankMonitor
+    keras_lowrank.compression          to_low_rank, compression_summary, export_compressed
     keras_lowrank.analysis             rank measures, spectra, streaming ranks
     keras_lowrank.data                 offline and tfds datasets as tf.data
     keras_lowrank.robustness           attacks, noise, corruptions, PerturbedModel,
                                        evaluate_robustness reports
 """
 
-from keras_lowrank import analysis, data, robustness
-from keras_lowrank.layers import LowRankProjection
+from keras_lowrank import analysis, callbacks, compression, data, optimizers, robustness
+from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
+from keras_lowrank.optimizers import DLRT
 
 __version__ = "0.1.0"
 
-__all__ = ["LowRankProjection", "analysis", "data", "robustness", "__version__"]
+__all__ = [
+    "DLRT",
+    "DynamicLowRankConv2D",
+    "DynamicLowRankDense",
+    "LowRankProjection",
+    "analysis",
+    "callbacks",
+    "compression",
+    "data",
+    "optimizers",
+    "robustness",
+    "__version__",
+]

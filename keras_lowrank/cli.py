@@ -19,6 +19,10 @@ def build_parser():
     demo.add_argument("--projection-weight", type=float, default=4.0)
     demo.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    demo.add_argument("--dlrt-datasets", nargs="*", default=["digits", "mnist1d"],
+                      choices=["digits", "mnist1d"],
+                      help="datasets for the DLRT table (none: skip it)")
+    demo.add_argument("--dlrt-epochs", type=int, default=20)
     return parser
 
 
@@ -37,7 +41,8 @@ def main(argv=None):
 
     run_demo(args.output, dataset=args.dataset, epochs=args.epochs, rank=args.rank,
              projection_weight=args.projection_weight, sigmas=args.sigmas,
-             seeds=tuple(args.seeds))
+             seeds=tuple(args.seeds), dlrt_datasets=tuple(args.dlrt_datasets),
+             dlrt_epochs=args.dlrt_epochs)
     return 0
 
 

@@ -198,7 +198,7 @@ def _set_low_rank(old, new, plan):
     u, d, v, _, _ = plan
     new.set_factors(u.astype("float32"), d.astype("float32"), v.astype("float32"))
     if old.use_bias:
-        new.bias.assign(old.bias)
+        new.bias.assign(ops.convert_to_numpy(old.bias))  # a copy: JAX donates buffers
 
 
 def _pairs(old_model, new_model):
@@ -258,7 +258,7 @@ def compressed_model(model):
         first.kernel.assign(u.reshape(first.kernel.shape))
         second.kernel.assign((s @ v.T).reshape(second.kernel.shape))
         if old.use_bias:
-            second.bias.assign(old.bias)
+            second.bias.assign(ops.convert_to_numpy(old.bias))  # a copy: JAX donates buffers
 
     _copy_weights(model, compact, plans, set_parts)
     return compact

@@ -67,7 +67,8 @@ def train_and_measure(info, train, test, lr_rank, projection_weight, sigmas,
 
 
 def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=4.0,
-             sigmas=(0.1, 0.2, 0.3), seeds=(0, 1, 2), learning_rate=1e-3, echo=print):
+             sigmas=(0.1, 0.2, 0.3), seeds=(0, 1, 2), learning_rate=1e-3, echo=print,
+             dlrt_datasets=("digits", "mnist1d"), dlrt_epochs=20):
     """Trains the baseline and the LR model for each seed; reports mean ± std."""
     os.makedirs(output, exist_ok=True)
     test, _ = data.load(dataset, "test", batch_size=256)
@@ -99,6 +100,11 @@ def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=4.0
     results["robustness"] = robustness_section(first_models, info, test, sigmas,
                                                seeds[0], epochs, learning_rate,
                                                output, echo)
+    if dlrt_datasets:
+        from keras_lowrank.dlrt_demo import run_dlrt_table
+
+        echo(f"\nDynamical low-rank training (DLRT), {dlrt_epochs} epochs per model")
+        results["dlrt"] = run_dlrt_table(dlrt_datasets, seeds, dlrt_epochs, echo=echo)
     with open(os.path.join(output, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     echo(f"\nwrote {output}/: results.json, spectra.png, robustness.png, "

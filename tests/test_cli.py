@@ -9,7 +9,8 @@ pytestmark = pytest.mark.slow
 
 def test_demo_writes_its_outputs(tmp_path, capsys):
     assert cli.main(["demo", "--output", str(tmp_path), "--epochs", "2",
-                     "--sigmas", "0.1", "0.3", "--seeds", "0", "1"]) == 0
+                     "--sigmas", "0.1", "0.3", "--seeds", "0", "1",
+                     "--dlrt-datasets", "digits", "--dlrt-epochs", "1"]) == 0
     printed = capsys.readouterr().out
     assert "var. rank 99%" in printed and "baseline" in printed
     results = json.loads((tmp_path / "results.json").read_text())
@@ -23,6 +24,10 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     assert set(robustness) == {"baseline", "lr", "pgd_trained"}
     assert robustness["lr"]["rows"][0]["name"] == "clean"
     assert "gradient-masking checks, pgd_trained" in printed
+    assert "DLRT on digits" in printed
+    dlrt = results["dlrt"]["digits"]
+    assert set(dlrt) == {"dense", "dlrt", "dlrt_spectral"} and len(dlrt["dlrt"]) == 2
+    assert 0 < dlrt["dlrt"][0]["compression_rate"] < 1 and "fgsm_0.05" in dlrt["dense"][0]
     for name in ("spectra.png", "robustness.png", "robustness.md", "baseline.keras",
                  "lr.keras", "pgd_trained.keras"):
         assert (tmp_path / name).stat().st_size > 0
