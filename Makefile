@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/lr_layer_overhead.py
 	$(BIN)/python benchmarks/pgd_vs_cleverhans.py
 	$(BIN)/python benchmarks/cka_map_vs_numpy.py
+	$(BIN)/python benchmarks/dlrt_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
