@@ -35,6 +35,7 @@ import keras
 from keras import backend, ops
 from keras.src.utils import tracking
 
+from keras_lowrank.callbacks import optimizer_slots
 from keras_lowrank.layers import factorization
 from keras_lowrank.layers.dynamic_low_rank import FACTOR_OWNER, FACTOR_ROLE
 
@@ -95,17 +96,7 @@ class DLRT(keras.optimizers.Optimizer):
         )
         self.inner_optimizer.build([var_list[i] for i in self._inner_indices])
         super().build(var_list)
-        self._s_slots = [self._slots_of(var_list[i_s]) for _, _, i_s, _ in self._groups]
-
-    def _slots_of(self, variable):
-        """The wrapped optimizer's variables made from ``variable`` (its moments):
-        Keras names them ``{variable.path with _}_{slot}``."""
-        prefix = variable.path.replace("/", "_") + "_"
-        return [
-            slot
-            for slot in self.inner_optimizer.variables
-            if slot.name.startswith(prefix) and tuple(slot.shape) == tuple(variable.shape)
-        ]
+        self._s_slots = [optimizer_slots(self, var_list[i_s]) for _, _, i_s, _ in self._groups]
 
     @property
     def variables(self):
