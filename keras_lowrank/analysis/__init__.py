@@ -1,4 +1,4 @@
-"""Representation analysis: rank measures, spectra and CKA."""
+"""Representation analysis: rank measures, spectra, CKA and class selectivity."""
 
 from keras_lowrank.analysis.cka import CKAMap, cka_map, linear_cka, rbf_cka
 
@@ -11,6 +11,12 @@ from keras_lowrank.analysis.ranks import (
     variance_rank,
     variance_rank_from_singular_values,
 )
+from keras_lowrank.analysis.selectivity import (
+    LayerSelectivity,
+    SelectivitySummary,
+    class_selectivity,
+    class_selectivity_index,
+)
 from keras_lowrank.analysis.representation import (
     RepresentationRanks,
     representation_ranks,
@@ -21,7 +27,11 @@ __all__ = [
     "cka_map",
     "linear_cka",
     "rbf_cka",
+    "LayerSelectivity",
     "RepresentationRanks",
+    "SelectivitySummary",
+    "class_selectivity",
+    "class_selectivity_index",
     "effective_rank",
     "effective_rank_from_singular_values",
     "representation_ranks",

@@ -1,29 +1,55 @@
-"""Iterating over the inputs of a dataset, whatever form the user passes."""
+"""Iterating over the batches of a dataset, whatever form the user passes."""
 
 import numpy as np
+
+
+def _batches(data):
+    if hasattr(data, "as_numpy_iterator"):
+        return data.as_numpy_iterator()
+    try:
+        return iter(data)
+    except TypeError:
+        raise ValueError(
+            "`data` must be a tf.data.Dataset, an iterable of batches or an "
+            f"array of inputs, got {type(data).__name__}."
+        ) from None
+
+
+def _is_array(value):
+    return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
 def iterate_inputs(data, batch_size=256, max_batches=None):
     """Yields input batches (numpy) from a tf.data.Dataset, an iterable of
     batches, or an array; (x, y[, w]) tuples yield their x."""
-    if hasattr(data, "shape") and hasattr(data, "dtype"):  # numpy or a tensor
+    if _is_array(data):  # numpy or a tensor
         array = np.asarray(data)
-        batches = (
-            array[i : i + batch_size] for i in range(0, len(array), batch_size)
-        )
-    elif hasattr(data, "as_numpy_iterator"):
-        batches = data.as_numpy_iterator()
+        batches = (array[i : i + batch_size] for i in range(0, len(array), batch_size))
     else:
-        try:
-            batches = iter(data)
-        except TypeError:
-            raise ValueError(
-                "`data` must be a tf.data.Dataset, an iterable of batches or an "
-                f"array of inputs, got {type(data).__name__}."
-            ) from None
+        batches = _batches(data)
     for index, batch in enumerate(batches):
         if max_batches is not None and index >= max_batches:
             return
         if isinstance(batch, (tuple, list)):
             batch = batch[0]
         yield batch
+
+
+def iterate_labelled(data, batch_size=256, max_batches=None):
+    """Yields (x, y) numpy batches from a tf.data.Dataset or an iterable of
+    (x, y[, w]) batches, or from an (x, y) pair of arrays (batched here)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(map(_is_array, data)):
+        x, y = np.asarray(data[0]), np.asarray(data[1])
+        if len(x) != len(y):
+            raise ValueError(f"`data`: x has {len(x)} samples but y has {len(y)}.")
+        batches = ((x[i : i + batch_size], y[i : i + batch_size])
+                   for i in range(0, len(x), batch_size))
+    else:
+        batches = _batches(data)
+    for index, batch in enumerate(batches):
+        if max_batches is not None and index >= max_batches:
+            return
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError("`data` must yield (x, y) batches with labels, or be an "
+                             "(x, y) pair of arrays.")
+        yield np.asarray(batch[0]), np.asarray(batch[1])

@@ -4,13 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank.analysis._batches import iterate_inputs
+from keras_lowrank.analysis._batches import iterate_labelled
 
-def _labelled_batches(data):
-    for batch in (data.as_numpy_iterator() if hasattr(data, "as_numpy_iterator") else data):
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise ValueError("`data` must yield (x, y) batches with integer labels.")
-        yield batch[0], batch[1]
 
 def gaussian_noise_accuracy(model, data, sigmas, clip=(0.0, 1.0), seed=0):
     """Top-1 accuracy of ``model`` on ``data`` for each noise level in ``sigmas``.
@@ -31,7 +26,7 @@ def gaussian_noise_accuracy(model, data, sigmas, clip=(0.0, 1.0), seed=0):
     correct = {s: 0 for s in sigmas}
     total = 0
     generator = keras.random.SeedGenerator(seed)
-    for x, y in _labelled_batches(data):
+    for x, y in iterate_labelled(data):
         x = ops.convert_to_tensor(x, "float32")
         noise = keras.random.normal(ops.shape(x), seed=generator)
         y = np.asarray(y).reshape(-1)

@@ -1,0 +1,214 @@
+"""Class selectivity of units (METHODS.md §4; Leavitt & Morcos 2020, seed 004).
+
+For a unit with class-conditional mean activations μ_c (post-ReLU; conv maps
+averaged over space first), μ_max = max_c μ_c and μ_−max the mean of the
+other classes' means:
+
+    SI = (μ_max − μ_−max) / (μ_max + μ_−max + ε),   ε = 1e-7.
+
+SI is 0 for a unit that responds equally to every class and 1 for a unit that
+responds to one class only. ``class_selectivity_index`` is written in
+``keras.ops`` (differentiable; the regularizer uses it per minibatch);
+``class_selectivity`` streams a whole dataset and accumulates the class sums in
+float64, so every class mean uses every sample.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lowrank.analysis._batches import iterate_labelled
+from keras_lowrank.analysis.representation import feature_extractor, resolve_layers
+
+EPSILON = 1e-7
+_ABSENT = -1e30  # stands for −∞ in the max over classes, with a finite gradient
+
+
+def unit_activations(activations):
+    """(n, units): conv maps (n, ..., channels) averaged over their positions."""
+    activations = ops.convert_to_tensor(activations)
+    if len(activations.shape) < 2:
+        raise ValueError("`activations` must be (samples, units) or (samples, ..., "
+                         f"channels), got shape {tuple(activations.shape)}.")
+    if len(activations.shape) > 2:
+        activations = ops.mean(activations, axis=tuple(range(1, len(activations.shape) - 1)))
+    return activations
+
+
+def _labels_as_indices(labels, num_classes):
+    labels = ops.convert_to_tensor(labels)
+    if len(labels.shape) == 2 and labels.shape[-1] == num_classes and num_classes > 1:
+        return ops.argmax(labels, axis=-1)  # one-hot
+    return ops.reshape(ops.cast(labels, "int32"), (-1,))
+
+
+def selectivity_from_class_means(means, present, epsilon=EPSILON):
+    """SI per unit from class means (C, units) and a (C,) mask of the classes seen."""
+    present = ops.cast(present, means.dtype)[:, None]
+    mu_max = ops.max(ops.where(present > 0, means, _ABSENT), axis=0)
+    others = ops.maximum(ops.sum(present) - 1.0, 1.0)
+    mu_rest = (ops.sum(means * present, axis=0) - mu_max) / others
+    return (mu_max - mu_rest) / (mu_max + mu_rest + epsilon)
+
+
+def class_selectivity_index(activations, labels, num_classes, epsilon=EPSILON):
+    """Class selectivity index of every unit of one batch of activations.
+
+    Args:
+        activations: (n, units) or conv maps (n, ..., channels), non-negative
+            (post-ReLU); conv maps are averaged over space.
+        labels: (n,) integer labels or (n, num_classes) one-hot.
+        num_classes: the number of classes C.
+        epsilon: ε of the denominator.
+
+    Returns:
+        (units,) tensor of SI in [0, 1] for non-negative activations. Classes
+        absent from the batch are left out of μ_max and μ_−max.
+    """
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an int ≥ 2, got num_classes={num_classes!r}.")
+    activations = unit_activations(activations)
+    labels = _labels_as_indices(labels, num_classes)
+    if labels.shape[0] is not None and activations.shape[0] is not None and (
+            labels.shape[0] != activations.shape[0]):
+        raise ValueError(f"`labels` has {labels.shape[0]} samples but `activations` has "
+                         f"{activations.shape[0]}.")
+    onehot = ops.one_hot(labels, num_classes, dtype=activations.dtype)
+    counts = ops.sum(onehot, axis=0)
+    means = ops.matmul(ops.transpose(onehot), activations) / ops.maximum(counts, 1.0)[:, None]
+    return selectivity_from_class_means(means, counts > 0, epsilon)
+
+
+def is_relu_layer(layer):
+    """True for layers whose output is post-ReLU (ReLU, Activation("relu"), or
+    a layer with activation="relu")."""
+    if isinstance(layer, keras.layers.ReLU):
+        return True
+    activation = getattr(layer, "activation", None)
+    return activation is keras.activations.relu or getattr(activation, "__name__", "") == "relu"
+
+
+def selectivity_layers(model, layers=None):
+    """The layers to measure: those given (names or layers), or by default
+    every post-ReLU layer except the model's output layer."""
+    if layers is not None:
+        return resolve_layers(model, layers)
+    output_names = {getattr(t, "_keras_history", [None])[0].name
+                    for t in model.outputs} if model.outputs else set()
+    chosen = [layer for layer in model.layers
+              if is_relu_layer(layer) and layer.name not in output_names]
+    if not chosen:
+        raise ValueError(f"`layers`: model {model.name!r} has no ReLU layer to measure; "
+                         "pass the layer names.")
+    return chosen
+
+
+def num_classes_of(model, num_classes=None):
+    if num_classes is not None:
+        return num_classes
+    width = model.outputs[0].shape[-1] if model.outputs else None
+    if not width or width < 2:
+        raise ValueError("`num_classes`: cannot infer it from the model's output shape "
+                         f"{getattr(model.outputs[0], 'shape', None)}; pass num_classes.")
+    return int(width)
+
+
+@dataclasses.dataclass
+class LayerSelectivity:
+    """Class selectivity of one layer's units over a dataset."""
+
+    layer: str
+    index: np.ndarray  # SI per unit
+    num_samples: int
+    dead_units: int = 0  # units that are 0 on every sample (their SI is 0)
+
+    @property
+    def mean(self):
+        return float(np.mean(self.index))
+
+    @property
+    def median(self):
+        return float(np.median(self.index))
+
+    def as_dict(self):
+        return {"layer": self.layer, "num_samples": self.num_samples, "mean": self.mean,
+                "median": self.median, "dead_units": self.dead_units,
+                "index": self.index.tolist()}
+
+
+@dataclasses.dataclass
+class SelectivitySummary:
+    """Per-layer class selectivity of a model; ``mean`` averages the layers'
+    means (the quantity the regularizer acts on)."""
+
+    layers: dict
+
+    @property
+    def mean(self):
+        return float(np.mean([s.mean for s in self.layers.values()]))
+
+    def as_dict(self):
+        return {"mean": self.mean, "layers": [s.as_dict() for s in self.layers.values()]}
+
+    def to_markdown(self):
+        lines = ["| layer | units | dead units | mean SI | median SI |", "|---|---|---|---|---|"]
+        lines += [f"| {s.layer} | {len(s.index)} | {s.dead_units} | {s.mean:.3f} | {s.median:.3f} |"
+                  for s in self.layers.values()]
+        lines.append(f"| **mean** | | | **{self.mean:.3f}** | |")
+        return "\n".join(lines)
+
+
+def class_selectivity(model, data, layers=None, num_classes=None, max_batches=None,
+                      batch_size=256):
+    """Class selectivity of each unit of ``layers`` over a labelled dataset.
+
+    Class means are accumulated over the whole dataset (float64 sums), then
+    SI per unit as in ``class_selectivity_index``.
+
+    Args:
+        model: a built Keras classifier.
+        data: tf.data.Dataset or iterable of (x, y) batches, or an (x, y) pair
+            of arrays; integer or one-hot labels.
+        layers: layer names or layers; default: every post-ReLU layer but the
+            output layer.
+        num_classes: default: the width of the model's output.
+
+    Returns:
+        ``SelectivitySummary`` (per-layer ``LayerSelectivity``, ``mean``,
+        ``to_markdown()``, ``as_dict()``).
+    """
+    num_classes = num_classes_of(model, num_classes)
+    layers = selectivity_layers(model, layers)
+    extractor = feature_extractor(model, layers)
+    sums = [None] * len(layers)
+    counts = np.zeros(num_classes)
+    for x, y in iterate_labelled(data, batch_size, max_batches):
+        labels = np.asarray(ops.convert_to_numpy(_labels_as_indices(y, num_classes)))
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"`data`: labels must lie in [0, {num_classes}), got "
+                             f"{labels.min()}..{labels.max()}.")
+        onehot = np.eye(num_classes)[labels]
+        counts += onehot.sum(axis=0)
+        outputs = extractor.predict_on_batch(x)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for i, (layer, out) in enumerate(zip(layers, outputs)):
+            units = np.asarray(ops.convert_to_numpy(unit_activations(out)), np.float64)
+            if units.min() < -1e-6:
+                raise ValueError(f"Layer {layer.name!r} has negative outputs; class selectivity "
+                                 "is defined for non-negative (post-ReLU) activations.")
+            batch_sums = onehot.T @ units
+            sums[i] = batch_sums if sums[i] is None else sums[i] + batch_sums
+    if not counts.sum():
+        raise ValueError("`data` yielded no batches.")
+    present = counts > 0
+    result = {}
+    for layer, total in zip(layers, sums):
+        means = total / np.maximum(counts, 1.0)[:, None]
+        index = selectivity_from_class_means(
+            ops.convert_to_tensor(means, "float32"), ops.convert_to_tensor(present))
+        result[layer.name] = LayerSelectivity(
+            layer.name, np.asarray(ops.convert_to_numpy(index), np.float64), int(counts.sum()),
+            dead_units=int(np.sum(np.all(total <= 0, axis=0))))
+    return SelectivitySummary(result)

@@ -1,0 +1,98 @@
+"""Regularizers that need more than a layer's weights.
+
+``SelectivityRegularizedModel`` — the class-selectivity regularizer of Leavitt &
+Morcos (2020, METHODS.md §4):
+
+    loss = task loss − α · mean_layers( mean_units SI ),
+
+SI computed per minibatch with the batch's labels. **Sign convention (the
+paper's): α < 0 penalises selectivity (lowers it), α > 0 rewards it (raises
+it), α = 0 is plain training.**
+
+Why a model wrapper: the term needs the labels, which a layer regularizer never
+sees. The wrapper hands the batch's labels to ``call`` within the same trace of
+Keras' own ``train_step``/``test_step`` (as ``PerturbedModel`` does), and
+``call`` adds the term with ``add_loss`` — so Keras' loss tracking, compiled
+metrics, callbacks and both backends work unchanged. ``predict`` (no labels)
+adds nothing. The wrapped model's weights are shared: training the wrapper
+trains ``model``.
+"""
+
+import keras
+from keras import ops
+
+from keras_lowrank.analysis.selectivity import (class_selectivity_index, num_classes_of,
+                                                selectivity_layers)
+
+
+@keras.saving.register_keras_serializable(package="keras_lowrank")
+class SelectivityRegularizedModel(keras.Model):
+    """Trains ``model`` with the class-selectivity regularizer.
+
+    Args:
+        model: a Keras classifier built on a known input (functional, or
+            Sequential starting with ``keras.Input``).
+        alpha: regularizer weight α (α < 0 lowers selectivity, α > 0 raises it).
+        layers: names of post-ReLU layers to regularize; default: every ReLU
+            layer of ``model`` except its output layer.
+        num_classes: default: the width of ``model``'s output.
+
+    Example::
+
+        reg = SelectivityRegularizedModel(model, alpha=-1.0)
+        reg.compile("adam", loss=keras.losses.SparseCategoricalCrossentropy(True),
+                    metrics=["accuracy"])
+        reg.fit(x, y, epochs=5)     # trains ``model``
+    """
+
+    def __init__(self, model, alpha, layers=None, num_classes=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+            raise ValueError(f"`alpha` must be a number (α < 0 lowers selectivity, α > 0 "
+                             f"raises it), got alpha={alpha!r}.")
+        self.model = model
+        self.alpha = float(alpha)
+        self.num_classes = num_classes_of(model, num_classes)
+        chosen = selectivity_layers(model, layers)
+        self.layer_names = [layer.name for layer in chosen]
+        # One functional graph from the inputs to the output and the chosen
+        # layers' outputs: a single forward pass gives both (shared weights).
+        self._features = keras.Model(model.inputs,
+                                     [model.outputs[0]] + [layer.output for layer in chosen])
+        self._labels = None
+
+    def call(self, inputs, training=False):
+        outputs, *activations = self._features(inputs, training=training)
+        if self._labels is not None and self.alpha != 0.0:
+            means = [ops.mean(class_selectivity_index(a, self._labels, self.num_classes))
+                     for a in activations]
+            self.add_loss(-self.alpha * ops.mean(ops.stack(means)))
+        return outputs
+
+    def _with_labels(self, step, args):
+        _, y, _ = keras.utils.unpack_x_y_sample_weight(args[-1])
+        self._labels = y
+        try:
+            return step(*args)
+        finally:
+            self._labels = None
+
+    def train_step(self, *args):
+        return self._with_labels(super().train_step, args)
+
+    def test_step(self, *args):
+        return self._with_labels(super().test_step, args)
+
+    def compute_output_shape(self, input_shape):
+        return self.model.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "model": keras.saving.serialize_keras_object(self.model),
+                "alpha": self.alpha, "layers": self.layer_names,
+                "num_classes": self.num_classes}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        return cls(**config)
