@@ -11,6 +11,7 @@ from keras_lowrank.analysis.ranks import (
     variance_rank,
     variance_rank_from_singular_values,
 )
+from keras_lowrank.analysis.perturbation import perturbation_dimensionality
 from keras_lowrank.analysis.selectivity import (
     LayerSelectivity,
     SelectivitySummary,
@@ -32,6 +33,7 @@ __all__ = [
     "SelectivitySummary",
     "class_selectivity",
     "class_selectivity_index",
+    "perturbation_dimensionality",
     "effective_rank",
     "effective_rank_from_singular_values",
     "representation_ranks",

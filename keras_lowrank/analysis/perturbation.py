@@ -1,0 +1,85 @@
+"""Dimensionality of the representation change a perturbation causes
+(METHODS.md §4; Leavitt & Morcos 2020, seed 004).
+
+For inputs x, perturbed inputs x + δ (δ from an attack, noise or a
+corruption) and a layer f, the dimensionality is the number of principal
+components of Δ = f(x + δ) − f(x) (flattened, over the dataset) that explain a
+fraction ``threshold`` of its variance. The covariance of Δ is accumulated
+batch by batch (``representation._SecondMoments``), so memory is O(m²) per
+layer whatever the number of samples.
+"""
+
+import numpy as np
+from keras import ops
+
+from keras_lowrank.analysis._batches import iterate_labelled
+from keras_lowrank.analysis.ranks import (
+    effective_rank_from_singular_values,
+    stable_rank_from_singular_values,
+    variance_rank_from_singular_values,
+)
+from keras_lowrank.analysis.representation import (RepresentationRanks, _SecondMoments,
+                                                   feature_extractor)
+from keras_lowrank.analysis.selectivity import selectivity_layers
+
+
+def _perturb(perturbation, model, x, y):
+    if callable(perturbation):  # attacks: one compiled graph per batch
+        return perturbation(model, x, y)
+    if hasattr(perturbation, "perturb_in_graph"):  # noise, corruptions (keras.ops)
+        return perturbation.perturb_in_graph(model, x, y)
+    raise ValueError("`perturbation` must be an attack (FGSM, PGD, ...) or an object with "
+                     f"perturb_in_graph(model, x, y), got {type(perturbation).__name__}.")
+
+
+def perturbation_dimensionality(model, data, perturbation, layers=None, threshold=0.95,
+                                max_batches=None, batch_size=256, max_features=8192):
+    """Per layer, the number of principal components explaining ``threshold`` of
+    the variance of f(x + δ) − f(x).
+
+    Args:
+        model: a built Keras model (functional, or Sequential with an Input).
+        data: tf.data.Dataset or iterable of (x, y) batches, or an (x, y) pair
+            of arrays (the labels feed attacks).
+        perturbation: an attack (``FGSM``, ``PGD``, ``CleverhansAttack``),
+            ``GaussianNoise``, a ``Corruption``, or any callable
+            ``perturbation(model, x, y) → x + δ``.
+        layers: layer names or layers; default: every post-ReLU layer except
+            the output layer.
+        threshold: fraction of variance in (0, 1].
+        max_features: refuse layers wider than this (the covariance is m × m).
+
+    Returns:
+        dict layer name → ``RepresentationRanks`` of Δ: ``variance_rank`` is the
+        dimensionality; its spectrum, effective and stable rank come with it.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"`threshold` must lie in (0, 1], got threshold={threshold!r}.")
+    layers = selectivity_layers(model, layers)
+    for layer in layers:
+        width = int(np.prod(layer.output.shape[1:]))
+        if width > max_features:
+            raise ValueError(f"Layer {layer.name!r} has {width} features per sample, more "
+                             f"than max_features={max_features}; choose other layers or "
+                             "raise max_features.")
+    extractor = feature_extractor(model, layers)
+    moments = [_SecondMoments(center=True) for _ in layers]
+    for x, y in iterate_labelled(data, batch_size, max_batches):
+        perturbed = np.asarray(ops.convert_to_numpy(_perturb(perturbation, model, x, y)), x.dtype)
+        both = extractor.predict_on_batch(np.concatenate([x, perturbed]))
+        both = both if isinstance(both, (list, tuple)) else [both]
+        for acc, out in zip(moments, both):
+            out = np.asarray(out, np.float64).reshape(2 * len(x), -1)
+            acc.update(out[len(x):] - out[: len(x)])
+    if moments[0].count == 0:
+        raise ValueError("`data` yielded no batches.")
+    results = {}
+    for layer, acc in zip(layers, moments):
+        s = acc.singular_values()
+        results[layer.name] = RepresentationRanks(
+            layer=layer.name, num_samples=acc.count, num_features=len(s), singular_values=s,
+            effective_rank=effective_rank_from_singular_values(s),
+            stable_rank=stable_rank_from_singular_values(s),
+            variance_rank=variance_rank_from_singular_values(s, threshold),
+            threshold=threshold)
+    return results
