@@ -23,13 +23,19 @@ def build_parser():
                       choices=["digits", "mnist1d"],
                       help="datasets for the DLRT table (none: skip it)")
     demo.add_argument("--dlrt-epochs", type=int, default=20)
+    demo.add_argument("--analysis-datasets", nargs="*", default=["digits", "mnist1d"],
+                      choices=["digits", "mnist1d"],
+                      help="datasets for the CKA maps and the selectivity sweep "
+                           "(none: skip them)")
+    demo.add_argument("--analysis-epochs", type=int, default=20)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.epochs < 1:
-        raise SystemExit("keras-lowrank: --epochs must be ≥ 1")
+    for flag in ("epochs", "dlrt_epochs", "analysis_epochs"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"keras-lowrank: --{flag.replace('_', '-')} must be ≥ 1")
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,7 +48,8 @@ def main(argv=None):
     run_demo(args.output, dataset=args.dataset, epochs=args.epochs, rank=args.rank,
              projection_weight=args.projection_weight, sigmas=args.sigmas,
              seeds=tuple(args.seeds), dlrt_datasets=tuple(args.dlrt_datasets),
-             dlrt_epochs=args.dlrt_epochs)
+             dlrt_epochs=args.dlrt_epochs, analysis_datasets=tuple(args.analysis_datasets),
+             analysis_epochs=args.analysis_epochs)
     return 0
 
 

@@ -68,7 +68,8 @@ def train_and_measure(info, train, test, lr_rank, projection_weight, sigmas,
 
 def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=4.0,
              sigmas=(0.1, 0.2, 0.3), seeds=(0, 1, 2), learning_rate=1e-3, echo=print,
-             dlrt_datasets=("digits", "mnist1d"), dlrt_epochs=20):
+             dlrt_datasets=("digits", "mnist1d"), dlrt_epochs=20,
+             analysis_datasets=("digits", "mnist1d"), analysis_epochs=20):
     """Trains the baseline and the LR model for each seed; reports mean ± std."""
     os.makedirs(output, exist_ok=True)
     test, _ = data.load(dataset, "test", batch_size=256)
@@ -105,9 +106,17 @@ def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=4.0
 
         echo(f"\nDynamical low-rank training (DLRT), {dlrt_epochs} epochs per model")
         results["dlrt"] = run_dlrt_table(dlrt_datasets, seeds, dlrt_epochs, echo=echo)
+    if analysis_datasets:
+        from keras_lowrank.analysis_demo import run_analysis
+
+        echo(f"\nRepresentation analysis (CKA maps, class selectivity), {analysis_epochs} "
+             "epochs per model")
+        results["analysis"] = run_analysis(analysis_datasets, analysis_epochs, seeds, output,
+                                           echo=echo)
     with open(os.path.join(output, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    echo(f"\nwrote {output}/: results.json, spectra.png, robustness.png, "
+    figures = "".join(f", cka_{d}.png, selectivity_{d}.png" for d in analysis_datasets or ())
+    echo(f"\nwrote {output}/: results.json, spectra.png, robustness.png{figures}, "
          "robustness.md, baseline.keras, lr.keras, pgd_trained.keras")
     return results
 

@@ -135,5 +135,16 @@ def test_cka_map_within_one_model(rng, tmp_path):
         np_linear_cka_feature_space(acts[0][:256], acts[1][:256]), abs=10 * TOL)
     result.plot(tmp_path / "cka.png")
     assert (tmp_path / "cka.png").stat().st_size > 0
+    assert result.block_structure_score() == pytest.approx(result.matrix[0, 1])  # 2 layers
     with pytest.raises(ValueError, match="`kernel`"):
         cka_map(model, x, kernel="cosine")
+
+
+def test_block_structure_score_is_the_off_diagonal_mean():
+    from keras_lowrank.analysis import CKAMap
+
+    matrix = np.array([[1.0, 0.8, 0.2], [0.8, 1.0, 0.5], [0.2, 0.5, 1.0]])
+    assert CKAMap(matrix, list("abc"), list("abc")).block_structure_score() == pytest.approx(
+        (0.8 + 0.2 + 0.5) / 3)
+    with pytest.raises(ValueError, match="itself"):
+        CKAMap(matrix[:2], list("ab"), list("abc")).block_structure_score()

@@ -10,7 +10,8 @@ pytestmark = pytest.mark.slow
 def test_demo_writes_its_outputs(tmp_path, capsys):
     assert cli.main(["demo", "--output", str(tmp_path), "--epochs", "2",
                      "--sigmas", "0.1", "0.3", "--seeds", "0", "1",
-                     "--dlrt-datasets", "digits", "--dlrt-epochs", "1"]) == 0
+                     "--dlrt-datasets", "digits", "--dlrt-epochs", "1",
+                     "--analysis-datasets", "digits", "--analysis-epochs", "1"]) == 0
     printed = capsys.readouterr().out
     assert "var. rank 99%" in printed and "baseline" in printed
     results = json.loads((tmp_path / "results.json").read_text())
@@ -28,8 +29,15 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     dlrt = results["dlrt"]["digits"]
     assert set(dlrt) == {"dense", "dlrt", "dlrt_spectral"} and len(dlrt["dlrt"]) == 2
     assert 0 < dlrt["dlrt"][0]["compression_rate"] < 1 and "fgsm_0.05" in dlrt["dense"][0]
+    analysis = results["analysis"]["digits"]
+    assert [row["model"] for row in analysis["cka"]] == ["standard", "pgd_trained", "lr"]
+    assert all(-0.1 <= row["block_structure"] <= 1.0 for row in analysis["cka"])
+    sweep = analysis["selectivity"]
+    assert set(sweep["mean"]) == {"-2.0", "-1.0", "0.0", "1.0", "2.0"}
+    assert len(sweep["per_alpha"]["0.0"]) == 2 and len(sweep["claims"]) == 5
+    assert "Class-selectivity sweep on digits" in printed and "CKA on digits" in printed
     for name in ("spectra.png", "robustness.png", "robustness.md", "baseline.keras",
-                 "lr.keras", "pgd_trained.keras"):
+                 "lr.keras", "pgd_trained.keras", "cka_digits.png", "selectivity_digits.png"):
         assert (tmp_path / name).stat().st_size > 0
 
 

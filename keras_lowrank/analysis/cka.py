@@ -113,6 +113,30 @@ class CKAMap:
     rows: list
     columns: list
 
+    def block_structure_score(self):
+        """Mean CKA between distinct layers of a map of one model with itself:
+        near 1 when the layers form one block of similar representations, near
+        0 when every layer differs (robust training is reported to lower it,
+        Cianfarani et al. 2022). Only for square maps of a model with itself."""
+        if self.rows != self.columns:
+            raise ValueError("block_structure_score needs a map of one model with itself "
+                             "(the same layers as rows and columns).")
+        n = len(self.rows)
+        if n < 2:
+            raise ValueError("block_structure_score needs at least 2 layers.")
+        return float((self.matrix.sum() - np.trace(self.matrix)) / (n * (n - 1)))
+
+    def draw(self, ax, title=None, colorbar=True):
+        """Draws the heatmap into matplotlib axes ``ax``."""
+        image = ax.imshow(self.matrix, vmin=0, vmax=1, cmap="magma", origin="lower")
+        ax.set_xticks(range(len(self.columns)), self.columns, rotation=60, ha="right")
+        ax.set_yticks(range(len(self.rows)), self.rows)
+        if colorbar:
+            ax.figure.colorbar(image, ax=ax, label="CKA")
+        if title:
+            ax.set_title(title)
+        return image
+
     def plot(self, path, title=None):
         import matplotlib
 
@@ -120,12 +144,7 @@ class CKAMap:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(1.2 + 0.5 * len(self.columns), 1 + 0.5 * len(self.rows)))
-        image = ax.imshow(self.matrix, vmin=0, vmax=1, cmap="magma", origin="lower")
-        ax.set_xticks(range(len(self.columns)), self.columns, rotation=60, ha="right")
-        ax.set_yticks(range(len(self.rows)), self.rows)
-        fig.colorbar(image, ax=ax, label="CKA")
-        if title:
-            ax.set_title(title)
+        self.draw(ax, title)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
