@@ -109,7 +109,6 @@ def _plot_cka(within, across, path, title):
                     colorbar=False)
     for ax, (label, result) in zip(axes[1], across.items()):
         image = result.draw(ax, f"standard (rows) × {label}", colorbar=False)
-        ax.set_ylabel("standard")
     for ax in list(axes[0][len(within):]) + list(axes[1][len(across):]):
         ax.axis("off")
     fig.colorbar(image, ax=axes, label="CKA (unbiased, minibatch)", shrink=0.6)

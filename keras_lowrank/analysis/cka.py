@@ -34,7 +34,8 @@ def _matrix(x, name, dtype=_DTYPE):
     x = ops.convert_to_tensor(x)
     if len(x.shape) < 2:
         raise ValueError(f"`{name}` must be (samples, features...), got shape {tuple(x.shape)}.")
-    return ops.reshape(ops.cast(x, dtype), (x.shape[0], -1))
+    features = int(np.prod(x.shape[1:]))  # static, so this also traces in a graph
+    return ops.reshape(ops.cast(x, dtype), (-1, features))
 
 
 def gram_linear(x, dtype=_DTYPE):
@@ -60,20 +61,22 @@ def _hsic_terms(grams, unbiased):
     equal terms, which float32 (JAX's default) cancels to noise (errors ~1e-2
     seen). The costly part, the Gram products, stays in keras.ops.
     """
-    grams = np.asarray(ops.convert_to_numpy(grams), dtype=np.float64)
+    grams = np.array(ops.convert_to_numpy(grams), dtype=np.float64)  # a copy
     n = grams.shape[-1]
     if unbiased:
         if n < 4:
             raise ValueError(f"Unbiased CKA needs at least 4 samples per batch, got {n}.")
-        grams = grams * (1.0 - np.eye(n))
-        trace = np.einsum("inm,jnm->ij", grams, grams)
-        sums = grams.sum(axis=(1, 2))
+        diagonal = np.arange(n)
+        grams[:, diagonal, diagonal] = 0.0  # in place: a float64 copy already
+        flat = grams.reshape(len(grams), -1)
+        trace = flat @ flat.T  # tr(K̃_i K̃_j) of symmetric Grams, one BLAS product
         rows = grams.sum(axis=2)
+        sums = rows.sum(axis=1)
         return (trace + np.outer(sums, sums) / ((n - 1) * (n - 2))
                 - 2 * rows @ rows.T / (n - 2)) / (n * (n - 3))
     centred = grams - grams.mean(axis=1, keepdims=True)
-    centred = centred - centred.mean(axis=2, keepdims=True)
-    return np.einsum("inm,jnm->ij", centred, centred)
+    centred = (centred - centred.mean(axis=2, keepdims=True)).reshape(len(grams), -1)
+    return centred @ centred.T
 
 
 def _ratio(hsic, i, j, names):
@@ -150,6 +153,30 @@ class CKAMap:
         plt.close(fig)
 
 
+class _Gram(keras.layers.Layer):
+    """The float32 Gram matrix of its input's samples: appended to a feature
+    extractor, Keras compiles forward pass and Grams into one predict step."""
+
+    def __init__(self, kernel, threshold, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel, self.threshold = kernel, threshold
+
+    def call(self, x):
+        if self.kernel == "linear":
+            return gram_linear(x, "float32")
+        return gram_rbf(x, self.threshold, "float32")
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[0])
+
+
+def _gram_extractor(model, layers, kernel, threshold):
+    extractor = feature_extractor(model, layers)
+    outputs = extractor.outputs
+    return keras.Model(extractor.inputs,
+                       [_Gram(kernel, threshold)(output) for output in outputs])
+
+
 DEFAULT_LAYER_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense)
 
 
@@ -184,25 +211,24 @@ def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=Tr
     if kernel not in ("linear", "rbf"):
         raise ValueError(f'`kernel` must be "linear" or "rbf", got kernel={kernel!r}.')
     chosen_a = _layers(model_a, layers)
-    extractors = [feature_extractor(model_a, chosen_a)]
+    extractors = [_gram_extractor(model_a, chosen_a, kernel, threshold)]
     names = [layer.name for layer in chosen_a]
     if model_b is not None:
         chosen_b = _layers(model_b, layers_b)
-        extractors.append(feature_extractor(model_b, chosen_b))
+        extractors.append(_gram_extractor(model_b, chosen_b, kernel, threshold))
         names_b = [layer.name for layer in chosen_b]
     total, batches = None, 0
     for x in iterate_inputs(data, max_batches=max_batches):
         if unbiased and len(x) < 4:
             continue
-        outputs = []
+        # Grams in the activations' float32 (the costly n²·p products), in the
+        # compiled predict step; the pairwise HSIC terms and their sums over
+        # batches in float64.
+        grams = []
         for extractor in extractors:
             out = extractor.predict_on_batch(x)
-            outputs += out if isinstance(out, (list, tuple)) else [out]
-        # Grams in the activations' float32 (the costly n²·p products); the
-        # pairwise HSIC terms and their sums over batches in float64.
-        grams = [gram_linear(a, "float32") if kernel == "linear"
-                 else gram_rbf(a, threshold, "float32") for a in outputs]
-        hsic = _hsic_terms(ops.stack(grams), unbiased)
+            grams += out if isinstance(out, (list, tuple)) else [out]
+        hsic = _hsic_terms(np.stack(grams), unbiased)
         total = hsic if total is None else total + hsic
         batches += 1
     if not batches:
