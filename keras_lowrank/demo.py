@@ -136,7 +136,7 @@ def robustness_section(models, info, test, sigmas, seed, epochs, learning_rate,
     corruptions = all_corruptions(severities=(1, 3, 5), seed=seed)
     reports = {label: evaluate_robustness(model, test, attacks=attacks,
                                           noise_sigmas=sigmas, corruptions=corruptions,
-                                          seed=seed)
+                                          seed=seed, black_box=True)
                for label, model in models.items()}
     echo(f"\nRobustness (seed {seed}; pgd_trained: PGD-5 ε=0.1 adversarial training; "
          f"{time.time() - start:.0f} s)")

@@ -1,6 +1,6 @@
 """Robustness evaluation: attacks, noise, Keras-native evaluation and reports."""
 
-from keras_lowrank.robustness.attacks import FGSM, PGD, Attack
+from keras_lowrank.robustness.attacks import FGSM, PGD, SPSA, Attack
 from keras_lowrank.robustness.cleverhans_adapter import CleverhansAttack
 from keras_lowrank.robustness.corruptions import CORRUPTIONS, Corruption, all_corruptions
 from keras_lowrank.robustness.evaluation import PerturbedModel
@@ -8,5 +8,5 @@ from keras_lowrank.robustness.noise import gaussian_noise_accuracy
 from keras_lowrank.robustness.perturbations import GaussianNoise
 from keras_lowrank.robustness.report import RobustnessReport, evaluate_robustness
 
-__all__ = ["CleverhansAttack", "CORRUPTIONS", "Corruption", "all_corruptions", "FGSM", "PGD", "Attack", "GaussianNoise", "PerturbedModel",
+__all__ = ["CleverhansAttack", "CORRUPTIONS", "Corruption", "all_corruptions", "FGSM", "PGD", "SPSA", "Attack", "GaussianNoise", "PerturbedModel",
            "RobustnessReport", "evaluate_robustness", "gaussian_noise_accuracy"]

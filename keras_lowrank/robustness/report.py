@@ -7,7 +7,7 @@ import json
 
 import keras
 
-from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, outputs_logits
+from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, outputs_logits
 from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
 from keras_lowrank.robustness.perturbations import GaussianNoise
@@ -93,7 +93,7 @@ class RobustnessReport:
         import matplotlib.pyplot as plt
 
         families = sorted({(r["family"], r["norm"]) for r in self.rows
-                           if r["family"] in ("FGSM", "PGD", "gaussian")}, key=str)
+                           if r["family"] in ("FGSM", "PGD", "SPSA", "gaussian")}, key=str)
         noise = [f for f in families if f[0] == "gaussian"]
         attacks = [f for f in families if f[0] != "gaussian"]
         panels = [p for p in (attacks, noise) if p]
@@ -124,7 +124,7 @@ def _describe(perturbation):
         return "gaussian", None, perturbation.sigma
     if isinstance(perturbation, Corruption):
         return f"corruption:{perturbation.corruption}", None, perturbation.severity
-    if isinstance(perturbation, (FGSM, PGD)):
+    if isinstance(perturbation, (FGSM, PGD, SPSA)):
         return type(perturbation).__name__, perturbation.norm, perturbation.eps
     return type(perturbation).__name__, None, None
 
@@ -141,7 +141,7 @@ def _accuracy(model, perturbation, data, from_logits, jit_compile):
 
 def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=(),
                         datasets=None, clip=(0.0, 1.0), large_eps="auto", seed=0,
-                        from_logits=None, jit_compile="auto"):
+                        from_logits=None, jit_compile="auto", black_box=False):
     """Accuracy of ``model`` on ``data`` clean, under each attack and noise level.
 
     Args:
@@ -160,6 +160,9 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
             softmax.
         jit_compile: passed to ``compile``; True (XLA) makes TF attacks ~1.3–1.5×
             faster on CPU, where Keras' "auto" leaves XLA off.
+        black_box: also run the black-box ``SPSA`` (10 steps, 32 samples) at
+            each ε of the L∞ PGD attacks, for the check "a black-box attack is
+            not stronger than the white-box one" (costs ~30× a PGD-10 run).
 
     Returns:
         ``RobustnessReport`` (print it; ``to_json``, ``to_markdown``, ``plot``).
@@ -180,6 +183,9 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     add(_Identity(), name="clean")
     for attack in attacks:
         add(attack)
+    if black_box:
+        for eps in sorted({a.eps for a in attacks if isinstance(a, PGD) and a.norm == "inf"}):
+            add(SPSA(eps, seed=seed, clip=clip))
     for sigma in noise_sigmas:
         add(GaussianNoise(sigma, clip=clip, seed=seed))
     for corruption in corruptions:
@@ -203,10 +209,13 @@ def _count(data):
     return None
 
 
+BLACK_BOX_MARGIN = 0.02
+
+
 def _checks(rows, probe, num_examples):
     tolerance = 1.0 / num_examples if num_examples else 0.005  # one example
     clean = rows[0]["accuracy"]
-    attack_rows = [r for r in rows if r["family"] in ("FGSM", "PGD") and r is not probe]
+    attack_rows = [r for r in rows if r["family"] in ("FGSM", "PGD", "SPSA") and r is not probe]
     checks = []
     worst = max((r["accuracy"] - clean for r in attack_rows), default=0.0)
     checks.append(Check("attacks do not raise accuracy above clean", worst <= tolerance,
@@ -233,6 +242,17 @@ def _checks(rows, probe, num_examples):
             checks.append(Check(
                 f"PGD L{_SYMBOL[norm]} at least as strong as FGSM", not weaker,
                 f"at ε in {common}" if not weaker else f"PGD weaker at ε={weaker}"))
+    pgd = {r["size"]: r["accuracy"] for r in attack_rows
+           if r["family"] == "PGD" and r["norm"] == "inf"}
+    spsa = {r["size"]: r["accuracy"] for r in attack_rows if r["family"] == "SPSA"}
+    common = sorted(set(pgd) & set(spsa))
+    if common:
+        # SPSA is random: "much stronger" means by more than BLACK_BOX_MARGIN.
+        stronger = [e for e in common if spsa[e] < pgd[e] - max(BLACK_BOX_MARGIN, tolerance)]
+        checks.append(Check(
+            "black-box SPSA not stronger than white-box PGD L∞", not stronger,
+            f"at ε in {common}" if not stronger else
+            f"SPSA stronger at ε={stronger}: gradients are likely masked"))
     if probe is not None:
         checks.append(Check(f"large ε={probe['size']:g} drives accuracy near 0",
                             probe["accuracy"] <= 0.1,
