@@ -5,7 +5,8 @@ batches of 500, unbiased HSIC. The numpy baseline is the textbook estimator:
 for every batch and every pair of layers, the Gram matrices and Song et al.'s
 HSIC₁ with explicit matrix products (float64), as in METHODS.md §3, on
 activations from Keras' ``predict_on_batch``. Both timings include the forward
-passes (shown separately for the baseline). Goal (issue 5): ≥ 10× faster, equal
+passes (shown separately for the baseline), after one warm-up call each (compilation
+excluded: our Gram extractor is cached per model). Goal (issue 5): ≥ 10× faster, equal
 values.
 
     python benchmarks/cka_map_vs_numpy.py

@@ -148,3 +148,17 @@ def test_block_structure_score_is_the_off_diagonal_mean():
         (0.8 + 0.2 + 0.5) / 3)
     with pytest.raises(ValueError, match="itself"):
         CKAMap(matrix[:2], list("ab"), list("abc")).block_structure_score()
+
+
+def test_cka_map_follows_training_between_calls(rng):
+    """The compiled Gram extractor is cached per model: a second map after the
+    weights change must see the new weights (compared with a fresh model)."""
+    model = small_model(0)
+    x = rng.normal(size=(40, 6, 6, 1)).astype("float32")
+    first = cka_map(model, x, layers=(keras.layers.Dense,), unbiased=False).matrix
+    other = small_model(1)
+    model.set_weights(other.get_weights())
+    second = cka_map(model, x, layers=(keras.layers.Dense,), unbiased=False).matrix
+    np.testing.assert_allclose(second, cka_map(other, x, layers=(keras.layers.Dense,),
+                                               unbiased=False).matrix, atol=10 * TOL)
+    assert not np.allclose(first, second)

@@ -19,6 +19,7 @@ is measured with memory independent of its size.
 """
 
 import dataclasses
+import weakref
 
 import keras
 import numpy as np
@@ -170,11 +171,19 @@ class _Gram(keras.layers.Layer):
         return (input_shape[0], input_shape[0])
 
 
+_GRAM_EXTRACTORS = weakref.WeakKeyDictionary()  # model → {(layers, kernel, threshold): model}
+
+
 def _gram_extractor(model, layers, kernel, threshold):
-    extractor = feature_extractor(model, layers)
-    outputs = extractor.outputs
-    return keras.Model(extractor.inputs,
-                       [_Gram(kernel, threshold)(output) for output in outputs])
+    """A model from ``model``'s inputs to the Grams of ``layers``' outputs,
+    cached per model so that repeated maps (e.g. every epoch) compile once."""
+    key = (tuple(layer.name for layer in layers), kernel, float(threshold))
+    cache = _GRAM_EXTRACTORS.setdefault(model, {})
+    if key not in cache:
+        extractor = feature_extractor(model, layers)
+        cache[key] = keras.Model(extractor.inputs,
+                                 [_Gram(kernel, threshold)(out) for out in extractor.outputs])
+    return cache[key]
 
 
 DEFAULT_LAYER_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense)
