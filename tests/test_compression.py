@@ -206,3 +206,22 @@ def test_callbacks_refuse_to_truncate_non_finite_factors():
         callbacks.RankTruncation(frequency=0)
     with pytest.raises(ValueError, match="kappa"):
         callbacks.SpectralConditioning(kappa=0.5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="TFLite export converts a TensorFlow SavedModel")
+def test_tflite_export_runs_in_the_interpreter_and_matches(rng, tmp_path):
+    import tensorflow as tf
+
+    x = rng.uniform(size=(4, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=4)
+    model = compression.to_low_rank(_cnn(), rank=3)
+    _train_briefly(model, x, y)
+    written = compression.export_compressed(model, str(tmp_path / "out"), formats=("tflite",))
+    interpreter = tf.lite.Interpreter(model_path=written["tflite"])
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    np.testing.assert_allclose(interpreter.get_tensor(out["index"]), _np(model(x)), atol=1e-5)
