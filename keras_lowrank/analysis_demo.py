@@ -10,7 +10,7 @@ Two demonstrations, each on digits (2-D CNN) and MNIST-1D (1-D CNN), both the
 2. A class-selectivity sweep (seed 004): the same CNN trained with the
    selectivity regularizer at α < 0, 0, > 0; per α (mean over seeds): clean
    accuracy, mean class selectivity on the test set, accuracy under Gaussian
-   noise and under FGSM, and the dimensionality (PCs for 95 % of the variance)
+   noise, under common corruptions and under FGSM, and the dimensionality (PCs for 95 % of the variance)
    of the change of the "features" layer under each perturbation. The seed's
    claims are checked and the verdict printed.
 """
@@ -24,7 +24,7 @@ from keras_lowrank import data
 from keras_lowrank.analysis import class_selectivity, cka_map, perturbation_dimensionality
 from keras_lowrank.models import small_cnn
 from keras_lowrank.regularizers import SelectivityRegularizedModel
-from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel
+from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel, all_corruptions
 
 CKA_LAYER_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense)
 ALPHAS = (-2.0, -1.0, 0.0, 1.0, 2.0)
@@ -36,6 +36,9 @@ SETTINGS = {"digits": {"sigma": 0.2, "fgsm_eps": 0.05, "pgd_eps": 0.1, "projecti
             "mnist1d": {"sigma": 0.03, "fgsm_eps": 0.01, "pgd_eps": 0.02,
                         "projection_weight": 1.0}}
 LEARNING_RATE, BATCH_SIZE = 3e-3, 64
+# Mean accuracy over the corruptions at this severity (all 8 on images; the 5
+# per-value ones — noises, brightness, contrast — on MNIST-1D's signals).
+CORRUPTION_SEVERITY = 3
 
 
 def _arrays(dataset):
@@ -155,17 +158,19 @@ def selectivity_record(model, x_test, y_test, seed, sigma, fgsm_eps):
         result = perturbation_dimensionality(model, (x_test, y_test), perturbation,
                                              layers=["features"])["features"]
         dims[label] = result.variance_rank
+    corruptions = all_corruptions((CORRUPTION_SEVERITY,), seed=seed, image=x_test.ndim == 4)
     return {
         "clean": _accuracy(model, x_test, y_test),
         "selectivity": class_selectivity(model, (x_test, y_test)).mean,
         "noise": _accuracy(model, x_test, y_test, noise),
+        "corruptions": float(np.mean([_accuracy(model, x_test, y_test, c) for c in corruptions])),
         "fgsm": _accuracy(model, x_test, y_test, attack),
         "dim_noise": dims["noise"],
         "dim_fgsm": dims["fgsm"],
     }
 
 
-SWEEP_KEYS = ("clean", "selectivity", "noise", "fgsm", "dim_noise", "dim_fgsm")
+SWEEP_KEYS = ("clean", "selectivity", "noise", "corruptions", "fgsm", "dim_noise", "dim_fgsm")
 
 
 def run_selectivity_sweep(dataset, epochs, alphas=ALPHAS, seeds=(0, 1, 2), output=None,
@@ -202,6 +207,7 @@ def seed_claims(means):
             low["selectivity"] < means.get(0.0, low)["selectivity"] <= high["selectivity"]
             if 0.0 in means else low["selectivity"] < high["selectivity"],
         "lower selectivity → more accurate under Gaussian noise": low["noise"] > high["noise"],
+        "lower selectivity → more accurate under corruptions": low["corruptions"] > high["corruptions"],
         "lower selectivity → less accurate under FGSM": low["fgsm"] < high["fgsm"],
         "lower selectivity → higher dimensionality of the FGSM change":
             low["dim_fgsm"] > high["dim_fgsm"],
@@ -213,14 +219,14 @@ def seed_claims(means):
 def format_sweep_table(dataset, means, num_seeds):
     sigma, eps = SETTINGS[dataset]["sigma"], SETTINGS[dataset]["fgsm_eps"]
     head = ["α", "clean acc", "mean selectivity", f"acc, noise σ={sigma}",
-            f"acc, FGSM ε={eps}", "dim Δ features, noise", "dim Δ features, FGSM"]
+            f"acc, corruptions (severity {CORRUPTION_SEVERITY})", f"acc, FGSM ε={eps}", "dim Δ features, noise", "dim Δ features, FGSM"]
     lines = [f"Class-selectivity sweep on {dataset} (small CNN, mean of {num_seeds} seeds; "
              "dim = PCs for 95% of the variance)",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for alpha, m in means.items():
         lines.append(f"| {alpha:+g} | {m['clean']:.1%} | {m['selectivity']:.3f} | "
-                     f"{m['noise']:.1%} | {m['fgsm']:.1%} | {m['dim_noise']:.1f} | "
-                     f"{m['dim_fgsm']:.1f} |")
+                     f"{m['noise']:.1%} | {m['corruptions']:.1%} | {m['fgsm']:.1%} | "
+                     f"{m['dim_noise']:.1f} | {m['dim_fgsm']:.1f} |")
     return "\n".join(lines)
 
 
@@ -237,6 +243,7 @@ def plot_sweep(means, path, dataset):
     axes[0].set_ylabel("mean class selectivity")
     sigma, eps = SETTINGS[dataset]["sigma"], SETTINGS[dataset]["fgsm_eps"]
     for key, label in (("clean", "clean"), ("noise", f"noise σ={sigma}"),
+                       ("corruptions", f"corruptions (sev. {CORRUPTION_SEVERITY})"),
                        ("fgsm", f"FGSM ε={eps}")):
         axes[1].plot(alphas, series(key), "o-", label=label)
     axes[1].set_ylabel("accuracy")

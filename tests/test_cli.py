@@ -34,7 +34,8 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     assert all(-0.1 <= row["block_structure"] <= 1.0 for row in analysis["cka"])
     sweep = analysis["selectivity"]
     assert set(sweep["mean"]) == {"-2.0", "-1.0", "0.0", "1.0", "2.0"}
-    assert len(sweep["per_alpha"]["0.0"]) == 2 and len(sweep["claims"]) == 5
+    assert len(sweep["per_alpha"]["0.0"]) == 2 and len(sweep["claims"]) == 6
+    assert 0 <= sweep["mean"]["0.0"]["corruptions"] <= 1
     assert "Class-selectivity sweep on digits" in printed and "CKA on digits" in printed
     for name in ("spectra.png", "robustness.png", "robustness.md", "baseline.keras",
                  "lr.keras", "pgd_trained.keras", "cka_digits.png", "selectivity_digits.png"):

@@ -77,3 +77,15 @@ def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Corruption(**kwargs)
     assert "jpeg" in CORRUPTIONS
+
+
+def test_signals_get_the_per_value_corruptions_and_a_clear_error_otherwise(rng):
+    signals = rng.uniform(size=(5, 40, 1)).astype("float32")
+    per_value = all_corruptions((3,), image=False)
+    assert {c.corruption for c in per_value} == {
+        "gaussian_noise", "shot_noise", "impulse_noise", "brightness", "contrast"}
+    for corruption in per_value:
+        out = np.asarray(keras.ops.convert_to_numpy(corruption(None, signals)))
+        assert out.shape == signals.shape and 0 <= out.min() and out.max() <= 1
+    with pytest.raises(ValueError, match="needs image batches"):
+        Corruption("pixelate", 3)(None, signals)  # used to return a wrongly shaped array

@@ -34,6 +34,8 @@ SEVERITIES = {
     "jpeg": (80, 65, 58, 50, 40),
 }
 CORRUPTIONS = tuple(SEVERITIES)
+# These need image batches (n, h, w, c); the others act per value on any shape.
+IMAGE_CORRUPTIONS = ("gaussian_blur", "pixelate", "jpeg")
 
 
 class Corruption:
@@ -67,6 +69,11 @@ class Corruption:
         return f"Corruption({self.corruption!r}, severity={self.severity})"
 
     def perturb_in_graph(self, model, x, y=None):
+        if self.corruption in IMAGE_CORRUPTIONS and len(x.shape) != 4:
+            raise ValueError(
+                f"The {self.corruption!r} corruption needs image batches (n, h, w, c), got "
+                f"inputs of shape {tuple(x.shape)}; on other data use "
+                f"all_corruptions(image=False).")
         return ops.clip(getattr(self, "_" + self.corruption)(x, self.parameter), 0.0, 1.0)
 
     __call__ = perturb_in_graph
@@ -128,8 +135,10 @@ class Corruption:
         return compressed if channels == 3 else tf.reduce_mean(compressed, -1, keepdims=True)
 
 
-def all_corruptions(severities=(1, 2, 3, 4, 5), names=None, seed=0):
-    """Every corruption (available on this backend) at every severity."""
+def all_corruptions(severities=(1, 2, 3, 4, 5), names=None, seed=0, image=True):
+    """Every corruption (available on this backend) at every severity;
+    ``image=False`` keeps those that act per value (signals, tabular data)."""
     names = names or [n for n in CORRUPTIONS
-                      if n != "jpeg" or keras.backend.backend() == "tensorflow"]
+                      if (n != "jpeg" or keras.backend.backend() == "tensorflow")
+                      and (image or n not in IMAGE_CORRUPTIONS)]
     return [Corruption(name, s, seed=seed) for name in names for s in severities]
