@@ -21,12 +21,13 @@ trains ``model``.
 import keras
 from keras import ops
 
+from keras_lowrank._labels_in_call import LabelsInCall
 from keras_lowrank.analysis.selectivity import (class_selectivity_index, num_classes_of,
                                                 selectivity_layers)
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
-class SelectivityRegularizedModel(keras.Model):
+class SelectivityRegularizedModel(LabelsInCall, keras.Model):
     """Trains ``model`` with the class-selectivity regularizer.
 
     Args:
@@ -50,6 +51,13 @@ class SelectivityRegularizedModel(keras.Model):
         if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
             raise ValueError(f"`alpha` must be a number (α < 0 lowers selectivity, α > 0 "
                              f"raises it), got alpha={alpha!r}.")
+        try:
+            outputs = model.outputs
+        except (AttributeError, ValueError):  # a Sequential model without an Input
+            outputs = None
+        if len(outputs or ()) != 1:
+            raise ValueError("`model` must be a built classifier with one output (a functional "
+                             "model, or a Sequential model starting with keras.Input).")
         self.model = model
         self.alpha = float(alpha)
         self.num_classes = num_classes_of(model, num_classes)
@@ -59,7 +67,6 @@ class SelectivityRegularizedModel(keras.Model):
         # layers' outputs: a single forward pass gives both (shared weights).
         self._features = keras.Model(model.inputs,
                                      [model.outputs[0]] + [layer.output for layer in chosen])
-        self._labels = None
 
     def call(self, inputs, training=False):
         outputs, *activations = self._features(inputs, training=training)
@@ -68,20 +75,6 @@ class SelectivityRegularizedModel(keras.Model):
                      for a in activations]
             self.add_loss(-self.alpha * ops.mean(ops.stack(means)))
         return outputs
-
-    def _with_labels(self, step, args):
-        _, y, _ = keras.utils.unpack_x_y_sample_weight(args[-1])
-        self._labels = y
-        try:
-            return step(*args)
-        finally:
-            self._labels = None
-
-    def train_step(self, *args):
-        return self._with_labels(super().train_step, args)
-
-    def test_step(self, *args):
-        return self._with_labels(super().test_step, args)
 
     def compute_output_shape(self, input_shape):
         return self.model.compute_output_shape(input_shape)

@@ -13,11 +13,6 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank.analysis._batches import iterate_labelled
-from keras_lowrank.analysis.ranks import (
-    effective_rank_from_singular_values,
-    stable_rank_from_singular_values,
-    variance_rank_from_singular_values,
-)
 from keras_lowrank.analysis.representation import (RepresentationRanks, _SecondMoments,
                                                    feature_extractor)
 from keras_lowrank.analysis.selectivity import selectivity_layers
@@ -75,11 +70,6 @@ def perturbation_dimensionality(model, data, perturbation, layers=None, threshol
         raise ValueError("`data` yielded no batches.")
     results = {}
     for layer, acc in zip(layers, moments):
-        s = acc.singular_values()
-        results[layer.name] = RepresentationRanks(
-            layer=layer.name, num_samples=acc.count, num_features=len(s), singular_values=s,
-            effective_rank=effective_rank_from_singular_values(s),
-            stable_rank=stable_rank_from_singular_values(s),
-            variance_rank=variance_rank_from_singular_values(s, threshold),
-            threshold=threshold)
+        results[layer.name] = RepresentationRanks.from_singular_values(
+            layer.name, acc.count, acc.singular_values(), threshold)
     return results

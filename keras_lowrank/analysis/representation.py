@@ -34,6 +34,15 @@ class RepresentationRanks:
     variance_rank: int
     threshold: float
 
+    @classmethod
+    def from_singular_values(cls, layer, num_samples, s, threshold):
+        return cls(layer=layer, num_samples=num_samples, num_features=len(s),
+                   singular_values=s,
+                   effective_rank=effective_rank_from_singular_values(s),
+                   stable_rank=stable_rank_from_singular_values(s),
+                   variance_rank=variance_rank_from_singular_values(s, threshold),
+                   threshold=threshold)
+
     def as_dict(self):
         record = dataclasses.asdict(self)
         record["singular_values"] = self.singular_values.tolist()
@@ -163,15 +172,6 @@ def representation_ranks(
         raise ValueError("`data` yielded no batches.")
     results = {}
     for layer, acc in zip(layers, moments):
-        s = acc.singular_values()
-        results[layer.name] = RepresentationRanks(
-            layer=layer.name,
-            num_samples=acc.count,
-            num_features=len(s),
-            singular_values=s,
-            effective_rank=effective_rank_from_singular_values(s),
-            stable_rank=stable_rank_from_singular_values(s),
-            variance_rank=variance_rank_from_singular_values(s, threshold),
-            threshold=threshold,
-        )
+        results[layer.name] = RepresentationRanks.from_singular_values(
+            layer.name, acc.count, acc.singular_values(), threshold)
     return results

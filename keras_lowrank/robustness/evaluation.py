@@ -16,9 +16,11 @@ labels to ``call`` within the same trace, then run Keras' own step. In
 import keras
 from keras import ops
 
+from keras_lowrank._labels_in_call import LabelsInCall
+
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
-class PerturbedModel(keras.Model):
+class PerturbedModel(LabelsInCall, keras.Model):
     """Runs ``model`` on ``perturbation(model, x, y)`` instead of ``x``.
 
     Args:
@@ -39,7 +41,6 @@ class PerturbedModel(keras.Model):
         self.perturbation = perturbation
         # Tracked so that random starts advance in JAX's stateless steps too.
         self.perturbation_seed = getattr(perturbation, "_seed", None)
-        self._labels = None
 
     def call(self, inputs, training=False):
         perturbed = ops.stop_gradient(
@@ -47,23 +48,10 @@ class PerturbedModel(keras.Model):
         )
         return self.model(perturbed, training=training)
 
-    def _with_labels(self, step, args):
-        _, y, _ = keras.utils.unpack_x_y_sample_weight(args[-1])
-        if y is not None:
-            if len(y.shape) == 2 and y.shape[-1] != 1:
-                y = ops.argmax(y, axis=-1)  # one-hot
-            y = ops.reshape(y, (-1,))
-        self._labels = y
-        try:
-            return step(*args)
-        finally:
-            self._labels = None
-
-    def train_step(self, *args):
-        return self._with_labels(super().train_step, args)
-
-    def test_step(self, *args):
-        return self._with_labels(super().test_step, args)
+    def _labels_for_call(self, y):
+        if len(y.shape) == 2 and y.shape[-1] != 1:
+            y = ops.argmax(y, axis=-1)  # one-hot
+        return ops.reshape(y, (-1,))
 
     def compute_output_shape(self, input_shape):
         return self.model.compute_output_shape(input_shape)
