@@ -7,15 +7,19 @@ Public API:
     keras_lowrank.optimizers.DLRT      the rank-adaptive integrator (optimizer wrapper)
     keras_lowrank.callbacks            RankTruncation, SpectralConditioning, LowRankMonitor
     keras_lowrank.compression          to_low_rank, compression_summary, export_compressed
-    keras_lowrank.analysis             rank measures, spectra, streaming ranks
+    keras_lowrank.analysis             rank measures, spectra, CKA maps, class selectivity,
+                                       perturbation dimensionality
+    SelectivityRegularizedModel        the class-selectivity regularizer (keras_lowrank.regularizers)
     keras_lowrank.data                 offline and tfds datasets as tf.data
     keras_lowrank.robustness           attacks, noise, corruptions, PerturbedModel,
-                                       evaluate_robustness reports
+                                       SPSA (black-box), evaluate_robustness reports
 """
 
-from keras_lowrank import analysis, callbacks, compression, data, optimizers, robustness
+from keras_lowrank import (analysis, callbacks, compression, data, optimizers, regularizers,
+                           robustness)
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
 from keras_lowrank.optimizers import DLRT
+from keras_lowrank.regularizers import SelectivityRegularizedModel
 
 __version__ = "0.1.0"
 
@@ -24,11 +28,13 @@ __all__ = [
     "DynamicLowRankConv2D",
     "DynamicLowRankDense",
     "LowRankProjection",
+    "SelectivityRegularizedModel",
     "analysis",
     "callbacks",
     "compression",
     "data",
     "optimizers",
+    "regularizers",
     "robustness",
     "__version__",
 ]
