@@ -202,10 +202,12 @@ def run_selectivity_sweep(dataset, epochs, alphas=ALPHAS, seeds=(0, 1, 2), outpu
 def seed_claims(means):
     """The claims of Leavitt & Morcos (2020), lowest α vs highest α."""
     low, high = means[min(means)], means[max(means)]
+    selectivity = [low["selectivity"], high["selectivity"]]
+    if 0.0 in means:  # the α = 0 run must lie between: low < it ≤ high
+        selectivity.insert(1, means[0.0]["selectivity"])
     return {
         "α < 0 lowers and α > 0 raises mean selectivity":
-            low["selectivity"] < means.get(0.0, low)["selectivity"] <= high["selectivity"]
-            if 0.0 in means else low["selectivity"] < high["selectivity"],
+            selectivity[0] < selectivity[1] <= selectivity[-1],
         "lower selectivity → more accurate under Gaussian noise": low["noise"] > high["noise"],
         "lower selectivity → more accurate under corruptions": low["corruptions"] > high["corruptions"],
         "lower selectivity → less accurate under FGSM": low["fgsm"] < high["fgsm"],

@@ -9,34 +9,36 @@ import keras
 import pytest
 
 pytestmark = pytest.mark.slow
-SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "mirrored_perturbed_model.py")
+SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
+
+
+def run_script(name, pattern):
+    """Runs tests/scripts/<name> in a fresh process; the groups of ``pattern``
+    in its output."""
+    done = subprocess.run([sys.executable, os.path.join(SCRIPTS, name)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = re.search(pattern, done.stdout)
+    assert found, done.stdout[-2000:]
+    return found.groups()
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")
 def test_evaluate_under_attack_is_the_same_on_two_replicas():
-    done = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = re.search(r"replicas=(\d+) distributed=([\d.]+) single=([\d.]+) fit_loss=([\d.]+)",
-                      done.stdout)
-    assert found, done.stdout[-2000:]
-    replicas, distributed, single, loss = found.groups()
+    replicas, distributed, single, loss = run_script(
+        "mirrored_perturbed_model.py",
+        r"replicas=(\d+) distributed=([\d.]+) single=([\d.]+) fit_loss=([\d.]+)")
     assert int(replicas) == 2
     assert 0.2 < float(single) < 0.95            # a trained model, attacked but not to 0
     assert float(distributed) == pytest.approx(float(single), abs=1e-6)
     assert float(loss) < 10
 
 
-DLRT_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "mirrored_dlrt.py")
-
-
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")
 def test_dlrt_training_on_two_replicas_matches_one_device():
-    done = subprocess.run([sys.executable, DLRT_SCRIPT], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = re.search(r"replicas=(\d+) max_diff=(\S+) ranks_single=(\S+) ranks_mirrored=(\S+) ortho=(\S+)",
-                      done.stdout)
-    assert found, done.stdout[-2000:]
-    replicas, diff, ranks_single, ranks_mirrored, ortho = found.groups()
+    replicas, diff, ranks_single, ranks_mirrored, ortho = run_script(
+        "mirrored_dlrt.py",
+        r"replicas=(\d+) max_diff=(\S+) ranks_single=(\S+) ranks_mirrored=(\S+) ortho=(\S+)")
     assert int(replicas) == 2
     assert float(diff) < 1e-3  # 24 Adam steps with augmentations and truncations
     assert ranks_single == ranks_mirrored

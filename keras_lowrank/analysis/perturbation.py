@@ -13,8 +13,8 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank.analysis._batches import iterate_labelled
-from keras_lowrank.analysis.representation import (RepresentationRanks, _SecondMoments,
-                                                   feature_extractor)
+from keras_lowrank.analysis.representation import (_SecondMoments, feature_extractor,
+                                                   ranks_from_moments)
 from keras_lowrank.analysis.selectivity import selectivity_layers
 
 
@@ -66,10 +66,4 @@ def perturbation_dimensionality(model, data, perturbation, layers=None, threshol
         for acc, out in zip(moments, both):
             out = np.asarray(out, np.float64).reshape(2 * len(x), -1)
             acc.update(out[len(x):] - out[: len(x)])
-    if moments[0].count == 0:
-        raise ValueError("`data` yielded no batches.")
-    results = {}
-    for layer, acc in zip(layers, moments):
-        results[layer.name] = RepresentationRanks.from_singular_values(
-            layer.name, acc.count, acc.singular_values(), threshold)
-    return results
+    return ranks_from_moments(layers, moments, threshold)

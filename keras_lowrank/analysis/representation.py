@@ -84,6 +84,15 @@ class _SecondMoments:
         return np.sqrt(np.clip(eigenvalues, 0.0, None))
 
 
+def ranks_from_moments(layers, moments, threshold):
+    """{layer name: RepresentationRanks} from each layer's accumulated moments."""
+    if moments[0].count == 0:
+        raise ValueError("`data` yielded no batches.")
+    return {layer.name: RepresentationRanks.from_singular_values(
+                layer.name, acc.count, acc.singular_values(), threshold)
+            for layer, acc in zip(layers, moments)}
+
+
 def resolve_layers(model, layers):
     """Layer objects from names or layers; default: all but input layers."""
     if layers is None:
@@ -168,10 +177,4 @@ def representation_ranks(
             out = np.asarray(out)
             out = out.reshape(len(out), -1) if flatten else out.reshape(-1, out.shape[-1])
             acc.update(out)
-    if moments[0].count == 0:
-        raise ValueError("`data` yielded no batches.")
-    results = {}
-    for layer, acc in zip(layers, moments):
-        results[layer.name] = RepresentationRanks.from_singular_values(
-            layer.name, acc.count, acc.singular_values(), threshold)
-    return results
+    return ranks_from_moments(layers, moments, threshold)

@@ -4,16 +4,8 @@ must agree). Run as a script: logical devices must exist before TF initialises.
 Prints "replicas=<n> max_diff=<d> ranks_single=<..> ranks_mirrored=<..> ortho=<e>".
 """
 
-import os
-
-os.environ["KERAS_BACKEND"] = "tensorflow"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import two_cpus  # noqa: F401  (first: backend and devices before TensorFlow starts)
 import tensorflow as tf  # noqa: E402
-
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
