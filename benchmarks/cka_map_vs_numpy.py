@@ -6,7 +6,7 @@ for every batch and every pair of layers, the Gram matrices and Song et al.'s
 HSIC₁ with explicit matrix products (float64), as in METHODS.md §3, on
 activations from Keras' ``predict_on_batch``. Both timings include the forward
 passes (shown separately for the baseline), after one warm-up call each (compilation
-excluded: our Gram extractor is cached per model). Goal (issue 5): ≥ 10× faster, equal
+excluded: our extractor is cached per model); medians of 3 alternating runs. Goal (issue 5): ≥ 10× faster, equal
 values.
 
     python benchmarks/cka_map_vs_numpy.py
@@ -24,6 +24,7 @@ from keras_lowrank import data  # noqa: E402
 from keras_lowrank.analysis import cka_map  # noqa: E402
 
 BATCH = 500
+REPEATS = 3
 
 
 def model_10_layers():
@@ -68,18 +69,21 @@ def main():
     batches = [x[i:i + BATCH] for i in range(0, len(x), BATCH)]
     extractor.predict_on_batch(batches[0])  # compile once
     cka_map(model, batches[:1])
-    start = time.perf_counter()
-    activations = [[a.reshape(len(a), -1).astype(np.float64) for a in extractor.predict_on_batch(b)]
-                   for b in batches]
-    t_forward = time.perf_counter() - start
-    reference = numpy_cka_map(activations)
-    t_numpy = time.perf_counter() - start
-    start = time.perf_counter()
-    ours = cka_map(model, batches).matrix
-    t_ours = time.perf_counter() - start
+    numpy_times, forward_times, our_times = [], [], []
+    for _ in range(REPEATS):  # medians: this 2-core machine's timings vary ±20 % run to run
+        start = time.perf_counter()
+        ours = cka_map(model, batches).matrix
+        our_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        activations = [[a.reshape(len(a), -1).astype(np.float64) for a in extractor.predict_on_batch(b)]
+                       for b in batches]
+        forward_times.append(time.perf_counter() - start)
+        reference = numpy_cka_map(activations)
+        numpy_times.append(time.perf_counter() - start)
+    t_numpy, t_forward, t_ours = map(np.median, (numpy_times, forward_times, our_times))
     print(f"backend {keras.backend.backend()}: {len(layers)} layers, {len(x)} MNIST-1D signals, "
           f"batches of {BATCH}, unbiased linear CKA")
-    print(f"numpy {t_numpy:.2f} s (of which forward passes {t_forward:.2f} s), ours "
+    print(f"medians of {REPEATS} runs: numpy {t_numpy:.2f} s (of which forward passes {t_forward:.2f} s), ours "
           f"{t_ours:.2f} s: {t_numpy / t_ours:.1f}× faster (goal ≥ 10×); "
           f"max |difference| {np.abs(ours - reference).max():.2e}")
 

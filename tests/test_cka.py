@@ -102,20 +102,34 @@ def small_model(seed):
 
 
 def test_cka_map_equals_mean_hsic_over_batches(rng):
+    """Uneven batches (odd sizes too: the Gram is formed in halves)."""
     model, other = small_model(0), small_model(1)
     x = rng.normal(size=(60, 6, 6, 1)).astype("float32")
-    result = cka_map(model, [x[i:i + 20] for i in range(0, 60, 20)], model_b=other)
+    batches = [slice(0, 21), slice(21, 40), slice(40, 60)]
+    result = cka_map(model, [x[s] for s in batches], model_b=other)
     assert result.rows == ["conv", "hidden", "out"] and result.columns == result.rows
     acts_a = keras.Model(model.inputs, [model.get_layer(n).output for n in result.rows]).predict(x, verbose=0)
     acts_b = keras.Model(other.inputs, [other.get_layer(n).output for n in result.rows]).predict(x, verbose=0)
-    grams = lambda acts, s: [a[s].reshape(20, -1).astype(np.float64) @ a[s].reshape(20, -1).T.astype(np.float64) for a in acts]  # noqa: E731
-    batches = [slice(i, i + 20) for i in range(0, 60, 20)]
+    grams = lambda acts, s: [a[s].reshape(len(a[s]), -1).astype(np.float64) @ a[s].reshape(len(a[s]), -1).T.astype(np.float64) for a in acts]  # noqa: E731
     for i in range(3):
         for j in range(3):
             kk = np.mean([np_hsic_unbiased(grams(acts_a, s)[i], grams(acts_a, s)[i]) for s in batches])
             ll = np.mean([np_hsic_unbiased(grams(acts_b, s)[j], grams(acts_b, s)[j]) for s in batches])
             kl = np.mean([np_hsic_unbiased(grams(acts_a, s)[i], grams(acts_b, s)[j]) for s in batches])
             assert result.matrix[i, j] == pytest.approx(kl / np.sqrt(kk * ll), abs=10 * TOL)
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_cka_map_rbf_equals_numpy(rng, unbiased):
+    model = small_model(0)
+    x = rng.normal(size=(31, 6, 6, 1)).astype("float32")
+    result = cka_map(model, x, kernel="rbf", threshold=0.8, unbiased=unbiased)
+    acts = keras.Model(model.inputs, [model.get_layer(n).output for n in result.rows]).predict(x, verbose=0)
+    grams = [np_gram_rbf(a.reshape(31, -1), 0.8) for a in acts]
+    for i in range(3):
+        for j in range(3):
+            assert result.matrix[i, j] == pytest.approx(
+                np_cka_from_grams(grams[i], grams[j], unbiased), abs=10 * TOL)
 
 
 def test_cka_map_within_one_model(rng, tmp_path):

@@ -154,35 +154,114 @@ class CKAMap:
         plt.close(fig)
 
 
-class _Gram(keras.layers.Layer):
-    """The float32 Gram matrix of its input's samples: appended to a feature
-    extractor, Keras compiles forward pass and Grams into one predict step."""
+def _centre(k, rows, total, n, unbiased, diagonal_block=True):
+    """One block K_IJ of a Gram matrix, centred so that its Frobenius inner
+    products give HSIC: U-centring (unbiased; Székely & Rizzo 2014)
 
-    def __init__(self, kernel, threshold, **kwargs):
+        Ũᵢⱼ = K̃ᵢⱼ − r̃ᵢ/(n−2) − r̃ⱼ/(n−2) + t̃/((n−1)(n−2)),  Ũᵢᵢ = 0,
+        HSIC₁(K, L) = Σᵢⱼ Ũ(K)ᵢⱼ Ũ(L)ᵢⱼ / (n(n−3))  (= Song et al.'s formula),
+
+    with r̃, t̃ the row sums and total of K̃ (zero diagonal); or double centring
+    (biased), HSIC = Σᵢⱼ (HKH)ᵢⱼ (HLH)ᵢⱼ. ``rows`` = (rows of block I, rows of
+    block J). Centring before the products keeps float32 accurate: Song's
+    formula subtracts nearly equal large terms, which float32 cancels to noise.
+    """
+    rows_i, rows_j = rows
+    if unbiased:
+        if diagonal_block:
+            k = k - ops.diag(ops.diagonal(k))
+        u = k - rows_i[:, None] / (n - 2) - rows_j[None, :] / (n - 2) + total / ((n - 1) * (n - 2))
+        return u - ops.diag(ops.diagonal(u)) if diagonal_block else u
+    return k - rows_i[:, None] / n - rows_j[None, :] / n + total / n**2
+
+
+def _centred_linear_gram(x, unbiased):
+    """The centred linear Gram of x's samples, flattened so that dot products of
+    two such vectors are the HSIC sums above. K = X Xᵀ is symmetric, so it is
+    formed as three blocks, K₁₁, K₂₂ and √2·K₁₂ (K₂₁ = K₁₂ᵀ adds the same
+    again): 3/4 of the n²·p multiply-adds that dominate the map's cost
+    (measured 15–20 % faster than one product; no backend exposes BLAS syrk).
+    Row sums and the diagonal come from x itself in O(n·p)."""
+    x = _matrix(x, "x", "float32")
+    n_int = ops.shape(x)[0]
+    n = ops.cast(n_int, "float32")
+    squares = ops.sum(x * x, axis=1)  # diag(K)
+    rows = ops.matmul(x, ops.sum(x, axis=0))  # K·1
+    total = ops.sum(rows)
+    if unbiased:
+        rows, total = rows - squares, total - ops.sum(squares)
+    half = n_int // 2
+    parts = [(x[:half], rows[:half]), (x[half:], rows[half:])]
+    blocks = []
+    for i, j in ((0, 0), (1, 1), (0, 1)):
+        (x_i, rows_i), (x_j, rows_j) = parts[i], parts[j]
+        block = _centre(ops.matmul(x_i, ops.transpose(x_j)), (rows_i, rows_j), total, n,
+                        unbiased, diagonal_block=i == j)
+        blocks.append(ops.reshape(block, (-1,)) * (1.0 if i == j else np.sqrt(2.0)))
+    return ops.concatenate(blocks)
+
+
+class _CentredGram(keras.layers.Layer):
+    """A layer's centred float32 Gram matrix, flattened (see ``_centre``)."""
+
+    def __init__(self, kernel, threshold, unbiased, **kwargs):
         super().__init__(**kwargs)
-        self.kernel, self.threshold = kernel, threshold
+        self.kernel, self.threshold, self.unbiased = kernel, threshold, unbiased
 
     def call(self, x):
         if self.kernel == "linear":
-            return gram_linear(x, "float32")
-        return gram_rbf(x, self.threshold, "float32")
+            return _centred_linear_gram(x, self.unbiased)
+        gram = gram_rbf(x, self.threshold, "float32")  # needs all of K (median)
+        n = ops.cast(ops.shape(gram)[0], "float32")
+        rows = ops.sum(gram, axis=1)
+        if self.unbiased:
+            rows = rows - ops.diagonal(gram)
+        total = ops.sum(rows)
+        return ops.reshape(_centre(gram, (rows, rows), total, n, self.unbiased), (-1,))
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], input_shape[0])
+        return (None,)
 
 
-_GRAM_EXTRACTORS = weakref.WeakKeyDictionary()  # model → {(layers, kernel, threshold): model}
+class _PairwiseInner(keras.layers.Layer):
+    """(m, m) Frobenius inner products of m centred Grams: one BLAS product."""
+
+    def call(self, grams):
+        flat = ops.stack(grams)
+        return ops.matmul(flat, ops.transpose(flat))
+
+    def compute_output_shape(self, input_shapes):
+        return (len(input_shapes), len(input_shapes))
 
 
-def _gram_extractor(model, layers, kernel, threshold):
-    """A model from ``model``'s inputs to the Grams of ``layers``' outputs,
-    cached per model so that repeated maps (e.g. every epoch) compile once."""
-    key = (tuple(layer.name for layer in layers), kernel, float(threshold))
-    cache = _GRAM_EXTRACTORS.setdefault(model, {})
+_HSIC_EXTRACTORS = weakref.WeakKeyDictionary()  # model_a → {key: compiled extractor}
+
+
+def _as_list(outputs):
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def _hsic_extractor(model_a, layers_a, model_b, layers_b, kernel, threshold, unbiased):
+    """A model from the inputs to the (m, m) matrix of centred-Gram inner
+    products of the chosen layers of ``model_a`` (and ``model_b``, fed the
+    same batch). Keras compiles forward passes, Grams, centring and the
+    products into one predict step, so only m² numbers leave it per batch.
+    Cached per model, so repeated maps (e.g. every epoch) compile once."""
+    key = (tuple(layer.name for layer in layers_a),
+           None if model_b is None else weakref.ref(model_b),
+           tuple(layer.name for layer in layers_b or ()), kernel, float(threshold), unbiased)
+    cache = _HSIC_EXTRACTORS.setdefault(model_a, {})
     if key not in cache:
-        extractor = feature_extractor(model, layers)
-        cache[key] = keras.Model(extractor.inputs,
-                                 [_Gram(kernel, threshold)(out) for out in extractor.outputs])
+        features_a = feature_extractor(model_a, layers_a)
+        if model_b is None:
+            inputs, outputs = features_a.inputs, features_a.outputs
+        else:
+            inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype) for t in features_a.inputs]
+            fed = inputs[0] if len(inputs) == 1 else inputs
+            outputs = (_as_list(features_a(fed))
+                       + _as_list(feature_extractor(model_b, layers_b)(fed)))
+        centred = [_CentredGram(kernel, threshold, unbiased)(out) for out in outputs]
+        cache[key] = keras.Model(inputs, _PairwiseInner()(centred))
     return cache[key]
 
 
@@ -220,24 +299,19 @@ def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=Tr
     if kernel not in ("linear", "rbf"):
         raise ValueError(f'`kernel` must be "linear" or "rbf", got kernel={kernel!r}.')
     chosen_a = _layers(model_a, layers)
-    extractors = [_gram_extractor(model_a, chosen_a, kernel, threshold)]
     names = [layer.name for layer in chosen_a]
-    if model_b is not None:
-        chosen_b = _layers(model_b, layers_b)
-        extractors.append(_gram_extractor(model_b, chosen_b, kernel, threshold))
-        names_b = [layer.name for layer in chosen_b]
+    chosen_b = _layers(model_b, layers_b) if model_b is not None else None
+    names_b = [layer.name for layer in chosen_b] if model_b is not None else None
+    extractor = _hsic_extractor(model_a, chosen_a, model_b, chosen_b, kernel, threshold, unbiased)
     total, batches = None, 0
     for x in iterate_inputs(data, max_batches=max_batches):
-        if unbiased and len(x) < 4:
+        n = len(x)
+        if unbiased and n < 4:
             continue
-        # Grams in the activations' float32 (the costly n²·p products), in the
-        # compiled predict step; the pairwise HSIC terms and their sums over
-        # batches in float64.
-        grams = []
-        for extractor in extractors:
-            out = extractor.predict_on_batch(x)
-            grams += out if isinstance(out, (list, tuple)) else [out]
-        hsic = _hsic_terms(np.stack(grams), unbiased)
+        # Grams, centring and their inner products in float32 inside the
+        # compiled predict step; the sum over batches in float64.
+        inner = np.asarray(extractor.predict_on_batch(x), dtype=np.float64)
+        hsic = inner / (n * (n - 3)) if unbiased else inner / (n - 1) ** 2
         total = hsic if total is None else total + hsic
         batches += 1
     if not batches:
