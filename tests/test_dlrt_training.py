@@ -173,3 +173,32 @@ def test_backup_and_restore_resumes_with_the_same_ranks(rng, tmp_path):
 def test_steps_per_cycle_must_be_at_least_two():
     with pytest.raises(ValueError, match="steps_per_cycle"):
         DLRT(keras.optimizers.SGD(), steps_per_cycle=1)
+
+
+def test_moments_of_s_are_carried_into_the_new_basis_not_reset(rng):
+    """Keras' Adam corrects its bias by the global step, so zeroed moments would
+    make S jump; at an augmentation its first moment is carried (same weight-space
+    meaning) and its second moment stays a non-zero, non-negative estimate."""
+    from keras_lowrank.callbacks import optimizer_slots
+
+    keras.utils.set_random_seed(0)
+    layer = DynamicLowRankDense(8, max_rank=6, rank=2, tol=0.01)
+    model = keras.Sequential([keras.Input((10,)), layer])
+    optimizer = DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3)
+    model.compile(optimizer=optimizer, loss="mse")
+    x, y = rng.normal(size=(32, 10)).astype("float32"), rng.normal(size=(32, 8)).astype("float32")
+    for _ in range(3):  # one cycle: augment, Galerkin, truncate
+        model.train_on_batch(x, y)
+    slots = {slot.name.rsplit("_", 1)[-1]: slot for slot in optimizer_slots(optimizer, layer.s)}
+    before = {name: ops.convert_to_numpy(slot.value).copy() for name, slot in slots.items()}
+    u0, s0, v0, b0 = (ops.convert_to_numpy(w.value).copy() for w in (layer.u, layer.s, layer.v, layer.bias))
+    model.train_on_batch(x, y)  # the next augmentation
+    after = {name: ops.convert_to_numpy(slot.value) for name, slot in slots.items()}
+    u1, v1 = (ops.convert_to_numpy(w.value) for w in (layer.u, layer.v))
+    assert np.all(after["velocity"] >= 0) and np.any(after["velocity"] > 0)
+    # Adam's momentum m ← β₁m + (1 − β₁)∇_S L, with ∇_S L = Uᵀ ∇_W L V (mse, by hand), means
+    # U m Vᵀ in weight space; the augmented basis contains the old one, so that is kept.
+    grad_w = x.T @ (2 * (x @ u0 @ s0 @ v0.T + b0 - y) / y.size)
+    expected = u0 @ (0.9 * before["momentum"] + 0.1 * (u0.T @ grad_w @ v0)) @ v0.T
+    np.testing.assert_allclose(u1 @ after["momentum"] @ v1.T, expected, atol=1e-5)
+    assert int(np.sum(np.linalg.norm(u1, axis=0) > 0.5)) > int(np.sum(np.linalg.norm(u0, axis=0) > 0.5))

@@ -84,6 +84,41 @@ def test_augment_keeps_w_and_old_span_and_doubles_rank(rng):
     assert int(_np(factorization.active_rank(u2))) == r_max
 
 
+def test_carried_slots_keep_their_meaning_in_the_new_basis(rng):
+    """A first moment M of S means U M Vᵀ in weight space: carried through an
+    augmentation (nested bases) it means the same; through a truncation it is
+    that matrix's projection on the kept bases. Second moments: exact when the
+    basis change only permutes and flips columns."""
+    n, m, r_max, r = 20, 15, 8, 3
+    u, s, v = _pad(_orthonormal(rng, n, r), rng.normal(size=(r, r)), _orthonormal(rng, m, r), r_max)
+    moment = np.zeros((r_max, r_max))
+    moment[:r, :r] = rng.normal(size=(r, r))
+    tensors = [ops.convert_to_tensor(a.astype("float32")) for a in (u, s, v)]
+    u1, s1, v1 = factorization.augment(*tensors, *(ops.convert_to_tensor(
+        rng.normal(size=shape).astype("float32")) for shape in ((n, r_max), (m, r_max))), r_max)
+    a, b = factorization.basis_change(tensors[0], tensors[2], u1, v1)
+    carried = _np(factorization.carry_slot(ops.convert_to_tensor(moment.astype("float32")), a, b, "linear"))
+    np.testing.assert_allclose(_np(u1) @ carried @ _np(v1).T, u @ moment @ v.T, atol=1e-5)
+    u2, _, v2 = (_np(t) for t in factorization.truncate(u1, s1, v1, 0.3, 1))
+    a, b = factorization.basis_change(u1, v1, *(ops.convert_to_tensor(t) for t in (u2, v2)))
+    carried = _np(factorization.carry_slot(ops.convert_to_tensor(moment.astype("float32")), a, b, "linear"))
+    u1, v1 = _np(u1), _np(v1)
+    np.testing.assert_allclose(u2 @ carried @ v2.T,
+                               u2 @ u2.T @ (u1 @ moment @ v1.T) @ v2 @ v2.T, atol=1e-5)
+    # second moments under a signed permutation of the columns
+    perm_u, perm_v = np.eye(r_max)[rng.permutation(r_max)], np.eye(r_max)[rng.permutation(r_max)]
+    perm_u[:, 0] *= -1
+    square = rng.uniform(size=(r_max, r_max))
+    for kind, expected in (("square", perm_u @ square @ perm_v.T),
+                           ("magnitude", perm_u @ square @ perm_v.T)):
+        got = factorization.carry_slot(*(ops.convert_to_tensor(t.astype("float32"))
+                                         for t in (square, perm_u, perm_v)), kind)
+        np.testing.assert_allclose(_np(got), np.abs(expected), atol=1e-5)
+    assert not np.any(_np(factorization.carry_slot(ops.convert_to_tensor(square.astype("float32")),
+                                                   perm_u.astype("float32"), perm_v.astype("float32"),
+                                                   "unknown")))
+
+
 @pytest.mark.parametrize("tol", [0.05, 0.3])
 def test_truncate_follows_the_tolerance_rule_and_keeps_orthonormality(rng, tol):
     n, m, r_max, r = 20, 15, 8, 6

@@ -98,6 +98,28 @@ def truncate(u, s, v, tol, min_rank):
     return qu * keep, s_new * keep[:, None] * keep[None, :], qv * keep
 
 
+def basis_change(u_old, v_old, u_new, v_new):
+    """(A, B) with S_new = A S_old Bᵀ, A = U_newᵀ U_old, B = V_newᵀ V_old: exact
+    for augmentation and truncation, whose new bases contain or lie in the old
+    ones (W = U S Vᵀ is kept on the shared subspace)."""
+    return (ops.matmul(ops.transpose(u_new), u_old), ops.matmul(ops.transpose(v_new), v_old))
+
+
+def carry_slot(x, a, b, kind):
+    """An optimizer slot of S carried into the basis (A, B) of ``basis_change``,
+    as the authors' code carries Adam's moments (RobustDLRT, augment/truncate):
+    "linear" (first moments, momenta) like S, A x Bᵀ; "square" (second moments)
+    as (A √x Bᵀ)²; "magnitude" (Adamax' ∞-norm) as |A x Bᵀ|; anything else is
+    reset to zero."""
+    if kind == "linear":
+        return ops.matmul(ops.matmul(a, x), ops.transpose(b))
+    if kind == "square":
+        return ops.square(ops.matmul(ops.matmul(a, ops.sqrt(ops.maximum(x, 0.0))), ops.transpose(b)))
+    if kind == "magnitude":
+        return ops.abs(ops.matmul(ops.matmul(a, x), ops.transpose(b)))
+    return ops.zeros_like(x)
+
+
 def condition(s, rank, kappa):
     """CondLR projection (Savostianova et al. 2023): clamp the singular values of
     S_r to [s̄(1 − t), s̄(1 + t)], t = (κ − 1)/(κ + 1), s̄ their mean, so that
