@@ -19,25 +19,12 @@ from keras import ops
 
 from keras_lowrank.layers import factorization
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
+from keras_lowrank.optimizer_slots import optimizer_slots, slot_kind
 
 
 def low_rank_layers(model):
     """The dynamic low-rank layers of a model (nested models included)."""
     return [layer for layer in model._flatten_layers() if isinstance(layer, DynamicLowRankBase)]
-
-
-def optimizer_slots(optimizer, variable):
-    """The optimizer variables Keras derived from ``variable`` (moments, momenta):
-    ``add_variable_from_reference`` names them ``{variable.path with _}_{slot}``."""
-    if optimizer is None:
-        return []
-    inner = getattr(optimizer, "inner_optimizer", None)
-    candidates = inner.variables if inner is not None else optimizer.variables
-    prefix = variable.path.replace("/", "_") + "_"
-    return [
-        slot for slot in candidates
-        if slot.name.startswith(prefix) and tuple(slot.shape) == tuple(variable.shape)
-    ]
 
 
 def _check_frequency(frequency):
@@ -67,11 +54,13 @@ class _FactorCallback(keras.callbacks.Callback):
                     "not changing them (the loss diverged — lower the learning rate)."
                 )
             new = self._update(layer, *values)
+            self._carry_moments(getattr(self.model, "optimizer", None), layer, values, new)
             for variable, value in zip((layer.u, layer.s, layer.v), new):
                 variable.assign(value)
-            for variable in (layer.u, layer.s, layer.v):  # moments of an old basis
-                for slot in optimizer_slots(getattr(self.model, "optimizer", None), variable):
-                    slot.assign(ops.zeros_like(slot.value))
+
+    def _carry_moments(self, optimizer, layer, old, new):
+        """Keeps the optimizer's slots, as Keras' own weight constraints (also
+        projections between steps) do."""
 
     def on_train_batch_end(self, batch, logs=None):
         if self.frequency != "epoch":
@@ -88,7 +77,8 @@ class RankTruncation(_FactorCallback):
     """Re-orthonormalises U, V and truncates each dynamic low-rank layer to the
     fewest singular values with ‖d[r:]‖ < tol·‖d‖ (the layer's ``tol`` and
     ``min_rank``), each epoch (default) or every ``frequency`` batches. The
-    optimizer's moments of the layer's factors are reset (their basis changed).
+    optimizer's slots of the factors move into the new bases, as gradients do
+    (exact where the truncated singular values are zero; see ``_carry_moments``).
     Raises FloatingPointError instead of truncating non-finite factors.
     """
 
@@ -96,10 +86,26 @@ class RankTruncation(_FactorCallback):
         u, s, v = factorization.orthonormalize(u, s, v)
         return factorization.truncate(u, s, v, layer.tol, layer.min_rank)
 
+    def _carry_moments(self, optimizer, layer, old, new):
+        """Slots transformed as the gradients they average (G = ∂L/∂W, W kept):
+        ∇U' = G Wᵀ U' = ∇U Aᵀ, ∇V' = ∇V Bᵀ with A = U'ᵀU, B = V'ᵀV, and, U' lying
+        in span(U), ∇S' = U'ᵀ G V' = A (UᵀU)⁺ ∇S (VᵀV)⁺ Bᵀ (A ∇S Bᵀ for orthonormal
+        U, V, as in DLRT). Zeroing them instead would, with Keras' bias correction
+        by the global step, make the next Adam steps several learning rates long."""
+        u0, _, v0 = (ops.convert_to_numpy(t) for t in old)
+        a, b = (ops.convert_to_numpy(t) for t in factorization.basis_change(u0, v0, new[0], new[2]))
+        a_s = a @ np.linalg.pinv(u0.T @ u0)  # pinv: the zero columns beyond the rank
+        b_s = b @ np.linalg.pinv(v0.T @ v0)
+        for variable, left, right in ((layer.u, None, a), (layer.s, a_s, b_s), (layer.v, None, b)):
+            for slot in optimizer_slots(optimizer, variable):
+                kind = slot_kind(slot, variable)
+                slot.assign(factorization.carry_slot(slot.value, left, right, kind))
+
 
 class SpectralConditioning(_FactorCallback):
     """CondLR projection: clamps the singular values of each layer's S_r to
-    [s̄(1 − t), s̄(1 + t)], t = (κ − 1)/(κ + 1), so that cond(S_r) ≤ κ (kappa)."""
+    [s̄(1 − t), s̄(1 + t)], t = (κ − 1)/(κ + 1), so that cond(S_r) ≤ κ (kappa).
+    U and V keep their bases, and the optimizer keeps its slots."""
 
     def __init__(self, kappa=1.5, frequency="epoch"):
         super().__init__(frequency)

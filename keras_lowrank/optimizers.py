@@ -40,23 +40,9 @@ import keras
 from keras import backend, ops
 from keras.src.utils import tracking
 
-from keras_lowrank.callbacks import optimizer_slots
 from keras_lowrank.layers import factorization
 from keras_lowrank.layers.dynamic_low_rank import FACTOR_OWNER, FACTOR_ROLE
-
-
-# How each Keras optimizer slot of S moves with S's basis (factorization.carry_slot),
-# by the slot's name suffix; slots of other optimizers are reset to zero.
-SLOT_KINDS = {
-    "momentum": "linear", "average_gradient": "linear", "linear": "linear",
-    "velocity": "square", "velocity_hat": "square", "accumulator": "square",
-    "accumulated_grad": "square", "accumulated_delta_var": "square", "norm": "magnitude",
-}
-
-
-def slot_kind(slot, variable):
-    """The SLOT_KINDS entry of ``slot`` (named ``{variable.path with _}_{suffix}``)."""
-    return SLOT_KINDS.get(slot.name[len(variable.path.replace("/", "_")) + 1:], "reset")
+from keras_lowrank.optimizer_slots import optimizer_slots, slot_kind
 
 
 def low_rank_groups(variables):

@@ -195,6 +195,58 @@ def test_spectral_conditioning_callback_caps_the_condition_number(rng):
         assert callbacks.condition_number(layer) <= 1.2 + 1e-3
 
 
+def _gradient_like_moments(rng, layer, optimizer):
+    """Sets Adam's first moments of U, S, V to the gradients ∂L/∂U = G V Sᵀ,
+    ∂L/∂S = Uᵀ G V, ∂L/∂V = Gᵀ U S of a weight gradient G (chain rule, numpy)."""
+    from keras_lowrank.optimizer_slots import optimizer_slots
+
+    u, s, v = (ops.convert_to_numpy(t).astype("float64") for t in (layer.u, layer.s, layer.v))
+    g = rng.normal(size=(u.shape[0], v.shape[0]))
+    momenta = {}
+    for variable, value in ((layer.u, g @ v @ s.T), (layer.s, u.T @ g @ v), (layer.v, g.T @ u @ s)):
+        (slot,) = [t for t in optimizer_slots(optimizer, variable) if t.name.endswith("_momentum")]
+        slot.assign(value.astype("float32"))
+        momenta[variable.name] = slot
+    return g, momenta
+
+
+@pytest.mark.backend_neutral
+def test_rank_truncation_carries_the_moments_as_the_gradients_move(rng):
+    layer = DynamicLowRankDense(12, max_rank=6, rank=6, tol=0.01)
+    model = keras.Sequential([keras.Input((10,)), layer])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    # Factors as plain Adam leaves them: U, V not orthonormal, S not diagonal; rank 5
+    # of which W uses 3 (truncating drops only zero singular values: W is kept).
+    u = np.zeros((10, 6)); v = np.zeros((12, 6)); s = np.zeros((6, 6))
+    u[:, :5] = rng.normal(size=(10, 5))
+    v[:, :5] = rng.normal(size=(12, 5))
+    s[:5, :5] = rng.normal(size=(5, 3)) @ rng.normal(size=(3, 5))
+    for variable, value in zip((layer.u, layer.s, layer.v), (u, s, v)):
+        variable.assign(value.astype("float32"))
+    w = u @ s @ v.T
+    g, momenta = _gradient_like_moments(rng, layer, model.optimizer)
+    truncation = callbacks.RankTruncation()
+    truncation.set_model(model)
+    truncation.on_epoch_end(0, {})
+    assert layer.rank == 3
+    u1, s1, v1 = (ops.convert_to_numpy(t).astype("float64") for t in (layer.u, layer.s, layer.v))
+    np.testing.assert_allclose(u1 @ s1 @ v1.T, w, atol=1e-4 * np.abs(w).max())
+    # the carried moments are the gradients at the new factors (same W, same G)
+    expected = {layer.u.name: g @ v1 @ s1.T, layer.s.name: u1.T @ g @ v1, layer.v.name: g.T @ u1 @ s1}
+    for name, slot in momenta.items():
+        want = expected[name]
+        np.testing.assert_allclose(ops.convert_to_numpy(slot.value), want, atol=1e-3 * np.abs(want).max())
+    # conditioning keeps the bases, and the optimizer keeps its slots
+    before = {name: ops.convert_to_numpy(slot.value).copy() for name, slot in momenta.items()}
+    conditioning = callbacks.SpectralConditioning(kappa=1.1)
+    conditioning.set_model(model)
+    conditioning.on_epoch_end(0, {})
+    assert callbacks.condition_number(layer) <= 1.1 + 1e-3
+    for name, slot in momenta.items():
+        np.testing.assert_array_equal(ops.convert_to_numpy(slot.value), before[name])
+
+
 def test_callbacks_refuse_to_truncate_non_finite_factors():
     model = _factor_model()
     model.layers[0].s.assign(np.full((8, 8), np.nan, "float32"))

@@ -110,13 +110,18 @@ def carry_slot(x, a, b, kind):
     as the authors' code carries Adam's moments (RobustDLRT, augment/truncate):
     "linear" (first moments, momenta) like S, A x Bᵀ; "square" (second moments)
     as (A √x Bᵀ)²; "magnitude" (Adamax' ∞-norm) as |A x Bᵀ|; anything else is
-    reset to zero."""
+    reset to zero. ``a`` or ``b`` None stands for the identity (slots of U: x Aᵀ)."""
+
+    def transform(t):
+        t = t if a is None else ops.matmul(a, t)
+        return t if b is None else ops.matmul(t, ops.transpose(b))
+
     if kind == "linear":
-        return ops.matmul(ops.matmul(a, x), ops.transpose(b))
+        return transform(x)
     if kind == "square":
-        return ops.square(ops.matmul(ops.matmul(a, ops.sqrt(ops.maximum(x, 0.0))), ops.transpose(b)))
+        return ops.square(transform(ops.sqrt(ops.maximum(x, 0.0))))
     if kind == "magnitude":
-        return ops.abs(ops.matmul(ops.matmul(a, x), ops.transpose(b)))
+        return ops.abs(transform(x))
     return ops.zeros_like(x)
 
 
