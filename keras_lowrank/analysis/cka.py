@@ -154,84 +154,78 @@ class CKAMap:
         plt.close(fig)
 
 
-def _centre(k, rows, total, n, unbiased, diagonal_block=True):
-    """One block K_IJ of a Gram matrix, centred so that its Frobenius inner
-    products give HSIC: U-centring (unbiased; Székely & Rizzo 2014)
+def _centred_gram(x, kernel, threshold):
+    """Terms of a batch's HSIC for one representation x (float32): the doubly
+    centred Gram K_c = HKH with a zero diagonal, flattened, its diagonal d and
+    row sums r.
 
-        Ũᵢⱼ = K̃ᵢⱼ − r̃ᵢ/(n−2) − r̃ⱼ/(n−2) + t̃/((n−1)(n−2)),  Ũᵢᵢ = 0,
-        HSIC₁(K, L) = Σᵢⱼ Ũ(K)ᵢⱼ Ũ(L)ᵢⱼ / (n(n−3))  (= Song et al.'s formula),
+    Unbiased HSIC only sees K through its U-centring, which is blind to adding
+    b1ᵀ + 1bᵀ + c11ᵀ and to the diagonal (Székely & Rizzo 2014), so
+    HSIC₁(K, L) = HSIC₁(K_c, L_c): Song's formula on K_c, where row sums are
+    small, no longer subtracts nearly equal large terms, and float32 stays
+    accurate. The biased HSIC is ⟨K_c, L_c⟩ = ⟨K̃_c, L̃_c⟩ + dᵀd.
 
-    with r̃, t̃ the row sums and total of K̃ (zero diagonal); or double centring
-    (biased), HSIC = Σᵢⱼ (HKH)ᵢⱼ (HLH)ᵢⱼ. ``rows`` = (rows of block I, rows of
-    block J). Centring before the products keeps float32 accurate: Song's
-    formula subtracts nearly equal large terms, which float32 cancels to noise.
-    """
-    rows_i, rows_j = rows
-    if unbiased:
-        if diagonal_block:
-            k = k - ops.diag(ops.diagonal(k))
-        u = k - rows_i[:, None] / (n - 2) - rows_j[None, :] / (n - 2) + total / ((n - 1) * (n - 2))
-        return u - ops.diag(ops.diagonal(u)) if diagonal_block else u
-    return k - rows_i[:, None] / n - rows_j[None, :] / n + total / n**2
-
-
-def _centred_linear_gram(x, unbiased):
-    """The centred linear Gram of x's samples, flattened so that dot products of
-    two such vectors are the HSIC sums above. K = X Xᵀ is symmetric, so it is
-    formed as three blocks, K₁₁, K₂₂ and √2·K₁₂ (K₂₁ = K₁₂ᵀ adds the same
-    again): 3/4 of the n²·p multiply-adds that dominate the map's cost
-    (measured 15–20 % faster than one product; no backend exposes BLAS syrk).
-    Row sums and the diagonal come from x itself in O(n·p)."""
-    x = _matrix(x, "x", "float32")
-    n_int = ops.shape(x)[0]
-    n = ops.cast(n_int, "float32")
-    squares = ops.sum(x * x, axis=1)  # diag(K)
-    rows = ops.matmul(x, ops.sum(x, axis=0))  # K·1
-    total = ops.sum(rows)
-    if unbiased:
-        rows, total = rows - squares, total - ops.sum(squares)
-    half = n_int // 2
-    parts = [(x[:half], rows[:half]), (x[half:], rows[half:])]
-    blocks = []
-    for i, j in ((0, 0), (1, 1), (0, 1)):
-        (x_i, rows_i), (x_j, rows_j) = parts[i], parts[j]
-        block = _centre(ops.matmul(x_i, ops.transpose(x_j)), (rows_i, rows_j), total, n,
-                        unbiased, diagonal_block=i == j)
-        blocks.append(ops.reshape(block, (-1,)) * (1.0 if i == j else np.sqrt(2.0)))
-    return ops.concatenate(blocks)
+    Linear kernel: K_c = X_c X_cᵀ for features centred over the batch (O(n·p)),
+    and, K being symmetric, formed as three blocks K₁₁, K₂₂ and √2·K₁₂
+    (K₂₁ = K₁₂ᵀ adds the same again): 3/4 of the n²·p multiply-adds that
+    dominate the map's cost (no backend exposes BLAS syrk). RBF: the full Gram
+    (its bandwidth is a median), centred explicitly."""
+    if kernel == "linear":
+        x = _matrix(x, "x", "float32")
+        x = x - ops.mean(x, axis=0, keepdims=True)
+        diagonal = ops.sum(x * x, axis=1)
+        rows = ops.matmul(x, ops.sum(x, axis=0))
+        n = ops.shape(x)[0]
+        half = n // 2
+        parts = [x[:half], x[half:]]
+        blocks = []
+        for i, j in ((0, 0), (1, 1), (0, 1)):
+            block = ops.matmul(parts[i], ops.transpose(parts[j]))
+            if i == j:
+                block = block - ops.diag(ops.diagonal(block))
+            blocks.append(ops.reshape(block, (-1,)) * (1.0 if i == j else np.sqrt(2.0)))
+        return ops.concatenate(blocks), diagonal, rows
+    gram = gram_rbf(x, threshold, "float32")
+    n = ops.cast(ops.shape(gram)[0], "float32")
+    rows = ops.sum(gram, axis=1)
+    gram = gram - rows[:, None] / n - rows[None, :] / n + ops.sum(rows) / n**2
+    diagonal = ops.diagonal(gram)
+    rows = ops.sum(gram, axis=1)
+    return ops.reshape(gram - ops.diag(diagonal), (-1,)), diagonal, rows
 
 
-class _CentredGram(keras.layers.Layer):
-    """A layer's centred float32 Gram matrix, flattened (see ``_centre``)."""
+class _HSICTerms(keras.layers.Layer):
+    """m representations of one batch → (P, D, R): P the (m, m) inner products
+    ⟨K̃_c, L̃_c⟩ (one BLAS product), D and R the (m, n) diagonals and row sums
+    of the centred Grams (see ``_centred_gram``)."""
 
-    def __init__(self, kernel, threshold, unbiased, **kwargs):
+    def __init__(self, kernel, threshold, **kwargs):
         super().__init__(**kwargs)
-        self.kernel, self.threshold, self.unbiased = kernel, threshold, unbiased
+        self.kernel, self.threshold = kernel, threshold
 
-    def call(self, x):
-        if self.kernel == "linear":
-            return _centred_linear_gram(x, self.unbiased)
-        gram = gram_rbf(x, self.threshold, "float32")  # needs all of K (median)
-        n = ops.cast(ops.shape(gram)[0], "float32")
-        rows = ops.sum(gram, axis=1)
-        if self.unbiased:
-            rows = rows - ops.diagonal(gram)
-        total = ops.sum(rows)
-        return ops.reshape(_centre(gram, (rows, rows), total, n, self.unbiased), (-1,))
-
-    def compute_output_shape(self, input_shape):
-        return (None,)
-
-
-class _PairwiseInner(keras.layers.Layer):
-    """(m, m) Frobenius inner products of m centred Grams: one BLAS product."""
-
-    def call(self, grams):
-        flat = ops.stack(grams)
-        return ops.matmul(flat, ops.transpose(flat))
+    def call(self, representations):
+        flats, diagonals, rows = zip(*(_centred_gram(x, self.kernel, self.threshold)
+                                       for x in representations))
+        flat = ops.stack(flats)
+        return ops.matmul(flat, ops.transpose(flat)), ops.stack(diagonals), ops.stack(rows)
 
     def compute_output_shape(self, input_shapes):
-        return (len(input_shapes), len(input_shapes))
+        m = len(input_shapes)
+        return (m, m), (m, None), (m, None)
+
+
+def _batch_hsic(inner, diagonals, rows, unbiased):
+    """(m, m) HSIC of one batch from ``_HSICTerms``' outputs, in float64:
+    unbiased, Song et al.'s formula with tr(K̃L̃) = ⟨K̃_c, L̃_c⟩ and the row
+    sums of K̃_c, r − d; biased, ⟨K_c, L_c⟩ / (n − 1)²."""
+    inner, diagonals, rows = (np.asarray(t, dtype=np.float64) for t in (inner, diagonals, rows))
+    n = diagonals.shape[1]
+    if not unbiased:
+        return (inner + diagonals @ diagonals.T) / (n - 1) ** 2
+    rows = rows - diagonals
+    sums = rows.sum(axis=1)
+    return (inner + np.outer(sums, sums) / ((n - 1) * (n - 2))
+            - 2 * rows @ rows.T / (n - 2)) / (n * (n - 3))
 
 
 _HSIC_EXTRACTORS = weakref.WeakKeyDictionary()  # model_a → {key: compiled extractor}
@@ -241,15 +235,15 @@ def _as_list(outputs):
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
-def _hsic_extractor(model_a, layers_a, model_b, layers_b, kernel, threshold, unbiased):
-    """A model from the inputs to the (m, m) matrix of centred-Gram inner
-    products of the chosen layers of ``model_a`` (and ``model_b``, fed the
-    same batch). Keras compiles forward passes, Grams, centring and the
-    products into one predict step, so only m² numbers leave it per batch.
-    Cached per model, so repeated maps (e.g. every epoch) compile once."""
+def _hsic_extractor(model_a, layers_a, model_b, layers_b, kernel, threshold):
+    """A model from the inputs to the HSIC terms (``_HSICTerms``) of the chosen
+    layers of ``model_a`` (and ``model_b``, fed the same batch). Keras compiles
+    forward passes, Grams, centring and the products into one predict step, so
+    only m² + 2mn numbers leave it per batch. Cached per model, so repeated
+    maps (e.g. every epoch) compile once."""
     key = (tuple(layer.name for layer in layers_a),
            None if model_b is None else weakref.ref(model_b),
-           tuple(layer.name for layer in layers_b or ()), kernel, float(threshold), unbiased)
+           tuple(layer.name for layer in layers_b or ()), kernel, float(threshold))
     cache = _HSIC_EXTRACTORS.setdefault(model_a, {})
     if key not in cache:
         features_a = feature_extractor(model_a, layers_a)
@@ -260,8 +254,7 @@ def _hsic_extractor(model_a, layers_a, model_b, layers_b, kernel, threshold, unb
             fed = inputs[0] if len(inputs) == 1 else inputs
             outputs = (_as_list(features_a(fed))
                        + _as_list(feature_extractor(model_b, layers_b)(fed)))
-        centred = [_CentredGram(kernel, threshold, unbiased)(out) for out in outputs]
-        cache[key] = keras.Model(inputs, _PairwiseInner()(centred))
+        cache[key] = keras.Model(inputs, _HSICTerms(kernel, threshold)(outputs))
     return cache[key]
 
 
@@ -302,16 +295,15 @@ def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=Tr
     names = [layer.name for layer in chosen_a]
     chosen_b = _layers(model_b, layers_b) if model_b is not None else None
     names_b = [layer.name for layer in chosen_b] if model_b is not None else None
-    extractor = _hsic_extractor(model_a, chosen_a, model_b, chosen_b, kernel, threshold, unbiased)
+    extractor = _hsic_extractor(model_a, chosen_a, model_b, chosen_b, kernel, threshold)
     total, batches = None, 0
     for x in iterate_inputs(data, max_batches=max_batches):
         n = len(x)
         if unbiased and n < 4:
             continue
         # Grams, centring and their inner products in float32 inside the
-        # compiled predict step; the sum over batches in float64.
-        inner = np.asarray(extractor.predict_on_batch(x), dtype=np.float64)
-        hsic = inner / (n * (n - 3)) if unbiased else inner / (n - 1) ** 2
+        # compiled predict step; the O(m²) rest and the sum over batches in float64.
+        hsic = _batch_hsic(*extractor.predict_on_batch(x), unbiased)
         total = hsic if total is None else total + hsic
         batches += 1
     if not batches:
