@@ -27,8 +27,9 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     assert "gradient-masking checks, pgd_trained" in printed
     assert "DLRT on digits" in printed
     dlrt = results["dlrt"]["digits"]
-    assert set(dlrt) == {"dense", "dlrt", "dlrt_spectral"} and len(dlrt["dlrt"]) == 2
+    assert set(dlrt) == {"dense", "dlrt", "dlrt_spectral", "dense_to_dlrt"} and len(dlrt["dlrt"]) == 2
     assert 0 < dlrt["dlrt"][0]["compression_rate"] < 1 and "fgsm_0.05" in dlrt["dense"][0]
+    assert dlrt["dense_to_dlrt"][0]["compression_rate"] >= 0.9  # rank ≤ max_rank 24 of 512×512
     analysis = results["analysis"]["digits"]
     assert [row["model"] for row in analysis["cka"]] == ["standard", "pgd_trained", "lr"]
     assert all(-0.1 <= row["block_structure"] <= 1.0 for row in analysis["cka"])
