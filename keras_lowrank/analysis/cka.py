@@ -39,12 +39,6 @@ def _matrix(x, name, dtype=_DTYPE):
     return ops.reshape(ops.cast(x, dtype), (-1, features))
 
 
-def gram_linear(x, dtype=_DTYPE):
-    """K = X Xᵀ of x (samples × features...)."""
-    x = _matrix(x, "x", dtype)
-    return ops.matmul(x, ops.transpose(x))
-
-
 def gram_rbf(x, threshold=1.0, dtype=_DTYPE):
     """K_ij = exp(−‖x_i − x_j‖² / (2 · threshold² · median_ij ‖x_i − x_j‖²))."""
     x = _matrix(x, "x", dtype)
@@ -53,31 +47,6 @@ def gram_rbf(x, threshold=1.0, dtype=_DTYPE):
     squared = ops.maximum(norms[:, None] + norms[None, :] - 2 * dots, 0.0)
     median = ops.median(squared)
     return ops.exp(-squared / (2 * threshold**2 * ops.maximum(median, 1e-30)))
-
-
-def _hsic_terms(grams, unbiased):
-    """HSIC of every pair of a stack of Gram matrices (m, n, n) → (m, m).
-
-    In float64 numpy on every backend: the unbiased estimator subtracts nearly
-    equal terms, which float32 (JAX's default) cancels to noise (errors ~1e-2
-    seen). The costly part, the Gram products, stays in keras.ops.
-    """
-    grams = np.array(ops.convert_to_numpy(grams), dtype=np.float64)  # a copy
-    n = grams.shape[-1]
-    if unbiased:
-        if n < 4:
-            raise ValueError(f"Unbiased CKA needs at least 4 samples per batch, got {n}.")
-        diagonal = np.arange(n)
-        grams[:, diagonal, diagonal] = 0.0  # in place: a float64 copy already
-        flat = grams.reshape(len(grams), -1)
-        trace = flat @ flat.T  # tr(K̃_i K̃_j) of symmetric Grams, one BLAS product
-        rows = grams.sum(axis=2)
-        sums = rows.sum(axis=1)
-        return (trace + np.outer(sums, sums) / ((n - 1) * (n - 2))
-                - 2 * rows @ rows.T / (n - 2)) / (n * (n - 3))
-    centred = grams - grams.mean(axis=1, keepdims=True)
-    centred = (centred - centred.mean(axis=2, keepdims=True)).reshape(len(grams), -1)
-    return centred @ centred.T
 
 
 def _ratio(hsic, i, j, names):
@@ -89,24 +58,22 @@ def _ratio(hsic, i, j, names):
     return float(hsic[i, j] / np.sqrt(denominator))
 
 
-def _cka(k, l, unbiased, names):
-    return _ratio(_hsic_terms(ops.stack([k, l]), unbiased), 0, 1, names)
+def _pair_cka(x, y, kernel, threshold, unbiased):
+    x, y = _matrix(x, "x"), _matrix(y, "y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"`x` and `y` need the same samples, got {x.shape[0]} and {y.shape[0]}.")
+    hsic = _batch_hsic(*_hsic_terms([x, y], kernel, threshold, _DTYPE), unbiased)
+    return _ratio(hsic, 0, 1, ("x", "y"))
 
 
 def linear_cka(x, y, unbiased=False):
     """Linear CKA of x (n × p...) and y (n × q...); conv maps are flattened."""
-    x, y = _matrix(x, "x"), _matrix(y, "y")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"`x` and `y` need the same samples, got {x.shape[0]} and {y.shape[0]}.")
-    return _cka(gram_linear(x), gram_linear(y), unbiased, ("x", "y"))
+    return _pair_cka(x, y, "linear", 1.0, unbiased)
 
 
 def rbf_cka(x, y, threshold=1.0, unbiased=False):
     """RBF-kernel CKA, bandwidth σ = threshold · median distance."""
-    x, y = _matrix(x, "x"), _matrix(y, "y")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"`x` and `y` need the same samples, got {x.shape[0]} and {y.shape[0]}.")
-    return _cka(gram_rbf(x, threshold), gram_rbf(y, threshold), unbiased, ("x", "y"))
+    return _pair_cka(x, y, "rbf", threshold, unbiased)
 
 
 @dataclasses.dataclass
@@ -154,8 +121,8 @@ class CKAMap:
         plt.close(fig)
 
 
-def _centred_gram(x, kernel, threshold):
-    """Terms of a batch's HSIC for one representation x (float32): the doubly
+def _centred_gram(x, kernel, threshold, dtype="float32"):
+    """Terms of a batch's HSIC for one representation x: the doubly
     centred Gram K_c = HKH with a zero diagonal, flattened, its diagonal d and
     row sums r.
 
@@ -171,7 +138,7 @@ def _centred_gram(x, kernel, threshold):
     dominate the map's cost (no backend exposes BLAS syrk). RBF: the full Gram
     (its bandwidth is a median), centred explicitly."""
     if kernel == "linear":
-        x = _matrix(x, "x", "float32")
+        x = _matrix(x, "x", dtype)
         x = x - ops.mean(x, axis=0, keepdims=True)
         diagonal = ops.sum(x * x, axis=1)
         rows = ops.matmul(x, ops.sum(x, axis=0))
@@ -185,8 +152,8 @@ def _centred_gram(x, kernel, threshold):
                 block = block - ops.diag(ops.diagonal(block))
             blocks.append(ops.reshape(block, (-1,)) * (1.0 if i == j else np.sqrt(2.0)))
         return ops.concatenate(blocks), diagonal, rows
-    gram = gram_rbf(x, threshold, "float32")
-    n = ops.cast(ops.shape(gram)[0], "float32")
+    gram = gram_rbf(x, threshold, dtype)
+    n = ops.cast(ops.shape(gram)[0], dtype)
     rows = ops.sum(gram, axis=1)
     gram = gram - rows[:, None] / n - rows[None, :] / n + ops.sum(rows) / n**2
     diagonal = ops.diagonal(gram)
@@ -194,20 +161,24 @@ def _centred_gram(x, kernel, threshold):
     return ops.reshape(gram - ops.diag(diagonal), (-1,)), diagonal, rows
 
 
-class _HSICTerms(keras.layers.Layer):
+def _hsic_terms(representations, kernel, threshold, dtype="float32"):
     """m representations of one batch → (P, D, R): P the (m, m) inner products
     ⟨K̃_c, L̃_c⟩ (one BLAS product), D and R the (m, n) diagonals and row sums
     of the centred Grams (see ``_centred_gram``)."""
+    flats, diagonals, rows = zip(*(_centred_gram(x, kernel, threshold, dtype) for x in representations))
+    flat = ops.stack(flats)
+    return ops.matmul(flat, ops.transpose(flat)), ops.stack(diagonals), ops.stack(rows)
+
+
+class _HSICTerms(keras.layers.Layer):
+    """``_hsic_terms`` in float32, as a layer of the compiled extractor."""
 
     def __init__(self, kernel, threshold, **kwargs):
         super().__init__(**kwargs)
         self.kernel, self.threshold = kernel, threshold
 
     def call(self, representations):
-        flats, diagonals, rows = zip(*(_centred_gram(x, self.kernel, self.threshold)
-                                       for x in representations))
-        flat = ops.stack(flats)
-        return ops.matmul(flat, ops.transpose(flat)), ops.stack(diagonals), ops.stack(rows)
+        return _hsic_terms(representations, self.kernel, self.threshold)
 
     def compute_output_shape(self, input_shapes):
         m = len(input_shapes)
@@ -218,8 +189,11 @@ def _batch_hsic(inner, diagonals, rows, unbiased):
     """(m, m) HSIC of one batch from ``_HSICTerms``' outputs, in float64:
     unbiased, Song et al.'s formula with tr(K̃L̃) = ⟨K̃_c, L̃_c⟩ and the row
     sums of K̃_c, r − d; biased, ⟨K_c, L_c⟩ / (n − 1)²."""
-    inner, diagonals, rows = (np.asarray(t, dtype=np.float64) for t in (inner, diagonals, rows))
+    inner, diagonals, rows = (np.asarray(ops.convert_to_numpy(t), dtype=np.float64)
+                              for t in (inner, diagonals, rows))
     n = diagonals.shape[1]
+    if unbiased and n < 4:
+        raise ValueError(f"Unbiased CKA needs at least 4 samples per batch, got {n}.")
     if not unbiased:
         return (inner + diagonals @ diagonals.T) / (n - 1) ** 2
     rows = rows - diagonals
