@@ -80,6 +80,10 @@ def test_invariances(rng, xy, unbiased):
     assert linear_cka(flat, 7.5 * flat, unbiased) == pytest.approx(1.0, abs=TOL)
     skew = (flat @ np.diag(np.geomspace(1, 30, 12))).astype("float32")  # invertible, not orthogonal
     assert linear_cka(flat, skew, unbiased) < 0.99
+    # HSIC (both estimators) is blind to a common shift of the samples
+    other = np.tanh(flat @ rng.normal(size=(12, 5))).astype("float32")
+    shifted = (flat + rng.normal(size=12) * 3.0).astype("float32")
+    assert linear_cka(shifted, other, unbiased) == pytest.approx(linear_cka(flat, other, unbiased), abs=TOL)
 
 
 def test_errors_instead_of_nan(xy):
