@@ -180,3 +180,20 @@ def test_cka_map_follows_training_between_calls(rng):
     np.testing.assert_allclose(second, cka_map(other, x, layers=(keras.layers.Dense,),
                                                unbiased=False).matrix, atol=10 * TOL)
     assert not np.allclose(first, second)
+
+
+def test_cka_map_does_not_keep_compared_models_alive(rng):
+    """The pair extractor cached on model_a holds model_b's layers (and weights):
+    only the latest model_b's is kept, so a model compared once can be freed."""
+    import gc
+    import weakref
+
+    model, first = small_model(0), small_model(1)
+    x = rng.normal(size=(16, 6, 6, 1)).astype("float32")
+    before = cka_map(model, x, model_b=first).matrix
+    gone = weakref.ref(first.get_layer("hidden"))
+    del first
+    second = small_model(1)  # same seed: the same weights as `first`
+    np.testing.assert_allclose(cka_map(model, x, model_b=second).matrix, before, atol=10 * TOL)
+    gc.collect()
+    assert gone() is None

@@ -220,12 +220,16 @@ def _hsic_extractor(model_a, layers_a, model_b, layers_b, kernel, threshold):
     layers of ``model_a`` (and ``model_b``, fed the same batch). Keras compiles
     forward passes, Grams, centring and the products into one predict step, so
     only m² + 2mn numbers leave it per batch. Cached per model, so repeated
-    maps (e.g. every epoch) compile once."""
+    maps (e.g. every epoch) compile once; of the pair extractors of a model,
+    only the one with the latest ``model_b`` is kept (it holds model_b's layers,
+    so keeping all would keep every model ever compared alive)."""
     key = (tuple(layer.name for layer in layers_a),
            None if model_b is None else weakref.ref(model_b),
            tuple(layer.name for layer in layers_b or ()), kernel, float(threshold))
     cache = _HSIC_EXTRACTORS.setdefault(model_a, {})
     if key not in cache:
+        for other in [k for k in cache if k[1] is not None and k[1] != key[1]]:
+            del cache[other]
         features_a = feature_extractor(model_a, layers_a)
         if model_b is None:
             inputs, outputs = features_a.inputs, features_a.outputs
