@@ -170,7 +170,7 @@ def _hsic_terms(representations, kernel, threshold, dtype="float32"):
     of the centred Grams (see ``_centred_gram``)."""
     blocks, diagonals, rows = zip(*(_centred_gram(x, kernel, threshold, dtype) for x in representations))
     inner = 0
-    for index, weight in zip(range(len(blocks[0])), _BLOCK_WEIGHTS[kernel]):
+    for index, weight in enumerate(_BLOCK_WEIGHTS[kernel]):
         flat = ops.stack([b[index] for b in blocks])
         inner = inner + weight * ops.matmul(flat, ops.transpose(flat))
     return inner, ops.stack(diagonals), ops.stack(rows)
