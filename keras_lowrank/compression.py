@@ -244,13 +244,16 @@ def compressed_model(model):
         return keras.Sequential(parts, name=layer.name)
 
     compact = keras.models.clone_model(model, clone_function=clone)
-    inner = getattr(getattr(model, "optimizer", None), "inner_optimizer", None)
-    if model.compiled and inner is not None:
-        # Keep the compile settings but not the DLRT wrapper, which only training
-        # needs and which would make the file unloadable without keras_lowrank.
-        config = model.get_compile_config()
-        config["optimizer"] = keras.optimizers.serialize(inner.__class__.from_config(inner.get_config()))
-        compact.compile_from_config(config)
+    config = model.get_compile_config() if model.compiled else None
+    if config is not None:
+        # Keep the compile settings (a fresh optimizer) but not the DLRT wrapper,
+        # which only training needs and which would make the file unloadable
+        # without keras_lowrank. compile() rather than compile_from_config(),
+        # which would build the optimizer: its zero slots would triple the saved file.
+        inner = getattr(model.optimizer, "inner_optimizer", None)
+        if inner is not None:
+            config["optimizer"] = keras.optimizers.serialize(inner.__class__.from_config(inner.get_config()))
+        compact.compile(**keras.saving.deserialize_keras_object(config))
 
     def set_parts(old, new, factors):
         u, s, v = factors

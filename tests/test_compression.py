@@ -112,6 +112,33 @@ def test_exported_file_shrinks_with_the_parameters(tmp_path):
     assert low_bytes < 0.15 * dense_bytes
 
 
+@pytest.mark.backend_neutral
+@pytest.mark.parametrize("optimizer", ["dlrt", "adam"])
+def test_export_of_a_compiled_model_keeps_compile_settings_but_no_optimizer_state(
+        optimizer, rng, tmp_path):
+    from keras_lowrank.optimizers import DLRT
+
+    x = rng.uniform(size=(32, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=32)
+    low = compression.to_low_rank(_cnn(), rank=3)
+    adam = keras.optimizers.Adam(1e-2)
+    low.compile(optimizer=DLRT(adam, steps_per_cycle=3) if optimizer == "dlrt" else adam,
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    low.fit(x, y, batch_size=16, epochs=1, verbose=0)  # the optimizer has slots now
+    written = compression.export_compressed(low, str(tmp_path / "out"), formats="keras")
+    compact = written["model"]
+    bare = compact.__class__.from_config(compact.get_config())  # same layers, never compiled
+    bare.set_weights(compact.get_weights())
+    bare.save(tmp_path / "bare.keras")
+    # Adam's two zero slots per weight would make the file ~3× the bare one.
+    assert os.path.getsize(written["keras"]) < 1.2 * os.path.getsize(tmp_path / "bare.keras")
+    reloaded = keras.models.load_model(written["keras"])
+    assert isinstance(reloaded.optimizer, keras.optimizers.Adam)  # the inner one, not DLRT
+    assert reloaded.optimizer.learning_rate.numpy() == pytest.approx(1e-2)
+    np.testing.assert_allclose(_np(reloaded(x)), _np(low(x)), atol=1e-5)
+    reloaded.fit(x, y, epochs=1, verbose=0)  # compiled: ready to fine-tune with Keras alone
+
+
 _LOAD_WITHOUT_PACKAGE = """
 import sys
 sys.modules["keras_lowrank"] = None  # importing it would fail
