@@ -1,13 +1,19 @@
 """The LR layer on real digits: a low-rank representation, stored as r numbers.
 
-    python examples/lr_layer_digits.py      (about 30 s on a laptop CPU)
+    python examples/lr_layer_digits.py [--epochs 40]   (about 30 s on a laptop CPU)
 """
+
+import argparse
 
 import keras
 import numpy as np
 
 import keras_lowrank as klr
 from keras_lowrank import analysis, data
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, default=40)
+epochs = parser.parse_args().epochs
 
 train, info = data.load("digits", "train", batch_size=32)
 test, _ = data.load("digits", "test", batch_size=256)
@@ -23,7 +29,7 @@ model = keras.Sequential([
 ])
 model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
               metrics=["accuracy"])
-model.fit(train, epochs=40, verbose=0)
+model.fit(train, epochs=epochs, verbose=0)
 print("clean accuracy:", model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
 
 ranks = analysis.representation_ranks(model, test, layers=["features"])["features"]

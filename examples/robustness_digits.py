@@ -1,7 +1,9 @@
 """Robustness of a digits CNN, honestly measured, and PGD adversarial training.
 
-    python examples/robustness_digits.py    (about a minute on a laptop CPU)
+    python examples/robustness_digits.py [--epochs 30]   (about a minute on a laptop CPU)
 """
+
+import argparse
 
 import keras
 
@@ -9,6 +11,10 @@ from keras_lowrank import data
 from keras_lowrank.models import small_cnn
 from keras_lowrank.robustness import (FGSM, PGD, PerturbedModel, all_corruptions,
                                       evaluate_robustness)
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, default=30)
+epochs = parser.parse_args().epochs
 
 train, info = data.load("digits", "train", batch_size=32)
 test, _ = data.load("digits", "test", batch_size=256)
@@ -21,7 +27,7 @@ for label in ("standard", "PGD-trained"):
     # Adversarial training is ordinary fit on a PerturbedModel: PGD runs in the train step.
     trainer = model if label == "standard" else PerturbedModel(model, PGD(0.1, steps=5))
     trainer.compile("adam", loss)
-    trainer.fit(train, epochs=30, verbose=0)
+    trainer.fit(train, epochs=epochs, verbose=0)
     report = evaluate_robustness(
         model, test,
         attacks=[FGSM(e) for e in eps] + [PGD(e, steps=10) for e in eps],

@@ -127,7 +127,9 @@ def condition_number(layer):
 class LowRankMonitor(keras.callbacks.Callback):
     """Adds ``{layer}/rank``, ``{layer}/cond`` and ``compression_rate`` to the epoch
     logs (put it before callbacks that read logs; History, the progress bar and
-    CSVLogger already come after user callbacks)."""
+    CSVLogger already come after user callbacks). With the DLRT optimizer an epoch
+    can end inside a cycle, where the layers hold augmented bases: the logged rank
+    is then up to twice the truncated one (``compression.truncate_ranks``)."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:

@@ -5,12 +5,15 @@
 - ``compression_summary``: per layer and total parameters, ranks, compression
   rate 1 − Σ(n_in r + r² + n_out r)/Σ(n_in n_out) (biases on neither side, as
   METHODS §2), multiply-adds, cond(S).
+- ``truncate_ranks``: truncates every layer by its tol now — after DLRT's
+  ``fit``, which usually stops inside a cycle, on augmented bases.
 - ``export_compressed``: rebuilds the model at the exact ranks from Keras' own
   layers (Dense(r) → Dense(units); Conv2D(r) → 1×1 Conv2D), so the ``.keras``
   file and the SavedModel really are small and load without keras_lowrank.
 """
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -85,6 +88,39 @@ def compression_summary(model):
         low_rank_macs=sum(r["low_rank_macs"] for r in rows),
     )
     return CompressionSummary(rows, total)
+
+
+def _unfinished_cycle(model):
+    """(steps taken, steps_per_cycle) if the model's DLRT optimizer stopped
+    inside a cycle, where the layers hold the augmented bases; else None."""
+    optimizer = getattr(model, "optimizer", None)
+    if getattr(optimizer, "inner_optimizer", None) is None or not hasattr(optimizer, "cycle_step"):
+        return None
+    step = int(ops.convert_to_numpy(optimizer.cycle_step.value))
+    return (step, optimizer.steps_per_cycle) if step % optimizer.steps_per_cycle else None
+
+
+def truncate_ranks(model):
+    """Truncates every dynamic low-rank layer of ``model`` now, by its ``tol``
+    (‖d[r:]‖ < tol·‖d‖ on re-orthonormalised factors, at least ``min_rank``), as
+    ``callbacks.RankTruncation`` and the end of each DLRT cycle do; the
+    optimizer's slots move with the bases.
+
+    DLRT's ``fit`` stops where the last epoch ends, usually inside a cycle: the
+    layers then hold the bases augmented at its start (up to twice the rank) —
+    a valid model, but not the compressed one. Call this before measuring ranks
+    or exporting. A DLRT optimizer's cycle restarts (the next step augments).
+    Returns {layer name: new rank}."""
+    from keras_lowrank.callbacks import RankTruncation, low_rank_layers
+
+    truncation = RankTruncation()
+    truncation.set_model(model)
+    truncation._apply()
+    unfinished = _unfinished_cycle(model)
+    if unfinished is not None:
+        step, k = unfinished
+        model.optimizer.cycle_step.assign(-(-step // k) * k)
+    return {layer.name: layer.rank for layer in low_rank_layers(model)}
 
 
 # -- conversion ----------------------------------------------------------------
@@ -223,6 +259,13 @@ def compressed_model(model):
     low-rank layer becomes a two-layer Sequential (x U_r, then (S_r V_rᵀ) + b with
     the activation), so nothing of keras_lowrank is needed to load or run it."""
     _check_clonable(model)
+    unfinished = _unfinished_cycle(model)
+    if unfinished is not None:
+        warnings.warn(
+            f"The DLRT optimizer stopped at step {unfinished[0] % unfinished[1]} of a "
+            f"{unfinished[1]}-step cycle: the layers hold augmented bases (up to twice "
+            "their rank). Call keras_lowrank.compression.truncate_ranks(model) first to "
+            "export at the truncated ranks.", stacklevel=2)
     plans = {id(l): l.factors() for l in model._flatten_layers(include_self=False, recursive=False)
              if isinstance(l, DynamicLowRankBase)}
 

@@ -18,7 +18,6 @@ import keras
 import numpy as np
 
 from keras_lowrank import compression
-from keras_lowrank.callbacks import RankTruncation
 from keras_lowrank.layers import DynamicLowRankDense
 from keras_lowrank.optimizers import DLRT
 from keras_lowrank.robustness import FGSM, PerturbedModel
@@ -62,13 +61,6 @@ def mlp(num_inputs, num_classes, variant, max_rank=64, rank=32, tol=0.2, beta=0.
     ], name=variant)
 
 
-def truncate_ranks(model):
-    """Truncates every dynamic low-rank layer by its tol (as RankTruncation does)."""
-    callback = RankTruncation()
-    callback.set_model(model)
-    callback._apply()
-
-
 def _arrays(dataset):
     from keras_lowrank import data
 
@@ -105,7 +97,7 @@ def train_variant(dataset, variant, seed, epochs=30, learning_rate=1e-3, dense_m
     model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
     record = {"epochs": epochs}
     if variant != "dense":
-        truncate_ranks(model)
+        compression.truncate_ranks(model)  # fit stops inside a DLRT cycle
         summary = compression.compression_summary(model)
         record["ranks"] = [row["rank"] for row in summary.rows]
         record["compression_rate"] = summary.total["compression_rate"]

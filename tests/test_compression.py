@@ -139,6 +139,51 @@ def test_export_of_a_compiled_model_keeps_compile_settings_but_no_optimizer_stat
     reloaded.fit(x, y, epochs=1, verbose=0)  # compiled: ready to fine-tune with Keras alone
 
 
+def _tol_rank(d, tol, min_rank=1):
+    """The tolerance rule by hand: fewest r with ‖d[r:]‖ < tol·‖d‖."""
+    tails = [np.linalg.norm(d[r:]) for r in range(len(d) + 1)]
+    return max(min_rank, next(r for r, tail in enumerate(tails) if tail < tol * np.linalg.norm(d)))
+
+
+@pytest.mark.backend_neutral
+def test_truncate_ranks_ends_an_unfinished_dlrt_cycle_before_export(rng, tmp_path):
+    import warnings
+
+    from keras_lowrank.optimizers import DLRT
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((20,)),
+        DynamicLowRankDense(32, max_rank=16, rank=4, tol=0.3, activation="relu", name="low"),
+        keras.layers.Dense(3, name="out"),
+    ])
+    model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = rng.normal(size=(64, 20)).astype("float32")
+    y = rng.integers(0, 3, size=64)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 8 steps: inside the second cycle
+    layer = model.get_layer("low")
+    assert layer.rank == 8  # augmented at step 5: min(max_rank, 2r)
+    with pytest.warns(UserWarning, match="truncate_ranks"):
+        compression.compressed_model(model)
+    kernel = _np(layer.kernel)
+    d = np.linalg.svd(kernel, compute_uv=False)
+    expected = _tol_rank(d, 0.3)
+
+    assert compression.truncate_ranks(model) == {"low": expected}
+    u, sv, vt = np.linalg.svd(kernel)  # Eckart–Young: the best rank-r kernel
+    np.testing.assert_allclose(_np(layer.kernel), (u[:, :expected] * sv[:expected]) @ vt[:expected],
+                               atol=1e-5)
+    assert int(_np(model.optimizer.cycle_step.value)) == 10  # the next step augments again
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        written = compression.export_compressed(model, str(tmp_path / "out"), formats="keras")
+    assert not [w for w in caught if "truncate_ranks" in str(w.message)]
+    assert written["model"].get_layer("low").layers[0].kernel.shape == (20, expected)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # training goes on from there
+    assert np.all(np.isfinite(_np(layer.kernel)))
+
+
 _LOAD_WITHOUT_PACKAGE = """
 import sys
 sys.modules["keras_lowrank"] = None  # importing it would fail

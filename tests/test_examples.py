@@ -1,0 +1,52 @@
+"""The examples run as a user runs them (a fresh process, files written to the
+working directory), with few epochs, and what they print holds."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def _run(name, tmp_path, epochs=2):
+    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), "--epochs", str(epochs)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_lr_layer_example(tmp_path):
+    out = _run("lr_layer_digits.py", tmp_path)
+    features, rank = map(int, re.search(r"features: (\d+) dims, 99% of the variance in (\d+)", out).groups())
+    assert features == 64 and 1 <= rank <= features
+    accuracy = float(re.search(r"accuracy from 10 stored numbers per image: ([\d.]+)", out).group(1))
+    assert 0 <= accuracy <= 1  # 2 epochs: the LR layer has not converged, only the pipeline is tested
+
+
+def test_robustness_example(tmp_path):
+    out = _run("robustness_digits.py", tmp_path, epochs=1)
+    assert "== standard ==" in out and "== PGD-trained ==" in out
+    assert {"robustness_standard.png", "robustness_PGD-trained.png"} <= set(os.listdir(tmp_path))
+
+
+def test_compression_example_exports_a_savedmodel_equal_to_the_model(tmp_path):
+    out = _run("compress_digits.py", tmp_path, epochs=4)
+    assert "| **total** |" in out  # the compression summary
+    difference = float(re.search(r"max \|logit difference\| vs the trained model ([\d.e+-]+)", out).group(1))
+    assert difference < 1e-4
+    exported, dense = (int(n.replace(",", "")) for n in
+                       re.search(r"exported: ([\d,]+) parameters \(dense: ([\d,]+)\)", out).groups())
+    assert exported < dense
+
+
+def test_representations_example(tmp_path):
+    out = _run("representations_digits.py", tmp_path)
+    scores = [float(s) for s in re.findall(r"block-structure score ([-\d.]+)", out)]
+    assert len(scores) == 2 and all(-0.1 <= s <= 1 for s in scores)
+    assert os.path.exists(tmp_path / "cka_maps.png")
+    assert out.count("dimensionality of f(x + δ) − f(x)") == 2
