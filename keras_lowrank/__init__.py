@@ -6,7 +6,7 @@ Public API:
                                        W = U S Vᵀ layers of adaptive rank (DLRT)
     keras_lowrank.optimizers.DLRT      the rank-adaptive integrator (optimizer wrapper)
     keras_lowrank.callbacks            RankTruncation, SpectralConditioning, LowRankMonitor
-    keras_lowrank.compression          to_low_rank, compression_summary, export_compressed
+    keras_lowrank.compression          to_low_rank, truncate_ranks, compression_summary, export_compressed
     keras_lowrank.analysis             rank measures, spectra, CKA maps, class selectivity,
                                        perturbation dimensionality
     SelectivityRegularizedModel        the class-selectivity regularizer (keras_lowrank.regularizers)
