@@ -67,6 +67,7 @@ class SelectivityRegularizedModel(LabelsInCall, keras.Model):
         # layers' outputs: a single forward pass gives both (shared weights).
         self._features = keras.Model(model.inputs,
                                      [model.outputs[0]] + [layer.output for layer in chosen])
+        self.built = True  # no weights of its own (BackupAndRestore needs a built model)
 
     def call(self, inputs, training=False):
         outputs, *activations = self._features(inputs, training=training)

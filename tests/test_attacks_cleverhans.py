@@ -79,3 +79,25 @@ def test_adapter_runs_cleverhans_inside_keras_evaluate(trained):
                                  attacks=[adapter], large_eps=None)
     assert report.rows[1]["name"] == "projected_gradient_descent"
     assert report.rows[1]["accuracy"] == pytest.approx(got, abs=1e-6)
+
+
+def test_adapter_saves_with_the_model_and_loads_only_cleverhans_functions(trained, tmp_path):
+    from keras_lowrank.robustness import CleverhansAttack, PerturbedModel
+
+    model, x, y = trained
+    adapter = CleverhansAttack(ch_pgd.projected_gradient_descent, eps=0.1, eps_iter=0.02,
+                               nb_iter=3, norm=np.inf, clip_min=0.0, clip_max=1.0,
+                               rand_init=False)
+    wrapper = PerturbedModel(model, adapter)
+    wrapper.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=["accuracy"])
+    wrapper.save(tmp_path / "adapter.keras")
+    restored = keras.saving.load_model(tmp_path / "adapter.keras")
+    assert restored.perturbation.attack_fn is ch_pgd.projected_gradient_descent
+    assert restored.perturbation.kwargs == adapter.kwargs
+    assert (restored.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
+            == pytest.approx(wrapper.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]))
+    config = keras.saving.serialize_keras_object(adapter)
+    config["config"]["attack_fn"] = "os.system"
+    with pytest.raises(ValueError, match="only functions of the cleverhans package"):
+        keras.saving.deserialize_keras_object(config)

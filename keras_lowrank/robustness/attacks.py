@@ -98,6 +98,14 @@ class Attack:
         self.from_logits = from_logits
         self._compiled = weakref.WeakKeyDictionary()
 
+    # -- serialization (a PerturbedModel is saved with its attack)
+    def get_config(self):
+        return {"targeted": self.targeted, "clip": self.clip, "from_logits": self.from_logits}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
     # -- to be defined by attacks
     def _attack(self, oracle, x, y, noise):
         raise NotImplementedError
@@ -184,6 +192,7 @@ class Attack:
         return x if self.clip is None else ops.clip(x, self.clip[0], self.clip[1])
 
 
+@keras.saving.register_keras_serializable(package="keras_lowrank")
 class FGSM(Attack):
     """Fast gradient (sign) method: one steepest step of size ``eps``.
 
@@ -198,6 +207,9 @@ class FGSM(Attack):
         self.eps = _check_nonnegative("eps", eps)
         self.norm = _check_norm(norm)
 
+    def get_config(self):
+        return {**super().get_config(), "eps": self.eps, "norm": self.norm}
+
     def _attack(self, oracle, x, y, noise):
         return self._clip(x + steepest_step(oracle.grad(x, y), self.eps, self.norm))
 
@@ -209,6 +221,7 @@ class FGSM(Attack):
         return f"FGSM(eps={self.eps:g}, norm={self.norm})"
 
 
+@keras.saving.register_keras_serializable(package="keras_lowrank")
 class PGD(Attack):
     """Projected gradient descent (Madry et al.): iterated FGSM steps of size
     ``step_size`` projected back into the ε-ball around x.
@@ -241,7 +254,13 @@ class PGD(Attack):
         self.norm = _check_norm(norm)
         self.random_start = bool(random_start)
         self.restarts = restarts
+        self.seed = seed
         self._seed = keras.random.SeedGenerator(seed)
+
+    def get_config(self):
+        return {**super().get_config(), "eps": self.eps, "step_size": self.step_size,
+                "steps": self.steps, "norm": self.norm, "random_start": self.random_start,
+                "restarts": self.restarts, "seed": self.seed}
 
     def _noise(self, x):
         """One random start per restart, each shaped like ``x`` (dynamic batch)."""
@@ -302,6 +321,7 @@ class PGD(Attack):
                 f"random_start={self.random_start}, restarts={self.restarts})")
 
 
+@keras.saving.register_keras_serializable(package="keras_lowrank")
 class SPSA(Attack):
     """A black-box (gradient-free) attack: PGD L∞ on SPSA gradient estimates
     (Uesato et al. 2018), using only the model's loss values.
@@ -348,7 +368,13 @@ class SPSA(Attack):
             raise ValueError("`delta` must be > 0: pass delta= when eps is 0.")
         self.step_size = (self.eps / 4 if step_size is None
                           else _check_nonnegative("step_size", step_size, strict=True))
+        self.seed = seed
         self._seed = keras.random.SeedGenerator(seed)
+
+    def get_config(self):
+        return {**super().get_config(), "eps": self.eps, "steps": self.steps,
+                "samples": self.samples, "delta": self.delta, "step_size": self.step_size,
+                "seed": self.seed}
 
     def _noise(self, x):
         shape = (self.steps, self.samples) + tuple(ops.shape(x))

@@ -10,13 +10,19 @@ The attack function is called as ``fn(model_fn, x, y=y, **kwargs)`` with a
 ``model_fn`` that runs the model in inference mode without recording losses.
 cleverhans' ``sanity_checks`` (asserts evaluated in Python) cannot run inside a
 compiled step, so they are off unless passed explicitly.
+
+Saved with a ``PerturbedModel`` as the attack function's module and name; only
+functions of the ``cleverhans`` package are imported back when loading.
 """
+
+import importlib
 
 import keras
 
 from keras_lowrank.robustness._gradients import forward_without_side_effects
 
 
+@keras.saving.register_keras_serializable(package="keras_lowrank")
 class CleverhansAttack:
     """Adapter: a cleverhans tf2 attack function and its keyword arguments."""
 
@@ -30,6 +36,19 @@ class CleverhansAttack:
         self.kwargs = dict(kwargs)
         self.kwargs.setdefault("sanity_checks", False)
         self.name = name or attack_fn.__name__
+
+    def get_config(self):
+        return {"attack_fn": f"{self.attack_fn.__module__}.{self.attack_fn.__name__}",
+                "name": self.name, **self.kwargs}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        module, _, name = config.pop("attack_fn").rpartition(".")
+        if module.split(".")[0] != "cleverhans":
+            raise ValueError(f"CleverhansAttack loads only functions of the cleverhans package, "
+                             f"got attack_fn={module}.{name!r}.")
+        return cls(getattr(importlib.import_module(module), name), **config)
 
     def perturb_in_graph(self, model, x, y=None):
         model_fn = lambda inputs: forward_without_side_effects(model, inputs)  # noqa: E731

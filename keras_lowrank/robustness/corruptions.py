@@ -38,6 +38,7 @@ CORRUPTIONS = tuple(SEVERITIES)
 IMAGE_CORRUPTIONS = ("gaussian_blur", "pixelate", "jpeg")
 
 
+@keras.saving.register_keras_serializable(package="keras_lowrank")
 class Corruption:
     """One corruption at one severity (1..5), applied per batch in-graph.
 
@@ -59,7 +60,15 @@ class Corruption:
         self.corruption = name
         self.severity = severity
         self.parameter = SEVERITIES[name][severity - 1]
+        self.seed = seed
         self._seed = keras.random.SeedGenerator(seed)
+
+    def get_config(self):
+        return {"name": self.corruption, "severity": self.severity, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     @property
     def name(self):

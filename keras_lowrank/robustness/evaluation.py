@@ -6,7 +6,9 @@ perturbs its input before running ``model``: with an attack, every batch of
 progress bar, callbacks, distribution strategies come from Keras), and ``fit``
 is adversarial training (Madry et al. 2018: minimise the loss at the PGD point,
 no gradient through the attack). The wrapped model's weights are shared, so
-training the wrapper trains ``model``.
+training the wrapper trains ``model``. It saves (``ModelCheckpoint``, ``.keras``)
+with its model and attack, and resumes (``BackupAndRestore``); as with
+Keras' own Dropout, the random starts' generator state is not saved.
 
 How the labels reach the attack: ``train_step``/``test_step`` hand the batch's
 labels to ``call`` within the same trace, then run Keras' own step. In
@@ -39,8 +41,28 @@ class PerturbedModel(LabelsInCall, keras.Model):
             )
         self.model = model
         self.perturbation = perturbation
-        # Tracked so that random starts advance in JAX's stateless steps too.
+        # Tracked so that random starts advance in JAX's stateless steps too
+        # (and are saved with the weights).
         self.perturbation_seed = getattr(perturbation, "_seed", None)
+        # Built as soon as the model is (BackupAndRestore, load_weights need it):
+        # the wrapper has no weights of its own.
+        self.built = model.built
+
+    def build(self, input_shape):
+        if not self.model.built:
+            self.model.build(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(),
+                "model": keras.saving.serialize_keras_object(self.model),
+                "perturbation": keras.saving.serialize_keras_object(self.perturbation)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("model", "perturbation"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
 
     def call(self, inputs, training=False):
         perturbed = ops.stop_gradient(

@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 
+@keras.saving.register_keras_serializable(package="keras_lowrank")
 class GaussianNoise:
     """x̃ = clip(x + σ ε), ε ~ N(0, I): a new draw for every batch.
 
@@ -18,8 +19,16 @@ class GaussianNoise:
         if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or sigma < 0:
             raise ValueError(f"`sigma` must be a number ≥ 0, got sigma={sigma!r}.")
         self.sigma = float(sigma)
-        self.clip = clip
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.seed = seed
         self._seed = keras.random.SeedGenerator(seed)
+
+    def get_config(self):
+        return {"sigma": self.sigma, "clip": self.clip, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def perturb_in_graph(self, model, x, y=None):
         noisy = x + self.sigma * keras.random.normal(ops.shape(x), seed=self._seed)
