@@ -25,13 +25,14 @@ def run_script(name, pattern):
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")
 def test_evaluate_under_attack_is_the_same_on_two_replicas():
-    replicas, distributed, single, loss = run_script(
+    replicas, distributed, single, loss, outside = run_script(
         "mirrored_perturbed_model.py",
-        r"replicas=(\d+) distributed=([\d.]+) single=([\d.]+) fit_loss=([\d.]+)")
+        r"replicas=(\d+) distributed=([\d.]+) single=([\d.]+) fit_loss=([\d.]+) outside=(\S+)")
     assert int(replicas) == 2
     assert 0.2 < float(single) < 0.95            # a trained model, attacked but not to 0
     assert float(distributed) == pytest.approx(float(single), abs=1e-6)
     assert float(loss) < 10
+    assert outside == "1"  # the input-range guard counts the second replica's inputs too
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")

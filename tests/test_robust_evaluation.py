@@ -163,3 +163,28 @@ def test_report_corruption_and_dataset_rows(trained):
         accuracy(model, blurred, y), abs=1e-6)
     assert report.mean_corruption_accuracy() == pytest.approx(
         (report.rows[1]["accuracy"] + report.rows[2]["accuracy"]) / 2)
+
+
+def batches(x, y):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(50)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_inputs_outside_the_declared_range_are_an_error_not_silently_clipped(trained, jit_compile):
+    model, x, y = trained
+    standardised = (x - 0.5) / 0.3  # a common preprocessing outside the default clip=(0, 1)
+    wrapper = PerturbedModel(model, FGSM(0.1))
+    wrapper.compile(loss=CE, metrics=["accuracy"], jit_compile=jit_compile)
+    for run in (lambda: wrapper.evaluate(standardised, y, batch_size=50, verbose=0),
+                lambda: wrapper.fit(standardised, y, batch_size=50, verbose=0),
+                lambda: wrapper.predict(standardised, batch_size=50, verbose=0),
+                lambda: evaluate_robustness(model, batches(standardised, y), attacks=[FGSM(0.1)])):
+        with pytest.raises(ValueError, match=r"outside the declared input range clip=\(0.0, 1.0\)"):
+            run()
+    # Declaring the range makes the same data valid; in-range data after an error is fine.
+    ok = PerturbedModel(model, FGSM(0.1, clip=(float(standardised.min()), float(standardised.max()))))
+    ok.compile(loss=CE, metrics=["accuracy"], jit_compile=jit_compile)
+    ok.evaluate(standardised, y, batch_size=50, verbose=0)
+    wrapper.evaluate(x, y, batch_size=50, verbose=0)

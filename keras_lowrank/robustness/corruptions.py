@@ -48,6 +48,8 @@ class Corruption:
         seed: seed of the random corruptions.
     """
 
+    clip = (0.0, 1.0)  # the CIFAR-10-C corruptions act on images in [0, 1]
+
     def __init__(self, name, severity, seed=None):
         if name not in SEVERITIES:
             raise ValueError(

@@ -10,10 +10,17 @@ training the wrapper trains ``model``. It saves (``ModelCheckpoint``, ``.keras``
 with its model and attack, and resumes (``BackupAndRestore``); as with
 Keras' own Dropout, the random starts' generator state is not saved.
 
+Inputs outside the perturbation's declared range (``clip``) would be clipped
+into it without a word (standardised images under the default [0, 1]): the
+compiled step counts such inputs and ``fit``/``evaluate``/``predict`` raise a
+ValueError after the first batch (and at the end), on TensorFlow and JAX.
+
 How the labels reach the attack: ``train_step``/``test_step`` hand the batch's
 labels to ``call`` within the same trace, then run Keras' own step. In
 ``predict`` (no labels) the attack uses the model's own predictions.
 """
+
+import inspect
 
 import keras
 from keras import ops
@@ -44,8 +51,16 @@ class PerturbedModel(LabelsInCall, keras.Model):
         # Tracked so that random starts advance in JAX's stateless steps too
         # (and are saved with the weights).
         self.perturbation_seed = getattr(perturbation, "_seed", None)
+        self.clip = declared_range(perturbation)
+        # Inputs outside `clip` seen since the last fit/evaluate/predict began
+        # (a variable, so that both backends' compiled steps can count them).
+        # Synchronised on read like a metric's: under tf.distribute each replica
+        # counts its own batch without a cross-replica merge inside the step.
+        self.inputs_out_of_range = keras.Variable(
+            0.0, dtype="float32", trainable=False, aggregation="sum",
+            synchronization="on_read", name="inputs_out_of_range")
         # Built as soon as the model is (BackupAndRestore, load_weights need it):
-        # the wrapper has no weights of its own.
+        # the wrapper's own state is built above.
         self.built = model.built
 
     def build(self, input_shape):
@@ -65,10 +80,45 @@ class PerturbedModel(LabelsInCall, keras.Model):
         return cls(**config)
 
     def call(self, inputs, training=False):
+        if self.clip is not None:
+            low, high = self.clip
+            outside = ops.logical_or(inputs < low - _RANGE_TOLERANCE, inputs > high + _RANGE_TOLERANCE)
+            outside = ops.reshape(outside, (ops.shape(inputs)[0], -1))
+            self.inputs_out_of_range.assign_add(
+                ops.sum(ops.cast(ops.any(outside, axis=1), "float32")))
         perturbed = ops.stop_gradient(
             self.perturbation.perturb_in_graph(self.model, inputs, self._labels)
         )
         return self.model(perturbed, training=training)
+
+    def fit(self, *args, **kwargs):
+        return self._with_range_guard(super().fit, args, kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        return self._with_range_guard(super().evaluate, args, kwargs)
+
+    def predict(self, *args, **kwargs):
+        return self._with_range_guard(super().predict, args, kwargs)
+
+    def _with_range_guard(self, method, args, kwargs):
+        if self.clip is None:
+            return method(*args, **kwargs)
+        bound = inspect.signature(method).bind(*args, **kwargs)
+        callbacks = bound.arguments.get("callbacks")
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks.append(_InputRangeGuard())
+        else:
+            bound.arguments["callbacks"] = list(callbacks or []) + [_InputRangeGuard()]
+        return method(*bound.args, **bound.kwargs)
+
+    def _raise_if_inputs_out_of_range(self):
+        getattr(self, "jax_state_sync", lambda: None)()  # JAX keeps the state aside in loops
+        count = int(ops.convert_to_numpy(self.inputs_out_of_range))
+        if count:
+            raise ValueError(
+                f"`x`: {count} input(s) lie outside the declared input range clip={self.clip} "
+                f"of {self.perturbation!r}, which would clip them into it. Rescale the "
+                "inputs to that range or declare theirs with clip=(low, high) (None: no range).")
 
     def _labels_for_call(self, y):
         if len(y.shape) == 2 and y.shape[-1] != 1:
@@ -77,3 +127,35 @@ class PerturbedModel(LabelsInCall, keras.Model):
 
     def compute_output_shape(self, input_shape):
         return self.model.compute_output_shape(input_shape)
+
+
+_RANGE_TOLERANCE = 1e-6
+
+
+def declared_range(perturbation):
+    """The (low, high) input range a perturbation clips to, or None."""
+    clip = getattr(perturbation, "clip", None)
+    kwargs = getattr(perturbation, "kwargs", {})  # CleverhansAttack
+    if clip is None and kwargs.get("clip_min") is not None and kwargs.get("clip_max") is not None:
+        clip = (kwargs["clip_min"], kwargs["clip_max"])
+    return None if clip is None else (float(clip[0]), float(clip[1]))
+
+
+class _InputRangeGuard(keras.callbacks.Callback):
+    """Raises (``PerturbedModel._raise_if_inputs_out_of_range``) after the
+    first batch and at the end, so a wrong range costs one batch, not a run.
+    Written by hand: Keras has no input-value validation."""
+
+    def _reset(self, logs=None):
+        self.model.inputs_out_of_range.assign(0.0)
+
+    def _check_first(self, batch, logs=None):
+        if batch == 0:
+            self.model._raise_if_inputs_out_of_range()
+
+    def _check(self, *args, **kwargs):
+        self.model._raise_if_inputs_out_of_range()
+
+    on_train_begin = on_test_begin = on_predict_begin = _reset
+    on_train_batch_end = on_test_batch_end = on_predict_batch_end = _check_first
+    on_epoch_end = on_test_end = on_predict_end = _check

@@ -1,7 +1,9 @@
 """PerturbedModel under tf.distribute.MirroredStrategy on two logical CPUs.
 
 Run as a script (logical devices must be set before TensorFlow initialises).
-Prints "distributed=<acc> single=<acc> fit_loss=<loss>".
+Prints "distributed=<acc> single=<acc> fit_loss=<loss> outside=<count>", the
+last the count of out-of-range inputs the error names for a batch of 64 whose
+one bad image goes to the second replica.
 """
 
 import two_cpus  # noqa: F401  (first: backend and devices before TensorFlow starts)
@@ -33,5 +35,12 @@ with strategy.scope():
     distributed.compile(optimizer="adam", loss=ce, metrics=["accuracy"])
 dist_acc = distributed.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)["accuracy"]
 history = distributed.fit(x, y, batch_size=64, epochs=1, verbose=0)
+bad = x[:64].copy()
+bad[40] += 2.0
+try:
+    distributed.evaluate(bad, y[:64], batch_size=64, verbose=0)
+    outside = "none"
+except ValueError as error:
+    outside = str(error).split(" input(s)")[0].split()[-1]
 print(f"replicas={strategy.num_replicas_in_sync} distributed={dist_acc:.6f} "
-      f"single={single_acc:.6f} fit_loss={history.history['loss'][-1]:.6f}")
+      f"single={single_acc:.6f} fit_loss={history.history['loss'][-1]:.6f} outside={outside}")
