@@ -60,16 +60,24 @@ def test_pgd_random_start_robust_accuracy_matches_cleverhans(trained):
     assert abs(ours - theirs) <= 0.01 + 1e-9
 
 
-def test_adapter_runs_cleverhans_inside_keras_evaluate(trained):
-    from keras_lowrank.robustness import CleverhansAttack, PerturbedModel, evaluate_robustness
+def cleverhans_pgd_wrapper(model, nb_iter):
+    """cleverhans' PGD (L∞, ε = 0.1, no random start) in a compiled PerturbedModel."""
+    from keras_lowrank.robustness import CleverhansAttack, PerturbedModel
 
-    model, x, y = trained
     adapter = CleverhansAttack(ch_pgd.projected_gradient_descent, eps=0.1, eps_iter=0.02,
-                               nb_iter=5, norm=np.inf, clip_min=0.0, clip_max=1.0,
+                               nb_iter=nb_iter, norm=np.inf, clip_min=0.0, clip_max=1.0,
                                rand_init=False)
     wrapper = PerturbedModel(model, adapter)
     wrapper.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     metrics=["accuracy"])
+    return adapter, wrapper
+
+
+def test_adapter_runs_cleverhans_inside_keras_evaluate(trained):
+    from keras_lowrank.robustness import evaluate_robustness
+
+    model, x, y = trained
+    adapter, wrapper = cleverhans_pgd_wrapper(model, nb_iter=5)
     got = wrapper.evaluate(x, y, batch_size=50, verbose=0, return_dict=True)["accuracy"]
     ours = PGD(0.1, step_size=0.02, steps=5, random_start=False)
     assert got == pytest.approx(accuracy(model, np.asarray(ours(model, x, y)), y), abs=1e-6)
@@ -82,15 +90,8 @@ def test_adapter_runs_cleverhans_inside_keras_evaluate(trained):
 
 
 def test_adapter_saves_with_the_model_and_loads_only_cleverhans_functions(trained, tmp_path):
-    from keras_lowrank.robustness import CleverhansAttack, PerturbedModel
-
     model, x, y = trained
-    adapter = CleverhansAttack(ch_pgd.projected_gradient_descent, eps=0.1, eps_iter=0.02,
-                               nb_iter=3, norm=np.inf, clip_min=0.0, clip_max=1.0,
-                               rand_init=False)
-    wrapper = PerturbedModel(model, adapter)
-    wrapper.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                    metrics=["accuracy"])
+    adapter, wrapper = cleverhans_pgd_wrapper(model, nb_iter=3)
     wrapper.save(tmp_path / "adapter.keras")
     restored = keras.saving.load_model(tmp_path / "adapter.keras")
     assert restored.perturbation.attack_fn is ch_pgd.projected_gradient_descent
