@@ -13,12 +13,15 @@ Public API:
     keras_lowrank.data                 offline and tfds datasets as tf.data
     keras_lowrank.robustness           attacks, noise, corruptions, PerturbedModel,
                                        SPSA (black-box), evaluate_robustness reports
+    float32_matmuls                    exact float32 products on GPUs (no TF32), used by the
+                                       analysis and the DLRT basis updates (keras_lowrank.precision)
 """
 
 from keras_lowrank import (analysis, callbacks, compression, data, optimizers, regularizers,
                            robustness)
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
 from keras_lowrank.optimizers import DLRT
+from keras_lowrank.precision import float32_matmuls
 from keras_lowrank.regularizers import SelectivityRegularizedModel
 
 __version__ = "0.1.0"
@@ -33,6 +36,7 @@ __all__ = [
     "callbacks",
     "compression",
     "data",
+    "float32_matmuls",
     "optimizers",
     "regularizers",
     "robustness",

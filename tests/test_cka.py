@@ -4,11 +4,18 @@ import keras
 import numpy as np
 import pytest
 
+from keras_lowrank import float32_matmuls
 from keras_lowrank.analysis import cka_map, linear_cka, rbf_cka
 
-pytestmark = pytest.mark.backend_neutral
+pytestmark = [pytest.mark.backend_neutral, pytest.mark.own_precision]  # own_precision: see conftest
 # float64 on TensorFlow; JAX forms its Gram matrices in float32 unless x64 is enabled.
 TOL = 1e-6 if keras.backend.backend() == "tensorflow" else 1e-5
+
+
+def activations(model, names, x):
+    """The layers' activations as cka_map computes them: full float32 forward passes."""
+    with float32_matmuls():
+        return keras.Model(model.inputs, [model.get_layer(n).output for n in names]).predict(x, verbose=0)
 
 
 def np_linear_cka_feature_space(x, y):
@@ -112,8 +119,7 @@ def test_cka_map_equals_mean_hsic_over_batches(rng):
     batches = [slice(0, 21), slice(21, 40), slice(40, 60)]
     result = cka_map(model, [x[s] for s in batches], model_b=other)
     assert result.rows == ["conv", "hidden", "out"] and result.columns == result.rows
-    acts_a = keras.Model(model.inputs, [model.get_layer(n).output for n in result.rows]).predict(x, verbose=0)
-    acts_b = keras.Model(other.inputs, [other.get_layer(n).output for n in result.rows]).predict(x, verbose=0)
+    acts_a, acts_b = activations(model, result.rows, x), activations(other, result.rows, x)
     grams = lambda acts, s: [a[s].reshape(len(a[s]), -1).astype(np.float64) @ a[s].reshape(len(a[s]), -1).T.astype(np.float64) for a in acts]  # noqa: E731
     for i in range(3):
         for j in range(3):
@@ -128,7 +134,7 @@ def test_cka_map_rbf_equals_numpy(rng, unbiased):
     model = small_model(0)
     x = rng.normal(size=(31, 6, 6, 1)).astype("float32")
     result = cka_map(model, x, kernel="rbf", threshold=0.8, unbiased=unbiased)
-    acts = keras.Model(model.inputs, [model.get_layer(n).output for n in result.rows]).predict(x, verbose=0)
+    acts = activations(model, result.rows, x)
     grams = [np_gram_rbf(a.reshape(31, -1), 0.8) for a in acts]
     for i in range(3):
         for j in range(3):
@@ -147,8 +153,7 @@ def test_cka_map_within_one_model(rng, tmp_path):
     np.testing.assert_allclose(np.diag(result.matrix), 1.0, atol=10 * TOL)
     np.testing.assert_allclose(result.matrix, result.matrix.T, atol=10 * TOL)
     single = cka_map(model, x, layers=["hidden", "out"], unbiased=False, max_batches=1)
-    acts = keras.Model(model.inputs, [model.get_layer("hidden").output,
-                                      model.get_layer("out").output]).predict(x, verbose=0)
+    acts = activations(model, ["hidden", "out"], x)
     assert single.matrix[0, 1] == pytest.approx(
         np_linear_cka_feature_space(acts[0][:256], acts[1][:256]), abs=10 * TOL)
     result.plot(tmp_path / "cka.png")

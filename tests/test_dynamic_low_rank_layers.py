@@ -65,6 +65,7 @@ def test_conv_equals_keras_conv2d_with_kernel_usvt(rng, kernel_size, strides, pa
     assert layer.rank == rank
 
 
+@pytest.mark.own_precision
 def test_augment_keeps_w_and_old_span_and_doubles_rank(rng):
     n, m, r_max, r = 20, 15, 8, 3
     u, s, v = _pad(_orthonormal(rng, n, r), rng.normal(size=(r, r)), _orthonormal(rng, m, r), r_max)
@@ -84,6 +85,7 @@ def test_augment_keeps_w_and_old_span_and_doubles_rank(rng):
     assert int(_np(factorization.active_rank(u2))) == r_max
 
 
+@pytest.mark.own_precision
 def test_carried_slots_keep_their_meaning_in_the_new_basis(rng):
     """A first moment M of S means U M Vᵀ in weight space: carried through an
     augmentation (nested bases) it means the same; through a truncation it is
@@ -119,6 +121,7 @@ def test_carried_slots_keep_their_meaning_in_the_new_basis(rng):
                                                    "unknown")))
 
 
+@pytest.mark.own_precision
 @pytest.mark.parametrize("tol", [0.05, 0.3])
 def test_truncate_follows_the_tolerance_rule_and_keeps_orthonormality(rng, tol):
     n, m, r_max, r = 20, 15, 8, 6

@@ -76,6 +76,7 @@ def test_threshold_is_the_best_rank_r_approximation(rng):
     assert np.linalg.matrix_rank(after, tol=1e-4) == 4
 
 
+@pytest.mark.own_precision
 @pytest.mark.parametrize("m,r", [(64, 5), (200, 12)])
 def test_randomized_threshold_matches_exact_svd(rng, m, r):
     # As in training: rank r plus the drift of a few gradient steps.

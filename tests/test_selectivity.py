@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_lowrank import float32_matmuls
 from keras_lowrank.analysis import class_selectivity, class_selectivity_index
 from keras_lowrank.regularizers import SelectivityRegularizedModel
 
-pytestmark = pytest.mark.backend_neutral
+pytestmark = [pytest.mark.backend_neutral, pytest.mark.own_precision]  # own_precision: see conftest
 
 
 def np_selectivity(activations, labels, num_classes, eps=1e-7):
@@ -84,13 +85,15 @@ def test_dataset_summary_streams_exactly(rng):
     summary = class_selectivity(model, (x, y), batch_size=16)  # batches of 16, 16, 16, 2
     assert list(summary.layers) == ["conv", "relu"]  # default: post-ReLU, not the output
     features = keras.Model(model.inputs, [model.get_layer(n).output for n in ("conv", "relu")])
-    for name, acts in zip(("conv", "relu"), features.predict(x, verbose=0)):
+    with float32_matmuls():  # as class_selectivity runs the model (no TF32 on GPUs)
+        all_acts = features.predict(x, verbose=0)
+    for name, acts in zip(("conv", "relu"), all_acts):
         np.testing.assert_allclose(summary.layers[name].index, np_selectivity(acts, y, 4),
                                    atol=1e-5)
         assert summary.layers[name].num_samples == 50
     assert summary.mean == pytest.approx(np.mean([s.mean for s in summary.layers.values()]))
     assert "| conv | 5 |" in summary.to_markdown()
-    dead = np.all(features.predict(x, verbose=0)[1] <= 0, axis=0).sum()
+    dead = np.all(all_acts[1] <= 0, axis=0).sum()
     assert summary.layers["relu"].dead_units == dead
 
 

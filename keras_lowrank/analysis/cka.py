@@ -27,6 +27,7 @@ from keras import ops
 
 from keras_lowrank.analysis._batches import iterate_inputs
 from keras_lowrank.analysis.representation import feature_extractor, resolve_layers
+from keras_lowrank.precision import float32_matmuls
 
 _DTYPE = "float64"  # float32 where the backend has no float64 (JAX by default)
 
@@ -66,11 +67,13 @@ def _pair_cka(x, y, kernel, threshold, unbiased):
     return _ratio(hsic, 0, 1, ("x", "y"))
 
 
+@float32_matmuls()
 def linear_cka(x, y, unbiased=False):
     """Linear CKA of x (n × p...) and y (n × q...); conv maps are flattened."""
     return _pair_cka(x, y, "linear", 1.0, unbiased)
 
 
+@float32_matmuls()
 def rbf_cka(x, y, threshold=1.0, unbiased=False):
     """RBF-kernel CKA, bandwidth σ = threshold · median distance."""
     return _pair_cka(x, y, "rbf", threshold, unbiased)
@@ -255,6 +258,7 @@ def _layers(model, layers):
     return resolve_layers(model, layers)
 
 
+@float32_matmuls()
 def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=True,
             kernel="linear", threshold=1.0, max_batches=None):
     """Minibatch CKA between every pair of chosen layers, in one pass over ``data``.

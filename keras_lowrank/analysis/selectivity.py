@@ -21,6 +21,7 @@ from keras import ops
 
 from keras_lowrank.analysis._batches import iterate_labelled
 from keras_lowrank.analysis.representation import feature_extractor, resolve_layers
+from keras_lowrank.precision import float32_matmuls
 
 EPSILON = 1e-7
 _ABSENT = -1e30  # stands for −∞ in the max over classes, with a finite gradient
@@ -53,6 +54,7 @@ def selectivity_from_class_means(means, present, epsilon=EPSILON):
     return (mu_max - mu_rest) / (mu_max + mu_rest + epsilon)
 
 
+@float32_matmuls()
 def class_selectivity_index(activations, labels, num_classes, epsilon=EPSILON):
     """Class selectivity index of every unit of one batch of activations.
 
@@ -160,6 +162,7 @@ class SelectivitySummary:
         return "\n".join(lines)
 
 
+@float32_matmuls()
 def class_selectivity(model, data, layers=None, num_classes=None, max_batches=None,
                       batch_size=256):
     """Class selectivity of each unit of ``layers`` over a labelled dataset.

@@ -14,6 +14,8 @@ Savostianova et al. 2023, CondLR conditioning).
 
 from keras import ops
 
+from keras_lowrank.precision import float32_matmuls
+
 # Added under the square root of the spectral penalty so that its gradient is
 # finite where S Sᵀ = α² I (METHODS §2).
 SPECTRAL_EPSILON = 1e-12
@@ -42,6 +44,7 @@ def _orthonormal_columns(a, keep):
     return q * leading_mask(keep, a.shape[1], q.dtype)
 
 
+@float32_matmuls()
 def augment(u, s, v, grad_u, grad_v, max_rank):
     """Basis augmentation (METHODS §2, step 1): r₁ = min(r_max, 2r),
     U₁ = orth([U_r, −∇_U L])[:, :r₁], V₁ likewise, S ← (U₁ᵀ U_r) S_r (V_rᵀ V₁).
@@ -77,6 +80,7 @@ def truncation_rank(singular_values, tol, min_rank, max_rank):
     return ops.clip(rank, min_rank, max_rank)
 
 
+@float32_matmuls()
 def truncate(u, s, v, tol, min_rank):
     """Rank truncation (METHODS §2, step 3): P, d, Q = svd(S_r); keep the r_new
     leading triplets, U ← U_r P, V ← V_r Q, S ← diag(d).
@@ -98,6 +102,7 @@ def truncate(u, s, v, tol, min_rank):
     return qu * keep, s_new * keep[:, None] * keep[None, :], qv * keep
 
 
+@float32_matmuls()
 def basis_change(u_old, v_old, u_new, v_new):
     """(A, B) with S_new = A S_old Bᵀ, A = U_newᵀ U_old, B = V_newᵀ V_old: exact
     for augmentation and truncation, whose new bases contain or lie in the old
@@ -105,6 +110,7 @@ def basis_change(u_old, v_old, u_new, v_new):
     return (ops.matmul(ops.transpose(u_new), u_old), ops.matmul(ops.transpose(v_new), v_old))
 
 
+@float32_matmuls()
 def carry_slot(x, a, b, kind):
     """An optimizer slot of S carried into the basis (A, B) of ``basis_change``,
     as the authors' code carries Adam's moments (RobustDLRT, augment/truncate):
@@ -125,6 +131,7 @@ def carry_slot(x, a, b, kind):
     return ops.zeros_like(x)
 
 
+@float32_matmuls()
 def condition(s, rank, kappa):
     """CondLR projection (Savostianova et al. 2023): clamp the singular values of
     S_r to [s̄(1 − t), s̄(1 + t)], t = (κ − 1)/(κ + 1), s̄ their mean, so that
@@ -149,6 +156,7 @@ def spectral_penalty(s, rank):
     return ops.sqrt(ops.sum(ops.square(residual)) + SPECTRAL_EPSILON)
 
 
+@float32_matmuls()
 def orthonormalize(u, s, v):
     """Re-orthonormalise factors moved by an ordinary optimizer: U = Q_U R_U,
     V = Q_V R_V, S ← R_U S R_Vᵀ, so that U S Vᵀ is unchanged. Zero columns of U

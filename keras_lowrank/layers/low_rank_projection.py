@@ -16,17 +16,21 @@ written ``(a + b) @ W`` below.
 import keras
 from keras import ops
 
+from keras_lowrank.precision import float32_matmuls
+
 _OUTPUT_MODES = ("input", "projection")
 _SVD_MODES = ("auto", "exact", "randomized")
 _OVERSAMPLING = 10
 
 
+@float32_matmuls()
 def truncate_to_rank(matrix, rank):
     """Best rank-``rank`` approximation of a matrix (Eckart–Young, by SVD)."""
     u, s, vt = ops.svd(matrix, full_matrices=False)
     return ops.matmul(u[:, :rank] * s[:rank], vt[:rank, :])
 
 
+@float32_matmuls()
 def randomized_truncate_to_rank(matrix, rank, sketch, power_iterations=2):
     """Rank-``rank`` approximation by a randomized range finder (Halko, Martinsson
     & Tropp 2011, Alg. 4.4): Q spans W Ω after power iterations, then the SVD of
