@@ -17,7 +17,7 @@ project to the ε-ball, clip) on the same model and images:
 The same script, with ``--cpu``, times ours on the machine's CPU (JAX_PLATFORMS=cpu, in a
 child process). Data: all 1797 real scikit-learn digits (8×8), so the batch sizes are
 realistic but the images small; the large CNN gives the GPU more to do. Models: the
-demo CNN and CNNs 18× and 150× larger, trained 3 epochs on the digits (what is timed is
+demo CNN and CNNs 29× and 250× larger, trained 3 epochs on the digits (what is timed is
 the attack, not their accuracy). Compilation is excluded (one warm-up call each);
 medians of repeats; every timing ends with the accuracy on the host (a sync).
 

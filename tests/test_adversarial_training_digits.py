@@ -12,6 +12,7 @@ EPS = (0.05, 0.1, 0.2)
 
 
 def test_pgd_training_is_far_more_robust_and_passes_all_checks():
+    pytest.importorskip("tensorflow")  # data.load gives tf.data pipelines
     train, _ = data.load("digits", "train", batch_size=32, seed=0)
     test, _ = data.load("digits", "test", batch_size=256)
     reports = {}

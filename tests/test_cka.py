@@ -143,7 +143,7 @@ def test_cka_map_rbf_equals_numpy(rng, unbiased):
 
 
 def test_cka_map_within_one_model(rng, tmp_path):
-    import tensorflow as tf
+    tf = pytest.importorskip("tensorflow")  # tf.data input; a JAX-only install skips
 
     model = small_model(0)
     x = rng.normal(size=(50, 6, 6, 1)).astype("float32")

@@ -13,6 +13,7 @@ RANK = 10
 
 
 def test_lr_layer_lowers_rank_on_digits_without_costing_accuracy():
+    pytest.importorskip("tensorflow")  # data.load gives tf.data pipelines
     train, info = data.load("digits", "train", batch_size=32, seed=0)
     test, _ = data.load("digits", "test", batch_size=256)
     measured = {}

@@ -89,7 +89,7 @@ def test_report_flags_gradient_masking():
 
 
 def _dataset(x, y):
-    import tensorflow as tf
+    tf = pytest.importorskip("tensorflow")  # tf.data input; a JAX-only install skips
 
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(128)
 
@@ -166,7 +166,7 @@ def test_report_corruption_and_dataset_rows(trained):
 
 
 def batches(x, y):
-    import tensorflow as tf
+    tf = pytest.importorskip("tensorflow")  # tf.data input; a JAX-only install skips
 
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(50)
 
