@@ -1,4 +1,5 @@
 import json
+import re
 
 import keras
 import numpy as np
@@ -188,3 +189,24 @@ def test_inputs_outside_the_declared_range_are_an_error_not_silently_clipped(tra
     ok.compile(loss=CE, metrics=["accuracy"], jit_compile=jit_compile)
     ok.evaluate(standardised, y, batch_size=50, verbose=0)
     wrapper.evaluate(x, y, batch_size=50, verbose=0)
+
+
+def test_the_pair_data_load_returns_is_a_clear_error_where_the_dataset_is_meant(trained):
+    pytest.importorskip("tensorflow")  # data.load builds tf.data pipelines
+    from keras_lowrank import analysis
+
+    model = trained[0]
+    pair = data.load("digits", "test", batch_size=100)
+    wrapper = PerturbedModel(model, FGSM(0.1))
+    wrapper.compile(loss=CE, metrics=["accuracy"])
+    for argument, run in (
+            ("data", lambda: evaluate_robustness(model, pair, attacks=[FGSM(0.1)])),
+            ("datasets['c']", lambda: evaluate_robustness(model, pair[0], datasets={"c": pair})),
+            ("x", lambda: wrapper.evaluate(pair, verbose=0)),
+            ("x", lambda: wrapper.fit(pair, verbose=0)),
+            ("data", lambda: analysis.cka_map(model, pair)),
+            ("data", lambda: analysis.class_selectivity(model, pair))):
+        with pytest.raises(ValueError, match=re.escape(f"`{argument}` is the (dataset, info) pair")):
+            run()
+    dataset, _ = pair  # what the message says to do works
+    assert 0.0 <= evaluate_robustness(model, dataset, large_eps=None).rows[0]["accuracy"] <= 1.0

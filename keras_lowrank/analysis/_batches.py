@@ -2,8 +2,20 @@
 
 import numpy as np
 
+from keras_lowrank.data import DatasetInfo
+
+
+def check_not_load_pair(data, argument="data"):
+    """A clear error for the (dataset, info) pair ``data.load`` returns, passed
+    whole where the dataset is meant (else it fails deep inside Keras)."""
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], DatasetInfo):
+        raise ValueError(
+            f"`{argument}` is the (dataset, info) pair that `data.load` returns; pass the "
+            "dataset alone: `test, info = data.load(...)`, then `test`.")
+
 
 def _batches(data):
+    check_not_load_pair(data)
     if hasattr(data, "as_numpy_iterator"):
         return data.as_numpy_iterator()
     try:

@@ -26,6 +26,7 @@ import keras
 from keras import ops
 
 from keras_lowrank._labels_in_call import LabelsInCall
+from keras_lowrank.analysis._batches import check_not_load_pair
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
@@ -101,9 +102,10 @@ class PerturbedModel(LabelsInCall, keras.Model):
         return self._with_range_guard(super().predict, args, kwargs)
 
     def _with_range_guard(self, method, args, kwargs):
-        if self.clip is None:
-            return method(*args, **kwargs)
         bound = inspect.signature(method).bind(*args, **kwargs)
+        check_not_load_pair(bound.arguments.get("x"), "x")
+        if self.clip is None:
+            return method(*bound.args, **bound.kwargs)
         callbacks = bound.arguments.get("callbacks")
         if isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks.append(_InputRangeGuard())

@@ -7,6 +7,7 @@ import json
 
 import keras
 
+from keras_lowrank.analysis._batches import check_not_load_pair
 from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, outputs_logits
 from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
@@ -167,6 +168,9 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     Returns:
         ``RobustnessReport`` (print it; ``to_json``, ``to_markdown``, ``plot``).
     """
+    check_not_load_pair(data)
+    for label, dataset in (datasets or {}).items():
+        check_not_load_pair(dataset, f"datasets[{label!r}]")
     if from_logits is None:
         from_logits = outputs_logits(model)
     rows = []
