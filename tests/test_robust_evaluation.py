@@ -124,6 +124,21 @@ def test_checks_catch_each_violation():
     assert not _checks(weak_pgd, None, 100)[-1].passed
     above_clean = [clean, row("FGSM", 0.1, 0.95)]
     assert not _checks(above_clean, None, 100)[0].passed
+    # One example of 450 is tolerated, two are not, with accuracies as Keras' float32
+    # metrics give them (float32(357/450) − float32(356/450) > 1/450 in float64).
+    def acc(k):
+        return float(np.float32(k / 450))
+
+    assert acc(357) - acc(356) > 1 / 450
+    for extra, passed in ((1, True), (2, False)):
+        pgd_vs_fgsm = [row("clean", 0.0, acc(401), None), row("FGSM", 0.05, acc(356)),
+                       row("PGD", 0.05, acc(356 + extra))]
+        fgsm_rising = [row("clean", 0.0, acc(401), None), row("FGSM", 0.05, acc(356)),
+                       row("FGSM", 0.1, acc(356 + extra))]
+        above = [row("clean", 0.0, acc(356), None), row("FGSM", 0.05, acc(356 + extra))]
+        assert _checks(pgd_vs_fgsm, None, 450)[-1].passed is passed
+        assert _checks(fgsm_rising, None, 450)[-1].passed is passed
+        assert _checks(above, None, 450)[0].passed is passed
 
 
 def test_attacks_on_a_model_that_adds_losses():
