@@ -89,6 +89,35 @@ def test_probabilities_model_gives_the_logits_attack(digits):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+SOFTMAX_HEADS = {"activation='softmax'": lambda: [keras.layers.Dense(10, activation="softmax")],
+                 "Activation('softmax')": lambda: [keras.layers.Dense(10), keras.layers.Activation("softmax")],
+                 "Softmax()": lambda: [keras.layers.Dense(10), keras.layers.Softmax()],
+                 "nested model": lambda: [keras.Sequential([keras.layers.Dense(10, activation="softmax")])]}
+
+
+@pytest.mark.parametrize("head", SOFTMAX_HEADS)
+def test_confident_softmax_model_is_attacked_through_its_logits(digits, head):
+    # Where float32 rounds the probabilities to 0 or 1, the cross-entropy of the
+    # probabilities has a zero input gradient (Keras clips them): the attack must use
+    # the logits, i.e. equal the attack on the model without its softmax.
+    x, y = digits
+    logits = softmax_regression()
+    logits.set_weights([40 * w for w in logits.get_weights()])
+    probs = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), *SOFTMAX_HEADS[head]()])
+    probs.set_weights(logits.get_weights())
+    before = keras.ops.convert_to_numpy(probs(x))
+    p_label = before[np.arange(len(y)), y]
+    assert np.mean((p_label < 1e-7) | (p_label > 1 - 1e-7)) > 0.5  # where Keras clips
+    from keras_lowrank.robustness.attacks import outputs_logits
+
+    assert not outputs_logits(probs)
+    for attack in (FGSM(0.1), FGSM(1.0, norm=2), PGD(0.1, step_size=0.02, steps=5, random_start=False)):
+        expected = keras.ops.convert_to_numpy(attack(logits, x, y))
+        assert np.abs(expected - x).max() > 0.01  # the logits' attack moves the inputs
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(attack(probs, x, y)), expected, atol=1e-6)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(probs(x)), before)  # softmax back
+
+
 @pytest.mark.parametrize("norm,eps", [("inf", 0.1), (2, 1.0)])
 def test_pgd_random_start_and_restarts_stay_in_ball(digits, norm, eps):
     x, y = digits

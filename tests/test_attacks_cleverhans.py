@@ -102,3 +102,17 @@ def test_adapter_saves_with_the_model_and_loads_only_cleverhans_functions(traine
     config["config"]["attack_fn"] = "os.system"
     with pytest.raises(ValueError, match="only functions of the cleverhans package"):
         keras.saving.deserialize_keras_object(config)
+
+
+def test_adapter_gives_cleverhans_the_logits_of_a_softmax_model(trained):
+    # cleverhans' model_fn must return logits; a model ending in Softmax() is
+    # attacked as cleverhans attacks the same model without it.
+    from keras_lowrank.robustness import CleverhansAttack
+
+    model, x, y = trained
+    probs = keras.Sequential([model, keras.layers.Softmax()])
+    adapter = CleverhansAttack(ch_fgm.fast_gradient_method, eps=0.1, norm=np.inf,
+                               clip_min=0.0, clip_max=1.0)
+    theirs = ch_fgm.fast_gradient_method(model, x, 0.1, np.inf, clip_min=0.0, clip_max=1.0, y=y)
+    np.testing.assert_allclose(np.asarray(adapter(probs, x, y)), theirs.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(FGSM(0.1)(probs, x, y)), theirs.numpy(), atol=1e-6)

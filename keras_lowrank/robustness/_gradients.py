@@ -6,25 +6,72 @@ gradient differs by backend (tf.GradientTape / jax.grad), and so does
 compilation (tf.function / jax.jit).
 """
 
+import contextlib
+
 import keras
 
 
-def forward_without_side_effects(model, x):
+def _output_layer(model):
+    layer = model.layers[-1] if getattr(model, "layers", None) else None
+    while isinstance(layer, keras.Model) and layer.layers:  # a nested model's own last layer
+        layer = layer.layers[-1]
+    return layer
+
+
+def ends_in_softmax(model):
+    """True if the model's last layer applies a softmax: ``activation="softmax"``
+    (Dense, Conv, ``Activation``) or a ``keras.layers.Softmax`` layer."""
+    layer = _output_layer(model)
+    return (isinstance(layer, keras.layers.Softmax)
+            or getattr(layer, "activation", None) is keras.activations.softmax)
+
+
+@contextlib.contextmanager
+def _final_softmax_removed(model):
+    """While tracing the attack's forward pass, the last layer's softmax is the
+    identity, so the model returns its logits.
+
+    Written by hand: Keras recovers the logits of a softmax output only on
+    TensorFlow (``_keras_logits`` on the tensor); elsewhere its cross-entropy takes
+    log(clip(p, 1e-7, 1 − 1e-7)), whose gradient is exactly 0 wherever float32
+    rounds p to 1 — an attack on a confident softmax model then does nothing
+    (gradient masking by the loss, not by the model)."""
+    layer = _output_layer(model)
+    if isinstance(layer, keras.layers.Softmax):
+        object.__setattr__(layer, "call", lambda inputs, mask=None: inputs)
+        try:
+            yield
+        finally:
+            object.__delattr__(layer, "call")
+        return
+    activation = layer.activation
+    object.__setattr__(layer, "activation", keras.activations.linear)
+    try:
+        yield
+    finally:
+        object.__setattr__(layer, "activation", activation)
+
+
+def forward_without_side_effects(model, x, logits=False):
     """model(x) in inference mode that records no losses (``add_loss`` of e.g.
     LowRankProjection or activity regularizers) and changes no state: the attack's
-    forward passes, often inside a loop, must not leak into the training step."""
+    forward passes, often inside a loop, must not leak into the training step.
+    ``logits=True``: a model ending in a softmax returns the softmax's input."""
     mapping = [(v, v.value) for v in model.variables]
-    with keras.StatelessScope(state_mapping=mapping, collect_losses=False):
+    removed = _final_softmax_removed(model) if logits and ends_in_softmax(model) else contextlib.nullcontext()
+    with removed, keras.StatelessScope(state_mapping=mapping, collect_losses=False):
         return model(x, training=False)
 
 
 class Oracle:
-    """``loss(x, y)``: per-example loss of the model in inference mode;
+    """``loss(x, y)``: per-example loss of the model in inference mode (on its
+    logits if ``logits``: see ``forward_without_side_effects``);
     ``grad(x, y)``: d Σ loss / dx. For use inside a step being traced."""
 
-    def __init__(self, model, loss_fn):
+    def __init__(self, model, loss_fn, logits=False):
         self.model = model
         self.loss_fn = loss_fn
+        self.logits = logits
         backend = keras.backend.backend()
         if backend == "jax":
             import jax
@@ -36,7 +83,7 @@ class Oracle:
             )
 
     def loss(self, x, y):
-        return self.loss_fn(y, forward_without_side_effects(self.model, x))
+        return self.loss_fn(y, forward_without_side_effects(self.model, x, self.logits))
 
     def grad(self, x, y):  # TensorFlow; replaced by jax.grad on JAX
         import tensorflow as tf
@@ -48,11 +95,11 @@ class Oracle:
         return tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def compile_attack(model, loss_fn, attack_fn):
-    """Compiles ``attack_fn(oracle, x, y, noise) -> x_adv`` for ``model`` into
-    ``run(x, y, noise)``, one graph per batch. On JAX the model's variables are
-    arguments, so a cached compiled attack never sees stale weights."""
-    oracle = Oracle(model, loss_fn)
+def compile_attack(oracle, attack_fn):
+    """Compiles ``attack_fn(oracle, x, y, noise) -> x_adv`` for ``oracle.model``
+    into ``run(x, y, noise)``, one graph per batch. On JAX the model's variables
+    are arguments, so a cached compiled attack never sees stale weights."""
+    model = oracle.model
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 

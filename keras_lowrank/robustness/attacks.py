@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank.robustness._gradients import (Oracle, compile_attack,
+from keras_lowrank.robustness._gradients import (Oracle, compile_attack, ends_in_softmax,
                                                  forward_without_side_effects)
 
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
@@ -69,9 +69,8 @@ def clip_to_ball(eta, eps, norm):
 
 
 def outputs_logits(model):
-    """True unless the model's last layer has a softmax activation."""
-    activation = getattr(model.layers[-1], "activation", None) if model.layers else None
-    return activation is not keras.activations.softmax
+    """True unless the model's last layer applies a softmax (``ends_in_softmax``)."""
+    return not ends_in_softmax(model)
 
 
 class Attack:
@@ -123,7 +122,7 @@ class Attack:
         y = self._labels(model, x, y, num_classes)
         run = self._compiled.get(model)
         if run is None:
-            run = compile_attack(model, self._loss_fn(model), self._attack)
+            run = compile_attack(self._oracle(model), self._attack)
             self._compiled[model] = run
         return run(x, y, self._noise(x))
 
@@ -133,11 +132,16 @@ class Attack:
         if y is None:
             y = ops.argmax(forward_without_side_effects(model, x), axis=-1)
         y = ops.cast(y, "int32")
-        oracle = Oracle(model, self._loss_fn(model))
-        return self._attack(oracle, x, y, self._noise(x))
+        return self._attack(self._oracle(model), x, y, self._noise(x))
 
-    def _loss_fn(self, model):
+    def _oracle(self, model):
+        """The loss is the cross-entropy of the model's logits: those of a model
+        ending in a softmax are taken before it (see ``_final_softmax_removed``);
+        ``from_logits=False`` on any other model: Keras' cross-entropy of the
+        probabilities."""
         from_logits = outputs_logits(model) if self.from_logits is None else self.from_logits
+        logits_view = not from_logits and ends_in_softmax(model)
+        from_logits = from_logits or logits_view
         sign = -1.0 if self.targeted else 1.0
 
         def loss_fn(y, outputs):
@@ -145,7 +149,7 @@ class Attack:
                 y, outputs, from_logits=from_logits
             )
 
-        return loss_fn
+        return Oracle(model, loss_fn, logits=logits_view)
 
     def _num_classes(self, model, x):
         shape = model.compute_output_shape(tuple(x.shape))

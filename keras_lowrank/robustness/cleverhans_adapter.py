@@ -7,7 +7,8 @@
     PerturbedModel(model, attack).evaluate(test)   # or attack(model, x, y)
 
 The attack function is called as ``fn(model_fn, x, y=y, **kwargs)`` with a
-``model_fn`` that runs the model in inference mode without recording losses.
+``model_fn`` that runs the model in inference mode without recording losses and
+returns logits (those before a final softmax), as cleverhans expects.
 cleverhans' ``sanity_checks`` (asserts evaluated in Python) cannot run inside a
 compiled step, so they are off unless passed explicitly.
 
@@ -51,7 +52,8 @@ class CleverhansAttack:
         return cls(getattr(importlib.import_module(module), name), **config)
 
     def perturb_in_graph(self, model, x, y=None):
-        model_fn = lambda inputs: forward_without_side_effects(model, inputs)  # noqa: E731
+        # cleverhans' model_fn returns logits: a softmax output's are taken before it.
+        model_fn = lambda inputs: forward_without_side_effects(model, inputs, logits=True)  # noqa: E731
         return self.attack_fn(model_fn, x, y=y, **self.kwargs)
 
     def __call__(self, model, x, y=None):
