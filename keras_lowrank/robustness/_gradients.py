@@ -33,9 +33,9 @@ def _final_softmax_removed(model):
 
     Written by hand: Keras recovers the logits of a softmax output only on
     TensorFlow (``_keras_logits`` on the tensor); elsewhere its cross-entropy takes
-    log(clip(p, 1e-7, 1 − 1e-7)), whose gradient is exactly 0 wherever float32
-    rounds p to 1 — an attack on a confident softmax model then does nothing
-    (gradient masking by the loss, not by the model)."""
+    log(clip(p, 1e-7, 1 − 1e-7)), whose gradient is exactly 0 wherever the label's
+    probability is clipped — most examples of a confident model, which the attack
+    then leaves alone (gradient masking by the loss, not by the model)."""
     layer = _output_layer(model)
     if isinstance(layer, keras.layers.Softmax):
         object.__setattr__(layer, "call", lambda inputs, mask=None: inputs)
