@@ -82,7 +82,9 @@ class Attack:
         clip: (low, high) input range that inputs must lie in and adversarial
             examples are clipped to; None for no range.
         from_logits: whether the model outputs logits. None (default): logits
-            unless the model's last layer has a softmax activation.
+            unless the model's last layer applies a softmax. A model ending in a
+            softmax is attacked through its logits (the softmax's input), since the
+            cross-entropy of saturated float32 probabilities has no gradient.
     """
 
     def __init__(self, targeted=False, clip=(0.0, 1.0), from_logits=None):

@@ -93,15 +93,15 @@ class PerturbedModel(LabelsInCall, keras.Model):
         return self.model(perturbed, training=training)
 
     def fit(self, *args, **kwargs):
-        return self._with_range_guard(super().fit, args, kwargs)
+        return self._with_input_checks(super().fit, args, kwargs)
 
     def evaluate(self, *args, **kwargs):
-        return self._with_range_guard(super().evaluate, args, kwargs)
+        return self._with_input_checks(super().evaluate, args, kwargs)
 
     def predict(self, *args, **kwargs):
-        return self._with_range_guard(super().predict, args, kwargs)
+        return self._with_input_checks(super().predict, args, kwargs)
 
-    def _with_range_guard(self, method, args, kwargs):
+    def _with_input_checks(self, method, args, kwargs):
         bound = inspect.signature(method).bind(*args, **kwargs)
         check_not_load_pair(bound.arguments.get("x"), "x")
         if self.clip is None:
