@@ -148,11 +148,15 @@ class LowRankProjection(keras.layers.Layer):
                 f"{tuple(input_shape)}, got rank={self.rank}."
             )
         self.features = m
+        # Not autocast under mixed precision: thresholding (SVD/QR) and the
+        # losses run in the variables' float32; the output is cast (``call``).
         self.kernel = self.add_weight(
-            name="kernel", shape=(m, m), initializer=self.kernel_initializer
+            name="kernel", shape=(m, m), initializer=self.kernel_initializer,
+            autocast=False,
         )
         self.bias = self.add_weight(
-            name="bias", shape=(m,), initializer=self.bias_initializer
+            name="bias", shape=(m,), initializer=self.bias_initializer,
+            autocast=False,
         )
         # Keras' JAX trainer keeps only *non-trainable* state assigned inside
         # `call`, so the hard threshold is stored as a non-trainable correction:
@@ -163,6 +167,7 @@ class LowRankProjection(keras.layers.Layer):
             shape=(m, m),
             initializer="zeros",
             trainable=False,
+            autocast=False,
         )
         sketch_columns = min(m, self.rank + _OVERSAMPLING)
         self.randomized = self.svd == "randomized" or (
@@ -173,6 +178,7 @@ class LowRankProjection(keras.layers.Layer):
             self.sketch = self.add_weight(
                 name="sketch", shape=(m, sketch_columns), trainable=False,
                 initializer=keras.initializers.RandomNormal(seed=m),
+                autocast=False,
             )
         self.steps = self.add_weight(
             name="steps", shape=(), initializer="zeros", dtype="int64",
@@ -199,7 +205,7 @@ class LowRankProjection(keras.layers.Layer):
     def encode(self, inputs):
         """Features → r coefficients: (a + b) U_r diag(s_r), with W = U S Vᵀ."""
         u, s, _ = ops.svd(self.projection_matrix, full_matrices=False)
-        a = self._as_matrix(ops.convert_to_tensor(inputs, self.compute_dtype))
+        a = self._as_matrix(ops.convert_to_tensor(inputs, self.variable_dtype))
         return ops.matmul(a + self.bias, u[:, : self.rank] * s[: self.rank])
 
     def decode(self, coefficients, shape=None):
@@ -210,16 +216,19 @@ class LowRankProjection(keras.layers.Layer):
 
     def projection_loss(self, inputs):
         """L_c = mean_i ‖Wᵀ(a_i + b) − (a_i + b)‖² (unweighted)."""
-        a = self._as_matrix(inputs)
+        a = self._as_matrix(ops.cast(inputs, self.variable_dtype))
         return self._projection_loss(a + self.bias, self.projection_matrix)
 
     def norm_loss(self, inputs):
         """L_n = mean_i |1 − ‖a_i‖| (unweighted)."""
-        return self._norm_loss(self._as_matrix(inputs))
+        return self._norm_loss(self._as_matrix(ops.cast(inputs, self.variable_dtype)))
 
     # ------------------------------------------------------------------- call
     def call(self, inputs, training=None):
-        a = self._as_matrix(inputs)
+        # float32 (the variables' dtype) also under mixed precision, cast back
+        # for the output: SVD/QR have no float16/bfloat16 kernels, and the losses
+        # are kept in float32 as Keras keeps its own.
+        a = self._as_matrix(ops.cast(inputs, self.variable_dtype))
         w = self._training_projection_matrix() if training else self.projection_matrix
         shifted = a + self.bias
         if self.projection_weight:
@@ -228,7 +237,8 @@ class LowRankProjection(keras.layers.Layer):
             self.add_loss(self.norm_weight * self._norm_loss(a))
         if self.output_mode == "input":
             return inputs
-        return ops.reshape(ops.matmul(shifted, w) - self.bias, ops.shape(inputs))
+        projected = ops.reshape(ops.matmul(shifted, w) - self.bias, ops.shape(inputs))
+        return ops.cast(projected, self.compute_dtype)
 
     def _training_projection_matrix(self):
         """Thresholds W when a step is due; returns W with d W / d kernel = I."""

@@ -40,6 +40,10 @@ class PerturbedModel(LabelsInCall, keras.Model):
     """
 
     def __init__(self, model, perturbation, **kwargs):
+        # float32 inputs also under a mixed-precision policy: the perturbation is
+        # computed on the data as given (ε-balls, clipping) and ``model`` casts
+        # them to its own compute dtype.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if not hasattr(perturbation, "perturb_in_graph"):
             raise ValueError(
