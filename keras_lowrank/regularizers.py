@@ -72,7 +72,9 @@ class SelectivityRegularizedModel(LabelsInCall, keras.Model):
     def call(self, inputs, training=False):
         outputs, *activations = self._features(inputs, training=training)
         if self._labels is not None and self.alpha != 0.0:
-            means = [ops.mean(class_selectivity_index(a, self._labels, self.num_classes))
+            # float32 also under mixed precision, like Keras' own losses.
+            means = [ops.mean(class_selectivity_index(ops.cast(a, "float32"), self._labels,
+                                                      self.num_classes))
                      for a in activations]
             self.add_loss(-self.alpha * ops.mean(ops.stack(means)))
         return outputs

@@ -1,5 +1,6 @@
-"""Mixed precision (``keras.mixed_precision``): the LR layer thresholds in float32
-and PerturbedModel attacks the float32 data, on both backends."""
+"""Mixed precision (``keras.mixed_precision``): the LR layer thresholds in float32,
+PerturbedModel attacks the float32 data and the selectivity regularizer adds a
+float32 term, on both backends."""
 
 import keras
 import numpy as np
@@ -85,3 +86,29 @@ def test_perturbed_model_attacks_float32_inputs_under_mixed_precision(mixed_bflo
     before = keras.ops.convert_to_numpy(model.weights[0])
     assert np.isfinite(trainer.fit(x, y, epochs=1, verbose=0).history["loss"][0])
     assert not np.allclose(keras.ops.convert_to_numpy(model.weights[0]), before)
+
+
+def test_selectivity_regularizer_under_mixed_precision(mixed_bfloat16, digits):
+    from keras_lowrank.regularizers import SelectivityRegularizedModel
+
+    x, y = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(32, activation="relu", name="hidden"),
+                              keras.layers.Dense(10, dtype="float32")])
+    hidden = keras.Model(model.inputs, model.get_layer("hidden").output)
+    a = keras.ops.convert_to_numpy(keras.ops.cast(hidden(x), "float32")).astype(np.float64)
+    # METHODS §4, per unit: (μ_max − μ_−max) / (μ_max + μ_−max + ε) over class means.
+    means = np.stack([a[y == c].mean(axis=0) for c in range(10)])
+    top = means.max(axis=0)
+    rest = (means.sum(axis=0) - top) / 9
+    expected = np.mean((top - rest) / (top + rest + 1e-7))
+    results = {}
+    for alpha in (0.0, 1.5):
+        wrapper = SelectivityRegularizedModel(model, alpha)
+        wrapper.compile(loss=CE)
+        results[alpha] = wrapper.evaluate(x, y, batch_size=len(x), verbose=0)
+    assert results[1.5] - results[0.0] == pytest.approx(-1.5 * expected, abs=1e-4)
+    trainer = SelectivityRegularizedModel(model, -1.0)
+    trainer.compile("adam", CE)
+    assert np.isfinite(trainer.fit(x, y, epochs=1, verbose=0).history["loss"][0])
