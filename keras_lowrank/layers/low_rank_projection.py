@@ -205,7 +205,7 @@ class LowRankProjection(keras.layers.Layer):
     def encode(self, inputs):
         """Features → r coefficients: (a + b) U_r diag(s_r), with W = U S Vᵀ."""
         u, s, _ = ops.svd(self.projection_matrix, full_matrices=False)
-        a = self._as_matrix(ops.convert_to_tensor(inputs, self.variable_dtype))
+        a = self._as_matrix(inputs)
         return ops.matmul(a + self.bias, u[:, : self.rank] * s[: self.rank])
 
     def decode(self, coefficients, shape=None):
@@ -216,19 +216,16 @@ class LowRankProjection(keras.layers.Layer):
 
     def projection_loss(self, inputs):
         """L_c = mean_i ‖Wᵀ(a_i + b) − (a_i + b)‖² (unweighted)."""
-        a = self._as_matrix(ops.cast(inputs, self.variable_dtype))
+        a = self._as_matrix(inputs)
         return self._projection_loss(a + self.bias, self.projection_matrix)
 
     def norm_loss(self, inputs):
         """L_n = mean_i |1 − ‖a_i‖| (unweighted)."""
-        return self._norm_loss(self._as_matrix(ops.cast(inputs, self.variable_dtype)))
+        return self._norm_loss(self._as_matrix(inputs))
 
     # ------------------------------------------------------------------- call
     def call(self, inputs, training=None):
-        # float32 (the variables' dtype) also under mixed precision, cast back
-        # for the output: SVD/QR have no float16/bfloat16 kernels, and the losses
-        # are kept in float32 as Keras keeps its own.
-        a = self._as_matrix(ops.cast(inputs, self.variable_dtype))
+        a = self._as_matrix(inputs)
         w = self._training_projection_matrix() if training else self.projection_matrix
         shifted = a + self.bias
         if self.projection_weight:
@@ -257,6 +254,10 @@ class LowRankProjection(keras.layers.Layer):
         return self.kernel + correction
 
     def _as_matrix(self, x):
+        """(samples, features) in the variables' float32, also under mixed
+        precision: SVD/QR have no float16/bfloat16 kernels, and the losses are
+        kept in float32 as Keras keeps its own (``call`` casts its output back)."""
+        x = ops.cast(x, self.variable_dtype)
         if self.flatten:
             return ops.reshape(x, (-1, self.features))
         return ops.reshape(x, (-1, ops.shape(x)[-1]))
