@@ -17,6 +17,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lowrank._validation import check_int, check_number
+
 from keras_lowrank.layers import factorization
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 from keras_lowrank.optimizer_slots import optimizer_slots, slot_kind
@@ -30,9 +32,9 @@ def low_rank_layers(model):
 def _check_frequency(frequency):
     if frequency == "epoch":
         return frequency
-    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+    if isinstance(frequency, str):
         raise ValueError(f"`frequency` must be 'epoch' or a positive int (batches), got {frequency!r}.")
-    return frequency
+    return check_int(frequency, "frequency ('epoch' or batches)")
 
 
 class _FactorCallback(keras.callbacks.Callback):
@@ -109,9 +111,7 @@ class SpectralConditioning(_FactorCallback):
 
     def __init__(self, kappa=1.5, frequency="epoch"):
         super().__init__(frequency)
-        if not float(kappa) >= 1.0:
-            raise ValueError(f"`kappa` must be ≥ 1, got {kappa!r}.")
-        self.kappa = float(kappa)
+        self.kappa = check_number(kappa, "kappa", minimum=1.0)
 
     def _update(self, layer, u, s, v):
         return u, factorization.condition(s, factorization.active_rank(u), self.kappa), v

@@ -11,6 +11,9 @@ SLOT_KINDS = {
     "momentum": "linear", "average_gradient": "linear", "linear": "linear",
     "velocity": "square", "velocity_hat": "square", "accumulator": "square",
     "accumulated_grad": "square", "accumulated_delta_var": "square", "norm": "magnitude",
+    # use_ema=True: the moving average of S lives in S's basis and moves like S
+    # (reset, it would be copied over S when fit ends: a zero kernel).
+    "average": "linear",
 }
 
 

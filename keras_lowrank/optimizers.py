@@ -36,10 +36,13 @@ models, ``fit``, ``BackupAndRestore`` and saving all work unchanged; the user
 changes one line (``optimizer=DLRT(keras.optimizers.Adam())``).
 """
 
+import warnings
+
 import keras
 from keras import backend, ops
 from keras.src.utils import tracking
 
+from keras_lowrank._validation import check_int
 from keras_lowrank.layers import factorization
 from keras_lowrank.layers.dynamic_low_rank import FACTOR_OWNER, FACTOR_ROLE
 from keras_lowrank.optimizer_slots import optimizer_slots, slot_kind
@@ -81,10 +84,23 @@ class DLRT(keras.optimizers.Optimizer):
             raise ValueError(
                 f"DLRT does not take {sorted(kwargs)}; set them on `inner_optimizer`."
             )
-        if isinstance(steps_per_cycle, bool) or not isinstance(steps_per_cycle, int) or steps_per_cycle < 2:
-            raise ValueError(f"`steps_per_cycle` must be an int ≥ 2, got {steps_per_cycle!r}.")
+        steps_per_cycle = check_int(steps_per_cycle, "steps_per_cycle", minimum=2)
+        if inner_optimizer is None:
+            raise ValueError("`inner_optimizer` is required: the optimizer of the S steps and of "
+                             "every other variable, e.g. DLRT(keras.optimizers.Adam(1e-3)).")
+        inner = keras.optimizers.get(inner_optimizer)
+        if isinstance(inner, keras.optimizers.LossScaleOptimizer):
+            # Keras scales the loss through the model's optimizer (DLRT, which
+            # does not), so the inner LossScaleOptimizer would divide unscaled
+            # gradients by its scale (2¹⁵): training 2¹⁵× too slowly on TF, a
+            # tracer leak on JAX.
+            raise ValueError(
+                "DLRT cannot wrap a LossScaleOptimizer: wrap them the other way round, "
+                "keras.optimizers.LossScaleOptimizer(DLRT(inner_optimizer)).")
+        if isinstance(inner, DLRT):
+            raise ValueError("`inner_optimizer` is already a DLRT optimizer; wrap the plain one.")
         super().__init__(learning_rate=0.0, name=name)
-        self.inner_optimizer = keras.optimizers.get(inner_optimizer)
+        self.inner_optimizer = inner
         self.steps_per_cycle = steps_per_cycle
 
     # -- variables ------------------------------------------------------------
@@ -213,10 +229,54 @@ class DLRT(keras.optimizers.Optimizer):
                 finite = ops.equal(bad, 0.0)
         self._step(grads, trainable_variables, finite)
 
+    # -- between steps --------------------------------------------------------
+    def finish_cycle(self):
+        """Ends an unfinished cycle now: truncates every layer's augmented bases
+        by its ``tol`` (as the cycle's last step would) and carries S's slots;
+        the next step augments. A no-op at a cycle boundary. Eager; on JAX call
+        ``model.jax_state_sync()`` first (``fit`` does). Returns True if it
+        truncated."""
+        if not self.built:
+            return False
+        step = int(ops.convert_to_numpy(self.cycle_step.value))
+        if step % self.steps_per_cycle == 0:
+            return False
+        variables = self._trainable_variables
+        for (layer, iu, i_s, iv), slots in zip(self._groups, self._s_slots):
+            u, s, v = (variables[i] for i in (iu, i_s, iv))
+            u0, s0, v0 = (ops.convert_to_tensor(ops.convert_to_numpy(t)) for t in (u, s, v))
+            new = factorization.truncate(u0, s0, v0, layer.tol, layer.min_rank)
+            a, b = factorization.basis_change(u0, v0, new[0], new[2])
+            for slot, kind in slots:
+                slot.assign(factorization.carry_slot(
+                    ops.convert_to_tensor(ops.convert_to_numpy(slot)), a, b, kind))
+            for variable, value in zip((u, s, v), new):
+                variable.assign(value)
+        self.cycle_step.assign(-(-step // self.steps_per_cycle) * self.steps_per_cycle)
+        return True
+
     def finalize_variable_values(self, var_list):
+        """Keras calls this when ``fit`` ends: the unfinished cycle is finished
+        (``finish_cycle``), so that a trained model holds its truncated ranks, then
+        the wrapped optimizer finalises (e.g. ``use_ema``: the moving averages,
+        carried through every basis change, replace the variables). Warns about
+        layers at ``max_rank``, where augmentation has no room left."""
+        if not self.built:
+            self.inner_optimizer.finalize_variable_values(var_list)
+            return
+        self.finish_cycle()
         self.inner_optimizer.finalize_variable_values(
-            [var_list[i] for i in self._inner_indices] if self.built else var_list
-        )
+            [self._trainable_variables[i] for i in self._inner_indices])
+        self._warn_saturated()
+
+    def _warn_saturated(self):
+        full = [layer.name for layer, *_ in self._groups if layer.rank >= layer.max_rank]
+        if full:
+            warnings.warn(
+                f"DLRT: layer(s) {full} ended training at their max_rank: the augmentation "
+                "cannot add directions there, so their bases stop adapting (the rank cannot "
+                "grow). Give them room (a larger max_rank; to_low_rank's default is twice "
+                "the rank) or truncate more (a larger tol).", stacklevel=3)
 
     def get_config(self):
         return {

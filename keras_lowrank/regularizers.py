@@ -21,6 +21,8 @@ trains ``model``.
 import keras
 from keras import ops
 
+from keras_lowrank._validation import check_number
+
 from keras_lowrank._labels_in_call import LabelsInCall
 from keras_lowrank.analysis.selectivity import (class_selectivity_index, num_classes_of,
                                                 selectivity_layers)
@@ -48,9 +50,7 @@ class SelectivityRegularizedModel(LabelsInCall, keras.Model):
 
     def __init__(self, model, alpha, layers=None, num_classes=None, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-            raise ValueError(f"`alpha` must be a number (α < 0 lowers selectivity, α > 0 "
-                             f"raises it), got alpha={alpha!r}.")
+        alpha = check_number(alpha, "alpha (α < 0 lowers selectivity, α > 0 raises it)")
         try:
             outputs = model.outputs
         except (AttributeError, ValueError):  # a Sequential model without an Input

@@ -37,10 +37,17 @@ def test_evaluate_under_attack_is_the_same_on_two_replicas():
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")
 def test_dlrt_training_on_two_replicas_matches_one_device():
-    replicas, diff, ranks_single, ranks_mirrored, ortho = run_script(
+    replicas, diff, rounding, ranks_single, ranks_mirrored, ortho = run_script(
         "mirrored_dlrt.py",
-        r"replicas=(\d+) max_diff=(\S+) ranks_single=(\S+) ranks_mirrored=(\S+) ortho=(\S+)")
+        r"replicas=(\d+) max_diff=(\S+) rounding=(\S+) ranks_single=(\S+) "
+        r"ranks_mirrored=(\S+) ortho=(\S+)")
     assert int(replicas) == 2
-    assert float(diff) < 1e-3  # 24 Adam steps with augmentations and truncations
+    # 24 Adam steps with augmentations and truncations amplify float32 rounding
+    # by a machine-dependent amount (oneDNN's kernels: 0.0002-0.0024 seen), so the
+    # bound is measured in the same run: the spread of one-device runs that differ
+    # only in the order of each batch's sums (what two replicas change). A wrong
+    # all-reduce moves the weights by O(0.1).
+    assert float(diff) <= 3 * float(rounding) + 1e-6, (diff, rounding)
+    assert float(rounding) < 0.05  # the yardstick itself is rounding, not divergence
     assert ranks_single == ranks_mirrored
     assert float(ortho) < 1e-4

@@ -17,6 +17,7 @@ import numpy as np
 from keras import ops
 from keras.src.ops.operation_utils import compute_conv_output_shape
 
+from keras_lowrank._validation import check_int, check_number
 from keras_lowrank.layers import factorization
 
 FACTOR_ROLE = "_keras_lowrank_role"
@@ -24,10 +25,7 @@ FACTOR_OWNER = "_keras_lowrank_owner"
 
 
 def _check_positive_int(value, name, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    return check_int(value, name, minimum=1, allow_none=allow_none)
 
 
 class DynamicLowRankBase(keras.layers.Layer):
@@ -52,9 +50,9 @@ class DynamicLowRankBase(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int(max_rank, "max_rank", allow_none=True)
-        _check_positive_int(rank, "rank", allow_none=True)
-        _check_positive_int(min_rank, "min_rank")
+        max_rank = _check_positive_int(max_rank, "max_rank", allow_none=True)
+        rank = _check_positive_int(rank, "rank", allow_none=True)
+        min_rank = _check_positive_int(min_rank, "min_rank")
         if max_rank is not None and min_rank > max_rank:
             raise ValueError(
                 f"`min_rank` ({min_rank}) must be ≤ `max_rank` ({max_rank})."
@@ -66,10 +64,8 @@ class DynamicLowRankBase(keras.layers.Layer):
                 f"`rank` must satisfy min_rank ≤ rank ≤ max_rank, got rank={rank}, "
                 f"min_rank={min_rank}, max_rank={max_rank}."
             )
-        if not 0.0 < float(tol) < 1.0:
-            raise ValueError(f"`tol` must be in (0, 1), got {tol!r}.")
-        if float(spectral_weight) < 0:
-            raise ValueError(f"`spectral_weight` must be ≥ 0, got {spectral_weight!r}.")
+        tol = check_number(tol, "tol", minimum=0.0, maximum=1.0, strict=True)
+        spectral_weight = check_number(spectral_weight, "spectral_weight", minimum=0.0)
         self.max_rank = None if max_rank is None else int(max_rank)
         self.initial_rank = None if rank is None else int(rank)
         self.min_rank = int(min_rank)
@@ -102,13 +98,34 @@ class DynamicLowRankBase(keras.layers.Layer):
                 f"`rank` ({self.initial_rank}) must be ≤ `max_rank` ({self.max_rank})."
             )
         self.n_in, self.n_out = n_in, n_out
-        # The rank-r truncation of the kernel a full layer would start from.
-        kernel = self.kernel_initializer(self._kernel_shape(n_in, n_out), self.dtype)
-        u0, s0, v0 = self._pad_factors(*_svd_factors(ops.reshape(kernel, (n_in, n_out))),
-                                       self.initial_rank)
-        self.u = self._add_factor("U", (n_in, self.max_rank), u0)
-        self.s = self._add_factor("S", (self.max_rank, self.max_rank), s0)
-        self.v = self._add_factor("V", (n_out, self.max_rank), v0)
+        # The rank-r truncation of the kernel a full layer would start from,
+        # computed when the variables are initialised, not here: a subclassed
+        # model builds its layers inside a traced call (Keras' symbolic build,
+        # tf.function, jax.jit), where a value computed in `build` is a traced
+        # tensor the variables must not capture. Keras initialises variables
+        # outside the trace (TF lifts the initializer, JAX defers it) but may
+        # also call an initializer inside it for a placeholder value; only a
+        # concrete draw is kept, so that U, S and V share one kernel.
+        initial = {}
+
+        def initializer(role):
+            def initialize(shape, dtype=None):
+                if initial:
+                    return initial[role]
+                kernel = self.kernel_initializer(self._kernel_shape(n_in, n_out), self.dtype)
+                factors = dict(zip("USV", self._pad_factors(
+                    *_svd_factors(ops.reshape(kernel, (n_in, n_out))), self.initial_rank)))
+                try:
+                    initial.update({k: ops.convert_to_numpy(v) for k, v in factors.items()})
+                except Exception:  # traced: a placeholder, not kept
+                    return factors[role]
+                return initial[role]
+
+            return initialize
+
+        self.u = self._add_factor("U", (n_in, self.max_rank), initializer("U"))
+        self.s = self._add_factor("S", (self.max_rank, self.max_rank), initializer("S"))
+        self.v = self._add_factor("V", (n_out, self.max_rank), initializer("V"))
         if self.use_bias:
             self.bias = self.add_weight(
                 name="bias", shape=(n_out,), initializer=self.bias_initializer
@@ -116,10 +133,8 @@ class DynamicLowRankBase(keras.layers.Layer):
         else:
             self.bias = None
 
-    def _add_factor(self, role, shape, value):
-        variable = self.add_weight(
-            name=role, shape=shape, initializer=lambda shape, dtype=None: value
-        )
+    def _add_factor(self, role, shape, initializer):
+        variable = self.add_weight(name=role, shape=shape, initializer=initializer)
         setattr(variable, FACTOR_ROLE, role)
         setattr(variable, FACTOR_OWNER, weakref.ref(self))
         return variable
@@ -221,7 +236,7 @@ class DynamicLowRankDense(DynamicLowRankBase):
     """
 
     def __init__(self, units, max_rank=None, rank=None, **kwargs):
-        _check_positive_int(units, "units")
+        units = _check_positive_int(units, "units")
         super().__init__(max_rank=max_rank, rank=rank, **kwargs)
         self.units = int(units)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
@@ -274,7 +289,7 @@ class DynamicLowRankConv2D(DynamicLowRankBase):
         rank=None,
         **kwargs,
     ):
-        _check_positive_int(filters, "filters")
+        filters = _check_positive_int(filters, "filters")
         if groups != 1:
             raise ValueError(
                 f"`groups` must be 1 for DynamicLowRankConv2D, got {groups!r}: a grouped "
@@ -357,7 +372,7 @@ class DynamicLowRankConv2D(DynamicLowRankBase):
 
 
 def _pair(value, name):
-    if isinstance(value, int):
+    if isinstance(value, (int, np.integer)):
         value = (value, value)
     value = tuple(value)
     if len(value) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in value):

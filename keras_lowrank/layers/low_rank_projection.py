@@ -16,6 +16,8 @@ written ``(a + b) @ W`` below.
 import keras
 from keras import ops
 
+from keras_lowrank._validation import check_int, check_number
+
 from keras_lowrank.precision import float32_matmuls
 
 _OUTPUT_MODES = ("input", "projection")
@@ -87,23 +89,10 @@ class LowRankProjection(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-            raise ValueError(
-                f"`rank` must be an integer ≥ 1, got rank={rank!r}."
-            )
-        for arg, value in (
-            ("projection_weight", projection_weight),
-            ("norm_weight", norm_weight),
-        ):
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(
-                    f"`{arg}` must be a number ≥ 0, got {arg}={value!r}."
-                )
-        if not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(
-                "`update_every` must be an integer ≥ 1 (training steps between "
-                f"rank thresholdings), got update_every={update_every!r}."
-            )
+        rank = check_int(rank, "rank")
+        projection_weight = check_number(projection_weight, "projection_weight", minimum=0.0)
+        norm_weight = check_number(norm_weight, "norm_weight", minimum=0.0)
+        update_every = check_int(update_every, "update_every")  # steps between thresholdings
         if output_mode not in _OUTPUT_MODES:
             raise ValueError(
                 f"`output_mode` must be one of {_OUTPUT_MODES}, got "

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lowrank._validation import check_clip, check_int, check_number
 from keras_lowrank.robustness._gradients import (Oracle, compile_attack, ends_in_softmax,
                                                  forward_without_side_effects)
 
@@ -39,14 +40,7 @@ def _check_norm(norm):
 
 
 def _check_nonnegative(name, value, strict=False):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
-        value > 0 if strict else value >= 0
-    ):
-        raise ValueError(
-            f"`{name}` must be a number {'>' if strict else '≥'} 0, got "
-            f"{name}={value!r}."
-        )
-    return float(value)
+    return check_number(value, name, minimum=0.0, strict=strict)
 
 
 def _per_example_sum(x):
@@ -88,12 +82,7 @@ class Attack:
     """
 
     def __init__(self, targeted=False, clip=(0.0, 1.0), from_logits=None):
-        if clip is not None:
-            if len(clip) != 2 or not clip[0] < clip[1]:
-                raise ValueError(
-                    f"`clip` must be None or (low, high) with low < high, got {clip!r}."
-                )
-            clip = (float(clip[0]), float(clip[1]))
+        clip = check_clip(clip)
         self.targeted = bool(targeted)
         self.clip = clip
         self.from_logits = from_logits
@@ -248,12 +237,8 @@ class PGD(Attack):
                  restarts=1, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.eps = _check_nonnegative("eps", eps)
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"`steps` must be an integer ≥ 1, got steps={steps!r}.")
-        if not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(
-                f"`restarts` must be an integer ≥ 1, got restarts={restarts!r}."
-            )
+        steps = check_int(steps, "steps")
+        restarts = check_int(restarts, "restarts")
         self.steps = steps
         self.step_size = (2.5 * self.eps / steps if step_size is None
                           else _check_nonnegative("step_size", step_size, strict=True))
@@ -364,9 +349,7 @@ class SPSA(Attack):
                  **kwargs):
         super().__init__(**kwargs)
         self.eps = _check_nonnegative("eps", eps)
-        for name, value in (("steps", steps), ("samples", samples)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be an integer ≥ 1, got {name}={value!r}.")
+        steps, samples = check_int(steps, "steps"), check_int(samples, "samples")
         self.steps, self.samples = steps, samples
         self.delta = (self.eps / 2 if delta is None
                       else _check_nonnegative("delta", delta, strict=True))

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lowrank._validation import check_number
+
 from keras_lowrank.analysis._batches import iterate_labelled
 
 
@@ -20,9 +22,7 @@ def gaussian_noise_accuracy(model, data, sigmas, clip=(0.0, 1.0), seed=0):
     Returns:
         dict σ → accuracy in [0, 1].
     """
-    sigmas = [float(s) for s in sigmas]
-    if any(s < 0 for s in sigmas):
-        raise ValueError(f"`sigmas` must be ≥ 0, got {sigmas}.")
+    sigmas = [check_number(s, "sigmas", minimum=0.0) for s in sigmas]
     correct = {s: 0 for s in sigmas}
     total = 0
     generator = keras.random.SeedGenerator(seed)

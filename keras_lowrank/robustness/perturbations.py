@@ -4,6 +4,8 @@
 import keras
 from keras import ops
 
+from keras_lowrank._validation import check_clip, check_number
+
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
 class GaussianNoise:
@@ -16,10 +18,8 @@ class GaussianNoise:
     """
 
     def __init__(self, sigma, clip=(0.0, 1.0), seed=None):
-        if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or sigma < 0:
-            raise ValueError(f"`sigma` must be a number ≥ 0, got sigma={sigma!r}.")
-        self.sigma = float(sigma)
-        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.sigma = check_number(sigma, "sigma", minimum=0.0)
+        self.clip = check_clip(clip)
         self.seed = seed
         self._seed = keras.random.SeedGenerator(seed)
 
