@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/keras-lowrank demo --output $(OUT)
+	$(BIN)/keras-lowrank demo --output $(OUT) --overwrite
 
 # Whole suite on TensorFlow, then the backend-neutral tests again on JAX.
 test: test-tf test-jax

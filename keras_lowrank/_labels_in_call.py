@@ -19,13 +19,20 @@ class LabelsInCall:
     def _labels_for_call(self, y):
         return y
 
+    def _checked_batch(self, x, y):
+        """(x, y) as Keras' own step will see them; a hook for validation."""
+        return x, y
+
     def _with_labels(self, step, args):
-        _, y, _ = keras.utils.unpack_x_y_sample_weight(args[-1])
+        x, y, w = keras.utils.unpack_x_y_sample_weight(args[-1])
+        x, y = self._checked_batch(x, y)
+        args = (*args[:-1], keras.utils.pack_x_y_sample_weight(x, y, w))
         self._labels = None if y is None else self._labels_for_call(y)
         try:
             return step(*args)
         finally:
             self._labels = None
+            self._invalid_in_batch = None
 
     def train_step(self, *args):
         return self._with_labels(super().train_step, args)

@@ -37,17 +37,50 @@ def _check_frequency(frequency):
     return check_int(frequency, "frequency ('epoch' or batches)")
 
 
+def dlrt_of(optimizer):
+    """The DLRT optimizer ``optimizer`` is or wraps (LossScaleOptimizer(DLRT(…))), or None."""
+    while optimizer is not None:
+        if hasattr(optimizer, "cycle_step") and hasattr(optimizer, "steps_per_cycle"):
+            return optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return None
+
+
 class _FactorCallback(keras.callbacks.Callback):
-    """Applies ``_update(layer)`` each epoch or every ``frequency`` batches."""
+    """Applies ``_update(layer)`` each epoch or every ``frequency`` batches.
+
+    Under the DLRT optimizer a due update waits for the end of the running
+    cycle: mid-cycle the layers hold augmented bases whose new directions have
+    near-zero singular values (a conditioning would clamp them up to the mean,
+    moving W by tens of percent, and a truncation would undo the augmentation).
+    """
 
     def __init__(self, frequency="epoch"):
         super().__init__()
         self.frequency = _check_frequency(frequency)
         self._batches = 0
+        self._pending = False
 
-    def _apply(self):
+    def _sync(self):
         if hasattr(self.model, "jax_state_sync"):
             self.model.jax_state_sync()
+
+    def _mid_cycle(self):
+        dlrt = dlrt_of(getattr(self.model, "optimizer", None))
+        if dlrt is None or not dlrt.built:
+            return False
+        return int(ops.convert_to_numpy(dlrt.cycle_step)) % dlrt.steps_per_cycle != 0
+
+    def _apply_when_due(self):
+        self._sync()
+        if self._mid_cycle():
+            self._pending = True
+            return
+        self._pending = False
+        self._apply()
+
+    def _apply(self):
+        self._sync()
         for layer in low_rank_layers(self.model):
             values = [ops.convert_to_tensor(v) for v in (layer.u, layer.s, layer.v)]
             if not all(bool(np.all(np.isfinite(ops.convert_to_numpy(t)))) for t in values):
@@ -68,11 +101,18 @@ class _FactorCallback(keras.callbacks.Callback):
         if self.frequency != "epoch":
             self._batches += 1
             if self._batches % self.frequency == 0:
-                self._apply()
+                self._apply_when_due()
+                return
+        if self._pending:
+            self._apply_when_due()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.frequency == "epoch":
-            self._apply()
+            self._apply_when_due()
+
+    def on_train_end(self, logs=None):
+        if self._pending:  # DLRT finished the cycle when fit ended
+            self._apply_when_due()
 
 
 class RankTruncation(_FactorCallback):

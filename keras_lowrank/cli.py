@@ -12,7 +12,10 @@ def build_parser():
     demo = commands.add_parser(
         "demo", help="train a CNN with and without the LR layer on real data and "
                      "report accuracy, ranks and noise robustness")
-    demo.add_argument("--output", default="runs/demo", help="folder for results")
+    demo.add_argument("--output", default="runs/demo",
+                      help="folder for results (must be new or empty unless --overwrite)")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace a non-empty --output folder (when the run succeeds)")
     demo.add_argument("--dataset", default="digits", choices=["digits", "mnist1d"])
     demo.add_argument("--epochs", type=int, default=40)
     demo.add_argument("--rank", type=int, default=10, help="target rank of the LR layer")
@@ -32,10 +35,28 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    for flag in ("epochs", "dlrt_epochs", "analysis_epochs"):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Every argument checked before any training: a bad one costs no time.
+    for flag in ("epochs", "dlrt_epochs", "analysis_epochs", "rank"):
         if getattr(args, flag) < 1:
-            raise SystemExit(f"keras-lowrank: --{flag.replace('_', '-')} must be ≥ 1")
+            parser.error(f"--{flag.replace('_', '-')} must be ≥ 1, got {getattr(args, flag)}")
+    import math
+
+    for flag, values in (("projection-weight", [args.projection_weight]),
+                         ("sigmas", args.sigmas)):
+        bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
+        if bad:
+            parser.error(f"--{flag} must be finite and ≥ 0, got {bad[0]}")
+    if not args.seeds:
+        parser.error("--seeds needs at least one seed")
+    from keras_lowrank._files import check_output_folder
+
+    try:
+        check_output_folder(args.output, args.overwrite, "--output")
+    except (FileExistsError, ValueError) as error:
+        parser.error(str(error).replace("`--output`", "--output").replace(
+            "overwrite=True (--overwrite)", "--overwrite"))
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,7 +70,7 @@ def main(argv=None):
              projection_weight=args.projection_weight, sigmas=args.sigmas,
              seeds=tuple(args.seeds), dlrt_datasets=tuple(args.dlrt_datasets),
              dlrt_epochs=args.dlrt_epochs, analysis_datasets=tuple(args.analysis_datasets),
-             analysis_epochs=args.analysis_epochs)
+             analysis_epochs=args.analysis_epochs, overwrite=args.overwrite)
     return 0
 
 

@@ -19,6 +19,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lowrank._files import check_output_folder, staged_folder
+from keras_lowrank._validation import check_int, check_number
 from keras_lowrank.layers.dynamic_low_rank import (
     DynamicLowRankBase,
     DynamicLowRankConv2D,
@@ -30,7 +32,8 @@ _FORMATS = ("keras", "saved_model", "tflite")
 
 # -- summary -------------------------------------------------------------------
 class CompressionSummary:
-    """Rows (one dict per low-rank layer) and totals; ``str()`` is a Markdown table."""
+    """Rows (one dict per Dense/Conv2D-like layer) and totals; ``str()`` is a
+    Markdown table."""
 
     def __init__(self, rows, total):
         self.rows = rows
@@ -40,35 +43,58 @@ class CompressionSummary:
         return {"layers": self.rows, "total": self.total}
 
     def to_markdown(self):
-        head = "| layer | shape | rank | dense params | low-rank params | compression | dense MACs | low-rank MACs | cond(S) |"
+        head = "| layer | shape | rank | dense params | exported params | compression | dense MACs | low-rank MACs | cond(S) |"
         lines = [head, "|" + "---|" * 9]
         for r in self.rows:
+            rank = "dense (kept)" if r["rank"] is None else f"{r['rank']}/{r['max_rank']}"
+            cond = "" if r["cond"] is None else f"{r['cond']:.3g}"
             lines.append(
-                f"| {r['layer']} | {r['n_in']}×{r['n_out']} | {r['rank']}/{r['max_rank']} | "
+                f"| {r['layer']} | {r['n_in']}×{r['n_out']} | {rank} | "
                 f"{r['dense_params']:,} | {r['low_rank_params']:,} | {r['compression_rate']:.1%} | "
-                f"{r['dense_macs']:,} | {r['low_rank_macs']:,} | {r['cond']:.3g} |"
+                f"{r['dense_macs']:,} | {r['low_rank_macs']:,} | {cond} |"
             )
         t = self.total
         lines.append(
-            f"| **total** | | | {t['dense_params']:,} | {t['low_rank_params']:,} | "
+            f"| **low-rank layers** | | | {t['dense_params']:,} | {t['low_rank_params']:,} | "
             f"{t['compression_rate']:.1%} | {t['dense_macs']:,} | {t['low_rank_macs']:,} | |"
+        )
+        lines.append(
+            f"| **whole model** | | | {t['model_dense_params']:,} | "
+            f"{t['model_exported_params']:,} | {t['model_compression_rate']:.1%} | | | |"
         )
         return "\n".join(lines)
 
     __str__ = to_markdown
 
 
+def _bias_size(layer):
+    return int(np.prod(layer.bias.shape)) if getattr(layer, "bias", None) is not None else 0
+
+
 def compression_summary(model):
-    """Per dynamic low-rank layer: n_in, n_out, rank, max_rank, dense parameters
-    n_in·n_out, low-rank parameters n_in r + r² + n_out r, compression rate,
-    multiply-adds per sample of the dense and of the exported rank-r layer
-    (r(n_in + n_out) per output position), cond(S_r). Totals over these layers."""
+    """What ``export_compressed`` writes, counted per layer and for the model.
+
+    Rows, one per dynamic low-rank layer: n_in, n_out, rank r, max_rank,
+    ``dense_params`` n_in·n_out + bias (the equivalent Keras layer),
+    ``low_rank_params`` r(n_in + n_out) + bias (the exported pair of layers, S
+    folded into the second), their ``compression_rate``, multiply-adds per
+    sample of the dense and of the exported layer (r(n_in + n_out) per output
+    position), cond(S_r). Plain Dense/Conv2D layers (e.g. left dense by
+    ``to_low_rank`` because their rank did not pay) get a row with rank None.
+
+    Totals: over the low-rank layers (``dense_params``, ``low_rank_params``,
+    ``compression_rate``, MACs), and for the whole model: ``model_dense_params``
+    (every low-rank layer dense), ``model_exported_params`` (exactly the
+    parameter count of ``compressed_model(model)``) and
+    ``model_compression_rate``."""
     from keras_lowrank.callbacks import condition_number, low_rank_layers
 
     rows = []
-    for layer in low_rank_layers(model):
+    low_rank = low_rank_layers(model)
+    for layer in low_rank:
         r, n_in, n_out = layer.rank, layer.n_in, layer.n_out
-        dense_params, low_params = n_in * n_out, n_in * r + r * r + n_out * r
+        bias = _bias_size(layer)
+        dense_params, low_params = n_in * n_out + bias, r * (n_in + n_out) + bias
         if isinstance(layer, DynamicLowRankConv2D):
             dense_macs, low_macs = layer.multiply_adds(r)
         else:
@@ -79,15 +105,38 @@ def compression_summary(model):
             compression_rate=1.0 - low_params / dense_params,
             dense_macs=dense_macs, low_rank_macs=low_macs, cond=condition_number(layer),
         ))
-    dense = sum(r["dense_params"] for r in rows)
-    low = sum(r["low_rank_params"] for r in rows)
+    for layer in _flatten(model):
+        if type(layer) in (keras.layers.Dense, keras.layers.Conv2D) and layer.built:
+            kernel = layer.kernel.shape
+            n_in, n_out = int(np.prod(kernel[:-1])), int(kernel[-1])
+            params = n_in * n_out + _bias_size(layer)
+            rows.append(dict(layer=layer.name, n_in=n_in, n_out=n_out, rank=None, max_rank=None,
+                             dense_params=params, low_rank_params=params, compression_rate=0.0,
+                             dense_macs=0, low_rank_macs=0, cond=None))
+    low_rows = [r for r in rows if r["rank"] is not None]
+    dense = sum(r["dense_params"] for r in low_rows)
+    low = sum(r["low_rank_params"] for r in low_rows)
+    held = sum(int(np.prod(w.shape)) for layer in low_rank for w in layer.weights)
+    others = model.count_params() - held if model.built else 0
     total = dict(
         dense_params=dense, low_rank_params=low,
         compression_rate=(1.0 - low / dense) if dense else 0.0,
-        dense_macs=sum(r["dense_macs"] for r in rows),
-        low_rank_macs=sum(r["low_rank_macs"] for r in rows),
+        dense_macs=sum(r["dense_macs"] for r in low_rows),
+        low_rank_macs=sum(r["low_rank_macs"] for r in low_rows),
+        model_dense_params=others + dense, model_exported_params=others + low,
+        model_compression_rate=(1.0 - (others + low) / (others + dense)) if others + dense else 0.0,
     )
     return CompressionSummary(rows, total)
+
+
+def _flatten(model):
+    """Every layer of ``model``, nested models included (depth first)."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(_flatten(layer))
+    return found
 
 
 def _unfinished_cycle(model):
@@ -161,7 +210,10 @@ def to_low_rank(
     layers are DynamicLowRankDense / DynamicLowRankConv2D, initialised by the SVD
     of the trained kernel truncated to ``rank`` (an int) or, if ``rank`` is None,
     by the tolerance rule ‖d[r:]‖ < tol·‖d‖. Outputs match the original up to the
-    truncation error. Other layers keep their weights.
+    truncation error. Other layers keep their weights. A layer whose rank does
+    not pay (r·(n_in + n_out) ≥ n_in·n_out: the factorised layer would be the
+    larger) stays dense, with a warning naming it: the result is never bigger
+    than ``model``.
 
     Args:
         layers: names of the layers to convert (default: every Dense and Conv2D,
@@ -186,9 +238,12 @@ def to_low_rank(
                 f"choose from {sorted(names)}."
             )
         chosen = [names[n] for n in layers]
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise ValueError(f"`rank` must be a positive int or None, got {rank!r}.")
-    plans = {}
+    rank = check_int(rank, "rank", allow_none=True)
+    min_rank = check_int(min_rank, "min_rank")
+    max_rank = check_int(max_rank, "max_rank", allow_none=True)
+    tol = check_number(tol, "tol", minimum=0.0, maximum=1.0, strict=True)
+    spectral_weight = check_number(spectral_weight, "spectral_weight", minimum=0.0)
+    plans, kept_dense = {}, []
     for layer in chosen:
         if isinstance(layer, keras.layers.Conv2D) and (
             layer.groups != 1 or layer.data_format != "channels_last"
@@ -202,10 +257,21 @@ def to_low_rank(
         full = len(d)
         r = min(rank if rank is not None else _rank_for(d, tol), full)
         r = max(r, min_rank)
+        n_in, n_out = u.shape[0], v.shape[0]
+        if r * (n_in + n_out) >= n_in * n_out:
+            kept_dense.append(f"{layer.name} (rank {r} ≥ break-even "
+                              f"{n_in * n_out / (n_in + n_out):.1f} of {n_in}×{n_out})")
+            continue
         r_max = max_rank if max_rank is not None else min(2 * r, full)
         if r_max < r:
             raise ValueError(f"`max_rank` ({r_max}) is below the rank chosen for {layer.name!r} ({r}).")
         plans[id(layer)] = (u[:, :r], d[:r], v[:, :r], r, r_max)
+    if kept_dense:
+        warnings.warn(
+            "to_low_rank left these layers dense: at their rank the factorised layer "
+            "(r·(n_in + n_out) parameters) would be larger than the dense one "
+            f"(n_in·n_out): {', '.join(kept_dense)}. Use a larger `tol` or a smaller "
+            "`rank` to compress them.", stacklevel=2)
 
     def clone(layer):
         plan = plans.get(id(layer))
@@ -310,31 +376,40 @@ def compressed_model(model):
     return compact
 
 
-def export_compressed(model, path, formats=("keras", "saved_model")):
+def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=False):
     """Writes the exact-rank model (``compressed_model``) under directory ``path``:
     ``model.keras`` and/or ``saved_model/`` (``Model.export``, loadable with plain
     ``tf.saved_model.load``) and/or ``model.tflite``. Returns
     {"model": compressed model, format: file path}. The SavedModel and TFLite
-    formats need TensorFlow installed."""
+    formats need TensorFlow installed.
+
+    The files are written to a temporary folder that replaces ``path`` only when
+    all are written: an interrupted export leaves ``path`` as it was. An
+    existing non-empty ``path`` raises FileExistsError unless ``overwrite=True``,
+    which replaces the folder whole (no stale files of an earlier export stay)."""
     if isinstance(formats, str):
         formats = (formats,)
     unknown = [f for f in formats if f not in _FORMATS]
     if unknown or not formats:
         raise ValueError(f"`formats` must be a non-empty subset of {_FORMATS}, got {formats!r}.")
+    check_output_folder(path, overwrite, "path")
     compact = compressed_model(model)
-    os.makedirs(path, exist_ok=True)
     written = {"model": compact}
-    if "keras" in formats:
-        written["keras"] = os.path.join(path, "model.keras")
-        compact.save(written["keras"])
-    if "saved_model" in formats or "tflite" in formats:
-        written["saved_model"] = os.path.join(path, "saved_model")
-        compact.export(written["saved_model"], format="tf_saved_model", verbose=False)
-    if "tflite" in formats:
-        import tensorflow as tf
+    names = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite"}
+    with staged_folder(path, overwrite, "path") as staging:
+        if "keras" in formats:
+            compact.save(os.path.join(staging, names["keras"]))
+        if "saved_model" in formats or "tflite" in formats:
+            compact.export(os.path.join(staging, names["saved_model"]), format="tf_saved_model",
+                           verbose=False)
+        if "tflite" in formats:
+            import tensorflow as tf
 
-        converter = tf.lite.TFLiteConverter.from_saved_model(written["saved_model"])
-        written["tflite"] = os.path.join(path, "model.tflite")
-        with open(written["tflite"], "wb") as handle:
-            handle.write(converter.convert())
+            converter = tf.lite.TFLiteConverter.from_saved_model(
+                os.path.join(staging, names["saved_model"]))
+            with open(os.path.join(staging, names["tflite"]), "wb") as handle:
+                handle.write(converter.convert())
+    for kind in ("keras", "saved_model", "tflite"):
+        if os.path.exists(os.path.join(path, names[kind])):
+            written[kind] = os.path.join(path, names[kind])
     return written

@@ -11,8 +11,11 @@ Through TensorFlow Datasets: ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``,
 
 import dataclasses
 import os
+import warnings
 
 import numpy as np
+
+from keras_lowrank._validation import check_int
 
 OFFLINE_DATASETS = ("digits", "mnist1d")
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
@@ -65,10 +68,16 @@ def load(name, split="train", batch_size=128, shuffle=None, seed=0,
     Returns:
         ``(dataset, DatasetInfo)``.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer ≥ 1, got {batch_size!r}.")
+    batch_size = check_int(batch_size, "batch_size")
+    seed = check_int(seed, "seed", minimum=0)
     if shuffle is None:
         shuffle = split == "train"
+    elif isinstance(shuffle, (bool, np.bool_)):
+        shuffle = bool(shuffle)
+    else:
+        raise ValueError(f"`shuffle` must be True, False or None (train only), got {shuffle!r}.")
+    if not isinstance(split, str):
+        raise ValueError(f"`split` must be a string such as 'train' or 'test', got {split!r}.")
     if name in OFFLINE_DATASETS:
         if split not in ("train", "test"):
             raise ValueError(
@@ -110,22 +119,41 @@ def load_mnist1d_arrays(split):
     (default ``~/.cache/keras_lowrank``) since generation takes seconds.
     """
     path = os.path.join(_cache_dir(), "mnist1d_default.npz")
-    if not os.path.exists(path):
-        from mnist1d.data import get_dataset_args, make_dataset
+    try:
+        return _read_mnist1d(path, split)
+    except FileNotFoundError:
+        pass
+    except Exception as error:  # a damaged cache (BadZipFile, a missing array): rebuilt
+        warnings.warn(f"The MNIST-1D cache {path} is unreadable ({type(error).__name__}); "
+                      "generating it again.", stacklevel=2)
+        os.remove(path)
+    _write_mnist1d(path)
+    return _read_mnist1d(path, split)
 
-        raw = make_dataset(get_dataset_args())
-        low = min(raw["x"].min(), raw["x_test"].min())
-        high = max(raw["x"].max(), raw["x_test"].max())
-        scale = lambda v: ((v - low) / (high - low)).astype("float32")[..., None]
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + f".{os.getpid()}.tmp.npz"
-        np.savez(tmp, x=scale(raw["x"]), y=raw["y"].astype("int32"),
-                 x_test=scale(raw["x_test"]), y_test=raw["y_test"].astype("int32"))
-        os.replace(tmp, path)  # atomic: parallel test workers never see half a file
+
+def _read_mnist1d(path, split):
     with np.load(path) as arrays:
         if split == "train":
-            return arrays["x"], arrays["y"]
-        return arrays["x_test"], arrays["y_test"]
+            x, y = arrays["x"], arrays["y"]
+        else:
+            x, y = arrays["x_test"], arrays["y_test"]
+    if x.ndim != 3 or len(x) != len(y) or not np.all(np.isfinite(x)):
+        raise ValueError("inconsistent arrays")
+    return x, y
+
+
+def _write_mnist1d(path):
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    raw = make_dataset(get_dataset_args())
+    low = min(raw["x"].min(), raw["x_test"].min())
+    high = max(raw["x"].max(), raw["x_test"].max())
+    scale = lambda v: ((v - low) / (high - low)).astype("float32")[..., None]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + f".{os.getpid()}.tmp.npz"
+    np.savez(tmp, x=scale(raw["x"]), y=raw["y"].astype("int32"),
+             x_test=scale(raw["x_test"]), y_test=raw["y_test"].astype("int32"))
+    os.replace(tmp, path)  # atomic: parallel test workers never see half a file
 
 
 def _from_arrays(name, split, x, y, num_classes, batch_size, shuffle, seed):
@@ -163,6 +191,9 @@ def _load_tfds(name, tfds_name, split, batch_size, shuffle, seed, data_dir,
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
+    if download and not _on_disk(tfds, tfds_name, data_dir) and not _tfds_reachable():
+        # tfds retries a dead network for minutes before failing.
+        download = False
     try:
         dataset, builder_info = tfds.load(
             tfds_name, split=split, as_supervised=True, with_info=True,
@@ -194,3 +225,24 @@ def _load_tfds(name, tfds_name, split, batch_size, shuffle, seed, data_dir,
     num_classes = _CLASSES[tfds_name.split("/")[0]]
     shape = tuple(builder_info.features["image"].shape)
     return dataset, DatasetInfo(name, split, shape, num_classes, num_examples)
+
+
+_TFDS_HOST = ("storage.googleapis.com", 443)  # where tfds downloads from
+
+
+def _on_disk(tfds, tfds_name, data_dir):
+    try:
+        return tfds.builder(tfds_name, data_dir=data_dir).is_prepared()
+    except Exception:
+        return False
+
+
+def _tfds_reachable(timeout=3.0):
+    """Whether the tfds download host answers within ``timeout`` seconds."""
+    import socket
+
+    try:
+        with socket.create_connection(_TFDS_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False

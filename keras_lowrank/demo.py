@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from keras_lowrank import analysis, data
+from keras_lowrank._files import staged_folder
 from keras_lowrank.models import small_cnn
 from keras_lowrank.robustness import (FGSM, PGD, PerturbedModel, all_corruptions,
                                       evaluate_robustness, gaussian_noise_accuracy)
@@ -69,9 +70,25 @@ def train_and_measure(info, train, test, lr_rank, projection_weight, sigmas,
 def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=4.0,
              sigmas=(0.1, 0.2, 0.3), seeds=(0, 1, 2), learning_rate=1e-3, echo=print,
              dlrt_datasets=("digits", "mnist1d"), dlrt_epochs=20,
-             analysis_datasets=("digits", "mnist1d"), analysis_epochs=20):
-    """Trains the baseline and the LR model for each seed; reports mean ± std."""
-    os.makedirs(output, exist_ok=True)
+             analysis_datasets=("digits", "mnist1d"), analysis_epochs=20, overwrite=False):
+    """Trains the baseline and the LR model for each seed; reports mean ± std.
+
+    Everything is written to a temporary folder that becomes ``output`` when the
+    run ends (an interrupted run leaves ``output`` as it was); an existing
+    non-empty ``output`` raises FileExistsError unless ``overwrite=True``."""
+    final = output
+    with staged_folder(output, overwrite) as output:
+        results = _run_demo(output, dataset, epochs, rank, projection_weight, sigmas, seeds,
+                            learning_rate, echo, dlrt_datasets, dlrt_epochs,
+                            analysis_datasets, analysis_epochs)
+    figures = "".join(f", cka_{d}.png, selectivity_{d}.png" for d in analysis_datasets or ())
+    echo(f"\nwrote {final}/: results.json, spectra.png, robustness.png{figures}, "
+         "robustness.md, baseline.keras, lr.keras, pgd_trained.keras")
+    return results
+
+
+def _run_demo(output, dataset, epochs, rank, projection_weight, sigmas, seeds, learning_rate,
+              echo, dlrt_datasets, dlrt_epochs, analysis_datasets, analysis_epochs):
     test, _ = data.load(dataset, "test", batch_size=256)
     info = data.load(dataset, "train")[1]
     echo(f"keras_lowrank demo: {dataset} {info.input_shape}, {info.num_examples} "
@@ -115,9 +132,6 @@ def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=4.0
                                            echo=echo)
     with open(os.path.join(output, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    figures = "".join(f", cka_{d}.png, selectivity_{d}.png" for d in analysis_datasets or ())
-    echo(f"\nwrote {output}/: results.json, spectra.png, robustness.png{figures}, "
-         "robustness.md, baseline.keras, lr.keras, pgd_trained.keras")
     return results
 
 

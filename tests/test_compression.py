@@ -31,11 +31,18 @@ def _np(x):
 def test_to_low_rank_at_full_rank_reproduces_the_model_and_truncation_error_is_bounded(rng):
     model = _cnn()
     x = rng.uniform(size=(6, 8, 8, 1)).astype("float32")
-    exact = compression.to_low_rank(model, tol=1e-7)
+    # rank 6 pays for every layer (break-even ≥ 8): the converted kinds
+    exact = compression.to_low_rank(model, rank=6)
     kinds = [type(l).__name__ for l in exact.layers]
     assert kinds == ["InputLayer", "DynamicLowRankConv2D", "DynamicLowRankConv2D", "Flatten",
                      "DynamicLowRankDense", "Dense"]  # last layer skipped by default
-    np.testing.assert_allclose(_np(exact(x)), _np(model(x)), atol=1e-5)
+    # at a full rank (tol → 0) a factorised layer would be bigger: kept dense, said so
+    with pytest.warns(UserWarning, match="left these layers dense"):
+        full = compression.to_low_rank(model, tol=1e-7)
+    assert [type(l).__name__ for l in full.layers] == [
+        "InputLayer", "Conv2D", "Conv2D", "Flatten", "Dense", "Dense"]
+    np.testing.assert_allclose(_np(full(x)), _np(model(x)), atol=1e-6)
+    assert full.count_params() == model.count_params()
     # rank 4: each converted kernel is its best rank-4 approximation
     low = compression.to_low_rank(model, rank=4, layers=["dense"])
     (converted,) = [l for l in low.layers if isinstance(l, DynamicLowRankDense)]
@@ -64,13 +71,19 @@ def test_compression_summary_counts_parameters_and_multiply_adds():
     summary = compression.compression_summary(model)
     rows = {r["layer"]: r for r in summary.rows}
     dense = rows["dense"]  # 288 × 64 at rank 4
-    assert (dense["dense_params"], dense["low_rank_params"]) == (288 * 64, 288 * 4 + 16 + 64 * 4)
+    # what export writes: S folded into the second factor, biases counted
+    assert (dense["dense_params"], dense["low_rank_params"]) == (288 * 64 + 64, 4 * (288 + 64) + 64)
+    assert rows["logits"]["rank"] is None  # kept dense: its own row
     conv = rows["conv2d_1"]  # 3×3×16 → 32, 'valid' stride 2 on 8×8: 3×3 output positions
     assert conv["dense_macs"] == 9 * 144 * 32 and conv["low_rank_macs"] == 9 * 4 * (144 + 32)
-    dense_total = sum(r["dense_params"] for r in summary.rows)
-    low_total = sum(r["low_rank_params"] for r in summary.rows)
+    low_rows = [r for r in summary.rows if r["rank"] is not None]
+    dense_total = sum(r["dense_params"] for r in low_rows)
+    low_total = sum(r["low_rank_params"] for r in low_rows)
     assert summary.total["compression_rate"] == pytest.approx(1 - low_total / dense_total)
-    assert "| **total** |" in str(summary)
+    # the whole model: the original's count, and exactly what export builds
+    assert summary.total["model_dense_params"] == _cnn().count_params()
+    assert summary.total["model_exported_params"] == compression.compressed_model(model).count_params()
+    assert "| **whole model** |" in str(summary)
 
 
 def _train_briefly(model, x, y):
@@ -92,11 +105,12 @@ def test_export_compressed_keras_file_is_small_and_reloads_exactly(rng, tmp_path
     np.testing.assert_allclose(_np(reloaded(x)), _np(model(x)), atol=1e-5)
     exported_params = sum(int(np.prod(w.shape)) for w in written["model"].weights)
     ranks = {l.name: l.rank for l in model.layers if isinstance(l, (DynamicLowRankDense, DynamicLowRankConv2D))}
-    expected = sum(r["n_in"] * r["rank"] + r["rank"] * r["n_out"]
-                   for r in compression.compression_summary(model).rows)
+    expected = sum(r * (l.n_in + l.n_out) for l in model.layers if l.name in ranks
+                   for r in (ranks[l.name],))
     others = sum(int(np.prod(w.shape)) for l in model.layers if l.name not in ranks for w in l.weights)
     biases = sum(int(np.prod(l.bias.shape)) for l in model.layers if l.name in ranks)
     assert exported_params == expected + others + biases
+    assert compression.compression_summary(model).total["model_exported_params"] == exported_params
 
 
 def test_exported_file_shrinks_with_the_parameters(tmp_path):
@@ -161,7 +175,10 @@ def test_truncate_ranks_ends_an_unfinished_dlrt_cycle_before_export(rng, tmp_pat
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = rng.normal(size=(64, 20)).astype("float32")
     y = rng.integers(0, 3, size=64)
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 8 steps: inside the second cycle
+    # A custom loop (train_on_batch: no end of fit, so the cycle is not finished
+    # for us): 8 steps, inside the second cycle.
+    for i in range(8):
+        model.train_on_batch(x[8 * i:8 * i + 8], y[8 * i:8 * i + 8])
     layer = model.get_layer("low")
     assert layer.rank == 8  # augmented at step 5: min(max_rank, 2r)
     with pytest.warns(UserWarning, match="truncate_ranks"):

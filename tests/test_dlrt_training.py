@@ -121,7 +121,7 @@ def test_save_load_round_trip_and_resume_with_the_same_ranks(rng, tmp_path):
     model = _conv_model()
     model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, batch_size=16, epochs=2, verbose=0)  # 8 steps: mid-cycle, augmented ranks
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)  # 8 steps; fit ends the cycle (9)
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -130,7 +130,7 @@ def test_save_load_round_trip_and_resume_with_the_same_ranks(rng, tmp_path):
         l.rank for l in model.layers if hasattr(l, "rank")
     ]
     assert isinstance(loaded.optimizer, DLRT)
-    assert int(ops.convert_to_numpy(loaded.optimizer.cycle_step)) == 8
+    assert int(ops.convert_to_numpy(loaded.optimizer.cycle_step)) == 9
     # Resumed training takes the same steps as uninterrupted training.
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
     loaded.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)

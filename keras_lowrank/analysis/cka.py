@@ -249,6 +249,9 @@ DEFAULT_LAYER_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.De
 
 
 def _layers(model, layers):
+    if layers is not None and not isinstance(layers, str) and len(layers) == 0:
+        raise ValueError("`layers` is empty: name at least one layer, or pass None for the "
+                         "default (every Conv1D/Conv2D/Dense layer).")
     if layers is None or (isinstance(layers, tuple) and layers and isinstance(layers[0], type)):
         types = layers or DEFAULT_LAYER_TYPES
         chosen = [layer for layer in model.layers if isinstance(layer, types)]

@@ -70,6 +70,9 @@ class _SecondMoments:
             self.shift = batch.mean(axis=0) if self.center else np.zeros(m)
             self.total = np.zeros(m)
             self.scatter = np.zeros((m, m))
+        if not np.all(np.isfinite(batch)):
+            raise ValueError("The model's activations hold NaN or infinite values (non-finite "
+                             "inputs or weights); spectra and ranks are undefined.")
         shifted = batch - self.shift
         self.count += len(batch)
         self.total += shifted.sum(axis=0)
@@ -88,6 +91,9 @@ def ranks_from_moments(layers, moments, threshold):
     """{layer name: RepresentationRanks} from each layer's accumulated moments."""
     if moments[0].count == 0:
         raise ValueError("`data` yielded no batches.")
+    if moments[0].count < 2:
+        raise ValueError(f"`data` holds {moments[0].count} sample; ranks of a representation "
+                         "need at least 2 (the covariance of one sample is 0).")
     return {layer.name: RepresentationRanks.from_singular_values(
                 layer.name, acc.count, acc.singular_values(), threshold)
             for layer, acc in zip(layers, moments)}
@@ -102,6 +108,10 @@ def resolve_layers(model, layers):
         ]
     if isinstance(layers, (str, keras.layers.Layer)):
         layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise ValueError("`layers` is empty: name at least one layer, or pass None for the "
+                         "default.")
     names = [layer.name for layer in model.layers]
     resolved = []
     for layer in layers:

@@ -45,6 +45,20 @@ def _labels_as_indices(labels, num_classes):
     return ops.reshape(ops.cast(labels, "int32"), (-1,))
 
 
+def _checked_label_array(y, num_classes):
+    """Integer labels (numpy) from integer or one-hot ``y``; a ValueError for
+    labels that are not integers in [0, num_classes) (3.7 would be truncated)."""
+    y = np.asarray(ops.convert_to_numpy(y))
+    if y.ndim == 2 and y.shape[-1] == num_classes and num_classes > 1:
+        return y.argmax(axis=-1)
+    y = y.reshape(-1)
+    if y.size and (not np.all(np.isfinite(y)) or np.any(y != np.round(y))
+                   or y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"`data`: labels must be integer classes in [0, {num_classes}) or "
+                         f"one-hot rows, got values from {y.min()} to {y.max()}.")
+    return y.astype("int64")
+
+
 def selectivity_from_class_means(means, present, epsilon=EPSILON):
     """SI per unit from class means (C, units) and a (C,) mask of the classes seen."""
     present = ops.cast(present, means.dtype)[:, None]
@@ -188,10 +202,7 @@ def class_selectivity(model, data, layers=None, num_classes=None, max_batches=No
     sums = [None] * len(layers)
     counts = np.zeros(num_classes)
     for x, y in iterate_labelled(data, batch_size, max_batches):
-        labels = np.asarray(ops.convert_to_numpy(_labels_as_indices(y, num_classes)))
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"`data`: labels must lie in [0, {num_classes}), got "
-                             f"{labels.min()}..{labels.max()}.")
+        labels = _checked_label_array(y, num_classes)
         onehot = np.eye(num_classes)[labels]
         counts += onehot.sum(axis=0)
         outputs = extractor.predict_on_batch(x)
@@ -205,6 +216,9 @@ def class_selectivity(model, data, layers=None, num_classes=None, max_batches=No
             sums[i] = batch_sums if sums[i] is None else sums[i] + batch_sums
     if not counts.sum():
         raise ValueError("`data` yielded no batches.")
+    if np.count_nonzero(counts) < 2:
+        raise ValueError("`data` holds examples of one class only; class selectivity compares "
+                         "a unit's mean over classes and needs at least two.")
     present = counts > 0
     result = {}
     for layer, total in zip(layers, sums):

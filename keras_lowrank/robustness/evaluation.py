@@ -11,9 +11,13 @@ with its model and attack, and resumes (``BackupAndRestore``); as with
 Keras' own Dropout, the random starts' generator state is not saved.
 
 Inputs outside the perturbation's declared range (``clip``) would be clipped
-into it without a word (standardised images under the default [0, 1]): the
-compiled step counts such inputs and ``fit``/``evaluate``/``predict`` raise a
-ValueError after the first batch (and at the end), on TensorFlow and JAX.
+into it without a word (standardised images under the default [0, 1]), and
+NaN inputs or labels outside [0, classes) give numbers on JAX (an opaque graph
+error on TensorFlow): the compiled step counts such inputs and labels (invalid
+labels are replaced by class 0 for that step, so no kernel fails) and
+``fit``/``evaluate``/``predict`` raise a ValueError after the first batch (and
+at the end), on TensorFlow and JAX. Integer inputs (uint8 images) are cast to
+float32 and then checked against the range.
 
 How the labels reach the attack: ``train_step``/``test_step`` hand the batch's
 labels to ``call`` within the same trace, then run Keras' own step. In
@@ -64,6 +68,9 @@ class PerturbedModel(LabelsInCall, keras.Model):
         self.inputs_out_of_range = keras.Variable(
             0.0, dtype="float32", trainable=False, aggregation="sum",
             synchronization="on_read", name="inputs_out_of_range")
+        self.invalid_labels = keras.Variable(
+            0.0, dtype="float32", trainable=False, aggregation="sum",
+            synchronization="on_read", name="invalid_labels")
         # Built as soon as the model is (BackupAndRestore, load_weights need it):
         # the wrapper's own state is built above.
         self.built = model.built
@@ -84,13 +91,62 @@ class PerturbedModel(LabelsInCall, keras.Model):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 
+    def _num_classes(self, input_shape):
+        """The model's number of classes; a ValueError for any other output."""
+        try:
+            shape = tuple(self.model.compute_output_shape(tuple(input_shape)))
+        except Exception:  # a model that cannot say: checked by the attack
+            return None
+        if len(shape) != 2 or shape[-1] is None or shape[-1] < 2:
+            raise ValueError(
+                "`model` must be a classifier with outputs of shape (batch, classes ≥ 2) "
+                f"(logits or probabilities); it outputs {shape}. One-output models "
+                "(regression, a sigmoid) cannot be attacked or scored by accuracy here; "
+                "for a binary sigmoid classifier use a 2-unit softmax/logits head.")
+        return shape[-1]
+
+    _invalid_in_batch = None
+
+    def _checked_batch(self, x, y):
+        """Counts invalid labels (not integers in [0, classes), or one-hot rows that
+        are not distributions) and replaces them by class 0 for this step."""
+        x = _as_float(x)
+        if y is None:
+            return x, y
+        num_classes = self._num_classes(x.shape)
+        if num_classes is None:
+            return x, y
+        values = ops.cast(y, "float32")
+        if len(y.shape) == 2 and y.shape[-1] == num_classes:  # one-hot / soft labels
+            valid = ops.logical_and(
+                ops.all(ops.logical_and(values >= 0, values <= 1), axis=-1),
+                ops.abs(ops.sum(values, axis=-1) - 1) < 1e-3)
+            safe = ops.where(valid[:, None], y, ops.cast(ops.one_hot(
+                ops.zeros_like(valid, "int32"), num_classes), y.dtype))
+        else:
+            valid = ops.logical_and(
+                ops.logical_and(values >= 0, values < num_classes),
+                ops.equal(values, ops.floor(values)))
+            safe = ops.where(valid, y, ops.zeros_like(y))
+        # Counted in `call` (same trace): on JAX only `call` runs where the
+        # step's state may be assigned.
+        self._invalid_in_batch = ops.sum(1.0 - ops.cast(ops.reshape(valid, (-1,)), "float32"))
+        return x, safe
+
     def call(self, inputs, training=False):
+        inputs = _as_float(inputs)
+        self._num_classes(inputs.shape)
         if self.clip is not None:
             low, high = self.clip
-            outside = ops.logical_or(inputs < low - _RANGE_TOLERANCE, inputs > high + _RANGE_TOLERANCE)
-            outside = ops.reshape(outside, (ops.shape(inputs)[0], -1))
-            self.inputs_out_of_range.assign_add(
-                ops.sum(ops.cast(ops.any(outside, axis=1), "float32")))
+            inside = ops.logical_and(inputs >= low - _RANGE_TOLERANCE, inputs <= high + _RANGE_TOLERANCE)
+            outside = ops.logical_not(inside)  # NaN included
+        else:
+            outside = ops.logical_not(ops.isfinite(inputs))
+        outside = ops.reshape(outside, (ops.shape(inputs)[0], -1))
+        self.inputs_out_of_range.assign_add(
+            ops.sum(ops.cast(ops.any(outside, axis=1), "float32")))
+        if self._invalid_in_batch is not None:
+            self.invalid_labels.assign_add(self._invalid_in_batch)
         perturbed = ops.stop_gradient(
             self.perturbation.perturb_in_graph(self.model, inputs, self._labels)
         )
@@ -108,8 +164,6 @@ class PerturbedModel(LabelsInCall, keras.Model):
     def _with_input_checks(self, method, args, kwargs):
         bound = inspect.signature(method).bind(*args, **kwargs)
         check_not_load_pair(bound.arguments.get("x"), "x")
-        if self.clip is None:
-            return method(*bound.args, **bound.kwargs)
         callbacks = bound.arguments.get("callbacks")
         if isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks.append(_InputRangeGuard())
@@ -120,11 +174,20 @@ class PerturbedModel(LabelsInCall, keras.Model):
     def _raise_if_inputs_out_of_range(self):
         getattr(self, "jax_state_sync", lambda: None)()  # JAX keeps the state aside in loops
         count = int(ops.convert_to_numpy(self.inputs_out_of_range))
+        if count and self.clip is None:
+            raise ValueError(f"`x`: {count} input(s) hold NaN or infinite values; clean the data.")
         if count:
             raise ValueError(
-                f"`x`: {count} input(s) lie outside the declared input range clip={self.clip} "
-                f"of {self.perturbation!r}, which would clip them into it. Rescale the "
-                "inputs to that range or declare theirs with clip=(low, high) (None: no range).")
+                f"`x`: {count} input(s) hold NaN or lie outside the declared input range "
+                f"clip={self.clip} of {self.perturbation!r}, which would clip them into it. "
+                "Rescale the inputs to that range (uint8 images: divide by 255) or declare "
+                "theirs with clip=(low, high) (None: no range).")
+        labels = int(ops.convert_to_numpy(self.invalid_labels))
+        if labels:
+            raise ValueError(
+                f"`y`: {labels} label(s) are not integer classes in [0, number of classes) "
+                "of the model's output (or one-hot rows of that length); fix the labels or "
+                "the model's number of outputs.")
 
     def _labels_for_call(self, y):
         if len(y.shape) == 2 and y.shape[-1] != 1:
@@ -136,6 +199,13 @@ class PerturbedModel(LabelsInCall, keras.Model):
 
 
 _RANGE_TOLERANCE = 1e-6
+
+
+def _as_float(x):
+    """Integer inputs (uint8 images) as float32; float inputs as they are."""
+    if x is not None and "float" not in str(keras.backend.standardize_dtype(x.dtype)):
+        return ops.cast(x, "float32")
+    return x
 
 
 def declared_range(perturbation):
@@ -154,6 +224,7 @@ class _InputRangeGuard(keras.callbacks.Callback):
 
     def _reset(self, logs=None):
         self.model.inputs_out_of_range.assign(0.0)
+        self.model.invalid_labels.assign(0.0)
 
     def _check_first(self, batch, logs=None):
         if batch == 0:

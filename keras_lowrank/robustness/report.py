@@ -132,12 +132,55 @@ def _describe(perturbation):
 
 def _accuracy(model, perturbation, data, from_logits, jit_compile):
     wrapper = PerturbedModel(model, perturbation)
-    wrapper.compile(
-        jit_compile=jit_compile,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
-    return float(wrapper.evaluate(data, verbose=0, return_dict=True)["accuracy"])
+    if _one_hot(data):
+        loss = keras.losses.CategoricalCrossentropy(from_logits=from_logits)
+        metric = keras.metrics.CategoricalAccuracy(name="accuracy")
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+        metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    wrapper.compile(jit_compile=jit_compile, loss=loss, metrics=[metric])
+    if _is_pair(data):
+        result = wrapper.evaluate(data[0], data[1], batch_size=_PAIR_BATCH, verbose=0,
+                                  return_dict=True)
+    else:
+        result = wrapper.evaluate(data, verbose=0, return_dict=True)
+    return float(result["accuracy"])
+
+
+_PAIR_BATCH = 256
+
+
+def _is_pair(data):
+    """An (x, y) pair of arrays (numpy or tensors)."""
+    return (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(hasattr(a, "shape") and hasattr(a, "dtype") for a in data))
+
+
+def _label_shape(data):
+    if _is_pair(data):
+        return tuple(data[1].shape)
+    spec = getattr(data, "element_spec", None)  # tf.data
+    if isinstance(spec, (tuple, list)) and len(spec) >= 2 and hasattr(spec[1], "shape"):
+        return tuple(spec[1].shape)
+    return None
+
+
+def _one_hot(data):
+    """Whether ``data``'s labels are one-hot rows (batch, classes > 1)."""
+    shape = _label_shape(data)
+    return shape is not None and len(shape) == 2 and (shape[1] or 0) > 1
+
+
+def _check_data(data, argument="data"):
+    """A clear error for data ``evaluate`` cannot score: the ``data.load`` pair,
+    an (x, y) pair of unequal lengths, or no examples at all."""
+    check_not_load_pair(data, argument)
+    if _is_pair(data) and len(data[0]) != len(data[1]):
+        raise ValueError(f"`{argument}`: x has {len(data[0])} examples but y has {len(data[1])}.")
+    count = _count(data)
+    if count == 0:
+        raise ValueError(f"`{argument}` holds no examples.")
+    return count
 
 
 def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=(),
@@ -147,7 +190,9 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
 
     Args:
         model: a Keras classifier.
-        data: a tf.data.Dataset (or anything ``evaluate`` takes) of (x, y) batches.
+        data: a tf.data.Dataset (or anything ``evaluate`` takes) of (x, y)
+            batches, or an (x, y) pair of arrays; labels are integer classes or
+            one-hot rows.
         attacks: attack objects (``FGSM``, ``PGD``), typically a sweep over eps.
         noise_sigmas: Gaussian-noise standard deviations.
         corruptions: ``Corruption`` objects (e.g. ``all_corruptions()``).
@@ -168,9 +213,9 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     Returns:
         ``RobustnessReport`` (print it; ``to_json``, ``to_markdown``, ``plot``).
     """
-    check_not_load_pair(data)
+    num_examples = _check_data(data)
     for label, dataset in (datasets or {}).items():
-        check_not_load_pair(dataset, f"datasets[{label!r}]")
+        _check_data(dataset, f"datasets[{label!r}]")
     if from_logits is None:
         from_logits = outputs_logits(model)
     rows = []
@@ -202,12 +247,13 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     if large_eps is not None:
         probe = add(PGD(large_eps, steps=20, seed=seed, clip=clip),
                     name=f"PGD-20 L∞ ε={large_eps:g} (large-ε probe)")
-    num_examples = _count(data)
     checks = _checks(rows, probe, num_examples)
     return RobustnessReport(rows=rows, checks=checks, num_examples=num_examples)
 
 
 def _count(data):
+    if _is_pair(data):
+        return len(data[0])
     if hasattr(data, "as_numpy_iterator"):
         return sum(len(batch[1]) for batch in data.as_numpy_iterator())
     return None

@@ -1,0 +1,435 @@
+"""The silent failures a new user hits first: each test fails without its fix.
+
+Every public entry point fed what users feed it — optimizers Keras offers
+(EMA, loss scaling), subclassed models, bad labels and values, numpy scalars,
+NaN weights, existing output folders — must give a correct result or a clear
+ValueError naming the argument. Runs on TensorFlow and JAX.
+"""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_lowrank import callbacks, compression
+from keras_lowrank.analysis import cka_map, class_selectivity, representation_ranks
+from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
+from keras_lowrank.optimizers import DLRT
+from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel, evaluate_robustness
+
+pytestmark = pytest.mark.backend_neutral
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _np(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+def _data(n=96, features=16, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype("float32")
+    w = rng.normal(size=(features, classes))
+    return x, (x @ w).argmax(axis=1).astype("int32")
+
+
+def _mlp(max_rank=8, rank=4, seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((16,)),
+        DynamicLowRankDense(32, max_rank=max_rank, rank=rank, activation="relu", name="hidden"),
+        keras.layers.Dense(4, name="logits")])
+
+
+# -- 2. EMA --------------------------------------------------------------------
+def test_dlrt_with_ema_keeps_the_layers_and_averages_them():
+    """EMA slots of S follow each basis change. With ema_momentum=0 the average
+    is the variable itself, so training with and without EMA must end equal
+    (the reset average used to be copied over S at the end: S = 0)."""
+    x, y = _data()
+    kernels = {}
+    for use_ema in (False, True):
+        model = _mlp()
+        model.compile(DLRT(keras.optimizers.SGD(0.1, use_ema=use_ema, ema_momentum=0.0),
+                           steps_per_cycle=3), LOSS)
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0)  # 12 steps: 4 cycles
+        kernels[use_ema] = _np(model.get_layer("hidden").kernel)
+    scale = np.abs(kernels[False]).max()
+    assert scale > 0.1
+    # float32 rounding of A S Bᵀ vs the truncation's R diag(d) Rᵀ, a few cycles
+    np.testing.assert_allclose(kernels[True], kernels[False], atol=1e-5 * scale)
+
+    # a real average (momentum 0.9): a kernel of the trained size, not zero
+    model = _mlp()
+    model.compile(DLRT(keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.9),
+                       steps_per_cycle=3), LOSS)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    averaged = _np(model.get_layer("hidden").kernel)
+    assert 0.5 < np.linalg.norm(averaged) / np.linalg.norm(kernels[False]) < 2.0
+
+
+# -- 3. loss scaling -------------------------------------------------------------
+def test_dlrt_refuses_a_loss_scale_optimizer_inside_and_works_inside_one():
+    with pytest.raises(ValueError, match=r"LossScaleOptimizer\(DLRT"):
+        DLRT(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)))
+    with pytest.raises(ValueError, match="inner_optimizer"):
+        DLRT(None)
+    x, y = _data()
+    losses = {}
+    for name, optimizer in (
+        ("dlrt", DLRT(keras.optimizers.SGD(0.1), steps_per_cycle=3)),
+        ("scaled", keras.optimizers.LossScaleOptimizer(
+            DLRT(keras.optimizers.SGD(0.1), steps_per_cycle=3))),
+    ):
+        model = _mlp()
+        model.compile(optimizer, LOSS)
+        losses[name] = model.fit(x, y, batch_size=16, epochs=3, verbose=0).history["loss"]
+    assert losses["dlrt"][-1] < losses["dlrt"][0] - 0.1  # it trains (1.45 → 1.27 seen)
+    # loss scaling by a power of two is exact in float32: the same steps
+    np.testing.assert_allclose(losses["scaled"], losses["dlrt"], rtol=1e-4)
+
+
+# -- 4. subclassed models -----------------------------------------------------------
+class SubclassedNet(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = DynamicLowRankConv2D(6, 3, max_rank=4, padding="same", activation="relu")
+        self.flatten = keras.layers.Flatten()
+        self.dense = DynamicLowRankDense(4, max_rank=3)
+
+    def call(self, x):
+        return self.dense(self.flatten(self.conv(x)))
+
+
+class CustomBlock(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = DynamicLowRankDense(8, max_rank=4, activation="relu")
+
+    def call(self, x):
+        return self.inner(x) + 1.0
+
+
+def _numpy_forward(model, x):
+    """The subclassed model computed in numpy from its factors."""
+    conv, dense = model.conv, model.dense
+    kernel = _np(conv.kernel)  # (3, 3, c_in, filters)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h = np.zeros(x.shape[:3] + (kernel.shape[-1],), np.float64)
+    for i in range(3):
+        for j in range(3):
+            h += padded[:, i:i + x.shape[1], j:j + x.shape[2], :] @ kernel[i, j]
+    h = np.maximum(h + _np(conv.bias), 0).reshape(len(x), -1)
+    return h @ _np(dense.kernel) + _np(dense.bias)
+
+
+def test_low_rank_layers_in_a_subclassed_model_call_fit_predict(rng):
+    x = rng.uniform(size=(32, 5, 5, 2)).astype("float32")
+    y = rng.integers(0, 4, size=32)
+    for first in ("call", "predict", "fit"):  # whichever builds the model first
+        keras.utils.set_random_seed(0)
+        model = SubclassedNet()
+        model.compile(DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3), LOSS)
+        if first == "call":
+            model(x[:2])
+        elif first == "predict":
+            model.predict(x, verbose=0)
+        history = model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+        assert history.history["loss"][-1] < history.history["loss"][0]
+        np.testing.assert_allclose(model.predict(x, verbose=0), _numpy_forward(model, x),
+                                   rtol=1e-4, atol=1e-4)
+        for layer in (model.conv, model.dense):  # the integrator kept U orthonormal
+            u = layer.factors()[0]
+            np.testing.assert_allclose(u.T @ u, np.eye(u.shape[1]), atol=1e-5)
+    # a custom layer holding one, inside a functional model, built by its first call
+    inputs = keras.Input((16,))
+    block = CustomBlock()
+    model = keras.Model(inputs, keras.layers.Dense(2)(block(inputs)))
+    xs = rng.normal(size=(4, 16)).astype("float32")
+    expected = np.maximum(xs @ _np(block.inner.kernel) + _np(block.inner.bias), 0) + 1.0
+    np.testing.assert_allclose(_np(block(xs)), expected, rtol=1e-5, atol=1e-5)
+    model.predict(xs, verbose=0)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="SavedModel export")
+def test_subclassed_model_exports_a_saved_model(rng, tmp_path):
+    import tensorflow as tf
+
+    x = rng.uniform(size=(4, 5, 5, 2)).astype("float32")
+    model = SubclassedNet()
+    model(x)  # Keras exports built models only
+    model.export(str(tmp_path / "sm"), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))  # kept: it owns the variables
+    served = loaded.serve(x)
+    np.testing.assert_allclose(served.numpy(), _np(model(x)), atol=1e-5)
+
+
+# -- 5. labels and values --------------------------------------------------------------
+def _classifier(classes=3, seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(classes)])
+
+
+def _unit_data(n=48, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(size=(n, 8)).astype("float32"), rng.integers(0, classes, n)
+
+
+@pytest.mark.parametrize("bad", ["too_large", "negative", "fractional"])
+def test_invalid_labels_raise_a_value_error_naming_y(bad):
+    x, y = _unit_data()
+    y = {"too_large": np.where(y == 0, 3, y), "negative": np.where(y == 0, -1, y),
+         "fractional": y + 0.5}[bad]
+    with pytest.raises(ValueError, match="`y`: .* label"):
+        evaluate_robustness(_classifier(), (x, y), attacks=[FGSM(0.05)], large_eps=None)
+    wrapper = PerturbedModel(_classifier(), PGD(0.05, steps=2))
+    wrapper.compile(loss=LOSS, metrics=["accuracy"])
+    with pytest.raises(ValueError, match="`y`: .* label"):
+        wrapper.evaluate(x, y, batch_size=16, verbose=0)
+    with pytest.raises(ValueError, match="`y`: .* label"):
+        wrapper.fit(x, y, batch_size=16, epochs=1, verbose=0)
+
+
+def test_one_output_models_are_refused():
+    x, y = _unit_data()
+    for head in (keras.layers.Dense(1), keras.layers.Dense(1, activation="sigmoid")):
+        model = keras.Sequential([keras.Input((8,)), head])
+        with pytest.raises(ValueError, match=r"classes ≥ 2"):
+            evaluate_robustness(model, (x, y % 2), attacks=[FGSM(0.05)], large_eps=None)
+
+
+def test_nan_and_integer_inputs_are_reported():
+    x, y = _unit_data()
+    x_nan = x.copy()
+    x_nan[3, 2] = np.nan
+    with pytest.raises(ValueError, match="`x`: 1 input"):
+        evaluate_robustness(_classifier(), (x_nan, y), attacks=[FGSM(0.05)], large_eps=None)
+    wrapper = PerturbedModel(_classifier(), GaussianNoise(0.1, clip=None))
+    wrapper.compile(loss=LOSS, metrics=["accuracy"])
+    with pytest.raises(ValueError, match="NaN"):
+        wrapper.evaluate(x_nan, y, batch_size=16, verbose=0)
+    with pytest.raises(ValueError, match="divide by 255"):
+        evaluate_robustness(_classifier(), ((x * 255).astype("uint8"), y),
+                            attacks=[FGSM(0.05)], large_eps=None)
+    with pytest.raises(ValueError, match="no examples"):
+        evaluate_robustness(_classifier(), (x[:0], y[:0]), attacks=[FGSM(0.05)])
+
+
+def test_one_hot_labels_and_array_pairs_give_the_sparse_result():
+    x, y = _unit_data()
+    model = _classifier()
+    attacks = [FGSM(0.1), PGD(0.1, steps=3, random_start=False)]
+    sparse = evaluate_robustness(model, (x, y), attacks=attacks, large_eps=None)
+    onehot = evaluate_robustness(model, (x, np.eye(3, dtype="float32")[y]), attacks=attacks,
+                                 large_eps=None)
+    logits = _np(model(x))
+    assert sparse.clean_accuracy == pytest.approx(np.mean(logits.argmax(1) == y), abs=1e-6)
+    assert [r["accuracy"] for r in onehot.rows] == pytest.approx(
+        [r["accuracy"] for r in sparse.rows], abs=1e-6)
+    assert sparse.num_examples == len(x)
+
+
+# -- 6. output folders -------------------------------------------------------------------
+def test_export_never_mixes_or_loses_files(rng, tmp_path):
+    model = compression.to_low_rank(_dense_mlp(), rank=4)
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        compression.export_compressed(model, str(out), formats="keras")
+    assert os.listdir(out) == ["notes.txt"]
+    # interrupted half way: the folder is as it was, no partial folder is left
+    original = keras.Model.save
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    keras.Model.save = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            compression.export_compressed(model, str(out), formats="keras", overwrite=True)
+    finally:
+        keras.Model.save = original
+    assert os.listdir(out) == ["notes.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    written = compression.export_compressed(model, str(out), formats="keras", overwrite=True)
+    assert os.listdir(out) == ["model.keras"]  # replaced whole: no stale files
+    x = rng.normal(size=(3, 16)).astype("float32")
+    np.testing.assert_allclose(_np(keras.models.load_model(written["keras"])(x)), _np(model(x)),
+                               atol=1e-5)
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "keras_lowrank", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_cli_refuses_bad_arguments_before_training(tmp_path):
+    (tmp_path / "old.json").write_text("{}")
+    done = _cli("demo", "--output", str(tmp_path))
+    assert done.returncode == 2 and "--overwrite" in done.stderr
+    for args, message in ((["--projection-weight", "nan"], "projection-weight"),
+                          (["--rank", "0"], "rank"), (["--sigmas", "inf"], "sigmas")):
+        done = _cli("demo", "--output", str(tmp_path / "new"), *args)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert os.listdir(tmp_path) == ["old.json"]
+
+
+# -- 7. arguments ---------------------------------------------------------------------
+def test_numpy_scalars_are_accepted_and_non_finite_numbers_refused():
+    layer = DynamicLowRankDense(np.int64(8), max_rank=np.int32(4), rank=np.int64(2),
+                                tol=np.float32(0.1))
+    assert (layer.units, layer.max_rank, layer.initial_rank) == (8, 4, 2)
+    assert type(layer.units) is int
+    assert PGD(np.float32(0.1), steps=np.int64(3)).steps == 3
+    assert DLRT("sgd", steps_per_cycle=np.int64(5)).steps_per_cycle == 5
+    assert LowRankProjection(rank=np.int64(4)).rank == 4
+    assert GaussianNoise(np.float64(0.2)).sigma == pytest.approx(0.2)
+    refused = [
+        lambda: LowRankProjection(rank=4, projection_weight=float("nan")),
+        lambda: LowRankProjection(rank=4, norm_weight=float("inf")),
+        lambda: DynamicLowRankDense(8, spectral_weight=float("nan")),
+        lambda: DynamicLowRankDense(8, tol=float("nan")),
+        lambda: PGD(float("nan")),
+        lambda: FGSM(np.float32("inf")),
+        lambda: GaussianNoise(float("nan")),
+        lambda: FGSM(0.1, clip=(0.0, float("nan"))),
+        lambda: DLRT("sgd", steps_per_cycle=2.5),
+        lambda: DynamicLowRankDense(True),
+        lambda: callbacks.SpectralConditioning(kappa=float("nan")),
+    ]
+    for make in refused:
+        with pytest.raises(ValueError, match="must be"):
+            make()
+
+
+# -- 8. DLRT semantics ------------------------------------------------------------------------
+def test_fit_ends_on_the_truncated_model(monkeypatch):
+    """fit stops mid-cycle (8 steps, cycles of 3): DLRT finishes the cycle, so
+    the layer holds the numpy tol-rule truncation of its augmented state."""
+    x, y = _data(n=128)
+    model = _mlp(max_rank=12, rank=3)
+    optimizer = DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3)
+    model.compile(optimizer, LOSS)
+    captured = {}
+    finish = DLRT.finish_cycle
+
+    def spy(self):
+        layer = model.get_layer("hidden")
+        captured.update(u=_np(layer.u), s=_np(layer.s), v=_np(layer.v), step=_np(self.cycle_step))
+        return finish(self)
+
+    monkeypatch.setattr(DLRT, "finish_cycle", spy)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert int(captured["step"]) % 3 != 0  # it did stop mid-cycle
+    assert int(_np(optimizer.cycle_step)) % 3 == 0
+    layer = model.get_layer("hidden")
+    r = int(np.count_nonzero(np.any(captured["u"] != 0, axis=0)))
+    p, d, qt = np.linalg.svd(captured["s"][:r, :r].astype(np.float64))
+    tails = np.sqrt(np.cumsum((d ** 2)[::-1])[::-1])
+    expected_rank = max(1, int(np.sum(tails >= layer.tol * np.linalg.norm(d))))
+    assert r > expected_rank  # augmented: truncation had work to do
+    assert layer.rank == expected_rank
+    k = expected_rank
+    w = (captured["u"][:, :r] @ p[:, :k]) * d[:k] @ (qt[:k] @ captured["v"][:, :r].T)
+    np.testing.assert_allclose(_np(layer.kernel), w, atol=1e-5 * np.abs(w).max())
+
+
+def test_a_layer_at_max_rank_is_reported():
+    x, y = _data()
+    model = _mlp(max_rank=4, rank=4)
+    model.compile(DLRT(keras.optimizers.SGD(0.01), steps_per_cycle=2), LOSS)
+    model.get_layer("hidden").tol = 1e-6  # keeps every direction: saturated
+    with pytest.warns(UserWarning, match="max_rank"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    roomy = _mlp(max_rank=8, rank=2)
+    roomy.compile(DLRT(keras.optimizers.SGD(0.01), steps_per_cycle=2), LOSS)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*max_rank.*")
+        roomy.fit(x, y, batch_size=32, epochs=1, verbose=0)
+
+
+def test_spectral_conditioning_waits_for_the_end_of_the_cycle():
+    """Mid-cycle the augmented block has near-zero singular values; conditioning
+    them lifts them to the mean, moving W by tens of percent and blocking the
+    truncation. Each application must come at a cycle end, on the truncated S,
+    where cond(S_r) ≤ κ afterwards."""
+    x, y = _data(n=80)
+    model = _mlp(max_rank=8, rank=2)
+    model.compile(DLRT(keras.optimizers.SGD(0.05), steps_per_cycle=4), LOSS)
+    applied = []
+
+    class Recorded(callbacks.SpectralConditioning):
+        def _apply(self):
+            self._sync()
+            layer = self.model.get_layer("hidden")
+            before = _np(layer.kernel)
+            super()._apply()
+            change = np.linalg.norm(_np(layer.kernel) - before) / np.linalg.norm(before)
+            applied.append((int(_np(self.model.optimizer.cycle_step)) % 4, change,
+                            callbacks.condition_number(layer)))
+
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+              callbacks=[Recorded(kappa=2.0, frequency=3)])
+    # 10 steps: due after steps 3, 6, 9 (mid-cycle), applied at 4, 8 and at the end
+    assert len(applied) == 3
+    for phase, change, cond in applied:
+        assert phase == 0
+        assert cond <= 2.0 + 1e-4
+        assert change < 0.5  # mid-cycle: 0.7 seen
+
+
+# -- 9. conversion never grows a model ------------------------------------------------------------
+def _dense_mlp(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, activation="relu"),
+                             keras.layers.Dense(32, activation="relu"), keras.layers.Dense(4)])
+
+
+def test_to_low_rank_keeps_dense_where_the_rank_does_not_pay():
+    model = _dense_mlp()  # random kernels: full spectra, tol 0.05 keeps nearly all
+    with pytest.warns(UserWarning, match="left these layers dense"):
+        converted = compression.to_low_rank(model, tol=0.05)
+    assert converted.count_params() <= model.count_params()
+    summary = compression.compression_summary(converted)
+    assert summary.total["model_exported_params"] <= summary.total["model_dense_params"]
+    assert {r["layer"] for r in summary.rows if r["rank"] is None} >= {
+        model.layers[0].name, model.layers[1].name}
+    small = compression.to_low_rank(model, rank=4)  # pays: 4·(16+32) < 16·32
+    summary = compression.compression_summary(small)
+    assert summary.total["model_exported_params"] == compression.compressed_model(
+        small).count_params() < model.count_params()
+
+
+# -- 10. the long tail ----------------------------------------------------------------------------------
+def _relu_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(6, activation="relu", name="h")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(h))
+
+
+def test_analysis_entry_points_refuse_what_they_cannot_measure():
+    x, y = _unit_data(n=40)
+    model = _relu_model()
+    with pytest.raises(ValueError, match="`layers` is empty"):
+        cka_map(model, x, layers=[])
+    with pytest.raises(ValueError, match="`layers` is empty"):
+        representation_ranks(model, x, layers=[])
+    x_nan = x.copy()
+    x_nan[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        representation_ranks(model, x_nan)
+    with pytest.raises(ValueError, match="at least 2"):
+        representation_ranks(model, x[:1])
+    with pytest.raises(ValueError, match="integer classes"):
+        class_selectivity(model, (x, y + 0.7), layers=["h"])
+    with pytest.raises(ValueError, match="one class"):
+        class_selectivity(model, (x, np.zeros_like(y)), layers=["h"])
+    # valid inputs still measure
+    ranks = representation_ranks(model, x)
+    assert all(r.variance_rank >= 1 for r in ranks.values())
