@@ -67,12 +67,38 @@ def test_missing_tfds_data_says_how_to_fix(tmp_path):
         data.load("fashion_mnist", data_dir=str(tmp_path), download=False)
 
 
+def test_no_network_fails_at_once_instead_of_retrying(tmp_path, monkeypatch):
+    """tfds retries an unreachable host for minutes (205 s seen): without a
+    network, a download is not attempted."""
+    import time
+
+    calls = []
+    monkeypatch.setattr(data, "_tfds_reachable", lambda timeout=3.0: calls.append(1) or False)
+    start = time.time()
+    with pytest.raises(data.DataUnavailableError, match="could not be downloaded"):
+        data.load("fashion_mnist", data_dir=str(tmp_path), download=True)
+    assert calls and time.time() - start < 60
+
+
+def test_a_damaged_mnist1d_cache_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_LOWRANK_CACHE", str(tmp_path))
+    reference = data.load_mnist1d_arrays("test")
+    (tmp_path / "mnist1d_default.npz").write_bytes(b"PK\x03\x04 not a zip file")
+    with pytest.warns(UserWarning, match="unreadable"):
+        x, y = data.load_mnist1d_arrays("test")
+    np.testing.assert_array_equal(x, reference[0])
+    np.testing.assert_array_equal(y, reference[1])
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"name": "imagenet"}, "valid names are digits, mnist1d"),
     ({"name": "cifar10_corrupted/fog_6"}, "severity 1..5"),
     ({"name": "cifar10_corrupted/rain_1"}, "corruption one of"),
     ({"name": "digits", "split": "validation"}, "`split`"),
     ({"name": "digits", "batch_size": 0}, "`batch_size`"),
+    ({"name": "digits", "batch_size": True}, "`batch_size`"),  # was batches of 1
+    ({"name": "digits", "shuffle": "no"}, "`shuffle`"),  # was truthy: shuffled
+    ({"name": "digits", "seed": -1}, "`seed`"),
 ])
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
