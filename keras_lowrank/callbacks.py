@@ -169,7 +169,8 @@ class LowRankMonitor(keras.callbacks.Callback):
     logs (put it before callbacks that read logs; History, the progress bar and
     CSVLogger already come after user callbacks). With the DLRT optimizer an epoch
     can end inside a cycle, where the layers hold augmented bases: the logged rank
-    is then up to twice the truncated one (``compression.truncate_ranks``)."""
+    is then up to twice the truncated one (``fit`` finishes the last cycle when it
+    ends, so the final model holds the truncated ranks)."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:

@@ -97,11 +97,11 @@ def train_variant(dataset, variant, seed, epochs=30, learning_rate=1e-3, dense_m
     model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
     record = {"epochs": epochs}
     if variant != "dense":
-        compression.truncate_ranks(model)  # fit stops inside a DLRT cycle
-        summary = compression.compression_summary(model)
-        record["ranks"] = [row["rank"] for row in summary.rows]
+        summary = compression.compression_summary(model)  # fit ended the DLRT cycle
+        low_rank = [row for row in summary.rows if row["rank"] is not None]
+        record["ranks"] = [row["rank"] for row in low_rank]
         record["compression_rate"] = summary.total["compression_rate"]
-        record["cond"] = [row["cond"] for row in summary.rows]
+        record["cond"] = [row["cond"] for row in low_rank]
     record["clean"] = _accuracy(model, x_test, y_test)
     for eps in FGSM_EPS[dataset]:
         record[f"fgsm_{eps}"] = _accuracy(model, x_test, y_test, FGSM(eps))

@@ -43,6 +43,7 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_bad_epochs_exit_with_message():
-    with pytest.raises(SystemExit, match="--epochs"):
-        cli.main(["demo", "--epochs", "0"])
+def test_bad_epochs_exit_with_message(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["demo", "--output", str(tmp_path), "--epochs", "0"])
+    assert exited.value.code == 2 and "--epochs" in capsys.readouterr().err

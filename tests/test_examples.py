@@ -36,7 +36,9 @@ def test_robustness_example(tmp_path):
 
 def test_compression_example_exports_a_savedmodel_equal_to_the_model(tmp_path):
     out = _run("compress_digits.py", tmp_path, epochs=4)
-    assert "| **total** |" in out  # the compression summary
+    assert "| **whole model** |" in out  # the compression summary
+    ranks = re.search(r"ranks: \{(.*)\}", out).group(1)
+    assert "'conv_2'" in ranks and "'features'" in ranks  # both converted
     difference = float(re.search(r"max \|logit difference\| vs the trained model ([\d.e+-]+)", out).group(1))
     assert difference < 1e-4
     exported, dense = (int(n.replace(",", "")) for n in

@@ -102,7 +102,7 @@ def test_dataset_summary_errors(rng):
     x = rng.uniform(size=(8, 6, 6, 1)).astype("float32")
     with pytest.raises(ValueError, match="negative"):
         class_selectivity(model, (x, np.zeros(8, int)), layers=["pre"])
-    with pytest.raises(ValueError, match="labels must lie"):
+    with pytest.raises(ValueError, match="labels must be integer classes"):
         class_selectivity(model, (x, np.full(8, 4)))
     with pytest.raises(ValueError, match="with labels"):
         class_selectivity(model, [x])

@@ -1,0 +1,253 @@
+"""Feeds the public entry points the inputs users get wrong, and counts outcomes.
+
+Each case says what a demanding user expects: an error ("error": a ValueError,
+FileExistsError or argparse exit naming what is wrong) or a result ("ok", with
+an optional check of the value). Outcomes:
+
+- clear: the expected error, its message naming what is wrong (a regex per case);
+- obscure: any other exception (a backend traceback, a KeyError, ...);
+- silent: no error where one was due, or a wrong value;
+- correct: the expected result.
+
+Usage: KERAS_BACKEND=jax python benchmarks/input_probe.py [--verbose]
+Runs against whichever keras_lowrank is importable (e.g. an older checkout on
+PYTHONPATH, to count before and after a change).
+"""
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+warnings.filterwarnings("ignore")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+from keras_lowrank import callbacks, compression  # noqa: E402
+from keras_lowrank.analysis import cka_map, class_selectivity, representation_ranks  # noqa: E402
+from keras_lowrank.layers import (DynamicLowRankConv2D, DynamicLowRankDense,  # noqa: E402
+                                  LowRankProjection)
+from keras_lowrank.optimizers import DLRT  # noqa: E402
+from keras_lowrank.robustness import (FGSM, PGD, GaussianNoise, PerturbedModel,  # noqa: E402
+                                      evaluate_robustness)
+
+CLEAR = (ValueError, FileExistsError, SystemExit)
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+RNG = np.random.default_rng(0)
+X = RNG.uniform(size=(48, 8)).astype("float32")
+Y = RNG.integers(0, 3, 48)
+
+
+def classifier(classes=3):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(classes)])
+
+
+def relu_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(6, activation="relu", name="h")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(h))
+
+
+def low_rank_mlp(max_rank=4, rank=2, optimizer=None):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)),
+                              DynamicLowRankDense(16, max_rank=max_rank, rank=rank,
+                                                  activation="relu", name="hidden"),
+                              keras.layers.Dense(3)])
+    model.compile(optimizer or DLRT(keras.optimizers.SGD(0.1), steps_per_cycle=4), LOSS)
+    return model
+
+
+def report(model, data, **kwargs):
+    return evaluate_robustness(model, data, attacks=[FGSM(0.05)], large_eps=None, **kwargs)
+
+
+def wrapper_eval(x, y, model=None, perturbation=None):
+    wrapper = PerturbedModel(model or classifier(), perturbation or FGSM(0.05))
+    wrapper.compile(loss=LOSS, metrics=["accuracy"])
+    return wrapper.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+
+
+def fitted_s_norm(ema):
+    model = low_rank_mlp(optimizer=DLRT(keras.optimizers.SGD(0.1, use_ema=ema), steps_per_cycle=3))
+    model.fit(X, Y, batch_size=8, epochs=1, verbose=0)
+    return float(np.linalg.norm(ops.convert_to_numpy(model.get_layer("hidden").s)))
+
+
+def scaled_training():
+    model = low_rank_mlp(optimizer=DLRT(keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.1))))
+    loss = model.fit(X, Y, batch_size=8, epochs=3, verbose=0).history["loss"]
+    return loss[0] - loss[-1]
+
+
+class Sub(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.a = DynamicLowRankDense(8, max_rank=4)
+        self.b = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.b(self.a(x))
+
+
+def subclassed(what):
+    model = Sub()
+    if what == "call":
+        return model(X[:2])
+    if what == "predict":
+        return model.predict(X, verbose=0)
+    model.compile(DLRT(keras.optimizers.SGD(0.1)), LOSS)
+    return model.fit(X, Y, verbose=0)
+
+
+def export_into(non_empty, **kwargs):
+    folder = tempfile.mkdtemp()
+    if non_empty:
+        open(os.path.join(folder, "mine.txt"), "w").close()
+    model = compression.to_low_rank(keras.Sequential([
+        keras.Input((16,)), keras.layers.Dense(32), keras.layers.Dense(3)]), rank=4)
+    compression.export_compressed(model, folder, formats="keras", **kwargs)
+    return sorted(os.listdir(folder))
+
+
+def to_low_rank_params(tol):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, activation="relu"),
+                              keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
+    return compression.to_low_rank(model, tol=tol).count_params() / model.count_params()
+
+
+def cli(*args):
+    done = subprocess.run([sys.executable, "-m", "keras_lowrank", "demo", *args],
+                          capture_output=True, text=True, timeout=30)
+    if done.returncode == 2:
+        raise SystemExit(done.stderr.strip().splitlines()[-1])
+    raise RuntimeError(f"exit {done.returncode}")
+
+
+def cli_existing_output():
+    folder = tempfile.mkdtemp()
+    open(os.path.join(folder, "results.json"), "w").close()
+    return cli("--output", folder, "--epochs", "1", "--seeds", "0", "--dlrt-datasets",
+               "--analysis-datasets")
+
+
+nan = float("nan")
+inf = float("inf")
+clean_accuracy = float(np.mean(ops.convert_to_numpy(classifier()(X)).argmax(1) == Y))
+
+CASES = [
+    # (group, name, expectation, thunk, check)
+    ("labels", "labels ≥ classes", "error:`y`", lambda: report(classifier(), (X, np.where(Y == 0, 3, Y))), None),
+    ("labels", "labels < 0", "error:`y`", lambda: report(classifier(), (X, np.where(Y == 0, -1, Y))), None),
+    ("labels", "labels 3.7 (fractional)", "error:`y`", lambda: report(classifier(), (X, Y + 0.7)), None),
+    ("labels", "PerturbedModel.evaluate labels ≥ classes", "error:`y`",
+     lambda: wrapper_eval(X, np.where(Y == 0, 7, Y)), None),
+    ("labels", "one-hot labels", "ok", lambda: report(classifier(), (X, np.eye(3)[Y])),
+     lambda r: abs(r.clean_accuracy - clean_accuracy) < 1e-6),
+    ("labels", "(x, y) numpy pair", "ok", lambda: report(classifier(), (X, Y)),
+     lambda r: abs(r.clean_accuracy - clean_accuracy) < 1e-6),
+    ("values", "NaN pixel", "error:`x`.*NaN", lambda: report(classifier(), (np.where(X > 0.99, nan, X), Y)), None),
+    ("values", "NaN pixel, clip=None noise", "error:`x`.*NaN",
+     lambda: wrapper_eval(np.where(X > 0.99, nan, X), Y, perturbation=GaussianNoise(0.1, clip=None)), None),
+    ("values", "uint8 images", "error:`x`.*255|`x`.*range", lambda: report(classifier(), ((X * 255).astype("uint8"), Y)), None),
+    ("values", "empty data", "error:`data`.*no examples|empty", lambda: report(classifier(), (X[:0], Y[:0])), None),
+    ("values", "regression model (1 output)", "error:`model`.*classes",
+     lambda: report(keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)]), (X, Y)), None),
+    ("values", "sigmoid model (1 output)", "error:`model`.*classes",
+     lambda: report(keras.Sequential([keras.Input((8,)), keras.layers.Dense(1, activation="sigmoid")]),
+                    (X, Y % 2)), None),
+    ("dlrt", "use_ema=True keeps S", "ok", lambda: fitted_s_norm(True),
+     lambda norm: norm > 0.5 * fitted_s_norm(False)),
+    ("dlrt", "DLRT(LossScaleOptimizer(...))", "error:LossScaleOptimizer", scaled_training, None),
+    ("dlrt", "DLRT(None)", "error:`inner_optimizer`", lambda: DLRT(None), None),
+    ("dlrt", "subclassed model: call", "ok", lambda: subclassed("call"), None),
+    ("dlrt", "subclassed model: predict", "ok", lambda: subclassed("predict"), None),
+    ("dlrt", "subclassed model: fit", "ok", lambda: subclassed("fit"), None),
+    ("files", "export into a non-empty folder", "error:overwrite", lambda: export_into(True), None),
+    ("files", "export overwrite=True replaces whole", "ok", lambda: export_into(True, overwrite=True),
+     lambda names: names == ["model.keras"]),
+    ("files", "demo into a non-empty --output", "error:--overwrite", cli_existing_output, None),
+    ("args", "--projection-weight nan", "error:projection-weight", lambda: cli("--projection-weight", "nan"), None),
+    ("args", "--rank 0", "error:rank", lambda: cli("--rank", "0"), None),
+    ("args", "DynamicLowRankDense(np.int64(8))", "ok", lambda: DynamicLowRankDense(np.int64(8)), None),
+    ("args", "PGD(np.float32(.1), steps=np.int64(3))", "ok",
+     lambda: PGD(np.float32(0.1), steps=np.int64(3)), None),
+    ("args", "DLRT(steps_per_cycle=np.int64(5))", "ok", lambda: DLRT("sgd", steps_per_cycle=np.int64(5)), None),
+    ("args", "LowRankProjection(rank=np.int64(4))", "ok", lambda: LowRankProjection(rank=np.int64(4)), None),
+    ("args", "projection_weight=nan", "error:`projection_weight`", lambda: LowRankProjection(4, projection_weight=nan), None),
+    ("args", "norm_weight=inf", "error:`norm_weight`", lambda: LowRankProjection(4, norm_weight=inf), None),
+    ("args", "spectral_weight=nan", "error:`spectral_weight`", lambda: DynamicLowRankDense(8, spectral_weight=nan), None),
+    ("args", "PGD eps=nan", "error:`eps`", lambda: PGD(nan), None),
+    ("args", "GaussianNoise sigma=inf", "error:`sigma`", lambda: GaussianNoise(inf), None),
+    ("args", "FGSM clip=(0, nan)", "error:`clip", lambda: FGSM(0.1, clip=(0.0, nan)), None),
+    ("args", "SpectralConditioning kappa=nan", "error:`kappa`", lambda: callbacks.SpectralConditioning(nan), None),
+    ("convert", "to_low_rank(tol=0.05) grows the model", "ok", lambda: to_low_rank_params(0.05),
+     lambda ratio: ratio <= 1.0),
+    ("tail", "cka_map(layers=[])", "error:`layers`", lambda: cka_map(relu_model(), X, layers=[]), None),
+    ("tail", "representation_ranks NaN activations", "error:NaN|finite",
+     lambda: representation_ranks(relu_model(), np.where(X > 0.99, nan, X)), None),
+    ("tail", "representation_ranks one sample", "error:sample", lambda: representation_ranks(relu_model(), X[:1]), None),
+    ("tail", "class_selectivity labels 3.7", "error:label",
+     lambda: class_selectivity(relu_model(), (X, Y + 0.7), layers=["h"]), None),
+    ("tail", "class_selectivity one class", "error:class",
+     lambda: class_selectivity(relu_model(), (X, np.zeros_like(Y)), layers=["h"]), None),
+]
+
+if keras.backend.backend() == "tensorflow":
+    from keras_lowrank import data
+
+    CASES += [
+        ("tail", "data.load(batch_size=True)", "error:`batch_size`", lambda: data.load("digits", batch_size=True), None),
+        ("tail", "data.load(shuffle='no')", "error:`shuffle`", lambda: data.load("digits", "test", shuffle="no"), None),
+    ]
+
+
+def run_case(expectation, thunk, check):
+    """``expectation``: "ok", or "error:<regex>" that a clear message matches."""
+    wanted = expectation.partition(":")[2]
+    try:
+        value = thunk()
+    except CLEAR as error:
+        if wanted and re.search(wanted, str(error), re.S):
+            return "clear", str(error)
+        return "obscure", f"{type(error).__name__}: {error}"  # wrong message, or valid input refused
+    except subprocess.TimeoutExpired:
+        if wanted:  # the demo started training with the bad argument
+            return "silent", "accepted: still running after 30 s"
+        return "obscure", "timed out"
+    except Exception as error:  # noqa: BLE001
+        return "obscure", f"{type(error).__name__}: {str(error)[:160]}"
+    if wanted:
+        return "silent", f"returned {str(value)[:80]}"
+    if check is not None and not check(value):
+        return "silent", f"wrong result {str(value)[:80]}"
+    return "correct", ""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    counts = collections.Counter()
+    for group, name, expectation, thunk, check in CASES:
+        outcome, detail = run_case(expectation, thunk, check)
+        counts[outcome] += 1
+        if args.verbose or outcome in ("obscure", "silent"):
+            print(f"{outcome:8s} [{group}] {name}: {detail.splitlines()[0][:140] if detail else ''}")
+    print(f"backend {keras.backend.backend()}: {len(CASES)} cases: "
+          + ", ".join(f"{k} {counts[k]}" for k in ("clear", "correct", "obscure", "silent")))
+
+
+if __name__ == "__main__":
+    main()
