@@ -7,7 +7,7 @@ EXTRAS ?= tensorflow-cpu,jax,test
 OUT ?= runs/demo
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile -q
 
-.PHONY: demo test test-tf test-jax bench clean
+.PHONY: demo test lint test-tf test-jax bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/keras-lowrank demo --output $(OUT) --overwrite
 
-# Whole suite on TensorFlow, then the backend-neutral tests again on JAX.
-test: test-tf test-jax
+# Lint, the whole suite on TensorFlow, then the backend-neutral tests again on JAX.
+test: lint test-tf test-jax
+
+lint: $(STAMP)
+	$(BIN)/ruff check keras_lowrank tests benchmarks examples
 
 test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PYTEST)

@@ -3,7 +3,7 @@
 A 10-layer 1-D CNN on MNIST-1D's 4000 training signals (real, generated locally),
 batches of 500, unbiased HSIC. The numpy baseline is the textbook estimator:
 for every batch and every pair of layers, the Gram matrices and Song et al.'s
-HSIC₁ with explicit matrix products (float64), as in METHODS.md §3, on
+HSIC₁ with explicit matrix products (float64), as in docs/methods.md §3, on
 activations from Keras' ``predict_on_batch``. Both timings include the forward
 passes (shown separately for the baseline), after one warm-up call each (compilation
 excluded: our extractor is cached per model); medians of 3 alternating runs. Goal (issue 5): ≥ 10× faster, equal

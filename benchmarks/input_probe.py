@@ -32,11 +32,9 @@ from keras import ops  # noqa: E402
 
 from keras_lowrank import callbacks, compression  # noqa: E402
 from keras_lowrank.analysis import cka_map, class_selectivity, representation_ranks  # noqa: E402
-from keras_lowrank.layers import (DynamicLowRankConv2D, DynamicLowRankDense,  # noqa: E402
-                                  LowRankProjection)
+from keras_lowrank.layers import DynamicLowRankDense, LowRankProjection  # noqa: E402
 from keras_lowrank.optimizers import DLRT  # noqa: E402
-from keras_lowrank.robustness import (FGSM, PGD, GaussianNoise, PerturbedModel,  # noqa: E402
-                                      evaluate_robustness)
+from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel, evaluate_robustness  # noqa: E402
 
 CLEAR = (ValueError, FileExistsError, SystemExit)
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

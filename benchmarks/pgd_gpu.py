@@ -161,10 +161,10 @@ def main():
     for name, filters, dim in CONFIGS[:args.models]:
         model = trained(filters, dim, x, y)
         b = args.batch
-        results = measure([("ours", lambda: ours(model, x, y, b)),
-                           ("ours, 4 steps/call", lambda: ours(model, x, y, b, 4)),
-                           ("step loop", lambda: step_loop(model, x, y, b)),
-                           ("one jax.jit, no Keras", lambda: one_jit(model, x, y, b))], args.repeats)
+        results = measure([("ours", lambda m=model, b=b: ours(m, x, y, b)),
+                           ("ours, 4 steps/call", lambda m=model, b=b: ours(m, x, y, b, 4)),
+                           ("step loop", lambda m=model, b=b: step_loop(m, x, y, b)),
+                           ("one jax.jit, no Keras", lambda m=model, b=b: one_jit(m, x, y, b))], args.repeats)
         path = f"/tmp/pgd_gpu_{filters[0]}.keras"
         model.save(path)
         env = dict(os.environ, JAX_PLATFORMS="cpu")

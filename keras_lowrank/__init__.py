@@ -17,8 +17,7 @@ Public API:
                                        analysis and the DLRT basis updates (keras_lowrank.precision)
 """
 
-from keras_lowrank import (analysis, callbacks, compression, data, optimizers, regularizers,
-                           robustness)
+from keras_lowrank import analysis, callbacks, compression, data, optimizers, regularizers, robustness
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
 from keras_lowrank.optimizers import DLRT
 from keras_lowrank.precision import float32_matmuls

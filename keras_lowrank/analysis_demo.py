@@ -1,13 +1,13 @@
-"""Representation analysis on real data (METHODS.md §3–§4; seeds 002, 004).
+"""Representation analysis on real data (docs/methods.md §3–§4).
 
 Two demonstrations, each on digits (2-D CNN) and MNIST-1D (1-D CNN), both the
 ``small_cnn`` of the main job:
 
-1. CKA maps (seed 002): a standard model, a PGD-adversarially-trained one and
+1. CKA maps: a standard model, a PGD-adversarially-trained one and
    an LR model (LowRankProjection on the penultimate layer). Each model's map
    with itself and its block-structure score (mean CKA between distinct
    layers), and the map of the standard model against each other model.
-2. A class-selectivity sweep (seed 004): the same CNN trained with the
+2. A class-selectivity sweep: the same CNN trained with the
    selectivity regularizer at α < 0, 0, > 0; per α (mean over seeds): clean
    accuracy, mean class selectivity on the test set, accuracy under Gaussian
    noise, under common corruptions and under FGSM, and the dimensionality (PCs for 95 % of the variance)
@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from keras_lowrank import data
-from keras_lowrank.analysis import class_selectivity, cka_map, perturbation_dimensionality
+from keras_lowrank.analysis import cka_map, class_selectivity, perturbation_dimensionality
 from keras_lowrank.models import small_cnn
 from keras_lowrank.regularizers import SelectivityRegularizedModel
 from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel, all_corruptions
@@ -221,7 +221,8 @@ def seed_claims(means):
 def format_sweep_table(dataset, means, num_seeds):
     sigma, eps = SETTINGS[dataset]["sigma"], SETTINGS[dataset]["fgsm_eps"]
     head = ["α", "clean acc", "mean selectivity", f"acc, noise σ={sigma}",
-            f"acc, corruptions (severity {CORRUPTION_SEVERITY})", f"acc, FGSM ε={eps}", "dim Δ features, noise", "dim Δ features, FGSM"]
+            f"acc, corruptions (severity {CORRUPTION_SEVERITY})", f"acc, FGSM ε={eps}",
+            "dim Δ features, noise", "dim Δ features, FGSM"]
     lines = [f"Class-selectivity sweep on {dataset} (small CNN, mean of {num_seeds} seeds; "
              "dim = PCs for 95% of the variance)",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

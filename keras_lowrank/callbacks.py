@@ -1,4 +1,4 @@
-"""Callbacks for dynamic low-rank layers (METHODS.md §2).
+"""Callbacks for dynamic low-rank layers (docs/methods.md §2).
 
 - ``RankTruncation``: truncates each layer's rank by its ``tol`` on a schedule, for
   users who train U, S, V with an ordinary optimizer instead of
@@ -14,19 +14,15 @@ current values.
 """
 
 import keras
-import numpy as np
 from keras import ops
 
+from keras_lowrank import factorization
+from keras_lowrank._low_rank_model import check_finite, condition_number, dlrt_of, low_rank_layers, truncate_layer
 from keras_lowrank._validation import check_int, check_number
+from keras_lowrank.compression import compression_summary
 
-from keras_lowrank.layers import factorization
-from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
-from keras_lowrank.optimizer_slots import optimizer_slots, slot_kind
-
-
-def low_rank_layers(model):
-    """The dynamic low-rank layers of a model (nested models included)."""
-    return [layer for layer in model._flatten_layers() if isinstance(layer, DynamicLowRankBase)]
+__all__ = ["RankTruncation", "SpectralConditioning", "LowRankMonitor", "low_rank_layers",
+           "condition_number", "dlrt_of"]
 
 
 def _check_frequency(frequency):
@@ -35,15 +31,6 @@ def _check_frequency(frequency):
     if isinstance(frequency, str):
         raise ValueError(f"`frequency` must be 'epoch' or a positive int (batches), got {frequency!r}.")
     return check_int(frequency, "frequency ('epoch' or batches)")
-
-
-def dlrt_of(optimizer):
-    """The DLRT optimizer ``optimizer`` is or wraps (LossScaleOptimizer(DLRT(…))), or None."""
-    while optimizer is not None:
-        if hasattr(optimizer, "cycle_step") and hasattr(optimizer, "steps_per_cycle"):
-            return optimizer
-        optimizer = getattr(optimizer, "inner_optimizer", None)
-    return None
 
 
 class _FactorCallback(keras.callbacks.Callback):
@@ -81,21 +68,10 @@ class _FactorCallback(keras.callbacks.Callback):
 
     def _apply(self):
         self._sync()
+        optimizer = getattr(self.model, "optimizer", None)
         for layer in low_rank_layers(self.model):
-            values = [ops.convert_to_tensor(v) for v in (layer.u, layer.s, layer.v)]
-            if not all(bool(np.all(np.isfinite(ops.convert_to_numpy(t)))) for t in values):
-                raise FloatingPointError(
-                    f"{type(self).__name__}: layer {layer.name!r} has non-finite factors; "
-                    "not changing them (the loss diverged — lower the learning rate)."
-                )
-            new = self._update(layer, *values)
-            self._carry_moments(getattr(self.model, "optimizer", None), layer, values, new)
-            for variable, value in zip((layer.u, layer.s, layer.v), new):
-                variable.assign(value)
-
-    def _carry_moments(self, optimizer, layer, old, new):
-        """Keeps the optimizer's slots, as Keras' own weight constraints (also
-        projections between steps) do."""
+            check_finite(layer, type(self).__name__)
+            self._update(layer, optimizer)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.frequency != "epoch":
@@ -120,28 +96,12 @@ class RankTruncation(_FactorCallback):
     fewest singular values with ‖d[r:]‖ < tol·‖d‖ (the layer's ``tol`` and
     ``min_rank``), each epoch (default) or every ``frequency`` batches. The
     optimizer's slots of the factors move into the new bases, as gradients do
-    (exact where the truncated singular values are zero; see ``_carry_moments``).
+    (exact where the truncated singular values are zero).
     Raises FloatingPointError instead of truncating non-finite factors.
     """
 
-    def _update(self, layer, u, s, v):
-        u, s, v = factorization.orthonormalize(u, s, v)
-        return factorization.truncate(u, s, v, layer.tol, layer.min_rank)
-
-    def _carry_moments(self, optimizer, layer, old, new):
-        """Slots transformed as the gradients they average (G = ∂L/∂W, W kept):
-        ∇U' = G Wᵀ U' = ∇U Aᵀ, ∇V' = ∇V Bᵀ with A = U'ᵀU, B = V'ᵀV, and, U' lying
-        in span(U), ∇S' = U'ᵀ G V' = A (UᵀU)⁺ ∇S (VᵀV)⁺ Bᵀ (A ∇S Bᵀ for orthonormal
-        U, V, as in DLRT). Zeroing them instead would, with Keras' bias correction
-        by the global step, make the next Adam steps several learning rates long."""
-        u0, _, v0 = (ops.convert_to_numpy(t) for t in old)
-        a, b = (ops.convert_to_numpy(t) for t in factorization.basis_change(u0, v0, new[0], new[2]))
-        a_s = a @ np.linalg.pinv(u0.T @ u0)  # pinv: the zero columns beyond the rank
-        b_s = b @ np.linalg.pinv(v0.T @ v0)
-        for variable, left, right in ((layer.u, None, a), (layer.s, a_s, b_s), (layer.v, None, b)):
-            for slot in optimizer_slots(optimizer, variable):
-                kind = slot_kind(slot, variable)
-                slot.assign(factorization.carry_slot(slot.value, left, right, kind))
+    def _update(self, layer, optimizer):
+        truncate_layer(layer, optimizer)
 
 
 class SpectralConditioning(_FactorCallback):
@@ -153,15 +113,10 @@ class SpectralConditioning(_FactorCallback):
         super().__init__(frequency)
         self.kappa = check_number(kappa, "kappa", minimum=1.0)
 
-    def _update(self, layer, u, s, v):
-        return u, factorization.condition(s, factorization.active_rank(u), self.kappa), v
-
-
-def condition_number(layer):
-    """cond(S_r) = σ_max / σ_min of the active block (= cond(W), U and V orthonormal)."""
-    _, s, _ = layer.factors()
-    d = np.linalg.svd(s, compute_uv=False)
-    return float(d[0] / d[-1]) if d[-1] > 0 else float("inf")
+    def _update(self, layer, optimizer):
+        s = ops.convert_to_tensor(ops.convert_to_numpy(layer.s))
+        rank = factorization.active_rank(ops.convert_to_tensor(ops.convert_to_numpy(layer.u)))
+        layer.s.assign(factorization.condition(s, rank, self.kappa))
 
 
 class LowRankMonitor(keras.callbacks.Callback):
@@ -175,8 +130,6 @@ class LowRankMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        from keras_lowrank.compression import compression_summary
-
         summary = compression_summary(self.model)
         for row in summary.rows:
             if row["rank"] is not None:

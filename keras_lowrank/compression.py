@@ -1,10 +1,10 @@
 """Convert trained models to dynamic low-rank layers, summarise, export small files.
 
 - ``to_low_rank``: Dense / Conv2D → DynamicLowRankDense / DynamicLowRankConv2D,
-  initialised by the truncated SVD of the trained kernel (METHODS.md §2).
+  initialised by the truncated SVD of the trained kernel (docs/methods.md §2).
 - ``compression_summary``: per layer and total parameters, ranks, compression
   rate 1 − Σ(n_in r + r² + n_out r)/Σ(n_in n_out) (biases on neither side, as
-  METHODS §2), multiply-adds, cond(S).
+  docs/methods.md §2), multiply-adds, cond(S).
 - ``truncate_ranks``: truncates every layer by its tol now — after DLRT's
   ``fit``, which usually stops inside a cycle, on augmented bases.
 - ``export_compressed``: rebuilds the model at the exact ranks from Keras' own
@@ -20,6 +20,8 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank._files import check_output_folder, staged_folder
+from keras_lowrank._keras_compat import all_sublayers, direct_sublayers, is_graph_model
+from keras_lowrank._low_rank_model import condition_number, dlrt_of, low_rank_layers, truncate_layer
 from keras_lowrank._validation import check_int, check_number
 from keras_lowrank.layers.dynamic_low_rank import (
     DynamicLowRankBase,
@@ -43,7 +45,8 @@ class CompressionSummary:
         return {"layers": self.rows, "total": self.total}
 
     def to_markdown(self):
-        head = "| layer | shape | rank | dense params | exported params | compression | dense MACs | low-rank MACs | cond(S) |"
+        head = ("| layer | shape | rank | dense params | exported params | compression | dense MACs "
+                "| low-rank MACs | cond(S) |")
         lines = [head, "|" + "---|" * 9]
         for r in self.rows:
             rank = "dense (kept)" if r["rank"] is None else f"{r['rank']}/{r['max_rank']}"
@@ -87,8 +90,6 @@ def compression_summary(model):
     (every low-rank layer dense), ``model_exported_params`` (exactly the
     parameter count of ``compressed_model(model)``) and
     ``model_compression_rate``."""
-    from keras_lowrank.callbacks import condition_number, low_rank_layers
-
     rows = []
     low_rank = low_rank_layers(model)
     for layer in low_rank:
@@ -142,8 +143,8 @@ def _flatten(model):
 def _unfinished_cycle(model):
     """(steps taken, steps_per_cycle) if the model's DLRT optimizer stopped
     inside a cycle, where the layers hold the augmented bases; else None."""
-    optimizer = getattr(model, "optimizer", None)
-    if getattr(optimizer, "inner_optimizer", None) is None or not hasattr(optimizer, "cycle_step"):
+    optimizer = dlrt_of(getattr(model, "optimizer", None))
+    if optimizer is None or not optimizer.built:
         return None
     step = int(ops.convert_to_numpy(optimizer.cycle_step.value))
     return (step, optimizer.steps_per_cycle) if step % optimizer.steps_per_cycle else None
@@ -155,29 +156,27 @@ def truncate_ranks(model):
     ``callbacks.RankTruncation`` and the end of each DLRT cycle do; the
     optimizer's slots move with the bases.
 
-    DLRT's ``fit`` stops where the last epoch ends, usually inside a cycle: the
-    layers then hold the bases augmented at its start (up to twice the rank) —
-    a valid model, but not the compressed one. Call this before measuring ranks
-    or exporting. A DLRT optimizer's cycle restarts (the next step augments).
+    ``fit`` with DLRT ends by finishing the running cycle itself; custom loops
+    (``train_on_batch``) can stop inside one, where the layers hold the bases
+    augmented at its start (up to twice the rank) — a valid model, but not the
+    compressed one. Call this before measuring ranks or exporting. A DLRT
+    optimizer's cycle restarts (the next step augments).
     Returns {layer name: new rank}."""
-    from keras_lowrank.callbacks import RankTruncation, low_rank_layers
-
-    truncation = RankTruncation()
-    truncation.set_model(model)
-    truncation._apply()
+    if hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+    optimizer = getattr(model, "optimizer", None)
+    for layer in low_rank_layers(model):
+        truncate_layer(layer, optimizer)
     unfinished = _unfinished_cycle(model)
     if unfinished is not None:
         step, k = unfinished
-        model.optimizer.cycle_step.assign(-(-step // k) * k)
+        dlrt_of(optimizer).cycle_step.assign(-(-step // k) * k)
     return {layer.name: layer.rank for layer in low_rank_layers(model)}
 
 
 # -- conversion ----------------------------------------------------------------
 def _check_clonable(model, argument="model"):
-    if not isinstance(model, keras.Model) or not (
-        isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
-        or type(model).__name__ == "Functional"
-    ):
+    if not is_graph_model(model):
         raise ValueError(
             f"`{argument}` must be a Sequential or functional keras.Model "
             f"(subclassed models cannot be rebuilt layer by layer), got {type(model).__name__}."
@@ -224,7 +223,7 @@ def to_low_rank(
     """
     _check_clonable(model)
     candidates = [
-        l for l in model._flatten_layers(include_self=False)
+        l for l in all_sublayers(model)
         if type(l) in (keras.layers.Dense, keras.layers.Conv2D)
     ]
     if layers is None:
@@ -304,8 +303,8 @@ def _set_low_rank(old, new, plan):
 
 
 def _pairs(old_model, new_model):
-    old_layers = list(old_model._flatten_layers(include_self=False, recursive=False))
-    new_layers = list(new_model._flatten_layers(include_self=False, recursive=False))
+    old_layers = direct_sublayers(old_model)
+    new_layers = direct_sublayers(new_model)
     if len(old_layers) != len(new_layers):
         raise RuntimeError("the cloned model's layers do not match the original's")
     return zip(old_layers, new_layers)
@@ -332,7 +331,7 @@ def compressed_model(model):
             f"{unfinished[1]}-step cycle: the layers hold augmented bases (up to twice "
             "their rank). Call keras_lowrank.compression.truncate_ranks(model) first to "
             "export at the truncated ranks.", stacklevel=2)
-    plans = {id(l): l.factors() for l in model._flatten_layers(include_self=False, recursive=False)
+    plans = {id(l): l.factors() for l in direct_sublayers(model)
              if isinstance(l, DynamicLowRankBase)}
 
     def clone(layer):

@@ -16,8 +16,14 @@ import numpy as np
 from keras_lowrank import analysis, data
 from keras_lowrank._files import staged_folder
 from keras_lowrank.models import small_cnn
-from keras_lowrank.robustness import (FGSM, PGD, PerturbedModel, all_corruptions,
-                                      evaluate_robustness, gaussian_noise_accuracy)
+from keras_lowrank.robustness import (
+    FGSM,
+    PGD,
+    PerturbedModel,
+    all_corruptions,
+    evaluate_robustness,
+    gaussian_noise_accuracy,
+)
 
 ATTACK_EPS = (0.05, 0.1, 0.2)
 

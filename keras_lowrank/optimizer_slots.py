@@ -5,6 +5,8 @@ Shared by ``optimizers.DLRT`` (augment / truncate inside the train step) and the
 callbacks (truncation between steps).
 """
 
+from keras_lowrank._keras_compat import slot_name_prefix
+
 # How each Keras optimizer slot moves with its variable's basis, by the slot's
 # name suffix (``add_variable_from_reference`` names); unknown slots are reset.
 SLOT_KINDS = {
@@ -17,6 +19,7 @@ SLOT_KINDS = {
 }
 
 
+
 def optimizer_slots(optimizer, variable):
     """The optimizer variables Keras derived from ``variable`` (moments, momenta):
     ``add_variable_from_reference`` names them ``{variable.path with _}_{slot}``."""
@@ -24,7 +27,7 @@ def optimizer_slots(optimizer, variable):
         return []
     inner = getattr(optimizer, "inner_optimizer", None)
     candidates = inner.variables if inner is not None else optimizer.variables
-    prefix = variable.path.replace("/", "_") + "_"
+    prefix = slot_name_prefix(variable)
     return [
         slot for slot in candidates
         if slot.name.startswith(prefix) and tuple(slot.shape) == tuple(variable.shape)
@@ -33,4 +36,4 @@ def optimizer_slots(optimizer, variable):
 
 def slot_kind(slot, variable):
     """The SLOT_KINDS entry of ``slot`` (named ``{variable.path with _}_{suffix}``)."""
-    return SLOT_KINDS.get(slot.name[len(variable.path.replace("/", "_")) + 1:], "reset")
+    return SLOT_KINDS.get(slot.name[len(slot_name_prefix(variable)):], "reset")

@@ -1,7 +1,7 @@
 """Regularizers that need more than a layer's weights.
 
 ``SelectivityRegularizedModel`` — the class-selectivity regularizer of Leavitt &
-Morcos (2020, METHODS.md §4):
+Morcos (2020, docs/methods.md §4):
 
     loss = task loss − α · mean_layers( mean_units SI ),
 
@@ -21,11 +21,9 @@ trains ``model``.
 import keras
 from keras import ops
 
-from keras_lowrank._validation import check_number
-
 from keras_lowrank._labels_in_call import LabelsInCall
-from keras_lowrank.analysis.selectivity import (class_selectivity_index, num_classes_of,
-                                                selectivity_layers)
+from keras_lowrank._validation import check_number
+from keras_lowrank.analysis.selectivity import class_selectivity_index, num_classes_of, selectivity_layers
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")

@@ -120,7 +120,9 @@ def test_cka_map_equals_mean_hsic_over_batches(rng):
     result = cka_map(model, [x[s] for s in batches], model_b=other)
     assert result.rows == ["conv", "hidden", "out"] and result.columns == result.rows
     acts_a, acts_b = activations(model, result.rows, x), activations(other, result.rows, x)
-    grams = lambda acts, s: [a[s].reshape(len(a[s]), -1).astype(np.float64) @ a[s].reshape(len(a[s]), -1).T.astype(np.float64) for a in acts]  # noqa: E731
+    def grams(acts, s):
+        flat = [a[s].reshape(len(a[s]), -1).astype(np.float64) for a in acts]
+        return [f @ f.T for f in flat]
     for i in range(3):
         for j in range(3):
             kk = np.mean([np_hsic_unbiased(grams(acts_a, s)[i], grams(acts_a, s)[i]) for s in batches])

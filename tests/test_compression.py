@@ -307,7 +307,7 @@ def test_rank_truncation_carries_the_moments_as_the_gradients_move(rng):
     model.optimizer.build(model.trainable_variables)
     # Factors as plain Adam leaves them: U, V not orthonormal, S not diagonal; rank 5
     # of which W uses 3 (truncating drops only zero singular values: W is kept).
-    u = np.zeros((10, 6)); v = np.zeros((12, 6)); s = np.zeros((6, 6))
+    u, v, s = np.zeros((10, 6)), np.zeros((12, 6)), np.zeros((6, 6))
     u[:, :5] = rng.normal(size=(10, 5))
     v[:, :5] = rng.normal(size=(12, 5))
     s[:5, :5] = rng.normal(size=(5, 3)) @ rng.normal(size=(3, 5))

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.backend_neutral
 
 
 def numpy_losses(a, w, b):
-    """L_c and L_n of METHODS §1 written independently in column-vector form."""
+    """L_c and L_n of docs/methods.md §1 written independently in column-vector form."""
     a = a.reshape(len(a), -1).astype(np.float64)
     shifted = (a + b).T                       # m × n, columns a_i + b
     residual = w.T @ shifted - shifted        # Wᵀ(a_i + b) − (a_i + b)

@@ -97,7 +97,7 @@ def test_selectivity_regularizer_under_mixed_precision(mixed_bfloat16, digits):
                               keras.layers.Dense(32, activation="relu", name="hidden"),
                               keras.layers.Dense(10, dtype="float32")])
     hidden = keras.Model(model.inputs, model.get_layer("hidden").output)
-    from test_selectivity import np_selectivity  # the numpy loop of METHODS §4
+    from test_selectivity import np_selectivity  # the numpy loop of docs/methods.md §4
 
     a = keras.ops.convert_to_numpy(keras.ops.cast(hidden(x), "float32"))
     expected = np_selectivity(a, y, 10).mean()

@@ -7,8 +7,7 @@ import pytest
 
 from keras_lowrank import data
 from keras_lowrank.models import small_cnn
-from keras_lowrank.robustness import (FGSM, PGD, GaussianNoise, PerturbedModel,
-                                      evaluate_robustness)
+from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel, evaluate_robustness
 from keras_lowrank.robustness.report import _checks
 
 pytestmark = pytest.mark.backend_neutral

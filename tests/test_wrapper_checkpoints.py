@@ -8,8 +8,7 @@ import pytest
 
 from keras_lowrank import SelectivityRegularizedModel, data
 from keras_lowrank.models import small_cnn
-from keras_lowrank.robustness import (FGSM, PGD, SPSA, Corruption, GaussianNoise,
-                                      PerturbedModel)
+from keras_lowrank.robustness import FGSM, PGD, SPSA, Corruption, GaussianNoise, PerturbedModel
 
 pytestmark = pytest.mark.backend_neutral
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

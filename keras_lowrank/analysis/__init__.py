@@ -1,7 +1,7 @@
 """Representation analysis: rank measures, spectra, CKA and class selectivity."""
 
 from keras_lowrank.analysis.cka import CKAMap, cka_map, linear_cka, rbf_cka
-
+from keras_lowrank.analysis.perturbation import perturbation_dimensionality
 from keras_lowrank.analysis.ranks import (
     effective_rank,
     effective_rank_from_singular_values,
@@ -11,16 +11,15 @@ from keras_lowrank.analysis.ranks import (
     variance_rank,
     variance_rank_from_singular_values,
 )
-from keras_lowrank.analysis.perturbation import perturbation_dimensionality
+from keras_lowrank.analysis.representation import (
+    RepresentationRanks,
+    representation_ranks,
+)
 from keras_lowrank.analysis.selectivity import (
     LayerSelectivity,
     SelectivitySummary,
     class_selectivity,
     class_selectivity_index,
-)
-from keras_lowrank.analysis.representation import (
-    RepresentationRanks,
-    representation_ranks,
 )
 
 __all__ = [

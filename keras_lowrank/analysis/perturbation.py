@@ -1,5 +1,5 @@
 """Dimensionality of the representation change a perturbation causes
-(METHODS.md §4; Leavitt & Morcos 2020, seed 004).
+(docs/methods.md §4; Leavitt & Morcos 2020).
 
 For inputs x, perturbed inputs x + δ (δ from an attack, noise or a
 corruption) and a layer f, the dimensionality is the number of principal
@@ -13,8 +13,7 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank.analysis._batches import iterate_labelled
-from keras_lowrank.analysis.representation import (_SecondMoments, feature_extractor,
-                                                   ranks_from_moments)
+from keras_lowrank.analysis.representation import _SecondMoments, feature_extractor, ranks_from_moments
 from keras_lowrank.analysis.selectivity import selectivity_layers
 
 

@@ -1,7 +1,7 @@
-"""Dense and Conv2D layers whose kernel is held as W = U S Vᵀ (seed 003).
+"""Dense and Conv2D layers whose kernel is held as W = U S Vᵀ.
 
 Schotthöfer, Wang & Schnake, "Dynamical Low-Rank Compression of Neural Networks
-with Robustness under Adversarial Attacks" (NeurIPS 2025); METHODS.md §2.
+with Robustness under Adversarial Attacks" (NeurIPS 2025); docs/methods.md §2.
 
 U (n_in × r_max) and V (n_out × r_max) have orthonormal active columns, S is
 r_max × r_max; the active rank r is the number of non-zero columns of U (see
@@ -15,10 +15,10 @@ import weakref
 import keras
 import numpy as np
 from keras import ops
-from keras.src.ops.operation_utils import compute_conv_output_shape
 
+from keras_lowrank import factorization
+from keras_lowrank._keras_compat import build_input_shape, compute_conv_output_shape
 from keras_lowrank._validation import check_int, check_number
-from keras_lowrank.layers import factorization
 
 FACTOR_ROLE = "_keras_lowrank_role"
 FACTOR_OWNER = "_keras_lowrank_owner"
@@ -267,7 +267,7 @@ class DynamicLowRankConv2D(DynamicLowRankBase):
     """Conv2D whose kernel, as a (kh·kw·c_in) × c_out matrix, is W = U S Vᵀ.
 
     Computed as a kh×kw convolution to r_max channels with kernel U followed by a
-    1×1 map S Vᵀ — the matrix form of CondLR (METHODS §2): one ordinary
+    1×1 map S Vᵀ — the matrix form of CondLR (docs/methods.md §2): one ordinary
     convolution, so every backend's fast conv kernel applies. Only
     ``data_format="channels_last"`` and ``groups=1``.
 
@@ -348,16 +348,12 @@ class DynamicLowRankConv2D(DynamicLowRankBase):
     def multiply_adds(self, rank=None, input_shape=None):
         """Multiply-adds per sample of the dense and of the rank-r convolution."""
         rank = self.rank if rank is None else rank
-        shape = input_shape or self._build_shapes_dict_input_shape()
+        shape = input_shape or build_input_shape(self)
+        if shape is None:
+            raise ValueError(f"Layer {self.name!r} is not built; pass `input_shape`.")
         out = self.compute_output_shape(shape)
         positions = int(np.prod(out[1:3]))
         return positions * self.n_in * self.n_out, positions * rank * (self.n_in + self.n_out)
-
-    def _build_shapes_dict_input_shape(self):
-        shapes = getattr(self, "_build_shapes_dict", None) or {}
-        if not shapes:
-            raise ValueError(f"Layer {self.name!r} is not built; pass `input_shape`.")
-        return next(iter(shapes.values()))
 
     def get_config(self):
         return {

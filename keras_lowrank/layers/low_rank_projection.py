@@ -1,5 +1,5 @@
 """The LR layer of Sanyal et al., "Robustness via Deep Low-Rank Representations"
-(arXiv 1804.07090); formulas in ../shared/design/METHODS.md §1.
+(arXiv 1804.07090); formulas in docs/methods.md §1.
 
 A virtual layer attached to a representation a (batch × m). It carries W (m × m,
 held at rank r) and b (m). In the forward pass it returns a unchanged (or, on
@@ -17,7 +17,6 @@ import keras
 from keras import ops
 
 from keras_lowrank._validation import check_int, check_number
-
 from keras_lowrank.precision import float32_matmuls
 
 _OUTPUT_MODES = ("input", "projection")

@@ -8,5 +8,6 @@ from keras_lowrank.robustness.noise import gaussian_noise_accuracy
 from keras_lowrank.robustness.perturbations import GaussianNoise
 from keras_lowrank.robustness.report import RobustnessReport, evaluate_robustness
 
-__all__ = ["CleverhansAttack", "CORRUPTIONS", "Corruption", "all_corruptions", "FGSM", "PGD", "SPSA", "Attack", "GaussianNoise", "PerturbedModel",
-           "RobustnessReport", "evaluate_robustness", "gaussian_noise_accuracy"]
+__all__ = ["CleverhansAttack", "CORRUPTIONS", "Corruption", "all_corruptions", "FGSM", "PGD", "SPSA",
+           "Attack", "GaussianNoise", "PerturbedModel", "RobustnessReport", "evaluate_robustness",
+           "gaussian_noise_accuracy"]

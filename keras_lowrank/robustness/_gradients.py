@@ -10,6 +10,8 @@ import contextlib
 
 import keras
 
+from keras_lowrank._keras_compat import replaced_attribute
+
 
 def _output_layer(model):
     layer = model.layers[-1] if getattr(model, "layers", None) else None
@@ -38,18 +40,11 @@ def _final_softmax_removed(model):
     then leaves alone (gradient masking by the loss, not by the model)."""
     layer = _output_layer(model)
     if isinstance(layer, keras.layers.Softmax):
-        object.__setattr__(layer, "call", lambda inputs, mask=None: inputs)
-        try:
+        with replaced_attribute(layer, "call", lambda inputs, mask=None: inputs):
             yield
-        finally:
-            object.__delattr__(layer, "call")
         return
-    activation = layer.activation
-    object.__setattr__(layer, "activation", keras.activations.linear)
-    try:
+    with replaced_attribute(layer, "activation", keras.activations.linear):
         yield
-    finally:
-        object.__setattr__(layer, "activation", activation)
 
 
 def forward_without_side_effects(model, x, logits=False):

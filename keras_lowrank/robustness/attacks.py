@@ -21,8 +21,7 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank._validation import check_clip, check_int, check_number
-from keras_lowrank.robustness._gradients import (Oracle, compile_attack, ends_in_softmax,
-                                                 forward_without_side_effects)
+from keras_lowrank.robustness._gradients import Oracle, compile_attack, ends_in_softmax, forward_without_side_effects
 
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
 _SYMBOL = {"inf": "∞", "2": "2"}

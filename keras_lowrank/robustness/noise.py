@@ -5,7 +5,6 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank._validation import check_number
-
 from keras_lowrank.analysis._batches import iterate_labelled
 
 

@@ -1,0 +1,73 @@
+"""What several modules ask of a model's dynamic low-rank layers: finding them,
+their condition numbers, the DLRT optimizer that trains them, and truncating
+them between steps with the optimizer's slots carried along.
+
+Shared by ``callbacks`` and ``compression`` (which therefore do not import each
+other).
+"""
+
+import numpy as np
+from keras import ops
+
+from keras_lowrank import factorization
+from keras_lowrank._keras_compat import all_sublayers
+from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
+from keras_lowrank.optimizer_slots import optimizer_slots, slot_kind
+from keras_lowrank.optimizers import DLRT
+
+
+def low_rank_layers(model):
+    """The dynamic low-rank layers of a model (nested models and layers included)."""
+    return [layer for layer in all_sublayers(model) if isinstance(layer, DynamicLowRankBase)]
+
+
+def condition_number(layer):
+    """cond(S_r) = σ_max / σ_min of the active block (= cond(W), U and V orthonormal)."""
+    _, s, _ = layer.factors()
+    d = np.linalg.svd(s, compute_uv=False)
+    return float(d[0] / d[-1]) if d[-1] > 0 else float("inf")
+
+
+def dlrt_of(optimizer):
+    """The DLRT optimizer ``optimizer`` is or wraps (LossScaleOptimizer(DLRT(…))), or None."""
+    while optimizer is not None:
+        if isinstance(optimizer, DLRT):
+            return optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return None
+
+
+def check_finite(layer, caller):
+    values = [ops.convert_to_numpy(v) for v in (layer.u, layer.s, layer.v)]
+    if not all(bool(np.all(np.isfinite(t))) for t in values):
+        raise FloatingPointError(
+            f"{caller}: layer {layer.name!r} has non-finite factors; not changing them "
+            "(the loss diverged — lower the learning rate).")
+
+
+def truncate_layer(layer, optimizer=None):
+    """Re-orthonormalises U, V and truncates the layer by its ``tol`` and
+    ``min_rank``, carrying ``optimizer``'s slots of the factors into the new bases
+    as the gradients they average transform (G = ∂L/∂W, W kept): ∇U' = ∇U Aᵀ,
+    ∇V' = ∇V Bᵀ with A = U'ᵀU, B = V'ᵀV, and, U' lying in span(U),
+    ∇S' = A (UᵀU)⁺ ∇S (VᵀV)⁺ Bᵀ (A ∇S Bᵀ for orthonormal U, V, as in DLRT). Zeroing
+    them instead would, with Keras' bias correction by the global step, make the
+    next Adam steps several learning rates long. Eager."""
+    old = [ops.convert_to_tensor(ops.convert_to_numpy(v)) for v in (layer.u, layer.s, layer.v)]
+    new = factorization.truncate(*factorization.orthonormalize(*old), layer.tol, layer.min_rank)
+    carry_slots(optimizer, layer, old, new)
+    for variable, value in zip((layer.u, layer.s, layer.v), new):
+        variable.assign(value)
+
+
+def carry_slots(optimizer, layer, old, new):
+    """Moves ``optimizer``'s slots of U, S, V from the factors ``old`` to ``new``
+    (see ``truncate_layer``)."""
+    u0, _, v0 = (ops.convert_to_numpy(t) for t in old)
+    a, b = (ops.convert_to_numpy(t) for t in factorization.basis_change(u0, v0, new[0], new[2]))
+    a_s = a @ np.linalg.pinv(u0.T @ u0)  # pinv: the zero columns beyond the rank
+    b_s = b @ np.linalg.pinv(v0.T @ v0)
+    for variable, left, right in ((layer.u, None, a), (layer.s, a_s, b_s), (layer.v, None, b)):
+        for slot in optimizer_slots(optimizer, variable):
+            kind = slot_kind(slot, variable)
+            slot.assign(factorization.carry_slot(slot.value, left, right, kind))

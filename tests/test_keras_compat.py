@@ -1,0 +1,84 @@
+"""Each private Keras API keras_lowrank relies on (all in ``_keras_compat``),
+checked against the installed Keras: a release that changes one fails here."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_lowrank import _keras_compat as compat
+from keras_lowrank.layers import DynamicLowRankDense
+from keras_lowrank.optimizers import DLRT
+
+pytestmark = pytest.mark.backend_neutral
+
+
+@pytest.mark.parametrize("config", [
+    dict(filters=5, kernel_size=(3, 3), strides=(1, 1), padding="valid", dilation_rate=(1, 1)),
+    dict(filters=4, kernel_size=(3, 2), strides=(2, 1), padding="same", dilation_rate=(1, 1)),
+    dict(filters=3, kernel_size=(2, 2), strides=(1, 1), padding="valid", dilation_rate=(2, 2)),
+])
+def test_conv_output_shape_is_the_conv_layers(config):
+    shape = (None, 9, 8, 2)
+    expected = keras.layers.Conv2D(**config).compute_output_shape(shape)
+    assert tuple(compat.compute_conv_output_shape(shape, data_format="channels_last", **config)) == \
+        tuple(expected)
+
+
+class Holder(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = DynamicLowRankDense(4, max_rank=2, name="held")
+
+    def call(self, x):
+        return self.inner(x)
+
+
+def test_sublayers_and_graph_models():
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(6, name="nested_dense")],
+                             name="inner")
+    inputs = keras.Input((6,))
+    outputs = Holder(name="holder")(inner(inputs))
+    functional = keras.Model(inputs, outputs)
+    names = {layer.name for layer in compat.all_sublayers(functional)}
+    assert {"inner", "nested_dense", "holder", "held"} <= names
+    assert [l.name for l in compat.direct_sublayers(functional)] == [l.name for l in functional.layers]
+    assert compat.is_graph_model(functional) and compat.is_graph_model(inner)
+
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    assert not compat.is_graph_model(Sub()) and not compat.is_graph_model(keras.layers.Dense(2))
+    layer = functional.get_layer("holder")
+    assert tuple(compat.build_input_shape(layer)) == (None, 6)
+    assert compat.build_input_shape(keras.layers.Dense(3)) is None
+
+
+def test_slot_names_and_untracked_inner_optimizer():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    kernel = model.layers[0].kernel
+    slots = [v.name for v in optimizer.variables if v.name.startswith(compat.slot_name_prefix(kernel))]
+    assert sorted(s[len(compat.slot_name_prefix(kernel)):] for s in slots) == ["momentum", "velocity"]
+    dlrt = DLRT(keras.optimizers.Adam())
+    dlrt.build(model.trainable_variables)
+    ids = [id(v) for v in dlrt.variables]
+    assert len(ids) == len(set(ids))  # the inner optimizer's variables are not tracked twice
+
+
+def test_replaced_attribute_restores_and_is_not_tracked():
+    layer = keras.layers.Dense(2, activation="relu")
+    layer.build((None, 3))
+    weights = len(layer.weights)
+    with compat.replaced_attribute(layer, "activation", keras.activations.linear):
+        assert layer.activation is keras.activations.linear
+        x = np.ones((1, 3), "float32")
+        linear = keras.ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), np.maximum(linear, 0))
+    assert layer.activation is keras.activations.relu and len(layer.weights) == weights
+    softmax = keras.layers.Softmax()
+    with compat.replaced_attribute(softmax, "call", lambda inputs, mask=None: inputs):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(softmax(np.ones((1, 3), "float32"))),
+                                      np.ones((1, 3)))
+    assert "call" not in vars(softmax)

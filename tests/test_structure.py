@@ -1,0 +1,100 @@
+"""The package's shape: no import cycles (imports inside functions included), no
+private Keras API outside ``_keras_compat``, nothing pointing outside the
+repository. Pure static checks (ast), fast, on every backend."""
+
+import ast
+import pathlib
+import re
+
+import pytest
+
+pytestmark = pytest.mark.backend_neutral
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "keras_lowrank"
+
+
+def _modules():
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    return modules
+
+
+def import_graph():
+    """module → the package modules it imports, anywhere in its body.
+    ``from pkg import sub`` imports the module ``pkg.sub`` (not ``pkg`` itself)."""
+    modules = _modules()
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                for alias in node.names:
+                    target = f"{base}.{alias.name}"
+                    graph[name].add(target if target in modules else base)
+            elif isinstance(node, ast.Import):
+                graph[name].update(alias.name for alias in node.names)
+        graph[name] = {t for t in graph[name] if t in modules and t != name}
+    return graph
+
+
+def find_cycle(graph):
+    """One import cycle as a list of modules, or None (depth-first search)."""
+    state = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state:
+                found = visit(target, path + [target])
+                if found:
+                    return found
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start, [start])
+            if found:
+                return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert "keras_lowrank.factorization" in graph["keras_lowrank.optimizers"]
+    # a package's __init__ re-exporting its modules is not a cycle with them
+    cycle = find_cycle({name: {t for t in targets if not name.startswith(t + ".")}
+                        for name, targets in graph.items()})
+    assert cycle is None, " → ".join(cycle)
+
+
+def test_private_keras_api_only_in_the_compat_module():
+    pattern = re.compile(r"keras\.src|\._flatten_layers|_build_shapes_dict|_is_graph_network"
+                         r"|object\.__setattr__|object\.__delattr__")
+    offenders = [f"{path.relative_to(ROOT)}:{number}"
+                 for path in PACKAGE.rglob("*.py") if path.name != "_keras_compat.py"
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if pattern.search(line)]
+    assert not offenders, offenders
+
+
+def test_nothing_points_outside_the_repository():
+    files = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".toml", ".sh", ".cfg")
+             and ".venv" not in p.parts and ".git" not in p.parts and "runs" not in p.parts]
+    offenders = [str(p.relative_to(ROOT)) for p in files
+                 if p.name != "test_structure.py" and re.search(r"\.\./shared|METHODS\.md", p.read_text())]
+    assert not offenders, offenders
