@@ -209,7 +209,9 @@ def to_low_rank(
     layers are DynamicLowRankDense / DynamicLowRankConv2D, initialised by the SVD
     of the trained kernel truncated to ``rank`` (an int) or, if ``rank`` is None,
     by the tolerance rule ‖d[r:]‖ < tol·‖d‖. Outputs match the original up to the
-    truncation error. Other layers keep their weights. A layer whose rank does
+    truncation error. Other layers keep their weights. The converted layers keep
+    activation, bias, regularizers (the kernel regularizer now on U S Vᵀ) and the
+    bias constraint; a kernel constraint is dropped with a warning. A layer whose rank does
     not pay (r·(n_in + n_out) ≥ n_in·n_out: the factorised layer would be the
     larger) stays dense, with a warning naming it: the result is never bigger
     than ``model``.
@@ -265,6 +267,12 @@ def to_low_rank(
         if r_max < r:
             raise ValueError(f"`max_rank` ({r_max}) is below the rank chosen for {layer.name!r} ({r}).")
         plans[id(layer)] = (u[:, :r], d[:r], v[:, :r], r, r_max)
+    constrained = [l.name for l in chosen if id(l) in plans and l.kernel_constraint is not None]
+    if constrained:
+        warnings.warn(
+            f"to_low_rank dropped the kernel_constraint of {constrained}: a low-rank kernel is "
+            "trained through its factors and takes no kernel constraint (regularizers, the "
+            "bias constraint, initializers and activations are carried).", stacklevel=2)
     if kept_dense:
         warnings.warn(
             "to_low_rank left these layers dense: at their rank the factorised layer "
@@ -282,6 +290,10 @@ def to_low_rank(
             max_rank=r_max, rank=r, min_rank=min(min_rank, r), tol=tol, spectral_weight=spectral_weight,
             activation=config["activation"], use_bias=config["use_bias"], name=config["name"],
             bias_initializer=config["bias_initializer"], dtype=config.get("dtype"),
+            kernel_regularizer=config.get("kernel_regularizer"),
+            bias_regularizer=config.get("bias_regularizer"),
+            activity_regularizer=config.get("activity_regularizer"),
+            bias_constraint=config.get("bias_constraint"),
         )
         if isinstance(layer, keras.layers.Dense):
             return DynamicLowRankDense(config["units"], **common)

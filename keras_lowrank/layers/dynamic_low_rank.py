@@ -47,9 +47,19 @@ class DynamicLowRankBase(keras.layers.Layer):
         use_bias=True,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if kernel_constraint is not None:
+            raise ValueError(
+                "`kernel_constraint` is not supported: a constraint projects the kernel W "
+                "after each step, but W = U S Vᵀ is trained through its factors (and DLRT "
+                "keeps U, V orthonormal). Use `SpectralConditioning` to bound cond(W), or a "
+                "kernel_regularizer.")
         max_rank = _check_positive_int(max_rank, "max_rank", allow_none=True)
         rank = _check_positive_int(rank, "rank", allow_none=True)
         min_rank = _check_positive_int(min_rank, "min_rank")
@@ -75,6 +85,9 @@ class DynamicLowRankBase(keras.layers.Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
 
     # -- construction -------------------------------------------------------
     def build(self, input_shape):
@@ -98,6 +111,7 @@ class DynamicLowRankBase(keras.layers.Layer):
                 f"`rank` ({self.initial_rank}) must be ≤ `max_rank` ({self.max_rank})."
             )
         self.n_in, self.n_out = n_in, n_out
+        self.input_spec = self._built_input_spec(input_shape)
         # The rank-r truncation of the kernel a full layer would start from,
         # computed when the variables are initialised, not here: a subclassed
         # model builds its layers inside a traced call (Keras' symbolic build,
@@ -128,7 +142,8 @@ class DynamicLowRankBase(keras.layers.Layer):
         self.v = self._add_factor("V", (n_out, self.max_rank), initializer("V"))
         if self.use_bias:
             self.bias = self.add_weight(
-                name="bias", shape=(n_out,), initializer=self.bias_initializer
+                name="bias", shape=(n_out,), initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer, constraint=self.bias_constraint,
             )
         else:
             self.bias = None
@@ -185,6 +200,10 @@ class DynamicLowRankBase(keras.layers.Layer):
 
     # -- forward ------------------------------------------------------------
     def call(self, inputs):
+        if self.kernel_regularizer is not None:
+            # On the kernel W = U S Vᵀ itself, as Dense's: one n_in × r × n_out
+            # product per step (for an L2 regularizer ‖W‖² = ‖S‖², U and V orthonormal).
+            self.add_loss(self.kernel_regularizer(self.kernel))
         if self.spectral_weight > 0:
             rank = factorization.active_rank(self.u)
             self.add_loss(self.spectral_weight * factorization.spectral_penalty(self.s, rank))
@@ -198,7 +217,7 @@ class DynamicLowRankBase(keras.layers.Layer):
         config = super().get_config()
         config.update(
             max_rank=self.max_rank,
-            rank=self.initial_rank,
+            rank=self._config_rank(),
             min_rank=self.min_rank,
             tol=self.tol,
             spectral_weight=self.spectral_weight,
@@ -206,8 +225,21 @@ class DynamicLowRankBase(keras.layers.Layer):
             use_bias=self.use_bias,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
+            bias_constraint=keras.constraints.serialize(self.bias_constraint),
         )
         return config
+
+    def _config_rank(self):
+        """The current rank once built (``rank`` means the current rank, as the
+        property does), else the initial one."""
+        if not self.built:
+            return self.initial_rank
+        try:
+            return self.rank
+        except Exception:  # a traced value (inside a trace): the initial rank
+            return self.initial_rank
 
 
 def _svd_factors(matrix):
@@ -233,6 +265,13 @@ class DynamicLowRankDense(DynamicLowRankBase):
         activation, use_bias, kernel_initializer, bias_initializer: as in
             ``keras.layers.Dense``; from scratch the factors are the SVD of a
             kernel drawn from ``kernel_initializer``, truncated to ``rank``.
+        kernel_regularizer: applied to the kernel W = U S Vᵀ, as Dense's.
+        bias_regularizer, bias_constraint, activity_regularizer: as in Dense.
+        kernel_constraint: not supported (ValueError): W is trained through its
+            factors; ``callbacks.SpectralConditioning`` bounds cond(W).
+
+    ``rank`` is the current active rank: the property, and the ``rank`` of
+    ``get_config`` once the layer is built (so a reloaded layer starts there).
     """
 
     def __init__(self, units, max_rank=None, rank=None, **kwargs):
@@ -243,6 +282,9 @@ class DynamicLowRankDense(DynamicLowRankBase):
 
     def _matrix_shape(self, input_shape):
         return int(input_shape[-1]), self.units
+
+    def _built_input_spec(self, input_shape):
+        return keras.layers.InputSpec(min_ndim=2, axes={-1: int(input_shape[-1])})
 
     def _kernel_shape(self, n_in, n_out):
         return (n_in, n_out)
@@ -321,6 +363,9 @@ class DynamicLowRankConv2D(DynamicLowRankBase):
 
     def _kernel_shape(self, n_in, n_out):
         return (*self.kernel_size, self.input_channels, n_out)
+
+    def _built_input_spec(self, input_shape):
+        return keras.layers.InputSpec(ndim=4, axes={-1: int(input_shape[-1])})
 
     def _apply_kernel(self, inputs, u, s_vt):
         u4 = ops.reshape(u, (*self.kernel_size, self.input_channels, self.max_rank))
