@@ -433,3 +433,30 @@ def test_analysis_entry_points_refuse_what_they_cannot_measure():
     # valid inputs still measure
     ranks = representation_ranks(model, x)
     assert all(r.variance_rank >= 1 for r in ranks.values())
+
+
+# -- 17. one base class for what perturbs inputs ------------------------------------------------------------
+def test_every_perturbation_shares_the_base_class_and_a_user_subclass_evaluates():
+    from keras_lowrank.robustness import SPSA, Corruption, Perturbation
+
+    for perturbation in (FGSM(0.1), PGD(0.1), SPSA(0.1), GaussianNoise(0.1),
+                         Corruption("contrast", 3)):
+        assert isinstance(perturbation, Perturbation)
+
+    class Darken(Perturbation):
+        clip = (0.0, 1.0)
+
+        def perturb_in_graph(self, model, x, y=None):
+            return x * 0.25
+
+        def get_config(self):
+            return {}
+
+    x, y = _unit_data()
+    model = _classifier()
+    report = evaluate_robustness(model, (x, y), corruptions=[Darken()], large_eps=None)
+    expected = np.mean(_np(model(x * 0.25)).argmax(1) == y)
+    assert report.rows[-1]["accuracy"] == pytest.approx(expected, abs=1e-6)
+    np.testing.assert_allclose(_np(Darken()(model, x)), x * 0.25)
+    with pytest.raises(ValueError, match="Perturbation"):
+        PerturbedModel(model, object())

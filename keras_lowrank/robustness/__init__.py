@@ -5,9 +5,9 @@ from keras_lowrank.robustness.cleverhans_adapter import CleverhansAttack
 from keras_lowrank.robustness.corruptions import CORRUPTIONS, Corruption, all_corruptions
 from keras_lowrank.robustness.evaluation import PerturbedModel
 from keras_lowrank.robustness.noise import gaussian_noise_accuracy
-from keras_lowrank.robustness.perturbations import GaussianNoise
+from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
 from keras_lowrank.robustness.report import RobustnessReport, evaluate_robustness
 
 __all__ = ["CleverhansAttack", "CORRUPTIONS", "Corruption", "all_corruptions", "FGSM", "PGD", "SPSA",
-           "Attack", "GaussianNoise", "PerturbedModel", "RobustnessReport", "evaluate_robustness",
+           "Attack", "Perturbation", "GaussianNoise", "PerturbedModel", "RobustnessReport", "evaluate_robustness",
            "gaussian_noise_accuracy"]

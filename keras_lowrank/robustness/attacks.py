@@ -22,6 +22,7 @@ from keras import ops
 
 from keras_lowrank._validation import check_clip, check_int, check_number
 from keras_lowrank.robustness._gradients import Oracle, compile_attack, ends_in_softmax, forward_without_side_effects
+from keras_lowrank.robustness.perturbations import Perturbation
 
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
 _SYMBOL = {"inf": "∞", "2": "2"}
@@ -66,8 +67,9 @@ def outputs_logits(model):
     return not ends_in_softmax(model)
 
 
-class Attack:
-    """Base class: label handling, input checks, compiled per-model graphs.
+class Attack(Perturbation):
+    """Base class of the attacks: label handling, input checks, compiled
+    per-model graphs (a ``Perturbation``).
 
     Args:
         targeted: if True, ``y`` holds target classes and the attack pushes

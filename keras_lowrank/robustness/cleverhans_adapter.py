@@ -21,10 +21,11 @@ import importlib
 import keras
 
 from keras_lowrank.robustness._gradients import forward_without_side_effects
+from keras_lowrank.robustness.perturbations import Perturbation
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
-class CleverhansAttack:
+class CleverhansAttack(Perturbation):
     """Adapter: a cleverhans tf2 attack function and its keyword arguments."""
 
     def __init__(self, attack_fn, name=None, **kwargs):

@@ -23,6 +23,8 @@ import math
 import keras
 from keras import ops
 
+from keras_lowrank.robustness.perturbations import Perturbation
+
 SEVERITIES = {
     "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),
     "shot_noise": (500, 250, 100, 75, 50),
@@ -39,7 +41,7 @@ IMAGE_CORRUPTIONS = ("gaussian_blur", "pixelate", "jpeg")
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
-class Corruption:
+class Corruption(Perturbation):
     """One corruption at one severity (1..5), applied per batch in-graph.
 
     Args:

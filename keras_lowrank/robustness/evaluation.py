@@ -39,8 +39,9 @@ class PerturbedModel(LabelsInCall, keras.Model):
 
     Args:
         model: a Keras classifier (logits or probabilities).
-        perturbation: an attack (``FGSM``, ``PGD``) or any object with
-            ``perturb_in_graph(model, x, y)`` written in ``keras.ops``.
+        perturbation: a ``Perturbation``: an attack (``FGSM``, ``PGD``, ``SPSA``),
+            ``GaussianNoise``, a ``Corruption``, or a subclass of your own
+            (any object with ``perturb_in_graph(model, x, y)`` in ``keras.ops``).
     """
 
     def __init__(self, model, perturbation, **kwargs):
@@ -51,8 +52,9 @@ class PerturbedModel(LabelsInCall, keras.Model):
         super().__init__(**kwargs)
         if not hasattr(perturbation, "perturb_in_graph"):
             raise ValueError(
-                "`perturbation` must be an attack such as FGSM or PGD, or an "
-                "object with perturb_in_graph(model, x, y); got "
+                "`perturbation` must be a keras_lowrank.robustness.Perturbation (an attack "
+                "such as FGSM or PGD, GaussianNoise, a Corruption, or a subclass implementing "
+                "perturb_in_graph(model, x, y)); got "
                 f"{type(perturbation).__name__}."
             )
         self.model = model

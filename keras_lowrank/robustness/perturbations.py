@@ -1,5 +1,6 @@
-"""Random perturbations usable wherever an attack is (``PerturbedModel``,
-``evaluate_robustness``): they act inside the compiled step, in ``keras.ops``."""
+"""``Perturbation``, the base class of everything ``PerturbedModel`` and
+``evaluate_robustness`` apply to inputs (attacks, noise, corruptions), and the
+random perturbations. They act inside the compiled step, in ``keras.ops``."""
 
 import keras
 from keras import ops
@@ -7,8 +8,52 @@ from keras import ops
 from keras_lowrank._validation import check_clip, check_number
 
 
+class Perturbation:
+    """Base class of input perturbations (the ``keras.regularizers.Regularizer``
+    pattern: a configured object, serialisable by ``get_config``/``from_config``).
+
+    Subclasses implement ``perturb_in_graph(model, x, y=None)`` in ``keras.ops``:
+    it is traced inside Keras' compiled steps (``PerturbedModel``), so it must not
+    read values on the host; ``y`` holds integer labels or is None. ``clip`` is
+    the input range the perturbation clips to ((low, high) or None): inputs
+    outside it are reported by ``PerturbedModel``. Register subclasses with
+    ``keras.saving.register_keras_serializable`` to save them with a model.
+
+    Example:
+
+    >>> class Shift(Perturbation):
+    ...     def __init__(self, delta):
+    ...         self.delta = delta
+    ...     def perturb_in_graph(self, model, x, y=None):
+    ...         return x + self.delta
+    ...     def get_config(self):
+    ...         return {"delta": self.delta}
+    >>> ops.convert_to_numpy(Shift(0.5)(None, [[1.0]])).tolist()
+    [[1.5]]
+    """
+
+    clip = None
+
+    def perturb_in_graph(self, model, x, y=None):
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement perturb_in_graph(model, x, y=None).")
+
+    def __call__(self, model, x, y=None):
+        """The perturbed batch, computed now (``perturb_in_graph`` outside a step)."""
+        x = ops.convert_to_tensor(x, "float32")
+        y = None if y is None else ops.convert_to_tensor(y)
+        return self.perturb_in_graph(model, x, y)
+
+    def get_config(self):
+        raise NotImplementedError(f"{type(self).__name__} must implement get_config().")
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package="keras_lowrank")
-class GaussianNoise:
+class GaussianNoise(Perturbation):
     """x̃ = clip(x + σ ε), ε ~ N(0, I): a new draw for every batch.
 
     Args:
@@ -25,10 +70,6 @@ class GaussianNoise:
 
     def get_config(self):
         return {"sigma": self.sigma, "clip": self.clip, "seed": self.seed}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
     def perturb_in_graph(self, model, x, y=None):
         noisy = x + self.sigma * keras.random.normal(ops.shape(x), seed=self._seed)

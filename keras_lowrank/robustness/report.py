@@ -11,10 +11,10 @@ from keras_lowrank.analysis._batches import check_not_load_pair
 from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, outputs_logits
 from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
-from keras_lowrank.robustness.perturbations import GaussianNoise
+from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
 
 
-class _Identity:
+class _Identity(Perturbation):
     name = "clean"
 
     def perturb_in_graph(self, model, x, y=None):
