@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, factorization
+from keras_lowrank import factorization
+from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense
 
 pytestmark = pytest.mark.backend_neutral
 
