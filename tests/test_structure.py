@@ -98,3 +98,18 @@ def test_nothing_points_outside_the_repository():
     offenders = [str(p.relative_to(ROOT)) for p in files
                  if p.name != "test_structure.py" and re.search(r"\.\./shared|METHODS\.md", p.read_text())]
     assert not offenders, offenders
+
+
+def test_docstring_examples_run():
+    """Every ``>>>`` example in the package's docstrings runs and prints what it says."""
+    import doctest
+    import importlib
+
+    tried = 0
+    for name in sorted(_modules()):
+        if "demo" in name or name.endswith("__main__"):
+            continue
+        result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, name
+        tried += result.attempted
+    assert tried >= 2  # the examples exist (Perturbation's)
