@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= tensorflow-cpu,jax,test
+EXTRAS ?= tensorflow-cpu,jax,cli,test
 OUT ?= runs/demo
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile -q
 

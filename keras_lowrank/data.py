@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from keras_lowrank._optional import require
 from keras_lowrank._validation import check_int
 
 OFFLINE_DATASETS = ("digits", "mnist1d")
@@ -92,6 +93,7 @@ def load(name, split="train", batch_size=128, shuffle=None, seed=0,
 
 def load_digits_arrays(split):
     """Digits as (images (n, 8, 8, 1) float32 in [0, 1], labels int32)."""
+    require("sklearn", "The 'digits' dataset")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -143,6 +145,7 @@ def _read_mnist1d(path, split):
 
 
 def _write_mnist1d(path):
+    require("mnist1d", "The 'mnist1d' dataset")
     from mnist1d.data import get_dataset_args, make_dataset
 
     raw = make_dataset(get_dataset_args())

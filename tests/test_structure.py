@@ -113,3 +113,24 @@ def test_docstring_examples_run():
         assert result.failed == 0, name
         tried += result.attempted
     assert tried >= 2  # the examples exist (Perturbation's)
+
+
+def test_core_imports_need_only_keras_and_numpy():
+    """The package imports with scikit-learn, mnist1d and matplotlib absent; using
+    what needs them names the extra to install."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('sklearn', 'mnist1d', 'matplotlib'):\n"
+        "    sys.modules[name] = None  # importing it fails\n"
+        "import keras_lowrank, keras_lowrank.analysis, keras_lowrank.robustness\n"
+        "from keras_lowrank import data\n"
+        "try:\n"
+        "    data.load_digits_arrays('train')\n"
+        "except ImportError as error:\n"
+        "    print(error)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "keras-lowrank[data]" in done.stdout

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lowrank._optional import require
 from keras_lowrank.analysis._batches import iterate_inputs
 from keras_lowrank.analysis.representation import feature_extractor, resolve_layers
 from keras_lowrank.precision import float32_matmuls
@@ -112,6 +113,7 @@ class CKAMap:
         return image
 
     def plot(self, path, title=None):
+        require("matplotlib", "Plotting")
         import matplotlib
 
         matplotlib.use("Agg")

@@ -7,6 +7,7 @@ import json
 
 import keras
 
+from keras_lowrank._optional import require
 from keras_lowrank.analysis._batches import check_not_load_pair
 from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, outputs_logits
 from keras_lowrank.robustness.corruptions import Corruption
@@ -88,6 +89,7 @@ class RobustnessReport:
 
     def plot(self, path, title=None):
         """Accuracy vs eps per attack (and vs sigma for noise), saved to ``path``."""
+        require("matplotlib", "Plotting")
         import matplotlib
 
         matplotlib.use("Agg")
