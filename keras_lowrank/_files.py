@@ -41,8 +41,14 @@ def staged_folder(path, overwrite=False, argument="output"):
         check_output_folder(path, overwrite, argument)  # nobody wrote there meanwhile
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-            os.rename(path, os.path.join(old, "previous"))
-            os.rename(staging, path)
+            previous = os.path.join(old, "previous")
+            os.rename(path, previous)
+            try:
+                os.rename(staging, path)
+            except BaseException:
+                os.rename(previous, path)  # put the user's folder back
+                shutil.rmtree(old, ignore_errors=True)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(staging, path)
