@@ -32,7 +32,6 @@ class LabelsInCall:
             return step(*args)
         finally:
             self._labels = None
-            self._invalid_in_batch = None
 
     def train_step(self, *args):
         return self._with_labels(super().train_step, args)

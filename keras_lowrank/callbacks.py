@@ -66,8 +66,7 @@ class _FactorCallback(keras.callbacks.Callback):
         self._pending = False
         self._apply()
 
-    def _apply(self):
-        self._sync()
+    def _apply(self):  # after _apply_when_due's sync
         optimizer = getattr(self.model, "optimizer", None)
         for layer in low_rank_layers(self.model):
             check_finite(layer, type(self).__name__)

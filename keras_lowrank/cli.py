@@ -41,13 +41,15 @@ def main(argv=None):
     for flag in ("epochs", "dlrt_epochs", "analysis_epochs", "rank"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be ≥ 1, got {getattr(args, flag)}")
-    import math
+    from keras_lowrank._validation import check_number
 
     for flag, values in (("projection-weight", [args.projection_weight]),
                          ("sigmas", args.sigmas)):
-        bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
-        if bad:
-            parser.error(f"--{flag} must be finite and ≥ 0, got {bad[0]}")
+        for value in values:
+            try:
+                check_number(value, f"--{flag}", minimum=0.0)
+            except ValueError as error:
+                parser.error(str(error).replace("`", ""))
     if not args.seeds:
         parser.error("--seeds needs at least one seed")
     from keras_lowrank._files import check_output_folder

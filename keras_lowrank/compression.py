@@ -106,7 +106,7 @@ def compression_summary(model):
             compression_rate=1.0 - low_params / dense_params,
             dense_macs=dense_macs, low_rank_macs=low_macs, cond=condition_number(layer),
         ))
-    for layer in _flatten(model):
+    for layer in all_sublayers(model):
         if type(layer) in (keras.layers.Dense, keras.layers.Conv2D) and layer.built:
             kernel = layer.kernel.shape
             n_in, n_out = int(np.prod(kernel[:-1])), int(kernel[-1])
@@ -128,16 +128,6 @@ def compression_summary(model):
         model_compression_rate=(1.0 - (others + low) / (others + dense)) if others + dense else 0.0,
     )
     return CompressionSummary(rows, total)
-
-
-def _flatten(model):
-    """Every layer of ``model``, nested models included (depth first)."""
-    found = []
-    for layer in getattr(model, "layers", []):
-        found.append(layer)
-        if isinstance(layer, keras.Model):
-            found.extend(_flatten(layer))
-    return found
 
 
 def _unfinished_cycle(model):

@@ -109,6 +109,12 @@ class PerturbedModel(LabelsInCall, keras.Model):
 
     _invalid_in_batch = None
 
+    def _with_labels(self, step, args):
+        try:
+            return super()._with_labels(step, args)
+        finally:
+            self._invalid_in_batch = None  # a traced value of that step only
+
     def _checked_batch(self, x, y):
         """Counts invalid labels (not integers in [0, classes), or one-hot rows that
         are not distributions) and replaces them by class 0 for this step."""
