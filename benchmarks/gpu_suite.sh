@@ -26,7 +26,7 @@ export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
   python3 -c "import jax, keras; print('jax', jax.__version__, 'keras', keras.__version__, jax.devices())"
   date -u; } | tee "$OUT/machine.txt"   # (the machine's copy has no up-to-date .git: note the commit by hand)
 timeout "${GPU_SUITE_TEST_SECONDS:-420}" python3 -m pytest -q -n "${GPU_SUITE_WORKERS:-8}" \
-    -m backend_neutral -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log" | tail -n 40
+    -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log" | tail -n 40
 status=${PIPESTATUS[0]}
 if [ "${GPU_SUITE_BENCH:-0}" = 1 ]; then
     timeout 240 python3 benchmarks/pgd_gpu.py --repeats 3 2>&1 | tee "$OUT/pgd_gpu.log" | tail -n 20

@@ -66,7 +66,7 @@ def main(argv=None):
 
     # predict_on_batch retraces once per batch shape; TF warns about it at length.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    from keras_lowrank.demo import run_demo  # imports Keras: keep --help fast
+    from keras_lowrank_experiments.demo import run_demo  # imports Keras: keep --help fast
 
     run_demo(args.output, dataset=args.dataset, epochs=args.epochs, rank=args.rank,
              projection_weight=args.projection_weight, sigmas=args.sigmas,

@@ -7,6 +7,17 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test runs on every backend, except those marked ``tf_only(reason)``,
+    which are skipped with their reason on the others."""
+    backend = keras.backend.backend()
+    for item in items:
+        marker = item.get_closest_marker("tf_only")
+        if marker is not None and backend != "tensorflow":
+            reason = marker.args[0] if marker.args else "TensorFlow only"
+            item.add_marker(pytest.mark.skip(reason=f"needs the TensorFlow backend: {reason}"))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)

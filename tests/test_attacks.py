@@ -7,8 +7,6 @@ import pytest
 from keras_lowrank import data
 from keras_lowrank.robustness import FGSM, PGD
 
-pytestmark = pytest.mark.backend_neutral
-
 
 @pytest.fixture(scope="module")
 def digits():

@@ -5,12 +5,10 @@ import numpy as np
 import pytest
 
 from keras_lowrank import data
-from keras_lowrank.models import small_cnn
 from keras_lowrank.robustness import FGSM, PGD
+from keras_lowrank_experiments.models import small_cnn
 
-if keras.backend.backend() != "tensorflow":
-    pytest.skip("cleverhans' tf2 attacks need the TensorFlow backend",
-                allow_module_level=True)
+pytestmark = pytest.mark.tf_only("cleverhans' tf2 attacks run on TensorFlow tensors")
 ch_fgm = pytest.importorskip("cleverhans.tf2.attacks.fast_gradient_method")
 ch_pgd = pytest.importorskip("cleverhans.tf2.attacks.projected_gradient_descent")
 

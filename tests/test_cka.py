@@ -7,7 +7,7 @@ import pytest
 from keras_lowrank import float32_matmuls
 from keras_lowrank.analysis import cka_map, linear_cka, rbf_cka
 
-pytestmark = [pytest.mark.backend_neutral, pytest.mark.own_precision]  # own_precision: see conftest
+pytestmark = pytest.mark.own_precision  # own_precision: see conftest
 # float64 on TensorFlow; JAX forms its Gram matrices in float32 unless x64 is enabled.
 TOL = 1e-6 if keras.backend.backend() == "tensorflow" else 1e-5
 

@@ -27,7 +27,6 @@ def _np(x):
     return ops.convert_to_numpy(x)
 
 
-@pytest.mark.backend_neutral
 def test_to_low_rank_at_full_rank_reproduces_the_model_and_truncation_error_is_bounded(rng):
     model = _cnn()
     x = rng.uniform(size=(6, 8, 8, 1)).astype("float32")
@@ -94,7 +93,6 @@ def _train_briefly(model, x, y):
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
 
 
-@pytest.mark.backend_neutral
 def test_export_compressed_keras_file_is_small_and_reloads_exactly(rng, tmp_path):
     x = rng.uniform(size=(32, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 10, size=32)
@@ -126,7 +124,6 @@ def test_exported_file_shrinks_with_the_parameters(tmp_path):
     assert low_bytes < 0.15 * dense_bytes
 
 
-@pytest.mark.backend_neutral
 @pytest.mark.parametrize("optimizer", ["dlrt", "adam"])
 def test_export_of_a_compiled_model_keeps_compile_settings_but_no_optimizer_state(
         optimizer, rng, tmp_path):
@@ -159,7 +156,6 @@ def _tol_rank(d, tol, min_rank=1):
     return max(min_rank, next(r for r, tail in enumerate(tails) if tail < tol * np.linalg.norm(d)))
 
 
-@pytest.mark.backend_neutral
 def test_truncate_ranks_ends_an_unfinished_dlrt_cycle_before_export(rng, tmp_path):
     import warnings
 
@@ -249,7 +245,6 @@ def _factor_model():
     ])
 
 
-@pytest.mark.backend_neutral
 def test_rank_truncation_callback_with_a_plain_optimizer(rng):
     x = rng.normal(size=(64, 16)).astype("float32")
     y = rng.normal(size=(64, 4)).astype("float32")
@@ -272,7 +267,6 @@ def test_rank_truncation_callback_with_a_plain_optimizer(rng):
     assert np.isfinite(history.history[f"{first.name}/cond"][-1])
 
 
-@pytest.mark.backend_neutral
 def test_spectral_conditioning_callback_caps_the_condition_number(rng):
     x = rng.normal(size=(64, 16)).astype("float32")
     y = rng.normal(size=(64, 4)).astype("float32")
@@ -299,7 +293,6 @@ def _gradient_like_moments(rng, layer, optimizer):
     return g, momenta
 
 
-@pytest.mark.backend_neutral
 def test_rank_truncation_carries_the_moments_as_the_gradients_move(rng):
     layer = DynamicLowRankDense(12, max_rank=6, rank=6, tol=0.01)
     model = keras.Sequential([keras.Input((10,)), layer])
@@ -349,8 +342,7 @@ def test_callbacks_refuse_to_truncate_non_finite_factors():
         callbacks.SpectralConditioning(kappa=0.5)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="TFLite export converts a TensorFlow SavedModel")
+@pytest.mark.tf_only("TFLite export converts a TensorFlow SavedModel")
 def test_tflite_export_runs_in_the_interpreter_and_matches(rng, tmp_path):
     import tensorflow as tf
 

@@ -4,8 +4,6 @@ import pytest
 
 from keras_lowrank.robustness.corruptions import CORRUPTIONS, Corruption, all_corruptions
 
-pytestmark = pytest.mark.backend_neutral
-
 
 def apply(name, severity, x, seed=0):
     return np.asarray(keras.ops.convert_to_numpy(Corruption(name, severity, seed=seed)(None, x)))

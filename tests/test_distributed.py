@@ -5,7 +5,6 @@ import re
 import subprocess
 import sys
 
-import keras
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -23,7 +22,7 @@ def run_script(name, pattern):
     return found.groups()
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")
+@pytest.mark.tf_only("tf.distribute")
 def test_evaluate_under_attack_is_the_same_on_two_replicas():
     replicas, distributed, single, loss, outside = run_script(
         "mirrored_perturbed_model.py",
@@ -35,7 +34,7 @@ def test_evaluate_under_attack_is_the_same_on_two_replicas():
     assert outside == "1"  # the input-range guard counts the second replica's inputs too
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")
+@pytest.mark.tf_only("tf.distribute")
 def test_dlrt_training_on_two_replicas_matches_one_device():
     replicas, diff, rounding, ranks_single, ranks_mirrored, ortho = run_script(
         "mirrored_dlrt.py",

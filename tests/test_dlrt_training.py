@@ -8,8 +8,6 @@ from keras import ops
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense
 from keras_lowrank.optimizers import DLRT
 
-pytestmark = pytest.mark.backend_neutral
-
 
 def _linear_problem(rng, rank, n=1280, dim=64):
     x = rng.normal(size=(n, dim)).astype("float32")

@@ -8,8 +8,6 @@ from keras import ops
 from keras_lowrank import factorization
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense
 
-pytestmark = pytest.mark.backend_neutral
-
 
 def _np(x):
     return ops.convert_to_numpy(x)

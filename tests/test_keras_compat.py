@@ -9,8 +9,6 @@ from keras_lowrank import _keras_compat as compat
 from keras_lowrank.layers import DynamicLowRankDense
 from keras_lowrank.optimizers import DLRT
 
-pytestmark = pytest.mark.backend_neutral
-
 
 @pytest.mark.parametrize("config", [
     dict(filters=5, kernel_size=(3, 3), strides=(1, 1), padding="valid", dilation_rate=(1, 1)),

@@ -12,8 +12,6 @@ from keras import ops
 from keras_lowrank import compression
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense
 
-pytestmark = pytest.mark.backend_neutral
-
 
 def _np(x):
     return np.asarray(ops.convert_to_numpy(x), np.float64)

@@ -4,8 +4,6 @@ import pytest
 
 from keras_lowrank import LowRankProjection
 
-pytestmark = pytest.mark.backend_neutral
-
 
 def numpy_losses(a, w, b):
     """L_c and L_n of docs/methods.md §1 written independently in column-vector form."""

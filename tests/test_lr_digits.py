@@ -4,10 +4,10 @@ import keras
 import pytest
 
 from keras_lowrank import analysis, data
-from keras_lowrank.demo import train_model
-from keras_lowrank.models import small_cnn
+from keras_lowrank_experiments.demo import train_model
+from keras_lowrank_experiments.models import small_cnn
 
-pytestmark = [pytest.mark.slow, pytest.mark.backend_neutral]
+pytestmark = pytest.mark.slow
 
 RANK = 10
 

@@ -9,7 +9,6 @@ import pytest
 from keras_lowrank import LowRankProjection, data
 from keras_lowrank.robustness import FGSM, PGD, PerturbedModel
 
-pytestmark = pytest.mark.backend_neutral
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 

@@ -8,8 +8,6 @@ import pytest
 from keras_lowrank.analysis import perturbation_dimensionality
 from keras_lowrank.robustness import FGSM, Corruption, GaussianNoise
 
-pytestmark = pytest.mark.backend_neutral
-
 
 def np_pca_dimension(delta, threshold):
     delta = delta.reshape(len(delta), -1).astype(np.float64)

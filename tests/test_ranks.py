@@ -3,8 +3,6 @@ import pytest
 
 from keras_lowrank import analysis
 
-pytestmark = pytest.mark.backend_neutral
-
 
 def matrix_of_rank(rng, n, m, r, spectrum=None):
     q1, _ = np.linalg.qr(rng.normal(size=(n, r)))

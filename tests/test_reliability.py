@@ -22,7 +22,6 @@ from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowR
 from keras_lowrank.optimizers import DLRT
 from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel, evaluate_robustness
 
-pytestmark = pytest.mark.backend_neutral
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -155,7 +154,7 @@ def test_low_rank_layers_in_a_subclassed_model_call_fit_predict(rng):
     model.predict(xs, verbose=0)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="SavedModel export")
+@pytest.mark.tf_only("SavedModel export")
 def test_subclassed_model_exports_a_saved_model(rng, tmp_path):
     import tensorflow as tf
 

@@ -4,8 +4,6 @@ import pytest
 
 from keras_lowrank import analysis
 
-pytestmark = pytest.mark.backend_neutral
-
 
 def conv_model():
     inputs = keras.Input((6, 6, 2))

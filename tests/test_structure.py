@@ -6,9 +6,6 @@ import ast
 import pathlib
 import re
 
-import pytest
-
-pytestmark = pytest.mark.backend_neutral
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "keras_lowrank"
 
@@ -82,6 +79,17 @@ def test_no_import_cycles():
     assert cycle is None, " → ".join(cycle)
 
 
+def test_the_library_does_not_import_the_experiments():
+    """Demos and reference models live in keras_lowrank_experiments; only the CLI's
+    ``demo`` command reaches them."""
+    offenders = [f"{path.relative_to(ROOT)}:{number}"
+                 for path in PACKAGE.rglob("*.py") if path.name != "cli.py"
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if "keras_lowrank_experiments" in line]
+    assert not offenders, offenders
+    assert not any("demo" in name or name.endswith(".models") for name in _modules())
+
+
 def test_private_keras_api_only_in_the_compat_module():
     pattern = re.compile(r"keras\.src|\._flatten_layers|_build_shapes_dict|_is_graph_network"
                          r"|object\.__setattr__|object\.__delattr__")
@@ -107,7 +115,7 @@ def test_docstring_examples_run():
 
     tried = 0
     for name in sorted(_modules()):
-        if "demo" in name or name.endswith("__main__"):
+        if name.endswith("__main__"):
             continue
         result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, name

@@ -4,10 +4,8 @@ from keras_lowrank.robustness.attacks import FGSM, PGD, SPSA, Attack
 from keras_lowrank.robustness.cleverhans_adapter import CleverhansAttack
 from keras_lowrank.robustness.corruptions import CORRUPTIONS, Corruption, all_corruptions
 from keras_lowrank.robustness.evaluation import PerturbedModel
-from keras_lowrank.robustness.noise import gaussian_noise_accuracy
 from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
 from keras_lowrank.robustness.report import RobustnessReport, evaluate_robustness
 
 __all__ = ["CleverhansAttack", "CORRUPTIONS", "Corruption", "all_corruptions", "FGSM", "PGD", "SPSA",
-           "Attack", "Perturbation", "GaussianNoise", "PerturbedModel", "RobustnessReport", "evaluate_robustness",
-           "gaussian_noise_accuracy"]
+           "Attack", "Perturbation", "GaussianNoise", "PerturbedModel", "RobustnessReport", "evaluate_robustness"]

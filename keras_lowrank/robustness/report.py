@@ -6,8 +6,10 @@ import dataclasses
 import json
 
 import keras
+import numpy as np
 
 from keras_lowrank._optional import require
+from keras_lowrank._validation import check_number
 from keras_lowrank.analysis._batches import check_not_load_pair
 from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, outputs_logits
 from keras_lowrank.robustness.corruptions import Corruption
@@ -142,7 +144,8 @@ def _accuracy(model, perturbation, data, from_logits, jit_compile):
         metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     wrapper.compile(jit_compile=jit_compile, loss=loss, metrics=[metric])
     if _is_pair(data):
-        result = wrapper.evaluate(data[0], data[1], batch_size=_PAIR_BATCH, verbose=0,
+        x, y, weights, batch = _padded_pair(data)
+        result = wrapper.evaluate(x, y, sample_weight=weights, batch_size=batch, verbose=0,
                                   return_dict=True)
     else:
         result = wrapper.evaluate(data, verbose=0, return_dict=True)
@@ -150,6 +153,22 @@ def _accuracy(model, perturbation, data, from_logits, jit_compile):
 
 
 _PAIR_BATCH = 256
+
+
+def _padded_pair(data):
+    """(x, y) padded to a whole number of equal batches, the padding weighted 0.
+
+    JAX compiles a step once per batch shape: a smaller last batch would compile
+    every perturbation's step twice (~1 s each on a CPU). The padding repeats the
+    first examples with sample weight 0, so the weighted accuracy is exactly the
+    accuracy on ``data``."""
+    x, y = (np.asarray(keras.ops.convert_to_numpy(a)) for a in data)
+    batch = min(_PAIR_BATCH, len(x))
+    pad = -len(x) % batch
+    weights = np.concatenate([np.ones(len(x), "float32"), np.zeros(pad, "float32")])
+    if pad:
+        x, y = np.concatenate([x, x[:pad]]), np.concatenate([y, y[:pad]])
+    return x, y, weights, batch
 
 
 def _is_pair(data):
@@ -196,7 +215,9 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
             batches, or an (x, y) pair of arrays; labels are integer classes or
             one-hot rows.
         attacks: attack objects (``FGSM``, ``PGD``), typically a sweep over eps.
-        noise_sigmas: Gaussian-noise standard deviations.
+        noise_sigmas: Gaussian-noise standard deviations (``GaussianNoise`` with
+            ``seed``: every σ, and every model evaluated with the same data and
+            seed, sees the same draws ε — common random numbers).
         corruptions: ``Corruption`` objects (e.g. ``all_corruptions()``).
         datasets: {label: dataset} of already-perturbed data evaluated as they
             are, e.g. the real CIFAR-10-C from
@@ -215,6 +236,7 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     Returns:
         ``RobustnessReport`` (print it; ``to_json``, ``to_markdown``, ``plot``).
     """
+    noise_sigmas = [check_number(s, "noise_sigmas", minimum=0.0) for s in noise_sigmas]
     num_examples = _check_data(data)
     for label, dataset in (datasets or {}).items():
         _check_data(dataset, f"datasets[{label!r}]")

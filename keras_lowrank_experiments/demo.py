@@ -15,15 +15,14 @@ import numpy as np
 
 from keras_lowrank import analysis, data
 from keras_lowrank._files import staged_folder
-from keras_lowrank.models import small_cnn
 from keras_lowrank.robustness import (
     FGSM,
     PGD,
     PerturbedModel,
     all_corruptions,
     evaluate_robustness,
-    gaussian_noise_accuracy,
 )
+from keras_lowrank_experiments.models import small_cnn
 
 ATTACK_EPS = (0.05, 0.1, 0.2)
 
@@ -65,8 +64,8 @@ def train_and_measure(info, train, test, lr_rank, projection_weight, sigmas,
     ranks = analysis.representation_ranks(model, test, layers=["features"])["features"]
     record.update(effective_rank=ranks.effective_rank, stable_rank=ranks.stable_rank,
                   variance_rank_99=ranks.variance_rank)
-    noisy = gaussian_noise_accuracy(model, test, sigmas, seed=seed)
-    record.update({f"accuracy_sigma_{s}": a for s, a in noisy.items()})
+    noisy = evaluate_robustness(model, test, noise_sigmas=sigmas, large_eps=None, seed=seed)
+    record.update({f"accuracy_sigma_{s}": noisy.accuracy("gaussian", s) for s in sigmas})
     if lr_rank is not None:
         record["compressed_feature_accuracy"] = compressed_feature_accuracy(model, test)
     record["train_seconds"] = round(time.time() - start, 1)
@@ -125,12 +124,12 @@ def _run_demo(output, dataset, epochs, rank, projection_weight, sigmas, seeds, l
                                                seeds[0], epochs, learning_rate,
                                                output, echo)
     if dlrt_datasets:
-        from keras_lowrank.dlrt_demo import run_dlrt_table
+        from keras_lowrank_experiments.dlrt_demo import run_dlrt_table
 
         echo(f"\nDynamical low-rank training (DLRT), {dlrt_epochs} epochs per model")
         results["dlrt"] = run_dlrt_table(dlrt_datasets, seeds, dlrt_epochs, echo=echo)
     if analysis_datasets:
-        from keras_lowrank.analysis_demo import run_analysis
+        from keras_lowrank_experiments.analysis_demo import run_analysis
 
         echo(f"\nRepresentation analysis (CKA maps, class selectivity), {analysis_epochs} "
              "epochs per model")
