@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= tensorflow-cpu,jax,cli,test
+EXTRAS ?= tensorflow-cpu,jax,cli,test,docs
 OUT ?= runs/demo
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile -q
 
-.PHONY: demo test lint test-tf test-jax bench clean
+.PHONY: demo test lint docs test-tf test-jax bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/keras-lowrank demo --output $(OUT) --overwrite
 
-# Lint, then the whole suite on TensorFlow and again on JAX (tf_only tests skipped there).
-test: lint test-tf test-jax
+# Lint, the docs (warnings are errors), then the whole suite on TensorFlow and again
+# on JAX (tf_only tests skipped there).
+test: lint docs test-tf test-jax
 
 lint: $(STAMP)
 	$(BIN)/ruff check keras_lowrank keras_lowrank_experiments tests benchmarks examples
+
+# The site (guides, methods, API reference from the docstrings) in runs/site.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
 
 test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PYTEST)

@@ -17,19 +17,66 @@ from keras_lowrank.optimizers import DLRT
 
 
 def low_rank_layers(model):
-    """The dynamic low-rank layers of a model (nested models and layers included)."""
+    """The dynamic low-rank layers of a model (nested models and layers included).
+
+    Args:
+        model: a Keras model or layer.
+
+    Returns:
+        a list of ``DynamicLowRankDense`` / ``DynamicLowRankConv2D`` layers.
+
+    Examples:
+
+        >>> import keras
+        >>> from keras_lowrank import DynamicLowRankDense
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4),
+        ...                           DynamicLowRankDense(3, name="low_rank")])
+        >>> [layer.name for layer in low_rank_layers(model)]
+        ['low_rank']
+    """
     return [layer for layer in all_sublayers(model) if isinstance(layer, DynamicLowRankBase)]
 
 
 def condition_number(layer):
-    """cond(S_r) = σ_max / σ_min of the active block (= cond(W), U and V orthonormal)."""
+    """cond(S_r) = σ_max / σ_min of the active block (= cond(W), U and V orthonormal).
+
+    Args:
+        layer: a built dynamic low-rank layer.
+
+    Returns:
+        a float (inf when S_r is singular).
+
+    Examples:
+
+        >>> import keras
+        >>> from keras_lowrank import DynamicLowRankDense
+        >>> layer = DynamicLowRankDense(4, max_rank=2)
+        >>> layer.build((None, 4))
+        >>> layer.set_factors(np.eye(4, 2), np.diag([3.0, 0.5]), np.eye(4, 2))
+        >>> condition_number(layer)
+        6.0
+    """
     _, s, _ = layer.factors()
     d = np.linalg.svd(s, compute_uv=False)
     return float(d[0] / d[-1]) if d[-1] > 0 else float("inf")
 
 
 def dlrt_of(optimizer):
-    """The DLRT optimizer ``optimizer`` is or wraps (LossScaleOptimizer(DLRT(…))), or None."""
+    """The DLRT optimizer ``optimizer`` is or wraps (LossScaleOptimizer(DLRT(…))), or None.
+
+    Args:
+        optimizer: a Keras optimizer, or None.
+
+    Returns:
+        the ``DLRT`` instance, or None.
+
+    Examples:
+
+        >>> import keras
+        >>> dlrt = DLRT(keras.optimizers.SGD())
+        >>> dlrt_of(keras.optimizers.LossScaleOptimizer(dlrt)) is dlrt, dlrt_of(keras.optimizers.SGD())
+        (True, None)
+    """
     while optimizer is not None:
         if isinstance(optimizer, DLRT):
             return optimizer

@@ -97,6 +97,26 @@ class RankTruncation(_FactorCallback):
     optimizer's slots of the factors move into the new bases, as gradients do
     (exact where the truncated singular values are zero).
     Raises FloatingPointError instead of truncating non-finite factors.
+
+    Args:
+        frequency: ``"epoch"`` (default) or a number of batches.
+
+    Examples:
+        singular values (1, 0.01, 0.01) hold 99.98 % of the energy in the
+        first, so ``tol=0.1`` keeps rank 1.
+
+        >>> import keras
+        >>> import numpy as np
+        >>> from keras_lowrank import DynamicLowRankDense
+        >>> layer = DynamicLowRankDense(6, max_rank=3, rank=3, tol=0.1)
+        >>> model = keras.Sequential([keras.Input((6,)), layer])
+        >>> eye = np.eye(6, 3, dtype="float32")
+        >>> layer.set_factors(eye, np.diag([1.0, 0.01, 0.01]), eye)
+        >>> model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+        >>> x = np.ones((4, 6), "float32")
+        >>> _ = model.fit(x, x, verbose=0, callbacks=[RankTruncation()])
+        >>> layer.rank
+        1
     """
 
     def _update(self, layer, optimizer):
@@ -106,7 +126,29 @@ class RankTruncation(_FactorCallback):
 class SpectralConditioning(_FactorCallback):
     """CondLR projection: clamps the singular values of each layer's S_r to
     [s̄(1 − t), s̄(1 + t)], t = (κ − 1)/(κ + 1), so that cond(S_r) ≤ κ (kappa).
-    U and V keep their bases, and the optimizer keeps its slots."""
+    U and V keep their bases, and the optimizer keeps its slots.
+
+    Args:
+        kappa: the largest condition number allowed (≥ 1).
+        frequency: ``"epoch"`` (default) or a number of batches.
+
+    Examples:
+        S = diag(4, 1, 1) has mean 2 and κ = 1.5 gives t = 0.2, so the
+        singular values are clamped to [1.6, 2.4].
+
+        >>> import keras
+        >>> import numpy as np
+        >>> from keras_lowrank import DynamicLowRankDense
+        >>> layer = DynamicLowRankDense(6, max_rank=3, rank=3, tol=0.1)
+        >>> model = keras.Sequential([keras.Input((6,)), layer])
+        >>> eye = np.eye(6, 3, dtype="float32")
+        >>> layer.set_factors(eye, np.diag([4.0, 1.0, 1.0]), eye)
+        >>> model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+        >>> x = np.ones((4, 6), "float32")
+        >>> _ = model.fit(x, x, verbose=0, callbacks=[SpectralConditioning(kappa=1.5)])
+        >>> round(condition_number(layer), 4)
+        1.5
+    """
 
     def __init__(self, kappa=1.5, frequency="epoch"):
         super().__init__(frequency)
@@ -124,7 +166,19 @@ class LowRankMonitor(keras.callbacks.Callback):
     CSVLogger already come after user callbacks). With the DLRT optimizer an epoch
     can end inside a cycle, where the layers hold augmented bases: the logged rank
     is then up to twice the truncated one (``fit`` finishes the last cycle when it
-    ends, so the final model holds the truncated ranks)."""
+    ends, so the final model holds the truncated ranks).
+
+    Examples:
+
+        >>> import numpy as np
+        >>> from keras_lowrank import DynamicLowRankDense
+        >>> model = keras.Sequential([keras.Input((6,)), DynamicLowRankDense(6, max_rank=3, rank=2, name="f")])
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> x = np.ones((4, 6), "float32")
+        >>> history = model.fit(x, x, verbose=0, callbacks=[LowRankMonitor()])
+        >>> history.history["f/rank"], sorted(history.history)
+        ([2], ['compression_rate', 'f/cond', 'f/rank', 'loss'])
+    """
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:

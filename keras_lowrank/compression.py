@@ -31,11 +31,28 @@ from keras_lowrank.layers.dynamic_low_rank import (
 
 _FORMATS = ("keras", "saved_model", "tflite")
 
+__all__ = ["to_low_rank", "truncate_ranks", "compression_summary", "CompressionSummary",
+           "compressed_model", "export_compressed"]
+
 
 # -- summary -------------------------------------------------------------------
 class CompressionSummary:
-    """Rows (one dict per Dense/Conv2D-like layer) and totals; ``str()`` is a
-    Markdown table."""
+    """``compression_summary``'s result: rows (one dict per Dense/Conv2D-like layer)
+    and totals; ``str()`` is a Markdown table.
+
+    Attributes:
+        rows: one dict per layer (see ``compression_summary``).
+        total: the totals (see ``compression_summary``).
+
+    Examples:
+
+        >>> model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(32, activation="relu"),
+        ...                           keras.layers.Dense(32), keras.layers.Dense(3)])
+        >>> small = to_low_rank(model, rank=4)
+        >>> summary = compression_summary(small)
+        >>> [row["rank"] for row in summary.rows], summary.total["low_rank_params"]
+        ([4, 4, None], 576)
+    """
 
     def __init__(self, rows, total):
         self.rows = rows
@@ -89,7 +106,25 @@ def compression_summary(model):
     ``compression_rate``, MACs), and for the whole model: ``model_dense_params``
     (every low-rank layer dense), ``model_exported_params`` (exactly the
     parameter count of ``compressed_model(model)``) and
-    ``model_compression_rate``."""
+    ``model_compression_rate``.
+
+    Args:
+        model: a Keras model (nested models and layers are searched).
+
+    Returns:
+        a ``CompressionSummary``.
+
+    Examples:
+        a 32 × 32 kernel at rank 4 stores 4·(32 + 32) + 32 = 288 numbers
+        instead of 32·32 + 32 = 1056.
+
+        >>> model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(32, activation="relu"),
+        ...                           keras.layers.Dense(32), keras.layers.Dense(3)])
+        >>> small = to_low_rank(model, rank=4)
+        >>> row = compression_summary(small).rows[0]
+        >>> row["dense_params"], row["low_rank_params"]
+        (1056, 288)
+    """
     rows = []
     low_rank = low_rank_layers(model)
     for layer in low_rank:
@@ -151,7 +186,23 @@ def truncate_ranks(model):
     augmented at its start (up to twice the rank) — a valid model, but not the
     compressed one. Call this before measuring ranks or exporting. A DLRT
     optimizer's cycle restarts (the next step augments).
-    Returns {layer name: new rank}."""
+
+    Args:
+        model: a Keras model holding dynamic low-rank layers.
+
+    Returns:
+        {layer name: new rank}.
+
+    Examples:
+
+        >>> from keras_lowrank import DynamicLowRankDense
+        >>> layer = DynamicLowRankDense(6, max_rank=3, tol=0.1, name="f")
+        >>> model = keras.Sequential([keras.Input((6,)), layer])
+        >>> eye = np.eye(6, 3)
+        >>> layer.set_factors(eye, np.diag([1.0, 0.01, 0.0]), eye)
+        >>> truncate_ranks(model)
+        {'f': 1}
+    """
     if hasattr(model, "jax_state_sync"):
         model.jax_state_sync()
     optimizer = getattr(model, "optimizer", None)
@@ -195,6 +246,7 @@ def to_low_rank(
     skip_first=False,
     skip_last=True,
 ):
+
     """A copy of a trained Sequential/functional model whose Dense and Conv2D
     layers are DynamicLowRankDense / DynamicLowRankConv2D, initialised by the SVD
     of the trained kernel truncated to ``rank`` (an int) or, if ``rank`` is None,
@@ -211,7 +263,21 @@ def to_low_rank(
             minus the first / last of them per ``skip_first`` / ``skip_last``).
         max_rank: storage rank for DLRT training: an int, or None for
             min(2·rank, n_in, n_out) (room for one augmentation).
-        min_rank, spectral_weight, tol: passed to the new layers.
+        min_rank: passed to the new layers.
+        spectral_weight: passed to the new layers.
+        tol: passed to the new layers.
+
+    Returns:
+        the new model (the original is unchanged).
+
+    Examples:
+        the output layer stays dense (``skip_last``).
+
+        >>> model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(32, activation="relu"),
+        ...                           keras.layers.Dense(3)])
+        >>> small = to_low_rank(model, rank=4)
+        >>> [type(layer).__name__ for layer in small.layers], small.layers[0].rank
+        (['DynamicLowRankDense', 'Dense'], 4)
     """
     _check_clonable(model)
     candidates = [
@@ -324,7 +390,23 @@ def _copy_weights(old_model, new_model, plans, set_converted):
 def compressed_model(model):
     """The model rebuilt at exact ranks from Keras' built-in layers: each dynamic
     low-rank layer becomes a two-layer Sequential (x U_r, then (S_r V_rᵀ) + b with
-    the activation), so nothing of keras_lowrank is needed to load or run it."""
+    the activation), so nothing of keras_lowrank is needed to load or run it.
+
+    Args:
+        model: a Sequential or functional model with dynamic low-rank layers.
+
+    Returns:
+        a new Keras model of built-in layers, computing what ``model`` computes.
+
+    Examples:
+
+        >>> model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(32, activation="relu"),
+        ...                           keras.layers.Dense(32), keras.layers.Dense(3)])
+        >>> small = to_low_rank(model, rank=4)
+        >>> plain = compressed_model(small)
+        >>> plain.count_params() == compression_summary(small).total["model_exported_params"]
+        True
+    """
     _check_clonable(model)
     unfinished = _unfinished_cycle(model)
     if unfinished is not None:
@@ -387,7 +469,28 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
     The files are written to a temporary folder that replaces ``path`` only when
     all are written: an interrupted export leaves ``path`` as it was. An
     existing non-empty ``path`` raises FileExistsError unless ``overwrite=True``,
-    which replaces the folder whole (no stale files of an earlier export stay)."""
+    which replaces the folder whole (no stale files of an earlier export stay).
+
+    Args:
+        model: a Sequential or functional model with dynamic low-rank layers.
+        path: the output folder (new or empty unless ``overwrite``).
+        formats: any of ``"keras"``, ``"saved_model"``, ``"tflite"``.
+        overwrite: replace a non-empty ``path``.
+
+    Returns:
+        {"model": the compressed model, format: path of the file written}.
+
+    Examples:
+
+        >>> import tempfile
+        >>> model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(32, activation="relu"),
+        ...                           keras.layers.Dense(32), keras.layers.Dense(3)])
+        >>> small = to_low_rank(model, rank=4)
+        >>> folder = tempfile.mkdtemp()
+        >>> written = export_compressed(small, folder + "/out", formats="keras")
+        >>> os.path.basename(written["keras"])
+        'model.keras'
+    """
     if isinstance(formats, str):
         formats = (formats,)
     unknown = [f for f in formats if f not in _FORMATS]

@@ -18,6 +18,9 @@ import numpy as np
 from keras_lowrank._optional import require
 from keras_lowrank._validation import check_int
 
+__all__ = ["load", "available_datasets", "DatasetInfo", "DataUnavailableError", "load_digits_arrays",
+           "load_mnist1d_arrays"]
+
 OFFLINE_DATASETS = ("digits", "mnist1d")
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 CIFAR10_CORRUPTIONS = (
@@ -32,12 +35,35 @@ _CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
 
 
 class DataUnavailableError(RuntimeError):
-    """The dataset is neither on disk nor downloadable from here."""
+    """The dataset is neither on disk nor downloadable from here.
+
+    Raised by ``load`` for tfds datasets; the message says where to put the files
+    (``data_dir``).
+
+    Examples:
+
+        >>> issubclass(DataUnavailableError, RuntimeError)
+        True
+    """
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """What a model needs to know about a loaded split."""
+    """What a model needs to know about a loaded split (``load``'s second result).
+
+    Attributes:
+        name: the dataset's name.
+        split: the split loaded.
+        input_shape: one example's shape.
+        num_classes: the number of classes.
+        num_examples: the split's size.
+
+    Examples:
+
+        >>> _, info = load("digits", "test")
+        >>> info.input_shape, info.num_classes, info.num_examples
+        ((8, 8, 1), 10, 450)
+    """
 
     name: str
     split: str
@@ -47,7 +73,16 @@ class DatasetInfo:
 
 
 def available_datasets():
-    """Every accepted ``name`` (corruptions as the pattern they follow)."""
+    """Every accepted ``name`` (corruptions as the pattern they follow).
+
+    Returns:
+        a tuple of names: the offline datasets first, then the tfds ones.
+
+    Examples:
+
+        >>> available_datasets()[:2]
+        ('digits', 'mnist1d')
+    """
     return OFFLINE_DATASETS + TFDS_DATASETS + (
         CORRUPTED_PREFIX + "<corruption>_<1..5>",
     )
@@ -64,10 +99,18 @@ def load(name, split="train", batch_size=128, shuffle=None, seed=0,
         batch_size: batch size (≥ 1).
         shuffle: shuffle each epoch; default True for ``"train"``, else False.
         seed: shuffling seed.
-        data_dir, download: passed to ``tfds.load`` for tfds datasets.
+        data_dir: passed to ``tfds.load`` for tfds datasets.
+        download: passed to ``tfds.load`` for tfds datasets.
 
     Returns:
         ``(dataset, DatasetInfo)``.
+
+    Examples:
+
+        >>> test, info = load("digits", "test", batch_size=100)
+        >>> x, y = next(iter(test))
+        >>> tuple(x.shape), str(x.dtype), float(np.max(x)) <= 1.0
+        ((100, 8, 8, 1), "<dtype: 'float32'>", True)
     """
     batch_size = check_int(batch_size, "batch_size")
     seed = check_int(seed, "seed", minimum=0)
@@ -92,7 +135,20 @@ def load(name, split="train", batch_size=128, shuffle=None, seed=0,
 
 
 def load_digits_arrays(split):
-    """Digits as (images (n, 8, 8, 1) float32 in [0, 1], labels int32)."""
+    """scikit-learn's digits as numpy arrays, split 75/25 (stratified, fixed seed).
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        (images (n, 8, 8, 1) float32 in [0, 1], labels (n,) int32).
+
+    Examples:
+
+        >>> x, y = load_digits_arrays("train")
+        >>> x.shape, y.shape, sorted(set(y.tolist())) == list(range(10))
+        ((1347, 8, 8, 1), (1347,), True)
+    """
     require("sklearn", "The 'digits' dataset")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -119,6 +175,18 @@ def load_mnist1d_arrays(split):
     The generator's standardised signals are mapped affinely to [0, 1] with the
     minimum and maximum over both splits. Cached under ``$KERAS_LOWRANK_CACHE``
     (default ``~/.cache/keras_lowrank``) since generation takes seconds.
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        (signals (n, 40, 1) float32 in [0, 1], labels (n,) int32).
+
+    Examples:
+
+        >>> x, y = load_mnist1d_arrays("test")
+        >>> x.shape[1:], 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+        ((40, 1), True)
     """
     path = os.path.join(_cache_dir(), "mnist1d_default.npz")
     try:

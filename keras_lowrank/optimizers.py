@@ -47,6 +47,8 @@ from keras_lowrank._validation import check_int
 from keras_lowrank.layers.dynamic_low_rank import FACTOR_OWNER, FACTOR_ROLE
 from keras_lowrank.optimizer_slots import optimizer_slots, slot_kind
 
+__all__ = ["DLRT"]
+
 
 def low_rank_groups(variables):
     """[(layer, index_U, index_S, index_V)] for the dynamic low-rank layers whose
@@ -75,8 +77,26 @@ class DLRT(keras.optimizers.Optimizer):
         steps_per_cycle: k ≥ 2 training steps per augment / Galerkin / truncate
             cycle (default 10, as the authors).
 
+    Keyword Args:
+        name: the optimizer's name.
+
     Models without dynamic low-rank layers train exactly as with
-    ``inner_optimizer``.
+    ``inner_optimizer``. For loss scaling wrap it:
+    ``keras.optimizers.LossScaleOptimizer(DLRT(inner))``.
+
+    Examples:
+        the factors' bases stay orthonormal through the cycles.
+
+        >>> import numpy as np
+        >>> from keras_lowrank import DynamicLowRankDense
+        >>> layer = DynamicLowRankDense(8, max_rank=4)
+        >>> model = keras.Sequential([keras.Input((8,)), layer])
+        >>> model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3), loss="mse")
+        >>> x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+        >>> _ = model.fit(x, x, batch_size=8, epochs=3, verbose=0)
+        >>> u, _, _ = layer.factors()
+        >>> bool(np.allclose(u.T @ u, np.eye(layer.rank), atol=1e-4))
+        True
     """
 
     def __init__(self, inner_optimizer, steps_per_cycle=10, name=None, **kwargs):

@@ -25,10 +25,26 @@ import contextlib
 
 import keras
 
+__all__ = ["float32_matmuls"]
+
 
 @contextlib.contextmanager
 def float32_matmuls():
-    """Full float32 matrix products (no TF32) for the duration; see the module docstring."""
+    """Full float32 matrix products (no TF32) for the duration; see the module docstring.
+
+    A context manager and a decorator (``contextlib.contextmanager``); no effect on CPUs.
+
+    Returns:
+        a context manager.
+
+    Examples:
+
+        >>> import numpy as np
+        >>> with float32_matmuls():
+        ...     product = keras.ops.matmul(np.eye(2, dtype="float32"), np.full((2, 2), 1 / 3, "float32"))
+        >>> bool(float(product[0, 0]) == np.float32(1 / 3))
+        True
+    """
     backend = keras.backend.backend()
     if backend == "jax":
         import jax

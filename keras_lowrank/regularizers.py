@@ -25,6 +25,8 @@ from keras_lowrank._labels_in_call import LabelsInCall
 from keras_lowrank._validation import check_number
 from keras_lowrank.analysis.selectivity import class_selectivity_index, num_classes_of, selectivity_layers
 
+__all__ = ["SelectivityRegularizedModel"]
+
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
 class SelectivityRegularizedModel(LabelsInCall, keras.Model):
@@ -38,12 +40,18 @@ class SelectivityRegularizedModel(LabelsInCall, keras.Model):
             layer of ``model`` except its output layer.
         num_classes: default: the width of ``model``'s output.
 
-    Example::
+    Examples:
+        α < 0 trains ``model`` towards less class-selective units.
 
-        reg = SelectivityRegularizedModel(model, alpha=-1.0)
-        reg.compile("adam", loss=keras.losses.SparseCategoricalCrossentropy(True),
-                    metrics=["accuracy"])
-        reg.fit(x, y, epochs=5)     # trains ``model``
+        >>> import numpy as np
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+        ...                           keras.layers.Dense(3)])
+        >>> reg = SelectivityRegularizedModel(model, alpha=-1.0)
+        >>> reg.compile("adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> x = np.random.default_rng(0).uniform(size=(30, 4)).astype("float32")
+        >>> history = reg.fit(x, np.arange(30) % 3, epochs=1, verbose=0)  # trains ``model``
+        >>> bool(np.isfinite(history.history["loss"][0]))
+        True
     """
 
     def __init__(self, model, alpha, layers=None, num_classes=None, **kwargs):

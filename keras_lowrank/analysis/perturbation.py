@@ -41,11 +41,26 @@ def perturbation_dimensionality(model, data, perturbation, layers=None, threshol
         layers: layer names or layers; default: every post-ReLU layer except
             the output layer.
         threshold: fraction of variance in (0, 1].
+        max_batches: stop after this many batches.
+        batch_size: batch size for an (x, y) pair of arrays.
         max_features: refuse layers wider than this (the covariance is m × m).
 
     Returns:
         dict layer name → ``RepresentationRanks`` of Δ: ``variance_rank`` is the
         dimensionality; its spectrum, effective and stable rank come with it.
+
+    Examples:
+        noise on the first input only moves a ReLU layer along one direction.
+
+        >>> import keras
+        >>> inputs = keras.Input((3,))
+        >>> hidden = keras.layers.Dense(5, activation="relu", kernel_initializer="ones", name="h")(inputs)
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+        >>> x = np.ones((64, 3), "float32")
+        >>> along_first = lambda model, x, y: x + np.eye(3, dtype="float32")[0] * np.random.default_rng(0).normal(
+        ...     size=(len(x), 1)).astype("float32") * 0.1
+        >>> perturbation_dimensionality(model, (x, np.zeros(64)), along_first)["h"].variance_rank
+        1
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"`threshold` must lie in (0, 1], got threshold={threshold!r}.")

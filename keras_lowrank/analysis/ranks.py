@@ -29,7 +29,20 @@ def _as_matrix(x, center):
 
 
 def singular_values(x, center=False):
-    """Singular values of ``x`` (batch × features...), descending, as numpy."""
+    """Singular values of ``x`` (batch × features...), descending.
+
+    Args:
+        x: an array or tensor with a batch axis; the other axes are flattened.
+        center: subtract the column means first.
+
+    Returns:
+        a float64 numpy array of the singular values, largest first.
+
+    Examples:
+
+        >>> singular_values(np.diag([3.0, 4.0])).round(4).tolist()
+        [4.0, 3.0]
+    """
     s = ops.svd(_as_matrix(x, center), full_matrices=False, compute_uv=False)
     return np.sort(np.asarray(ops.convert_to_numpy(s), dtype=np.float64))[::-1]
 
@@ -44,7 +57,19 @@ def _check_spectrum(s):
 
 
 def effective_rank_from_singular_values(s):
-    """exp(H(p)) with p_i = σ_i / Σσ; 0 for an all-zero spectrum."""
+    """Effective rank exp(H(p)), p_i = σ_i / Σσ, of a spectrum.
+
+    Args:
+        s: singular values (1-D, finite, ≥ 0; any order).
+
+    Returns:
+        a float in [1, len(s)], or 0.0 for an all-zero spectrum.
+
+    Examples:
+
+        >>> effective_rank_from_singular_values([1.0, 1.0, 0.0])
+        2.0
+    """
     s = _check_spectrum(s)
     total = s.sum()
     if total == 0:
@@ -54,7 +79,19 @@ def effective_rank_from_singular_values(s):
 
 
 def stable_rank_from_singular_values(s):
-    """Σσ² / σ_max²; 0 for an all-zero spectrum."""
+    """Stable rank Σσ² / σ_max² of a spectrum.
+
+    Args:
+        s: singular values (1-D, finite, ≥ 0; any order).
+
+    Returns:
+        a float in [1, len(s)], or 0.0 for an all-zero spectrum.
+
+    Examples:
+
+        >>> stable_rank_from_singular_values([2.0, 1.0])
+        1.25
+    """
     s = _check_spectrum(s)
     if s.size == 0 or s[0] == 0:
         return 0.0
@@ -62,7 +99,20 @@ def stable_rank_from_singular_values(s):
 
 
 def variance_rank_from_singular_values(s, threshold=0.99):
-    """Smallest k whose k leading σ² explain ``threshold`` of Σσ²."""
+    """Smallest k whose k leading σ² explain ``threshold`` of Σσ².
+
+    Args:
+        s: singular values (1-D, finite, ≥ 0; any order).
+        threshold: the fraction of Σσ² to explain, in (0, 1].
+
+    Returns:
+        an int k (0 for an all-zero spectrum).
+
+    Examples:
+
+        >>> variance_rank_from_singular_values([3.0, 1.0, 0.1], threshold=0.8)  # 9 of 10.01
+        1
+    """
     if not 0 < threshold <= 1:
         raise ValueError(
             f"`threshold` must be in (0, 1], got threshold={threshold!r}."
@@ -78,15 +128,56 @@ def variance_rank_from_singular_values(s, threshold=0.99):
 
 
 def effective_rank(x, center=False):
-    """Effective rank (Roy & Vetterli) of ``x`` (batch × features...)."""
+    """Effective rank (Roy & Vetterli) of ``x`` (batch × features...).
+
+    Args:
+        x: an array or tensor with a batch axis; the other axes are flattened.
+        center: subtract the column means first.
+
+    Returns:
+        a float (see ``effective_rank_from_singular_values``).
+
+    Examples:
+
+        >>> round(effective_rank(np.eye(3)), 4)
+        3.0
+    """
     return effective_rank_from_singular_values(singular_values(x, center))
 
 
 def stable_rank(x, center=False):
-    """Stable rank ‖x‖_F² / ‖x‖₂² of ``x`` (batch × features...)."""
+    """Stable rank ‖x‖_F² / ‖x‖₂² of ``x`` (batch × features...).
+
+    Args:
+        x: an array or tensor with a batch axis; the other axes are flattened.
+        center: subtract the column means first.
+
+    Returns:
+        a float (see ``stable_rank_from_singular_values``).
+
+    Examples:
+
+        >>> round(stable_rank(np.diag([2.0, 1.0])), 4)
+        1.25
+    """
     return stable_rank_from_singular_values(singular_values(x, center))
 
 
 def variance_rank(x, threshold=0.99, center=False):
-    """Number of leading directions holding ``threshold`` of Σσ² of ``x``."""
+    """Number of leading directions holding ``threshold`` of Σσ² of ``x``.
+
+    Args:
+        x: an array or tensor with a batch axis; the other axes are flattened.
+        threshold: the fraction of Σσ² to explain, in (0, 1].
+        center: subtract the column means first.
+
+    Returns:
+        an int (see ``variance_rank_from_singular_values``).
+
+    Examples:
+
+        >>> x = np.random.default_rng(0).normal(size=(100, 2)) @ np.ones((2, 10))
+        >>> variance_rank(x)  # ten features, all in a 1-D span
+        1
+    """
     return variance_rank_from_singular_values(singular_values(x, center), threshold)

@@ -257,21 +257,44 @@ class DynamicLowRankDense(DynamicLowRankBase):
             with it (default min(n_in, units) // 2).
         rank: initial rank (default r_max // 2); the integrator grows it up to
             r_max and truncates it by ``tol``.
+
+    Keyword Args:
         min_rank: the rank never goes below this (default 1).
         tol: relative truncation tolerance in (0, 1): keep the fewest singular
             values with ‖d[r:]‖₂ < tol·‖d‖₂ (default 0.1).
         spectral_weight: β of the spectral regularizer β‖S Sᵀ − α² I‖_F,
             α² = ‖S‖_F²/r, added to the model's losses (default 0: off).
-        activation, use_bias, kernel_initializer, bias_initializer: as in
-            ``keras.layers.Dense``; from scratch the factors are the SVD of a
-            kernel drawn from ``kernel_initializer``, truncated to ``rank``.
+        activation: as in ``keras.layers.Dense``.
+        use_bias: as in Dense.
+        kernel_initializer: as in Dense; from scratch the factors are the SVD of
+            a kernel drawn from it, truncated to ``rank``.
+        bias_initializer: as in Dense.
         kernel_regularizer: applied to the kernel W = U S Vᵀ, as Dense's.
-        bias_regularizer, bias_constraint, activity_regularizer: as in Dense.
+        bias_regularizer: as in Dense.
+        bias_constraint: as in Dense.
+        activity_regularizer: as in Dense.
         kernel_constraint: not supported (ValueError): W is trained through its
             factors; ``callbacks.SpectralConditioning`` bounds cond(W).
 
     ``rank`` is the current active rank: the property, and the ``rank`` of
     ``get_config`` once the layer is built (so a reloaded layer starts there).
+
+    Examples:
+        trained by the ``DLRT`` optimizer, which adapts the rank.
+
+        >>> from keras_lowrank.optimizers import DLRT
+        >>> layer = DynamicLowRankDense(16, max_rank=8, rank=4)
+        >>> model = keras.Sequential([keras.Input((16,)), layer])
+        >>> u, s, v = layer.factors()
+        >>> u.shape, s.shape, v.shape, layer.rank
+        ((16, 4), (4, 4), (16, 4), 4)
+        >>> bool(np.allclose(u.T @ u, np.eye(4), atol=1e-5))  # orthonormal basis
+        True
+        >>> model.compile(DLRT(keras.optimizers.Adam(1e-3), steps_per_cycle=2), "mse")
+        >>> x = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
+        >>> _ = model.fit(x, x, epochs=2, verbose=0)
+        >>> 1 <= layer.rank <= 8
+        True
     """
 
     def __init__(self, units, max_rank=None, rank=None, **kwargs):
@@ -313,9 +336,28 @@ class DynamicLowRankConv2D(DynamicLowRankBase):
     convolution, so every backend's fast conv kernel applies. Only
     ``data_format="channels_last"`` and ``groups=1``.
 
-    Args: ``filters``, ``kernel_size``, ``strides``, ``padding`` ("valid" or
-    "same"), ``dilation_rate`` as in ``keras.layers.Conv2D``; the rank arguments
-    as in ``DynamicLowRankDense``.
+    Args:
+        filters: as in ``keras.layers.Conv2D``.
+        kernel_size: as in Conv2D.
+        strides: as in Conv2D.
+        padding: ``"valid"`` or ``"same"``.
+        data_format: only ``"channels_last"`` (or None).
+        dilation_rate: as in Conv2D.
+        groups: only 1.
+        max_rank: as in ``DynamicLowRankDense``, for the kernel matrix.
+        rank: as in ``DynamicLowRankDense``.
+
+    Keyword Args:
+        min_rank: as in ``DynamicLowRankDense``, as are ``tol``,
+            ``spectral_weight``, ``activation``, ``use_bias``, the initializers,
+            regularizers and ``bias_constraint``.
+
+    Examples:
+
+        >>> layer = DynamicLowRankConv2D(8, 3, padding="same", max_rank=4)
+        >>> y = layer(np.zeros((2, 5, 5, 3), "float32"))
+        >>> tuple(y.shape), tuple(layer.kernel.shape)  # the equivalent Conv2D kernel
+        ((2, 5, 5, 8), (3, 3, 3, 8))
     """
 
     def __init__(

@@ -68,10 +68,29 @@ class LowRankProjection(keras.layers.Layer):
             axes flattened (m = h·w·c for a conv map, as in the paper); if False
             the last axis holds the features and every other position is a sample
             (m = c, per-pixel channel vectors).
-        kernel_initializer, bias_initializer: initializers of W and b.
+        kernel_initializer: initializer of W.
+        bias_initializer: initializer of b.
 
     The representation is compressed after training with ``encode`` (r
     coefficients per sample) and ``decode`` (back to features).
+
+    Examples:
+        attached after the penultimate layer; ``fit`` trains W with the
+        losses and thresholds it, then ``encode`` stores r numbers per sample.
+
+        >>> import numpy as np
+        >>> inputs = keras.Input((8,))
+        >>> features = keras.layers.Dense(16, activation="relu")(inputs)
+        >>> lr = LowRankProjection(rank=3)
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(lr(features)))
+        >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+        >>> _ = model.fit(x, np.arange(32) % 2, epochs=1, verbose=0)
+        >>> lr.threshold()
+        >>> int(np.linalg.matrix_rank(ops.convert_to_numpy(lr.projection_matrix), tol=1e-4))
+        3
+        >>> tuple(lr.encode(np.ones((5, 16), "float32")).shape)
+        (5, 3)
     """
 
     def __init__(

@@ -83,6 +83,14 @@ class Attack(Perturbation):
             unless the model's last layer applies a softmax. A model ending in a
             softmax is attacked through its logits (the softmax's input), since the
             cross-entropy of saturated float32 probabilities has no gradient.
+
+    Examples:
+        every attack is a ``Perturbation``, called on a batch or applied
+        inside Keras' steps by ``PerturbedModel``.
+
+        >>> attack = PGD(0.03, steps=20)
+        >>> isinstance(attack, Attack), attack.name
+        (True, 'PGD-20 L∞ ε=0.03')
     """
 
     def __init__(self, targeted=False, clip=(0.0, 1.0), from_logits=None):
@@ -198,7 +206,21 @@ class FGSM(Attack):
     Args:
         eps: the perturbation budget (≥ 0), in input units.
         norm: "inf" (sign of the gradient) or 2 (normalised gradient).
-        targeted, clip, from_logits: see ``Attack``.
+
+    Keyword Args:
+        targeted: see ``Attack``.
+        clip: see ``Attack``.
+        from_logits: see ``Attack``.
+
+    Examples:
+        for logits (x₀, −x₀) and label 0 the loss falls with x₀ and does
+        not depend on x₁, so the step is −ε along x₀ only.
+
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, use_bias=False)])
+        >>> model.layers[0].set_weights([np.array([[1.0, -1.0], [0.0, 0.0]])])  # logits (x₀, −x₀)
+        >>> x = np.full((1, 2), 0.5, "float32")
+        >>> np.round(ops.convert_to_numpy(FGSM(0.1)(model, x, [0])).astype(float), 4).tolist()
+        [[0.4, 0.5]]
     """
 
     def __init__(self, eps, norm="inf", **kwargs):
@@ -234,7 +256,21 @@ class PGD(Attack):
         restarts: attacks per example (≥ 1); each example keeps the restart
             with the largest loss (smallest for targeted attacks).
         seed: seed of the random starts.
-        targeted, clip, from_logits: see ``Attack``.
+
+    Keyword Args:
+        targeted: see ``Attack``.
+        clip: see ``Attack``.
+        from_logits: see ``Attack``.
+
+    Examples:
+        the steps stop at the edge of the ε-ball.
+
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, use_bias=False)])
+        >>> model.layers[0].set_weights([np.array([[1.0, -1.0], [0.0, 0.0]])])  # logits (x₀, −x₀)
+        >>> x = np.full((1, 2), 0.5, "float32")
+        >>> adversarial = PGD(0.1, steps=5, random_start=False)(model, x, [0])
+        >>> np.round(ops.convert_to_numpy(adversarial).astype(float), 4).tolist()
+        [[0.4, 0.5]]
     """
 
     def __init__(self, eps, step_size=None, steps=10, norm="inf", random_start=True,
@@ -344,7 +380,21 @@ class SPSA(Attack):
             (δ = 0.01 left a rounded-input model's masking undetected).
         step_size: α (> 0); default eps / 4.
         seed: seed of the sign vectors.
-        targeted, clip, from_logits: see ``Attack``.
+
+    Keyword Args:
+        targeted: see ``Attack``.
+        clip: see ``Attack``.
+        from_logits: see ``Attack``.
+
+    Examples:
+        from loss values alone it finds the descent along x₀.
+
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, use_bias=False)])
+        >>> model.layers[0].set_weights([np.array([[1.0, -1.0], [0.0, 0.0]])])  # logits (x₀, −x₀)
+        >>> x = np.full((1, 2), 0.5, "float32")
+        >>> adversarial = SPSA(0.1, steps=8, samples=16, seed=0)(model, x, [0])
+        >>> round(float(ops.convert_to_numpy(adversarial)[0, 0]), 4)
+        0.4
     """
 
     norm = "inf"

@@ -26,7 +26,25 @@ from keras_lowrank.robustness.perturbations import Perturbation
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
 class CleverhansAttack(Perturbation):
-    """Adapter: a cleverhans tf2 attack function and its keyword arguments."""
+    """Adapter: a cleverhans tf2 attack function and its keyword arguments
+    (TensorFlow backend only; see the module docstring).
+
+    Args:
+        attack_fn: a function of ``cleverhans.tf2.attacks``.
+        name: the name in reports (default: the function's name).
+
+    Keyword Args:
+        **kwargs: the attack function's keyword arguments (``eps``, ``norm``,
+            ``clip_min``, ``clip_max``, …).
+
+    Examples:
+
+        >>> import numpy as np
+        >>> if keras.backend.backend() == "tensorflow":
+        ...     from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
+        ...     attack = CleverhansAttack(fast_gradient_method, eps=0.1, norm=np.inf, clip_min=0.0, clip_max=1.0)
+        ...     assert attack.name == "fast_gradient_method" and attack.clip is None
+    """
 
     def __init__(self, attack_fn, name=None, **kwargs):
         if keras.backend.backend() != "tensorflow":

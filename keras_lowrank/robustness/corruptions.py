@@ -48,6 +48,15 @@ class Corruption(Perturbation):
         name: one of ``CORRUPTIONS``.
         severity: 1 (mild) … 5 (strong).
         seed: seed of the random corruptions.
+
+    Examples:
+        contrast scales the deviations from each image's mean.
+
+        >>> import numpy as np
+        >>> x = np.array([[[[0.2]], [[0.8]]]], "float32")  # one 2×1 image
+        >>> corrupted = ops.convert_to_numpy(Corruption("contrast", 5)(None, x))
+        >>> bool(abs(corrupted.mean() - 0.5) < 1e-6), bool(np.ptp(corrupted) < np.ptp(x))
+        (True, True)
     """
 
     clip = (0.0, 1.0)  # the CIFAR-10-C corruptions act on images in [0, 1]
@@ -149,8 +158,23 @@ class Corruption(Perturbation):
 
 
 def all_corruptions(severities=(1, 2, 3, 4, 5), names=None, seed=0, image=True):
-    """Every corruption (available on this backend) at every severity;
-    ``image=False`` keeps those that act per value (signals, tabular data)."""
+    """Every corruption (available on this backend) at every severity.
+
+    Args:
+        severities: the severities (1..5) to include.
+        names: corruption names (default: all of ``CORRUPTIONS`` this backend runs;
+            ``jpeg`` needs TensorFlow).
+        seed: seed of the random corruptions.
+        image: False keeps those that act per value (signals, tabular data).
+
+    Returns:
+        a list of ``Corruption`` objects, for ``evaluate_robustness(corruptions=…)``.
+
+    Examples:
+
+        >>> [c.name for c in all_corruptions(severities=(3,), image=False)][:3]
+        ['gaussian_noise 3', 'shot_noise 3', 'impulse_noise 3']
+    """
     names = names or [n for n in CORRUPTIONS
                       if (n != "jpeg" or keras.backend.backend() == "tensorflow")
                       and (image or n not in IMAGE_CORRUPTIONS)]

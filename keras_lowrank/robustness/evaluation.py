@@ -42,6 +42,20 @@ class PerturbedModel(LabelsInCall, keras.Model):
         perturbation: a ``Perturbation``: an attack (``FGSM``, ``PGD``, ``SPSA``),
             ``GaussianNoise``, a ``Corruption``, or a subclass of your own
             (any object with ``perturb_in_graph(model, x, y)`` in ``keras.ops``).
+
+    Examples:
+        Keras' own ``evaluate`` scores ``model`` under the attack.
+
+        >>> import numpy as np
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+        >>> model.layers[0].set_weights([np.array([[1.0, -1.0], [0.0, 0.0]]), np.array([-0.5, 0.5])])
+        >>> x = np.array([[0.55, 0.5], [0.9, 0.5]], "float32")  # class 0 iff x₀ > 0.5
+        >>> y = np.array([0, 0])
+        >>> from keras_lowrank.robustness import FGSM
+        >>> attacked = PerturbedModel(model, FGSM(0.1))
+        >>> attacked.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        >>> attacked.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
+        0.5
     """
 
     def __init__(self, model, perturbation, **kwargs):

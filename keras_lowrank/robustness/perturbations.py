@@ -19,17 +19,20 @@ class Perturbation:
     outside it are reported by ``PerturbedModel``. Register subclasses with
     ``keras.saving.register_keras_serializable`` to save them with a model.
 
-    Example:
+    Attributes:
+        clip: the declared input range, (low, high) or None.
 
-    >>> class Shift(Perturbation):
-    ...     def __init__(self, delta):
-    ...         self.delta = delta
-    ...     def perturb_in_graph(self, model, x, y=None):
-    ...         return x + self.delta
-    ...     def get_config(self):
-    ...         return {"delta": self.delta}
-    >>> ops.convert_to_numpy(Shift(0.5)(None, [[1.0]])).tolist()
-    [[1.5]]
+    Examples:
+
+        >>> class Shift(Perturbation):
+        ...     def __init__(self, delta):
+        ...         self.delta = delta
+        ...     def perturb_in_graph(self, model, x, y=None):
+        ...         return x + self.delta
+        ...     def get_config(self):
+        ...         return {"delta": self.delta}
+        >>> ops.convert_to_numpy(Shift(0.5)(None, [[1.0]])).tolist()
+        [[1.5]]
     """
 
     clip = None
@@ -60,6 +63,13 @@ class GaussianNoise(Perturbation):
         sigma: the noise standard deviation (≥ 0), in input units.
         clip: (low, high) range of the noisy input, or None.
         seed: noise seed.
+
+    Examples:
+
+        >>> import numpy as np
+        >>> noisy = ops.convert_to_numpy(GaussianNoise(0.5, seed=0)(None, np.full((100, 4), 0.5, "float32")))
+        >>> bool(noisy.min() >= 0.0 and noisy.max() <= 1.0), bool(0.3 < noisy.std() < 0.5)
+        (True, True)
     """
 
     def __init__(self, sigma, clip=(0.0, 1.0), seed=None):
