@@ -7,7 +7,7 @@ EXTRAS ?= tensorflow-cpu,jax,cli,test,docs
 OUT ?= runs/demo
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile -q
 
-.PHONY: demo test lint docs test-tf test-jax bench clean
+.PHONY: demo test lint docs test-tf test-jax test-jax-slow bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test-tf: $(STAMP)
 
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PYTEST)
+
+# The end-to-end scripts (demo, examples) on JAX too (~30 min here: XLA compile time).
+test-jax-slow: $(STAMP)
+	KERAS_BACKEND=jax KERAS_LOWRANK_SLOW_JAX=1 $(PYTEST) -m slow_on_jax
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/lr_layer_overhead.py

@@ -9,13 +9,20 @@ import pytest  # noqa: E402
 
 def pytest_collection_modifyitems(config, items):
     """Every test runs on every backend, except those marked ``tf_only(reason)``,
-    which are skipped with their reason on the others."""
+    which are skipped with their reason on the others, and those marked
+    ``slow_on_jax(reason)``, which JAX runs only with KERAS_LOWRANK_SLOW_JAX=1
+    (``make test-jax-slow``)."""
     backend = keras.backend.backend()
+    slow_jax = os.environ.get("KERAS_LOWRANK_SLOW_JAX") == "1"
     for item in items:
         marker = item.get_closest_marker("tf_only")
         if marker is not None and backend != "tensorflow":
             reason = marker.args[0] if marker.args else "TensorFlow only"
             item.add_marker(pytest.mark.skip(reason=f"needs the TensorFlow backend: {reason}"))
+        marker = item.get_closest_marker("slow_on_jax")
+        if marker is not None and backend == "jax" and not slow_jax:
+            item.add_marker(pytest.mark.skip(
+                reason=f"slow on JAX ({marker.args[0]}); run with make test-jax-slow"))
 
 
 @pytest.fixture(autouse=True)

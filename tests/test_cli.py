@@ -7,7 +7,9 @@ from keras_lowrank import cli
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.slow_on_jax("XLA compiles each of the hundreds of perturbation steps: > 20 min on 2 CPUs")
 def test_demo_writes_its_outputs(tmp_path, capsys):
+    pytest.importorskip("tensorflow")  # data.load builds tf.data pipelines
     assert cli.main(["demo", "--output", str(tmp_path), "--epochs", "2",
                      "--sigmas", "0.1", "0.3", "--seeds", "0", "1",
                      "--dlrt-datasets", "digits", "--dlrt-epochs", "1",

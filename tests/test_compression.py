@@ -209,6 +209,7 @@ print(float(np.abs(out - np.load(sys.argv[3])).max()))
 
 
 def test_exported_savedmodel_and_keras_file_load_without_keras_lowrank(rng, tmp_path):
+    pytest.importorskip("tensorflow")  # the SavedModel is loaded with plain TensorFlow
     x = rng.uniform(size=(32, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 10, size=32)
     model = compression.to_low_rank(_cnn(), rank=3)
