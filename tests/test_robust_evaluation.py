@@ -223,3 +223,21 @@ def test_the_pair_data_load_returns_is_a_clear_error_where_the_dataset_is_meant(
             run()
     dataset, _ = pair  # what the message says to do works
     assert 0.0 <= evaluate_robustness(model, dataset, large_eps=None).rows[0]["accuracy"] <= 1.0
+
+
+def test_array_pairs_are_scored_exactly_whatever_their_length(rng):
+    """(x, y) arrays are padded to equal batches (one compiled step on JAX) with
+    weight-0 copies: every row's accuracy is still k / n of the real examples."""
+    from keras_lowrank.robustness import FGSM, evaluate_robustness
+
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    for n in (7, 256, 300, 513):
+        x = rng.uniform(size=(n, 5)).astype("float32")
+        y = rng.integers(0, 3, size=n)
+        clean = np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)
+        adversarial = np.asarray(FGSM(0.05)(model, x, y))
+        attacked = np.mean(np.argmax(model.predict(adversarial, verbose=0), -1) == y)
+        report = evaluate_robustness(model, (x, y), attacks=[FGSM(0.05)], large_eps=None)
+        assert report.num_examples == n
+        assert report.clean_accuracy == pytest.approx(clean, abs=1e-6)
+        assert report.accuracy("FGSM", 0.05) == pytest.approx(attacked, abs=1e-6)

@@ -156,7 +156,8 @@ def _accuracy(model, perturbation, data, from_logits, jit_compile):
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
         metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    wrapper.compile(jit_compile=jit_compile, loss=loss, metrics=[metric])
+    # weighted: the padding of (x, y) pairs has weight 0 (`metrics=` would ignore it)
+    wrapper.compile(jit_compile=jit_compile, loss=loss, weighted_metrics=[metric])
     if _is_pair(data):
         x, y, weights, batch = _padded_pair(data)
         result = wrapper.evaluate(x, y, sample_weight=weights, batch_size=batch, verbose=0,
