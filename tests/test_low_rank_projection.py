@@ -5,12 +5,16 @@ import pytest
 from keras_lowrank import LowRankProjection
 
 
-def numpy_losses(a, w, b):
+def numpy_losses(a, w, b, loss="paper"):
     """L_c and L_n of docs/methods.md §1 written independently in column-vector form."""
     a = a.reshape(len(a), -1).astype(np.float64)
     shifted = (a + b).T                       # m × n, columns a_i + b
     residual = w.T @ shifted - shifted        # Wᵀ(a_i + b) − (a_i + b)
-    l_c = np.mean(np.sum(residual**2, axis=0))
+    if loss == "paper":
+        l_c = np.mean(np.sum(residual**2, axis=0))
+    else:  # ‖R‖_F / ‖A − ā‖_F, the 1e-4 floor under the square root as documented
+        centred = a - a.mean(axis=0)
+        l_c = np.sqrt(np.linalg.norm(residual) ** 2 / np.linalg.norm(centred) ** 2 + 1e-4)
     l_n = np.mean(np.abs(1 - np.linalg.norm(a, axis=1)))
     return l_c, l_n
 
@@ -32,19 +36,70 @@ def weights_of(layer):
             keras.ops.convert_to_numpy(layer.bias).astype(np.float64))
 
 
+@pytest.mark.parametrize("loss", ["paper", "relative"])
 @pytest.mark.parametrize("shape,flatten", [((6,), True), ((4, 4, 3), True),
                                            ((4, 4, 3), False)])
-def test_losses_match_formula_and_output_is_input(rng, shape, flatten):
-    layer = LowRankProjection(2, projection_weight=0.7, norm_weight=1.9,
+def test_losses_match_formula_and_output_is_input(rng, shape, flatten, loss):
+    layer = LowRankProjection(2, projection_weight=0.7, norm_weight=1.9, loss=loss,
                               flatten=flatten, bias_initializer="random_normal")
     x = rng.normal(size=(5,) + shape).astype("float32")
     y = layer(x)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(y), x)
     w, b = weights_of(layer)
     a = x.reshape(-1, shape[-1]) if not flatten else x
-    l_c, l_n = numpy_losses(a, w, b)
+    l_c, l_n = numpy_losses(a, w, b, loss)
     got = [float(keras.ops.convert_to_numpy(v)) for v in layer.losses]
     np.testing.assert_allclose(got, [0.7 * l_c, 1.9 * l_n], rtol=2e-5)
+
+
+def test_defaults_relative_loss_alone_and_paper_with_norm_loss(rng):
+    x = rng.normal(size=(6, 5)).astype("float32")
+    relative, paper = LowRankProjection(2), LowRankProjection(2, loss="paper")
+    relative(x), paper(x)
+    assert (relative.projection_weight, relative.norm_weight) == (0.5, 0.0)
+    assert (paper.projection_weight, paper.norm_weight) == (1.0, 1.0)
+    assert len(relative.losses) == 1 and len(paper.losses) == 2
+
+
+def test_relative_loss_ignores_the_representations_scale(rng):
+    # L_c(c·a) with b → c·b equals L_c(a): the residual and the spread both scale by c.
+    layer = LowRankProjection(2, bias_initializer="random_normal")
+    a = rng.normal(size=(9, 7)).astype("float32")
+    layer(a)
+    bias = keras.ops.convert_to_numpy(layer.bias)
+    values = []
+    for c in (1e-3, 1.0, 1e3):
+        layer.bias.assign(c * bias)
+        values.append(float(keras.ops.convert_to_numpy(layer.projection_loss(c * a))))
+    np.testing.assert_allclose(values, values[1], rtol=1e-5)
+    layer.bias.assign(bias)
+    w, b = weights_of(layer)
+    np.testing.assert_allclose(values[1], numpy_losses(a, w, b, "relative")[0], rtol=1e-5)
+
+
+def test_relative_loss_without_spread(rng):
+    """One sample (or identical ones) is measured against its own energy; an all-zero
+    batch adds nothing; gradients stay finite."""
+    layer = LowRankProjection(2, bias_initializer="random_normal")
+    a = rng.normal(size=(1, 5)).astype("float32")
+    layer(a)
+    w, b = weights_of(layer)
+    residual = (a + b) @ w - (a + b)
+    expected = np.sqrt(np.sum(residual**2) / np.sum(a.astype(np.float64) ** 2) + 1e-4)
+    for batch in (a, np.repeat(a, 3, axis=0)):
+        got = float(keras.ops.convert_to_numpy(layer.projection_loss(batch)))
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+    zeros = np.zeros((3, 5), "float32")
+    assert float(keras.ops.convert_to_numpy(layer.projection_loss(zeros))) == 0.0
+    assert np.all(np.isfinite(input_gradient(layer.projection_loss, zeros)))
+
+
+def test_configs_saved_before_the_loss_option_load_as_the_paper_loss():
+    config = LowRankProjection(3, loss="paper").get_config()
+    del config["loss"], config["norm_weight"], config["projection_weight"]
+    old = LowRankProjection.from_config(config)
+    assert (old.loss, old.norm_weight) == ("paper", 1.0)
+    assert LowRankProjection.from_config(LowRankProjection(3).get_config()).loss == "relative"
 
 
 def test_projection_output_and_compression_round_trip(rng):
@@ -125,8 +180,9 @@ def test_fit_trains_kernel_then_thresholds_it(rng):
     np.testing.assert_allclose(w, best_rank(trained, 2), atol=1e-5)
 
 
-def test_losses_enter_fit_loss(rng):
-    model = lr_model((5,), rank=2, projection_weight=2.0, norm_weight=3.0)
+@pytest.mark.parametrize("loss", ["paper", "relative"])
+def test_losses_enter_fit_loss(rng, loss):
+    model = lr_model((5,), rank=2, projection_weight=2.0, norm_weight=3.0, loss=loss)
     model.compile(keras.optimizers.SGD(0.0), "mse")
     x, y = rng.normal(size=(8, 5)).astype("float32"), rng.normal(size=(8, 3))
     layer = model.get_layer("lr")
@@ -134,25 +190,29 @@ def test_losses_enter_fit_loss(rng):
     evaluated = model.evaluate(x, y, batch_size=8, verbose=0)
     features = keras.Model(model.inputs, model.get_layer("features").output).predict(x, verbose=0)
     w, b = weights_of(layer)
-    l_c, l_n = numpy_losses(features, w, b)
+    l_c, l_n = numpy_losses(features, w, b, loss)
     mse = np.mean((model.predict(x, verbose=0) - y) ** 2)
     np.testing.assert_allclose(evaluated, mse + 2 * l_c + 3 * l_n, rtol=1e-4)
 
 
-def test_norm_loss_gradient_finite_for_zero_features():
-    layer = LowRankProjection(1)
-    x = keras.ops.zeros((3, 4))
-    layer(x)
+def input_gradient(function, x):
+    """d function(x) / dx on either backend, as numpy."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
-        x = tf.Variable(np.zeros((3, 4), "float32"))
+        x = tf.Variable(x)
         with tf.GradientTape() as tape:
-            loss = layer.norm_loss(x) + layer.projection_loss(x)
-        grad = tape.gradient(loss, x).numpy()
-    else:
-        import jax
-        grad = np.asarray(jax.grad(lambda v: layer.norm_loss(v) + layer.projection_loss(v))(
-            np.zeros((3, 4), "float32")))
+            value = function(x)
+        return tape.gradient(value, x).numpy()
+    import jax
+    return np.asarray(jax.grad(function)(x))
+
+
+@pytest.mark.parametrize("loss", ["paper", "relative"])
+def test_norm_loss_gradient_finite_for_zero_features(loss):
+    layer = LowRankProjection(1, loss=loss)
+    layer(keras.ops.zeros((3, 4)))
+    grad = input_gradient(lambda v: layer.norm_loss(v) + layer.projection_loss(v),
+                          np.zeros((3, 4), "float32"))
     assert np.all(np.isfinite(grad))
 
 

@@ -112,7 +112,6 @@ def test_docstring_examples_run():
     """Every ``>>>`` example in the package's docstrings runs and prints what it says."""
     import doctest
     import importlib
-
     import importlib.util
 
     # modules whose examples load optional datasets: run where the extra is installed

@@ -3,14 +3,24 @@
 
 A virtual layer attached to a representation a (batch × m). It carries W (m × m,
 held at rank r) and b (m). In the forward pass it returns a unchanged (or, on
-request, its projection) and adds two losses through Keras' loss mechanism:
+request, its projection) and adds its losses through Keras' loss mechanism.
+Keras stores row vectors, so Wᵀ(a + b) is written ``(a + b) @ W`` below; A is the
+batch's matrix of rows a_i, ā their mean.
+
+``loss="relative"`` (default): the relative residual of the batch,
+
+    L_c = sqrt(‖(A + b) W − (A + b)‖²_F / ‖A − ā‖²_F + 1e-4),
+
+which does not change when the representation is scaled (so it needs no norm loss and
+one weight suits every model), and whose pull grows as the residual shrinks.
+
+``loss="paper"``: the paper's absolute losses,
 
     projection loss  L_c = (1/n) Σ_i ‖ Wᵀ(a_i + b) − (a_i + b) ‖²
     norm loss        L_n = (1/n) Σ_i | 1 − ‖a_i‖ |
 
 Every ``update_every`` training steps W is replaced by its best rank-r
-approximation (truncated SVD). Keras stores row vectors, so Wᵀ(a + b) is
-written ``(a + b) @ W`` below.
+approximation (truncated SVD).
 """
 
 import keras
@@ -20,6 +30,12 @@ from keras_lowrank._validation import check_int, check_number
 from keras_lowrank.precision import float32_matmuls
 
 _OUTPUT_MODES = ("input", "projection")
+_LOSSES = ("relative", "paper")
+# Under the relative loss's square root: its pull grows as the residual shrinks, up to
+# a residual of 1 % of the batch's spread (share 1e-4), where it levels off.
+_RELATIVE_FLOOR = 1e-4
+_RELATIVE_WEIGHT = 0.5
+_NO_SPREAD = 1e-6
 _SVD_MODES = ("auto", "exact", "randomized")
 _OVERSAMPLING = 10
 
@@ -53,10 +69,21 @@ class LowRankProjection(keras.layers.Layer):
 
     Args:
         rank: target rank r of W, 1 ≤ r ≤ m (m = feature size).
-        projection_weight: λ_c, weight of the projection loss (≥ 0, default 1).
-        norm_weight: λ_n, weight of the norm loss (≥ 0, default 1).
-        update_every: W is hard-thresholded to rank r on the first training step
-            and then every ``update_every`` training steps (default 10).
+        projection_weight: λ_c, weight of the projection loss (≥ 0). Default
+            (None): 0.5 with ``loss="relative"``, 1 (the paper's) with ``"paper"``.
+        norm_weight: λ_n, weight of the paper's norm loss (≥ 0). Default (None):
+            0 with ``loss="relative"``, which needs none, 1 with ``loss="paper"``.
+        loss: the projection loss. ``"relative"`` (default): the batch's relative
+            residual √(‖(A + b)W − (A + b)‖²_F / ‖A − ā‖²_F + 10⁻⁴) (A: the batch's
+            rows, ā their mean), the share of the representation left outside the rank-r
+            subspace; unchanged when the representation is scaled, so one weight
+            suits every model and nothing pins ‖a‖. ``"paper"``: Sanyal et al.'s
+            mean_i ‖(a_i + b)W − (a_i + b)‖², whose size follows the
+            representation's scale, with the norm loss mean_i |1 − ‖a_i‖| against
+            shrinking a. docs/methods.md §1 compares them.
+        update_every: W is hard-thresholded to rank r (its best rank-r
+            approximation) on the first training step and then every
+            ``update_every`` training steps (default 10).
         svd: how W is thresholded: ``"exact"`` (full SVD, O(m³)),
             ``"randomized"`` (randomized range finder with r + 10 columns and two
             power iterations, O(m² r)), or ``"auto"`` (default: randomized when
@@ -96,8 +123,9 @@ class LowRankProjection(keras.layers.Layer):
     def __init__(
         self,
         rank,
-        projection_weight=1.0,
-        norm_weight=1.0,
+        projection_weight=None,
+        norm_weight=None,
+        loss="relative",
         update_every=10,
         output_mode="input",
         flatten=True,
@@ -108,6 +136,12 @@ class LowRankProjection(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         rank = check_int(rank, "rank")
+        if loss not in _LOSSES:
+            raise ValueError(f"`loss` must be one of {_LOSSES}, got loss={loss!r}.")
+        if projection_weight is None:
+            projection_weight = _RELATIVE_WEIGHT if loss == "relative" else 1.0
+        if norm_weight is None:
+            norm_weight = 0.0 if loss == "relative" else 1.0
         projection_weight = check_number(projection_weight, "projection_weight", minimum=0.0)
         norm_weight = check_number(norm_weight, "norm_weight", minimum=0.0)
         update_every = check_int(update_every, "update_every")  # steps between thresholdings
@@ -119,6 +153,7 @@ class LowRankProjection(keras.layers.Layer):
         if svd not in _SVD_MODES:
             raise ValueError(f"`svd` must be one of {_SVD_MODES}, got svd={svd!r}.")
         self.rank = rank
+        self.loss = loss
         self.svd = svd
         self.projection_weight = float(projection_weight)
         self.norm_weight = float(norm_weight)
@@ -222,9 +257,11 @@ class LowRankProjection(keras.layers.Layer):
         return a if shape is None else ops.reshape(a, shape)
 
     def projection_loss(self, inputs):
-        """L_c = mean_i ‖Wᵀ(a_i + b) − (a_i + b)‖² (unweighted)."""
+        """L_c of ``inputs`` as a batch (unweighted), per ``loss``: the relative
+        residual ‖(A + b)W − (A + b)‖_F / ‖A − ā‖_F or the paper's
+        mean_i ‖Wᵀ(a_i + b) − (a_i + b)‖²."""
         a = self._as_matrix(inputs)
-        return self._projection_loss(a + self.bias, self.projection_matrix)
+        return self._projection_loss(a, self.projection_matrix)
 
     def norm_loss(self, inputs):
         """L_n = mean_i |1 − ‖a_i‖| (unweighted)."""
@@ -234,14 +271,14 @@ class LowRankProjection(keras.layers.Layer):
     def call(self, inputs, training=None):
         a = self._as_matrix(inputs)
         w = self._training_projection_matrix() if training else self.projection_matrix
-        shifted = a + self.bias
         if self.projection_weight:
-            self.add_loss(self.projection_weight * self._projection_loss(shifted, w))
+            self.add_loss(self.projection_weight * self._projection_loss(a, w))
         if self.norm_weight:
             self.add_loss(self.norm_weight * self._norm_loss(a))
         if self.output_mode == "input":
             return inputs
-        projected = ops.reshape(ops.matmul(shifted, w) - self.bias, ops.shape(inputs))
+        projected = ops.matmul(a + self.bias, w) - self.bias
+        projected = ops.reshape(projected, ops.shape(inputs))
         return ops.cast(projected, self.compute_dtype)
 
     def _training_projection_matrix(self):
@@ -269,10 +306,21 @@ class LowRankProjection(keras.layers.Layer):
             return ops.reshape(x, (-1, self.features))
         return ops.reshape(x, (-1, ops.shape(x)[-1]))
 
-    @staticmethod
-    def _projection_loss(shifted, w):
-        residual = ops.matmul(shifted, w) - shifted
-        return ops.mean(ops.sum(ops.square(residual), axis=-1))
+    def _projection_loss(self, a, w):
+        shifted = a + self.bias
+        squared = ops.sum(ops.square(ops.matmul(shifted, w) - shifted), axis=-1)
+        if self.loss == "paper":
+            return ops.mean(squared)
+        # Relative: residual energy over the batch's spread. A batch without spread
+        # (one sample, or identical ones, whose spread is rounding noise: below 1e-6 of
+        # their energy) is measured against its uncentred energy, and an all-zero
+        # batch adds nothing.
+        spread = ops.sum(ops.square(a - ops.mean(a, axis=0, keepdims=True)))
+        total = ops.sum(ops.square(a))
+        energy = ops.where(spread > _NO_SPREAD * total, spread, total)
+        safe = ops.where(energy > 0, energy, ops.ones_like(energy))
+        share = ops.sum(squared) / safe
+        return ops.where(energy > 0, ops.sqrt(share + _RELATIVE_FLOOR), ops.zeros_like(share))
 
     @staticmethod
     def _norm_loss(a):
@@ -288,6 +336,7 @@ class LowRankProjection(keras.layers.Layer):
         config.update(
             {
                 "rank": self.rank,
+                "loss": self.loss,
                 "projection_weight": self.projection_weight,
                 "norm_weight": self.norm_weight,
                 "update_every": self.update_every,
@@ -303,3 +352,10 @@ class LowRankProjection(keras.layers.Layer):
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Configs saved before `loss` existed (v0.1) trained with the paper's loss.
+        config = dict(config)
+        config.setdefault("loss", "paper")
+        return super().from_config(config)
