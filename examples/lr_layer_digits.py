@@ -24,7 +24,7 @@ model = keras.Sequential([
     keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
     keras.layers.Flatten(),
     keras.layers.Dense(64, activation="relu", name="features"),
-    klr.LowRankProjection(rank=10, projection_weight=4.0, name="low_rank"),
+    klr.LowRankProjection(rank=10, name="low_rank"),
     keras.layers.Dense(info.num_classes, name="logits"),
 ])
 model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),

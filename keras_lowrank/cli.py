@@ -19,7 +19,11 @@ def build_parser():
     demo.add_argument("--dataset", default="digits", choices=["digits", "mnist1d"])
     demo.add_argument("--epochs", type=int, default=40)
     demo.add_argument("--rank", type=int, default=10, help="target rank of the LR layer")
-    demo.add_argument("--projection-weight", type=float, default=4.0)
+    demo.add_argument("--projection-weight", type=float, default=None,
+                      help="λ_c of the LR layer (default: the layer's, 0.5 for the relative "
+                           "loss, 1 for the paper's)")
+    demo.add_argument("--lr-loss", choices=["relative", "paper"], default="relative",
+                      help="the LR layer's projection loss (docs/methods.md §1)")
     demo.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     demo.add_argument("--dlrt-datasets", nargs="*", default=["digits", "mnist1d"],
@@ -43,7 +47,8 @@ def main(argv=None):
             parser.error(f"--{flag.replace('_', '-')} must be ≥ 1, got {getattr(args, flag)}")
     from keras_lowrank._validation import check_number
 
-    for flag, values in (("projection-weight", [args.projection_weight]),
+    weights = [] if args.projection_weight is None else [args.projection_weight]
+    for flag, values in (("projection-weight", weights),
                          ("sigmas", args.sigmas)):
         for value in values:
             try:
@@ -69,7 +74,8 @@ def main(argv=None):
     from keras_lowrank_experiments.demo import run_demo  # imports Keras: keep --help fast
 
     run_demo(args.output, dataset=args.dataset, epochs=args.epochs, rank=args.rank,
-             projection_weight=args.projection_weight, sigmas=args.sigmas,
+             projection_weight=args.projection_weight, lr_loss=args.lr_loss,
+             sigmas=args.sigmas,
              seeds=tuple(args.seeds), dlrt_datasets=tuple(args.dlrt_datasets),
              dlrt_epochs=args.dlrt_epochs, analysis_datasets=tuple(args.analysis_datasets),
              analysis_epochs=args.analysis_epochs, overwrite=args.overwrite)

@@ -52,13 +52,21 @@ def compressed_feature_accuracy(model, test):
     return correct / total
 
 
-def train_and_measure(info, train, test, lr_rank, projection_weight, sigmas,
+def lr_arguments(projection_weight=None, lr_loss="relative"):
+    """The LR layer's arguments: its defaults unless a weight or the paper's loss is asked."""
+    kwargs = {"loss": lr_loss}
+    if projection_weight is not None:
+        kwargs["projection_weight"] = projection_weight
+    return kwargs
+
+
+def train_and_measure(info, train, test, lr_rank, lr_kwargs, sigmas,
                       seed, epochs, learning_rate):
     """One model: its metrics record and the spectrum of its features."""
     start = time.time()
     keras.utils.set_random_seed(seed)
     model = small_cnn(info.input_shape, info.num_classes, lr_rank=lr_rank,
-                      lr_kwargs={"projection_weight": projection_weight}, seed=seed)
+                      lr_kwargs=lr_kwargs, seed=seed)
     train_model(model, train, epochs, learning_rate)
     record = {"accuracy": model.evaluate(test, verbose=0, return_dict=True)["accuracy"]}
     ranks = analysis.representation_ranks(model, test, layers=["features"])["features"]
@@ -72,8 +80,8 @@ def train_and_measure(info, train, test, lr_rank, projection_weight, sigmas,
     return model, record, ranks.singular_values
 
 
-def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=4.0,
-             sigmas=(0.1, 0.2, 0.3), seeds=(0, 1, 2), learning_rate=1e-3, echo=print,
+def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=None,
+             lr_loss="relative", sigmas=(0.1, 0.2, 0.3), seeds=(0, 1, 2), learning_rate=1e-3, echo=print,
              dlrt_datasets=("digits", "mnist1d"), dlrt_epochs=20,
              analysis_datasets=("digits", "mnist1d"), analysis_epochs=20, overwrite=False):
     """Trains the baseline and the LR model for each seed; reports mean ± std.
@@ -83,7 +91,8 @@ def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=4.0
     non-empty ``output`` raises FileExistsError unless ``overwrite=True``."""
     final = output
     with staged_folder(output, overwrite) as output:
-        results = _run_demo(output, dataset, epochs, rank, projection_weight, sigmas, seeds,
+        results = _run_demo(output, dataset, epochs, rank, lr_arguments(projection_weight, lr_loss),
+                            sigmas, seeds,
                             learning_rate, echo, dlrt_datasets, dlrt_epochs,
                             analysis_datasets, analysis_epochs)
     figures = "".join(f", cka_{d}.png, selectivity_{d}.png" for d in analysis_datasets or ())
@@ -92,7 +101,7 @@ def run_demo(output, dataset="digits", epochs=40, rank=10, projection_weight=4.0
     return results
 
 
-def _run_demo(output, dataset, epochs, rank, projection_weight, sigmas, seeds, learning_rate,
+def _run_demo(output, dataset, epochs, rank, lr_kwargs, sigmas, seeds, learning_rate,
               echo, dlrt_datasets, dlrt_epochs, analysis_datasets, analysis_epochs):
     test, _ = data.load(dataset, "test", batch_size=256)
     info = data.load(dataset, "train")[1]
@@ -100,14 +109,14 @@ def _run_demo(output, dataset, epochs, rank, projection_weight, sigmas, seeds, l
          f"train images, backend {keras.backend.backend()}, {epochs} epochs, "
          f"seeds {list(seeds)}")
     results = {"dataset": dataset, "epochs": epochs, "rank": rank,
-               "projection_weight": projection_weight, "seeds": list(seeds),
+               "lr_arguments": lr_kwargs, "seeds": list(seeds),
                "per_seed": {"baseline": [], "lr": []}}
     spectra, first_models = {}, {}
     for seed in seeds:
         train, _ = data.load(dataset, "train", batch_size=32, seed=seed)
         for label, lr_rank in (("baseline", None), ("lr", rank)):
             model, record, spectrum = train_and_measure(
-                info, train, test, lr_rank, projection_weight, sigmas, seed,
+                info, train, test, lr_rank, lr_kwargs, sigmas, seed,
                 epochs, learning_rate)
             results["per_seed"][label].append(record)
             echo(f"  seed {seed}: trained {label} in {record['train_seconds']} s")

@@ -18,6 +18,7 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     assert "var. rank 99%" in printed and "baseline" in printed
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["mean"]) == {"baseline", "lr"}
+    assert results["lr_arguments"] == {"loss": "relative"}  # the layer's defaults
     runs = results["per_seed"]["lr"]
     assert len(runs) == 2 and {"accuracy_sigma_0.1", "accuracy_sigma_0.3"} <= set(runs[0])
     accuracies = [r["accuracy"] for r in runs]

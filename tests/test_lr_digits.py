@@ -19,7 +19,7 @@ def test_lr_layer_lowers_rank_on_digits_without_costing_accuracy():
     measured = {}
     for label, rank in (("baseline", None), ("lr", RANK)):
         keras.utils.set_random_seed(0)
-        model = small_cnn(lr_rank=rank, lr_kwargs={"projection_weight": 4.0})
+        model = small_cnn(lr_rank=rank)  # the LR layer's defaults
         train_model(model, train, epochs=40, learning_rate=1e-3)
         accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
         ranks = analysis.representation_ranks(model, test, layers=["features"])["features"]

@@ -272,7 +272,8 @@ def test_cli_refuses_bad_arguments_before_training(tmp_path):
     done = _cli("demo", "--output", str(tmp_path))
     assert done.returncode == 2 and "--overwrite" in done.stderr
     for args, message in ((["--projection-weight", "nan"], "projection-weight"),
-                          (["--rank", "0"], "rank"), (["--sigmas", "inf"], "sigmas")):
+                          (["--rank", "0"], "rank"), (["--sigmas", "inf"], "sigmas"),
+                          (["--lr-loss", "l2"], "--lr-loss")):
         done = _cli("demo", "--output", str(tmp_path / "new"), *args)
         assert done.returncode == 2 and message in done.stderr, done.stderr
     assert os.listdir(tmp_path) == ["old.json"]
