@@ -20,7 +20,12 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank._files import check_output_folder, staged_folder
-from keras_lowrank._keras_compat import all_sublayers, direct_sublayers, is_graph_model
+from keras_lowrank._keras_compat import (
+    all_sublayers,
+    build_input_shape,
+    direct_sublayers,
+    is_graph_model,
+)
 from keras_lowrank._low_rank_model import condition_number, dlrt_of, low_rank_layers, truncate_layer
 from keras_lowrank._validation import check_int, check_number
 from keras_lowrank.layers.dynamic_low_rank import (
@@ -99,7 +104,8 @@ def compression_summary(model):
     ``low_rank_params`` r(n_in + n_out) + bias (the exported pair of layers, S
     folded into the second), their ``compression_rate``, multiply-adds per
     sample of the dense and of the exported layer (r(n_in + n_out) per output
-    position), cond(S_r). Plain Dense/Conv2D layers (e.g. left dense by
+    position of a convolution, and per position of a Dense applied to feature
+    maps), cond(S_r). Plain Dense/Conv2D layers (e.g. left dense by
     ``to_low_rank`` because their rank did not pay) get a row with rank None.
 
     Totals: over the low-rank layers (``dense_params``, ``low_rank_params``,
@@ -133,8 +139,9 @@ def compression_summary(model):
         dense_params, low_params = n_in * n_out + bias, r * (n_in + n_out) + bias
         if isinstance(layer, DynamicLowRankConv2D):
             dense_macs, low_macs = layer.multiply_adds(r)
-        else:
-            dense_macs, low_macs = n_in * n_out, r * (n_in + n_out)
+        else:  # a Dense on feature maps (batch, h, w, c) multiplies once per position
+            positions = _positions(layer)
+            dense_macs, low_macs = positions * n_in * n_out, positions * r * (n_in + n_out)
         rows.append(dict(
             layer=layer.name, n_in=n_in, n_out=n_out, rank=r, max_rank=layer.max_rank,
             dense_params=dense_params, low_rank_params=low_params,
@@ -256,7 +263,10 @@ def to_low_rank(
     bias constraint; a kernel constraint is dropped with a warning. A layer whose rank does
     not pay (r·(n_in + n_out) ≥ n_in·n_out: the factorised layer would be the
     larger) stays dense, with a warning naming it: the result is never bigger
-    than ``model``.
+    than ``model``. The model's own layers are converted; Dense/Conv2D layers
+    inside a nested model or a custom layer are not (``clone_model`` rebuilds
+    those whole): named in ``layers`` they raise, otherwise a warning names
+    them — convert the inner model first, or build the model flat.
 
     Args:
         layers: names of the layers to convert (default: every Dense and Conv2D,
@@ -280,13 +290,34 @@ def to_low_rank(
         (['DynamicLowRankDense', 'Dense'], 4)
     """
     _check_clonable(model)
-    candidates = [
-        l for l in all_sublayers(model)
-        if type(l) in (keras.layers.Dense, keras.layers.Conv2D)
-    ]
+    kinds = (keras.layers.Dense, keras.layers.Conv2D)
+    # clone_model rebuilds the model's own layers one by one; a nested model or a
+    # custom layer is rebuilt whole, so the Dense/Conv2D layers inside it cannot be
+    # swapped: they are named (an error if asked for, a warning otherwise), never
+    # left dense in silence.
+    candidates = [l for l in direct_sublayers(model) if type(l) in kinds]
+    nested = {}
+    for parent in direct_sublayers(model):
+        for l in all_sublayers(parent):
+            if type(l) in kinds:
+                nested[l.name] = parent.name
     if layers is None:
         chosen = candidates[1 if skip_first else 0: len(candidates) - (1 if skip_last else 0)]
+        if nested:
+            warnings.warn(
+                "to_low_rank left these Dense/Conv2D layers dense: they sit inside nested "
+                f"models or custom layers, which it rebuilds whole: {sorted(nested)} (inside "
+                f"{sorted(set(nested.values()))}). Convert the inner model itself with "
+                "to_low_rank before building the outer one, or build the model flat.",
+                stacklevel=2)
     else:
+        inside = [n for n in layers if n in nested]
+        if inside:
+            raise ValueError(
+                f"`layers` names {inside}, inside the nested model(s) or custom layer(s) "
+                f"{sorted({nested[n] for n in inside})}, which to_low_rank rebuilds whole and "
+                "cannot convert layer by layer. Convert the inner model itself with "
+                "to_low_rank before building the outer one, or build the model flat.")
         names = {l.name: l for l in candidates}
         unknown = [n for n in layers if n not in names]
         if unknown:
@@ -376,6 +407,16 @@ def _pairs(old_model, new_model):
     if len(old_layers) != len(new_layers):
         raise RuntimeError("the cloned model's layers do not match the original's")
     return zip(old_layers, new_layers)
+
+
+def _positions(layer):
+    """Positions a Dense layer is applied at per sample: the product of its input's
+    axes between batch and features (1 for a (batch, features) input, h·w for a
+    (batch, h, w, c) map), from the shape it was built with."""
+    shape = build_input_shape(layer)
+    if shape is None or len(shape) <= 2:
+        return 1
+    return int(np.prod([d for d in shape[1:-1] if d is not None]))
 
 
 def _copy_weights(old_model, new_model, plans, set_converted):

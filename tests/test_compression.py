@@ -85,6 +85,41 @@ def test_compression_summary_counts_parameters_and_multiply_adds():
     assert "| **whole model** |" in str(summary)
 
 
+def test_dense_on_feature_maps_counts_multiply_adds_per_position(rng):
+    # A pointwise Dense on 4×6 maps (ConvNeXt's MLP): 24 positions per sample, each
+    # an 8 → 16 product; the exported pair does r(8 + 16) per position.
+    inputs = keras.Input((4, 6, 8))
+    h = keras.layers.Dense(16, activation="relu", name="pointwise")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(keras.layers.Flatten()(h)))
+    low = compression.to_low_rank(model, rank=2)
+    row = {r["layer"]: r for r in compression.compression_summary(low).rows}["pointwise"]
+    assert (row["dense_macs"], row["low_rank_macs"]) == (24 * 8 * 16, 24 * 2 * (8 + 16))
+    x = rng.normal(size=(5, 4, 6, 8)).astype("float32")
+    assert low.predict(x, verbose=0).shape == (5, 3)
+
+
+def _nested_model():
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((12,)), keras.layers.Dense(24, activation="relu", name="inner_dense")],
+                             name="inner")
+    inputs = keras.Input((12,))
+    h = keras.layers.Dense(12, activation="relu", name="outer_dense")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(inner(h)))
+
+
+def test_to_low_rank_names_the_layers_of_nested_models_it_cannot_convert(rng):
+    model = _nested_model()
+    with pytest.warns(UserWarning, match=r"inner_dense.*inside \['inner'\]"):
+        low = compression.to_low_rank(model, rank=2)
+    assert type(low.get_layer("outer_dense")) is DynamicLowRankDense
+    assert type(low.get_layer("inner").get_layer("inner_dense")) is keras.layers.Dense
+    x = rng.normal(size=(4, 12)).astype("float32")
+    inner_before = model.get_layer("inner").predict(x, verbose=0)
+    np.testing.assert_array_equal(low.get_layer("inner").predict(x, verbose=0), inner_before)
+    with pytest.raises(ValueError, match=r"inner_dense.*nested model"):
+        compression.to_low_rank(model, layers=["inner_dense"], rank=2)
+
+
 def _train_briefly(model, x, y):
     from keras_lowrank.optimizers import DLRT
 
