@@ -131,6 +131,18 @@ def test_cka_map_equals_mean_hsic_over_batches(rng):
             assert result.matrix[i, j] == pytest.approx(kl / np.sqrt(kk * ll), abs=10 * TOL)
 
 
+def test_cka_map_default_layers_include_a_converted_models_low_rank_layers(rng):
+    from keras_lowrank.compression import to_low_rank
+
+    model = small_model(0)
+    low = to_low_rank(model, rank=2)  # conv and hidden become low rank; out stays Dense
+    x = rng.normal(size=(40, 6, 6, 1)).astype("float32")
+    default = cka_map(model, x, model_b=low)
+    named = cka_map(model, x, model_b=low, layers=["conv", "hidden", "out"])
+    assert default.rows == default.columns == ["conv", "hidden", "out"]
+    np.testing.assert_array_equal(default.matrix, named.matrix)
+
+
 @pytest.mark.parametrize("unbiased", [True, False])
 def test_cka_map_rbf_equals_numpy(rng, unbiased):
     model = small_model(0)

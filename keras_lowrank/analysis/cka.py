@@ -28,6 +28,7 @@ from keras import ops
 from keras_lowrank._optional import require
 from keras_lowrank.analysis._batches import iterate_inputs
 from keras_lowrank.analysis.representation import feature_extractor, resolve_layers
+from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankConv2D, DynamicLowRankDense
 from keras_lowrank.precision import float32_matmuls
 
 _DTYPE = "float64"  # float32 where the backend has no float64 (JAX by default)
@@ -291,13 +292,16 @@ def _hsic_extractor(model_a, layers_a, model_b, layers_b, kernel, threshold):
     return cache[key]
 
 
-DEFAULT_LAYER_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense)
+# the low-rank layers stand where a converted model's Dense/Conv2D stood, so that a
+# model and its compressed twin are compared layer for layer
+DEFAULT_LAYER_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense,
+                       DynamicLowRankConv2D, DynamicLowRankDense)
 
 
 def _layers(model, layers):
     if layers is not None and not isinstance(layers, str) and len(layers) == 0:
         raise ValueError("`layers` is empty: name at least one layer, or pass None for the "
-                         "default (every Conv1D/Conv2D/Dense layer).")
+                         "default (every Conv1D/Conv2D/Dense and dynamic low-rank layer).")
     if layers is None or (isinstance(layers, tuple) and layers and isinstance(layers[0], type)):
         types = layers or DEFAULT_LAYER_TYPES
         chosen = [layer for layer in model.layers if isinstance(layer, types)]
@@ -318,7 +322,8 @@ def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=Tr
         model_b: a second model (same inputs): the map is then layers of
             ``model_a`` × layers of ``model_b``; else ``model_a`` × ``model_a``.
         layers: layer names of ``model_a``, or a tuple of layer classes; default:
-            every Conv1D/Conv2D/Dense layer. Conv maps are flattened.
+            every Conv1D/Conv2D/Dense layer and every dynamic low-rank layer (a
+            converted model's). Conv maps are flattened.
         layers_b: the same for ``model_b`` (default: as ``layers``).
         unbiased: unbiased HSIC (default; needs batches of ≥ 4 — a smaller last
             batch is skipped) or the biased estimator.
