@@ -266,7 +266,9 @@ def to_low_rank(
     than ``model``. The model's own layers are converted; Dense/Conv2D layers
     inside a nested model or a custom layer are not (``clone_model`` rebuilds
     those whole): named in ``layers`` they raise, otherwise a warning names
-    them — convert the inner model first, or build the model flat.
+    them — convert the inner model first, or build the model flat. Grouped
+    (depthwise) and channels_first Conv2D layers have no low-rank form: the
+    default skips them with a warning, naming one in ``layers`` raises.
 
     Args:
         layers: names of the layers to convert (default: every Dense and Conv2D,
@@ -302,6 +304,15 @@ def to_low_rank(
             if type(l) in kinds:
                 nested[l.name] = parent.name
     if layers is None:
+        # grouped (e.g. ConvNeXt's depthwise) and channels_first convolutions have no
+        # low-rank form here: the default skips them, naming them
+        unconvertible = [l for l in candidates if _unconvertible(l)]
+        candidates = [l for l in candidates if not _unconvertible(l)]
+        if unconvertible:
+            warnings.warn(
+                "to_low_rank left these Conv2D layers as they are: "
+                + ", ".join(f"{l.name} ({_unconvertible(l)})" for l in unconvertible)
+                + "; only groups=1, channels_last convolutions convert.", stacklevel=2)
         chosen = candidates[1 if skip_first else 0: len(candidates) - (1 if skip_last else 0)]
         if nested:
             warnings.warn(
@@ -333,12 +344,10 @@ def to_low_rank(
     spectral_weight = check_number(spectral_weight, "spectral_weight", minimum=0.0)
     plans, kept_dense = {}, []
     for layer in chosen:
-        if isinstance(layer, keras.layers.Conv2D) and (
-            layer.groups != 1 or layer.data_format != "channels_last"
-        ):
+        if _unconvertible(layer):
             raise ValueError(
-                f"Conv2D layer {layer.name!r} has groups={layer.groups}, "
-                f"data_format={layer.data_format!r}; only groups=1, channels_last convert."
+                f"Conv2D layer {layer.name!r} has {_unconvertible(layer)}; only groups=1, "
+                "channels_last convolutions convert."
             )
         kernel = ops.convert_to_numpy(layer.kernel)
         u, d, v = _svd(kernel.reshape(-1, kernel.shape[-1]))
@@ -392,6 +401,17 @@ def to_low_rank(
     converted = keras.models.clone_model(model, clone_function=clone)
     _copy_weights(model, converted, plans, _set_low_rank)
     return converted
+
+
+def _unconvertible(layer):
+    """Why a Conv2D has no low-rank form here ("" if it has one)."""
+    if not isinstance(layer, keras.layers.Conv2D):
+        return ""
+    if layer.groups != 1:
+        return f"groups={layer.groups}"
+    if layer.data_format != "channels_last":
+        return f"data_format={layer.data_format!r}"
+    return ""
 
 
 def _set_low_rank(old, new, plan):

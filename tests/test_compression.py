@@ -120,6 +120,23 @@ def test_to_low_rank_names_the_layers_of_nested_models_it_cannot_convert(rng):
         compression.to_low_rank(model, layers=["inner_dense"], rank=2)
 
 
+def test_to_low_rank_skips_grouped_convolutions_by_default_and_refuses_them_by_name(rng):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 4))
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="plain")(inputs)
+    h = keras.layers.Conv2D(16, 3, padding="same", groups=16, name="depthwise")(h)  # ConvNeXt-style
+    h = keras.layers.Conv2D(32, 1, activation="relu", name="pointwise")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(h)))
+    with pytest.warns(UserWarning, match=r"depthwise \(groups=16\)"):
+        low = compression.to_low_rank(model, rank=2)
+    assert type(low.get_layer("depthwise")) is keras.layers.Conv2D
+    assert type(low.get_layer("plain")) is DynamicLowRankConv2D
+    np.testing.assert_array_equal(_np(low.get_layer("depthwise").kernel), _np(model.get_layer("depthwise").kernel))
+    assert low.predict(rng.normal(size=(2, 8, 8, 4)).astype("float32"), verbose=0).shape == (2, 3)
+    with pytest.raises(ValueError, match="groups=16"):
+        compression.to_low_rank(model, layers=["depthwise"], rank=2)
+
+
 def _train_briefly(model, x, y):
     from keras_lowrank.optimizers import DLRT
 
