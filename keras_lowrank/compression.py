@@ -306,13 +306,13 @@ def to_low_rank(
     if layers is None:
         # grouped (e.g. ConvNeXt's depthwise) and channels_first convolutions have no
         # low-rank form here: the default skips them, naming them
-        unconvertible = [l for l in candidates if _unconvertible(l)]
-        candidates = [l for l in candidates if not _unconvertible(l)]
-        if unconvertible:
+        why = {l.name: _unconvertible(l) for l in candidates}
+        skipped = [f"{name} ({reason})" for name, reason in why.items() if reason]
+        candidates = [l for l in candidates if not why[l.name]]
+        if skipped:
             warnings.warn(
-                "to_low_rank left these Conv2D layers as they are: "
-                + ", ".join(f"{l.name} ({_unconvertible(l)})" for l in unconvertible)
-                + "; only groups=1, channels_last convolutions convert.", stacklevel=2)
+                f"to_low_rank left these Conv2D layers as they are: {', '.join(skipped)}; "
+                "only groups=1, channels_last convolutions convert.", stacklevel=2)
         chosen = candidates[1 if skip_first else 0: len(candidates) - (1 if skip_last else 0)]
         if nested:
             warnings.warn(
@@ -344,9 +344,10 @@ def to_low_rank(
     spectral_weight = check_number(spectral_weight, "spectral_weight", minimum=0.0)
     plans, kept_dense = {}, []
     for layer in chosen:
-        if _unconvertible(layer):
+        reason = _unconvertible(layer)
+        if reason:
             raise ValueError(
-                f"Conv2D layer {layer.name!r} has {_unconvertible(layer)}; only groups=1, "
+                f"Conv2D layer {layer.name!r} has {reason}; only groups=1, "
                 "channels_last convolutions convert."
             )
         kernel = ops.convert_to_numpy(layer.kernel)
