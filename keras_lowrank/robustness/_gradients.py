@@ -108,3 +108,55 @@ def compile_attack(oracle, attack_fn):
 
     jitted = jax.jit(attack_with_state)
     return lambda x, y, noise: jitted([v.value for v in model.variables], x, y, noise)
+
+
+def value_and_grad(fn):
+    """``fn(x, *args) -> (per_example_loss, aux)`` to
+    ``run(x, *args) -> (per_example_loss, aux, d Σ loss / dx)``, for use inside a
+    step being traced (``GradientTape`` on TensorFlow, ``jax.value_and_grad`` on
+    JAX). A gradient that does not reach x is zero on both."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def total(x, *args):
+            loss, aux = fn(x, *args)
+            return keras.ops.sum(loss), (loss, aux)
+
+        grad_fn = jax.value_and_grad(total, has_aux=True)
+
+        def run(x, *args):
+            (_, (loss, aux)), grad = grad_fn(x, *args)
+            return loss, aux, grad
+
+        return run
+    if keras.backend.backend() != "tensorflow":
+        raise NotImplementedError(
+            f"Attacks support the 'tensorflow' and 'jax' backends, not {keras.backend.backend()!r}.")
+    import tensorflow as tf
+
+    def run(x, *args):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss, aux = fn(x, *args)
+            total = tf.reduce_sum(loss)
+        return loss, aux, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    return run
+
+
+def compile_function(model, fn):
+    """Compiles ``fn(*args)``, which runs ``model``, into one graph (tf.function /
+    jax.jit); on JAX the model's variables are arguments, so a cached function never
+    sees stale weights."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, reduce_retracing=True)
+    import jax
+
+    def with_state(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(model.variables, values))):
+            return fn(*args)
+
+    jitted = jax.jit(with_state)
+    return lambda *args: jitted([v.value for v in model.variables], *args)

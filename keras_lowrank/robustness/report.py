@@ -12,6 +12,7 @@ from keras_lowrank._optional import require
 from keras_lowrank._validation import check_number
 from keras_lowrank.analysis._batches import check_not_load_pair
 from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, outputs_logits
+from keras_lowrank.robustness.autoattack import APGD, AutoAttack, Square
 from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
 from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
@@ -85,7 +86,9 @@ class RobustnessReport:
 
     def to_markdown(self):
         lines = ["| perturbation | accuracy |", "| --- | --- |"]
-        lines += [f"| {r['name']} | {r['accuracy']:.4f} |" for r in self.rows]
+        for r in self.rows:
+            lines.append(f"| {r['name']} | {r['accuracy']:.4f} |")
+            lines += [f"| ↳ after {stage} | {value:.4f} |" for stage, value in r.get("stages", {}).items()]
         lines += ["", "| check | result | detail |", "| --- | --- | --- |"]
         lines += [f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | {c.detail} |"
                   for c in self.checks]
@@ -112,7 +115,7 @@ class RobustnessReport:
         import matplotlib.pyplot as plt
 
         families = sorted({(r["family"], r["norm"]) for r in self.rows
-                           if r["family"] in ("FGSM", "PGD", "SPSA", "gaussian")}, key=str)
+                           if r["family"] in _ATTACK_FAMILIES + ("gaussian",)}, key=str)
         noise = [f for f in families if f[0] == "gaussian"]
         attacks = [f for f in families if f[0] != "gaussian"]
         panels = [p for p in (attacks, noise) if p]
@@ -143,9 +146,22 @@ def _describe(perturbation):
         return "gaussian", None, perturbation.sigma
     if isinstance(perturbation, Corruption):
         return f"corruption:{perturbation.corruption}", None, perturbation.severity
-    if isinstance(perturbation, (FGSM, PGD, SPSA)):
+    if isinstance(perturbation, (FGSM, PGD, SPSA, APGD, Square, AutoAttack)):
         return type(perturbation).__name__, perturbation.norm, perturbation.eps
     return type(perturbation).__name__, None, None
+
+
+def _arrays(data):
+    """(x, integer labels) as numpy arrays, from a pair or an iterable of batches."""
+    if _is_pair(data):
+        x, y = (np.asarray(keras.ops.convert_to_numpy(a)) for a in data)
+    else:
+        batches = data.as_numpy_iterator() if hasattr(data, "as_numpy_iterator") else iter(data)
+        xs, ys = zip(*((np.asarray(b[0]), np.asarray(b[1])) for b in batches))
+        x, y = np.concatenate(xs), np.concatenate(ys)
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = y.argmax(axis=1)
+    return x, y.reshape(-1)
 
 
 def _accuracy(model, perturbation, data, from_logits, jit_compile):
@@ -276,9 +292,17 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     def add(perturbation, name=None, on=data, family=None):
         described_family, norm, size = _describe(perturbation)
         family = family or described_family
-        accuracy = _accuracy(model, perturbation, on, from_logits, jit_compile)
+        extra = {}
+        if isinstance(perturbation, AutoAttack):
+            # run stage by stage, each on the examples not yet broken (cheaper
+            # than all stages on every example inside `evaluate`)
+            result = perturbation.run(model, *_arrays(on))
+            accuracy = result.robust_accuracy
+            extra = {"stages": result.stage_accuracy, "flags": result.flags}
+        else:
+            accuracy = _accuracy(model, perturbation, on, from_logits, jit_compile)
         row = {"name": name or getattr(perturbation, "name", repr(perturbation)), "family": family, "norm": norm,
-               "size": size, "accuracy": accuracy}
+               "size": size, "accuracy": accuracy, **extra}
         rows.append(row)
         return row
 
@@ -313,6 +337,26 @@ def _count(data):
 
 
 BLACK_BOX_MARGIN = 0.02
+_ATTACK_FAMILIES = ("FGSM", "PGD", "SPSA", "APGD", "Square", "AutoAttack")
+AUTOATTACK_BLACK_BOX_MARGIN = 0.002  # the authors' check_square_sr
+
+
+def _autoattack_checks(row):
+    """The checks of AutoAttack's checks.py on one AutoAttack row."""
+    flags, label = row["flags"], f"AutoAttack ε={row['size']:g}"
+    checks = [
+        Check("AutoAttack: input gradients not zero", flags["zero_gradient_share"] == 0,
+              f"{label}: {flags['zero_gradient_share']:.2%} of the points have an all-zero input gradient"),
+        Check("AutoAttack: forward pass deterministic", not flags["randomized"],
+              f"{label}: " + ("outputs differ between passes (a randomised defence?)"
+                              if flags["randomized"] else "repeated passes agree")),
+    ]
+    if flags["black_box_gain"] is not None:
+        checks.append(Check(
+            "AutoAttack: black-box stage adds nothing", flags["black_box_gain"] <= AUTOATTACK_BLACK_BOX_MARGIN,
+            f"{label}: Square lowered robust accuracy by {flags['black_box_gain']:.2%} after the white-box stages"
+            + (" (gradients likely masked)" if flags["black_box_gain"] > AUTOATTACK_BLACK_BOX_MARGIN else "")))
+    return checks
 
 
 def _checks(rows, probe, num_examples):
@@ -320,7 +364,7 @@ def _checks(rows, probe, num_examples):
     # hair more than 1/n: the slack keeps a one-example difference a pass.
     tolerance = (1.0 + 1e-3) / num_examples if num_examples else 0.005
     clean = rows[0]["accuracy"]
-    attack_rows = [r for r in rows if r["family"] in ("FGSM", "PGD", "SPSA") and r is not probe]
+    attack_rows = [r for r in rows if r["family"] in _ATTACK_FAMILIES and r is not probe]
     checks = []
     worst = max((r["accuracy"] - clean for r in attack_rows), default=0.0)
     checks.append(Check("attacks do not raise accuracy above clean", worst <= tolerance,
@@ -358,6 +402,9 @@ def _checks(rows, probe, num_examples):
             "black-box SPSA not stronger than white-box PGD L∞", not stronger,
             f"at ε in {common}" if not stronger else
             f"SPSA stronger at ε={stronger}: gradients are likely masked"))
+    for row in attack_rows:
+        if row["family"] == "AutoAttack":
+            checks.extend(_autoattack_checks(row))
     if probe is not None:
         checks.append(Check(f"large ε={probe['size']:g} drives accuracy near 0",
                             probe["accuracy"] <= 0.1,

@@ -1,0 +1,349 @@
+"""APGD, Square and AutoAttack against independent truths: the paper's checkpoint
+formula, a float64 numpy port of the authors' APGD loop on a softmax regression,
+invariances of the DLR loss, PGD-100, and the masking checks on models built to
+mask (rounding) or to randomise (noise at inference). ART's implementations are
+compared in tests/test_autoattack_art.py."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_lowrank import data
+from keras_lowrank.robustness import PGD, PerturbedModel, evaluate_robustness
+from keras_lowrank.robustness.autoattack import (
+    APGD,
+    AutoAttack,
+    Square,
+    apgd_checkpoints,
+    dlr_loss,
+    targeted_dlr_loss,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = data.load_digits_arrays("test")
+    return x[:150], y[:150]
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(digits):
+    keras.utils.set_random_seed(0)
+    x, y = data.load_digits_arrays("train")
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:600], y[:600], epochs=8, batch_size=32, verbose=0)
+    return model
+
+
+def accuracy(model, x, y):
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
+
+
+# ---------------------------------------------------------------- the schedule
+
+
+@pytest.mark.parametrize("n_iter", [100, 200, 1000])
+def test_checkpoints_follow_the_papers_formula(n_iter):
+    """p₀ = 0, p₁ = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06); checks
+    after ⌈p_j N⌉ iterations (Croce & Hein 2020, §3.2). The authors' code rounds
+    0.22N, 0.03N, 0.06N down, so the two agree where those are whole numbers."""
+    expected, p_prev, p = [], 0.0, 0.22
+    while math.ceil(p * n_iter - 1e-9) <= n_iter:
+        expected.append(math.ceil(p * n_iter - 1e-9))
+        p_prev, p = p, p + max(p - p_prev - 0.03, 0.06)
+    got = [i + 1 for i, _ in apgd_checkpoints(n_iter)]
+    assert got == expected[:len(got)]
+    assert len(expected) - len(got) <= 1  # the last may fall on the final iteration
+    windows = [k for _, k in apgd_checkpoints(n_iter)]
+    assert windows == np.diff([0] + got).tolist()
+
+
+# ---------------------------------------------------------------- the losses
+
+
+def test_dlr_losses_match_numpy_and_are_shift_and_scale_invariant(rng):
+    z = rng.normal(size=(32, 10)).astype("float32") * 3
+    y = rng.integers(0, 10, 32)
+    t = (y + 1 + rng.integers(0, 9, 32)) % 10
+    zs = np.sort(z.astype(np.float64), axis=1)
+    zy, zt = z[np.arange(32), y], z[np.arange(32), t]
+    other = np.where(z.argmax(1) == y, zs[:, -2], zs[:, -1])
+    expected = -(zy - other) / (zs[:, -1] - zs[:, -3] + 1e-12)
+    expected_t = -(zy - zt) / (zs[:, -1] - 0.5 * (zs[:, -3] + zs[:, -4]) + 1e-12)
+    got = keras.ops.convert_to_numpy(dlr_loss(z, y))
+    got_t = keras.ops.convert_to_numpy(targeted_dlr_loss(z, y, t))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_t, expected_t, rtol=1e-5, atol=1e-5)
+    for shift, scale in ((5.0, 1.0), (-3.0, 7.0), (0.0, 0.25)):
+        moved = (z * scale + shift).astype("float32")
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(dlr_loss(moved, y)), got, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(targeted_dlr_loss(moved, y, t)), got_t,
+                                   rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- APGD against the authors' loop
+
+
+def tanh_network(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                             keras.layers.Dense(16, activation="tanh", bias_initializer="random_normal"),
+                             keras.layers.Dense(10, bias_initializer="random_normal")])
+
+
+def reference_apgd(model, x, y, start, eps, n_iter, norm, loss, rho=0.75):
+    """A float64 numpy port of the authors' ``attack_single_run`` (autopgd_base.py)
+    on a one-hidden-layer tanh network, gradients by hand, written loop for loop."""
+    w1, b1, w2, b2 = (np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in model.weights)
+    n = len(x)
+    shape = x.shape
+    x = x.reshape(n, -1).astype(np.float64)
+    rows = np.arange(n)
+
+    def backward(a, dz):  # d loss / d a from d loss / d z
+        h = np.tanh(a @ w1 + b1)
+        return ((dz @ w2.T) * (1 - h**2)) @ w1.T
+
+    def loss_and_grad(a):
+        z = np.tanh(a @ w1 + b1) @ w2 + b2
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        if loss == "ce":
+            return -np.log(p[rows, y]), backward(a, p - np.eye(10)[y]), z
+        order = np.argsort(z, axis=1)
+        zs = np.take_along_axis(z, order, 1)
+        top_is_y = order[:, -1] == y
+        other_idx = np.where(top_is_y, order[:, -2], order[:, -1])
+        num = z[rows, y] - z[rows, other_idx]
+        den = zs[:, -1] - zs[:, -3] + 1e-12
+        # d/dz of −num/den: −(e_y − e_other)/den + num/den² (e_π1 − e_π3)
+        dz = np.zeros_like(z)
+        dz[rows, y] -= 1 / den
+        dz[rows, other_idx] += 1 / den
+        dz[rows, order[:, -1]] += num / den**2
+        dz[rows, order[:, -3]] -= num / den**2
+        return -num / den, backward(a, dz), z
+
+    def project(v):
+        if norm == "inf":
+            v = np.minimum(np.maximum(v, x - eps), x + eps)
+        else:
+            d = v - x
+            length = np.sqrt((d**2).sum(1, keepdims=True))
+            v = x + d / (length + 1e-12) * np.minimum(eps, length)
+        return np.clip(v, 0, 1)
+
+    def direction(g):
+        if norm == "inf":
+            return np.sign(g)
+        return g / (np.sqrt((g**2).sum(1, keepdims=True)) + 1e-12)
+
+    k = max(int(0.22 * n_iter), 1)
+    k_min, decr = max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
+    x_adv = np.clip(start.reshape(n, -1).astype(np.float64), 0, 1)
+    x_best = x_adv.copy()
+    x_best_adv = x_adv.copy()
+    loss_steps = np.zeros((n_iter, n))
+    loss_indiv, grad, z = loss_and_grad(x_adv)
+    grad_best = grad.copy()
+    acc = z.argmax(1) == y
+    loss_best = loss_indiv.copy()
+    step = np.full((n, 1), 2.0 * eps)
+    x_adv_old = x_adv.copy()
+    counter3 = 0
+    loss_best_last_check = loss_best.copy()
+    reduced_last_check = np.ones(n)
+    for i in range(n_iter):
+        grad2 = x_adv - x_adv_old
+        x_adv_old = x_adv.copy()
+        a = 0.75 if i > 0 else 1.0
+        x1 = project(x_adv + step * direction(grad))
+        x_adv = project(x_adv + (x1 - x_adv) * a + grad2 * (1 - a))
+        loss_indiv, grad, z = loss_and_grad(x_adv)
+        pred = z.argmax(1) == y
+        acc = np.minimum(acc, pred)
+        x_best_adv[~pred] = x_adv[~pred]
+        loss_steps[i] = loss_indiv
+        ind = loss_indiv > loss_best
+        x_best[ind], grad_best[ind], loss_best[ind] = x_adv[ind], grad[ind], loss_indiv[ind]
+        counter3 += 1
+        if counter3 == k:
+            t = np.zeros(n)
+            for c in range(k):  # loss_steps[-1] is the unfilled last row (0), as in the authors' code
+                t += loss_steps[i - c] > loss_steps[i - c - 1]
+            flag = (t <= k * rho) | ((1 - reduced_last_check) * (loss_best_last_check >= loss_best) > 0)
+            reduced_last_check = flag.astype(float)
+            loss_best_last_check = loss_best.copy()
+            step[flag] /= 2.0
+            x_adv[flag], grad[flag] = x_best[flag], grad_best[flag]
+            k = max(k - decr, k_min)
+            counter3 = 0
+    return {"x_adv": x_best_adv.reshape(shape), "robust": acc.astype(float), "x_best": x_best.reshape(shape),
+            "loss_best": loss_best, "step_size": step[:, 0]}
+
+
+@pytest.mark.parametrize("norm,eps,loss,n_iter,identical", [
+    (2, 0.5, "ce", 20, 1.0), (2, 2.0, "ce", 30, 1.0), ("inf", 0.05, "ce", 30, 0.9), ("inf", 0.1, "dlr", 30, 0.6)])
+def test_apgd_equals_the_authors_loop(digits, rng, norm, eps, loss, n_iter, identical):
+    """Float32 against float64: with the L2 step (a smooth function of the gradient)
+    every example takes the same path, halvings included. The L∞ step's sign(∇)
+    of a near-zero component, and a loss on a plateau (counted as rising or not
+    by its last bits), turn rounding into a different but equally valid path for
+    some examples: there the share of identical schedules is bounded instead."""
+    x, y = digits[0][:40], digits[1][:40]
+    model = tanh_network()
+    noise = rng.uniform(-1, 1, x.shape) if norm == "inf" else rng.normal(size=x.shape)
+    size = np.abs(noise).reshape(40, -1).max(1) if norm == "inf" else np.sqrt((noise**2).reshape(40, -1).sum(1))
+    start = np.clip(x + eps * noise / size[:, None, None, None], 0, 1).astype("float32")
+    ours = APGD(eps, norm=norm, loss=loss, n_iter=n_iter).trace(model, x, y, start)
+    expected = reference_apgd(model, x, y, start, eps, n_iter, norm, loss)
+    same = ours["step_size"] == expected["step_size"].astype("float32")
+    assert same.mean() >= identical, (ours["step_size"], expected["step_size"])
+    assert len(set(expected["step_size"].tolist())) > 1  # the test sees halvings
+    np.testing.assert_array_equal(ours["robust"], expected["robust"])
+    if identical == 1.0:  # the same path: points agree up to float32 rounding
+        for key in ("x_best", "x_adv"):
+            np.testing.assert_allclose(ours[key], expected[key], atol=1e-5)
+        np.testing.assert_allclose(ours["loss_best"], expected["loss_best"], rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- attacks on a trained CNN
+
+
+def test_apgd_is_at_least_as_strong_as_pgd_100(trained_cnn, digits):
+    x, y = digits
+    for eps in (0.05, 0.1):
+        pgd = accuracy(trained_cnn, PGD(eps, steps=100, seed=0)(trained_cnn, x, y), y)
+        apgd = accuracy(trained_cnn, APGD(eps, seed=0)(trained_cnn, x, y), y)
+        assert apgd <= pgd + 1 / len(x), (eps, apgd, pgd)
+
+
+@pytest.mark.parametrize("attack", [
+    APGD(0.1, seed=0, n_iter=20), APGD(0.1, targeted=True, n_target_classes=3, n_iter=20, seed=0),
+    APGD(1.0, norm=2, loss="dlr", n_iter=20, seed=0), Square(0.1, n_queries=300, seed=0),
+], ids=lambda a: a.name)
+def test_attacks_stay_in_the_ball_and_only_return_misclassified_points(trained_cnn, digits, attack):
+    x, y = digits
+    adversarial = attack(trained_cnn, x, y)
+    delta = (adversarial - x).reshape(len(x), -1)
+    size = np.abs(delta).max(1) if attack.norm == "inf" else np.sqrt((delta.astype(np.float64) ** 2).sum(1))
+    assert size.max() <= attack.eps * (1 + 1e-5) + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    changed = np.any(delta != 0, axis=1)
+    predicted = np.argmax(trained_cnn.predict(adversarial, verbose=0), axis=1)
+    assert np.all(predicted[changed] != y[changed])  # a returned change is an adversarial
+    assert changed.sum() > 0
+    assert accuracy(trained_cnn, adversarial, y) < accuracy(trained_cnn, x, y)
+
+
+def test_autoattack_is_the_worst_case_of_its_stages(trained_cnn, digits):
+    x, y = digits
+    eps = 0.08
+    attack = AutoAttack(eps, n_iter=30, n_queries=300, seed=0)
+    result = attack.run(trained_cnn, x, y)
+    assert result.clean_accuracy == pytest.approx(accuracy(trained_cnn, x, y))
+    # its adversarials are what it says: robust accuracy re-measured
+    assert result.robust_accuracy == pytest.approx(accuracy(trained_cnn, result.x_adv, y))
+    values = list(result.stage_accuracy.values())
+    assert values == sorted(values, reverse=True) and values[-1] == result.robust_accuracy
+    for stage in attack.stages:  # each stage alone is no stronger than the ensemble
+        alone = accuracy(trained_cnn, stage(trained_cnn, x, y), y)
+        assert result.robust_accuracy <= alone + 1e-9
+    assert result.flags["max_perturbation"] <= eps * (1 + 1e-5)
+    assert result.flags["zero_gradient_share"] == 0 and not result.flags["randomized"]
+    # the same ensemble inside Keras' evaluate (every stage on the whole batch)
+    wrapped = PerturbedModel(trained_cnn, attack)
+    wrapped.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    in_graph = wrapped.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)["accuracy"]
+    assert abs(in_graph - result.robust_accuracy) <= 0.02
+
+
+# ---------------------------------------------------------------- masking flags
+
+
+class Rounding(keras.layers.Layer):
+    """Quantises inputs to 4 levels: the input gradient is exactly 0."""
+
+    def call(self, x):
+        return keras.ops.round(x * 3) / 3
+
+
+class NoisyInference(keras.layers.Layer):
+    """Adds noise also at inference: a randomised defence."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = keras.random.SeedGenerator(0)
+
+    def call(self, x):
+        return x + keras.random.normal(keras.ops.shape(x), stddev=0.3, seed=self.seed)
+
+
+def with_front(trained, layer):
+    model = keras.Sequential([keras.Input((8, 8, 1)), layer] + trained.layers)
+    return model
+
+
+def test_flags_gradient_masking_on_a_rounding_model(trained_cnn, digits):
+    x, y = digits
+    model = with_front(trained_cnn, Rounding())
+    result = AutoAttack(0.2, n_iter=10, n_queries=300, seed=0).run(model, x, y)
+    assert result.flags["zero_gradient_share"] == 1.0
+    # the white-box stages find only what their random starts hit; Square finds more
+    assert result.flags["black_box_gain"] > 0.1
+    report = evaluate_robustness(model, (x, y), attacks=[AutoAttack(0.2, n_iter=10, n_queries=300, seed=0)],
+                                 large_eps=None)
+    failed = {c.name for c in report.checks if not c.passed}
+    assert "AutoAttack: input gradients not zero" in failed
+    assert "AutoAttack: black-box stage adds nothing" in failed
+
+
+def test_flags_a_randomised_model(trained_cnn, digits):
+    x, y = digits
+    result = AutoAttack(0.05, version="fast", n_iter=5).run(with_front(trained_cnn, NoisyInference()), x, y)
+    assert result.flags["randomized"]
+    deterministic = AutoAttack(0.05, version="fast", n_iter=5).run(trained_cnn, x, y)
+    assert not deterministic.flags["randomized"]
+
+
+# ---------------------------------------------------------------- the report, inputs, configs
+
+
+def test_evaluate_robustness_reports_autoattack_and_its_stages(trained_cnn, digits):
+    x, y = digits
+    attack = AutoAttack(0.1, n_iter=20, n_queries=200, seed=0)
+    report = evaluate_robustness(trained_cnn, (x, y), attacks=[PGD(0.1, steps=20, seed=0), attack],
+                                 large_eps=None)
+    row = next(r for r in report.rows if r["family"] == "AutoAttack")
+    assert row["accuracy"] == pytest.approx(attack.run(trained_cnn, x, y).robust_accuracy, abs=1 / len(x))
+    assert row["accuracy"] <= report.accuracy("PGD", 0.1) + 1 / len(x)
+    assert set(row["stages"]) == set(attack.stage_names)
+    assert report.all_checks_passed, report.checks
+    assert "AutoAttack" in report.to_markdown()
+
+
+def test_bad_inputs_say_what_is_wrong(trained_cnn, digits):
+    x, y = digits
+    with pytest.raises(ValueError, match="integer classes"):
+        APGD(0.1)(trained_cnn, x[:4], np.array([0, 1, 2, 10]))
+    with pytest.raises(ValueError, match="outside the declared input range"):
+        AutoAttack(0.1)(trained_cnn, x[:4] * 255, y[:4])
+    with pytest.raises(ValueError, match="version"):
+        AutoAttack(0.1, version="plus")
+    with pytest.raises(NotImplementedError, match="L2"):
+        Square(0.5, norm=2)
+    binary = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        APGD(0.1, loss="dlr")(binary, np.full((2, 3), 0.5, "float32"), [0, 1])
+
+
+@pytest.mark.parametrize("attack", [APGD(0.1, targeted=True, n_iter=7, seed=3), Square(0.2, n_queries=9, seed=1),
+                                    AutoAttack(0.3, norm=2, version="fast", seed=2)], ids=repr)
+def test_configs_round_trip(attack):
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(attack))
+    assert type(clone) is type(attack) and clone.get_config() == attack.get_config()
+    assert clone.name == attack.name
