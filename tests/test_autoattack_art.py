@@ -13,8 +13,8 @@ from keras_lowrank.robustness import APGD, AutoAttack, Square
 pytestmark = pytest.mark.tf_only("ART's TensorFlowV2Classifier runs on TensorFlow tensors")
 art = pytest.importorskip("art")
 
-from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack  # noqa: E402
 from art.attacks.evasion import AutoAttack as ArtAutoAttack  # noqa: E402
+from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack  # noqa: E402
 from art.estimators.classification import TensorFlowV2Classifier  # noqa: E402
 
 POINT = 0.01 + 1e-9  # one point (1e-9: 4/400 in floats)

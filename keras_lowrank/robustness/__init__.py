@@ -5,9 +5,10 @@ from keras_lowrank.robustness.autoattack import APGD, AutoAttack, AutoAttackResu
 from keras_lowrank.robustness.cleverhans_adapter import CleverhansAttack
 from keras_lowrank.robustness.corruptions import CORRUPTIONS, Corruption, all_corruptions
 from keras_lowrank.robustness.evaluation import PerturbedModel
+from keras_lowrank.robustness.exported import load_exported
 from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
 from keras_lowrank.robustness.report import RobustnessReport, evaluate_robustness
 
 __all__ = ["CleverhansAttack", "CORRUPTIONS", "Corruption", "all_corruptions", "FGSM", "PGD", "SPSA",
-           "APGD", "Square", "AutoAttack", "AutoAttackResult",
+           "APGD", "Square", "AutoAttack", "AutoAttackResult", "load_exported",
            "Attack", "Perturbation", "GaussianNoise", "PerturbedModel", "RobustnessReport", "evaluate_robustness"]
