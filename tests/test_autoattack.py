@@ -211,6 +211,124 @@ def test_apgd_equals_the_authors_loop(digits, rng, norm, eps, loss, n_iter, iden
         np.testing.assert_allclose(ours["loss_best"], expected["loss_best"], rtol=1e-4, atol=1e-4)
 
 
+def reference_eta(s, transpose=False):
+    """The authors' ``eta``/``eta_rectangles`` (square.py), ported literally."""
+    def rectangles(x, y):
+        delta = np.zeros([x, y])
+        x_c, y_c = x // 2 + 1, y // 2 + 1
+        counter2 = [x_c - 1, y_c - 1]
+        for counter in range(0, max(x_c, y_c)):
+            delta[max(counter2[0], 0):min(counter2[0] + (2 * counter + 1), x),
+                  max(0, counter2[1]):min(counter2[1] + (2 * counter + 1), y)] += 1.0 / (counter + 1) ** 2
+            counter2[0] -= 1
+            counter2[1] -= 1
+        return delta / np.sqrt((delta ** 2).sum())
+
+    delta = np.zeros([s, s])
+    delta[:s // 2] = rectangles(s // 2, s)
+    delta[s // 2:] = -1.0 * rectangles(s - s // 2, s)
+    delta /= np.sqrt((delta ** 2).sum())
+    return delta.T if transpose else delta
+
+
+@pytest.mark.parametrize("side", [3, 5, 7, 9, 15])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_square_l2_window_pattern_equals_the_authors(side, transpose):
+    """The graph-side pattern (side a tensor, on the whole grid) against the
+    authors' construction, placed at a window of a 16×16 grid."""
+    from keras_lowrank.robustness.autoattack import _eta_on_grid, _eta_tail
+
+    h = w = 16
+    top, left = 1, 16 - side
+    rows = keras.ops.reshape(keras.ops.arange(h, dtype="int32"), (h, 1))
+    cols = keras.ops.reshape(keras.ops.arange(w, dtype="int32"), (1, w))
+    got = keras.ops.convert_to_numpy(_eta_on_grid(
+        rows - top, cols - left, keras.ops.convert_to_tensor(side, "int32"),
+        keras.ops.convert_to_tensor(transpose), keras.ops.convert_to_tensor(_eta_tail(18))))
+    expected = np.zeros((h, w))
+    expected[top:top + side, left:left + side] = reference_eta(side, transpose)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def reference_square_l2(predict, x, y, eps, sides, noise):
+    """The authors' Square L2 loop (square.py, norm "L2"), ported to numpy for
+    channels-last images, consuming the given random draws."""
+    init_signs, init_flips, draws, signs = (np.asarray(keras.ops.convert_to_numpy(n)) for n in noise)
+    n, h, w, c = x.shape
+
+    def margin(points):
+        z = predict(points)
+        others = np.where(np.eye(z.shape[1])[y] > 0, -np.inf, z).max(1)
+        return z[np.arange(n), y] - others
+
+    def to_ball(delta):
+        size = np.sqrt((delta ** 2).sum(axis=(1, 2, 3), keepdims=True))
+        return np.clip(x + delta / (size + 1e-12) * eps, 0, 1).astype("float32")
+
+    delta = np.zeros_like(x)
+    side0 = h // 5
+    start = (h - side0 * 5) // 2
+    block = 0
+    top = start
+    for _ in range(h // side0):
+        left = start
+        for _ in range(w // side0):
+            if top + side0 <= h and left + side0 <= w:
+                pattern = reference_eta(side0, init_flips[block] > 0.5)
+                delta[:, top:top + side0, left:left + side0, :] += (
+                    pattern[None, :, :, None] * init_signs[:, block][:, None, None, :])
+                block += 1
+            left += side0
+        top += side0
+    x_best = to_ball(delta)
+    margin_min = margin(x_best)
+    for i, side in enumerate(sides):
+        if not (margin_min > 0).any():
+            break
+        u = draws[i]
+        vh, vw = int(np.floor(u[0] * (h - side))), int(np.floor(u[1] * (w - side)))
+        vh2, vw2 = int(np.floor(u[2] * (h - side))), int(np.floor(u[3] * (w - side)))
+        delta = x_best - x
+        window = delta[:, vh:vh + side, vw:vw + side, :]
+        norm_window = np.sqrt((window ** 2).sum(axis=(1, 2), keepdims=True))
+        mask = np.zeros((1, h, w, 1))
+        mask[:, vh:vh + side, vw:vw + side] = 1
+        mask[:, vh2:vh2 + side, vw2:vw2 + side] = 1
+        norm_image = np.sqrt((delta ** 2).sum(axis=(1, 2, 3), keepdims=True))
+        norm_windows = np.sqrt(((delta * mask) ** 2).sum(axis=(1, 2, 3), keepdims=True))
+        new = reference_eta(side, u[4] > 0.5)[None, :, :, None] * signs[i][:, None, None, :]
+        new = new + window / (1e-12 + norm_window)
+        new = new / (1e-12 + np.sqrt((new ** 2).sum(axis=(1, 2), keepdims=True))) * np.sqrt(
+            np.maximum(eps ** 2 - norm_image ** 2, 0) / c + norm_windows ** 2)
+        delta[:, vh2:vh2 + side, vw2:vw2 + side] = 0
+        delta[:, vh:vh + side, vw:vw + side] = new
+        x_new = to_ball(delta)
+        new_margin = margin(x_new)
+        better = (margin_min > 0) & ((new_margin < margin_min) | (new_margin <= 0))
+        margin_min = np.where(better, new_margin, margin_min)
+        x_best = np.where(better[:, None, None, None], x_new, x_best)
+    return x_best, margin_min
+
+
+def test_square_l2_equals_the_authors_loop(rng):
+    """Same random draws, same result: the graph version (dynamic window sizes as
+    masks) against the authors' loop with slices."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((10, 10, 2)), keras.layers.Conv2D(4, 3, activation="tanh"),
+                              keras.layers.Flatten(), keras.layers.Dense(5)])
+    x = rng.uniform(0, 1, (24, 10, 10, 2)).astype("float32")
+    y = np.argmax(model.predict(x, verbose=0), axis=1)
+    attack = Square(1.5, norm=2, n_queries=80, seed=0)
+    noise = attack._noise(x)
+    found, margin, _ = attack._runs(model)(x, y, noise)
+    expected, expected_margin = reference_square_l2(
+        lambda a: model.predict(a, verbose=0), x, y, 1.5, attack._windows(10, 10)[0], noise)
+    assert len(set(attack._windows(10, 10)[0].tolist())) > 1  # several window sizes
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(found), expected, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(margin), expected_margin, atol=1e-4)
+    assert (expected_margin <= 0).sum() > 0  # it broke some
+
+
 # ---------------------------------------------------------------- attacks on a trained CNN
 
 
@@ -225,6 +343,7 @@ def test_apgd_is_at_least_as_strong_as_pgd_100(trained_cnn, digits):
 @pytest.mark.parametrize("attack", [
     APGD(0.1, seed=0, n_iter=20), APGD(0.1, targeted=True, n_target_classes=3, n_iter=20, seed=0),
     APGD(1.0, norm=2, loss="dlr", n_iter=20, seed=0), Square(0.1, n_queries=300, seed=0),
+    Square(1.0, norm=2, n_queries=300, seed=0),
 ], ids=lambda a: a.name)
 def test_attacks_stay_in_the_ball_and_only_return_misclassified_points(trained_cnn, digits, attack):
     x, y = digits
@@ -334,8 +453,9 @@ def test_bad_inputs_say_what_is_wrong(trained_cnn, digits):
         AutoAttack(0.1)(trained_cnn, x[:4] * 255, y[:4])
     with pytest.raises(ValueError, match="version"):
         AutoAttack(0.1, version="plus")
-    with pytest.raises(NotImplementedError, match="L2"):
-        Square(0.5, norm=2)
+    with pytest.raises(ValueError, match="3×3"):
+        flat = keras.Sequential([keras.Input((32,)), keras.layers.Dense(4)])
+        Square(0.5, norm=2)(flat, np.full((2, 32), 0.5, "float32"), [0, 1])
     binary = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="at least 3 classes"):
         APGD(0.1, loss="dlr")(binary, np.full((2, 3), 0.5, "float32"), [0, 1])

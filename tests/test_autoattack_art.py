@@ -55,10 +55,14 @@ def test_apgd_matches_art(setting, loss, art_loss, n_iter):
 
 
 def test_square_matches_art(setting):
+    """L∞ only: ART's L2 Square departs from the authors' (it divides the new
+    window by the target norm instead of scaling to it, and builds another
+    pattern), so ours (the authors') breaks ~10 points more there; our L2 is
+    checked against a port of the authors' loop in test_autoattack.py."""
     model, classifier, x, y = setting
-    eps = 0.1
-    ours = accuracy(model, Square(eps, n_queries=1000, seed=0)(model, x, y), y)
-    theirs = accuracy(model, SquareAttack(classifier, norm=np.inf, eps=eps, max_iter=1000, p_init=0.8, nb_restarts=1,
+    norm, eps = np.inf, 0.1
+    ours = accuracy(model, Square(eps, norm=norm, n_queries=1000, seed=0)(model, x, y), y)
+    theirs = accuracy(model, SquareAttack(classifier, norm=norm, eps=eps, max_iter=1000, p_init=0.8, nb_restarts=1,
                                           batch_size=400, verbose=False).generate(x, np.eye(10)[y]), y)
     assert ours < accuracy(model, x, y) - 0.1
     assert abs(ours - theirs) <= POINT, (ours, theirs)

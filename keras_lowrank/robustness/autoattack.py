@@ -477,10 +477,74 @@ def _square_fraction(p_init, iteration, n_queries):
     return p_init / 512
 
 
+def _eta_rectangles(rows, cols):
+    """The authors' ``eta_rectangles``: concentric rectangles weighted 1/(k+1)²,
+    normalised."""
+    delta = np.zeros((rows, cols))
+    row_c, col_c = rows // 2 + 1, cols // 2 + 1
+    top, left = row_c - 1, col_c - 1
+    for k in range(max(row_c, col_c)):
+        delta[max(top, 0):min(top + 2 * k + 1, rows), max(left, 0):min(left + 2 * k + 1, cols)] += 1.0 / (k + 1) ** 2
+        top, left = top - 1, left - 1
+    return delta / np.sqrt((delta ** 2).sum())
+
+
+def square_eta(side):
+    """Square L2's window pattern (the authors' ``eta``, untransposed): the upper
+    half +rectangles, the lower half −rectangles, unit Frobenius norm.
+
+    Args:
+        side: the window's side s (≥ 2).
+
+    Returns:
+        (s, s) float32 array.
+
+    Examples:
+        >>> p = square_eta(5)
+        >>> round(float((p ** 2).sum()), 6), bool((p[:2] > 0).all() and (p[2:] < 0).all())
+        (1.0, True)
+    """
+    delta = np.zeros((side, side))
+    delta[:side // 2] = _eta_rectangles(side // 2, side)
+    delta[side // 2:] = -_eta_rectangles(side - side // 2, side)
+    return (delta / np.sqrt((delta ** 2).sum())).astype("float32")
+
+
+def _eta_tail(length):
+    """tail[m] = Σ_{k ≥ m} 1/(k+1)² (up to ``length``): a rectangle pattern's value
+    at a cell whose distance from the centre is m is tail[m] − tail[K]."""
+    weights = 1.0 / (np.arange(length) + 1.0) ** 2
+    return np.concatenate([np.cumsum(weights[::-1])[::-1], [0.0]]).astype("float32")
+
+
+def _eta_on_grid(i, j, side, transpose, tail):
+    """``square_eta(side)`` (transposed if ``transpose``) at window coordinates
+    (i, j) of the whole grid (0 outside the window), in graph ops: side is a
+    tensor. Cell (i, j) of ``_eta_rectangles(r, s)`` gets Σ_{k=m}^{K−1} 1/(k+1)²,
+    m = max(|i − (r//2)|, |j − (s//2)|), K = max(r//2, s//2) + 1."""
+    i, j = ops.where(transpose, j, i), ops.where(transpose, i, j)
+    inside = ops.logical_and(ops.logical_and(i >= 0, i < side), ops.logical_and(j >= 0, j < side))
+    half = side // 2
+    upper = i < half
+    rows = ops.where(upper, half, side - half)
+    local_i = ops.where(upper, i, i - half)
+    k_max = ops.maximum(rows // 2, side // 2) + 1
+    distance = ops.minimum(ops.maximum(ops.abs(local_i - rows // 2), ops.abs(j - side // 2)), k_max)
+    values = ops.take(tail, ops.clip(distance, 0, tail.shape[0] - 1)) - ops.take(tail, k_max)
+    values = ops.where(inside, values, 0.0)
+    top_part = ops.where(ops.logical_and(inside, upper), values, 0.0)
+    low_part = ops.where(ops.logical_and(inside, ops.logical_not(upper)), values, 0.0)
+    top_part = top_part / ops.sqrt(ops.maximum(ops.sum(ops.square(top_part)), 1e-30))
+    low_part = low_part / ops.sqrt(ops.maximum(ops.sum(ops.square(low_part)), 1e-30))
+    return (top_part - low_part) / np.sqrt(2.0)
+
+
 @keras.saving.register_keras_serializable(package="keras_lowrank")
 class Square(Attack):
-    """Square attack, L∞ (Andriushchenko et al. 2020): a score-based black-box
-    random search that needs only the model's outputs.
+    """Square attack (Andriushchenko et al. 2020): a score-based black-box random
+    search that needs only the model's outputs. L∞ below; L2 as in the authors'
+    code (windows of odd side ≥ 3 filled with ±``square_eta`` patterns, the mass
+    moved between two windows, images only; docs/methods.md §7).
 
     From vertical stripes of ±ε (a random sign per column and channel), each
     iteration i draws one window of side s_i = round(√(p_i · h · w)) at a random
@@ -496,7 +560,7 @@ class Square(Attack):
         eps: L∞ budget (≥ 0).
         n_queries: iterations, one forward pass of the batch each (≥ 1).
         p_init: initial share of the image a window covers (0 < p_init ≤ 1).
-        norm: only "inf" (the L2 variant is not implemented).
+        norm: "inf" (or np.inf) or 2.
         seed: seed of the random draws.
 
     Keyword Args:
@@ -517,9 +581,7 @@ class Square(Attack):
         kwargs.pop("targeted", None)
         super().__init__(targeted=False, **kwargs)
         self.eps = check_number(eps, "eps", minimum=0.0)
-        if _check_norm(norm) != "inf":
-            raise NotImplementedError("Square supports norm='inf' only; its L2 variant is not implemented.")
-        self.norm = "inf"
+        self.norm = _check_norm(norm)
         self.n_queries = check_int(n_queries, "n_queries")
         self.p_init = check_number(p_init, "p_init", minimum=0.0, maximum=1.0)
         if self.p_init <= 0:
@@ -536,10 +598,10 @@ class Square(Attack):
 
     @property
     def name(self):
-        return f"Square-{self.n_queries} L∞ ε={self.eps:g} (black-box)"
+        return f"Square-{self.n_queries} L{_SYMBOL[self.norm]} ε={self.eps:g} (black-box)"
 
     def __repr__(self):
-        return f"Square(eps={self.eps:g}, n_queries={self.n_queries}, p_init={self.p_init:g})"
+        return f"Square(eps={self.eps:g}, n_queries={self.n_queries}, p_init={self.p_init:g}, norm={self.norm})"
 
     @staticmethod
     def _canonical_shape(shape):
@@ -557,6 +619,13 @@ class Square(Attack):
         heights, widths = [], []
         for i in range(self.n_queries):
             p = _square_fraction(self.p_init, i, self.n_queries)
+            if self.norm == "2":  # odd sides ≥ 3 (the authors' L2 schedule)
+                side = max(int(round(math.sqrt(p * h * w))), 3)
+                side += 1 - side % 2
+                side = min(side, h, w)
+                heights.append(side)
+                widths.append(side)
+                continue
             if h == 1:
                 side_h, side_w = 1, max(int(round(p * w)), 1)
             else:
@@ -568,6 +637,8 @@ class Square(Attack):
 
     def _noise(self, x):
         h, w, c = self._canonical_shape(tuple(x.shape[1:]))
+        if self.norm == "2":
+            return self._noise_l2(x, h, w, c)
         stripes = ops.sign(keras.random.uniform((ops.shape(x)[0], 1, w, c), -1.0, 1.0, seed=self._seed))
         positions = keras.random.uniform((self.n_queries, 2), seed=self._seed)
         signs = ops.sign(keras.random.uniform((self.n_queries, c), -1.0, 1.0, seed=self._seed))
@@ -575,6 +646,8 @@ class Square(Attack):
 
     def _run(self, scores, x, y, noise):
         """Returns (best point, its margin; ≤ 0 where broken, queries used)."""
+        if self.norm == "2":
+            return self._run_l2(scores, x, y, noise)
         stripes, positions, signs = noise
         shape = tuple(x.shape[1:])
         h, w, c = self._canonical_shape(shape)
@@ -618,6 +691,117 @@ class Square(Attack):
             cond, body, (ops.convert_to_tensor(0, "int32"), x_best, margin_min, queries))
         return ops.reshape(x_best, (-1,) + shape), margin_min, queries
 
+    def applies_to(self, shape):
+        """Whether inputs of per-example ``shape`` can be attacked (L2: images of
+        at least 3×3 pixels)."""
+        try:
+            h, w, _ = self._canonical_shape(tuple(shape))
+        except ValueError:
+            return False
+        return self.norm == "inf" or (h >= 3 and w >= 3)
+
+    # -- L2: the authors' square.py, norm "L2"
+    def _check_l2_shape(self, h, w):
+        if h < 3 or w < 3:
+            raise ValueError(f"Square L2 needs images of at least 3×3 pixels, got {h}×{w}; use norm='inf'.")
+
+    def _init_blocks(self, h, w):
+        """The starting pattern's blocks: side h // 5 from (h − 5·side) // 2, each
+        with eta(side) and its transpose, placed on an h×w grid."""
+        side = h // 5
+        start = (h - side * 5) // 2
+        blocks, blocks_t = [], []
+        for top in range(start, h, side):
+            if top + side > h:
+                break
+            for left in range(start, w, side):
+                if left + side > w:
+                    break
+                pattern = np.zeros((h, w), "float32")
+                pattern_t = np.zeros((h, w), "float32")
+                pattern[top:top + side, left:left + side] = square_eta(side)
+                pattern_t[top:top + side, left:left + side] = square_eta(side).T
+                blocks.append(pattern)
+                blocks_t.append(pattern_t)
+        return np.stack(blocks), np.stack(blocks_t)
+
+    def _noise_l2(self, x, h, w, c):
+        self._check_l2_shape(h, w)
+        batch = ops.shape(x)[0]
+        blocks = len(self._init_blocks(h, w)[0])
+        init_signs = ops.sign(keras.random.uniform((batch, blocks, c), -1.0, 1.0, seed=self._seed))
+        init_flips = keras.random.uniform((blocks,), seed=self._seed)
+        draws = keras.random.uniform((self.n_queries, 5), seed=self._seed)  # 2 windows, transpose
+        signs = ops.sign(keras.random.uniform((self.n_queries, batch, c), -1.0, 1.0, seed=self._seed))
+        return init_signs, init_flips, draws, signs
+
+    def _run_l2(self, scores, x, y, noise):
+        init_signs, init_flips, draws, signs = noise
+        shape = tuple(x.shape[1:])
+        h, w, c = self._canonical_shape(shape)
+        self._check_l2_shape(h, w)
+        y = ops.cast(y, "int32")
+        xc = ops.reshape(x, (-1, h, w, c))
+        sides = ops.convert_to_tensor(self._windows(h, w)[0])
+        blocks, blocks_t = (ops.convert_to_tensor(b) for b in self._init_blocks(h, w))
+        rows = ops.reshape(ops.arange(h, dtype="int32"), (h, 1))
+        cols = ops.reshape(ops.arange(w, dtype="int32"), (1, w))
+        tail = ops.convert_to_tensor(_eta_tail(max(h, w) + 2))
+
+        def l2(t, axes):
+            return ops.sqrt(ops.sum(ops.square(t), axis=axes, keepdims=True))
+
+        def to_ball(delta):  # x + ε δ/‖δ‖, clipped
+            return self._clip(xc + delta / (l2(delta, (1, 2, 3)) + _EPS_DIV) * self.eps)
+
+        def margin(points):
+            return _margin(scores(ops.reshape(points, (-1,) + shape)), y)
+
+        pattern = ops.where(ops.reshape(init_flips, (-1, 1, 1)) > 0.5, blocks_t, blocks)  # (blocks, h, w)
+        delta = ops.einsum("khw,bkc->bhwc", pattern, init_signs)
+        x_best = to_ball(delta)
+        margin_min = margin(x_best)
+        queries = ops.ones_like(margin_min)
+
+        def cond(i, x_best, margin_min, queries):
+            return ops.logical_and(i < self.n_queries, ops.any(margin_min > 0.0))
+
+        def body(i, x_best, margin_min, queries):
+            side = ops.take(sides, i)
+            u = ops.take(draws, i, axis=0)
+            span = ops.cast(h - side, "float32"), ops.cast(w - side, "float32")
+            top, left = (ops.cast(ops.floor(u[k] * span[k]), "int32") for k in (0, 1))
+            top2, left2 = (ops.cast(ops.floor(u[2 + k] * span[k]), "int32") for k in (0, 1))
+
+            def window(t, l):
+                inside = ops.logical_and(ops.logical_and(rows >= t, rows < t + side),
+                                         ops.logical_and(cols >= l, cols < l + side))
+                return ops.cast(inside, "float32")[None, :, :, None]
+
+            mask, mask2 = window(top, left), window(top2, left2)
+            eta = _eta_on_grid(rows - top, cols - left, side, u[4] > 0.5, tail)[None, :, :, None]
+            delta = x_best - xc
+            norm_window = l2(delta * mask, (1, 2))  # per example and channel
+            norm_image = l2(delta, (1, 2, 3))
+            norm_windows = l2(delta * ops.maximum(mask, mask2), (1, 2, 3))
+            new = eta * ops.reshape(ops.take(signs, i, axis=0), (-1, 1, 1, c)) + delta * mask / (
+                _EPS_DIV + norm_window)
+            new = new / (_EPS_DIV + l2(new, (1, 2))) * ops.sqrt(
+                ops.maximum(self.eps ** 2 - ops.square(norm_image), 0.0) / c + ops.square(norm_windows))
+            delta = delta * (1.0 - mask2) * (1.0 - mask) + new * mask
+            x_new = to_ball(delta)
+            new_margin = margin(x_new)
+            active = margin_min > 0.0
+            better = ops.logical_and(active, ops.logical_or(new_margin < margin_min, new_margin <= 0.0))
+            margin_min = ops.where(better, new_margin, margin_min)
+            x_best = ops.where(_per_example(better, xc), x_new, x_best)
+            queries = queries + ops.cast(active, "float32")
+            return i + 1, x_best, margin_min, queries
+
+        _, x_best, margin_min, queries = ops.while_loop(
+            cond, body, (ops.convert_to_tensor(0, "int32"), x_best, margin_min, queries))
+        return ops.reshape(x_best, (-1,) + shape), margin_min, queries
+
     def _build_run(self, model):
         scores, _ = _scores_function(model, self.from_logits)
         return compile_function(model, lambda x, y, noise: self._run(scores, x, y, noise))
@@ -631,7 +815,9 @@ class Square(Attack):
         self._check_range(x)
         y = np.asarray(ops.convert_to_numpy(self._labels(model, x, y, num_classes)))
         x_np = np.asarray(ops.convert_to_numpy(x))
-        self._canonical_shape(x_np.shape[1:])
+        h, w, _ = self._canonical_shape(x_np.shape[1:])
+        if self.norm == "2":
+            self._check_l2_shape(h, w)
         predicted = np.asarray(ops.convert_to_numpy(_compiled_scores(model, self.from_logits)(x))).argmax(axis=1)
         adversarial = x_np.copy()
         rows = np.flatnonzero(predicted == y)
@@ -729,8 +915,8 @@ class AutoAttack(Attack):
 
     Args:
         eps: the budget (≥ 0).
-        norm: "inf" or 2 (with 2 the black-box stage is left out: Square L2 is
-            not implemented).
+        norm: "inf" or 2 (Square L2 needs images of ≥ 3×3 pixels: on other
+            inputs the ensemble runs without it and ``flags["skipped"]`` says so).
         version: "standard" or "fast".
         n_iter: APGD iterations (100 in the standard).
         n_queries: Square's queries (5000 in the standard).
@@ -772,8 +958,8 @@ class AutoAttack(Attack):
         self.stages = [APGD(self.eps, self.norm, loss="ce", n_iter=self.n_iter, seed=seeds[0], **common),
                        APGD(self.eps, self.norm, targeted=True, n_iter=self.n_iter,
                             n_target_classes=9 if version == "standard" else 3, seed=seeds[1], **common)]
-        if version == "standard" and self.norm == "inf":
-            self.stages.append(Square(self.eps, n_queries=self.n_queries, seed=seeds[2], **common))
+        if version == "standard":
+            self.stages.append(Square(self.eps, norm=self.norm, n_queries=self.n_queries, seed=seeds[2], **common))
         self._gradients = _CompiledPerModel(self._build_gradients)
 
     def get_config(self):
@@ -830,9 +1016,12 @@ class AutoAttack(Attack):
         self._check_range(ops.convert_to_tensor(x))
         y = np.asarray(ops.convert_to_numpy(self._labels(model, ops.convert_to_tensor(x), y, num_classes)))
         forward = _compiled_scores(model, self.from_logits)
+        stages, skipped = [], []
+        for stage in self.stages:
+            (skipped if isinstance(stage, Square) and not stage.applies_to(x.shape[1:]) else stages).append(stage)
         adversarial = x.copy()
         broken_by = np.full(len(x), -1)
-        after_stage = np.zeros(len(self.stages))
+        after_stage = np.zeros(len(stages))
         zero_gradients = 0
         progress = keras.utils.Progbar(len(x)) if verbose else None
         for begin in range(0, len(x), self.batch_size):
@@ -844,7 +1033,7 @@ class AutoAttack(Attack):
             grads = np.asarray(ops.convert_to_numpy(self._gradients(model)(
                 ops.convert_to_tensor(xb), ops.convert_to_tensor(yb))))
             zero_gradients += int(np.sum(np.all(grads.reshape(len(xb), -1) == 0, axis=1)))
-            for index, stage in enumerate(self.stages):
+            for index, stage in enumerate(stages):
                 rows = np.flatnonzero(robust)
                 if len(rows):
                     found = stage(model, xb[rows], yb[rows])
@@ -859,14 +1048,15 @@ class AutoAttack(Attack):
         n = len(x)
         clean = float(np.mean(broken_by != -2))
         robust = broken_by == -1
-        stage_accuracy = dict(zip(self.stage_names, (after_stage / n).tolist()))
+        stage_accuracy = {stage.name.split(" L")[0]: value for stage, value in zip(stages, (after_stage / n).tolist())}
         flags = {
             "zero_gradient_share": zero_gradients / n,
             "randomized": self._randomized(model, x[:self.batch_size]),
             "black_box_gain": (float(after_stage[-2] - after_stage[-1]) / n
-                               if isinstance(self.stages[-1], Square) else None),
+                               if isinstance(stages[-1], Square) else None),
             "probabilities": not _scores_function(model, self.from_logits)[1],
             "max_perturbation": _max_norm(adversarial - x, self.norm),
+            "skipped": [f"{stage.name}: L2 needs images of at least 3×3 pixels" for stage in skipped],
         }
         return AutoAttackResult(x_adv=adversarial, robust=robust, broken_by=broken_by, clean_accuracy=clean,
                                 robust_accuracy=float(robust.mean()), stage_accuracy=stage_accuracy, flags=flags,
@@ -895,6 +1085,8 @@ class AutoAttack(Attack):
         adversarial = x
         robust = ops.equal(ops.cast(ops.argmax(scores(x), axis=-1), "int32"), y)
         for stage in self.stages:
+            if isinstance(stage, Square) and not stage.applies_to(tuple(x.shape[1:])):
+                continue
             found = stage.perturb_in_graph(model, x, y)
             fooled = ops.not_equal(ops.cast(ops.argmax(scores(found), axis=-1), "int32"), y)
             broken = ops.logical_and(robust, fooled)
