@@ -9,7 +9,8 @@
 #
 # 1. the backend-neutral test suite on the GPU (cuBLAS/cuSOLVER kernels, TF32 default
 #    for the code that must set its own precision), tests needing TensorFlow skipped;
-# 2. optionally (GPU_SUITE_BENCH=1) the PGD benchmark, benchmarks/pgd_gpu.py.
+# 2. optionally (GPU_SUITE_BENCH=1) the PGD and AutoAttack benchmarks, benchmarks/pgd_gpu.py
+#    and benchmarks/autoattack_gpu.py.
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -30,5 +31,6 @@ timeout "${GPU_SUITE_TEST_SECONDS:-420}" python3 -m pytest -q -n "${GPU_SUITE_WO
 status=${PIPESTATUS[0]}
 if [ "${GPU_SUITE_BENCH:-0}" = 1 ]; then
     timeout 240 python3 benchmarks/pgd_gpu.py --repeats 3 2>&1 | tee "$OUT/pgd_gpu.log" | tail -n 20
+    timeout 180 python3 benchmarks/autoattack_gpu.py 2>&1 | tee "$OUT/autoattack_gpu.log" | tail -n 30
 fi
 exit "$status"

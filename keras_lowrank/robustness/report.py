@@ -245,7 +245,10 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         data: a tf.data.Dataset (or anything ``evaluate`` takes) of (x, y)
             batches, or an (x, y) pair of arrays; labels are integer classes or
             one-hot rows.
-        attacks: attack objects (``FGSM``, ``PGD``), typically a sweep over eps.
+        attacks: attack objects (``FGSM``, ``PGD``, ``APGD``, ``Square``,
+            ``AutoAttack``), typically a sweep over eps. ``AutoAttack`` runs stage
+            by stage on the examples not yet broken (``AutoAttack.run``); its row
+            holds the accuracy after each stage, and its flags become checks.
         noise_sigmas: Gaussian-noise standard deviations (``GaussianNoise`` with
             ``seed``: every σ, and every model evaluated with the same data and
             seed, sees the same draws ε — common random numbers).
