@@ -443,6 +443,11 @@ def test_evaluate_robustness_reports_autoattack_and_its_stages(trained_cnn, digi
     assert set(row["stages"]) == set(attack.stage_names)
     assert report.all_checks_passed, report.checks
     assert "AutoAttack" in report.to_markdown()
+    # batches from tf.data (what data.load returns), one-hot labels
+    tf = pytest.importorskip("tensorflow")
+    batches = tf.data.Dataset.from_tensor_slices((x, np.eye(10, dtype="float32")[y])).batch(64)
+    streamed = evaluate_robustness(trained_cnn, batches, attacks=[attack], large_eps=None)
+    assert streamed.accuracy("AutoAttack", 0.1) == pytest.approx(row["accuracy"], abs=1 / len(x))
 
 
 def test_bad_inputs_say_what_is_wrong(trained_cnn, digits):
