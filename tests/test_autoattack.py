@@ -429,6 +429,29 @@ def test_flags_a_randomised_model(trained_cnn, digits):
     assert not deterministic.flags["randomized"]
 
 
+class SoftmaxByOps(keras.layers.Layer):
+    """A softmax no check can recognise as one."""
+
+    def call(self, x):
+        return keras.ops.softmax(x)
+
+
+def test_softmax_outputs_are_attacked_through_their_logits(trained_cnn, digits):
+    x, y = digits
+    with_softmax = keras.Sequential([keras.Input((8, 8, 1))] + trained_cnn.layers + [keras.layers.Softmax()])
+    on_logits = APGD(0.1, targeted=True, n_target_classes=2, n_iter=20, seed=0)(trained_cnn, x, y)
+    on_softmax = APGD(0.1, targeted=True, n_target_classes=2, n_iter=20, seed=0)(with_softmax, x, y)
+    np.testing.assert_array_equal(on_softmax, on_logits)
+    hidden = keras.Sequential([keras.Input((8, 8, 1))] + trained_cnn.layers + [SoftmaxByOps()])
+    attack = AutoAttack(0.1, version="fast", n_iter=10, seed=0)
+    flagged = attack.run(hidden, x[:40], y[:40])
+    assert flagged.flags["probabilities"]  # attacked as logits: the check says so
+    told = AutoAttack(0.1, version="fast", n_iter=10, seed=0, from_logits=False).run(hidden, x[:40], y[:40])
+    assert not told.flags["probabilities"]  # attacked through log p
+    plain = attack.run(trained_cnn, x[:40], y[:40])
+    assert told.robust_accuracy == pytest.approx(plain.robust_accuracy, abs=1 / 40)
+
+
 # ---------------------------------------------------------------- the report, inputs, configs
 
 

@@ -143,8 +143,9 @@ def apgd_checkpoints(n_iter):
 
 def _scores_function(model, from_logits):
     """x ↦ the model's logits (a final softmax is bypassed) or, for a model that
-    outputs probabilities some other way, log p (logits up to a per-example shift,
-    which neither DLR nor cross-entropy sees). Returns (function, is_logits)."""
+    outputs probabilities some other way (``from_logits=False``), log p (logits up
+    to a per-example shift, which neither DLR nor cross-entropy sees). Returns
+    (function, how: "logits", "softmax bypassed" or "log p")."""
     from_logits = outputs_logits(model) if from_logits is None else from_logits
     logits_view = not from_logits and ends_in_softmax(model)
 
@@ -154,7 +155,7 @@ def _scores_function(model, from_logits):
             return out
         return ops.log(ops.maximum(out, 1e-30))
 
-    return scores, bool(from_logits or logits_view)
+    return scores, "logits" if from_logits else "softmax bypassed" if logits_view else "log p"
 
 
 def _bucket(n, full):
@@ -1046,15 +1047,17 @@ class AutoAttack(Attack):
             if progress is not None:
                 progress.update(begin + len(xb))
         n = len(x)
+        randomized, raw = self._randomized(model, x[:self.batch_size])
         clean = float(np.mean(broken_by != -2))
         robust = broken_by == -1
         stage_accuracy = {stage.name.split(" L")[0]: value for stage, value in zip(stages, (after_stage / n).tolist())}
         flags = {
             "zero_gradient_share": zero_gradients / n,
-            "randomized": self._randomized(model, x[:self.batch_size]),
+            "randomized": randomized,
             "black_box_gain": (float(after_stage[-2] - after_stage[-1]) / n
                                if isinstance(stages[-1], Square) else None),
-            "probabilities": not _scores_function(model, self.from_logits)[1],
+            "probabilities": bool(_looks_like_probabilities(raw)
+                                  and _scores_function(model, self.from_logits)[1] == "logits"),
             "max_perturbation": _max_norm(adversarial - x, self.norm),
             "skipped": [f"{stage.name}: L2 needs images of at least 3×3 pixels" for stage in skipped],
         }
@@ -1066,12 +1069,12 @@ class AutoAttack(Attack):
     def _randomized(model, x, passes=5, tolerance=1e-4):
         """The authors' check: normalised outputs of repeated passes (Keras' own
         inference step, whose random state advances) differ by more than
-        ``tolerance``, or the predictions differ."""
-        outputs = [np.asarray(ops.convert_to_numpy(model.predict_on_batch(x))) for _ in range(passes)]
-        outputs = [o / (np.linalg.norm(o, axis=1, keepdims=True) + 1e-10) for o in outputs]
+        ``tolerance``, or the predictions differ. Returns (flag, first outputs)."""
+        raw = [np.asarray(ops.convert_to_numpy(model.predict_on_batch(x)), "float64") for _ in range(passes)]
+        outputs = [o / (np.linalg.norm(o, axis=1, keepdims=True) + 1e-10) for o in raw]
         predictions = [o.argmax(axis=1) for o in outputs]
         differ = max(float(np.abs(a - b).max()) for a in outputs for b in outputs)
-        return bool(differ > tolerance or any((p != predictions[0]).any() for p in predictions))
+        return bool(differ > tolerance or any((p != predictions[0]).any() for p in predictions)), raw[0]
 
     def perturb_in_graph(self, model, x, y=None):
         """The stages inside a step being compiled (``PerturbedModel``): each runs on
@@ -1095,6 +1098,12 @@ class AutoAttack(Attack):
         return adversarial
 
 
+def _looks_like_probabilities(outputs, tolerance=1e-5):
+    """The authors' ``check_range_output``: every row in [0, 1] and summing to 1."""
+    return bool(outputs.max() < 1 + tolerance and outputs.min() > -tolerance
+                and np.all(np.abs(outputs.sum(axis=-1) - 1) < tolerance))
+
+
 def _max_norm(delta, norm):
     flat = delta.reshape(len(delta), -1)
     if not len(flat):
@@ -1115,5 +1124,8 @@ def warn_flags(result, eps):
     if flags["black_box_gain"]:
         warnings.warn(f"Square (black-box) lowered robust accuracy by {flags['black_box_gain']:.2%} after the "
                       "white-box stages: their gradients are likely masked.", stacklevel=2)
+    if flags["probabilities"]:
+        warnings.warn("The outputs look like probabilities but are attacked as logits: pass from_logits=False.",
+                      stacklevel=2)
     if flags["max_perturbation"] > eps * (1 + 1e-5) + 1e-6:
         warnings.warn(f"A perturbation of size {flags['max_perturbation']:.4g} exceeds ε = {eps:g}.", stacklevel=2)

@@ -350,6 +350,9 @@ def _autoattack_checks(row):
     checks = [
         Check("AutoAttack: input gradients not zero", flags["zero_gradient_share"] == 0,
               f"{label}: {flags['zero_gradient_share']:.2%} of the points have an all-zero input gradient"),
+        Check("AutoAttack: outputs attacked as logits are logits", not flags["probabilities"],
+              f"{label}: " + ("the outputs sum to 1 like probabilities: pass from_logits=False"
+                              if flags["probabilities"] else "logits, or probabilities handled")),
         Check("AutoAttack: forward pass deterministic", not flags["randomized"],
               f"{label}: " + ("outputs differ between passes (a randomised defence?)"
                               if flags["randomized"] else "repeated passes agree")),
