@@ -362,7 +362,7 @@ def test_attacks_stay_in_the_ball_and_only_return_misclassified_points(trained_c
 def test_autoattack_is_the_worst_case_of_its_stages(trained_cnn, digits):
     x, y = digits
     eps = 0.08
-    attack = AutoAttack(eps, n_iter=30, n_queries=300, seed=0)
+    attack = AutoAttack(eps, n_iter=15, n_queries=300, seed=0)
     result = attack.run(trained_cnn, x, y)
     assert result.clean_accuracy == pytest.approx(accuracy(trained_cnn, x, y))
     # its adversarials are what it says: robust accuracy re-measured
@@ -495,3 +495,118 @@ def test_configs_round_trip(attack):
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(attack))
     assert type(clone) is type(attack) and clone.get_config() == attack.get_config()
     assert clone.name == attack.name
+
+
+# ---------------------------------------------------------------- FAB-T against the authors' code
+
+
+def reference_projection_linf(t, w, b):
+    """The authors' ``projection_linf`` (fab_projections.py), ported literally to numpy."""
+    t, w, b = t.astype(np.float64), w.astype(np.float64).copy(), b.astype(np.float64).copy()
+    sign = 2 * ((w * t).sum(1) - b >= 0) - 1
+    w *= sign[:, None]
+    b *= sign
+    a = (w < 0).astype(float)
+    d = (a - t) * (w != 0)
+    p = a - t * (2 * a - 1)
+    indp = np.argsort(p, axis=1, kind="stable")
+    b = b - (w * t).sum(1)
+    b0 = (w * d).sum(1)
+    indp2 = indp[:, ::-1]
+    ws = np.take_along_axis(w, indp2, 1)
+    bs2 = -ws * np.take_along_axis(d, indp2, 1)
+    s = np.cumsum(np.abs(ws), axis=1)
+    sb = np.cumsum(bs2, axis=1) + b0[:, None]
+    b2 = sb[:, -1] - s[:, -1] * np.take_along_axis(p, indp[:, :1], 1)[:, 0]
+    c_l = b - b2 > 0
+    c2 = (b - b0 > 0) & (b - b2 <= 0)
+    lb = np.zeros(c2.sum())
+    ub = np.full(c2.sum(), w.shape[1] - 1.0)
+    indp_, sb_, s_, p_, b_ = indp[c2], sb[c2], s[c2], p[c2], b[c2]
+    for _ in range(math.ceil(math.log2(w.shape[1]))):
+        counter4 = np.floor((lb + ub) / 2)
+        counter2 = counter4.astype(int)[:, None]
+        indcurr = np.take_along_axis(indp_, indp_.shape[1] - 1 - counter2, 1)
+        b2 = np.take_along_axis(sb_, counter2, 1) - np.take_along_axis(s_, counter2, 1) * np.take_along_axis(
+            p_, indcurr, 1)
+        c = b_ - b2[:, 0] > 0
+        lb, ub = np.where(c, counter4, lb), np.where(c, ub, counter4)
+    lb = lb.astype(int)
+    if c_l.any():
+        lmbd = np.maximum((b[c_l] - sb[c_l, -1]) / (-s[c_l, -1]), 0)[:, None]
+        d[c_l] = (2 * a[c_l] - 1) * lmbd
+    rows = np.flatnonzero(c2)
+    lmbd = np.maximum((b[c2] - sb[rows, lb]) / (-s[rows, lb]), 0)[:, None]
+    d[c2] = np.minimum(lmbd, d[c2]) * a[c2] + np.maximum(-lmbd, d[c2]) * (1 - a[c2])
+    return d * (w != 0)
+
+
+def test_fab_projection_equals_the_authors(rng):
+    from keras_lowrank.robustness.autoattack import project_to_hyperplane_linf
+
+    t = rng.uniform(0, 1, (200, 30))
+    w = rng.normal(size=(200, 30)) * (rng.uniform(size=(200, 30)) > 0.1)  # some zero weights
+    b = (w * t).sum(1) + rng.normal(size=200) * rng.choice([0.1, 1.0, 30.0], 200)  # near, far, unreachable
+    got = keras.ops.convert_to_numpy(project_to_hyperplane_linf(t.astype("float32"), w.astype("float32"),
+                                                                 b.astype("float32")))
+    expected = reference_projection_linf(t, w, b)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    reached = np.abs((w * (t + expected)).sum(1) - b) < 1e-6
+    assert 0 < reached.sum() < len(b)  # both cases present
+    assert np.all(t + got >= -1e-6) and np.all(t + got <= 1 + 1e-6)
+
+
+def reference_fab_targeted(model, x, y, rank, n_iter, alpha_max=0.1, eta=1.05, beta=0.9):
+    """The authors' FAB-T ``attack_single_run`` (fab_base.py; no random start) on the
+    tanh network, float64, gradients by hand."""
+    w1, b1, w2, b2 = (np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in model.weights)
+    n = len(x)
+    x0 = x.reshape(n, -1).astype(np.float64)
+    rows = np.arange(n)
+
+    def logits(a):
+        return np.tanh(a @ w1 + b1) @ w2 + b2
+
+    target = np.argsort(logits(x0), axis=1)[:, -rank]
+    x1, adv, res2 = x0.copy(), x0.copy(), np.full(n, 1e10)
+    for _ in range(n_iter):
+        h = np.tanh(x1 @ w1 + b1)
+        z = h @ w2 + b2
+        df = z[rows, target] - z[rows, y]
+        dz = np.eye(z.shape[1])[target] - np.eye(z.shape[1])[y]
+        dg = ((dz @ w2.T) * (1 - h ** 2)) @ w1.T
+        b = -df + (dg * x1).sum(1)
+        d3 = reference_projection_linf(np.concatenate([x1, x0]), np.concatenate([dg, dg]), np.concatenate([b, b]))
+        d1, d2 = d3[:n], d3[n:]
+        a1 = np.maximum(np.abs(d1).max(1, keepdims=True), 1e-8)
+        a2 = np.maximum(np.abs(d2).max(1, keepdims=True), 1e-8)
+        alpha = np.minimum(np.maximum(a1 / (a1 + a2), 0), alpha_max)
+        x1 = np.clip((x1 + eta * d1) * (1 - alpha) + (x0 + d2 * eta) * alpha, 0, 1)
+        is_adv = logits(x1).argmax(1) != y
+        t = np.abs(x1 - x0).max(1)
+        closer = is_adv & (t < res2)
+        adv[closer], res2[closer] = x1[closer], t[closer]
+        x1[is_adv] = x0[is_adv] + (x1[is_adv] - x0[is_adv]) * beta
+    return adv.reshape(x.shape), res2
+
+
+def test_fab_equals_the_authors_loop(rng):
+    from keras_lowrank.robustness.autoattack import FAB, _scores_function
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="tanh",
+                                                                      bias_initializer="random_normal"),
+                              keras.layers.Dense(6, bias_initializer="random_normal")])
+    x = rng.uniform(0.2, 0.8, (40, 12)).astype("float32")
+    y = np.argmax(model.predict(x, verbose=0), axis=1)
+    attack = FAB(0.3, n_iter=20)
+    scores, _ = _scores_function(model, None)
+    for rank in (2, 3):
+        found, distance = attack._single_run(scores, keras.ops.convert_to_tensor(x), y, rank)
+        expected, expected_distance = reference_fab_targeted(model, x, y, rank, 20)
+        found, distance = keras.ops.convert_to_numpy(found), keras.ops.convert_to_numpy(distance)
+        np.testing.assert_array_equal(distance < 1e9, expected_distance < 1e9)
+        assert (expected_distance < 1e9).mean() > 0.5  # most found
+        ok = expected_distance < 1e9
+        np.testing.assert_allclose(distance[ok], expected_distance[ok], atol=1e-4)
+        np.testing.assert_allclose(found[ok], expected[ok], atol=1e-4)
