@@ -5,7 +5,7 @@ ART and the robustness claims re-measured.
    CNN: ours (first call, compilation included, and a second call) against ART's
    ``AutoProjectedGradientDescent`` through ``TensorFlowV2Classifier`` (one call;
    it runs eagerly). Goal (issue 19): ≥ 5× faster, equal robust accuracy (±1 point).
-2. Standard AutoAttack (APGD-CE, APGD-T, Square; no FAB-T) on the demo's three
+2. Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on the demo's three
    models — baseline, LR layer (defaults, rank 10), PGD-5 adversarially trained —
    at the demo's ε, next to FGSM, PGD-10, PGD-100 and APGD-CE (ours and ART's).
    Goal: ≤ 2 minutes over the three models at one ε.

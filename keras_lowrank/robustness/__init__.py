@@ -1,7 +1,7 @@
 """Robustness evaluation: attacks, noise, Keras-native evaluation and reports."""
 
 from keras_lowrank.robustness.attacks import FGSM, PGD, SPSA, Attack
-from keras_lowrank.robustness.autoattack import APGD, AutoAttack, AutoAttackResult, Square
+from keras_lowrank.robustness.autoattack import APGD, FAB, AutoAttack, AutoAttackResult, Square
 from keras_lowrank.robustness.cleverhans_adapter import CleverhansAttack
 from keras_lowrank.robustness.corruptions import CORRUPTIONS, Corruption, all_corruptions
 from keras_lowrank.robustness.evaluation import PerturbedModel
@@ -10,5 +10,5 @@ from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
 from keras_lowrank.robustness.report import RobustnessReport, evaluate_robustness
 
 __all__ = ["CleverhansAttack", "CORRUPTIONS", "Corruption", "all_corruptions", "FGSM", "PGD", "SPSA",
-           "APGD", "Square", "AutoAttack", "AutoAttackResult", "load_exported",
+           "APGD", "FAB", "Square", "AutoAttack", "AutoAttackResult", "load_exported",
            "Attack", "Perturbation", "GaussianNoise", "PerturbedModel", "RobustnessReport", "evaluate_robustness"]

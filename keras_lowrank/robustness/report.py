@@ -12,7 +12,7 @@ from keras_lowrank._optional import require
 from keras_lowrank._validation import check_number
 from keras_lowrank.analysis._batches import check_not_load_pair
 from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, outputs_logits
-from keras_lowrank.robustness.autoattack import APGD, AutoAttack, Square
+from keras_lowrank.robustness.autoattack import APGD, FAB, AutoAttack, Square
 from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
 from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
@@ -146,7 +146,7 @@ def _describe(perturbation):
         return "gaussian", None, perturbation.sigma
     if isinstance(perturbation, Corruption):
         return f"corruption:{perturbation.corruption}", None, perturbation.severity
-    if isinstance(perturbation, (FGSM, PGD, SPSA, APGD, Square, AutoAttack)):
+    if isinstance(perturbation, (FGSM, PGD, SPSA, APGD, FAB, Square, AutoAttack)):
         return type(perturbation).__name__, perturbation.norm, perturbation.eps
     return type(perturbation).__name__, None, None
 
@@ -245,7 +245,7 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         data: a tf.data.Dataset (or anything ``evaluate`` takes) of (x, y)
             batches, or an (x, y) pair of arrays; labels are integer classes or
             one-hot rows.
-        attacks: attack objects (``FGSM``, ``PGD``, ``APGD``, ``Square``,
+        attacks: attack objects (``FGSM``, ``PGD``, ``APGD``, ``FAB``, ``Square``,
             ``AutoAttack``), typically a sweep over eps. ``AutoAttack`` runs stage
             by stage on the examples not yet broken (``AutoAttack.run``); its row
             holds the accuracy after each stage, and its flags become checks.
@@ -340,7 +340,7 @@ def _count(data):
 
 
 BLACK_BOX_MARGIN = 0.02
-_ATTACK_FAMILIES = ("FGSM", "PGD", "SPSA", "APGD", "Square", "AutoAttack")
+_ATTACK_FAMILIES = ("FGSM", "PGD", "SPSA", "APGD", "FAB", "Square", "AutoAttack")
 AUTOATTACK_BLACK_BOX_MARGIN = 0.002  # the authors' check_square_sr
 
 
