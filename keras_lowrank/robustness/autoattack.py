@@ -1214,7 +1214,8 @@ class AutoAttack(Attack):
             return keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True), z
 
         grad = value_and_grad(loss)
-        return compile_function(model, lambda x, y: grad(x, ops.cast(y, "int32"))[2])
+        # eager: one call per batch, not worth a graph trace (~1 s per model)
+        return lambda x, y: grad(x, ops.cast(y, "int32"))[2]
 
     def __call__(self, model, x, y=None):
         return self.run(model, x, y).x_adv
@@ -1292,10 +1293,11 @@ class AutoAttack(Attack):
 
     @staticmethod
     def _randomized(model, x, passes=5, tolerance=1e-4):
-        """The authors' check: normalised outputs of repeated passes (Keras' own
-        inference step, whose random state advances) differ by more than
-        ``tolerance``, or the predictions differ. Returns (flag, first outputs)."""
-        raw = [np.asarray(ops.convert_to_numpy(model.predict_on_batch(x)), "float64") for _ in range(passes)]
+        """The authors' check: normalised outputs of repeated eager passes (whose
+        random state advances, unlike the attacks' stateless ones) differ by more
+        than ``tolerance``, or the predictions differ. Returns (flag, first outputs)."""
+        x = ops.convert_to_tensor(x)
+        raw = [np.asarray(ops.convert_to_numpy(model(x, training=False)), "float64") for _ in range(passes)]
         outputs = [o / (np.linalg.norm(o, axis=1, keepdims=True) + 1e-10) for o in raw]
         predictions = [o.argmax(axis=1) for o in outputs]
         differ = max(float(np.abs(a - b).max()) for a in outputs for b in outputs)
