@@ -659,17 +659,8 @@ class Square(Attack):
         rows = ops.reshape(ops.arange(h, dtype="int32"), (h, 1, 1))
         cols = ops.reshape(ops.arange(w, dtype="int32"), (1, w, 1))
 
-        def margin(points):
-            return _margin(scores(ops.reshape(points, (-1,) + shape)), y)
-
         x_best = self._clip(xc + self.eps * stripes)
-        margin_min = margin(x_best)
-        queries = ops.ones_like(margin_min)
-
-        def cond(i, x_best, margin_min, queries):
-            return ops.logical_and(i < self.n_queries, ops.any(margin_min > 0.0))
-
-        def body(i, x_best, margin_min, queries):
+        def propose(i, x_best):
             side_h, side_w = ops.take(heights, i), ops.take(widths, i)
             u = ops.take(positions, i, axis=0)
             # the authors' random_int(0, h − s): floor(u (h − s)), never h − s itself
@@ -679,7 +670,24 @@ class Square(Attack):
                                      ops.logical_and(cols >= left, cols < left + side_w))
             delta = 2.0 * self.eps * ops.cast(inside, "float32") * ops.reshape(ops.take(signs, i, axis=0), (1, 1, c))
             x_new = ops.minimum(ops.maximum(x_best + delta, xc - self.eps), xc + self.eps)
-            x_new = self._clip(x_new)
+            return self._clip(x_new)
+
+        return self._search(scores, xc, y, shape, x_best, propose)
+
+    def _search(self, scores, xc, y, shape, x_start, propose):
+        """The random search both norms share: from ``x_start`` (canonical
+        (batch, h, w, c)), iteration i evaluates ``propose(i, x_best)`` and keeps it
+        for the unbroken examples whose margin falls or turns negative; stops when
+        all are broken. Returns (best point in ``shape``, its margin, queries)."""
+
+        def margin(points):
+            return _margin(scores(ops.reshape(points, (-1,) + shape)), y)
+
+        def cond(i, x_best, margin_min, queries):
+            return ops.logical_and(i < self.n_queries, ops.any(margin_min > 0.0))
+
+        def body(i, x_best, margin_min, queries):
+            x_new = propose(i, x_best)
             new_margin = margin(x_new)
             active = margin_min > 0.0
             better = ops.logical_and(active, ops.logical_or(new_margin < margin_min, new_margin <= 0.0))
@@ -688,8 +696,9 @@ class Square(Attack):
             queries = queries + ops.cast(active, "float32")
             return i + 1, x_best, margin_min, queries
 
+        margin_min = margin(x_start)
         _, x_best, margin_min, queries = ops.while_loop(
-            cond, body, (ops.convert_to_tensor(0, "int32"), x_best, margin_min, queries))
+            cond, body, (ops.convert_to_tensor(0, "int32"), x_start, margin_min, ops.ones_like(margin_min)))
         return ops.reshape(x_best, (-1,) + shape), margin_min, queries
 
     def applies_to(self, shape):
@@ -755,19 +764,10 @@ class Square(Attack):
         def to_ball(delta):  # x + ε δ/‖δ‖, clipped
             return self._clip(xc + delta / (l2(delta, (1, 2, 3)) + _EPS_DIV) * self.eps)
 
-        def margin(points):
-            return _margin(scores(ops.reshape(points, (-1,) + shape)), y)
-
         pattern = ops.where(ops.reshape(init_flips, (-1, 1, 1)) > 0.5, blocks_t, blocks)  # (blocks, h, w)
         delta = ops.einsum("khw,bkc->bhwc", pattern, init_signs)
         x_best = to_ball(delta)
-        margin_min = margin(x_best)
-        queries = ops.ones_like(margin_min)
-
-        def cond(i, x_best, margin_min, queries):
-            return ops.logical_and(i < self.n_queries, ops.any(margin_min > 0.0))
-
-        def body(i, x_best, margin_min, queries):
+        def propose(i, x_best):
             side = ops.take(sides, i)
             u = ops.take(draws, i, axis=0)
             span = ops.cast(h - side, "float32"), ops.cast(w - side, "float32")
@@ -790,18 +790,9 @@ class Square(Attack):
             new = new / (_EPS_DIV + l2(new, (1, 2))) * ops.sqrt(
                 ops.maximum(self.eps ** 2 - ops.square(norm_image), 0.0) / c + ops.square(norm_windows))
             delta = delta * (1.0 - mask2) * (1.0 - mask) + new * mask
-            x_new = to_ball(delta)
-            new_margin = margin(x_new)
-            active = margin_min > 0.0
-            better = ops.logical_and(active, ops.logical_or(new_margin < margin_min, new_margin <= 0.0))
-            margin_min = ops.where(better, new_margin, margin_min)
-            x_best = ops.where(_per_example(better, xc), x_new, x_best)
-            queries = queries + ops.cast(active, "float32")
-            return i + 1, x_best, margin_min, queries
+            return to_ball(delta)
 
-        _, x_best, margin_min, queries = ops.while_loop(
-            cond, body, (ops.convert_to_tensor(0, "int32"), x_best, margin_min, queries))
-        return ops.reshape(x_best, (-1,) + shape), margin_min, queries
+        return self._search(scores, xc, y, shape, x_best, propose)
 
     def _build_run(self, model):
         scores, _ = _scores_function(model, self.from_logits)
