@@ -195,11 +195,76 @@ class _CompiledPerModel:
         return fn
 
 
+class _RunsOnUnbroken(Attack):
+    """An attack made of compiled runs (targets, restarts), each on the examples
+    no earlier run broke. Subclasses give ``_run_keys(num_classes)`` (one int per
+    run), ``_run(scores, x, y, key, noise) -> (found, broken)`` in graph ops,
+    ``_noise(x)`` (the run's random draws) and ``_check_inputs``."""
+
+    def _run_keys(self, num_classes):
+        return [0]
+
+    def _check_inputs(self, num_classes, shape):
+        pass
+
+    def _build_compiled(self, model):
+        scores, _ = _scores_function(model, self.from_logits)
+        return compile_function(model, lambda x, y, key, noise: self._run(scores, x, y, key, noise))
+
+    def __call__(self, model, x, y=None):
+        """Adversarial examples for the batch ``x`` (``y``: true labels, integer or
+        one-hot; default the model's predictions); x where the attack found none.
+        Each run covers only the examples not yet broken (padded to a power-of-two
+        batch, so JAX compiles few shapes)."""
+        x = ops.convert_to_tensor(x, "float32")
+        num_classes = self._num_classes(model, x)
+        self._check_inputs(num_classes, tuple(x.shape[1:]))
+        self._check_range(x)
+        y = np.asarray(ops.convert_to_numpy(self._labels(model, x, y, num_classes)))
+        x_np = np.asarray(ops.convert_to_numpy(x))
+        predicted = np.asarray(ops.convert_to_numpy(_compiled_scores(model, self.from_logits)(x))).argmax(axis=1)
+        adversarial = x_np.copy()
+        robust = predicted == y
+        run = self._runs(model)
+        for key in self._run_keys(num_classes):
+            rows = np.flatnonzero(robust)
+            if not len(rows):
+                break
+            padded = _padded(rows, _bucket(len(rows), len(x_np)))
+            xs = ops.convert_to_tensor(x_np[padded])
+            found, broken = run(xs, ops.convert_to_tensor(y[padded]), ops.convert_to_tensor(key, "int32"),
+                                self._noise(xs))
+            found = np.asarray(ops.convert_to_numpy(found))[:len(rows)]
+            broken = np.asarray(ops.convert_to_numpy(broken))[:len(rows)]
+            adversarial[rows[broken]] = found[broken]
+            robust[rows[broken]] = False
+        return adversarial
+
+    def perturb_in_graph(self, model, x, y=None):
+        """All runs inside the step being compiled (for ``PerturbedModel``): each
+        covers the whole batch, and an example keeps the first run's adversarial
+        that breaks it."""
+        scores, _ = _scores_function(model, self.from_logits)
+        clean = scores(x)
+        if y is None:
+            y = ops.argmax(clean, axis=-1)
+        y = ops.cast(y, "int32")
+        self._check_inputs(clean.shape[-1], tuple(x.shape[1:]))
+        adversarial = x
+        robust = ops.equal(ops.cast(ops.argmax(clean, axis=-1), "int32"), y)
+        for key in self._run_keys(clean.shape[-1]):
+            found, broken = self._run(scores, x, y, key, self._noise(x))
+            broken = ops.logical_and(robust, broken)
+            adversarial = ops.where(_per_example(broken, x), found, adversarial)
+            robust = ops.logical_and(robust, ops.logical_not(broken))
+        return adversarial
+
+
 # ----------------------------------------------------------------------------- APGD
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
-class APGD(Attack):
+class APGD(_RunsOnUnbroken):
     """Auto-PGD (Croce & Hein 2020): PGD with momentum and a step size that adapts
     itself, no step size to tune.
 
@@ -271,7 +336,7 @@ class APGD(Attack):
         for i, k in points:
             checkpoint[i], window[i] = 1.0, k
         self._checkpoint, self._window = checkpoint, window
-        self._runs = _CompiledPerModel(self._build_run)
+        self._runs = _CompiledPerModel(self._build_compiled)
 
     def get_config(self):
         config = super().get_config()
@@ -297,6 +362,16 @@ class APGD(Attack):
             return [0]
         return list(range(2, min(self.n_target_classes, num_classes - 1) + 2))
 
+    def _run_keys(self, num_classes):
+        return [rank for rank in self._targets(num_classes) for _ in range(self.restarts)]
+
+    def _check_inputs(self, num_classes, shape):
+        self._check_classes(num_classes)
+
+    def _run(self, scores, x, y, key, noise):
+        found, still = self._single_run(scores, x, y, key, noise)[:2]
+        return found, still < 0.5
+
     def _check_classes(self, num_classes):
         needed = 4 if (self.apgd_targeted and self.loss == "dlr") else 3 if self.loss == "dlr" else 2
         if num_classes < needed:
@@ -304,7 +379,9 @@ class APGD(Attack):
             raise ValueError(f"{what} needs at least {needed} classes; the model has {num_classes}. "
                              'Use loss="ce" (untargeted).')
 
-    def _start_noise(self, shape):
+    def _noise(self, x):
+        """One random start, shaped like ``x``."""
+        shape = ops.shape(x)
         if self.norm == "inf":
             return keras.random.uniform(shape, -1.0, 1.0, seed=self._seed)
         return keras.random.normal(shape, seed=self._seed)
@@ -396,61 +473,6 @@ class APGD(Attack):
         state = ops.fori_loop(0, self.n_iter, body, state)
         return state[7], state[8], state[4], state[5], state[3]
 
-    def _build_run(self, model):
-        scores, _ = _scores_function(model, self.from_logits)
-        return compile_function(model, lambda x, y, rank, noise: self._single_run(scores, x, y, rank, noise)[:2])
-
-    # -- public
-    def __call__(self, model, x, y=None):
-        """Adversarial examples for the batch ``x`` (``y``: true labels, integer or
-        one-hot; default the model's predictions). Runs the restarts and targets
-        only on the examples not yet broken."""
-        x = ops.convert_to_tensor(x, "float32")
-        num_classes = self._num_classes(model, x)
-        self._check_classes(num_classes)
-        self._check_range(x)
-        y = np.asarray(ops.convert_to_numpy(self._labels(model, x, y, num_classes)))
-        x_np = np.asarray(ops.convert_to_numpy(x))
-        predicted = np.asarray(ops.convert_to_numpy(_compiled_scores(model, self.from_logits)(x))).argmax(axis=1)
-        adversarial = x_np.copy()
-        robust = predicted == y
-        run = self._runs(model)
-        for rank in self._targets(num_classes):
-            for _ in range(self.restarts):
-                rows = np.flatnonzero(robust)
-                if not len(rows):
-                    return adversarial
-                padded = _padded(rows, _bucket(len(rows), len(x_np)))
-                noise = self._start_noise((len(padded),) + x_np.shape[1:])
-                found, still = run(ops.convert_to_tensor(x_np[padded]), ops.convert_to_tensor(y[padded]),
-                                   ops.convert_to_tensor(rank, "int32"), noise)
-                found = np.asarray(ops.convert_to_numpy(found))[:len(rows)]
-                broken = np.asarray(ops.convert_to_numpy(still))[:len(rows)] < 0.5
-                adversarial[rows[broken]] = found[broken]
-                robust[rows[broken]] = False
-        return adversarial
-
-    def perturb_in_graph(self, model, x, y=None):
-        """All restarts and targets inside the step being compiled (for
-        ``PerturbedModel``): every run covers the whole batch, and an example keeps
-        the first run's adversarial that breaks it."""
-        scores, _ = _scores_function(model, self.from_logits)
-        clean = scores(x)
-        if y is None:
-            y = ops.argmax(clean, axis=-1)
-        y = ops.cast(y, "int32")
-        num_classes = clean.shape[-1]
-        self._check_classes(num_classes)
-        adversarial = x
-        robust = ops.equal(ops.cast(ops.argmax(clean, axis=-1), "int32"), y)
-        for rank in self._targets(num_classes):
-            for _ in range(self.restarts):
-                found, still = self._single_run(scores, x, y, rank, self._start_noise(ops.shape(x)))[:2]
-                broken = ops.logical_and(robust, still < 0.5)
-                adversarial = ops.where(_per_example(broken, x), found, adversarial)
-                robust = ops.logical_and(robust, ops.logical_not(broken))
-        return adversarial
-
     def trace(self, model, x, y, start):
         """One run from the given starting points, its whole final state (for
         checks against another implementation): dict of numpy arrays ``x_adv``
@@ -541,7 +563,7 @@ def _eta_on_grid(i, j, side, transpose, tail):
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
-class Square(Attack):
+class Square(_RunsOnUnbroken):
     """Square attack (Andriushchenko et al. 2020): a score-based black-box random
     search that needs only the model's outputs. L∞ below; L2 as in the authors'
     code (windows of odd side ≥ 3 filled with ±``square_eta`` patterns, the mass
@@ -589,7 +611,7 @@ class Square(Attack):
             raise ValueError(f"`p_init` must be in (0, 1], got p_init={p_init!r}.")
         self.seed = seed
         self._seed = keras.random.SeedGenerator(seed)
-        self._runs = _CompiledPerModel(self._build_run)
+        self._runs = _CompiledPerModel(self._build_compiled)
 
     def get_config(self):
         config = super().get_config()
@@ -645,7 +667,16 @@ class Square(Attack):
         signs = ops.sign(keras.random.uniform((self.n_queries, c), -1.0, 1.0, seed=self._seed))
         return stripes, positions, signs
 
-    def _run(self, scores, x, y, noise):
+    def _check_inputs(self, num_classes, shape):
+        h, w, _ = self._canonical_shape(shape)
+        if self.norm == "2":
+            self._check_l2_shape(h, w)
+
+    def _run(self, scores, x, y, key, noise):
+        found, margin, _ = self._square_run(scores, x, y, noise)
+        return found, margin <= 0.0
+
+    def _square_run(self, scores, x, y, noise):
         """Returns (best point, its margin; ≤ 0 where broken, queries used)."""
         if self.norm == "2":
             return self._run_l2(scores, x, y, noise)
@@ -794,48 +825,6 @@ class Square(Attack):
 
         return self._search(scores, xc, y, shape, x_best, propose)
 
-    def _build_run(self, model):
-        scores, _ = _scores_function(model, self.from_logits)
-        return compile_function(model, lambda x, y, noise: self._run(scores, x, y, noise))
-
-    def __call__(self, model, x, y=None):
-        """Adversarial examples for the batch ``x`` (``y``: true labels; default
-        the model's predictions); examples misclassified already are returned as
-        they are."""
-        x = ops.convert_to_tensor(x, "float32")
-        num_classes = self._num_classes(model, x)
-        self._check_range(x)
-        y = np.asarray(ops.convert_to_numpy(self._labels(model, x, y, num_classes)))
-        x_np = np.asarray(ops.convert_to_numpy(x))
-        h, w, _ = self._canonical_shape(x_np.shape[1:])
-        if self.norm == "2":
-            self._check_l2_shape(h, w)
-        predicted = np.asarray(ops.convert_to_numpy(_compiled_scores(model, self.from_logits)(x))).argmax(axis=1)
-        adversarial = x_np.copy()
-        rows = np.flatnonzero(predicted == y)
-        if not len(rows):
-            return adversarial
-        padded = _padded(rows, _bucket(len(rows), len(x_np)))
-        xs = ops.convert_to_tensor(x_np[padded])
-        found, margin, _ = self._runs(model)(xs, ops.convert_to_tensor(y[padded]), self._noise(xs))
-        found = np.asarray(ops.convert_to_numpy(found))[:len(rows)]
-        broken = np.asarray(ops.convert_to_numpy(margin))[:len(rows)] <= 0.0
-        adversarial[rows[broken]] = found[broken]
-        return adversarial
-
-    def perturb_in_graph(self, model, x, y=None):
-        """The attack inside a step being compiled (``PerturbedModel``); examples
-        misclassified already are left as they are."""
-        scores, _ = _scores_function(model, self.from_logits)
-        clean = scores(x)
-        if y is None:
-            y = ops.argmax(clean, axis=-1)
-        y = ops.cast(y, "int32")
-        found, margin, _ = self._run(scores, x, y, self._noise(x))
-        correct = ops.equal(ops.cast(ops.argmax(clean, axis=-1), "int32"), y)
-        return ops.where(_per_example(ops.logical_and(correct, margin <= 0.0), x), found, x)
-
-
 # ----------------------------------------------------------------------------- FAB-T
 
 
@@ -903,7 +892,7 @@ def project_to_hyperplane_linf(t, w, b):
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
-class FAB(Attack):
+class FAB(_RunsOnUnbroken):
     """FAB-T, L∞ (Croce & Hein 2020, "Minimally distorted adversarial examples
     with a fast adaptive boundary attack"): the targeted version AutoAttack runs.
 
@@ -953,7 +942,7 @@ class FAB(Attack):
         self.alpha_max = check_number(alpha_max, "alpha_max", minimum=0.0, maximum=1.0)
         self.eta = check_number(eta, "eta", minimum=0.0)
         self.beta = check_number(beta, "beta", minimum=0.0, maximum=1.0)
-        self._runs = _CompiledPerModel(self._build_run)
+        self._runs = _CompiledPerModel(self._build_compiled)
 
     def get_config(self):
         config = super().get_config()
@@ -968,8 +957,12 @@ class FAB(Attack):
     def __repr__(self):
         return f"FAB(eps={self.eps:g}, n_iter={self.n_iter}, n_target_classes={self.n_target_classes})"
 
-    def _targets(self, num_classes):
+    def _run_keys(self, num_classes):
         return list(range(2, min(self.n_target_classes, num_classes - 1) + 2))
+
+    def _run(self, scores, x, y, key, noise):
+        found, distance = self._single_run(scores, x, y, key)
+        return found, distance <= self.eps
 
     def _single_run(self, scores, x, y, rank):
         """One target: returns (closest misclassified point, its L∞ distance; 1e10 if none)."""
@@ -1015,52 +1008,6 @@ class FAB(Attack):
         state = (x, x, ops.full((batch,), 1e10, "float32"))
         _, adv, distance = ops.fori_loop(0, self.n_iter, body, state)
         return adv, distance
-
-    def _build_run(self, model):
-        scores, _ = _scores_function(model, self.from_logits)
-        return compile_function(model, lambda x, y, rank: self._single_run(scores, x, y, rank))
-
-    def __call__(self, model, x, y=None):
-        """Adversarial examples within ``eps`` for the batch ``x`` (``y``: true
-        labels; default the model's predictions); x where none was found."""
-        x = ops.convert_to_tensor(x, "float32")
-        num_classes = self._num_classes(model, x)
-        self._check_range(x)
-        y = np.asarray(ops.convert_to_numpy(self._labels(model, x, y, num_classes)))
-        x_np = np.asarray(ops.convert_to_numpy(x))
-        predicted = np.asarray(ops.convert_to_numpy(_compiled_scores(model, self.from_logits)(x))).argmax(axis=1)
-        adversarial = x_np.copy()
-        robust = predicted == y
-        run = self._runs(model)
-        for rank in self._targets(num_classes):
-            rows = np.flatnonzero(robust)
-            if not len(rows):
-                break
-            padded = _padded(rows, _bucket(len(rows), len(x_np)))
-            found, distance = run(ops.convert_to_tensor(x_np[padded]), ops.convert_to_tensor(y[padded]),
-                                  ops.convert_to_tensor(rank, "int32"))
-            found = np.asarray(ops.convert_to_numpy(found))[:len(rows)]
-            broken = np.asarray(ops.convert_to_numpy(distance))[:len(rows)] <= self.eps
-            adversarial[rows[broken]] = found[broken]
-            robust[rows[broken]] = False
-        return adversarial
-
-    def perturb_in_graph(self, model, x, y=None):
-        """All targets inside the step being compiled (``PerturbedModel``)."""
-        scores, _ = _scores_function(model, self.from_logits)
-        clean = scores(x)
-        if y is None:
-            y = ops.argmax(clean, axis=-1)
-        y = ops.cast(y, "int32")
-        adversarial = x
-        robust = ops.equal(ops.cast(ops.argmax(clean, axis=-1), "int32"), y)
-        for rank in self._targets(clean.shape[-1]):
-            found, distance = self._single_run(scores, x, y, rank)
-            broken = ops.logical_and(robust, distance <= self.eps)
-            adversarial = ops.where(_per_example(broken, x), found, adversarial)
-            robust = ops.logical_and(robust, ops.logical_not(broken))
-        return adversarial
-
 
 # ----------------------------------------------------------------------------- AutoAttack
 
