@@ -164,7 +164,7 @@ def _arrays(data):
     return x, y.reshape(-1)
 
 
-def _accuracy(model, perturbation, data, from_logits, jit_compile):
+def _accuracy(model, perturbation, data, from_logits, jit_compile, verbose=0):
     wrapper = PerturbedModel(model, perturbation)
     if _one_hot(data):
         loss = keras.losses.CategoricalCrossentropy(from_logits=from_logits)
@@ -176,10 +176,10 @@ def _accuracy(model, perturbation, data, from_logits, jit_compile):
     wrapper.compile(jit_compile=jit_compile, loss=loss, weighted_metrics=[metric])
     if _is_pair(data):
         x, y, weights, batch = _padded_pair(data)
-        result = wrapper.evaluate(x, y, sample_weight=weights, batch_size=batch, verbose=0,
+        result = wrapper.evaluate(x, y, sample_weight=weights, batch_size=batch, verbose=verbose,
                                   return_dict=True)
     else:
-        result = wrapper.evaluate(data, verbose=0, return_dict=True)
+        result = wrapper.evaluate(data, verbose=verbose, return_dict=True)
     return float(result["accuracy"])
 
 
@@ -237,7 +237,7 @@ def _check_data(data, argument="data"):
 
 def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=(),
                         datasets=None, clip=(0.0, 1.0), large_eps="auto", seed=0,
-                        from_logits=None, jit_compile="auto", black_box=False):
+                        from_logits=None, jit_compile="auto", black_box=False, verbose=0):
     """Accuracy of ``model`` on ``data`` clean, under each attack and noise level.
 
     Args:
@@ -299,11 +299,11 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         if isinstance(perturbation, AutoAttack):
             # run stage by stage, each on the examples not yet broken (cheaper
             # than all stages on every example inside `evaluate`)
-            result = perturbation.run(model, *_arrays(on))
+            result = perturbation.run(model, *_arrays(on), verbose=verbose)
             accuracy = result.robust_accuracy
             extra = {"stages": result.stage_accuracy, "flags": result.flags}
         else:
-            accuracy = _accuracy(model, perturbation, on, from_logits, jit_compile)
+            accuracy = _accuracy(model, perturbation, on, from_logits, jit_compile, verbose)
         row = {"name": name or getattr(perturbation, "name", repr(perturbation)), "family": family, "norm": norm,
                "size": size, "accuracy": accuracy, **extra}
         rows.append(row)

@@ -1,0 +1,1 @@
+"""The command line's subcommands (``keras_lowrank.cli`` parses, these run)."""

@@ -1,0 +1,218 @@
+"""``keras-lowrank compress``: the user's model → low-rank → DLRT fine-tuning →
+truncation → exported at exact ranks, each exported file re-loaded in a fresh
+Python that cannot import keras_lowrank and checked against the model."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from keras_lowrank._jobs import common
+from keras_lowrank._jobs.common import JobError
+
+# Run in a fresh interpreter: keras_lowrank is made unimportable, so a file that
+# needs it fails to load here exactly as it would on a user's serving machine.
+_RELOAD = r"""
+import json, os, sys
+import numpy as np
+sys.modules["keras_lowrank"] = None
+sys.modules["keras_lowrank_experiments"] = None
+folder, inputs, results = sys.argv[1:4]
+x = np.load(inputs)
+out, errors = {}, {}
+def attempt(kind, run):
+    try:
+        out[kind] = np.asarray(run(), dtype="float32")
+    except Exception as error:
+        errors[kind] = f"{type(error).__name__}: {str(error)[:300]}"
+if os.path.exists(os.path.join(folder, "model.keras")):
+    def keras_file():
+        import keras
+        return keras.saving.load_model(os.path.join(folder, "model.keras")).predict(x, verbose=0)
+    attempt("keras", keras_file)
+if os.path.exists(os.path.join(folder, "saved_model")):
+    def saved_model():
+        import tensorflow as tf
+        loaded = tf.saved_model.load(os.path.join(folder, "saved_model"))  # kept: its variables
+        return loaded.serve(x).numpy()
+    attempt("saved_model", saved_model)
+if os.path.exists(os.path.join(folder, "model.tflite")):
+    def tflite():
+        import tensorflow as tf
+        interpreter = tf.lite.Interpreter(os.path.join(folder, "model.tflite"))
+        index = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(index, x.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, x)
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    attempt("tflite", tflite)
+np.savez(results, **out)
+print(json.dumps({"errors": errors, "keras_lowrank_imported": sys.modules.get("keras_lowrank") is not None}))
+"""
+
+
+def check_formats(formats):
+    import importlib.util
+
+    needs_tf = [f for f in formats if f in ("saved_model", "tflite")]
+    if needs_tf and importlib.util.find_spec("tensorflow") is None:
+        raise JobError(f"--formats {' '.join(needs_tf)} need TensorFlow installed "
+                       "(pip install tensorflow-cpu); --formats keras needs only Keras.")
+
+
+def reload_elsewhere(folder, x, timeout=600):
+    """{format: outputs} of each exported file, computed by a fresh interpreter
+    in which importing keras_lowrank fails; plus the errors it met."""
+    import json
+
+    with tempfile.TemporaryDirectory() as scratch:
+        inputs, results = os.path.join(scratch, "x.npy"), os.path.join(scratch, "out.npz")
+        np.save(inputs, x)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run([sys.executable, "-c", _RELOAD, folder, inputs, results],
+                              capture_output=True, text=True, timeout=timeout, cwd=scratch, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"re-loading the exported files failed:\n{done.stderr[-2000:]}")
+        status = json.loads(done.stdout.strip().splitlines()[-1])
+        with np.load(results) as file:
+            outputs = {key: file[key] for key in file.files}
+    return outputs, status
+
+
+def run(args, meta):
+    import keras
+
+    from keras_lowrank import compression
+    from keras_lowrank.optimizers import DLRT
+    from keras_lowrank.robustness.attacks import outputs_logits
+
+    check_formats(args.formats)
+    model = common.load_model(args.model)
+    arrays = common.check_against_model(common.load_arrays(args.data, args.data_dir, args.limit),
+                                        model, args.clip)
+    (x, y), (x_test, y_test) = arrays["train"], arrays["test"]
+    keras.utils.set_random_seed(args.seed)
+    before = common.accuracy(model, x_test, y_test)
+    print(f"{args.model}: accuracy {before:.4f} on {len(x_test)} test examples; converting "
+          + (f"at rank {args.rank}" if args.rank else f"by tol {args.tol}"))
+    try:
+        low = compression.to_low_rank(model, rank=args.rank, tol=args.tol,
+                                      spectral_weight=args.spectral_weight)
+    except ValueError as error:
+        raise JobError(f"MODEL: {error}") from None
+    converted = [l.name for l in low.layers if isinstance(l, compression.DynamicLowRankBase)]
+    if not converted:
+        raise JobError("MODEL: no Dense or Conv2D layer of this model has a low-rank form worth "
+                       "storing (see the warnings above); nothing to compress.")
+    after_svd = common.accuracy(low, x_test, y_test)
+    low.compile(optimizer=DLRT(keras.optimizers.Adam(args.learning_rate)),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model)),
+                metrics=["accuracy"])
+    if args.finetune_epochs:
+        print(f"DLRT fine-tuning, {args.finetune_epochs} epoch(s) on {len(x)} examples")
+        low.fit(x, y, batch_size=args.batch_size, epochs=args.finetune_epochs,
+                verbose=0 if args.quiet else 1)
+    compression.truncate_ranks(low)
+    after = common.accuracy(low, x_test, y_test)
+    summary = compression.compression_summary(low)
+
+    with common.staged(args) as folder:
+        export = os.path.join(folder, "export")
+        written = compression.export_compressed(low, export, formats=args.formats)
+        compact = written["model"]
+        sizes_after = {f: common.size_on_disk(written[f]) for f in args.formats}
+        sizes_before = _original_sizes(model, args.model, args.formats)
+        check_x = x_test[: args.check_examples]
+        expected = np.asarray(low.predict(check_x, verbose=0), dtype="float32")
+        outputs, status = reload_elsewhere(export, check_x)
+        tolerance = 1e-5 * max(1.0, float(np.abs(expected).max()))
+        checks = []
+        for kind in args.formats:
+            if kind in outputs:
+                error = float(np.abs(outputs[kind] - expected).max())
+                checks.append({"format": kind, "max_abs_difference": error, "tolerance": tolerance,
+                               "passed": bool(error <= tolerance), "detail": ""})
+            else:
+                checks.append({"format": kind, "max_abs_difference": None, "tolerance": tolerance,
+                               "passed": False, "detail": status["errors"].get(kind, "not written")})
+        model_rows = [
+            ["test accuracy", f"{before:.4f}", f"{after:.4f} (right after the SVD: {after_svd:.4f})"],
+            ["parameters", f"{model.count_params():,}", f"{compact.count_params():,}"],
+        ] + [[f"file size ({kind})", common.human_size(sizes_before[kind]),
+              common.human_size(sizes_after[kind])] for kind in args.formats]
+        check_rows = [[c["format"], "pass" if c["passed"] else "**FAIL**",
+                       "" if c["max_abs_difference"] is None else f"{c['max_abs_difference']:.2e}",
+                       f"{c['tolerance']:.1e}", c["detail"]] for c in checks]
+        sections = [
+            ("Data", arrays["description"] + f"; {len(x)} training, {len(x_test)} test examples."),
+            ("The model", common.markdown_table(["", "before", "after"], model_rows)),
+            ("Per layer", summary.to_markdown()),
+            ("Exported files, re-loaded without keras_lowrank",
+             "Each file was loaded by a fresh Python in which `import keras_lowrank` fails, run on "
+             f"{len(check_x)} test examples and compared with the fine-tuned low-rank model "
+             f"(tolerance 1e-5 · max(1, max |output|)).\n\n"
+             + common.markdown_table(["format", "check", "largest difference", "tolerance", "detail"],
+                                     check_rows)),
+        ]
+        record = {"data": arrays["description"], "converted_layers": converted,
+                  "accuracy": {"before": before, "after_svd": after_svd, "after": after},
+                  "parameters": {"before": model.count_params(), "after": compact.count_params()},
+                  "file_sizes": {"before": sizes_before, "after": sizes_after},
+                  "summary": summary.to_dict(), "reload_checks": checks,
+                  "settings": {"tol": args.tol, "rank": args.rank, "spectral_weight": args.spectral_weight,
+                               "finetune_epochs": args.finetune_epochs, "formats": list(args.formats)}}
+        _plot(summary, os.path.join(folder, "compression.png"))
+        common.write_report(folder, f"Compression of {os.path.basename(args.model)}", meta, sections, record)
+    print(f"accuracy {before:.4f} → {after:.4f}; parameters {model.count_params():,} → "
+          f"{compact.count_params():,}; wrote {args.output}/ (report.md, report.json, "
+          f"compression.png, export/)")
+    failed = [c["format"] for c in checks if not c["passed"]]
+    if failed:
+        print(f"error: the exported {', '.join(failed)} file(s) do not reproduce the model "
+              f"(see {args.output}/report.md)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _original_sizes(model, path, formats):
+    """The original model's size in each format (written to a scratch folder)."""
+    sizes = {"keras": os.path.getsize(path)}
+    if set(formats) & {"saved_model", "tflite"}:
+        with tempfile.TemporaryDirectory() as scratch:
+            saved = os.path.join(scratch, "saved_model")
+            model.export(saved, format="tf_saved_model", verbose=False)
+            sizes["saved_model"] = common.size_on_disk(saved)
+            if "tflite" in formats:
+                import tensorflow as tf
+
+                sizes["tflite"] = len(tf.lite.TFLiteConverter.from_saved_model(saved).convert())
+    return sizes
+
+
+def _plot(summary, path):
+    from keras_lowrank._optional import require
+
+    require("matplotlib", "Plotting")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary.rows if r["rank"] is not None]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(rows), 3.4))
+    positions = np.arange(len(rows))
+    ax.bar(positions - 0.2, [r["dense_params"] for r in rows], 0.4, label="dense")
+    ax.bar(positions + 0.2, [r["low_rank_params"] for r in rows], 0.4, label="exported low-rank")
+    for p, r in zip(positions, rows):
+        ax.annotate(f"r={r['rank']}", (p + 0.2, r["low_rank_params"]), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(positions, [r["layer"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("parameters")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("Parameters per converted layer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,117 @@
+"""``keras-lowrank evaluate``: the robustness report (attacks, noise, corruptions,
+gradient-masking checks) of the user's model on the user's data."""
+
+import dataclasses
+import math
+import os
+import re
+
+from keras_lowrank._jobs import common
+from keras_lowrank._jobs.common import JobError
+
+ATTACKS = {
+    "fgsm": "FGSM (one signed-gradient step)",
+    "pgd": "PGD, 10 steps (pgdN: N steps, e.g. pgd100)",
+    "apgd-ce": "APGD on cross-entropy, 100 iterations",
+    "apgd-t": "targeted APGD on the DLR loss, 9 target classes",
+    "fab": "FAB-T (L∞), 9 target classes",
+    "square": "Square (black box), 5000 queries",
+    "spsa": "SPSA (black box), 10 steps of 32 samples",
+    "autoattack": "AutoAttack, standard: APGD-CE, APGD-T, FAB-T, Square",
+    "autoattack-fast": "AutoAttack, fast: APGD-CE, APGD-T with 3 targets",
+}
+ATTACK_HELP = "; ".join(f"{name}: {text}" for name, text in ATTACKS.items())
+_PATTERN = re.compile(r"^(?P<name>[a-z-]+?)(?P<steps>\d+)?:(?P<eps>[^:]+)(?::(?P<norm>linf|l2))?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    eps: float
+    norm: str = "inf"
+    steps: int = None
+
+    def build(self, clip, seed):
+        from keras_lowrank import robustness as r
+
+        common_args = {"clip": tuple(clip)}
+        if self.name == "fgsm":
+            return r.FGSM(self.eps, norm=self.norm, **common_args)
+        if self.name == "pgd":
+            return r.PGD(self.eps, steps=self.steps or 10, norm=self.norm, seed=seed, **common_args)
+        if self.name == "apgd-ce":
+            return r.APGD(self.eps, norm=self.norm, loss="ce", seed=seed, **common_args)
+        if self.name == "apgd-t":
+            return r.APGD(self.eps, norm=self.norm, targeted=True, seed=seed, **common_args)
+        if self.name == "fab":
+            return r.FAB(self.eps, **common_args)
+        if self.name == "square":
+            return r.Square(self.eps, norm=self.norm, seed=seed, **common_args)
+        if self.name == "spsa":
+            return r.SPSA(self.eps, seed=seed, **common_args)
+        version = "fast" if self.name == "autoattack-fast" else "standard"
+        return r.AutoAttack(self.eps, norm=self.norm, version=version, seed=seed, **common_args)
+
+
+def parse_attack(text):
+    """``NAME[STEPS]:EPS[:linf|l2]`` → AttackSpec (raises JobError with the grammar)."""
+    match = _PATTERN.match(text.strip().lower())
+    grammar = (f"expected NAME:EPS[:linf|l2], e.g. pgd:0.03 or autoattack:0.5:l2, with NAME one of "
+               f"{', '.join(ATTACKS)}")
+    if not match or match["name"] not in ATTACKS:
+        raise JobError(f"--attacks {text!r}: {grammar}.")
+    try:
+        eps = float(match["eps"])
+    except ValueError:
+        raise JobError(f"--attacks {text!r}: ε must be a number; {grammar}.") from None
+    if not math.isfinite(eps) or eps < 0:
+        raise JobError(f"--attacks {text!r}: ε must be finite and ≥ 0.")
+    if match["steps"] and match["name"] != "pgd":
+        raise JobError(f"--attacks {text!r}: only pgd takes a step count (pgd100:0.03).")
+    norm = "2" if match["norm"] == "l2" else "inf"
+    if norm == "2" and match["name"] in ("fab", "spsa"):
+        raise JobError(f"--attacks {text!r}: {match['name']} is L∞ only here.")
+    steps = int(match["steps"]) if match["steps"] else None
+    if steps == 0:
+        raise JobError(f"--attacks {text!r}: PGD needs at least 1 step.")
+    return AttackSpec(match["name"], eps, norm, steps)
+
+
+def run(args, meta):
+    import keras
+
+    from keras_lowrank.robustness import all_corruptions, evaluate_robustness
+
+    attacks = [parse_attack(a) for a in args.attacks]
+    model = common.load_model(args.model)
+    arrays = common.check_against_model(common.load_arrays(args.data, args.data_dir, args.limit),
+                                        model, args.clip)
+    x, y = arrays["test"]
+    keras.utils.set_random_seed(args.seed)
+    corruptions = []
+    if args.corruptions:
+        image = len(x.shape) == 4
+        corruptions = all_corruptions(severities=tuple(args.corruptions), seed=args.seed, image=image)
+    built = [spec.build(args.clip, args.seed) for spec in attacks]
+    print(f"{args.model}: {len(x)} test examples; {len(built)} attack(s), {len(args.noise)} noise level(s), "
+          f"{len(corruptions)} corruption(s)")
+    try:
+        report = evaluate_robustness(model, (x, y), attacks=built, noise_sigmas=args.noise,
+                                     corruptions=corruptions, clip=tuple(args.clip), seed=args.seed,
+                                     large_eps="auto" if args.probe else None,
+                                     verbose=0 if args.quiet else 1)
+    except ValueError as error:
+        raise JobError(str(error)) from None
+    print(report)
+    with common.staged(args) as folder:
+        report.plot(os.path.join(folder, "robustness.png"), title=os.path.basename(args.model))
+        sections = [("Data", arrays["description"] + f"; {len(x)} test examples."),
+                    ("Accuracy and gradient-masking checks", report.to_markdown())]
+        if not report.all_checks_passed:
+            sections.append(("Warning", "A check failed: the attack accuracies may overstate robustness "
+                                        "(gradient masking, or an attack too weak for this model)."))
+        common.write_report(folder, f"Robustness of {os.path.basename(args.model)}", meta, sections,
+                            {"data": arrays["description"], "report": report.as_dict(),
+                             "attacks": [dataclasses.asdict(a) for a in attacks]})
+    print(f"wrote {args.output}/ (report.md, report.json, robustness.png)")
+    return 0
