@@ -139,8 +139,9 @@ def build_parser():
                           help="Adam's learning rate inside DLRT (default 1e-3)")
     compress.add_argument("--batch-size", type=_positive_int, default=32)
     compress.add_argument("--formats", nargs="+", choices=["keras", "saved_model", "tflite"],
-                          default=["keras", "saved_model"],
-                          help="exported formats (default keras saved_model; the last two need TensorFlow)")
+                          default=None,
+                          help="exported formats (default keras saved_model, or keras without TensorFlow; "
+                               "saved_model and tflite need TensorFlow)")
     compress.add_argument("--check-examples", type=_positive_int, default=256,
                           help="test examples the re-loaded files are checked on (default 256)")
 
@@ -226,7 +227,7 @@ def _check(parser, args, argv, from_shell):
         from keras_lowrank._jobs.compress import check_formats
 
         try:
-            check_formats(args.formats)
+            check_formats(args.formats or [])
         except JobError as error:
             parser.error(str(error))
     if args.backend is not None:

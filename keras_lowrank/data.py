@@ -1,4 +1,6 @@
-"""Datasets as batched ``tf.data.Dataset`` of (image, label), images float32 in [0, 1].
+"""Datasets as batches of (image, label), images float32 in [0, 1]: a batched
+``tf.data.Dataset`` where TensorFlow is installed, else a ``keras.utils.PyDataset``
+(``ArrayBatches``), which ``fit``/``evaluate``/``predict`` take on every backend.
 
 Offline and real (no download): ``"digits"`` — scikit-learn's bundled 8×8
 handwritten digits, a fixed stratified 75/25 split; ``"mnist1d"`` — MNIST-1D
@@ -10,16 +12,20 @@ Through TensorFlow Datasets: ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``,
 """
 
 import dataclasses
+import importlib.util
 import os
+import sys
 import warnings
 
+import keras
 import numpy as np
 
 from keras_lowrank._optional import require
 from keras_lowrank._validation import check_int
 
-__all__ = ["load", "available_datasets", "DatasetInfo", "DataUnavailableError", "load_digits_arrays",
-           "load_mnist1d_arrays"]
+__all__ = ["load", "available_datasets", "ArrayBatches", "DatasetInfo", "DataUnavailableError",
+           "load_digits_arrays", "load_mnist1d_arrays"]
+_PIPELINES = ("auto", "tf.data", "py_dataset")
 
 OFFLINE_DATASETS = ("digits", "mnist1d")
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
@@ -89,8 +95,8 @@ def available_datasets():
 
 
 def load(name, split="train", batch_size=128, shuffle=None, seed=0,
-         data_dir=None, download=True):
-    """Loads ``split`` of dataset ``name`` as a batched tf.data.Dataset.
+         data_dir=None, download=True, pipeline="auto"):
+    """Loads ``split`` of dataset ``name`` as batches of (inputs, labels).
 
     Args:
         name: one of ``available_datasets()``.
@@ -101,6 +107,12 @@ def load(name, split="train", batch_size=128, shuffle=None, seed=0,
         seed: shuffling seed.
         data_dir: passed to ``tfds.load`` for tfds datasets.
         download: passed to ``tfds.load`` for tfds datasets.
+        pipeline: ``"tf.data"`` (a batched, prefetched ``tf.data.Dataset``; needs
+            TensorFlow), ``"py_dataset"`` (``ArrayBatches``, a
+            ``keras.utils.PyDataset``: no TensorFlow needed, offline datasets
+            only) or ``"auto"`` (default): tf.data where TensorFlow is installed,
+            else the PyDataset — so a JAX- or PyTorch-only install loads the
+            offline datasets too.
 
     Returns:
         ``(dataset, DatasetInfo)``.
@@ -122,14 +134,27 @@ def load(name, split="train", batch_size=128, shuffle=None, seed=0,
         raise ValueError(f"`shuffle` must be True, False or None (train only), got {shuffle!r}.")
     if not isinstance(split, str):
         raise ValueError(f"`split` must be a string such as 'train' or 'test', got {split!r}.")
+    if pipeline not in _PIPELINES:
+        raise ValueError(f"`pipeline` must be one of {_PIPELINES}, got pipeline={pipeline!r}.")
+    has_tf = _has_tensorflow()
+    if pipeline == "tf.data" and not has_tf:
+        raise ImportError("pipeline='tf.data' needs TensorFlow (pip install tensorflow-cpu); "
+                          "pipeline='py_dataset' needs none.")
     if name in OFFLINE_DATASETS:
         if split not in ("train", "test"):
             raise ValueError(
                 f"`split` for {name!r} must be 'train' or 'test', got {split!r}."
             )
         x, y = (load_digits_arrays if name == "digits" else load_mnist1d_arrays)(split)
-        return _from_arrays(name, split, x, y, 10, batch_size, shuffle, seed)
+        info = DatasetInfo(name, split, tuple(x.shape[1:]), 10, len(x))
+        if pipeline == "py_dataset" or (pipeline == "auto" and not has_tf):
+            return ArrayBatches(x, y, batch_size, shuffle, seed), info
+        return _from_arrays(x, y, batch_size, shuffle, seed), info
     tfds_name = _check_tfds_name(name)
+    if pipeline == "py_dataset" or not has_tf:
+        raise ImportError(f"Dataset {name!r} comes through TensorFlow Datasets, which needs TensorFlow "
+                          "(pip install keras-lowrank[tensorflow-cpu]) and pipeline='tf.data' or 'auto'. "
+                          f"Without TensorFlow: {', '.join(OFFLINE_DATASETS)}.")
     return _load_tfds(name, tfds_name, split, batch_size, shuffle, seed,
                       data_dir, download)
 
@@ -227,15 +252,71 @@ def _write_mnist1d(path):
     os.replace(tmp, path)  # atomic: parallel test workers never see half a file
 
 
-def _from_arrays(name, split, x, y, num_classes, batch_size, shuffle, seed):
+def _has_tensorflow():
+    if "tensorflow" in sys.modules:  # imported, or blocked (None)
+        return sys.modules["tensorflow"] is not None
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _from_arrays(x, y, batch_size, shuffle, seed):
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    info = DatasetInfo(name, split, tuple(x.shape[1:]), num_classes, len(x))
-    return dataset, info
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """(x, y) arrays as a ``keras.utils.PyDataset`` of batches: what ``load``
+    returns without TensorFlow. ``fit``, ``evaluate`` and ``predict`` take it on
+    every backend; iterating it yields the batches once, in order (one epoch);
+    with ``shuffle`` each epoch (``on_epoch_end``, which ``fit`` calls) draws a
+    new order from ``seed``.
+
+    Args:
+        x: inputs, (n, ...).
+        y: labels, (n,).
+        batch_size: examples per batch (the last may be smaller).
+        shuffle: reshuffle the examples every epoch.
+        seed: seed of the shuffling.
+
+    Examples:
+
+        >>> batches = ArrayBatches(np.zeros((5, 2), "float32"), np.arange(5), batch_size=2)
+        >>> len(batches), [len(y) for _, y in batches]
+        (3, [2, 2, 1])
+    """
+
+    def __init__(self, x, y, batch_size=128, shuffle=False, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if len(x) != len(y):
+            raise ValueError(f"`x` has {len(x)} examples but `y` has {len(y)}.")
+        self.x, self.y = x, y
+        self.batch_size = check_int(batch_size, "batch_size")
+        self.shuffle = bool(shuffle)
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(len(x)) if self.shuffle else np.arange(len(x))
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        chosen = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.x[chosen], self.y[chosen]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def as_numpy_iterator(self):
+        """The batches once, as tf.data's method of that name yields them."""
+        return iter(self)
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self._order = self._rng.permutation(len(self.x))
 
 
 def _check_tfds_name(name):

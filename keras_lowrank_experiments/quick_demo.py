@@ -85,7 +85,7 @@ def _run(out, final, seed, meta, echo):
     shown = {label: f"{final}/models/{label}.keras" for label in models}
 
     echo("compress: baseline → low-rank, DLRT fine-tuning, export, re-load check")
-    formats = ["keras", "saved_model"] if _has_tensorflow() else ["keras"]
+    formats = compress.default_formats()
     argv = ["compress", shown["baseline"], "--data", "digits", "--rank", "8", "--finetune-epochs", "2",
             "--formats", *formats,
             "--output", f"{final}/compress", "--seed", str(seed)]
@@ -116,12 +116,6 @@ def _run(out, final, seed, meta, echo):
         handle.write(text)
     echo("\n" + text)
     return record
-
-
-def _has_tensorflow():
-    import importlib.util
-
-    return importlib.util.find_spec("tensorflow") is not None
 
 
 def _readme(record, lr_rows, compressed, reports, analyzed, final):

@@ -1,16 +1,283 @@
-import json
+"""The command line end to end: each subcommand in a subprocess on a model trained
+and saved here, its report checked against truth computed here another way; the
+bad-input paths; the demo."""
 
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
 import pytest
 
-from keras_lowrank import cli
+from keras_lowrank import cli, data
+from keras_lowrank.data import _has_tensorflow
 
 pytestmark = pytest.mark.slow
+HAS_TF = _has_tensorflow()
+
+
+def _cli(*args, timeout=600, env=None, block_tensorflow=False):
+    """``python -m keras_lowrank ARGS`` (or, with ``block_tensorflow``, main() in a
+    Python where importing TensorFlow fails, as on a JAX-only install)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    if block_tensorflow:
+        code = ("import sys; sys.modules['tensorflow'] = None\n"
+                "from keras_lowrank.cli import main\nsys.exit(main(sys.argv[1:]))")
+        command = [sys.executable, "-c", code, *args]
+    else:
+        command = [sys.executable, "-m", "keras_lowrank", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _cnn():
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(48, activation="relu", name="features"),
+        keras.layers.Dense(10, name="logits"),
+    ])
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A small CNN trained on digits, saved; and the digits test arrays."""
+    folder = tmp_path_factory.mktemp("models")
+    (x, y), test = data.load_digits_arrays("train"), data.load_digits_arrays("test")
+    keras.utils.set_random_seed(0)
+    model = _cnn()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    model.save(folder / "cnn.keras")
+    return {"model": str(folder / "cnn.keras"), "folder": folder, "test": test}
+
+
+def _report(folder):
+    return json.loads((folder / "report.json").read_text())
+
+
+def test_compress_end_to_end(saved, tmp_path):
+    out = tmp_path / "small"
+    formats = ["keras", "saved_model", "tflite"] if HAS_TF and keras.backend.backend() == "tensorflow" else ["keras"]
+    done = _cli("compress", saved["model"], "--data", "digits", "--rank", "4", "--finetune-epochs", "1",
+                "--limit", "200", "--formats", *formats, "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = _report(out)
+    assert report["meta"]["command"].startswith("keras-lowrank compress ")
+    assert report["meta"]["backend"] == keras.backend.backend()
+    assert report["converted_layers"] == ["conv", "features"]  # the last layer stays dense
+    assert [c["format"] for c in report["reload_checks"]] == formats
+    assert all(c["passed"] and c["max_abs_difference"] <= c["tolerance"] for c in report["reload_checks"])
+    # Independent truth: the exported .keras file, loaded here, has the parameters and
+    # the test accuracy the report gives the fine-tuned low-rank model (same 200 examples).
+    exported = keras.saving.load_model(out / "export" / "model.keras")
+    x, y = (a[:200] for a in saved["test"])
+    assert exported.count_params() == report["parameters"]["after"]
+    assert report["parameters"]["after"] < report["parameters"]["before"] == keras.saving.load_model(
+        saved["model"]).count_params()
+    accuracy = float(np.mean(np.argmax(exported.predict(x, verbose=0), -1) == y))
+    assert accuracy == pytest.approx(report["accuracy"]["after"], abs=1.5 / len(y))  # one flip at most
+    rank = next(r for r in report["summary"]["layers"] if r["layer"] == "features")["rank"]
+    assert exported.get_layer("features").layers[0].kernel.shape == (6 * 6 * 8, rank)
+    assert report["file_sizes"]["after"]["keras"] == os.path.getsize(out / "export" / "model.keras")
+    for name in ("report.md", "compression.png"):
+        assert (out / name).stat().st_size > 0
+    assert "re-loaded without keras_lowrank" in (out / "report.md").read_text()
+
+
+def test_reload_check_fails_for_a_file_that_needs_keras_lowrank(tmp_path):
+    """The re-load really runs without keras_lowrank: a model of our layers fails there."""
+    from keras_lowrank import DynamicLowRankDense
+    from keras_lowrank._jobs.compress import reload_elsewhere
+
+    model = keras.Sequential([keras.Input((6,)), DynamicLowRankDense(4, max_rank=2)])
+    model.save(tmp_path / "model.keras")
+    outputs, status = reload_elsewhere(str(tmp_path), np.zeros((2, 6), "float32"))
+    assert outputs == {} and "keras" in status["errors"]
+    assert not status["keras_lowrank_imported"]
+
+
+def test_evaluate_end_to_end(saved, tmp_path):
+    out = tmp_path / "robust"
+    done = _cli("evaluate", saved["model"], "--data", "digits", "--limit", "100", "--attacks", "fgsm:0.1",
+                "pgd5:0.1", "--noise", "0.0", "--corruptions", "1", "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["name"]: r for r in _report(out)["report"]["rows"]}
+    model = keras.saving.load_model(saved["model"])
+    x, y = (a[:100] for a in saved["test"])
+    clean = float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
+    assert rows["clean"]["accuracy"] == pytest.approx(clean, abs=1e-6)
+    assert rows["Gaussian σ=0"]["accuracy"] == pytest.approx(clean, abs=1e-6)  # σ = 0 changes nothing
+    assert {"FGSM L∞ ε=0.1", "PGD-5 L∞ ε=0.1"} <= set(rows)
+    assert any(r["family"].startswith("corruption") for r in rows.values())
+    assert "large-ε probe" in " ".join(rows)
+    text = (out / "report.md").read_text()
+    assert "| check | result | detail |" in text and "keras-lowrank evaluate" in text
+    assert (out / "robustness.png").stat().st_size > 0
+
+
+def test_analyze_end_to_end(saved, tmp_path):
+    out = tmp_path / "analysis"
+    done = _cli("analyze", saved["model"], "--compare", saved["model"], "--data", "digits",
+                "--layers", "conv", "features", "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = _report(out)
+    # a model compared with itself: CKA 1 on the diagonal (an invariance)
+    np.testing.assert_allclose(np.diag(report["cka_compare"]["matrix"]), 1.0, atol=1e-4)
+    # ranks against numpy: the spectrum of the centred features
+    model = keras.saving.load_model(saved["model"])
+    x = saved["test"][0]
+    features = keras.Model(model.inputs, model.get_layer("features").output).predict(x, verbose=0)
+    features = features.astype("float64") - features.mean(0)
+    s = np.linalg.svd(features, compute_uv=False)
+    energy = np.cumsum(s**2) / np.sum(s**2)
+    assert report["ranks"]["features"]["variance_rank"] == int(np.searchsorted(energy, 0.99) + 1)
+    assert [layer["layer"] for layer in report["selectivity"]["layers"]] == ["conv", "features"]
+    for name in ("spectra.png", "cka.png", "cka_compare.png", "report.md"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_npz_data_and_one_hot_labels(saved, tmp_path):
+    x, y = saved["test"]
+    path = tmp_path / "mine.npz"
+    np.savez(path, x=x[:60], y=np.eye(10)[y[:60]])  # one-hot; no x_test: the last 20 % is the test split
+    done = _cli("evaluate", saved["model"], "--data", str(path), "--attacks", "--no-probe",
+                "--output", str(tmp_path / "out"), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = _report(tmp_path / "out")
+    assert report["report"]["num_examples"] == 12 and "last 20 %" in report["data"]
+    model = keras.saving.load_model(saved["model"])
+    clean = float(np.mean(np.argmax(model.predict(x[48:60], verbose=0), -1) == y[48:60]))
+    assert report["report"]["rows"][0]["accuracy"] == pytest.approx(clean, abs=1e-6)
+
+
+def _bad(tmp_path, saved, arrays=None, extra=()):
+    path = tmp_path / "bad.npz"
+    if arrays is not None:
+        np.savez(path, **arrays)
+    return cli.main(["evaluate", saved["model"], "--data", str(path), "--output", str(tmp_path / "out"),
+                     "--quiet", *extra])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("shape", "the model takes (8, 8, 1) (add the channel axis"),
+    ("labels", "..12 but the model has 10 outputs (classes 0..9)"),
+    ("nan", "NaN"),
+    ("range", "pass --clip LOW HIGH"),
+    ("missing_y", "lacks y"),
+    ("lengths", "x has 20 examples but y has 19"),
+    ("fractional", "not whole numbers"),
+])
+def test_bad_data_is_refused_with_one_line(saved, tmp_path, capsys, case, message):
+    x, y = saved["test"]
+    x, y = x[:20].copy(), y[:20].copy()
+    arrays = {"shape": dict(x=x[..., 0], y=y), "labels": dict(x=x, y=np.where(y == 0, 12, y)),
+              "nan": dict(x=np.where(x > 0.5, np.nan, x), y=y), "range": dict(x=x * 255, y=y),
+              "missing_y": dict(x=x), "lengths": dict(x=x, y=y[:19]),
+              "fractional": dict(x=x, y=y + 0.5)}[case]
+    assert _bad(tmp_path, saved, arrays) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments_exit_2_before_any_work(saved, tmp_path, capsys):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "notes.txt").write_text("mine")
+    cases = [
+        (["evaluate", saved["model"], "--data", "digits", "--output", str(tmp_path / "old")], "--overwrite"),
+        (["evaluate", str(tmp_path / "none.keras"), "--data", "digits", "--output", str(tmp_path / "o")],
+         "is not a file"),
+        (["evaluate", saved["model"], "--data", "imagenet", "--output", str(tmp_path / "o")], "unknown dataset"),
+        (["evaluate", saved["model"], "--data", "digits", "--attacks", "pgd:abc", "--output", str(tmp_path / "o")],
+         "NAME:EPS"),
+        (["evaluate", saved["model"], "--data", "digits", "--attacks", "cw:0.1", "--output", str(tmp_path / "o")],
+         "autoattack"),
+        (["evaluate", saved["model"], "--data", "digits", "--clip", "1", "0", "--output", str(tmp_path / "o")],
+         "LOW must be below HIGH"),
+        (["compress", saved["model"], "--data", "digits", "--tol", "0", "--output", str(tmp_path / "o")], "--tol"),
+        (["compress", saved["model"], "--data", "digits", "--tol", "0.1", "--rank", "3",
+          "--output", str(tmp_path / "o")], "not allowed with"),
+        (["analyze", saved["model"], "--data", "digits", "--layers", "nope", "--output", str(tmp_path / "o")],
+         "no layer named 'nope'"),
+        (["demo", "--output", str(tmp_path / "o"), "--epochs", "0"], "--epochs"),
+    ]
+    for argv, message in cases:
+        try:
+            status = cli.main(argv)
+        except SystemExit as exited:
+            status = exited.code
+        err = capsys.readouterr().err
+        assert status == 2 and message in err, (argv, err)
+    assert os.listdir(tmp_path) == ["old"] and os.listdir(tmp_path / "old") == ["notes.txt"]
+
+
+def test_help_shows_examples():
+    for command in ("compress", "evaluate", "analyze", "demo"):
+        text = cli.build_parser()._subparsers._group_actions[0].choices[command].format_help()
+        assert "examples:" in text and f"keras-lowrank {command}" in text
+
+
+def test_exit_status_and_overwrite_in_a_subprocess(saved, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    done = _cli("evaluate", saved["model"], "--data", "digits", "--output", str(out), "--timeout-typo")
+    assert done.returncode == 2 and "unrecognized arguments" in done.stderr
+    done = _cli("evaluate", saved["model"], "--data", "digits", "--limit", "20", "--attacks", "fgsm:0.1",
+                "--no-probe", "--output", str(out), "--overwrite", "--quiet")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(os.listdir(out)) == ["report.json", "report.md", "robustness.png"]  # replaced whole
+
+
+def test_other_backend_and_no_tensorflow(saved, tmp_path):
+    """--backend switches Keras' backend (the process restarts with it); and with
+    TensorFlow unimportable the jobs run on JAX (data as a PyDataset, .keras export)."""
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("needs JAX")
+    other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
+    if other == "tensorflow" and not HAS_TF:
+        pytest.skip("needs TensorFlow")
+    done = _cli("evaluate", saved["model"], "--data", "digits", "--limit", "40", "--attacks", "fgsm:0.1",
+                "--no-probe", "--backend", other, "--output", str(tmp_path / "other"), "--quiet")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _report(tmp_path / "other")["meta"]["backend"] == other
+    done = _cli("compress", saved["model"], "--data", "digits", "--limit", "100", "--rank", "4",
+                "--finetune-epochs", "1", "--output", str(tmp_path / "jax"), "--quiet",
+                env={"KERAS_BACKEND": "jax"}, block_tensorflow=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = _report(tmp_path / "jax")
+    assert report["meta"]["backend"] == "jax" and "tensorflow" not in report["meta"]["versions"]
+    assert [c["format"] for c in report["reload_checks"]] == ["keras"] and report["reload_checks"][0]["passed"]
+    done = _cli("compress", saved["model"], "--data", "digits", "--formats", "saved_model", "--output",
+                str(tmp_path / "no"), env={"KERAS_BACKEND": "jax"}, block_tensorflow=True)
+    assert done.returncode == 2 and "need TensorFlow" in done.stderr
+
+
+@pytest.mark.slow_on_jax("XLA compiles every attack and training step: several minutes on 2 CPUs")
+def test_quick_demo(tmp_path):
+    out = tmp_path / "demo"
+    done = _cli("demo", "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lr"]["variance_rank_99"] <= summary["rank"]  # the LR layer's point
+    assert all(c["passed"] for c in summary["compress"]["reload_checks"])
+    readme = (out / "README.md").read_text()
+    for heading in ("## 1. The LR layer", "## 2. compress", "## 3. evaluate", "## 4. analyze"):
+        assert heading in readme
+    for part in ("compress", "evaluate_baseline", "evaluate_lr", "analyze"):
+        meta = json.loads((out / part / "report.json").read_text())["meta"]
+        assert str(out) in meta["command"] and ".partial" not in meta["command"]
 
 
 @pytest.mark.slow_on_jax("XLA compiles each of the hundreds of perturbation steps: > 20 min on 2 CPUs")
-def test_demo_writes_its_outputs(tmp_path, capsys):
-    pytest.importorskip("tensorflow")  # data.load builds tf.data pipelines
-    assert cli.main(["demo", "--output", str(tmp_path), "--epochs", "2",
+def test_full_demo_writes_its_outputs(tmp_path, capsys):
+    pytest.importorskip("tensorflow")  # the full demo's tables use tf.data pipelines
+    assert cli.main(["demo", "--full", "--output", str(tmp_path), "--epochs", "2",
                      "--sigmas", "0.1", "0.3", "--seeds", "0", "1",
                      "--dlrt-datasets", "digits", "--dlrt-epochs", "1",
                      "--analysis-datasets", "digits", "--analysis-epochs", "1"]) == 0
@@ -44,9 +311,3 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     for name in ("spectra.png", "robustness.png", "robustness.md", "baseline.keras",
                  "lr.keras", "pgd_trained.keras", "cka_digits.png", "selectivity_digits.png"):
         assert (tmp_path / name).stat().st_size > 0
-
-
-def test_bad_epochs_exit_with_message(capsys, tmp_path):
-    with pytest.raises(SystemExit) as exited:
-        cli.main(["demo", "--output", str(tmp_path), "--epochs", "0"])
-    assert exited.value.code == 2 and "--epochs" in capsys.readouterr().err

@@ -54,11 +54,17 @@ print(json.dumps({"errors": errors, "keras_lowrank_imported": sys.modules.get("k
 """
 
 
+def default_formats():
+    from keras_lowrank.data import _has_tensorflow
+
+    return ["keras", "saved_model"] if _has_tensorflow() else ["keras"]
+
+
 def check_formats(formats):
-    import importlib.util
+    from keras_lowrank.data import _has_tensorflow
 
     needs_tf = [f for f in formats if f in ("saved_model", "tflite")]
-    if needs_tf and importlib.util.find_spec("tensorflow") is None:
+    if needs_tf and not _has_tensorflow():
         raise JobError(f"--formats {' '.join(needs_tf)} need TensorFlow installed "
                        "(pip install tensorflow-cpu); --formats keras needs only Keras.")
 
@@ -89,6 +95,7 @@ def run(args, meta):
     from keras_lowrank.optimizers import DLRT
     from keras_lowrank.robustness.attacks import outputs_logits
 
+    args.formats = args.formats or default_formats()
     check_formats(args.formats)
     model = common.load_model(args.model)
     arrays = common.check_against_model(common.load_arrays(args.data, args.data_dir, args.limit),

@@ -104,7 +104,8 @@ def run(args, meta):
         raise JobError(str(error)) from None
     print(report)
     with common.staged(args) as folder:
-        report.plot(os.path.join(folder, "robustness.png"), title=os.path.basename(args.model))
+        if attacks or args.noise:  # else there are no curves to draw
+            report.plot(os.path.join(folder, "robustness.png"), title=os.path.basename(args.model))
         sections = [("Data", arrays["description"] + f"; {len(x)} test examples."),
                     ("Accuracy and gradient-masking checks", report.to_markdown())]
         if not report.all_checks_passed:
@@ -113,5 +114,5 @@ def run(args, meta):
         common.write_report(folder, f"Robustness of {os.path.basename(args.model)}", meta, sections,
                             {"data": arrays["description"], "report": report.as_dict(),
                              "attacks": [dataclasses.asdict(a) for a in attacks]})
-    print(f"wrote {args.output}/ (report.md, report.json, robustness.png)")
+    print(f"wrote {args.output}/ (report.md, report.json{', robustness.png' if attacks or args.noise else ''})")
     return 0

@@ -119,6 +119,8 @@ class RobustnessReport:
         noise = [f for f in families if f[0] == "gaussian"]
         attacks = [f for f in families if f[0] != "gaussian"]
         panels = [p for p in (attacks, noise) if p]
+        if not panels:
+            raise ValueError("Nothing to plot: the report has no attack or Gaussian-noise rows.")
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6),
                                  squeeze=False)
         for ax, group in zip(axes[0], panels):
