@@ -1,6 +1,6 @@
 """Do the demo's LR numbers reproduce on another machine? (issue 18)
 
-Runs the LR part of the main job (``keras-lowrank demo --dlrt-datasets
+Runs the LR part of the main job (``keras-lowrank demo --full --dlrt-datasets
 --analysis-datasets``: baseline and LR CNN on digits, 3 seeds, then the robustness
 report of the seed-0 models) twice in fresh processes, under two float set-ups that
 stand in for two machines:
@@ -36,7 +36,7 @@ METRICS = ("accuracy", "variance_rank_99", "effective_rank", "accuracy_sigma_0.1
 def run(setup, folder, seeds):
     extra_env, prefix = SETUPS[setup]
     env = dict(os.environ, KERAS_BACKEND="tensorflow", **extra_env)
-    command = prefix + [sys.executable, "-m", "keras_lowrank", "demo", "--output", folder,
+    command = prefix + [sys.executable, "-m", "keras_lowrank", "demo", "--full", "--output", folder,
                         "--overwrite", "--seeds", *map(str, seeds),
                         "--dlrt-datasets", "--analysis-datasets"]
     start = time.time()

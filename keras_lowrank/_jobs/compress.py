@@ -18,7 +18,6 @@ _RELOAD = r"""
 import json, os, sys
 import numpy as np
 sys.modules["keras_lowrank"] = None
-sys.modules["keras_lowrank_experiments"] = None
 folder, inputs, results = sys.argv[1:4]
 x = np.load(inputs)
 out, errors = {}, {}
