@@ -311,3 +311,16 @@ def test_full_demo_writes_its_outputs(tmp_path, capsys):
     for name in ("spectra.png", "robustness.png", "robustness.md", "baseline.keras",
                  "lr.keras", "pgd_trained.keras", "cka_digits.png", "selectivity_digits.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.tf_only("TensorFlow Datasets' mock_data")
+def test_tfds_name_through_mock_data(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(10)])
+    model.save(tmp_path / "m.keras")
+    with tfds.testing.mock_data(num_examples=16):
+        assert cli.main(["evaluate", str(tmp_path / "m.keras"), "--data", "mnist", "--attacks", "fgsm:0.1",
+                         "--no-probe", "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    report = _report(tmp_path / "out")
+    assert report["report"]["num_examples"] == 16 and report["data"].startswith("mnist (TensorFlow Datasets")
