@@ -243,6 +243,10 @@ def _check(parser, args, argv, from_shell):
                 parser.error(f"--backend {args.backend}: Keras already runs on {keras.backend.backend()} "
                              "in this process; set KERAS_BACKEND before importing Keras.")
             # Keras picks its backend once, on import: start again with it set
+            if os.environ.get("KERAS_LOWRANK_RESTARTED") == args.backend:
+                parser.error(f"--backend {args.backend}: Keras still starts on {keras.backend.backend()} "
+                             "with KERAS_BACKEND set; check the backend's installation.")
+            os.environ["KERAS_LOWRANK_RESTARTED"] = args.backend
             sys.stdout.flush()
             os.execv(sys.executable, [sys.executable, "-m", "keras_lowrank", *argv])
     if args.command == "demo" and args.full and not args.seeds:

@@ -560,7 +560,80 @@ def test_fab_projection_equals_the_authors(rng):
     assert np.all(t + got >= -1e-6) and np.all(t + got <= 1 + 1e-6)
 
 
-def reference_fab_targeted(model, x, y, rank, n_iter, alpha_max=0.1, eta=1.05, beta=0.9):
+def reference_projection_l2(t, w, b):
+    """The authors' ``projection_l2`` (fab_projections.py), ported literally to numpy."""
+    t, w, b = t.astype(np.float64), w.astype(np.float64).copy(), b.astype(np.float64)
+    c = (w * t).sum(1) - b
+    ind2 = c < 0
+    w[ind2] *= -1
+    c[ind2] *= -1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.clip(np.maximum(t / w, (t - 1) / w), -1e12, 1e12)
+    r[np.abs(w) < 1e-8] = 1e12
+    r[r == -1e12] *= -1
+    indr = np.argsort(r, axis=1, kind="stable")
+    rs = np.take_along_axis(r, indr, 1)
+    rs2 = np.pad(rs[:, 1:], ((0, 0), (0, 1)))
+    rs[rs == 1e12] = 0
+    rs2[rs2 == 1e12] = 0
+    w3s = np.take_along_axis(w ** 2, indr, 1)
+    w5 = w3s.sum(1, keepdims=True)
+    ws = w5 - np.cumsum(w3s, axis=1)
+    d = -(r * w) * (np.abs(w) > 1e-8)
+    s = np.concatenate([(-w5[:, 0] * rs[:, 0])[:, None], np.cumsum((-rs2 + rs) * ws, axis=1) - w5 * rs[:, :1]], 1)
+    c4 = s[:, 0] + c < 0
+    c3 = (d * w).sum(1) + c > 0
+    c2 = ~c4 & ~c3
+    lb = np.zeros(c2.sum())
+    ub = np.full(c2.sum(), w.shape[1] - 1.0)
+    s_, c_ = s[c2], c[c2]
+    for _ in range(math.ceil(math.log2(w.shape[1]))):
+        counter4 = np.floor((lb + ub) / 2)
+        c3_ = np.take_along_axis(s_, counter4.astype(int)[:, None], 1)[:, 0] + c_ > 0
+        lb, ub = np.where(c3_, counter4, lb), np.where(c3_, ub, counter4)
+    lb = lb.astype(int)
+    if c4.any():
+        d[c4] = -(c[c4] / w5[c4, 0])[:, None] * w[c4]
+    if c2.any():
+        rows = np.flatnonzero(c2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alpha = (s[rows, lb] + c[c2]) / ws[rows, lb] + rs[rows, lb]
+        alpha[ws[rows, lb] == 0] = 0
+        c5 = (alpha[:, None] > r[c2]).astype(float)
+        d[c2] = d[c2] * c5 - alpha[:, None] * w[c2] * (1 - c5)
+    return d * (np.abs(w) > 1e-8)
+
+
+def test_fab_l2_projection_equals_the_authors_and_a_qp_solver(rng):
+    from scipy.optimize import minimize
+
+    from keras_lowrank.robustness.autoattack import project_to_hyperplane_l2
+
+    t = rng.uniform(0, 1, (300, 30))
+    w = rng.normal(size=(300, 30)) * (rng.uniform(size=(300, 30)) > 0.1)  # some zero weights
+    b = (w * t).sum(1) + rng.normal(size=300) * rng.choice([0.1, 1.0, 3.0, 30.0], 300)
+    got = keras.ops.convert_to_numpy(project_to_hyperplane_l2(t.astype("float32"), w.astype("float32"),
+                                                               b.astype("float32"))).astype(np.float64)
+    expected = reference_projection_l2(t, w, b)
+    np.testing.assert_allclose(got, expected, atol=5e-5)
+    reached = np.abs((w * (t + expected)).sum(1) - b) < 1e-6
+    assert 30 < reached.sum() < len(b) - 30  # reachable and unreachable hyperplanes, and
+    saturated = ((np.abs(t + expected) < 1e-9) | (np.abs(t + expected - 1) < 1e-9)).any(1) & reached
+    assert saturated.sum() > 30  # reached with coordinates at the box
+    assert np.all(t + got >= -1e-6) and np.all(t + got <= 1 + 1e-6)
+    # independent truth: the smallest ‖d‖₂ with w·(t + d) = b inside the box, by SLSQP
+    for i in np.flatnonzero(reached)[:12]:
+        ti, wi, bi = t[i], w[i], b[i]
+        on_plane = {"type": "eq", "fun": lambda d, ti=ti, wi=wi, bi=bi: wi @ (ti + d) - bi,
+                    "jac": lambda d, wi=wi: wi}
+        solved = minimize(lambda d: d @ d, np.zeros(30), jac=lambda d: 2 * d, method="SLSQP",
+                          bounds=list(zip(-ti, 1 - ti)), constraints=[on_plane],
+                          options={"ftol": 1e-12, "maxiter": 500})
+        assert solved.success
+        np.testing.assert_allclose(got[i], solved.x, atol=2e-4)
+
+
+def reference_fab_targeted(model, x, y, rank, n_iter, alpha_max=0.1, eta=1.05, beta=0.9, norm="inf"):
     """The authors' FAB-T ``attack_single_run`` (fab_base.py; no random start) on the
     tanh network, float64, gradients by hand."""
     w1, b1, w2, b2 = (np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in model.weights)
@@ -580,21 +653,24 @@ def reference_fab_targeted(model, x, y, rank, n_iter, alpha_max=0.1, eta=1.05, b
         dz = np.eye(z.shape[1])[target] - np.eye(z.shape[1])[y]
         dg = ((dz @ w2.T) * (1 - h ** 2)) @ w1.T
         b = -df + (dg * x1).sum(1)
-        d3 = reference_projection_linf(np.concatenate([x1, x0]), np.concatenate([dg, dg]), np.concatenate([b, b]))
+        project = reference_projection_linf if norm == "inf" else reference_projection_l2
+        size = (lambda v: np.abs(v).max(1)) if norm == "inf" else (lambda v: np.sqrt((v ** 2).sum(1)))
+        d3 = project(np.concatenate([x1, x0]), np.concatenate([dg, dg]), np.concatenate([b, b]))
         d1, d2 = d3[:n], d3[n:]
-        a1 = np.maximum(np.abs(d1).max(1, keepdims=True), 1e-8)
-        a2 = np.maximum(np.abs(d2).max(1, keepdims=True), 1e-8)
+        a1 = np.maximum(size(d1), 1e-8)[:, None]
+        a2 = np.maximum(size(d2), 1e-8)[:, None]
         alpha = np.minimum(np.maximum(a1 / (a1 + a2), 0), alpha_max)
         x1 = np.clip((x1 + eta * d1) * (1 - alpha) + (x0 + d2 * eta) * alpha, 0, 1)
         is_adv = logits(x1).argmax(1) != y
-        t = np.abs(x1 - x0).max(1)
+        t = size(x1 - x0)
         closer = is_adv & (t < res2)
         adv[closer], res2[closer] = x1[closer], t[closer]
         x1[is_adv] = x0[is_adv] + (x1[is_adv] - x0[is_adv]) * beta
     return adv.reshape(x.shape), res2
 
 
-def test_fab_equals_the_authors_loop(rng):
+@pytest.mark.parametrize("norm", ["inf", 2])
+def test_fab_equals_the_authors_loop(rng, norm):
     from keras_lowrank.robustness.autoattack import FAB, _scores_function
 
     keras.utils.set_random_seed(1)
@@ -603,11 +679,11 @@ def test_fab_equals_the_authors_loop(rng):
                               keras.layers.Dense(6, bias_initializer="random_normal")])
     x = rng.uniform(0.2, 0.8, (40, 12)).astype("float32")
     y = np.argmax(model.predict(x, verbose=0), axis=1)
-    attack = FAB(0.3, n_iter=20)
+    attack = FAB(0.3, norm=norm, n_iter=20)
     scores, _ = _scores_function(model, None)
     for rank in (2, 3):
         found, distance = attack._single_run(scores, keras.ops.convert_to_tensor(x), y, rank)
-        expected, expected_distance = reference_fab_targeted(model, x, y, rank, 20)
+        expected, expected_distance = reference_fab_targeted(model, x, y, rank, 20, norm=norm)
         found, distance = keras.ops.convert_to_numpy(found), keras.ops.convert_to_numpy(distance)
         np.testing.assert_array_equal(distance < 1e9, expected_distance < 1e9)
         assert (expected_distance < 1e9).mean() > 0.5  # most found

@@ -40,7 +40,7 @@ def run(args, meta):
 
     model = common.load_model(args.model)
     other = common.load_model(args.compare, "--compare") if args.compare else None
-    arrays = common.load_arrays(args.data, args.data_dir, args.limit)
+    arrays = common.load_arrays(args.data, args.data_dir, args.limit, splits=("test",))
     checked = common.check_against_model(arrays, model, args.clip)
     if other is not None:
         common.check_against_model(arrays, other, args.clip)

@@ -61,10 +61,11 @@ def describe_data_spec():
     return ", ".join(available_datasets()) + ", or an .npz file holding x and y"
 
 
-def load_arrays(spec, data_dir=None, limit=None):
+def load_arrays(spec, data_dir=None, limit=None, splits=("train", "test")):
     """{"train": (x, y), "test": (x, y), "description": str} from a dataset name or an
     ``.npz`` file (``x``, ``y``; ``x_test``, ``y_test`` optional: without them the last
-    20 % of ``x`` is the test split, a fixed split stated in the report)."""
+    20 % of ``x`` is the test split, a fixed split stated in the report). A tfds
+    dataset reads only ``splits`` (evaluate and analyze need only the test split)."""
     from keras_lowrank import data
 
     if spec.endswith(".npz"):
@@ -84,9 +85,9 @@ def load_arrays(spec, data_dir=None, limit=None):
         data._check_tfds_name(spec)
     except ValueError:
         raise JobError(f"--data: unknown dataset {spec!r}; valid: {describe_data_spec()}.") from None
-    splits = {}
+    wanted, splits = splits, {}
     for split in ("train", "test"):
-        if spec.startswith(data.CORRUPTED_PREFIX) and split == "train":
+        if split not in wanted or (spec.startswith(data.CORRUPTED_PREFIX) and split == "train"):
             continue
         try:
             dataset, _ = data.load(spec, split, batch_size=512, data_dir=data_dir)
@@ -98,7 +99,8 @@ def load_arrays(spec, data_dir=None, limit=None):
             dataset = dataset.take(-(-limit // 512))
         xs, ys = zip(*dataset.as_numpy_iterator())
         splits[split] = (np.concatenate(xs), np.concatenate(ys))
-    splits.setdefault("train", splits["test"])
+    if "train" in wanted and "train" not in splits:
+        raise JobError(f"--data {spec}: has no training split; pass a dataset with one.")
     return _limited({**splits, "description": f"{spec} (TensorFlow Datasets, data dir "
                                              f"{data_dir or 'default'})"}, limit)
 
@@ -106,6 +108,8 @@ def load_arrays(spec, data_dir=None, limit=None):
 def _limited(arrays, limit):
     if limit:
         for split in ("train", "test"):
+            if split not in arrays:
+                continue
             x, y = arrays[split]
             arrays[split] = (x[:limit], y[:limit])
         arrays["description"] += f", first {limit} examples of each split"
@@ -164,6 +168,8 @@ def check_against_model(arrays, model, clip):
     classes = num_classes(model)
     checked = dict(arrays)
     for split in ("train", "test"):
+        if split not in arrays:
+            continue
         x, y = arrays[split]
         shape = tuple(x.shape[1:])
         if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):

@@ -14,7 +14,7 @@ ATTACKS = {
     "pgd": "PGD, 10 steps (pgdN: N steps, e.g. pgd100)",
     "apgd-ce": "APGD on cross-entropy, 100 iterations",
     "apgd-t": "targeted APGD on the DLR loss, 9 target classes",
-    "fab": "FAB-T (L∞), 9 target classes",
+    "fab": "FAB-T, 9 target classes",
     "square": "Square (black box), 5000 queries",
     "spsa": "SPSA (black box), 10 steps of 32 samples",
     "autoattack": "AutoAttack, standard: APGD-CE, APGD-T, FAB-T, Square",
@@ -44,7 +44,7 @@ class AttackSpec:
         if self.name == "apgd-t":
             return r.APGD(self.eps, norm=self.norm, targeted=True, seed=seed, **common_args)
         if self.name == "fab":
-            return r.FAB(self.eps, **common_args)
+            return r.FAB(self.eps, norm=self.norm, **common_args)
         if self.name == "square":
             return r.Square(self.eps, norm=self.norm, seed=seed, **common_args)
         if self.name == "spsa":
@@ -69,7 +69,7 @@ def parse_attack(text):
     if match["steps"] and match["name"] != "pgd":
         raise JobError(f"--attacks {text!r}: only pgd takes a step count (pgd100:0.03).")
     norm = "2" if match["norm"] == "l2" else "inf"
-    if norm == "2" and match["name"] in ("fab", "spsa"):
+    if norm == "2" and match["name"] == "spsa":
         raise JobError(f"--attacks {text!r}: {match['name']} is L∞ only here.")
     steps = int(match["steps"]) if match["steps"] else None
     if steps == 0:
@@ -84,7 +84,7 @@ def run(args, meta):
 
     attacks = [parse_attack(a) for a in args.attacks]
     model = common.load_model(args.model)
-    arrays = common.check_against_model(common.load_arrays(args.data, args.data_dir, args.limit),
+    arrays = common.check_against_model(common.load_arrays(args.data, args.data_dir, args.limit, splits=("test",)),
                                         model, args.clip)
     x, y = arrays["test"]
     keras.utils.set_random_seed(args.seed)
