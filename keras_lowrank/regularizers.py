@@ -23,7 +23,12 @@ from keras import ops
 
 from keras_lowrank._labels_in_call import LabelsInCall
 from keras_lowrank._validation import check_number
-from keras_lowrank.analysis.selectivity import class_selectivity_index, num_classes_of, selectivity_layers
+from keras_lowrank.analysis.selectivity import (
+    class_selectivity_index,
+    num_classes_of,
+    selectivity_layers,
+    selectivity_offsets,
+)
 
 __all__ = ["SelectivityRegularizedModel"]
 
@@ -36,8 +41,10 @@ class SelectivityRegularizedModel(LabelsInCall, keras.Model):
         model: a Keras classifier built on a known input (functional, or
             Sequential starting with ``keras.Input``).
         alpha: regularizer weight α (α < 0 lowers selectivity, α > 0 raises it).
-        layers: names of post-ReLU layers to regularize; default: every ReLU
-            layer of ``model`` except its output layer.
+        layers: names of the layers to regularize; default: every ReLU layer of
+            ``model`` except its output layer — or, in a model without ReLU, every
+            layer whose activation is bounded below (GELU, swish, …), shifted by
+            its floor as in ``analysis.class_selectivity``.
         num_classes: default: the width of ``model``'s output.
 
     Examples:
@@ -69,6 +76,7 @@ class SelectivityRegularizedModel(LabelsInCall, keras.Model):
         self.num_classes = num_classes_of(model, num_classes)
         chosen = selectivity_layers(model, layers)
         self.layer_names = [layer.name for layer in chosen]
+        self._offsets = selectivity_offsets(chosen)  # GELU & co.: "off" shifted to 0, as class_selectivity
         # One functional graph from the inputs to the output and the chosen
         # layers' outputs: a single forward pass gives both (shared weights).
         self._features = keras.Model(model.inputs,
@@ -79,9 +87,9 @@ class SelectivityRegularizedModel(LabelsInCall, keras.Model):
         outputs, *activations = self._features(inputs, training=training)
         if self._labels is not None and self.alpha != 0.0:
             # float32 also under mixed precision, like Keras' own losses.
-            means = [ops.mean(class_selectivity_index(ops.cast(a, "float32"), self._labels,
+            means = [ops.mean(class_selectivity_index(ops.cast(a, "float32") + offset, self._labels,
                                                       self.num_classes))
-                     for a in activations]
+                     for a, offset in zip(activations, self._offsets)]
             self.add_loss(-self.alpha * ops.mean(ops.stack(means)))
         return outputs
 

@@ -133,7 +133,7 @@ def test_regularizer_errors_and_round_trip(rng, tmp_path):
     model = tiny_cnn()
     with pytest.raises(ValueError, match="alpha"):
         SelectivityRegularizedModel(model, alpha="low")
-    with pytest.raises(ValueError, match="no ReLU layer"):
+    with pytest.raises(ValueError, match="no layer with a ReLU"):
         SelectivityRegularizedModel(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), 1.0)
     wrapper = SelectivityRegularizedModel(model, -2.0, layers=["relu"])
     wrapper.save(tmp_path / "wrapper.keras")
@@ -165,3 +165,51 @@ def test_alpha_sign_moves_selectivity_on_digits():
         wrapper.fit(x, y, batch_size=64, epochs=8, verbose=0)
         means[alpha] = class_selectivity(model, (x_test, y_test)).mean
     assert means[-2.0] < means[0.0] < means[2.0], means
+
+
+def _gelu_floor():
+    """min over z of z Φ(z), by scipy: an independent value for GELU's floor."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import erf
+
+    return minimize_scalar(lambda z: z * 0.5 * (1 + erf(z / np.sqrt(2))), bounds=(-3, 0), method="bounded").fun
+
+
+def test_models_without_relu_are_measured_shifted_by_the_activation_floor(rng):
+    from keras_lowrank.analysis.selectivity import activation_floor
+
+    floor = _gelu_floor()
+    assert activation_floor(keras.layers.Dense(2, activation="gelu")) == pytest.approx(floor, abs=1e-4)
+    assert activation_floor(keras.layers.Activation("tanh")) == pytest.approx(-1.0, abs=1e-6)
+    assert activation_floor(keras.layers.Dense(2, activation="relu")) == 0.0
+    for unbounded in (keras.layers.Dense(2), keras.layers.LeakyReLU(), keras.layers.Dense(2, activation="softsign")):
+        assert activation_floor(unbounded) is None
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="gelu", name="a"),
+                              keras.layers.Dense(8, activation="swish", name="b"), keras.layers.Dense(3)])
+    x = rng.normal(size=(60, 6)).astype("float32")
+    y = rng.integers(0, 3, size=60)
+    summary = class_selectivity(model, (x, y))
+    assert list(summary.layers) == ["a", "b"]  # no ReLU: the bounded-below activations, not the output
+    features = keras.Model(model.inputs, [model.get_layer(n).output for n in ("a", "b")])
+    with float32_matmuls():
+        acts = features.predict(x, verbose=0)
+    assert acts[0].min() < 0  # GELU outputs are signed
+    swish_floor = -0.2784645  # min of z σ(z), at z ≈ −1.2785
+    for name, a, low in zip(("a", "b"), acts, (floor, swish_floor)):
+        np.testing.assert_allclose(summary.layers[name].index, np_selectivity(a - low, y, 3), atol=1e-4)
+        assert summary.layers[name].offset == pytest.approx(-low, abs=1e-4)
+    # the regularizer measures the same shifted outputs
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    results = {}
+    for alpha in (0.0, 2.0):
+        wrapper = SelectivityRegularizedModel(model, alpha)
+        wrapper.compile(loss=loss)
+        results[alpha] = wrapper.evaluate(x, y, batch_size=60, verbose=0)
+    expected = np.mean([np_selectivity(a - low, y, 3).mean() for a, low in zip(acts, (floor, swish_floor))])
+    assert results[2.0] - results[0.0] == pytest.approx(-2.0 * expected, abs=1e-4)
+    leaky = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="h"), keras.layers.LeakyReLU(name="l"),
+                              keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="bounded below"):
+        class_selectivity(leaky, (x, y))
+    with pytest.raises(ValueError, match="negative outputs"):
+        class_selectivity(leaky, (x, y), layers=["l"])

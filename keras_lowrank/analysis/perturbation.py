@@ -39,7 +39,8 @@ def perturbation_dimensionality(model, data, perturbation, layers=None, threshol
             ``GaussianNoise``, a ``Corruption``, or any callable
             ``perturbation(model, x, y) → x + δ``.
         layers: layer names or layers; default: every post-ReLU layer except
-            the output layer.
+            the output layer (in a model without ReLU, every layer whose
+            activation is bounded below, as ``class_selectivity``).
         threshold: fraction of variance in (0, 1].
         max_batches: stop after this many batches.
         batch_size: batch size for an (x, y) pair of arrays.

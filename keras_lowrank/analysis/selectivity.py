@@ -114,19 +114,72 @@ def is_relu_layer(layer):
     return activation is keras.activations.relu or getattr(activation, "__name__", "") == "relu"
 
 
+_GRID = np.linspace(-50.0, 50.0, 200_001, dtype="float32")
+
+
+def activation_floor(layer):
+    """The infimum of ``layer``'s output activation if it is bounded below, else None.
+
+    0 for ReLU, sigmoid, softplus; ≈ −0.170 for GELU, ≈ −0.278 for swish/SiLU,
+    ≈ −0.309 for mish, −1 for ELU and tanh, ≈ −1.758 for SELU; None for a linear
+    layer, leaky ReLU or a layer without ``activation``. Found on a grid over
+    [−50, 50]; the function counts as bounded below when it has stopped falling
+    towards −∞ (f(−50) − f(−25) > −1e-4; softsign, which approaches −1 slowly, does not).
+
+    Args:
+        layer: a Keras layer (``activation=`` of Dense/Conv layers, ``Activation``,
+            ``ReLU``).
+
+    Returns:
+        the infimum as a float, or None.
+
+    Examples:
+
+        >>> round(activation_floor(keras.layers.Dense(2, activation="gelu")), 3)
+        -0.17
+        >>> activation_floor(keras.layers.Dense(2)) is None
+        True
+    """
+    if isinstance(layer, keras.layers.ReLU):
+        return 0.0 if not getattr(layer, "negative_slope", 0.0) else None
+    activation = getattr(layer, "activation", None)
+    if activation is None or activation is keras.activations.linear or not callable(activation):
+        return None
+    try:
+        values = np.asarray(ops.convert_to_numpy(activation(ops.convert_to_tensor(_GRID))), np.float64)
+    except Exception:  # not elementwise on a vector (e.g. softmax over an axis): no floor
+        return None
+    if values.shape != _GRID.shape or not np.all(np.isfinite(values)):
+        return None
+    if values[0] - values[len(values) // 4] < -1e-4:  # still falling at −50: unbounded
+        return None
+    return float(min(values.min(), 0.0))
+
+
 def selectivity_layers(model, layers=None):
-    """The layers to measure: those given (names or layers), or by default
-    every post-ReLU layer except the model's output layer."""
+    """The layers to measure: those given (names or layers); by default every
+    post-ReLU layer except the model's output layer, or, in a model without
+    ReLU (GELU, swish, …), every layer whose activation is bounded below
+    (``activation_floor``) except the output layer."""
     if layers is not None:
         return resolve_layers(model, layers)
     output_names = {getattr(t, "_keras_history", [None])[0].name
                     for t in model.outputs} if model.outputs else set()
-    chosen = [layer for layer in model.layers
-              if is_relu_layer(layer) and layer.name not in output_names]
+    candidates = [layer for layer in model.layers if layer.name not in output_names]
+    chosen = [layer for layer in candidates if is_relu_layer(layer)]
     if not chosen:
-        raise ValueError(f"`layers`: model {model.name!r} has no ReLU layer to measure; "
-                         "pass the layer names.")
+        chosen = [layer for layer in candidates if activation_floor(layer) is not None]
+    if not chosen:
+        raise ValueError(f"`layers`: model {model.name!r} has no layer with a ReLU or another "
+                         "activation bounded below to measure; pass the layer names.")
     return chosen
+
+
+def selectivity_offsets(layers):
+    """What ``class_selectivity`` and the regularizer add to each layer's outputs:
+    −(activation floor) where the activation is bounded below with a negative
+    infimum (so "off" is 0, as after a ReLU), else 0."""
+    return [-(activation_floor(layer) or 0.0) for layer in layers]
 
 
 def num_classes_of(model, num_classes=None):
@@ -148,6 +201,9 @@ class LayerSelectivity:
         index: SI per unit (numpy).
         num_samples: samples seen.
         dead_units: units that are 0 on every sample (their SI is 0).
+        offset: added to the outputs before the class means: −(the activation's
+            floor) for activations bounded below with a negative infimum
+            (``activation_floor``: 0.17 for GELU), else 0.
 
     Examples:
 
@@ -159,6 +215,7 @@ class LayerSelectivity:
     index: np.ndarray  # SI per unit
     num_samples: int
     dead_units: int = 0  # units that are 0 on every sample (their SI is 0)
+    offset: float = 0.0  # added to the outputs first: −(activation floor), e.g. 0.17 for GELU
 
     @property
     def mean(self):
@@ -170,7 +227,7 @@ class LayerSelectivity:
 
     def as_dict(self):
         return {"layer": self.layer, "num_samples": self.num_samples, "mean": self.mean,
-                "median": self.median, "dead_units": self.dead_units,
+                "median": self.median, "dead_units": self.dead_units, "offset": self.offset,
                 "index": self.index.tolist()}
 
 
@@ -220,7 +277,9 @@ def class_selectivity(model, data, layers=None, num_classes=None, max_batches=No
         data: tf.data.Dataset or iterable of (x, y) batches, or an (x, y) pair
             of arrays; integer or one-hot labels.
         layers: layer names or layers; default: every post-ReLU layer but the
-            output layer.
+            output layer — or, without ReLU, every layer whose activation is
+            bounded below (GELU, swish, ELU, tanh, …), measured on its outputs
+            minus the activation's floor so that "off" is 0 as after a ReLU.
         num_classes: default: the width of the model's output.
         max_batches: stop after this many batches.
         batch_size: batch size for an (x, y) pair of arrays.
@@ -241,6 +300,7 @@ def class_selectivity(model, data, layers=None, num_classes=None, max_batches=No
     """
     num_classes = num_classes_of(model, num_classes)
     layers = selectivity_layers(model, layers)
+    offsets = selectivity_offsets(layers)
     extractor = feature_extractor(model, layers)
     sums = [None] * len(layers)
     counts = np.zeros(num_classes)
@@ -251,10 +311,12 @@ def class_selectivity(model, data, layers=None, num_classes=None, max_batches=No
         outputs = extractor.predict_on_batch(x)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for i, (layer, out) in enumerate(zip(layers, outputs)):
-            units = np.asarray(ops.convert_to_numpy(unit_activations(out)), np.float64)
+            units = np.asarray(ops.convert_to_numpy(unit_activations(out)), np.float64) + offsets[i]
             if units.min() < -1e-6:
                 raise ValueError(f"Layer {layer.name!r} has negative outputs; class selectivity "
-                                 "is defined for non-negative (post-ReLU) activations.")
+                                 "is defined for non-negative activations (post-ReLU, or shifted by "
+                                 "the floor of an activation bounded below, such as GELU); name "
+                                 "layers with such an activation.")
             batch_sums = onehot.T @ units
             sums[i] = batch_sums if sums[i] is None else sums[i] + batch_sums
     if not counts.sum():
@@ -264,11 +326,11 @@ def class_selectivity(model, data, layers=None, num_classes=None, max_batches=No
                          "a unit's mean over classes and needs at least two.")
     present = counts > 0
     result = {}
-    for layer, total in zip(layers, sums):
+    for layer, total, offset in zip(layers, sums, offsets):
         means = total / np.maximum(counts, 1.0)[:, None]
         index = selectivity_from_class_means(
             ops.convert_to_tensor(means, "float32"), ops.convert_to_tensor(present))
         result[layer.name] = LayerSelectivity(
             layer.name, np.asarray(ops.convert_to_numpy(index), np.float64), int(counts.sum()),
-            dead_units=int(np.sum(np.all(total <= 0, axis=0))))
+            dead_units=int(np.sum(np.all(total <= 0, axis=0))), offset=offset)
     return SelectivitySummary(result)
