@@ -83,8 +83,11 @@ def run(args, meta):
                                  "matrix": across.matrix}
     try:
         selectivity = class_selectivity(model, (x, y), num_classes=common.num_classes(model))
+        shifted = [f"{s.layer} (+{s.offset:.3f})" for s in selectivity.layers.values() if s.offset]
         sections.append(("Class selectivity", "Selectivity index per unit, (μ_max − μ_rest)/(μ_max + "
-                         "μ_rest) of class-mean activations, on the post-ReLU layers.\n\n"
+                         "μ_rest) of class-mean activations, on the post-ReLU layers (without ReLU: the "
+                         "layers whose activation is bounded below, shifted by its floor"
+                         + (f": {', '.join(shifted)}" if shifted else "") + ").\n\n"
                          + selectivity.to_markdown()))
         record["selectivity"] = selectivity.as_dict()
     except ValueError as error:
