@@ -2,7 +2,7 @@
 
 Public API:
     LowRankProjection                  the LR layer (Sanyal et al.)
-    DynamicLowRankDense, DynamicLowRankConv2D
+    DynamicLowRankDense, DynamicLowRankConv1D, DynamicLowRankConv2D
                                        W = U S Vᵀ layers of adaptive rank (DLRT)
     keras_lowrank.optimizers.DLRT      the rank-adaptive integrator (optimizer wrapper)
     keras_lowrank.callbacks            RankTruncation, SpectralConditioning, LowRankMonitor
@@ -18,7 +18,12 @@ Public API:
 """
 
 from keras_lowrank import analysis, callbacks, compression, data, optimizers, regularizers, robustness
-from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
+from keras_lowrank.layers import (
+    DynamicLowRankConv1D,
+    DynamicLowRankConv2D,
+    DynamicLowRankDense,
+    LowRankProjection,
+)
 from keras_lowrank.optimizers import DLRT
 from keras_lowrank.precision import float32_matmuls
 from keras_lowrank.regularizers import SelectivityRegularizedModel
@@ -27,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DLRT",
+    "DynamicLowRankConv1D",
     "DynamicLowRankConv2D",
     "DynamicLowRankDense",
     "LowRankProjection",

@@ -1,6 +1,7 @@
 """Convert trained models to dynamic low-rank layers, summarise, export small files.
 
-- ``to_low_rank``: Dense / Conv2D → DynamicLowRankDense / DynamicLowRankConv2D,
+- ``to_low_rank``: Dense / Conv1D / Conv2D → DynamicLowRankDense / DynamicLowRankConv1D /
+  DynamicLowRankConv2D,
   initialised by the truncated SVD of the trained kernel (docs/methods.md §2).
 - ``compression_summary``: per layer and total parameters, ranks, compression
   rate 1 − Σ(n_in r + r² + n_out r)/Σ(n_in n_out) (biases on neither side, as
@@ -8,7 +9,7 @@
 - ``truncate_ranks``: truncates every layer by its tol now — after DLRT's
   ``fit``, which usually stops inside a cycle, on augmented bases.
 - ``export_compressed``: rebuilds the model at the exact ranks from Keras' own
-  layers (Dense(r) → Dense(units); Conv2D(r) → 1×1 Conv2D), so the ``.keras``
+  layers (Dense(r) → Dense(units); ConvND(r) → 1×1 ConvND), so the ``.keras``
   file and the SavedModel really are small and load without keras_lowrank.
 """
 
@@ -30,9 +31,14 @@ from keras_lowrank._low_rank_model import condition_number, dlrt_of, low_rank_la
 from keras_lowrank._validation import check_int, check_number
 from keras_lowrank.layers.dynamic_low_rank import (
     DynamicLowRankBase,
+    DynamicLowRankConv1D,
     DynamicLowRankConv2D,
     DynamicLowRankDense,
+    _DynamicLowRankConv,
 )
+
+_CONVS = (keras.layers.Conv1D, keras.layers.Conv2D)
+_KINDS = (keras.layers.Dense,) + _CONVS
 
 _FORMATS = ("keras", "saved_model", "tflite")
 
@@ -137,7 +143,7 @@ def compression_summary(model):
         r, n_in, n_out = layer.rank, layer.n_in, layer.n_out
         bias = _bias_size(layer)
         dense_params, low_params = n_in * n_out + bias, r * (n_in + n_out) + bias
-        if isinstance(layer, DynamicLowRankConv2D):
+        if isinstance(layer, _DynamicLowRankConv):
             dense_macs, low_macs = layer.multiply_adds(r)
         else:  # a Dense on feature maps (batch, h, w, c) multiplies once per position
             positions = _positions(layer)
@@ -149,7 +155,7 @@ def compression_summary(model):
             dense_macs=dense_macs, low_rank_macs=low_macs, cond=condition_number(layer),
         ))
     for layer in all_sublayers(model):
-        if type(layer) in (keras.layers.Dense, keras.layers.Conv2D) and layer.built:
+        if type(layer) in _KINDS and layer.built:
             kernel = layer.kernel.shape
             n_in, n_out = int(np.prod(kernel[:-1])), int(kernel[-1])
             params = n_in * n_out + _bias_size(layer)
@@ -254,8 +260,8 @@ def to_low_rank(
     skip_last=True,
 ):
 
-    """A copy of a trained Sequential/functional model whose Dense and Conv2D
-    layers are DynamicLowRankDense / DynamicLowRankConv2D, initialised by the SVD
+    """A copy of a trained Sequential/functional model whose Dense, Conv1D and Conv2D
+    layers are DynamicLowRankDense / DynamicLowRankConv1D / DynamicLowRankConv2D, initialised by the SVD
     of the trained kernel truncated to ``rank`` (an int) or, if ``rank`` is None,
     by the tolerance rule ‖d[r:]‖ < tol·‖d‖. Outputs match the original up to the
     truncation error. Other layers keep their weights. The converted layers keep
@@ -267,11 +273,11 @@ def to_low_rank(
     inside a nested model or a custom layer are not (``clone_model`` rebuilds
     those whole): named in ``layers`` they raise, otherwise a warning names
     them — convert the inner model first, or build the model flat. Grouped
-    (depthwise) and channels_first Conv2D layers have no low-rank form: the
+    (depthwise), channels_first and causal convolutions have no low-rank form: the
     default skips them with a warning, naming one in ``layers`` raises.
 
     Args:
-        layers: names of the layers to convert (default: every Dense and Conv2D,
+        layers: names of the layers to convert (default: every Dense, Conv1D and Conv2D,
             minus the first / last of them per ``skip_first`` / ``skip_last``).
         max_rank: storage rank for DLRT training: an int, or None for
             min(2·rank, n_in, n_out) (room for one augmentation).
@@ -292,7 +298,7 @@ def to_low_rank(
         (['DynamicLowRankDense', 'Dense'], 4)
     """
     _check_clonable(model)
-    kinds = (keras.layers.Dense, keras.layers.Conv2D)
+    kinds = _KINDS
     # clone_model rebuilds the model's own layers one by one; a nested model or a
     # custom layer is rebuilt whole, so the Dense/Conv2D layers inside it cannot be
     # swapped: they are named (an error if asked for, a warning otherwise), never
@@ -311,8 +317,8 @@ def to_low_rank(
         candidates = [l for l in candidates if not why[l.name]]
         if skipped:
             warnings.warn(
-                f"to_low_rank left these Conv2D layers as they are: {', '.join(skipped)}; "
-                "only groups=1, channels_last convolutions convert.", stacklevel=2)
+                f"to_low_rank left these convolutions as they are: {', '.join(skipped)}; "
+                "only groups=1, channels_last, non-causal convolutions convert.", stacklevel=2)
         chosen = candidates[1 if skip_first else 0: len(candidates) - (1 if skip_last else 0)]
         if nested:
             warnings.warn(
@@ -333,7 +339,7 @@ def to_low_rank(
         unknown = [n for n in layers if n not in names]
         if unknown:
             raise ValueError(
-                f"`layers` names {unknown} are not Dense/Conv2D layers of the model; "
+                f"`layers` names {unknown} are not Dense/Conv1D/Conv2D layers of the model; "
                 f"choose from {sorted(names)}."
             )
         chosen = [names[n] for n in layers]
@@ -347,8 +353,8 @@ def to_low_rank(
         reason = _unconvertible(layer)
         if reason:
             raise ValueError(
-                f"Conv2D layer {layer.name!r} has {reason}; only groups=1, "
-                "channels_last convolutions convert."
+                f"Convolution {layer.name!r} has {reason}; only groups=1, "
+                "channels_last, non-causal convolutions convert."
             )
         kernel = ops.convert_to_numpy(layer.kernel)
         u, d, v = _svd(kernel.reshape(-1, kernel.shape[-1]))
@@ -394,7 +400,8 @@ def to_low_rank(
         )
         if isinstance(layer, keras.layers.Dense):
             return DynamicLowRankDense(config["units"], **common)
-        return DynamicLowRankConv2D(
+        kind = DynamicLowRankConv1D if isinstance(layer, keras.layers.Conv1D) else DynamicLowRankConv2D
+        return kind(
             config["filters"], config["kernel_size"], strides=config["strides"],
             padding=config["padding"], dilation_rate=config["dilation_rate"], **common,
         )
@@ -405,9 +412,11 @@ def to_low_rank(
 
 
 def _unconvertible(layer):
-    """Why a Conv2D has no low-rank form here ("" if it has one)."""
-    if not isinstance(layer, keras.layers.Conv2D):
+    """Why a convolution has no low-rank form here ("" if it has one)."""
+    if not isinstance(layer, _CONVS):
         return ""
+    if layer.padding == "causal":
+        return "padding='causal'"
     if layer.groups != 1:
         return f"groups={layer.groups}"
     if layer.data_format != "channels_last":
@@ -490,11 +499,10 @@ def compressed_model(model):
                      keras.layers.Dense(layer.units, activation=act, use_bias=layer.use_bias,
                                         name=f"{layer.name}_sv")]
         else:
-            parts = [keras.layers.Conv2D(r, layer.kernel_size, strides=layer.strides,
-                                         padding=layer.padding, dilation_rate=layer.dilation_rate,
-                                         use_bias=False, name=f"{layer.name}_u"),
-                     keras.layers.Conv2D(layer.filters, 1, activation=act, use_bias=layer.use_bias,
-                                         name=f"{layer.name}_sv")]
+            conv = layer.keras_class  # Conv1D or Conv2D
+            parts = [conv(r, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                          dilation_rate=layer.dilation_rate, use_bias=False, name=f"{layer.name}_u"),
+                     conv(layer.filters, 1, activation=act, use_bias=layer.use_bias, name=f"{layer.name}_sv")]
         return keras.Sequential(parts, name=layer.name)
 
     compact = keras.models.clone_model(model, clone_function=clone)

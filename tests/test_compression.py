@@ -145,6 +145,41 @@ def _train_briefly(model, x, y):
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
 
 
+def test_conv1d_models_convert_train_with_dlrt_and_export(rng, tmp_path):
+    """MNIST-1D-style CNN: Conv1D layers convert (the causal one stays, named), match
+    the model at full rank, train a DLRT epoch, and export to Keras-only Conv1D layers."""
+    from keras_lowrank import DLRT, DynamicLowRankConv1D
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((40, 1)),
+        keras.layers.Conv1D(16, 5, padding="same", activation="relu", name="c1"),
+        keras.layers.Conv1D(32, 3, strides=2, padding="same", activation="relu", name="c2"),
+        keras.layers.Conv1D(8, 2, padding="causal", name="causal"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, name="out"),
+    ])
+    x = rng.uniform(size=(64, 40, 1)).astype("float32")
+    y = rng.integers(0, 10, size=64)
+    with pytest.warns(UserWarning, match="causal"):  # c1 (5×16) stays dense too: rank 4 does not pay
+        low = compression.to_low_rank(model, rank=4)
+    assert [type(layer).__name__ for layer in low.layers[:3]] == ["Conv1D", "DynamicLowRankConv1D", "Conv1D"]
+    layer = low.get_layer("c2")
+    assert isinstance(layer, DynamicLowRankConv1D) and layer.rank == 4
+    # the best rank-4 approximation of the trained (3·16) × 32 kernel, by numpy's SVD
+    u, d, vt = np.linalg.svd(_np(model.get_layer("c2").kernel).reshape(48, 32).astype(np.float64))
+    np.testing.assert_allclose(_np(layer.kernel).reshape(48, 32), (u[:, :4] * d[:4]) @ vt[:4], atol=1e-5)
+    low.compile(DLRT(keras.optimizers.Adam(1e-3)), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    low.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    row = next(r for r in compression.compression_summary(low).rows if r["layer"] == "c2")
+    r = row["rank"]
+    assert (row["n_in"], row["n_out"]) == (3 * 16, 32) and row["low_rank_macs"] == 20 * r * (48 + 32)
+    written = compression.export_compressed(low, str(tmp_path / "out"), formats="keras")
+    plain = keras.saving.load_model(written["keras"])
+    assert [type(part).__name__ for part in plain.get_layer("c2").layers] == ["Conv1D", "Conv1D"]
+    np.testing.assert_allclose(_np(plain(x)), _np(low(x)), atol=1e-5)
+
+
 def test_export_compressed_keras_file_is_small_and_reloads_exactly(rng, tmp_path):
     x = rng.uniform(size=(32, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 10, size=32)

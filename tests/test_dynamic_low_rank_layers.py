@@ -1,4 +1,4 @@
-"""DynamicLowRankDense / DynamicLowRankConv2D and the factor math, against numpy."""
+"""DynamicLowRankDense / Conv1D / Conv2D and the factor math, against numpy and Keras' layers."""
 
 import keras
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 from keras_lowrank import factorization
-from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense
+from keras_lowrank.layers import DynamicLowRankConv1D, DynamicLowRankConv2D, DynamicLowRankDense
 
 
 def _np(x):
@@ -65,6 +65,40 @@ def test_conv_equals_keras_conv2d_with_kernel_usvt(rng, kernel_size, strides, pa
 
 
 @pytest.mark.own_precision
+@pytest.mark.parametrize(
+    "kernel_size,strides,padding,dilation,rank",
+    [(5, 1, "valid", 1, 4), (3, 2, "same", 1, 2), (3, 1, "same", 2, 6), (1, 1, "valid", 1, 3)],
+)
+def test_conv1d_equals_keras_conv1d_with_kernel_usvt(rng, kernel_size, strides, padding, dilation, rank):
+    layer = DynamicLowRankConv1D(6, kernel_size, strides=strides, padding=padding, dilation_rate=dilation,
+                                 max_rank=min(6, kernel_size * 3), rank=rank, activation="relu")
+    x = rng.normal(size=(2, 17, 3)).astype("float32")
+    layer.build(x.shape)
+    u_r, v_r = _orthonormal(rng, layer.n_in, rank), _orthonormal(rng, 6, rank)
+    s_r = rng.normal(size=(rank, rank)).astype("float32")
+    layer.set_factors(u_r, s_r, v_r)
+    reference = keras.layers.Conv1D(6, kernel_size, strides=strides, padding=padding, dilation_rate=dilation,
+                                    activation="relu")
+    reference.build(x.shape)
+    kernel = (u_r @ s_r @ v_r.T).reshape(reference.kernel.shape)
+    reference.set_weights([kernel, _np(layer.bias)])
+    np.testing.assert_allclose(_np(layer(x)), _np(reference(x)), atol=1e-5)
+    assert layer.compute_output_shape(x.shape) == tuple(reference(x).shape)
+    assert tuple(layer.kernel.shape) == (kernel_size, 3, 6)
+    dense_macs, low_macs = layer.multiply_adds()
+    positions = reference(x).shape[1]
+    assert (dense_macs, low_macs) == (positions * kernel_size * 3 * 6, positions * rank * (kernel_size * 3 + 6))
+
+
+def test_conv1d_round_trips_through_a_keras_file(rng, tmp_path):
+    model = keras.Sequential([keras.Input((20, 2)), DynamicLowRankConv1D(5, 3, max_rank=4, rank=2, name="c")])
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    x = rng.normal(size=(3, 20, 2)).astype("float32")
+    assert type(loaded.get_layer("c")) is DynamicLowRankConv1D and loaded.get_layer("c").rank == 2
+    np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), atol=1e-6)
+
+
 def test_augment_keeps_w_and_old_span_and_doubles_rank(rng):
     n, m, r_max, r = 20, 15, 8, 3
     u, s, v = _pad(_orthonormal(rng, n, r), rng.normal(size=(r, r)), _orthonormal(rng, m, r), r_max)
@@ -235,6 +269,7 @@ def test_max_rank_above_matrix_size_is_an_error_at_build():
     [(dict(groups=2), "groups"), (dict(data_format="channels_first"), "data_format"),
      (dict(padding="causal"), "padding"), (dict(strides=0), "strides")],
 )
-def test_conv_unsupported_arguments_are_errors(kwargs, match):
+@pytest.mark.parametrize("kind", [DynamicLowRankConv1D, DynamicLowRankConv2D])
+def test_conv_unsupported_arguments_are_errors(kwargs, match, kind):
     with pytest.raises(ValueError, match=match):
-        DynamicLowRankConv2D(4, 3, **kwargs)
+        kind(4, 3, **kwargs)

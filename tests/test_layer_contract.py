@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from layer_contract import run_layer_test
 
-from keras_lowrank import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
+from keras_lowrank import DynamicLowRankConv1D, DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
 
 
 def _x(shape, seed=0):
@@ -53,3 +53,14 @@ def test_low_rank_projection_is_the_identity_by_default(flatten):
 def test_low_rank_projection_projection_mode():
     run_layer_test(LowRankProjection, {"rank": 2, "output_mode": "projection"}, input_shape=(4, 6),
                    expected_output_shape=(4, 6), expected_output_dtype="float32")
+
+
+def test_dynamic_low_rank_conv1d():
+    x = _x((2, 7, 2))
+    # All-ones kernel of width 2: each output channel sums the window over both channels.
+    window = (x[:, :-1] + x[:, 1:]).sum(-1)
+    run_layer_test(
+        DynamicLowRankConv1D,
+        {"filters": 3, "kernel_size": 2, "max_rank": 2, "kernel_initializer": "ones"},
+        input_data=x, expected_output=np.repeat(window[..., None], 3, axis=-1),
+        expected_num_trainable_weights=4, expected_num_losses=0, atol=1e-5, rtol=1e-5)

@@ -28,7 +28,7 @@ from keras import ops
 from keras_lowrank._optional import require
 from keras_lowrank.analysis._batches import iterate_inputs
 from keras_lowrank.analysis.representation import feature_extractor, resolve_layers
-from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankConv2D, DynamicLowRankDense
+from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 from keras_lowrank.precision import float32_matmuls
 
 _DTYPE = "float64"  # float32 where the backend has no float64 (JAX by default)
@@ -294,8 +294,7 @@ def _hsic_extractor(model_a, layers_a, model_b, layers_b, kernel, threshold):
 
 # the low-rank layers stand where a converted model's Dense/Conv2D stood, so that a
 # model and its compressed twin are compared layer for layer
-DEFAULT_LAYER_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense,
-                       DynamicLowRankConv2D, DynamicLowRankDense)
+DEFAULT_LAYER_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense, DynamicLowRankBase)
 
 
 def _layers(model, layers):

@@ -1,6 +1,10 @@
 """Keras layers of keras_lowrank."""
 
-from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankConv2D, DynamicLowRankDense
+from keras_lowrank.layers.dynamic_low_rank import (
+    DynamicLowRankConv1D,
+    DynamicLowRankConv2D,
+    DynamicLowRankDense,
+)
 from keras_lowrank.layers.low_rank_projection import LowRankProjection
 
-__all__ = ["DynamicLowRankConv2D", "DynamicLowRankDense", "LowRankProjection"]
+__all__ = ["DynamicLowRankConv1D", "DynamicLowRankConv2D", "DynamicLowRankDense", "LowRankProjection"]
