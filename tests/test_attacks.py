@@ -178,3 +178,28 @@ def test_bad_arguments_are_named(digits):
                                    keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="classes ≥ 2"):
         FGSM(0.1)(regression, x, y)
+
+
+def test_loop_form_depends_on_model_size_and_not_the_result(rng, monkeypatch):
+    """Small models unroll short PGD/SPSA loops on TF, large ones keep one compiled
+    loop (issue 21: unrolled graphs of large models cost 5–10× to compile); the
+    adversarials are the same either way."""
+    from keras_lowrank.robustness import SPSA, attacks
+
+    small = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+    deep = keras.Sequential([keras.Input((6,))] + [keras.layers.Dense(6, activation="tanh") for _ in range(40)]
+                            + [keras.layers.Dense(3)])
+    tf_backend = keras.backend.backend() == "tensorflow"
+    assert attacks.unrolls(small, 10) is tf_backend and not attacks.unrolls(small, 21)
+    assert not attacks.unrolls(deep, 10)
+    x = rng.uniform(0.2, 0.8, (16, 6)).astype("float32")
+    y = rng.integers(0, 3, 16)
+    looped = [np.asarray(keras.ops.convert_to_numpy(a(deep, x, y)))
+              for a in (PGD(0.1, steps=5, seed=3), SPSA(0.1, steps=3, samples=4, seed=3))]
+    monkeypatch.setattr(attacks, "_MAX_UNROLLED_LAYERS", 10 ** 6)
+    monkeypatch.setattr(attacks, "_MAX_UNROLLED_STEPS", 20)
+    assert attacks.unrolls(deep, 10)
+    unrolled = [np.asarray(keras.ops.convert_to_numpy(a(deep, x, y)))
+                for a in (PGD(0.1, steps=5, seed=3), SPSA(0.1, steps=3, samples=4, seed=3))]
+    for a, b in zip(looped, unrolled):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -10,8 +10,9 @@ or targeted, with the semantics of cleverhans 4 (``fast_gradient_method``,
            x ← clip(x + Π_ε(FGSM_α(x) − x)),  Π_ε scales η back into the ε-ball.
 
 The model runs in inference mode (``training=False``). Each batch is attacked in
-one compiled graph on TensorFlow or JAX (on TensorFlow the PGD loop is unrolled up
-to 20 steps, ``keras.ops.fori_loop`` beyond; on JAX always ``fori_loop``).
+one compiled graph on TensorFlow or JAX (on TensorFlow, for models of ≤ 32 layers,
+the PGD and SPSA loops are unrolled up to 20 steps, ``keras.ops.fori_loop`` beyond
+and for larger models; on JAX always ``fori_loop``).
 """
 
 import weakref
@@ -27,10 +28,30 @@ from keras_lowrank.robustness.perturbations import Perturbation
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
 _SYMBOL = {"inf": "∞", "2": "2"}
 _TINY = 1e-12  # cleverhans' avoid_zero_div, inside the square root
-# TF-CPU: a while_loop costs ~1 ms per iteration, so short PGD loops are unrolled.
+# TF-CPU: a while_loop costs ~1 ms per iteration, so short PGD loops are unrolled —
+# for small models only: the unrolled graph holds every step's forward and backward
+# pass, so its tracing, optimisation and memory grow with steps × layers (MobileNetV2,
+# 32×32, batch 16: PGD-10 unrolled 31 s and 1.5 GB on the first call, a loop of 21
+# steps 5.8 s and 1.0 GB; benchmarks/attack_first_call.py). A step of a large model
+# costs far more than the loop's 1 ms, so the loop is free there.
 # JAX: every step is XLA-compiled, and an unrolled loop compiles ~1.5x slower
 # (the examples' robustness run: 190 s unrolled, 137 s as fori_loop, 2 CPUs).
 _MAX_UNROLLED_STEPS = 20 if keras.backend.backend() == "tensorflow" else 0
+_MAX_UNROLLED_LAYERS = 32  # layers (at any depth) of a model whose attack loops are unrolled
+
+
+def unrolls(model, steps):
+    """Whether an attack loop of ``steps`` steps on ``model`` is unrolled (TF, at
+    most 20 steps, a model of at most 32 layers) rather than a compiled loop."""
+    if steps > _MAX_UNROLLED_STEPS:
+        return False
+    from keras_lowrank._keras_compat import all_sublayers
+
+    try:
+        size = len(all_sublayers(model))
+    except Exception:  # not a Keras model (e.g. a wrapped exported graph): keep the loop
+        return False
+    return size <= _MAX_UNROLLED_LAYERS
 
 
 def _check_norm(norm):
@@ -322,7 +343,7 @@ class PGD(Attack):
         best = best_loss = None
         for restart in range(self.restarts):  # unrolled: restarts are few
             start = self._clip(x + clip_to_ball(noise[restart], self.eps, self.norm))
-            if self.steps <= _MAX_UNROLLED_STEPS:
+            if unrolls(oracle.model, self.steps):
                 adv = start
                 for i in range(self.steps):
                     adv = step(i, adv)
@@ -425,9 +446,9 @@ class SPSA(Attack):
 
     def _attack(self, oracle, x, y, noise):
         pairs = ops.tile(y, (2 * self.samples,))
-        adv = x
-        for step in range(self.steps):  # unrolled: each step is one large forward pass
-            signs = noise[step]  # (samples, batch, ...)
+
+        def step(i, adv):
+            signs = ops.take(noise, i, axis=0)  # (samples, batch, ...)
             probes = ops.concatenate([adv[None] + self.delta * signs,
                                       adv[None] - self.delta * signs], axis=0)
             flat = ops.reshape(probes, (-1,) + tuple(x.shape[1:]))
@@ -436,7 +457,13 @@ class SPSA(Attack):
             slopes = ops.reshape(slopes, (self.samples, -1) + (1,) * (len(x.shape) - 1))
             estimate = ops.mean(slopes * signs, axis=0)
             stepped = self._clip(adv + self.step_size * ops.sign(estimate))
-            adv = self._clip(x + ops.clip(stepped - x, -self.eps, self.eps))
+            return self._clip(x + ops.clip(stepped - x, -self.eps, self.eps))
+
+        if not unrolls(oracle.model, self.steps):  # a large model: one compiled loop
+            return ops.fori_loop(0, self.steps, step, x)
+        adv = x
+        for i in range(self.steps):  # unrolled: each step is one large forward pass
+            adv = step(i, adv)
         return adv
 
     @property

@@ -1,0 +1,68 @@
+"""First call of an attack on a model: time and peak memory, loop unrolled or not (issue 21).
+
+Each configuration runs in a fresh Python (TensorFlow backend), so the time includes
+tracing and graph optimisation and the peak resident memory is that of one attack:
+``PGD(8/255, steps)(model, x, y)`` on a batch of 16. Models: the demo CNN (digits,
+8×8×1, 6 layers) and MobileNetV2 (32×32×3, weights=None, 10 classes, ~150 layers).
+"unrolled" forces the old rule (unroll up to 20 steps whatever the model), "as
+shipped" uses ``attacks.unrolls`` (unroll only models of ≤ 32 layers).
+
+    python benchmarks/attack_first_call.py [--models cnn mobilenetv2] [--steps 10 20 100]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+CHILD = r"""
+import json, resource, sys, time
+import numpy as np, keras
+from keras_lowrank.robustness import PGD, attacks
+model_name, steps, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if mode == "unrolled":
+    attacks._MAX_UNROLLED_LAYERS = 10 ** 9
+if model_name == "cnn":
+    from keras_lowrank_experiments.models import small_cnn
+    model, shape = small_cnn(), (8, 8, 1)
+else:
+    model, shape = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10,
+                                                  classifier_activation=None), (32, 32, 3)
+x = np.random.default_rng(0).uniform(size=(16,) + shape).astype("float32")
+y = np.arange(16) % 10
+model.predict(x, verbose=0)  # the model's own graph built: only the attack is timed
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+attack = PGD(8 / 255, steps=steps, seed=0)
+np.asarray(attack(model, x, y))
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"model": model_name, "steps": steps, "mode": mode, "seconds": round(seconds, 2),
+                  "unrolled": attacks.unrolls(model, steps) or mode == "unrolled" and steps <= 20,
+                  "peak_mib": round(peak / 1024), "peak_before_mib": round(before / 1024)}))
+"""
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["cnn", "mobilenetv2"])
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 100])
+    args = parser.parse_args(argv)
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    rows = []
+    for model in args.models:
+        for steps in args.steps:
+            for mode in (("unrolled", "as shipped") if steps <= 20 else ("as shipped",)):
+                done = subprocess.run([sys.executable, "-c", CHILD, model, str(steps), mode], capture_output=True,
+                                      text=True, env=env, check=True)
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(f"{model:12s} PGD-{steps:<4d} {mode:10s} unrolled={str(row['unrolled']):5s} "
+                      f"{row['seconds']:7.2f} s  peak {row['peak_mib']} MiB (model alone {row['peak_before_mib']})",
+                      flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
