@@ -83,9 +83,10 @@ def _severity(text):
 
 
 def _subparser(commands, name, help_text, description):
+    paragraphs = "\n\n".join(textwrap.fill(p, 88) for p in description.split("\n\n"))
     return commands.add_parser(
-        name, help=help_text, description=description,
-        epilog="examples:\n" + textwrap.dedent(EXAMPLES[name]).rstrip(),
+        name, help=help_text, description=paragraphs,
+        epilog="examples:\n" + textwrap.dedent(EXAMPLES[name]).strip("\n"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -104,7 +105,7 @@ def _common(parser, model=True, data=True, default_output=None):
                         help="folder for the report (new or empty, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --output folder (when the run succeeds)")
-    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None,
+    parser.add_argument("--backend", choices=["tensorflow", "jax"], default=None,
                         help="Keras backend (default: $KERAS_BACKEND, else Keras' own default)")
     parser.add_argument("--seed", type=_count, default=0, help="random seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -122,7 +123,7 @@ def build_parser():
 
     compress = _subparser(
         commands, "compress", "make a trained model low-rank, fine-tune it with DLRT and export it small",
-        "Converts the model's Dense and Conv2D layers to dynamic low-rank layers (SVD of the trained "
+        "Converts the model's Dense, Conv1D and Conv2D layers to dynamic low-rank layers (SVD of the trained "
         "kernels), fine-tunes them with the rank-adaptive DLRT integrator, truncates the ranks and "
         "exports the model at its exact ranks from Keras' own layers. Each exported file is re-loaded "
         "in a fresh Python that cannot import keras_lowrank and checked against the model (to 1e-5; "
@@ -231,7 +232,7 @@ def _check(parser, args, argv, from_shell):
         except JobError as error:
             parser.error(str(error))
     if args.backend is not None:
-        module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[args.backend]
+        module = args.backend
         if importlib.util.find_spec(module) is None:
             parser.error(f"--backend {args.backend}: {module} is not installed "
                          f"(pip install keras-lowrank[{'tensorflow-cpu' if module == 'tensorflow' else module}]).")
