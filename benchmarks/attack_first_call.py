@@ -3,11 +3,12 @@
 Each configuration runs in a fresh Python (TensorFlow backend), so the time includes
 tracing and graph optimisation and the peak resident memory is that of one attack:
 ``PGD(8/255, steps)(model, x, y)`` on a batch of 16. Models: the demo CNN (digits,
-8×8×1, 6 layers) and MobileNetV2 (32×32×3, weights=None, 10 classes, ~150 layers).
+8×8×1, 6 layers) and MobileNetV2 (32×32×3, weights=None, 10 classes, ~150 layers); also
+``resnet50`` and ``densenet121`` (same input) with ``--models``.
 "unrolled" forces the old rule (unroll up to 20 steps whatever the model), "as
 shipped" uses ``attacks.unrolls`` (unroll only models of ≤ 32 layers).
 
-    python benchmarks/attack_first_call.py [--models cnn mobilenetv2] [--steps 10 20 100]
+    python benchmarks/attack_first_call.py [--models cnn mobilenetv2 resnet50 densenet121] [--steps 10 20 100]
 """
 
 import argparse
@@ -27,8 +28,9 @@ if model_name == "cnn":
     from keras_lowrank_experiments.models import small_cnn
     model, shape = small_cnn(), (8, 8, 1)
 else:
-    model, shape = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10,
-                                                  classifier_activation=None), (32, 32, 3)
+    build = {"mobilenetv2": keras.applications.MobileNetV2, "resnet50": keras.applications.ResNet50,
+             "densenet121": keras.applications.DenseNet121}[model_name]
+    model, shape = build(weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None), (32, 32, 3)
 x = np.random.default_rng(0).uniform(size=(16,) + shape).astype("float32")
 y = np.arange(16) % 10
 model.predict(x, verbose=0)  # the model's own graph built: only the attack is timed
@@ -46,7 +48,8 @@ print(json.dumps({"model": model_name, "steps": steps, "mode": mode, "seconds": 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["cnn", "mobilenetv2"])
+    parser.add_argument("--models", nargs="+", default=["cnn", "mobilenetv2"],
+                        choices=["cnn", "mobilenetv2", "resnet50", "densenet121"])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 100])
     args = parser.parse_args(argv)
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
