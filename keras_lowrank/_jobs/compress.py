@@ -111,7 +111,7 @@ def run(args, meta):
         raise JobError(f"MODEL: {error}") from None
     converted = [l.name for l in low.layers if isinstance(l, compression.DynamicLowRankBase)]
     if not converted:
-        raise JobError("MODEL: no Dense or Conv2D layer of this model has a low-rank form worth "
+        raise JobError("MODEL: no Dense, Conv1D or Conv2D layer of this model has a low-rank form worth "
                        "storing (see the warnings above); nothing to compress.")
     after_svd = common.accuracy(low, x_test, y_test)
     low.compile(optimizer=DLRT(keras.optimizers.Adam(args.learning_rate)),
