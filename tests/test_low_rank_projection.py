@@ -12,9 +12,9 @@ def numpy_losses(a, w, b, loss="paper"):
     residual = w.T @ shifted - shifted        # Wᵀ(a_i + b) − (a_i + b)
     if loss == "paper":
         l_c = np.mean(np.sum(residual**2, axis=0))
-    else:  # ‖R‖_F / ‖A − ā‖_F, the 1e-4 floor under the square root as documented
+    else:  # ‖R‖²_F / ‖A − ā‖²_F
         centred = a - a.mean(axis=0)
-        l_c = np.sqrt(np.linalg.norm(residual) ** 2 / np.linalg.norm(centred) ** 2 + 1e-4)
+        l_c = np.linalg.norm(residual) ** 2 / np.linalg.norm(centred) ** 2
     l_n = np.mean(np.abs(1 - np.linalg.norm(a, axis=1)))
     return l_c, l_n
 
@@ -40,7 +40,7 @@ def weights_of(layer):
 @pytest.mark.parametrize("shape,flatten", [((6,), True), ((4, 4, 3), True),
                                            ((4, 4, 3), False)])
 def test_losses_match_formula_and_output_is_input(rng, shape, flatten, loss):
-    layer = LowRankProjection(2, projection_weight=0.7, norm_weight=1.9, loss=loss,
+    layer = LowRankProjection(2, projection_weight=0.7, norm_weight=1.9, loss=loss, warmup_steps=0,
                               flatten=flatten, bias_initializer="random_normal")
     x = rng.normal(size=(5,) + shape).astype("float32")
     y = layer(x)
@@ -56,8 +56,8 @@ def test_defaults_relative_loss_alone_and_paper_with_norm_loss(rng):
     x = rng.normal(size=(6, 5)).astype("float32")
     relative, paper = LowRankProjection(2), LowRankProjection(2, loss="paper")
     relative(x), paper(x)
-    assert (relative.projection_weight, relative.norm_weight) == (0.5, 0.0)
-    assert (paper.projection_weight, paper.norm_weight) == (1.0, 1.0)
+    assert (relative.projection_weight, relative.norm_weight, relative.warmup_steps) == (2.0, 0.0, 500)
+    assert (paper.projection_weight, paper.norm_weight, paper.warmup_steps) == (1.0, 1.0, 0)
     assert len(relative.losses) == 1 and len(paper.losses) == 2
 
 
@@ -85,7 +85,7 @@ def test_relative_loss_without_spread(rng):
     layer(a)
     w, b = weights_of(layer)
     residual = (a + b) @ w - (a + b)
-    expected = np.sqrt(np.sum(residual**2) / np.sum(a.astype(np.float64) ** 2) + 1e-4)
+    expected = np.sum(residual**2) / np.sum(a.astype(np.float64) ** 2)
     for batch in (a, np.repeat(a, 3, axis=0)):
         got = float(keras.ops.convert_to_numpy(layer.projection_loss(batch)))
         np.testing.assert_allclose(got, expected, rtol=1e-5)
@@ -96,9 +96,9 @@ def test_relative_loss_without_spread(rng):
 
 def test_configs_saved_before_the_loss_option_load_as_the_paper_loss():
     config = LowRankProjection(3, loss="paper").get_config()
-    del config["loss"], config["norm_weight"], config["projection_weight"]
+    del config["loss"], config["norm_weight"], config["projection_weight"], config["warmup_steps"]
     old = LowRankProjection.from_config(config)
-    assert (old.loss, old.norm_weight) == ("paper", 1.0)
+    assert (old.loss, old.norm_weight, old.warmup_steps) == ("paper", 1.0, 0)
     assert LowRankProjection.from_config(LowRankProjection(3).get_config()).loss == "relative"
 
 
@@ -182,7 +182,7 @@ def test_fit_trains_kernel_then_thresholds_it(rng):
 
 @pytest.mark.parametrize("loss", ["paper", "relative"])
 def test_losses_enter_fit_loss(rng, loss):
-    model = lr_model((5,), rank=2, projection_weight=2.0, norm_weight=3.0, loss=loss)
+    model = lr_model((5,), rank=2, projection_weight=2.0, norm_weight=3.0, loss=loss, warmup_steps=0)
     model.compile(keras.optimizers.SGD(0.0), "mse")
     x, y = rng.normal(size=(8, 5)).astype("float32"), rng.normal(size=(8, 3))
     layer = model.get_layer("lr")
@@ -193,6 +193,27 @@ def test_losses_enter_fit_loss(rng, loss):
     l_c, l_n = numpy_losses(features, w, b, loss)
     mse = np.mean((model.predict(x, verbose=0) - y) ** 2)
     np.testing.assert_allclose(evaluated, mse + 2 * l_c + 3 * l_n, rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["paper", "relative"])
+def test_warm_up_ramps_the_projection_weight(rng, loss):
+    """The added loss is λ_c·min(1, t/T)·L_c, t = training steps taken before the call."""
+    model = lr_model((5,), rank=2, projection_weight=1.5, norm_weight=0.0, loss=loss, warmup_steps=4,
+                     update_every=1000)
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    layer = model.get_layer("lr")
+    x, y = rng.normal(size=(8, 5)).astype("float32"), rng.normal(size=(8, 3))
+    features = keras.Model(model.inputs, model.get_layer("features").output).predict(x, verbose=0)
+    mse = np.mean((model.predict(x, verbose=0) - y) ** 2)
+    for steps in (0, 1, 3, 4, 6):
+        taken = int(keras.ops.convert_to_numpy(layer.steps))
+        if steps > taken:
+            model.fit(x, y, batch_size=8, epochs=steps - taken, verbose=0)  # one step per epoch
+        assert int(keras.ops.convert_to_numpy(layer.steps)) == steps
+        w, b = weights_of(layer)
+        l_c = numpy_losses(features, w, b, loss)[0]
+        evaluated = model.evaluate(x, y, batch_size=8, verbose=0)
+        np.testing.assert_allclose(evaluated, mse + 1.5 * min(1.0, steps / 4) * l_c, rtol=1e-4, atol=1e-7)
 
 
 def input_gradient(function, x):

@@ -288,10 +288,13 @@ def test_numpy_scalars_are_accepted_and_non_finite_numbers_refused():
     assert PGD(np.float32(0.1), steps=np.int64(3)).steps == 3
     assert DLRT("sgd", steps_per_cycle=np.int64(5)).steps_per_cycle == 5
     assert LowRankProjection(rank=np.int64(4)).rank == 4
+    assert LowRankProjection(rank=4, warmup_steps=np.int64(0)).warmup_steps == 0
     assert GaussianNoise(np.float64(0.2)).sigma == pytest.approx(0.2)
     refused = [
         lambda: LowRankProjection(rank=4, projection_weight=float("nan")),
         lambda: LowRankProjection(rank=4, norm_weight=float("inf")),
+        lambda: LowRankProjection(rank=4, warmup_steps=-1),
+        lambda: LowRankProjection(rank=4, warmup_steps=2.5),
         lambda: DynamicLowRankDense(8, spectral_weight=float("nan")),
         lambda: DynamicLowRankDense(8, tol=float("nan")),
         lambda: PGD(float("nan")),

@@ -7,12 +7,14 @@ request, its projection) and adds its losses through Keras' loss mechanism.
 Keras stores row vectors, so Wᵀ(a + b) is written ``(a + b) @ W`` below; A is the
 batch's matrix of rows a_i, ā their mean.
 
-``loss="relative"`` (default): the relative residual of the batch,
+``loss="relative"`` (default): the share of the batch's spread left outside the
+subspace,
 
-    L_c = sqrt(‖(A + b) W − (A + b)‖²_F / ‖A − ā‖²_F + 1e-4),
+    L_c = ‖(A + b) W − (A + b)‖²_F / ‖A − ā‖²_F,
 
 which does not change when the representation is scaled (so it needs no norm loss and
-one weight suits every model), and whose pull grows as the residual shrinks.
+one weight suits every model), weighted λ_c·min(1, t / T) at training step t: a linear
+warm-up over the first T = ``warmup_steps`` steps, while the task's features form.
 
 ``loss="paper"``: the paper's absolute losses,
 
@@ -31,10 +33,9 @@ from keras_lowrank.precision import float32_matmuls
 
 _OUTPUT_MODES = ("input", "projection")
 _LOSSES = ("relative", "paper")
-# Under the relative loss's square root: its pull grows as the residual shrinks, up to
-# a residual of 1 % of the batch's spread (share 1e-4), where it levels off.
-_RELATIVE_FLOOR = 1e-4
-_RELATIVE_WEIGHT = 0.5
+# The relative loss's defaults (docs/benchmarks.md, "The LR layer with its defaults").
+_RELATIVE_WEIGHT = 2.0
+_RELATIVE_WARMUP = 500
 _NO_SPREAD = 1e-6
 _SVD_MODES = ("auto", "exact", "randomized")
 _OVERSAMPLING = 10
@@ -70,17 +71,20 @@ class LowRankProjection(keras.layers.Layer):
     Args:
         rank: target rank r of W, 1 ≤ r ≤ m (m = feature size).
         projection_weight: λ_c, weight of the projection loss (≥ 0). Default
-            (None): 0.5 with ``loss="relative"``, 1 (the paper's) with ``"paper"``.
+            (None): 2 with ``loss="relative"``, 1 (the paper's) with ``"paper"``.
         norm_weight: λ_n, weight of the paper's norm loss (≥ 0). Default (None):
             0 with ``loss="relative"``, which needs none, 1 with ``loss="paper"``.
-        loss: the projection loss. ``"relative"`` (default): the batch's relative
-            residual √(‖(A + b)W − (A + b)‖²_F / ‖A − ā‖²_F + 10⁻⁴) (A: the batch's
-            rows, ā their mean), the share of the representation left outside the rank-r
-            subspace; unchanged when the representation is scaled, so one weight
-            suits every model and nothing pins ‖a‖. ``"paper"``: Sanyal et al.'s
+        loss: the projection loss. ``"relative"`` (default): the share of the batch's
+            spread left outside the rank-r subspace, ‖(A + b)W − (A + b)‖²_F /
+            ‖A − ā‖²_F (A: the batch's rows, ā their mean); unchanged when the
+            representation is scaled, so one weight suits every model and nothing
+            pins ‖a‖. ``"paper"``: Sanyal et al.'s
             mean_i ‖(a_i + b)W − (a_i + b)‖², whose size follows the
             representation's scale, with the norm loss mean_i |1 − ‖a_i‖| against
             shrinking a. docs/methods.md §1 compares them.
+        warmup_steps: T: the projection loss's weight grows linearly from 0 to λ_c
+            over the first T training steps (≥ 0). Default (None): 500 with
+            ``loss="relative"``, 0 (none, the paper's) with ``"paper"``.
         update_every: W is hard-thresholded to rank r (its best rank-r
             approximation) on the first training step and then every
             ``update_every`` training steps (default 10).
@@ -126,6 +130,7 @@ class LowRankProjection(keras.layers.Layer):
         projection_weight=None,
         norm_weight=None,
         loss="relative",
+        warmup_steps=None,
         update_every=10,
         output_mode="input",
         flatten=True,
@@ -142,6 +147,9 @@ class LowRankProjection(keras.layers.Layer):
             projection_weight = _RELATIVE_WEIGHT if loss == "relative" else 1.0
         if norm_weight is None:
             norm_weight = 0.0 if loss == "relative" else 1.0
+        if warmup_steps is None:
+            warmup_steps = _RELATIVE_WARMUP if loss == "relative" else 0
+        warmup_steps = check_int(warmup_steps, "warmup_steps", minimum=0)
         projection_weight = check_number(projection_weight, "projection_weight", minimum=0.0)
         norm_weight = check_number(norm_weight, "norm_weight", minimum=0.0)
         update_every = check_int(update_every, "update_every")  # steps between thresholdings
@@ -158,6 +166,7 @@ class LowRankProjection(keras.layers.Layer):
         self.projection_weight = float(projection_weight)
         self.norm_weight = float(norm_weight)
         self.update_every = update_every
+        self.warmup_steps = warmup_steps
         self.output_mode = output_mode
         self.flatten = bool(flatten)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -257,8 +266,8 @@ class LowRankProjection(keras.layers.Layer):
         return a if shape is None else ops.reshape(a, shape)
 
     def projection_loss(self, inputs):
-        """L_c of ``inputs`` as a batch (unweighted), per ``loss``: the relative
-        residual ‖(A + b)W − (A + b)‖_F / ‖A − ā‖_F or the paper's
+        """L_c of ``inputs`` as a batch (unweighted, without the warm-up), per
+        ``loss``: the share ‖(A + b)W − (A + b)‖²_F / ‖A − ā‖²_F or the paper's
         mean_i ‖Wᵀ(a_i + b) − (a_i + b)‖²."""
         a = self._as_matrix(inputs)
         return self._projection_loss(a, self.projection_matrix)
@@ -270,9 +279,13 @@ class LowRankProjection(keras.layers.Layer):
     # ------------------------------------------------------------------- call
     def call(self, inputs, training=None):
         a = self._as_matrix(inputs)
+        weight = self.projection_weight
+        if self.warmup_steps:  # λ_c·min(1, t/T), t = training steps before this one
+            done = ops.cast(self.steps, self.variable_dtype)
+            weight = weight * ops.minimum(done / self.warmup_steps, 1.0)
         w = self._training_projection_matrix() if training else self.projection_matrix
         if self.projection_weight:
-            self.add_loss(self.projection_weight * self._projection_loss(a, w))
+            self.add_loss(weight * self._projection_loss(a, w))
         if self.norm_weight:
             self.add_loss(self.norm_weight * self._norm_loss(a))
         if self.output_mode == "input":
@@ -320,7 +333,7 @@ class LowRankProjection(keras.layers.Layer):
         energy = ops.where(spread > _NO_SPREAD * total, spread, total)
         safe = ops.where(energy > 0, energy, ops.ones_like(energy))
         share = ops.sum(squared) / safe
-        return ops.where(energy > 0, ops.sqrt(share + _RELATIVE_FLOOR), ops.zeros_like(share))
+        return ops.where(energy > 0, share, ops.zeros_like(share))
 
     @staticmethod
     def _norm_loss(a):
@@ -339,6 +352,7 @@ class LowRankProjection(keras.layers.Layer):
                 "loss": self.loss,
                 "projection_weight": self.projection_weight,
                 "norm_weight": self.norm_weight,
+                "warmup_steps": self.warmup_steps,
                 "update_every": self.update_every,
                 "output_mode": self.output_mode,
                 "flatten": self.flatten,
@@ -355,7 +369,9 @@ class LowRankProjection(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        # Configs saved before `loss` existed (v0.1) trained with the paper's loss.
+        # Configs saved before `loss` existed (v0.1) trained with the paper's loss;
+        # those before `warmup_steps`, without warm-up.
         config = dict(config)
         config.setdefault("loss", "paper")
+        config.setdefault("warmup_steps", 0)
         return super().from_config(config)
