@@ -2,7 +2,8 @@
 
 Public API:
     LowRankProjection                  the LR layer (Sanyal et al.)
-    DynamicLowRankDense, DynamicLowRankConv1D, DynamicLowRankConv2D
+    DynamicLowRankDense, DynamicLowRankConv1D, DynamicLowRankConv2D,
+    DynamicLowRankEinsumDense
                                        W = U S Vᵀ layers of adaptive rank (DLRT)
     keras_lowrank.optimizers.DLRT      the rank-adaptive integrator (optimizer wrapper)
     keras_lowrank.callbacks            RankTruncation, SpectralConditioning, LowRankMonitor
@@ -22,6 +23,7 @@ from keras_lowrank.layers import (
     DynamicLowRankConv1D,
     DynamicLowRankConv2D,
     DynamicLowRankDense,
+    DynamicLowRankEinsumDense,
     LowRankProjection,
 )
 from keras_lowrank.optimizers import DLRT
@@ -35,6 +37,7 @@ __all__ = [
     "DynamicLowRankConv1D",
     "DynamicLowRankConv2D",
     "DynamicLowRankDense",
+    "DynamicLowRankEinsumDense",
     "LowRankProjection",
     "SelectivityRegularizedModel",
     "analysis",

@@ -8,6 +8,7 @@ loudly, instead of somewhere deep in a training run.
 import contextlib
 
 import keras
+from keras.src.layers.core.einsum_dense import _analyze_einsum_string
 from keras.src.ops.operation_utils import compute_conv_output_shape  # noqa: F401
 from keras.src.utils.tracking import no_automatic_dependency_tracking  # noqa: F401
 
@@ -17,6 +18,31 @@ from keras.src.utils.tracking import no_automatic_dependency_tracking  # noqa: F
 # throwaway layer). ``no_automatic_dependency_tracking``: the decorator Keras'
 # LossScaleOptimizer uses so that an optimizer may hold another's variables
 # without tracking them twice.
+
+
+def einsum_dense_shapes(equation, bias_axes, input_shape, output_shape):
+    """(kernel shape, bias shape or None, full output shape) of
+    ``keras.layers.EinsumDense(equation, output_shape, bias_axes=bias_axes)`` on
+    ``input_shape``, as Keras computes them (``_analyze_einsum_string``; no public
+    form: the layer's own ``compute_output_shape`` needs a layer, and its kernel shape
+    a built one)."""
+    kernel, bias, full = _analyze_einsum_string(equation, bias_axes, input_shape, output_shape)[:3]
+    full = list(full)
+    inputs, output = equation.replace(" ", "").split("->")[0].split(",")[0], equation.replace(" ", "").split("->")[1]
+    elided = len(input_shape) - len(inputs.replace("...", ""))
+    left = inputs.startswith("...")
+    if left and elided > 1:
+        # Keras 3.15 lists the ellipsis' axes after the batch in reverse order; they
+        # are the input's, in its order.
+        full[1:elided] = input_shape[1:elided]
+    # An output axis the input shares is the input's size (Keras keeps the None
+    # that `output_shape` gives it).
+    in_sizes = dict(zip(inputs.replace("...", ""), input_shape[elided:] if left else input_shape))
+    first = elided if left else 0
+    for i, letter in enumerate(output.replace("...", "")):
+        if full[first + i] is None and in_sizes.get(letter) is not None:
+            full[first + i] = in_sizes[letter]
+    return tuple(kernel), None if bias is None else tuple(bias), tuple(full)
 
 
 def all_sublayers(model):

@@ -1,7 +1,7 @@
 """Convert trained models to dynamic low-rank layers, summarise, export small files.
 
-- ``to_low_rank``: Dense / Conv1D / Conv2D → DynamicLowRankDense / DynamicLowRankConv1D /
-  DynamicLowRankConv2D,
+- ``to_low_rank``: Dense / Conv1D / Conv2D / EinsumDense → DynamicLowRankDense /
+  DynamicLowRankConv1D / DynamicLowRankConv2D / DynamicLowRankEinsumDense,
   initialised by the truncated SVD of the trained kernel (docs/methods.md §2).
 - ``compression_summary``: per layer and total parameters, ranks, compression
   rate 1 − Σ(n_in r + r² + n_out r)/Σ(n_in n_out) (biases on neither side, as
@@ -9,7 +9,7 @@
 - ``truncate_ranks``: truncates every layer by its tol now — after DLRT's
   ``fit``, which usually stops inside a cycle, on augmented bases.
 - ``export_compressed``: rebuilds the model at the exact ranks from Keras' own
-  layers (Dense(r) → Dense(units); ConvND(r) → 1×1 ConvND), so the ``.keras``
+  layers (Dense(r) → Dense(units); ConvND(r) → 1×1 ConvND; two EinsumDense), so the ``.keras``
   file and the SavedModel really are small and load without keras_lowrank.
 """
 
@@ -34,11 +34,13 @@ from keras_lowrank.layers.dynamic_low_rank import (
     DynamicLowRankConv1D,
     DynamicLowRankConv2D,
     DynamicLowRankDense,
+    DynamicLowRankEinsumDense,
     _DynamicLowRankConv,
+    _einsum_plan,
 )
 
 _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D)
-_KINDS = (keras.layers.Dense,) + _CONVS
+_KINDS = (keras.layers.Dense, keras.layers.EinsumDense) + _CONVS
 
 _FORMATS = ("keras", "saved_model", "tflite")
 
@@ -143,7 +145,7 @@ def compression_summary(model):
         r, n_in, n_out = layer.rank, layer.n_in, layer.n_out
         bias = _bias_size(layer)
         dense_params, low_params = n_in * n_out + bias, r * (n_in + n_out) + bias
-        if isinstance(layer, _DynamicLowRankConv):
+        if isinstance(layer, (_DynamicLowRankConv, DynamicLowRankEinsumDense)):
             dense_macs, low_macs = layer.multiply_adds(r)
         else:  # a Dense on feature maps (batch, h, w, c) multiplies once per position
             positions = _positions(layer)
@@ -156,8 +158,7 @@ def compression_summary(model):
         ))
     for layer in all_sublayers(model):
         if type(layer) in _KINDS and layer.built:
-            kernel = layer.kernel.shape
-            n_in, n_out = int(np.prod(kernel[:-1])), int(kernel[-1])
+            n_in, n_out = _kernel_matrix(layer).shape
             params = n_in * n_out + _bias_size(layer)
             rows.append(dict(layer=layer.name, n_in=n_in, n_out=n_out, rank=None, max_rank=None,
                              dense_params=params, low_rank_params=params, compression_rate=0.0,
@@ -260,9 +261,10 @@ def to_low_rank(
     skip_last=True,
 ):
 
-    """A copy of a trained Sequential/functional model whose Dense, Conv1D and Conv2D
-    layers are DynamicLowRankDense / DynamicLowRankConv1D / DynamicLowRankConv2D, initialised by the SVD
-    of the trained kernel truncated to ``rank`` (an int) or, if ``rank`` is None,
+    """A copy of a trained Sequential/functional model whose Dense, Conv1D, Conv2D and
+    EinsumDense layers are DynamicLowRankDense / DynamicLowRankConv1D / DynamicLowRankConv2D /
+    DynamicLowRankEinsumDense, initialised by the SVD of the trained kernel (as a
+    matrix) truncated to ``rank`` (an int) or, if ``rank`` is None,
     by the tolerance rule ‖d[r:]‖ < tol·‖d‖. Outputs match the original up to the
     truncation error. Other layers keep their weights. The converted layers keep
     activation, bias, regularizers (the kernel regularizer now on U S Vᵀ) and the
@@ -272,12 +274,16 @@ def to_low_rank(
     than ``model``. The model's own layers are converted; Dense/Conv2D layers
     inside a nested model or a custom layer are not (``clone_model`` rebuilds
     those whole): named in ``layers`` they raise, otherwise a warning names
-    them — convert the inner model first, or build the model flat. Grouped
-    (depthwise), channels_first and causal convolutions have no low-rank form: the
-    default skips them with a warning, naming one in ``layers`` raises.
+    them — convert the inner model first, or build the model flat (this includes
+    the projections inside ``keras.layers.MultiHeadAttention``: build attention from
+    EinsumDense layers to compress them, as ``keras_lowrank_experiments.transformer``
+    does). Grouped (depthwise), channels_first and causal convolutions, and
+    EinsumDense equations whose kernel shares an axis with input and output, have no
+    low-rank form: the default skips them with a warning, naming one in ``layers``
+    raises.
 
     Args:
-        layers: names of the layers to convert (default: every Dense, Conv1D and Conv2D,
+        layers: names of the layers to convert (default: every Dense, Conv1D, Conv2D and EinsumDense,
             minus the first / last of them per ``skip_first`` / ``skip_last``).
         max_rank: storage rank for DLRT training: an int, or None for
             min(2·rank, n_in, n_out) (room for one augmentation).
@@ -317,12 +323,13 @@ def to_low_rank(
         candidates = [l for l in candidates if not why[l.name]]
         if skipped:
             warnings.warn(
-                f"to_low_rank left these convolutions as they are: {', '.join(skipped)}; "
-                "only groups=1, channels_last, non-causal convolutions convert.", stacklevel=2)
+                f"to_low_rank left these layers as they are: {', '.join(skipped)}; "
+                "only groups=1, channels_last, non-causal convolutions and EinsumDense layers "
+                "whose kernel is one matrix convert.", stacklevel=2)
         chosen = candidates[1 if skip_first else 0: len(candidates) - (1 if skip_last else 0)]
         if nested:
             warnings.warn(
-                "to_low_rank left these Dense/Conv2D layers dense: they sit inside nested "
+                "to_low_rank left these Dense/Conv/EinsumDense layers dense: they sit inside nested "
                 f"models or custom layers, which it rebuilds whole: {sorted(nested)} (inside "
                 f"{sorted(set(nested.values()))}). Convert the inner model itself with "
                 "to_low_rank before building the outer one, or build the model flat.",
@@ -339,7 +346,7 @@ def to_low_rank(
         unknown = [n for n in layers if n not in names]
         if unknown:
             raise ValueError(
-                f"`layers` names {unknown} are not Dense/Conv1D/Conv2D layers of the model; "
+                f"`layers` names {unknown} are not Dense/Conv1D/Conv2D/EinsumDense layers of the model; "
                 f"choose from {sorted(names)}."
             )
         chosen = [names[n] for n in layers]
@@ -353,11 +360,10 @@ def to_low_rank(
         reason = _unconvertible(layer)
         if reason:
             raise ValueError(
-                f"Convolution {layer.name!r} has {reason}; only groups=1, "
-                "channels_last, non-causal convolutions convert."
+                f"Layer {layer.name!r} has {reason}; only groups=1, channels_last, non-causal "
+                "convolutions and EinsumDense layers whose kernel is one matrix convert."
             )
-        kernel = ops.convert_to_numpy(layer.kernel)
-        u, d, v = _svd(kernel.reshape(-1, kernel.shape[-1]))
+        u, d, v = _svd(_kernel_matrix(layer))
         full = len(d)
         r = min(rank if rank is not None else _rank_for(d, tol), full)
         r = max(r, min_rank)
@@ -391,13 +397,17 @@ def to_low_rank(
         config = layer.get_config()
         common = dict(
             max_rank=r_max, rank=r, min_rank=min(min_rank, r), tol=tol, spectral_weight=spectral_weight,
-            activation=config["activation"], use_bias=config["use_bias"], name=config["name"],
+            activation=config["activation"], name=config["name"],
             bias_initializer=config["bias_initializer"], dtype=config.get("dtype"),
             kernel_regularizer=config.get("kernel_regularizer"),
             bias_regularizer=config.get("bias_regularizer"),
             activity_regularizer=config.get("activity_regularizer"),
             bias_constraint=config.get("bias_constraint"),
         )
+        if isinstance(layer, keras.layers.EinsumDense):
+            return DynamicLowRankEinsumDense(config["equation"], config["output_shape"],
+                                             bias_axes=config["bias_axes"], **common)
+        common["use_bias"] = config["use_bias"]
         if isinstance(layer, keras.layers.Dense):
             return DynamicLowRankDense(config["units"], **common)
         kind = DynamicLowRankConv1D if isinstance(layer, keras.layers.Conv1D) else DynamicLowRankConv2D
@@ -411,8 +421,26 @@ def to_low_rank(
     return converted
 
 
+def _kernel_matrix(layer):
+    """A Dense/Conv/EinsumDense kernel as the n_in × n_out matrix its low-rank form
+    factorises (numpy; an EinsumDense kernel with no such form: its last axis
+    against the others)."""
+    kernel = ops.convert_to_numpy(layer.kernel)
+    if isinstance(layer, keras.layers.EinsumDense) and not _unconvertible(layer):
+        plan = _einsum_plan(layer.equation)
+        dims = [kernel.shape[i] for i in plan["contracted"]]
+        return np.transpose(kernel, plan["order"]).reshape(int(np.prod(dims)), -1)
+    return kernel.reshape(-1, kernel.shape[-1])
+
+
 def _unconvertible(layer):
-    """Why a convolution has no low-rank form here ("" if it has one)."""
+    """Why a layer has no low-rank form here ("" if it has one)."""
+    if isinstance(layer, keras.layers.EinsumDense):
+        try:
+            _einsum_plan(layer.equation)
+        except ValueError:
+            return f"equation {layer.equation!r} (its kernel is no single matrix)"
+        return ""
     if not isinstance(layer, _CONVS):
         return ""
     if layer.padding == "causal":
@@ -427,7 +455,7 @@ def _unconvertible(layer):
 def _set_low_rank(old, new, plan):
     u, d, v, _, _ = plan
     new.set_factors(u.astype("float32"), d.astype("float32"), v.astype("float32"))
-    if old.use_bias:
+    if getattr(old, "bias", None) is not None:
         new.bias.assign(ops.convert_to_numpy(old.bias))  # a copy: JAX donates buffers
 
 
@@ -494,7 +522,9 @@ def compressed_model(model):
             return layer.__class__.from_config(layer.get_config())
         r = plans[id(layer)][0].shape[1]
         act = keras.activations.serialize(layer.activation)
-        if isinstance(layer, DynamicLowRankDense):
+        if isinstance(layer, DynamicLowRankEinsumDense):
+            parts = layer.exported_layers(r)
+        elif isinstance(layer, DynamicLowRankDense):
             parts = [keras.layers.Dense(r, use_bias=False, name=f"{layer.name}_u"),
                      keras.layers.Dense(layer.units, activation=act, use_bias=layer.use_bias,
                                         name=f"{layer.name}_sv")]

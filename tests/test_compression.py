@@ -180,6 +180,63 @@ def test_conv1d_models_convert_train_with_dlrt_and_export(rng, tmp_path):
     np.testing.assert_allclose(_np(plain(x)), _np(low(x)), atol=1e-5)
 
 
+def _attention_block(seed=0):
+    """A transformer-style block from Keras layers: EinsumDense projections (query and
+    output) and a Dense MLP on the tokens."""
+    keras.utils.set_random_seed(seed)
+    tokens = keras.Input((6, 16))
+    query = keras.layers.EinsumDense("abc,cde->abde", (None, 4, 8), bias_axes="de", name="query")(tokens)
+    mixed = keras.layers.EinsumDense("abcd,cde->abe", (None, 16), bias_axes="e", name="attention_output")(query)
+    hidden = keras.layers.Dense(32, activation="gelu", name="mlp")(mixed)
+    pooled = keras.layers.GlobalAveragePooling1D()(hidden)
+    return keras.Model(tokens, keras.layers.Dense(3, name="head")(pooled))
+
+
+def test_einsum_dense_models_convert_train_with_dlrt_and_export(rng, tmp_path):
+    from keras_lowrank import DLRT, DynamicLowRankEinsumDense
+
+    model = _attention_block()
+    x = rng.normal(size=(32, 6, 16)).astype("float32")
+    y = rng.integers(0, 3, size=32)
+    full = compression.to_low_rank(model, rank=7)  # 7 < break-even 16·32/48 of the query
+    assert type(full.get_layer("query")) is DynamicLowRankEinsumDense
+    low = compression.to_low_rank(model, rank=3)
+    assert [type(low.get_layer(n)).__name__ for n in ("query", "attention_output", "mlp", "head")] == [
+        "DynamicLowRankEinsumDense", "DynamicLowRankEinsumDense", "DynamicLowRankDense", "Dense"]
+    # The model with each kernel, as a matrix, replaced by its best rank-3 approximation
+    # (numpy's SVD) computes what the converted model computes.
+    truncated = keras.models.clone_model(model)
+    truncated.set_weights(model.get_weights())
+    for name, rows in (("query", 16), ("attention_output", 32), ("mlp", 16)):
+        kernel = _np(model.get_layer(name).kernel)
+        u, d, vt = np.linalg.svd(kernel.reshape(rows, -1).astype(np.float64))
+        best = ((u[:, :3] * d[:3]) @ vt[:3]).reshape(kernel.shape)
+        np.testing.assert_allclose(_np(low.get_layer(name).kernel), best, atol=1e-5)
+        truncated.get_layer(name).kernel.assign(best.astype("float32"))
+    np.testing.assert_allclose(_np(low(x)), _np(truncated(x)), atol=1e-5)
+    low.compile(DLRT(keras.optimizers.Adam(1e-3), steps_per_cycle=2),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    low.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    compression.truncate_ranks(low)
+    row = next(r for r in compression.compression_summary(low).rows if r["layer"] == "query")
+    assert (row["n_in"], row["n_out"]) == (16, 32)
+    assert row["low_rank_macs"] == 6 * row["rank"] * 48 and row["dense_macs"] == 6 * 16 * 32
+    written = compression.export_compressed(low, str(tmp_path / "out"), formats="keras")
+    plain = keras.saving.load_model(written["keras"])
+    assert [type(part).__name__ for part in plain.get_layer("query").layers] == ["EinsumDense", "EinsumDense"]
+    np.testing.assert_allclose(_np(plain(x)), _np(low(x)), atol=1e-5)
+
+
+def test_to_low_rank_names_multi_head_attention_projections_it_leaves_dense():
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6, 16))
+    attended = keras.layers.MultiHeadAttention(2, 8, name="mha")(tokens, tokens)
+    model = keras.Model(tokens, keras.layers.Dense(3)(keras.layers.Dense(16, name="mlp")(attended)))
+    with pytest.warns(UserWarning, match=r"query.*inside \['mha'\]"):
+        low = compression.to_low_rank(model, rank=2)
+    assert type(low.get_layer("mlp")) is DynamicLowRankDense
+
+
 def test_export_compressed_keras_file_is_small_and_reloads_exactly(rng, tmp_path):
     x = rng.uniform(size=(32, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 10, size=32)

@@ -1,4 +1,4 @@
-"""DynamicLowRankDense / Conv1D / Conv2D and the factor math, against numpy and Keras' layers."""
+"""DynamicLowRankDense / Conv1D / Conv2D / EinsumDense and the factor math, against numpy and Keras' layers."""
 
 import keras
 import numpy as np
@@ -6,7 +6,12 @@ import pytest
 from keras import ops
 
 from keras_lowrank import factorization
-from keras_lowrank.layers import DynamicLowRankConv1D, DynamicLowRankConv2D, DynamicLowRankDense
+from keras_lowrank.layers import (
+    DynamicLowRankConv1D,
+    DynamicLowRankConv2D,
+    DynamicLowRankDense,
+    DynamicLowRankEinsumDense,
+)
 
 
 def _np(x):
@@ -273,3 +278,71 @@ def test_max_rank_above_matrix_size_is_an_error_at_build():
 def test_conv_unsupported_arguments_are_errors(kwargs, match, kind):
     with pytest.raises(ValueError, match=match):
         kind(4, 3, **kwargs)
+
+
+# -- EinsumDense ----------------------------------------------------------------
+EINSUM_CASES = [
+    # equation, output_shape, bias_axes, input shape, contracted letters, produced letters
+    ("abc,cde->abde", (None, 4, 8), "de", (2, 5, 16), "c", "de"),     # attention query/key/value
+    ("abcd,cde->abe", (None, 16), "e", (2, 5, 4, 8), "cd", "e"),      # attention output
+    ("...b,bc->...c", (12,), "c", (2, 3, 7, 10), "b", "c"),           # Dense on any leading axes
+    ("abc,dce->abde", (None, 3, 5), None, (2, 4, 6), "c", "de"),      # kernel axes interleaved
+    ("ab...,bc->ac...", (5,), "c", (2, 6, 3), "b", "c"),              # trailing ellipsis
+]
+
+
+@pytest.mark.own_precision
+@pytest.mark.parametrize("equation,output_shape,bias_axes,shape,contracted,produced", EINSUM_CASES)
+def test_einsum_dense_equals_keras_einsum_dense_with_kernel_usvt(
+        rng, equation, output_shape, bias_axes, shape, contracted, produced):
+    layer = DynamicLowRankEinsumDense(equation, output_shape, bias_axes=bias_axes, max_rank=3, rank=2,
+                                      activation="relu", bias_initializer="random_normal")
+    x = rng.normal(size=shape).astype("float32")
+    layer.build(x.shape)
+    u_r, v_r = _orthonormal(rng, layer.n_in, 2), _orthonormal(rng, layer.n_out, 2)
+    s_r = rng.normal(size=(2, 2)).astype("float32")
+    layer.set_factors(u_r, s_r, v_r)
+    reference = keras.layers.EinsumDense(equation, output_shape, bias_axes=bias_axes, activation="relu")
+    reference.build(x.shape)
+    # The kernel from the factors by numpy's einsum over the equation's own letters:
+    # U as (contracted axes, r), S Vᵀ as (r, produced axes).
+    kernel_letters = equation.split(",")[1].split("->")[0]
+    sizes = dict(zip(kernel_letters, reference.kernel.shape))
+    u_axes = u_r.reshape(*[sizes[c] for c in contracted], 2)
+    svt_axes = (s_r @ v_r.T).reshape(2, *[sizes[c] for c in produced])
+    kernel = np.einsum(f"{contracted}Z,Z{produced}->{kernel_letters}", u_axes, svt_axes)
+    reference.set_weights([kernel] + ([_np(layer.bias)] if bias_axes else []))
+    expected = _np(reference(x))
+    np.testing.assert_allclose(_np(layer(x)), expected, atol=1e-5)
+    np.testing.assert_allclose(_np(layer.kernel), kernel, atol=1e-6)
+    assert layer.compute_output_shape(x.shape) == expected.shape
+    assert (layer.n_in, layer.n_out) == (int(np.prod([sizes[c] for c in contracted])),
+                                         int(np.prod([sizes[c] for c in produced])))
+    positions = expected[0].size // layer.n_out
+    assert layer.multiply_adds() == (positions * layer.n_in * layer.n_out,
+                                     positions * 2 * (layer.n_in + layer.n_out))
+
+
+@pytest.mark.parametrize("equation", ["abc,bcd->abd", "ab,bc->a", "ab,cd->abd", "ab,bc"])
+def test_einsum_dense_refuses_kernels_that_are_no_single_matrix(equation):
+    with pytest.raises(ValueError, match="equation"):
+        DynamicLowRankEinsumDense(equation, (4,))
+
+
+def test_einsum_dense_bias_follows_bias_axes():
+    with pytest.raises(ValueError, match="bias_axes"):
+        DynamicLowRankEinsumDense("ab,bc->ac", 4, bias_axes=None, use_bias=True)
+    layer = DynamicLowRankEinsumDense("abc,cde->abde", (None, 2, 3), bias_axes="e", max_rank=2)
+    layer.build((1, 4, 5))
+    assert tuple(layer.bias.shape) == (3,) and layer.use_bias
+
+
+def test_einsum_dense_round_trips_through_a_keras_file(rng, tmp_path):
+    model = keras.Sequential([keras.Input((6, 8)),
+                              DynamicLowRankEinsumDense("abc,cde->abde", (None, 2, 4), bias_axes="de",
+                                                        max_rank=4, rank=3, name="q")])
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    x = rng.normal(size=(3, 6, 8)).astype("float32")
+    assert type(loaded.get_layer("q")) is DynamicLowRankEinsumDense and loaded.get_layer("q").rank == 3
+    np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), atol=1e-6)

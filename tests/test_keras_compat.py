@@ -22,6 +22,20 @@ def test_conv_output_shape_is_the_conv_layers(config):
         tuple(expected)
 
 
+
+@pytest.mark.parametrize("equation,output_shape,bias_axes,shape", [
+    ("abc,cde->abde", (None, 4, 8), "de", (2, 5, 16)),
+    ("...b,bc->...c", (12,), "c", (2, 3, 7, 10)),
+    ("ab...,bc->ac...", (5,), "c", (2, 6, 3)),
+    ("abc,dce->abde", (None, 3, 5), None, (2, 4, 6)),
+])
+def test_einsum_dense_shapes_are_the_einsum_dense_layers(equation, output_shape, bias_axes, shape):
+    layer = keras.layers.EinsumDense(equation, output_shape, bias_axes=bias_axes)
+    output = layer(np.zeros(shape, "float32"))
+    kernel, bias, full = compat.einsum_dense_shapes(equation, bias_axes, shape, output_shape)
+    assert kernel == tuple(layer.kernel.shape) and full == tuple(output.shape)
+    assert bias == (None if bias_axes is None else tuple(layer.bias.shape))
+
 class Holder(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

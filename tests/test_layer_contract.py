@@ -1,11 +1,17 @@
-"""The three layers under Keras' layer contract (``tests/layer_contract.py``, a copy of
+"""The layers under Keras' layer contract (``tests/layer_contract.py``, a copy of
 Keras' ``run_layer_test``), with outputs checked against numpy."""
 
 import numpy as np
 import pytest
 from layer_contract import run_layer_test
 
-from keras_lowrank import DynamicLowRankConv1D, DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
+from keras_lowrank import (
+    DynamicLowRankConv1D,
+    DynamicLowRankConv2D,
+    DynamicLowRankDense,
+    DynamicLowRankEinsumDense,
+    LowRankProjection,
+)
 
 
 def _x(shape, seed=0):
@@ -63,4 +69,15 @@ def test_dynamic_low_rank_conv1d():
         DynamicLowRankConv1D,
         {"filters": 3, "kernel_size": 2, "max_rank": 2, "kernel_initializer": "ones"},
         input_data=x, expected_output=np.repeat(window[..., None], 3, axis=-1),
+        expected_num_trainable_weights=4, expected_num_losses=0, atol=1e-5, rtol=1e-5)
+
+
+def test_dynamic_low_rank_einsum_dense():
+    x = _x((2, 3, 4))
+    # All-ones (4) × (2, 5) kernel of "abc,cde->abde": every output sums its token's features.
+    run_layer_test(
+        DynamicLowRankEinsumDense,
+        {"equation": "abc,cde->abde", "output_shape": (None, 2, 5), "bias_axes": "de", "max_rank": 2,
+         "kernel_initializer": "ones"},
+        input_data=x, expected_output=np.broadcast_to(x.sum(-1)[..., None, None], (2, 3, 2, 5)),
         expected_num_trainable_weights=4, expected_num_losses=0, atol=1e-5, rtol=1e-5)

@@ -4,7 +4,9 @@ from keras_lowrank.layers.dynamic_low_rank import (
     DynamicLowRankConv1D,
     DynamicLowRankConv2D,
     DynamicLowRankDense,
+    DynamicLowRankEinsumDense,
 )
 from keras_lowrank.layers.low_rank_projection import LowRankProjection
 
-__all__ = ["DynamicLowRankConv1D", "DynamicLowRankConv2D", "DynamicLowRankDense", "LowRankProjection"]
+__all__ = ["DynamicLowRankConv1D", "DynamicLowRankConv2D", "DynamicLowRankDense", "DynamicLowRankEinsumDense",
+           "LowRankProjection"]
