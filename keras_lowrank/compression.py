@@ -276,7 +276,7 @@ def to_low_rank(
     those whole): named in ``layers`` they raise, otherwise a warning names
     them — convert the inner model first, or build the model flat (this includes
     the projections inside ``keras.layers.MultiHeadAttention``: build attention from
-    EinsumDense layers to compress them, as ``keras_lowrank_experiments.transformer``
+    EinsumDense layers to compress them, as ``examples/transformer_digits.py``
     does). Grouped (depthwise), channels_first and causal convolutions, and
     EinsumDense equations whose kernel shares an axis with input and output, have no
     low-rank form: the default skips them with a warning, naming one in ``layers``

@@ -185,8 +185,9 @@ def _attention_block(seed=0):
     output) and a Dense MLP on the tokens."""
     keras.utils.set_random_seed(seed)
     tokens = keras.Input((6, 16))
-    query = keras.layers.EinsumDense("abc,cde->abde", (None, 4, 8), bias_axes="de", name="query")(tokens)
-    mixed = keras.layers.EinsumDense("abcd,cde->abe", (None, 16), bias_axes="e", name="attention_output")(query)
+    query = keras.layers.EinsumDense("abc,cde->abde", (6, 4, 8), bias_axes="de", name="query")(tokens)
+    # a sequence length given in output_shape, as users write it (Keras then knows it)
+    mixed = keras.layers.EinsumDense("abcd,cde->abe", (6, 16), bias_axes="e", name="attention_output")(query)
     hidden = keras.layers.Dense(32, activation="gelu", name="mlp")(mixed)
     pooled = keras.layers.GlobalAveragePooling1D()(hidden)
     return keras.Model(tokens, keras.layers.Dense(3, name="head")(pooled))

@@ -54,3 +54,17 @@ def test_representations_example(tmp_path):
     assert len(scores) == 2 and all(-0.1 <= s <= 1 for s in scores)
     assert os.path.exists(tmp_path / "cka_maps.png")
     assert out.count("dimensionality of f(x + δ) − f(x)") == 2
+
+
+def test_transformer_example_compresses_attention_and_exports_keras_layers(tmp_path):
+    out = _run("transformer_digits.py", tmp_path, epochs=2)
+    ranks = re.search(r"ranks: \{(.*)\}", out).group(1)
+    for name in ("query_0", "key_1", "value_0", "attention_output_1", "mlp_0a", "mlp_1b"):
+        assert f"'{name}'" in ranks  # every projection and MLP layer converted
+    assert "'patches'" not in ranks and "'logits'" not in ranks
+    exported, dense = (int(n.replace(",", "")) for n in
+                       re.search(r"exported: ([\d,]+) parameters \(dense: ([\d,]+)\)", out).groups())
+    assert exported < dense
+    assert "query_0 is ['EinsumDense']" in out
+    difference = float(re.search(r"max \|logit difference\| vs the trained model ([\d.e+-]+)", out).group(1))
+    assert difference < 1e-4

@@ -563,6 +563,16 @@ class DynamicLowRankEinsumDense(DynamicLowRankBase):
         self._in_dims = [int(kernel_shape[i]) for i in contracted]
         self._out_dims = [int(kernel_shape[i]) for i in produced]
         self._kernel_dims = tuple(int(d) for d in kernel_shape)
+        # The exported first layer's output_shape: the input's sizes of the hidden
+        # tensor's axes (all but the batch and the ellipsis), then the rank.
+        inputs = self._plan["first"].split(",")[0]
+        letters = inputs.replace("...", "")
+        sizes = input_shape[len(input_shape) - len(letters):] if inputs.startswith("...") \
+            else input_shape[:len(letters)]
+        size_of = dict(zip(letters, sizes))
+        hidden = self._plan["first"].split("->")[1]
+        free = hidden.replace("...", "")[:-1] if hidden.startswith("...") else hidden.replace("...", "")[1:-1]
+        self._hidden_sizes = [size_of[c] for c in free]
         return int(np.prod(self._in_dims)), int(np.prod(self._out_dims))
 
     def _bias_shape(self):
@@ -600,7 +610,7 @@ class DynamicLowRankEinsumDense(DynamicLowRankBase):
         """The two ``keras.layers.EinsumDense`` that compute this layer at ``rank``
         (x U_r, then (S_r V_rᵀ) + b with the activation); their kernels are
         U_r and S_r V_rᵀ reshaped."""
-        hidden_shape = [None] * self._plan["hidden_free"] + [rank]
+        hidden_shape = [*self._hidden_sizes, rank]
         return [
             keras.layers.EinsumDense(self._plan["first"], hidden_shape, name=f"{self.name}_u"),
             keras.layers.EinsumDense(self._plan["second"], self.partial_output_shape, bias_axes=self.bias_axes,
@@ -666,9 +676,6 @@ def _einsum_plan(equation):
         "inverse": [order.index(i) for i in range(len(kernel))],
         "first": f"{inputs},{''.join(kernel[i] for i in contracted)}{rank_letter}->{hidden}",
         "second": f"{hidden},{rank_letter}{''.join(kernel[i] for i in produced)}->{output}",
-        # hidden's axes EinsumDense asks a size for, besides the rank: all but the
-        # ellipsis and the batch (the first letter unless the ellipsis leads)
-        "hidden_free": len(letters(hidden)) - 1 - (0 if hidden.startswith("...") else 1),
     }
 
 
