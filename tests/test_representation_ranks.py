@@ -51,4 +51,24 @@ def test_layer_errors():
         analysis.representation_ranks(model, np.zeros((2, 6, 6, 2)), layers=["nope"])
     with pytest.raises(ValueError, match="max_features"):
         analysis.representation_ranks(model, np.zeros((2, 6, 6, 2)), layers=["conv"],
-                                      max_features=10)
+                                      max_features=10, flatten=True)
+    with pytest.raises(ValueError, match="max_features"):  # even a channel vector is wider
+        analysis.representation_ranks(model, np.zeros((2, 6, 6, 2)), layers=["conv"], max_features=3)
+    with pytest.raises(ValueError, match="flatten"):
+        analysis.representation_ranks(model, np.zeros((2, 6, 6, 2)), flatten="yes")
+
+
+def test_default_measures_wide_maps_as_channel_vectors(rng):
+    """flatten='auto': a map wider than max_features is measured per position (as
+    flatten=False, by numpy's SVD), narrower layers whole; each result says which."""
+    model = conv_model()
+    x = rng.normal(size=(40, 6, 6, 2)).astype("float32")
+    with pytest.warns(UserWarning, match=r"flat \(64\)"):  # a 64-vector has no channel axis to split
+        res = analysis.representation_ranks(model, x, max_features=32)
+    assert list(res) == ["conv", "dense"]
+    acts = keras.Model(model.inputs, model.get_layer("conv").output).predict(x, verbose=0)
+    expected = np.linalg.svd(acts.reshape(-1, 4) - acts.reshape(-1, 4).mean(0), compute_uv=False)
+    assert not res["conv"].flattened and res["conv"].num_samples == 40 * 16
+    np.testing.assert_allclose(res["conv"].singular_values, expected, rtol=1e-4, atol=1e-4)
+    whole = analysis.representation_ranks(model, x)  # 64 features ≤ 8192: whole outputs
+    assert whole["conv"].flattened and whole["conv"].num_features == 64

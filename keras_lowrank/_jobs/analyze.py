@@ -10,7 +10,6 @@ from keras_lowrank._jobs.common import JobError
 
 MAX_FLAT_FEATURES = 8192  # wider outputs are measured as channel vectors
 
-
 def _chosen_layers(model, names, argument):
     from keras_lowrank.analysis.cka import _layers
 
@@ -21,16 +20,12 @@ def _chosen_layers(model, names, argument):
 
 
 def _ranks(model, layers, x):
+    """{layer: (ranks, measured as channel vectors?)}: whole outputs up to 8192
+    features, wider ones per position (``representation_ranks``' default)."""
     from keras_lowrank.analysis import representation_ranks
 
-    flat = [l for l in layers if int(np.prod(l.output.shape[1:])) <= MAX_FLAT_FEATURES]
-    channels = [l for l in layers if l not in flat]
-    ranks = {}
-    if flat:
-        ranks.update(representation_ranks(model, x, layers=flat))
-    if channels:  # per-position channel vectors: the scatter stays channels × channels
-        ranks.update(representation_ranks(model, x, layers=channels, flatten=False))
-    return {l.name: (ranks[l.name], l in channels) for l in layers}
+    ranks = representation_ranks(model, x, layers=layers, max_features=MAX_FLAT_FEATURES)
+    return {l.name: (ranks[l.name], not ranks[l.name].flattened) for l in layers}
 
 
 def run(args, meta):

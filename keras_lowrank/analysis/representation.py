@@ -9,6 +9,7 @@ of docs/methods.md §5.
 """
 
 import dataclasses
+import warnings
 
 import keras
 import numpy as np
@@ -35,6 +36,8 @@ class RepresentationRanks:
         stable_rank: Σσ² / σ_max².
         variance_rank: leading directions holding ``threshold`` of Σσ².
         threshold: the variance fraction of ``variance_rank``.
+        flattened: True if a sample's whole output was one vector, False if each
+            position's channel vector was a sample (wide conv maps).
 
     Examples:
 
@@ -51,15 +54,16 @@ class RepresentationRanks:
     stable_rank: float
     variance_rank: int
     threshold: float
+    flattened: bool = True
 
     @classmethod
-    def from_singular_values(cls, layer, num_samples, s, threshold):
+    def from_singular_values(cls, layer, num_samples, s, threshold, flattened=True):
         return cls(layer=layer, num_samples=num_samples, num_features=len(s),
                    singular_values=s,
                    effective_rank=effective_rank_from_singular_values(s),
                    stable_rank=stable_rank_from_singular_values(s),
                    variance_rank=variance_rank_from_singular_values(s, threshold),
-                   threshold=threshold)
+                   threshold=threshold, flattened=bool(flattened))
 
     def as_dict(self):
         record = dataclasses.asdict(self)
@@ -105,16 +109,18 @@ class _SecondMoments:
         return np.sqrt(np.clip(eigenvalues, 0.0, None))
 
 
-def ranks_from_moments(layers, moments, threshold):
-    """{layer name: RepresentationRanks} from each layer's accumulated moments."""
+def ranks_from_moments(layers, moments, threshold, flattened=None):
+    """{layer name: RepresentationRanks} from each layer's accumulated moments
+    (``flattened``: per layer, whether its samples were whole outputs; default all)."""
     if moments[0].count == 0:
         raise ValueError("`data` yielded no batches.")
     if moments[0].count < 2:
         raise ValueError(f"`data` holds {moments[0].count} sample; ranks of a representation "
                          "need at least 2 (the covariance of one sample is 0).")
+    flattened = [True] * len(layers) if flattened is None else flattened
     return {layer.name: RepresentationRanks.from_singular_values(
-                layer.name, acc.count, acc.singular_values(), threshold)
-            for layer, acc in zip(layers, moments)}
+                layer.name, acc.count, acc.singular_values(), threshold, flat)
+            for layer, acc, flat in zip(layers, moments, flattened)}
 
 
 def resolve_layers(model, layers):
@@ -164,7 +170,7 @@ def representation_ranks(
     layers=None,
     threshold=0.99,
     center=True,
-    flatten=True,
+    flatten="auto",
     max_batches=None,
     max_features=8192,
 ):
@@ -177,10 +183,15 @@ def representation_ranks(
         threshold: the fraction of variance for the variance rank.
         center: subtract the mean activation (covariance spectrum, default) or
             not (spectrum of the raw activation matrix).
-        flatten: flatten each sample's output (m = h·w·c for conv maps); if
-            False the last axis is the features and other positions are samples.
+        flatten: True: flatten each sample's output (m = h·w·c for conv maps);
+            False: the last axis is the features and other positions are samples;
+            ``"auto"`` (default): flatten where that gives ≤ ``max_features``
+            features, channel vectors elsewhere (wide conv maps: 16×16×48 at a
+            MobileNet's second block); each result says which (``flattened``).
         max_batches: stop after this many batches.
-        max_features: refuse layers wider than this (the scatter is m × m).
+        max_features: the widest representation measured (the scatter is m × m):
+            a wider layer is refused, or, among the default layers with
+            ``flatten="auto"``, left out with a warning naming it.
 
     Returns:
         dict layer name → ``RepresentationRanks``, in layer order.
@@ -195,24 +206,39 @@ def representation_ranks(
         >>> {name: r.variance_rank for name, r in representation_ranks(model, x).items()}
         {'narrow': 2, 'wide': 2}
     """
-    layers = resolve_layers(model, layers)
-    for layer in layers:
+    if not (flatten is True or flatten is False or flatten == "auto"):
+        raise ValueError(f"`flatten` must be True, False or 'auto', got {flatten!r}.")
+    chosen = layers
+    layers, flat, too_wide = [], [], []
+    for layer in resolve_layers(model, chosen):
         shape = layer.output.shape
-        m = int(np.prod(shape[1:])) if flatten else shape[-1]
+        whole = int(np.prod(shape[1:]))
+        whole_vector = whole <= max_features if flatten == "auto" else flatten
+        m = whole if whole_vector else shape[-1]
         if m > max_features:
+            if chosen is None and flatten == "auto":  # the default layers: skipped, named
+                too_wide.append(f"{layer.name} ({m})")
+                continue
             raise ValueError(
-                f"Layer {layer.name!r} has {m} features per sample (output "
-                f"{tuple(shape)}), more than max_features={max_features}; pass "
-                "flatten=False to measure channel vectors, or raise max_features."
-            )
+                f"Layer {layer.name!r} has {m} features per {'sample' if whole_vector else 'channel vector'} "
+                f"(output {tuple(shape)}), more than max_features={max_features}; "
+                + ("pass flatten='auto' or False to measure channel vectors, or raise max_features."
+                   if whole_vector else "raise max_features or leave the layer out of `layers`."))
+        layers.append(layer)
+        flat.append(whole_vector)
+    if too_wide:
+        warnings.warn(f"representation_ranks left out layers wider than max_features={max_features} "
+                      f"even per channel vector: {', '.join(too_wide)}.", stacklevel=2)
+    if not layers:
+        raise ValueError(f"No layer of the model is narrow enough to measure (max_features={max_features}).")
     extractor = feature_extractor(model, layers)
     moments = [_SecondMoments(center) for _ in layers]
     for x in iterate_inputs(data, max_batches=max_batches):
         outputs = extractor.predict_on_batch(x)
         if len(layers) == 1 and not isinstance(outputs, (list, tuple)):
             outputs = [outputs]
-        for acc, out in zip(moments, outputs):
+        for acc, out, whole in zip(moments, outputs, flat):
             out = np.asarray(out)
-            out = out.reshape(len(out), -1) if flatten else out.reshape(-1, out.shape[-1])
+            out = out.reshape(len(out), -1) if whole else out.reshape(-1, out.shape[-1])
             acc.update(out)
-    return ranks_from_moments(layers, moments, threshold)
+    return ranks_from_moments(layers, moments, threshold, flat)
