@@ -216,3 +216,22 @@ def test_cka_map_does_not_keep_compared_models_alive(rng):
     np.testing.assert_allclose(cka_map(model, x, model_b=second).matrix, before, atol=10 * TOL)
     gc.collect()
     assert gone() is None
+
+
+def test_cka_map_leaves_constant_layers_nan_and_names_them(rng):
+    """A layer constant across the samples: NaN row and column, a warning naming it, the
+    other entries as without it (numpy), the block score over the defined pairs."""
+    inputs = keras.Input((6,))
+    a = keras.layers.Dense(5, name="a")(inputs)
+    dead = keras.layers.Dense(4, kernel_initializer="zeros", bias_initializer="ones", name="dead")(a)
+    b = keras.layers.Dense(3, name="b")(keras.layers.Concatenate()([a, dead]))
+    model = keras.Model(inputs, b)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    with pytest.warns(UserWarning, match=r"\['dead'\]"):
+        result = cka_map(model, x, unbiased=False)
+    assert result.rows == ["a", "dead", "b"]
+    assert np.isnan(result.matrix[1]).all() and np.isnan(result.matrix[:, 1]).all()
+    acts = keras.Model(inputs, [a, b]).predict(x, verbose=0)
+    expected = linear_cka(acts[0], acts[1])
+    assert result.matrix[0, 2] == pytest.approx(expected, abs=TOL)
+    assert result.block_structure_score() == pytest.approx(expected, abs=TOL)

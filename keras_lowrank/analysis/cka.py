@@ -19,6 +19,7 @@ is measured with memory independent of its size.
 """
 
 import dataclasses
+import warnings
 import weakref
 
 import keras
@@ -137,14 +138,19 @@ class CKAMap:
         """Mean CKA between distinct layers of a map of one model with itself:
         near 1 when the layers form one block of similar representations, near
         0 when every layer differs (robust training is reported to lower it,
-        Cianfarani et al. 2022). Only for square maps of a model with itself."""
+        Cianfarani et al. 2022). Only for square maps of a model with itself;
+        pairs left NaN (constant layers) are not counted."""
         if self.rows != self.columns:
             raise ValueError("block_structure_score needs a map of one model with itself "
                              "(the same layers as rows and columns).")
         n = len(self.rows)
         if n < 2:
             raise ValueError("block_structure_score needs at least 2 layers.")
-        return float((self.matrix.sum() - np.trace(self.matrix)) / (n * (n - 1)))
+        off_diagonal = self.matrix[~np.eye(n, dtype=bool)]
+        defined = off_diagonal[np.isfinite(off_diagonal)]  # NaN: a constant layer (cka_map)
+        if not defined.size:
+            raise ValueError("block_structure_score: no pair of distinct layers has a defined CKA.")
+        return float(defined.mean())
 
     def draw(self, ax, title=None, colorbar=True):
         """Draws the heatmap into matplotlib axes ``ax``."""
@@ -366,5 +372,13 @@ def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=Tr
     everyone = names + (names_b if model_b is not None else [])
     rows = range(len(names))
     columns = range(len(names), len(everyone)) if model_b is not None else rows
-    matrix = np.array([[_ratio(mean, i, j, everyone) for j in columns] for i in rows])
+    # A layer constant across the samples (e.g. saturated activations of an untrained
+    # network) has no CKA with anything: NaN in its row/column, named in a warning.
+    constant = [k for k in range(len(everyone)) if not mean[k, k] > 1e-300]
+    if constant:
+        warnings.warn("cka_map: CKA is undefined for layers with no variance across the samples "
+                      f"(constant outputs), left NaN in the map: {[everyone[k] for k in constant]}.",
+                      stacklevel=2)
+    matrix = np.array([[np.nan if i in constant or j in constant else _ratio(mean, i, j, everyone)
+                        for j in columns] for i in rows])
     return CKAMap(matrix, names, names_b if model_b is not None else names)
