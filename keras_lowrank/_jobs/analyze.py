@@ -8,7 +8,6 @@ import numpy as np
 from keras_lowrank._jobs import common
 from keras_lowrank._jobs.common import JobError
 
-MAX_FLAT_FEATURES = 8192  # wider outputs are measured as channel vectors
 
 def _chosen_layers(model, names, argument):
     from keras_lowrank.analysis.cka import _layers
@@ -20,11 +19,11 @@ def _chosen_layers(model, names, argument):
 
 
 def _ranks(model, layers, x):
-    """{layer: (ranks, measured as channel vectors?)}: whole outputs up to 8192
-    features, wider ones per position (``representation_ranks``' default)."""
+    """{layer: (ranks, measured as channel vectors?)}: whole outputs up to 2048
+    features, wider maps per position (``representation_ranks``' default)."""
     from keras_lowrank.analysis import representation_ranks
 
-    ranks = representation_ranks(model, x, layers=layers, max_features=MAX_FLAT_FEATURES)
+    ranks = representation_ranks(model, x, layers=layers)
     return {l.name: (ranks[l.name], not ranks[l.name].flattened) for l in layers}
 
 
@@ -32,6 +31,7 @@ def run(args, meta):
     import keras
 
     from keras_lowrank.analysis import cka_map, class_selectivity
+    from keras_lowrank.analysis.representation import _AUTO_WHOLE
 
     model = common.load_model(args.model)
     other = common.load_model(args.compare, "--compare") if args.compare else None
@@ -55,8 +55,8 @@ def run(args, meta):
         ("Data", arrays["description"] + f"; {len(x)} test examples."),
         ("Ranks of each layer's output", common.markdown_table(
             ["layer", "features", "effective rank", "stable rank", "variance rank (99 %)", "measured on"],
-            rank_rows) + "\n\nSpectra: spectra.png. Outputs wider than "
-            f"{MAX_FLAT_FEATURES} features are measured as per-position channel vectors."),
+            rank_rows) + "\n\nSpectra: spectra.png. Feature maps wider than "
+            f"{_AUTO_WHOLE} features are measured as per-position channel vectors."),
         ("CKA", f"Linear CKA (unbiased) between layers, cka.png; block-structure score (mean "
                 f"off-diagonal CKA) {_block(within)}."),
     ]

@@ -71,6 +71,13 @@ class RepresentationRanks:
         return record
 
 
+# flatten="auto": the widest map measured as whole vectors. Each layer keeps an m × m
+# float64 scatter: 8192 features cost 512 MiB and a 10-second eigendecomposition, and
+# EfficientNetB0's default layers at 32×32 then took 12 GiB and 19 minutes
+# (docs/benchmarks.md); at 2048, 32 MiB.
+_AUTO_WHOLE = 2048
+
+
 class _SecondMoments:
     """Shifted second moments of the rows of successive (n_b × m) batches.
 
@@ -185,9 +192,11 @@ def representation_ranks(
             not (spectrum of the raw activation matrix).
         flatten: True: flatten each sample's output (m = h·w·c for conv maps);
             False: the last axis is the features and other positions are samples;
-            ``"auto"`` (default): flatten where that gives ≤ ``max_features``
-            features, channel vectors elsewhere (wide conv maps: 16×16×48 at a
-            MobileNet's second block); each result says which (``flattened``).
+            ``"auto"`` (default): whole outputs of ≤ 2048 features (and every
+            (batch, features) output), channel vectors for wider maps (16×16×48
+            at a MobileNet's second block): the scatter, its memory and its
+            eigendecomposition stay ≤ max(2048, channels)² per layer; each result
+            says which (``flattened``).
         max_batches: stop after this many batches.
         max_features: the widest representation measured (the scatter is m × m):
             a wider layer is refused, or, among the default layers with
@@ -213,7 +222,10 @@ def representation_ranks(
     for layer in resolve_layers(model, chosen):
         shape = layer.output.shape
         whole = int(np.prod(shape[1:]))
-        whole_vector = whole <= max_features if flatten == "auto" else flatten
+        if flatten == "auto":  # whole vectors up to _AUTO_WHOLE features; wider maps per position
+            whole_vector = len(shape) <= 2 or whole <= min(_AUTO_WHOLE, max_features)
+        else:
+            whole_vector = flatten
         m = whole if whole_vector else shape[-1]
         if m > max_features:
             if chosen is None and flatten == "auto":  # the default layers: skipped, named
