@@ -15,6 +15,7 @@ and the first error if a stage fails. Random inputs: nothing here measures accur
     python benchmarks/applications.py                        # every model below, this backend
     python benchmarks/applications.py --models MobileNetV2 ResNet50
     KERAS_BACKEND=jax python benchmarks/applications.py --models MobileNetV2
+    python benchmarks/applications.py --analysis-only --models EfficientNetB0 [--auto-whole 8192]
 """
 
 import argparse
@@ -41,6 +42,36 @@ MODELS = {
     "InceptionV3": (75, {}),
     "NASNetMobile": (32, {}),
 }
+
+
+def analysis_only(name, auto_whole=None):
+    """``representation_ranks`` and ``cka_map`` with default layers on the unconverted
+    model; ``auto_whole`` overrides the widest map measured whole (the before/after of
+    commit 266910a: 8192 before, 2048 after)."""
+    import warnings
+
+    import keras
+    import numpy as np
+
+    import keras_lowrank.analysis.representation as representation
+    from keras_lowrank import analysis
+
+    if auto_whole:
+        representation._AUTO_WHOLE = auto_whole
+    side, extra = MODELS[name]
+    model = getattr(keras.applications, name)(weights=None, input_shape=(side, side, 3), classes=10,
+                                              classifier_activation=None, **extra)
+    x = np.random.default_rng(0).uniform(0, 1, size=(16, side, side, 3)).astype("float32")
+    start = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ranks = analysis.representation_ranks(model, x)
+    middle = time.time()
+    cka = analysis.cka_map(model, x)
+    return {"model": name, "auto_whole": representation._AUTO_WHOLE, "ranked_layers": len(ranks),
+            "ranks_seconds": round(middle - start, 1), "cka_layers": len(cka.rows),
+            "cka_seconds": round(time.time() - middle, 1),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def one(name):
@@ -110,7 +141,14 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--json", help="also write the records here")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--analysis-only", action="store_true",
+                        help="only the default analysis of each unconverted model, in this process")
+    parser.add_argument("--auto-whole", type=int, help="with --analysis-only: widest map measured whole")
     args = parser.parse_args(argv)
+    if args.analysis_only:
+        for name in args.models:
+            print(json.dumps(analysis_only(name, args.auto_whole)), flush=True)
+        return
     if args.one:
         print("RECORD " + json.dumps(one(args.one)), flush=True)
         return
