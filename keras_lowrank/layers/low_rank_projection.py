@@ -82,9 +82,6 @@ class LowRankProjection(keras.layers.Layer):
             mean_i ‖(a_i + b)W − (a_i + b)‖², whose size follows the
             representation's scale, with the norm loss mean_i |1 − ‖a_i‖| against
             shrinking a. docs/methods.md §1 compares them.
-        warmup_steps: T: the projection loss's weight grows linearly from 0 to λ_c
-            over the first T training steps (≥ 0). Default (None): 500 with
-            ``loss="relative"``, 0 (none, the paper's) with ``"paper"``.
         update_every: W is hard-thresholded to rank r (its best rank-r
             approximation) on the first training step and then every
             ``update_every`` training steps (default 10).
@@ -101,6 +98,9 @@ class LowRankProjection(keras.layers.Layer):
             (m = c, per-pixel channel vectors).
         kernel_initializer: initializer of W.
         bias_initializer: initializer of b.
+        warmup_steps: T: the projection loss's weight grows linearly from 0 to λ_c
+            over the first T training steps (≥ 0). Default (None): 500 with
+            ``loss="relative"``, 0 (none, the paper's) with ``"paper"``.
 
     The representation is compressed after training with ``encode`` (r
     coefficients per sample) and ``decode`` (back to features).
@@ -130,13 +130,13 @@ class LowRankProjection(keras.layers.Layer):
         projection_weight=None,
         norm_weight=None,
         loss="relative",
-        warmup_steps=None,
         update_every=10,
         output_mode="input",
         flatten=True,
         svd="auto",
         kernel_initializer="orthogonal",
         bias_initializer="zeros",
+        warmup_steps=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
