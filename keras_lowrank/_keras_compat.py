@@ -28,7 +28,8 @@ def einsum_dense_shapes(equation, bias_axes, input_shape, output_shape):
     a built one)."""
     kernel, bias, full = _analyze_einsum_string(equation, bias_axes, input_shape, output_shape)[:3]
     full = list(full)
-    inputs, output = equation.replace(" ", "").split("->")[0].split(",")[0], equation.replace(" ", "").split("->")[1]
+    left_side, output = equation.replace(" ", "").split("->")
+    inputs = left_side.split(",")[0]
     elided = len(input_shape) - len(inputs.replace("...", ""))
     left = inputs.startswith("...")
     if left and elided > 1:

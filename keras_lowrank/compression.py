@@ -37,6 +37,7 @@ from keras_lowrank.layers.dynamic_low_rank import (
     DynamicLowRankEinsumDense,
     _DynamicLowRankConv,
     _einsum_plan,
+    einsum_kernel_matrix,
 )
 
 _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D)
@@ -427,9 +428,7 @@ def _kernel_matrix(layer):
     against the others)."""
     kernel = ops.convert_to_numpy(layer.kernel)
     if isinstance(layer, keras.layers.EinsumDense) and not _unconvertible(layer):
-        plan = _einsum_plan(layer.equation)
-        dims = [kernel.shape[i] for i in plan["contracted"]]
-        return np.transpose(kernel, plan["order"]).reshape(int(np.prod(dims)), -1)
+        return einsum_kernel_matrix(layer.equation, kernel)
     return kernel.reshape(-1, kernel.shape[-1])
 
 

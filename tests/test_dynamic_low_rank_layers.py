@@ -321,6 +321,14 @@ def test_einsum_dense_equals_keras_einsum_dense_with_kernel_usvt(
     positions = expected[0].size // layer.n_out
     assert layer.multiply_adds() == (positions * layer.n_in * layer.n_out,
                                      positions * 2 * (layer.n_in + layer.n_out))
+    # what the export writes: two Keras EinsumDense with kernels U_r and S_r V_rᵀ
+    first, second = layer.exported_layers(2)
+    exported = keras.Sequential([keras.Input(shape[1:]), first, second])
+    first.kernel.assign(u_axes)
+    second.kernel.assign(svt_axes)
+    if bias_axes:
+        second.bias.assign(_np(layer.bias))
+    np.testing.assert_allclose(_np(exported(x)), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("equation", ["abc,bcd->abd", "ab,bc->a", "ab,cd->abd", "ab,bc"])

@@ -249,8 +249,8 @@ def representation_ranks(
         outputs = extractor.predict_on_batch(x)
         if len(layers) == 1 and not isinstance(outputs, (list, tuple)):
             outputs = [outputs]
-        for acc, out, whole in zip(moments, outputs, flat):
+        for acc, out, whole_vector in zip(moments, outputs, flat):
             out = np.asarray(out)
-            out = out.reshape(len(out), -1) if whole else out.reshape(-1, out.shape[-1])
+            out = out.reshape(len(out), -1) if whole_vector else out.reshape(-1, out.shape[-1])
             acc.update(out)
     return ranks_from_moments(layers, moments, threshold, flat)

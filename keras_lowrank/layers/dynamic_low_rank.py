@@ -553,26 +553,21 @@ class DynamicLowRankEinsumDense(DynamicLowRankBase):
         self._plan = _einsum_plan(equation)  # checks the equation now, not at build
 
     def _matrix_shape(self, input_shape):
-        kernel_shape, self._bias_dims, self._full_output = einsum_dense_shapes(
+        kernel_shape, self._bias_dims, _ = einsum_dense_shapes(
             self.equation, self.bias_axes, input_shape, self.partial_output_shape)
         if any(d is None for d in kernel_shape):
             raise ValueError(
                 f"The kernel shape of {self.name!r} ({kernel_shape}) must be fully known: give "
                 "`output_shape` every axis the kernel produces.")
-        contracted, produced = self._plan["contracted"], self._plan["produced"]
-        self._in_dims = [int(kernel_shape[i]) for i in contracted]
-        self._out_dims = [int(kernel_shape[i]) for i in produced]
-        self._kernel_dims = tuple(int(d) for d in kernel_shape)
+        self._in_dims = [int(kernel_shape[i]) for i in self._plan["contracted"]]
+        self._out_dims = [int(kernel_shape[i]) for i in self._plan["produced"]]
         # The exported first layer's output_shape: the input's sizes of the hidden
-        # tensor's axes (all but the batch and the ellipsis), then the rank.
-        inputs = self._plan["first"].split(",")[0]
-        letters = inputs.replace("...", "")
-        sizes = input_shape[len(input_shape) - len(letters):] if inputs.startswith("...") \
+        # tensor's axes that EinsumDense asks for, then the rank.
+        letters = self._plan["input_letters"]
+        sizes = input_shape[len(input_shape) - len(letters):] if self._plan["left_ellipsis"] \
             else input_shape[:len(letters)]
         size_of = dict(zip(letters, sizes))
-        hidden = self._plan["first"].split("->")[1]
-        free = hidden.replace("...", "")[:-1] if hidden.startswith("...") else hidden.replace("...", "")[1:-1]
-        self._hidden_sizes = [size_of[c] for c in free]
+        self._hidden_sizes = [size_of[c] for c in self._plan["hidden_sized"]]
         return int(np.prod(self._in_dims)), int(np.prod(self._out_dims))
 
     def _bias_shape(self):
@@ -591,11 +586,6 @@ class DynamicLowRankEinsumDense(DynamicLowRankBase):
         matrix = ops.matmul(ops.matmul(self.u, self.s), ops.transpose(self.v))
         grouped = ops.reshape(matrix, (*self._in_dims, *self._out_dims))
         return ops.transpose(grouped, self._plan["inverse"])
-
-    def kernel_to_matrix(self, kernel):
-        """An EinsumDense kernel (numpy, in the equation's axis order) as this layer's
-        n_in × n_out matrix W."""
-        return np.transpose(np.asarray(kernel), self._plan["order"]).reshape(self.n_in, self.n_out)
 
     def _apply_kernel(self, inputs, u, s_vt):
         u = ops.reshape(u, (*self._in_dims, self.max_rank))
@@ -637,6 +627,15 @@ class DynamicLowRankEinsumDense(DynamicLowRankBase):
                 "bias_axes": self.bias_axes}
 
 
+def einsum_kernel_matrix(equation, kernel):
+    """An EinsumDense kernel (numpy, in the equation's axis order) as the n_in × n_out
+    matrix W its low-rank form factorises: contracted axes to rows, produced to columns."""
+    plan = _einsum_plan(equation)
+    kernel = np.asarray(kernel)
+    n_in = int(np.prod([kernel.shape[i] for i in plan["contracted"]]))
+    return np.transpose(kernel, plan["order"]).reshape(n_in, -1)
+
+
 def _einsum_plan(equation):
     """How an EinsumDense equation splits into x·U and ·(S Vᵀ): the kernel's
     contracted and produced axes, the two equations, the axis orders."""
@@ -662,18 +661,24 @@ def _einsum_plan(equation):
     kept = "".join(c for c in in_letters if c not in [kernel[i] for i in contracted])
     # The hidden tensor keeps the input's other axes, its ellipsis where the input
     # has it, and the rank axis last before a trailing ellipsis (EinsumDense's forms).
-    if inputs.startswith("..."):
-        hidden = "..." + kept + rank_letter
+    # EinsumDense takes the sizes of its output's axes but the ellipsis' and the batch
+    # (the first letter unless an ellipsis leads).
+    left = inputs.startswith("...")
+    if left:
+        hidden, sized = "..." + kept + rank_letter, kept
     elif inputs.endswith("..."):
-        hidden = kept + rank_letter + "..."
+        hidden, sized = kept + rank_letter + "...", kept[1:]
     else:
-        hidden = kept + rank_letter
+        hidden, sized = kept + rank_letter, kept[1:]
     order = contracted + produced
     return {
         "contracted": contracted,
         "produced": produced,
         "order": order,
         "inverse": [order.index(i) for i in range(len(kernel))],
+        "input_letters": in_letters,
+        "left_ellipsis": left,
+        "hidden_sized": sized,
         "first": f"{inputs},{''.join(kernel[i] for i in contracted)}{rank_letter}->{hidden}",
         "second": f"{hidden},{rank_letter}{''.join(kernel[i] for i in produced)}->{output}",
     }
