@@ -93,13 +93,14 @@ class Oracle:
 def compile_attack(oracle, attack_fn):
     """Compiles ``attack_fn(oracle, x, y, noise) -> x_adv`` for ``oracle.model``
     into ``run(x, y, noise)``, one graph per batch. On JAX the model's variables
-    are arguments, so a cached compiled attack never sees stale weights."""
+    are arguments, so a cached compiled attack never sees stale weights. No
+    AutoGraph (see ``compile_function``)."""
     model = oracle.model
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         return tf.function(lambda x, y, noise: attack_fn(oracle, x, y, noise),
-                           reduce_retracing=True)
+                           reduce_retracing=True, autograph=False)
     import jax
 
     def attack_with_state(values, x, y, noise):
@@ -147,11 +148,14 @@ def value_and_grad(fn):
 def compile_function(model, fn):
     """Compiles ``fn(*args)``, which runs ``model``, into one graph (tf.function /
     jax.jit); on JAX the model's variables are arguments, so a cached function never
-    sees stale weights."""
+    sees stale weights. TensorFlow traces without AutoGraph, as Keras' own train and
+    test steps do: the attacks' loops are graph loops (``keras.ops``) already, and
+    AutoGraph's source conversion was ~80 % of an attack's first call (APGD-100 on the
+    digits CNN: 3.6 s → 0.8 s)."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True)
+        return tf.function(fn, reduce_retracing=True, autograph=False)
     import jax
 
     def with_state(values, *args):
