@@ -241,3 +241,56 @@ def test_array_pairs_are_scored_exactly_whatever_their_length(rng):
         assert report.num_examples == n
         assert report.clean_accuracy == pytest.approx(clean, abs=1e-6)
         assert report.accuracy("FGSM", 0.05) == pytest.approx(attacked, abs=1e-6)
+
+
+def _fresh_accuracy(model, perturbation, x, y):
+    wrapper = PerturbedModel(model, perturbation)
+    wrapper.compile(loss=CE, metrics=["accuracy"])
+    return wrapper.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)["accuracy"]
+
+
+def test_an_eps_sweep_compiles_one_step_per_kind_and_scores_each_eps_as_a_fresh_wrapper(trained, monkeypatch):
+    """Rows differing only in ε / step size / σ share one compiled test step whose sizes
+    are variables; each row still equals evaluating its own object afresh (so the
+    sizes are read at run time on both backends, not traced as constants, and the
+    random starts of each row are those of a fresh object with its seed)."""
+    from keras_lowrank.robustness import SPSA, report
+
+    model, x, y = trained
+    created = []
+
+    class Counting(PerturbedModel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            created.append(type(self.perturbation).__name__)
+
+    monkeypatch.setattr(report, "PerturbedModel", Counting)
+    sweep = (0.05, 0.1, 0.2)
+    attacks = ([FGSM(e) for e in sweep] + [PGD(e, steps=3, seed=1) for e in sweep]
+               + [PGD(0.1, steps=3, step_size=0.02, seed=1), SPSA(0.1, steps=2, samples=4, seed=2),
+                  SPSA(0.2, steps=2, samples=4, seed=2)])
+    result = evaluate_robustness(model, (x, y), attacks=attacks, noise_sigmas=[0.1, 0.3], seed=3,
+                                 large_eps=None)
+    assert sorted(created) == ["FGSM", "GaussianNoise", "PGD", "SPSA", "_Identity"]
+    perturbations = attacks + [GaussianNoise(0.1, seed=3), GaussianNoise(0.3, seed=3)]
+    got = [row["accuracy"] for row in result.rows[1:]]
+    expected = [_fresh_accuracy(model, p, x, y) for p in perturbations]
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert len(set(got[:3])) > 1 and len(set(got[3:6])) > 1  # the sizes did change the result
+    assert [row["name"] for row in result.rows[1:]] == [p.name for p in perturbations]
+
+
+def test_subclasses_that_do_not_declare_their_sizes_are_not_shared(trained):
+    """A subclass may read ε on the host (here, to choose its step count): it gets a
+    wrapper of its own per row, with ε a float."""
+    model, x, y = trained
+
+    class Adaptive(PGD):
+        def _attack(self, oracle, x, y, noise):
+            self.steps = 1 if self.eps < 0.1 else 3  # host-side use of eps
+            return super()._attack(oracle, x, y, noise)
+
+    attacks = [Adaptive(0.05, steps=3, random_start=False), Adaptive(0.2, steps=3, random_start=False)]
+    result = evaluate_robustness(model, (x, y), attacks=attacks, large_eps=None)
+    expected = [_fresh_accuracy(model, a, x, y) for a in attacks]
+    assert [row["accuracy"] for row in result.rows[1:]] == pytest.approx(expected, abs=1e-6)

@@ -23,7 +23,7 @@ from keras import ops
 
 from keras_lowrank._validation import check_clip, check_int, check_number
 from keras_lowrank.robustness._gradients import Oracle, compile_attack, ends_in_softmax, forward_without_side_effects
-from keras_lowrank.robustness.perturbations import Perturbation
+from keras_lowrank.robustness.perturbations import Perturbation, number
 
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
 _SYMBOL = {"inf": "∞", "2": "2"}
@@ -244,6 +244,8 @@ class FGSM(Attack):
         [[0.4, 0.5]]
     """
 
+    _sizes = ("eps",)
+
     def __init__(self, eps, norm="inf", **kwargs):
         super().__init__(**kwargs)
         self.eps = _check_nonnegative("eps", eps)
@@ -257,10 +259,10 @@ class FGSM(Attack):
 
     @property
     def name(self):
-        return f"FGSM L{_SYMBOL[self.norm]} ε={self.eps:g}"
+        return f"FGSM L{_SYMBOL[self.norm]} ε={number(self.eps):g}"
 
     def __repr__(self):
-        return f"FGSM(eps={self.eps:g}, norm={self.norm})"
+        return f"FGSM(eps={number(self.eps):g}, norm={self.norm})"
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
@@ -293,6 +295,8 @@ class PGD(Attack):
         >>> np.round(ops.convert_to_numpy(adversarial).astype(float), 4).tolist()
         [[0.4, 0.5]]
     """
+
+    _sizes = ("eps", "step_size")
 
     def __init__(self, eps, step_size=None, steps=10, norm="inf", random_start=True,
                  restarts=1, seed=None, **kwargs):
@@ -365,10 +369,10 @@ class PGD(Attack):
     @property
     def name(self):
         restarts = f" ×{self.restarts}" if self.restarts > 1 else ""
-        return f"PGD-{self.steps} L{_SYMBOL[self.norm]} ε={self.eps:g}{restarts}"
+        return f"PGD-{self.steps} L{_SYMBOL[self.norm]} ε={number(self.eps):g}{restarts}"
 
     def __repr__(self):
-        return (f"PGD(eps={self.eps:g}, step_size={self.step_size:g}, "
+        return (f"PGD(eps={number(self.eps):g}, step_size={number(self.step_size):g}, "
                 f"steps={self.steps}, norm={self.norm}, "
                 f"random_start={self.random_start}, restarts={self.restarts})")
 
@@ -419,6 +423,7 @@ class SPSA(Attack):
     """
 
     norm = "inf"
+    _sizes = ("eps", "delta", "step_size")
 
     def __init__(self, eps, steps=10, samples=32, delta=None, step_size=None, seed=None,
                  **kwargs):
@@ -468,8 +473,8 @@ class SPSA(Attack):
 
     @property
     def name(self):
-        return f"SPSA-{self.steps} L∞ ε={self.eps:g} (black-box)"
+        return f"SPSA-{self.steps} L∞ ε={number(self.eps):g} (black-box)"
 
     def __repr__(self):
-        return (f"SPSA(eps={self.eps:g}, steps={self.steps}, samples={self.samples}, "
-                f"delta={self.delta:g}, step_size={self.step_size:g})")
+        return (f"SPSA(eps={number(self.eps):g}, steps={self.steps}, samples={self.samples}, "
+                f"delta={number(self.delta):g}, step_size={number(self.step_size):g})")

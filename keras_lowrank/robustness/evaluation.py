@@ -24,6 +24,7 @@ labels to ``call`` within the same trace, then run Keras' own step. In
 ``predict`` (no labels) the attack uses the model's own predictions.
 """
 
+import contextlib
 import inspect
 
 import keras
@@ -76,6 +77,11 @@ class PerturbedModel(LabelsInCall, keras.Model):
         # Tracked so that random starts advance in JAX's stateless steps too
         # (and are saved with the weights).
         self.perturbation_seed = getattr(perturbation, "_seed", None)
+        # Sizes held as variables (``Perturbation._sizes``; a sweep assigns them
+        # between calls of one compiled step): tracked, so that JAX's stateless
+        # steps read their current values instead of tracing them as constants.
+        self.perturbation_sizes = [value for value in vars(perturbation).values()
+                                   if isinstance(value, keras.Variable)]
         self.clip = declared_range(perturbation)
         # Inputs outside `clip` seen since the last fit/evaluate/predict began
         # (a variable, so that both backends' compiled steps can count them).
@@ -169,9 +175,10 @@ class PerturbedModel(LabelsInCall, keras.Model):
             ops.sum(ops.cast(ops.any(outside, axis=1), "float32")))
         if self._invalid_in_batch is not None:
             self.invalid_labels.assign_add(self._invalid_in_batch)
-        perturbed = ops.stop_gradient(
-            self.perturbation.perturb_in_graph(self.model, inputs, self._labels)
-        )
+        with _sizes_read(self.perturbation):
+            perturbed = ops.stop_gradient(
+                self.perturbation.perturb_in_graph(self.model, inputs, self._labels)
+            )
         return self.model(perturbed, training=training)
 
     def fit(self, *args, **kwargs):
@@ -228,6 +235,20 @@ def _as_float(x):
     if x is not None and "float" not in str(keras.backend.standardize_dtype(x.dtype)):
         return ops.cast(x, "float32")
     return x
+
+
+@contextlib.contextmanager
+def _sizes_read(perturbation):
+    """The perturbation's variable sizes (``perturbation_sizes``) replaced by their
+    values in this step (tensors, as the attacks' ops expect) for the duration."""
+    held = {name: value for name, value in vars(perturbation).items() if isinstance(value, keras.Variable)}
+    for name, variable in held.items():
+        setattr(perturbation, name, ops.convert_to_tensor(variable))
+    try:
+        yield
+    finally:
+        for name, variable in held.items():
+            setattr(perturbation, name, variable)
 
 
 def declared_range(perturbation):

@@ -8,6 +8,11 @@ from keras import ops
 from keras_lowrank._validation import check_clip, check_number
 
 
+def number(value):
+    """A size as a Python float (a float, or a scalar ``keras.Variable``)."""
+    return float(ops.convert_to_numpy(value))
+
+
 class Perturbation:
     """Base class of input perturbations (the ``keras.regularizers.Regularizer``
     pattern: a configured object, serialisable by ``get_config``/``from_config``).
@@ -36,6 +41,11 @@ class Perturbation:
     """
 
     clip = None
+    # Attributes that may be scalar ``keras.Variable``s instead of floats: the
+    # perturbation's sizes (ε, step sizes, σ), used only in graph ops. Declared
+    # in a class's own body (not inherited); ``evaluate_robustness`` shares one
+    # compiled step among such perturbations that differ only in these.
+    _sizes = ()
 
     def perturb_in_graph(self, model, x, y=None):
         raise NotImplementedError(
@@ -72,6 +82,8 @@ class GaussianNoise(Perturbation):
         (True, True)
     """
 
+    _sizes = ("sigma",)
+
     def __init__(self, sigma, clip=(0.0, 1.0), seed=None):
         self.sigma = check_number(sigma, "sigma", minimum=0.0)
         self.clip = check_clip(clip)
@@ -87,7 +99,7 @@ class GaussianNoise(Perturbation):
 
     @property
     def name(self):
-        return f"Gaussian σ={self.sigma:g}"
+        return f"Gaussian σ={number(self.sigma):g}"
 
     def __repr__(self):
-        return f"GaussianNoise(sigma={self.sigma:g})"
+        return f"GaussianNoise(sigma={number(self.sigma):g})"

@@ -166,23 +166,79 @@ def _arrays(data):
     return x, y.reshape(-1)
 
 
-def _accuracy(model, perturbation, data, from_logits, jit_compile, verbose=0):
-    wrapper = PerturbedModel(model, perturbation)
-    if _one_hot(data):
-        loss = keras.losses.CategoricalCrossentropy(from_logits=from_logits)
-        metric = keras.metrics.CategoricalAccuracy(name="accuracy")
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-        metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    # weighted: the padding of (x, y) pairs has weight 0 (`metrics=` would ignore it)
-    wrapper.compile(jit_compile=jit_compile, loss=loss, weighted_metrics=[metric])
-    if _is_pair(data):
-        x, y, weights, batch = _padded_pair(data)
-        result = wrapper.evaluate(x, y, sample_weight=weights, batch_size=batch, verbose=verbose,
-                                  return_dict=True)
-    else:
-        result = wrapper.evaluate(data, verbose=verbose, return_dict=True)
-    return float(result["accuracy"])
+class _Evaluator:
+    """Accuracy of one model under perturbations, through ``PerturbedModel.evaluate``.
+
+    Perturbations of one class whose configurations differ only in their sizes
+    (``Perturbation._sizes``: ε, step sizes, σ) share one ``PerturbedModel`` whose
+    copy of the perturbation holds those sizes as variables: Keras traces and
+    compiles its test step once for an ε-sweep, not once per ε (a large model's
+    attack step takes seconds to minutes to compile). Before each row the sizes are
+    assigned and the random generators reset to their initial state, so every row
+    draws what a fresh object with that seed would (common random numbers across σ
+    and ε)."""
+
+    def __init__(self, model, from_logits, jit_compile, verbose):
+        self.model, self.from_logits = model, from_logits
+        self.jit_compile, self.verbose = jit_compile, verbose
+        self._shared = {}
+
+    def accuracy(self, perturbation, data):
+        one_hot = _one_hot(data)
+        key = self._key(perturbation, one_hot)
+        if key is None:
+            wrapper = self._wrapper(perturbation, one_hot)
+        else:
+            if key not in self._shared:
+                self._shared[key] = self._sized_wrapper(perturbation, one_hot)
+            wrapper, sizes, seeds = self._shared[key]
+            for name, variable in sizes.items():
+                variable.assign(float(getattr(perturbation, name)))
+            for generator, state in seeds:
+                generator.state.assign(state)
+        if _is_pair(data):
+            x, y, weights, batch = _padded_pair(data)
+            result = wrapper.evaluate(x, y, sample_weight=weights, batch_size=batch, verbose=self.verbose,
+                                      return_dict=True)
+        else:
+            result = wrapper.evaluate(data, verbose=self.verbose, return_dict=True)
+        return float(result["accuracy"])
+
+    @staticmethod
+    def _key(perturbation, one_hot):
+        # declared by the class itself: a subclass may use a size on the host
+        sizes = vars(type(perturbation)).get("_sizes", ())
+        if not sizes:
+            return None
+        try:
+            config = perturbation.get_config()
+        except NotImplementedError:
+            return None
+        rest = sorted((name, repr(value)) for name, value in config.items() if name not in sizes)
+        return type(perturbation), tuple(rest), one_hot
+
+    def _sized_wrapper(self, perturbation, one_hot):
+        template = type(perturbation).from_config(perturbation.get_config())
+        sizes = {}
+        for name in vars(type(perturbation))["_sizes"]:
+            sizes[name] = keras.Variable(float(getattr(perturbation, name)), dtype="float32", trainable=False,
+                                         name=name)
+            setattr(template, name, sizes[name])
+        seeds = [(g, keras.ops.convert_to_numpy(g.state.value)) for g in vars(template).values()
+                 if isinstance(g, keras.random.SeedGenerator)]
+        return self._wrapper(template, one_hot), sizes, seeds
+
+    def _wrapper(self, perturbation, one_hot):
+        wrapper = PerturbedModel(self.model, perturbation)
+        if one_hot:
+            loss = keras.losses.CategoricalCrossentropy(from_logits=self.from_logits)
+            metric = keras.metrics.CategoricalAccuracy(name="accuracy")
+        else:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=self.from_logits)
+            metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        # weighted: the padding of (x, y) pairs has weight 0 (`metrics=` would ignore it)
+        wrapper.compile(jit_compile=self.jit_compile, loss=loss, weighted_metrics=[metric])
+        return wrapper
 
 
 _PAIR_BATCH = 256
@@ -293,6 +349,7 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     if from_logits is None:
         from_logits = outputs_logits(model)
     rows = []
+    evaluator = _Evaluator(model, from_logits, jit_compile, verbose)
 
     def add(perturbation, name=None, on=data, family=None):
         described_family, norm, size = _describe(perturbation)
@@ -305,7 +362,7 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
             accuracy = result.robust_accuracy
             extra = {"stages": result.stage_accuracy, "flags": result.flags}
         else:
-            accuracy = _accuracy(model, perturbation, on, from_logits, jit_compile, verbose)
+            accuracy = evaluator.accuracy(perturbation, on)
         row = {"name": name or getattr(perturbation, "name", repr(perturbation)), "family": family, "norm": norm,
                "size": size, "accuracy": accuracy, **extra}
         rows.append(row)
