@@ -9,6 +9,13 @@ tracing and graph optimisation and the peak resident memory is that of one attac
 shipped" uses ``attacks.unrolls`` (unroll only models of ≤ 32 layers).
 
     python benchmarks/attack_first_call.py [--models cnn mobilenetv2 resnet50 densenet121] [--steps 10 20 100]
+    python benchmarks/attack_first_call.py --report [--models ...]
+
+``--report``: the first call of ``evaluate_robustness`` with FGSM, PGD-10 and Gaussian
+noise at three sizes each (ε = 2/255, 4/255, 8/255; σ = 0.05, 0.1, 0.2), without and
+with the default large-ε probe, against the first call of one PGD-10
+(``PGD(8/255)(model, x, y)``), each in a fresh Python. Goal (issue 21): the report ≤ 2×
+the one PGD.
 """
 
 import argparse
@@ -36,8 +43,15 @@ y = np.arange(16) % 10
 model.predict(x, verbose=0)  # the model's own graph built: only the attack is timed
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-attack = PGD(8 / 255, steps=steps, seed=0)
-np.asarray(attack(model, x, y))
+if mode.startswith("report"):
+    from keras_lowrank.robustness import FGSM, evaluate_robustness
+    sizes = (2 / 255, 4 / 255, 8 / 255)
+    sweep = [FGSM(e) for e in sizes] + [PGD(e, steps=steps, seed=0) for e in sizes]
+    evaluate_robustness(model, (x, y), attacks=sweep, noise_sigmas=(0.05, 0.1, 0.2),
+                        large_eps="auto" if mode == "report+probe" else None)
+else:
+    attack = PGD(8 / 255, steps=steps, seed=0)
+    np.asarray(attack(model, x, y))
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"model": model_name, "steps": steps, "mode": mode, "seconds": round(seconds, 2),
@@ -51,17 +65,23 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["cnn", "mobilenetv2"],
                         choices=["cnn", "mobilenetv2", "resnet50", "densenet121"])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 100])
+    parser.add_argument("--report", action="store_true", help="a report's first call against one PGD-10's")
     args = parser.parse_args(argv)
+    if args.report:
+        args.steps = [10]
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     rows = []
     for model in args.models:
         for steps in args.steps:
-            for mode in (("unrolled", "as shipped") if steps <= 20 else ("as shipped",)):
+            modes = ("unrolled", "as shipped") if steps <= 20 else ("as shipped",)
+            if args.report:
+                modes = ("as shipped", "report", "report+probe")
+            for mode in modes:
                 done = subprocess.run([sys.executable, "-c", CHILD, model, str(steps), mode], capture_output=True,
                                       text=True, env=env, check=True)
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append(row)
-                print(f"{model:12s} PGD-{steps:<4d} {mode:10s} unrolled={str(row['unrolled']):5s} "
+                print(f"{model:12s} PGD-{steps:<4d} {mode:12s} unrolled={str(row['unrolled']):5s} "
                       f"{row['seconds']:7.2f} s  peak {row['peak_mib']} MiB (model alone {row['peak_before_mib']})",
                       flush=True)
     return rows
