@@ -118,3 +118,19 @@ def test_cifar10_corrupted_feeds_the_robustness_report():
                                      large_eps=None)
     assert [r["name"] for r in report.rows] == ["clean", "CIFAR-10-C fog 3"]
     assert report.rows[1]["accuracy"] == report.clean_accuracy
+
+
+def test_the_cifar_examples_read_tfds_cifar10_with_limit(tmp_path):
+    """The examples' real-data path (``keras_lowrank_experiments.cifar.load_cifar10``)
+    through tfds, on mock data: ``--limit`` slices both splits, images in [0, 1]."""
+    import argparse
+
+    from keras_lowrank_experiments.cifar import load_cifar10
+
+    args = argparse.Namespace(synthetic=False, limit=10, data_dir=str(tmp_path))
+    with tfds.testing.mock_data(num_examples=24):
+        train, test, x_test, y_test = load_cifar10(args, batch_size=4)
+    x, y = collect(train)
+    assert x.shape == (10, 32, 32, 3) and x_test.shape == (10, 32, 32, 3) and len(y_test) == 10
+    assert 0 <= x.min() and x.max() <= 1 and set(np.unique(y)) <= set(range(10))
+    assert len(test) == 1 and len(train) == 3  # ArrayBatches: 10 examples in batches of 4

@@ -1,6 +1,7 @@
 """The examples run as a user runs them (a fresh process, files written to the
 working directory), with few epochs, and what they print holds."""
 
+import json
 import os
 import re
 import subprocess
@@ -68,3 +69,47 @@ def test_transformer_example_compresses_attention_and_exports_keras_layers(tmp_p
     assert "query_0 is ['EinsumDense']" in out
     difference = float(re.search(r"max \|logit difference\| vs the trained model ([\d.e+-]+)", out).group(1))
     assert difference < 1e-4
+
+
+def _run_cifar(name, tmp_path, *extra):
+    pytest.importorskip("tensorflow")
+    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), "--synthetic", "--epochs", "1",
+                             "--limit", "64", "--width", "0.125", "--attack-examples", "16", "--eps", "0.03",
+                             "--batch-size", "32", *extra],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("SYNTHETIC DATA") == 2  # said before and after the numbers
+    with open(tmp_path / name.replace(".py", ".json")) as f:
+        return result.stdout, json.load(f)
+
+
+def test_vgg16_dlrt_cifar10_example_runs_end_to_end_on_synthetic_data(tmp_path):
+    out, results = _run_cifar("dlrt_vgg16_cifar10.py", tmp_path, "--variants", "dense", "dlrt_beta",
+                              "--rank", "4", "--max-rank", "8")
+    assert results["synthetic"] is True and list(results["variants"]) == ["dense", "dlrt_beta"]
+    dense, low = results["variants"]["dense"], results["variants"]["dlrt_beta"]
+    assert 0.5 < low["compression_rate"] < 1 and low["exported_parameters"] < dense["parameters"]
+    for row in (dense, low):
+        names = [r["name"] for r in row["robustness"]["rows"]]
+        assert names[:3] == ["clean", "FGSM L∞ ε=0.03", "PGD-10 L∞ ε=0.03"]
+        assert row["robustness"]["num_examples"] == 16
+    assert "| dlrt_beta |" in out and "| **whole model** |" in out
+
+
+def test_resnet18_lr_cifar10_example_runs_end_to_end_on_synthetic_data(tmp_path):
+    out, results = _run_cifar("lr_resnet18_cifar10.py", tmp_path, "--rank", "4")
+    assert list(results["variants"]) == ["baseline", "lr"]
+    for row in results["variants"].values():
+        assert row["features"] == 64 and 1 <= row["variance_rank_99"] <= 16  # 16 samples
+        names = [r["name"] for r in row["robustness"]["rows"]]
+        assert "Gaussian σ=0.05" in names and "PGD-7 L∞ ε=0.03" in names
+    assert "| lr |" in out
+
+
+def test_cifar_examples_refuse_to_overwrite_their_results(tmp_path):
+    for name in ("dlrt_vgg16_cifar10.py", "lr_resnet18_cifar10.py"):
+        (tmp_path / "mine.json").write_text("a user's file")
+        result = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), "--synthetic", "--out", "mine.json"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0 and "--overwrite" in result.stderr
+        assert (tmp_path / "mine.json").read_text() == "a user's file"

@@ -72,3 +72,18 @@ def test_default_measures_wide_maps_as_channel_vectors(rng):
     np.testing.assert_allclose(res["conv"].singular_values, expected, rtol=1e-4, atol=1e-4)
     whole = analysis.representation_ranks(model, x)  # 64 features ≤ 8192: whole outputs
     assert whole["conv"].flattened and whole["conv"].num_features == 64
+
+
+def test_an_x_y_pair_of_arrays_is_read_as_its_inputs(rng):
+    """(x, y) pairs, as ``evaluate_robustness`` takes them, measure x (the labels
+    were fed to the model before); mismatched lengths are refused."""
+    model = conv_model()
+    x = rng.normal(size=(40, 6, 6, 2)).astype("float32")
+    y = np.arange(40) % 5
+    from_pair = analysis.representation_ranks(model, (x, y), layers=["dense"])["dense"]
+    from_x = analysis.representation_ranks(model, x, layers=["dense"])["dense"]
+    np.testing.assert_array_equal(from_pair.singular_values, from_x.singular_values)
+    cka = analysis.cka_map(model, (x, y), layers=["conv", "dense"])
+    np.testing.assert_allclose(cka.matrix, analysis.cka_map(model, x, layers=["conv", "dense"]).matrix)
+    with pytest.raises(ValueError, match="x has 40 samples but y has 39"):
+        analysis.representation_ranks(model, (x, y[:39]), layers=["dense"])

@@ -33,7 +33,12 @@ def _is_array(value):
 
 def iterate_inputs(data, batch_size=256, max_batches=None):
     """Yields input batches (numpy) from a tf.data.Dataset, an iterable of
-    batches, or an array; (x, y[, w]) tuples yield their x."""
+    batches, an array, or an (x, y) pair of arrays (as ``evaluate_robustness`` takes);
+    (x, y[, w]) batches yield their x."""
+    if isinstance(data, tuple) and len(data) == 2 and all(map(_is_array, data)):
+        if len(data[0]) != len(data[1]):
+            raise ValueError(f"`data`: x has {len(data[0])} samples but y has {len(data[1])}.")
+        data = data[0]  # the labels are not needed
     if _is_array(data):  # numpy or a tensor
         array = np.asarray(data)
         batches = (array[i : i + batch_size] for i in range(0, len(array), batch_size))
