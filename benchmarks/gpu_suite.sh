@@ -10,7 +10,8 @@
 # 1. the backend-neutral test suite on the GPU (cuBLAS/cuSOLVER kernels, TF32 default
 #    for the code that must set its own precision), tests needing TensorFlow skipped;
 # 2. optionally (GPU_SUITE_BENCH=1) the PGD and AutoAttack benchmarks, benchmarks/pgd_gpu.py
-#    and benchmarks/autoattack_gpu.py.
+#    and benchmarks/autoattack_gpu.py, and VGG16's DLRT step and exported inference against
+#    the dense network's (benchmarks/vgg16_cpu.py, which runs on the device Keras uses).
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -32,5 +33,6 @@ status=${PIPESTATUS[0]}
 if [ "${GPU_SUITE_BENCH:-0}" = 1 ]; then
     timeout 240 python3 benchmarks/pgd_gpu.py --repeats 3 2>&1 | tee "$OUT/pgd_gpu.log" | tail -n 20
     timeout 180 python3 benchmarks/autoattack_gpu.py 2>&1 | tee "$OUT/autoattack_gpu.log" | tail -n 30
+    timeout 240 python3 benchmarks/vgg16_cpu.py 2>&1 | tee "$OUT/vgg16.log" | tail -n 20
 fi
 exit "$status"
