@@ -18,21 +18,16 @@ low rank + β = 0.15 89.21 / 49.42 at ~94.2 %. docs/guides/cifar10.md says what 
 run costs and how to compare (our attacks are L∞ in pixel units).
 """
 
-import argparse
-import json
 import time
 
 import keras
 
 from keras_lowrank import DLRT, compression
 from keras_lowrank.robustness import FGSM, PGD, AutoAttack, evaluate_robustness
-from keras_lowrank_experiments.cifar import SYNTHETIC_NOTE, add_data_arguments, check_out, load_cifar10, vgg16_cifar
+from keras_lowrank_experiments.cifar import example_arguments, finish_example, start_example, vgg16_cifar
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-add_data_arguments(parser)
-parser.add_argument("--epochs", type=int, default=60)
-parser.add_argument("--batch-size", type=int, default=128)
-parser.add_argument("--learning-rate", type=float, default=1e-3)
+parser = example_arguments(__doc__.splitlines()[0], "dlrt_vgg16_cifar10.json",
+                           "channel multiplier (1 = the paper's VGG16)")
 parser.add_argument("--variants", nargs="+", default=["dense", "dlrt", "dlrt_beta"],
                     choices=["dense", "dlrt", "dlrt_beta"])
 parser.add_argument("--rank", type=int, default=64, help="initial rank of the low-rank layers")
@@ -41,20 +36,9 @@ parser.add_argument("--tol", type=float, default=0.1, help="DLRT's truncation to
 parser.add_argument("--beta", type=float, default=0.15, help="the spectral regularizer's weight in dlrt_beta")
 parser.add_argument("--eps", type=float, nargs="+", default=[1 / 255, 2 / 255, 4 / 255],
                     help="L∞ budgets of FGSM and PGD-10, in [0, 1] pixel units")
-parser.add_argument("--autoattack", action="store_true", help="also standard AutoAttack at each ε (slow)")
-parser.add_argument("--attack-examples", type=int, default=1000, help="test examples attacked")
-parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (1 = the paper's VGG16)")
-parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--out", default="dlrt_vgg16_cifar10.json", help="results as JSON")
 args = parser.parse_args()
-check_out(args)
-
-if args.synthetic:
-    print(SYNTHETIC_NOTE)
-train, test, x_test, y_test = load_cifar10(args, args.batch_size, args.seed)
-x_attack, y_attack = x_test[:args.attack_examples], y_test[:args.attack_examples]
+train, test, x_attack, y_attack, results = start_example(args)
 loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-results = {"synthetic": args.synthetic, "arguments": vars(args), "variants": {}}
 
 for variant in args.variants:
     keras.utils.set_random_seed(args.seed)
@@ -97,8 +81,4 @@ for variant, row in results["variants"].items():
                                                                   for e in args.eps]
     rate = f"{row['compression_rate']:.1%}" if "compression_rate" in row else "—"
     print(f"| {variant} | {accuracy['clean']:.4f} | " + " | ".join(cells) + f" | {rate} |")
-if args.synthetic:
-    print(SYNTHETIC_NOTE)
-with open(args.out, "w") as f:
-    json.dump(results, f, indent=1)
-print(f"wrote {args.out}")
+finish_example(args, results)

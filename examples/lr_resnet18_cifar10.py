@@ -13,40 +13,23 @@ without adversarial training: compare under ``--autoattack`` and read the checks
 docs/guides/cifar10.md says what a run costs.
 """
 
-import argparse
-import json
 import time
 
 import keras
 
 from keras_lowrank import analysis
 from keras_lowrank.robustness import FGSM, PGD, AutoAttack, evaluate_robustness
-from keras_lowrank_experiments.cifar import SYNTHETIC_NOTE, add_data_arguments, check_out, load_cifar10, resnet18_cifar
+from keras_lowrank_experiments.cifar import example_arguments, finish_example, resnet18_cifar, start_example
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-add_data_arguments(parser)
-parser.add_argument("--epochs", type=int, default=60)
-parser.add_argument("--batch-size", type=int, default=128)
-parser.add_argument("--learning-rate", type=float, default=1e-3)
+parser = example_arguments(__doc__.splitlines()[0], "lr_resnet18_cifar10.json", "channel multiplier (1 = ResNet-18)")
 parser.add_argument("--rank", type=int, default=10, help="the LR layer's rank")
 parser.add_argument("--variants", nargs="+", default=["baseline", "lr"], choices=["baseline", "lr"])
 parser.add_argument("--eps", type=float, nargs="+", default=[2 / 255, 8 / 255],
                     help="L∞ budgets of FGSM and PGD-7, in [0, 1] pixel units")
 parser.add_argument("--sigmas", type=float, nargs="+", default=[0.02, 0.05, 0.1], help="Gaussian noise σ")
-parser.add_argument("--autoattack", action="store_true", help="also standard AutoAttack at each ε (slow)")
-parser.add_argument("--attack-examples", type=int, default=1000, help="test examples attacked")
-parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (1 = ResNet-18)")
-parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--out", default="lr_resnet18_cifar10.json", help="results as JSON")
 args = parser.parse_args()
-check_out(args)
-
-if args.synthetic:
-    print(SYNTHETIC_NOTE)
-train, test, x_test, y_test = load_cifar10(args, args.batch_size, args.seed)
-x_attack, y_attack = x_test[:args.attack_examples], y_test[:args.attack_examples]
+train, test, x_attack, y_attack, results = start_example(args)
 loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-results = {"synthetic": args.synthetic, "arguments": vars(args), "variants": {}}
 
 for variant in args.variants:
     keras.utils.set_random_seed(args.seed)
@@ -78,8 +61,4 @@ for variant, row in results["variants"].items():
     cells = ([f"{accuracy[f'Gaussian σ={s:g}']:.4f}" for s in args.sigmas]
              + [f"{accuracy[PGD(e, steps=7).name]:.4f}" for e in args.eps])
     print(f"| {variant} | {accuracy['clean']:.4f} | {row['variance_rank_99']} | " + " | ".join(cells) + " |")
-if args.synthetic:
-    print(SYNTHETIC_NOTE)
-with open(args.out, "w") as f:
-    json.dump(results, f, indent=1)
-print(f"wrote {args.out}")
+finish_example(args, results)

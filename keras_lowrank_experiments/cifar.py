@@ -109,23 +109,56 @@ def synthetic_cifar10(split, num_examples, seed=0):
     return np.clip(x, 0.0, 1.0).astype("float32"), y
 
 
-def add_data_arguments(parser):
-    """The examples' data options: ``--data-dir``, ``--synthetic``, ``--limit``."""
+def example_arguments(description, out, width_help):
+    """The two examples' common options: data (``--data-dir``, ``--synthetic``,
+    ``--limit``), training (``--epochs``, ``--batch-size``, ``--learning-rate``), attacks
+    (``--autoattack``, ``--attack-examples``), ``--width``, ``--seed``, ``--out`` (default
+    ``out``) and ``--overwrite``. Returns the parser, for each example's own options."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-dir", help="tfds data directory holding cifar10 (default: tfds' own, "
                                            "downloading it if needed)")
     parser.add_argument("--synthetic", action="store_true",
                         help="run end to end on synthetic CIFAR-shaped data (no download; numbers are "
                              "not CIFAR-10 results)")
     parser.add_argument("--limit", type=int, help="use only the first N training and N test examples")
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--autoattack", action="store_true", help="also standard AutoAttack at each ε (slow)")
+    parser.add_argument("--attack-examples", type=int, default=1000, help="test examples attacked")
+    parser.add_argument("--width", type=float, default=1.0, help=width_help)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=out, help="results as JSON")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    return parser
 
 
-def check_out(args):
-    """Refuses to replace an existing ``args.out`` without ``--overwrite``."""
+def start_example(args):
+    """Refuses to replace an existing ``args.out`` without ``--overwrite``, says so when
+    the data is synthetic, loads it. Returns (train, test, x_attack, y_attack, results):
+    the first ``--attack-examples`` test arrays, and the results dict to fill."""
     import os
 
     if os.path.exists(args.out) and not args.overwrite:
         raise SystemExit(f"{args.out} exists: pass --overwrite to replace it, or --out another path.")
+    if args.synthetic:
+        print(SYNTHETIC_NOTE)
+    train, test, x_test, y_test = load_cifar10(args, args.batch_size, args.seed)
+    results = {"synthetic": args.synthetic, "arguments": vars(args), "variants": {}}
+    return train, test, x_test[:args.attack_examples], y_test[:args.attack_examples], results
+
+
+def finish_example(args, results):
+    """Says again that synthetic numbers are not CIFAR-10's, writes ``results`` to ``args.out``."""
+    import json
+
+    if args.synthetic:
+        print(SYNTHETIC_NOTE)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {args.out}")
 
 
 def load_cifar10(args, batch_size, seed=0):
