@@ -205,9 +205,12 @@ class _Evaluator:
         return float(result["accuracy"])
 
     @staticmethod
-    def _key(perturbation, one_hot):
+    def _sizes(perturbation):
         # declared by the class itself: a subclass may use a size on the host
-        sizes = vars(type(perturbation)).get("_sizes", ())
+        return vars(type(perturbation)).get("_sizes", ())
+
+    def _key(self, perturbation, one_hot):
+        sizes = self._sizes(perturbation)
         if not sizes:
             return None
         try:
@@ -220,7 +223,7 @@ class _Evaluator:
     def _sized_wrapper(self, perturbation, one_hot):
         template = type(perturbation).from_config(perturbation.get_config())
         sizes = {}
-        for name in vars(type(perturbation))["_sizes"]:
+        for name in self._sizes(perturbation):
             sizes[name] = keras.Variable(float(getattr(perturbation, name)), dtype="float32", trainable=False,
                                          name=name)
             setattr(template, name, sizes[name])
