@@ -186,7 +186,7 @@ def _unfinished_cycle(model):
     optimizer = dlrt_of(getattr(model, "optimizer", None))
     if optimizer is None or not optimizer.built:
         return None
-    step = int(ops.convert_to_numpy(optimizer.cycle_step.value))
+    step = int(ops.convert_to_numpy(optimizer.cycle_step))
     return (step, optimizer.steps_per_cycle) if step % optimizer.steps_per_cycle else None
 
 

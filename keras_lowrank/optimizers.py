@@ -258,7 +258,7 @@ class DLRT(keras.optimizers.Optimizer):
         truncated."""
         if not self.built:
             return False
-        step = int(ops.convert_to_numpy(self.cycle_step.value))
+        step = int(ops.convert_to_numpy(self.cycle_step))
         if step % self.steps_per_cycle == 0:
             return False
         variables = self._trainable_variables

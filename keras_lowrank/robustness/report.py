@@ -227,7 +227,7 @@ class _Evaluator:
             sizes[name] = keras.Variable(float(getattr(perturbation, name)), dtype="float32", trainable=False,
                                          name=name)
             setattr(template, name, sizes[name])
-        seeds = [(g, keras.ops.convert_to_numpy(g.state.value)) for g in vars(template).values()
+        seeds = [(g, keras.ops.convert_to_numpy(g.state)) for g in vars(template).values()
                  if isinstance(g, keras.random.SeedGenerator)]
         return self._wrapper(template, one_hot), sizes, seeds
 
