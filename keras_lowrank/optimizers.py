@@ -177,33 +177,43 @@ class DLRT(keras.optimizers.Optimizer):
         phase = self.cycle_step % self.steps_per_cycle
         augmenting = ops.equal(phase, 0)
         truncating = ops.equal(phase, self.steps_per_cycle - 1)
-        updates = []
-        for (layer, iu, _, iv), (u, s, v), (u0, s0, v0), slots in zip(
-            self._groups, factors, before, self._s_slots
+        layers = []
+        for (layer, iu, _, iv), (u0, s0, v0), (_, s, _), slots in zip(
+            self._groups, before, factors, self._s_slots
         ):
-            grad_u, grad_v = grads[iu], grads[iv]
-            s_now = ops.copy(s.value)
-            moments = [ops.copy(slot.value) for slot, _ in slots]
-            kinds = [kind for _, kind in slots]
+            layers.append((layer, grads[iu], grads[iv], u0, s0, ops.copy(s.value), v0,
+                           [ops.copy(slot.value) for slot, _ in slots],
+                           [kind for _, kind in slots]))
 
-            def carried(factors, u0=u0, v0=v0, moments=moments, kinds=kinds):
-                """S changes basis: so do its moments (only in the branches
-                that change it, so that Galerkin steps pay nothing)."""
-                a, b = factorization.basis_change(u0, v0, factors[0], factors[2])
-                return tuple(factors) + tuple(
-                    factorization.carry_slot(m, a, b, kind) for m, kind in zip(moments, kinds))
+        def carried(new, u0, v0, moments, kinds):
+            """S changes basis: so do its moments (only in the branches that change
+            it, so that Galerkin steps pay nothing)."""
+            a, b = factorization.basis_change(u0, v0, new[0], new[2])
+            return list(new) + [factorization.carry_slot(m, a, b, k) for m, k in zip(moments, kinds)]
 
-            def augment_branch(u0=u0, s0=s0, v0=v0, gu=grad_u, gv=grad_v, layer=layer):
-                return carried(factorization.augment(u0, s0, v0, gu, gv, layer.max_rank))
+        # One cond for every layer (not one per layer): a DenseNet121 has 120
+        # low-rank layers, and each cond is a traced function pair of its own.
+        def augment_all():
+            return tuple(value for layer, gu, gv, u0, s0, _, v0, moments, kinds in layers
+                         for value in carried(factorization.augment(u0, s0, v0, gu, gv,
+                                                                    layer.max_rank),
+                                              u0, v0, moments, kinds))
 
-            def other_branch(u0=u0, s_now=s_now, v0=v0, layer=layer, moments=moments):
-                return ops.cond(
-                    truncating,
-                    lambda: carried(factorization.truncate(u0, s_now, v0, layer.tol, layer.min_rank)),
-                    lambda: (u0, s_now, v0, *moments),
-                )
+        def truncate_all():
+            return tuple(value for layer, _, _, u0, _, s_now, v0, moments, kinds in layers
+                         for value in carried(factorization.truncate(u0, s_now, v0, layer.tol,
+                                                                     layer.min_rank),
+                                              u0, v0, moments, kinds))
 
-            new = ops.cond(augmenting, augment_branch, other_branch)
+        def keep_all():
+            return tuple(value for _, _, _, u0, _, s_now, v0, moments, _ in layers
+                         for value in (u0, s_now, v0, *moments))
+
+        flat = list(ops.cond(augmenting, augment_all,
+                             lambda: ops.cond(truncating, truncate_all, keep_all))) if layers else []
+        updates = []
+        for (u, s, v), (u0, s0, v0), slots in zip(factors, before, self._s_slots):
+            new, flat = flat[:3 + len(slots)], flat[3 + len(slots):]
             updates += [(u, new[0], u0), (s, new[1], s0), (v, new[2], v0)]
             updates += [(slot, value, None) for (slot, _), value in zip(slots, new[3:])]
         for variable, old in zip(kept, snapshot):
