@@ -191,19 +191,42 @@ class DLRT(keras.optimizers.Optimizer):
             a, b = factorization.basis_change(u0, v0, new[0], new[2])
             return list(new) + [factorization.carry_slot(m, a, b, k) for m, k in zip(moments, kinds)]
 
+        def by_shape(one):
+            """``one(layer, gu, gv, u0, s0, s_now, v0, moments, kinds)`` -> list of
+            tensors, for every layer; layers alike in shapes and settings are
+            mapped together (one batched QR / SVD per group, not one per layer)."""
+            groups = {}
+            for index, entry in enumerate(layers):
+                layer, _, _, u0, _, _, v0, _, kinds = entry
+                key = (tuple(u0.shape), tuple(v0.shape), layer.max_rank, layer.tol,
+                       layer.min_rank, tuple(kinds), str(u0.dtype))
+                groups.setdefault(key, []).append(index)
+            results = [None] * len(layers)
+            for indices in groups.values():
+                if len(indices) == 1:
+                    results[indices[0]] = one(*layers[indices[0]])
+                    continue
+                first = layers[indices[0]]
+                stacked = tuple(ops.stack([layers[i][k] for i in indices]) for k in range(1, 7))
+                stacked_moments = tuple(ops.stack([layers[i][7][m] for i in indices])
+                                        for m in range(len(first[7])))
+                mapped = ops.vectorized_map(
+                    lambda e, first=first: tuple(one(first[0], *e[0], list(e[1]), first[8])),
+                    (stacked, stacked_moments))
+                for position, i in enumerate(indices):
+                    results[i] = [t[position] for t in mapped]
+            return tuple(value for result in results for value in result)
+
         # One cond for every layer (not one per layer): a DenseNet121 has 120
         # low-rank layers, and each cond is a traced function pair of its own.
         def augment_all():
-            return tuple(value for layer, gu, gv, u0, s0, _, v0, moments, kinds in layers
-                         for value in carried(factorization.augment(u0, s0, v0, gu, gv,
-                                                                    layer.max_rank),
-                                              u0, v0, moments, kinds))
+            return by_shape(lambda layer, gu, gv, u0, s0, _, v0, moments, kinds: carried(
+                factorization.augment(u0, s0, v0, gu, gv, layer.max_rank), u0, v0, moments, kinds))
 
         def truncate_all():
-            return tuple(value for layer, _, _, u0, _, s_now, v0, moments, kinds in layers
-                         for value in carried(factorization.truncate(u0, s_now, v0, layer.tol,
-                                                                     layer.min_rank),
-                                              u0, v0, moments, kinds))
+            return by_shape(lambda layer, _gu, _gv, u0, _s0, s_now, v0, moments, kinds: carried(
+                factorization.truncate(u0, s_now, v0, layer.tol, layer.min_rank),
+                u0, v0, moments, kinds))
 
         def keep_all():
             return tuple(value for _, _, _, u0, _, s_now, v0, moments, _ in layers

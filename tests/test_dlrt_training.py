@@ -200,3 +200,46 @@ def test_moments_of_s_are_carried_into_the_new_basis_not_reset(rng):
     expected = u0 @ (0.9 * before["momentum"] + 0.1 * (u0.T @ grad_w @ v0)) @ v0.T
     np.testing.assert_allclose(u1 @ after["momentum"] @ v1.T, expected, atol=1e-5)
     assert int(np.sum(np.linalg.norm(u1, axis=0) > 0.5)) > int(np.sum(np.linalg.norm(u0, axis=0) > 0.5))
+
+
+def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch):
+    """Layers of equal shapes and settings share one batched augment / truncate
+    (``ops.vectorized_map``); the result is each layer's own step. Truth: the same
+    model whose tolerances differ by 1e-9 (the same truncations, no sharing)."""
+    x = rng.normal(size=(96, 16)).astype("float32")
+    y = rng.integers(0, 4, size=96)
+    calls = []
+    mapped = keras.ops.vectorized_map
+
+    def counting(function, elements):
+        calls.append(keras.tree.flatten(elements)[0].shape[0])
+        return mapped(function, elements)
+
+    monkeypatch.setattr(keras.ops, "vectorized_map", counting)
+
+    def train(tols):
+        keras.utils.set_random_seed(3)
+        model = keras.Sequential(
+            [keras.Input((16,))]
+            + [DynamicLowRankDense(16, max_rank=8, rank=rank, tol=tol, activation="tanh")
+               for rank, tol in zip((2, 3, 4), tols)]
+            + [keras.layers.Dense(4)])
+        model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)  # one cycle
+        return model
+
+    shared = train((0.3, 0.3, 0.3))
+    # augment and truncate, each one call over the three layers (per trace)
+    assert calls and set(calls) == {3} and len(calls) % 2 == 0
+    calls.clear()
+    alone = train((0.3, 0.3 + 1e-9, 0.3 - 1e-9))
+    assert calls == []
+    low_rank = [layer for layer in shared.layers if hasattr(layer, "factors")]
+    assert [layer.rank for layer in low_rank] == [
+        layer.rank for layer in alone.layers if hasattr(layer, "factors")]
+    for a, b in zip(shared.get_weights(), alone.get_weights()):
+        # float32 rounding of three steps (batched and single kernels may differ)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for layer in low_rank:
+        _check_invariants(layer)
