@@ -37,7 +37,10 @@ MODELS = {
     "EfficientNetB0": (32, {}),
     "EfficientNetV2B0": (32, {}),
     "ConvNeXtTiny": (32, {}),
-    "RegNetX002": (32, {}),
+    # (Keras 3.15 has no RegNet; every other family of keras.applications is here,
+    # at its smallest member.)
+    "MobileNet": (32, {"alpha": 0.25}),
+    "InceptionResNetV2": (75, {}),
     "Xception": (71, {}),
     "InceptionV3": (75, {}),
     "NASNetMobile": (32, {}),

@@ -204,7 +204,7 @@ def test_moments_of_s_are_carried_into_the_new_basis_not_reset(rng):
 
 def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch):
     """Layers of equal shapes and settings share one batched augment / truncate
-    (``ops.vectorized_map``); the result is each layer's own step. Truth: the same
+    (``ops.vectorized_map``, on JAX); the result is each layer's own step. Truth: the same
     model whose tolerances differ by 1e-9 (the same truncations, no sharing)."""
     x = rng.normal(size=(96, 16)).astype("float32")
     y = rng.integers(0, 4, size=96)
@@ -230,8 +230,11 @@ def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch):
         return model
 
     shared = train((0.3, 0.3, 0.3))
-    # augment and truncate, each one call over the three layers (per trace)
-    assert calls and set(calls) == {3} and len(calls) % 2 == 0
+    if keras.backend.backend() == "jax":
+        # augment and truncate, each one call over the three layers (per trace)
+        assert calls and set(calls) == {3} and len(calls) % 2 == 0
+    else:
+        assert calls == []  # TensorFlow integrates one layer at a time
     calls.clear()
     alone = train((0.3, 0.3 + 1e-9, 0.3 - 1e-9))
     assert calls == []
