@@ -30,9 +30,6 @@ else:
 
 import tensorflow as tf  # noqa: E402
 
-# The strategy must exist before any other TensorFlow work (it sets up the
-# collective runtime); the one-device run uses the default strategy.
-
 
 class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
     """Works around two Keras 3 bugs with more than one worker (keras-team/keras#20585):
@@ -51,53 +48,16 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         return tf.nest.map_structure(one, value)
 
 
+# The strategy must exist before any other TensorFlow work (it sets up the
+# collective runtime); the one-device run uses the default strategy.
 strategy = (MultiWorkerMirroredStrategy() if role == "worker" else tf.distribute.get_strategy())
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_lowrank import data  # noqa: E402
-from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense  # noqa: E402
-from keras_lowrank.optimizers import DLRT  # noqa: E402
-from keras_lowrank.robustness import PGD, PerturbedModel  # noqa: E402
-
-x, y = data.load_digits_arrays("train")
-x, y = x[:512], y[:512]
-x_test, y_test = data.load_digits_arrays("test")
-ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def build():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        DynamicLowRankConv2D(16, 3, padding="same", max_rank=8, rank=4, activation="relu"),
-        keras.layers.Flatten(),
-        DynamicLowRankDense(32, max_rank=16, rank=4, spectral_weight=0.05, activation="relu"),
-        keras.layers.Dense(10),
-    ])
-    model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=4), loss=ce)
-    return model
-
-
-def train(xs, ys):
-    model = build()
-    model.fit(xs, ys, batch_size=64, epochs=3, shuffle=False, verbose=0)
-    return model
-
-
-def accuracies(model):
-    """Clean and robust (PGD-3 L∞ 0.1, no random start) test accuracy."""
-    model.compile(loss=ce, metrics=["accuracy"])
-    clean = model.evaluate(x_test, y_test, batch_size=64, verbose=0, return_dict=True)
-    wrapper = PerturbedModel(model, PGD(0.1, steps=3, random_start=False))
-    wrapper.compile(loss=ce, metrics=["accuracy"])
-    robust = wrapper.evaluate(x_test, y_test, batch_size=64, verbose=0, return_dict=True)
-    return clean["accuracy"], robust["accuracy"]
-
+from dlrt_case import accuracies, build, ranks, rounding, train, x, y  # noqa: E402
 
 with strategy.scope():
-    model = train(x, y)
+    model = train(x, y, 3)
     clean, robust = accuracies(model)
 # The same weights evaluated by this process alone (the default strategy): the
 # cluster's evaluation must give the same accuracies.
@@ -106,16 +66,9 @@ local.set_weights(model.get_weights())
 local_clean, local_robust = accuracies(local)
 record = {"replicas": np.array(strategy.num_replicas_in_sync),
           "accuracies": np.array([clean, robust, local_clean, local_robust]),
-          "ranks": np.array([layer.rank for layer in model.layers if hasattr(layer, "factors")])}
+          "ranks": np.array(ranks(model))}
 record.update({f"w{i}": w for i, w in enumerate(model.get_weights())})
 if role == "single":
-    rounding = 0.0
-    for seed in range(3):
-        order = np.concatenate([start + np.random.default_rng(seed).permutation(64)
-                                for start in range(0, len(x), 64)])
-        permuted = train(x[order], y[order])
-        rounding = max(rounding, max(float(np.abs(a - b).max()) for a, b in
-                                     zip(model.get_weights(), permuted.get_weights())))
-    record["rounding"] = np.array(rounding)
+    record["rounding"] = np.array(rounding(model.get_weights(), 3))
 np.savez(os.path.join(out, name + ".npz"), **record)
 print("done", name)
