@@ -21,7 +21,12 @@ demo CNN and CNNs 29× and 250× larger, trained 3 epochs on the digits (what is
 the attack, not their accuracy). Compilation is excluded (one warm-up call each);
 medians of repeats; every timing ends with the accuracy on the host (a sync).
 
+With ``--steps 100`` (PGD-100, issue 21's GPU figure) the attack's cost dominates the
+per-batch dispatch; ``--no-cpu`` skips the CPU row (PGD-100 on the x-large CNN takes
+minutes on a CPU).
+
     KERAS_BACKEND=jax python benchmarks/pgd_gpu.py [--repeats 5] [--batch 256] [--models 3]
+        [--steps 10] [--no-cpu]
 """
 
 import argparse
@@ -145,12 +150,16 @@ def cpu_worker(path, batch, repeats):
 
 
 def main():
+    global STEPS
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--models", type=int, default=len(CONFIGS), help="time the first N models")
+    parser.add_argument("--steps", type=int, default=STEPS, help="PGD iterations (default 10)")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU row")
     parser.add_argument("--cpu", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    STEPS = args.steps
     if args.cpu:
         return cpu_worker(args.cpu, args.batch, args.repeats)
     x, y = digits()
@@ -165,13 +174,14 @@ def main():
                            ("ours, 4 steps/call", lambda m=model, b=b: ours(m, x, y, b, 4)),
                            ("step loop", lambda m=model, b=b: step_loop(m, x, y, b)),
                            ("one jax.jit, no Keras", lambda m=model, b=b: one_jit(m, x, y, b))], args.repeats)
-        path = f"/tmp/pgd_gpu_{filters[0]}.keras"
-        model.save(path)
-        env = dict(os.environ, JAX_PLATFORMS="cpu")
-        out = subprocess.run([sys.executable, __file__, "--cpu", path, "--batch", str(b), "--repeats",
-                              str(max(1, args.repeats // 2))], env=env, check=True, capture_output=True,
-                             text=True).stdout
-        results.update({k: tuple(v) for k, v in json.loads(out.strip().splitlines()[-1]).items()})
+        if not args.no_cpu:
+            path = f"/tmp/pgd_gpu_{filters[0]}.keras"
+            model.save(path)
+            env = dict(os.environ, JAX_PLATFORMS="cpu")
+            out = subprocess.run([sys.executable, __file__, "--cpu", path, "--batch", str(b), "--repeats",
+                                  str(max(1, args.repeats // 2)), "--steps", str(STEPS)], env=env, check=True,
+                                 capture_output=True, text=True).stdout
+            results.update({k: tuple(v) for k, v in json.loads(out.strip().splitlines()[-1]).items()})
         t_ours = results["ours"][0]
         for label, (seconds, accuracy) in results.items():
             print(f"{name:<12} {model.count_params():>10,}  {label:<22} {seconds:>8.4f} {len(x) / seconds:>9.0f} "
