@@ -231,7 +231,7 @@ def test_cka_map_leaves_constant_layers_nan_and_names_them(rng):
         result = cka_map(model, x, unbiased=False)
     assert result.rows == ["a", "dead", "b"]
     assert np.isnan(result.matrix[1]).all() and np.isnan(result.matrix[:, 1]).all()
-    acts = keras.Model(inputs, [a, b]).predict(x, verbose=0)
+    acts = activations(model, ["a", "b"], x)
     expected = linear_cka(acts[0], acts[1])
     assert result.matrix[0, 2] == pytest.approx(expected, abs=TOL)
     assert result.block_structure_score() == pytest.approx(expected, abs=TOL)

@@ -69,7 +69,6 @@ def test_conv_equals_keras_conv2d_with_kernel_usvt(rng, kernel_size, strides, pa
     assert layer.rank == rank
 
 
-@pytest.mark.own_precision
 @pytest.mark.parametrize(
     "kernel_size,strides,padding,dilation,rank",
     [(5, 1, "valid", 1, 4), (3, 2, "same", 1, 2), (3, 1, "same", 2, 6), (1, 1, "valid", 1, 3)],
@@ -104,6 +103,7 @@ def test_conv1d_round_trips_through_a_keras_file(rng, tmp_path):
     np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), atol=1e-6)
 
 
+@pytest.mark.own_precision
 def test_augment_keeps_w_and_old_span_and_doubles_rank(rng):
     n, m, r_max, r = 20, 15, 8, 3
     u, s, v = _pad(_orthonormal(rng, n, r), rng.normal(size=(r, r)), _orthonormal(rng, m, r), r_max)
@@ -291,7 +291,6 @@ EINSUM_CASES = [
 ]
 
 
-@pytest.mark.own_precision
 @pytest.mark.parametrize("equation,output_shape,bias_axes,shape,contracted,produced", EINSUM_CASES)
 def test_einsum_dense_equals_keras_einsum_dense_with_kernel_usvt(
         rng, equation, output_shape, bias_axes, shape, contracted, produced):

@@ -21,6 +21,11 @@ sys.modules["keras_lowrank"] = None
 folder, inputs, results = sys.argv[1:4]
 x = np.load(inputs)
 out, errors = {}, {}
+def full_float32():  # no TF32 on GPUs, as in the parent (JAX: JAX_DEFAULT_MATMUL_PRECISION)
+    import keras
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        tf.config.experimental.enable_tensor_float_32_execution(False)
 def attempt(kind, run):
     try:
         out[kind] = np.asarray(run(), dtype="float32")
@@ -29,11 +34,13 @@ def attempt(kind, run):
 if os.path.exists(os.path.join(folder, "model.keras")):
     def keras_file():
         import keras
+        full_float32()
         return keras.saving.load_model(os.path.join(folder, "model.keras")).predict(x, verbose=0)
     attempt("keras", keras_file)
 if os.path.exists(os.path.join(folder, "saved_model")):
     def saved_model():
         import tensorflow as tf
+        tf.config.experimental.enable_tensor_float_32_execution(False)
         loaded = tf.saved_model.load(os.path.join(folder, "saved_model"))  # kept: its variables
         return loaded.serve(x).numpy()
     attempt("saved_model", saved_model)
@@ -70,13 +77,15 @@ def check_formats(formats):
 
 def reload_elsewhere(folder, x, timeout=600):
     """{format: outputs} of each exported file, computed by a fresh interpreter
-    in which importing keras_lowrank fails; plus the errors it met."""
+    in which importing keras_lowrank fails; plus the errors it met. Matrix products
+    in full float32 there, as the reference is computed (a GPU's default TF32 has
+    relative errors ≈ 1e-3: the files would seem not to reproduce the model)."""
     import json
 
     with tempfile.TemporaryDirectory() as scratch:
         inputs, results = os.path.join(scratch, "x.npy"), os.path.join(scratch, "out.npz")
         np.save(inputs, x)
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
         done = subprocess.run([sys.executable, "-c", _RELOAD, folder, inputs, results],
                               capture_output=True, text=True, timeout=timeout, cwd=scratch, env=env)
         if done.returncode != 0:
@@ -92,6 +101,7 @@ def run(args, meta):
 
     from keras_lowrank import compression
     from keras_lowrank.optimizers import DLRT
+    from keras_lowrank.precision import float32_matmuls
     from keras_lowrank.robustness.attacks import outputs_logits
 
     args.formats = args.formats or default_formats()
@@ -132,7 +142,8 @@ def run(args, meta):
         sizes_after = {f: common.size_on_disk(written[f]) for f in args.formats}
         sizes_before = _original_sizes(model, args.model, args.formats)
         check_x = x_test[: args.check_examples]
-        expected = np.asarray(low.predict(check_x, verbose=0), dtype="float32")
+        with float32_matmuls():  # no TF32 on a GPU, on either side of the comparison
+            expected = np.asarray(low.predict(check_x, verbose=0), dtype="float32")
         outputs, status = reload_elsewhere(export, check_x)
         tolerance = 1e-5 * max(1.0, float(np.abs(expected).max()))
         checks = []
@@ -159,7 +170,8 @@ def run(args, meta):
             ("Exported files, re-loaded without keras_lowrank",
              "Each file was loaded by a fresh Python in which `import keras_lowrank` fails, run on "
              f"{len(check_x)} test examples and compared with the fine-tuned low-rank model "
-             f"(tolerance 1e-5 · max(1, max |output|)).\n\n"
+             f"(tolerance 1e-5 · max(1, max |output|); matrix products in full float32 on both "
+             f"sides, no TF32).\n\n"
              + common.markdown_table(["format", "check", "largest difference", "tolerance", "detail"],
                                      check_rows)),
         ]
