@@ -67,6 +67,16 @@ def low_rank_groups(variables):
     ]
 
 
+
+def _batches_alike_layers():
+    """Whether DLRT's step maps alike layers together: on JAX, unless it runs on the
+    CPU (see ``DLRT._step``'s ``by_shape``)."""
+    if backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() != "cpu"
+
 @keras.saving.register_keras_serializable(package="keras_lowrank")
 class DLRT(keras.optimizers.Optimizer):
     """Dynamical low-rank training around any Keras optimizer.
@@ -193,17 +203,22 @@ class DLRT(keras.optimizers.Optimizer):
 
         def by_shape(one):
             """``one(layer, gu, gv, u0, s0, s_now, v0, moments, kinds)`` -> list of
-            tensors, for every layer. On JAX, layers alike in shapes and settings are
-            mapped together (``vmap``: one batched QR / SVD per group, bit-identical
-            to one layer at a time; the step of 30 alike layers 2.4x faster). Not on
-            TensorFlow, whose ``vectorized_map`` (pfor) made DenseNet121's first
-            call 10 % slower and 8 % larger (docs/benchmarks.md)."""
+            tensors, for every layer. On JAX on a GPU or TPU, layers alike in shapes
+            and settings are mapped together (``vmap``: one batched QR / SVD per
+            group, bit-identical to one layer at a time). Not on TensorFlow, whose
+            ``vectorized_map`` (pfor) made DenseNet121's first call 10 % slower and
+            8 % larger, nor on JAX's CPU backend: there a batched LAPACK call waits
+            on tasks of XLA's intra-op thread pool from a thread of that pool, and two
+            such calls at once (two groups, or a group's two QRs) can hold every
+            thread of a small pool — VGG16's DLRT step hung for good on 2 cores
+            (jaxlib 0.10.2; docs/benchmarks.md)."""
+            batch_alike = _batches_alike_layers()
             groups = {}
             for index, entry in enumerate(layers):
                 layer, _, _, u0, _, _, v0, _, kinds = entry
                 key = (tuple(u0.shape), tuple(v0.shape), layer.max_rank, layer.tol,
                        layer.min_rank, tuple(kinds), str(u0.dtype))
-                if backend.backend() != "jax":
+                if not batch_alike:
                     key = index
                 groups.setdefault(key, []).append(index)
             results = [None] * len(layers)

@@ -204,8 +204,12 @@ def test_moments_of_s_are_carried_into_the_new_basis_not_reset(rng):
 
 def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch):
     """Layers of equal shapes and settings share one batched augment / truncate
-    (``ops.vectorized_map``, on JAX); the result is each layer's own step. Truth: the same
-    model whose tolerances differ by 1e-9 (the same truncations, no sharing)."""
+    (``ops.vectorized_map``; by default on JAX on a GPU/TPU only, forced on here on either
+    backend); the result is each layer's own step. Truth: the same model whose tolerances
+    differ by 1e-9 (the same truncations, no sharing)."""
+    from keras_lowrank import optimizers
+
+    monkeypatch.setattr(optimizers, "_batches_alike_layers", lambda: True)
     x = rng.normal(size=(96, 16)).astype("float32")
     y = rng.integers(0, 4, size=96)
     calls = []
@@ -230,11 +234,8 @@ def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch):
         return model
 
     shared = train((0.3, 0.3, 0.3))
-    if keras.backend.backend() == "jax":
-        # augment and truncate, each one call over the three layers (per trace)
-        assert calls and set(calls) == {3} and len(calls) % 2 == 0
-    else:
-        assert calls == []  # TensorFlow integrates one layer at a time
+    # augment and truncate, each one call over the three layers (per trace)
+    assert calls and set(calls) == {3} and len(calls) % 2 == 0
     calls.clear()
     alone = train((0.3, 0.3 + 1e-9, 0.3 - 1e-9))
     assert calls == []
@@ -246,3 +247,16 @@ def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch):
         np.testing.assert_allclose(a, b, atol=1e-5)
     for layer in low_rank:
         _check_invariants(layer)
+
+
+def test_alike_layers_are_batched_only_on_jax_off_the_cpu():
+    """TensorFlow's pfor compiles slower; on JAX's CPU backend a batched LAPACK call can
+    deadlock XLA's thread pool (VGG16 hung on 2 cores): one layer at a time there."""
+    from keras_lowrank.optimizers import _batches_alike_layers
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        assert _batches_alike_layers() == (jax.default_backend() != "cpu")
+    else:
+        assert not _batches_alike_layers()
