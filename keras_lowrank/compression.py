@@ -281,7 +281,8 @@ def to_low_rank(
     does). Grouped (depthwise), channels_first and causal convolutions, and
     EinsumDense equations whose kernel shares an axis with input and output, have no
     low-rank form: the default skips them with a warning, naming one in ``layers``
-    raises.
+    raises. Other layers with kernels (SeparableConv2D, DepthwiseConv2D, transposed or
+    3-D convolutions, subclasses of Dense) stay as they are, named in a warning.
 
     Args:
         layers: names of the layers to convert (default: every Dense, Conv1D, Conv2D and EinsumDense,
@@ -328,6 +329,11 @@ def to_low_rank(
                 "only groups=1, channels_last, non-causal convolutions and EinsumDense layers "
                 "whose kernel is one matrix convert.", stacklevel=2)
         chosen = candidates[1 if skip_first else 0: len(candidates) - (1 if skip_last else 0)]
+        others = _other_kernel_layers(model, kinds)
+        if others:
+            warnings.warn(
+                "to_low_rank converts Dense, Conv1D, Conv2D and EinsumDense layers (those classes "
+                f"exactly); these layers with kernels stay as they are: {others}.", stacklevel=2)
         if nested:
             warnings.warn(
                 "to_low_rank left these Dense/Conv/EinsumDense layers dense: they sit inside nested "
@@ -430,6 +436,25 @@ def _kernel_matrix(layer):
     if isinstance(layer, keras.layers.EinsumDense) and not _unconvertible(layer):
         return einsum_kernel_matrix(layer.equation, kernel)
     return kernel.reshape(-1, kernel.shape[-1])
+
+
+def _other_kernel_layers(model, kinds):
+    """The model's own layers that hold a kernel but are no class ``to_low_rank``
+    converts (e.g. Xception's SeparableConv2D, MobileNet's DepthwiseConv2D, a
+    subclass of Dense), grouped by class: "Class ×n (first names…; why)"."""
+    by_class = {}
+    for layer in direct_sublayers(model):
+        if type(layer) in kinds or isinstance(layer, DynamicLowRankBase):
+            continue
+        if any(hasattr(layer, name) for name in ("kernel", "depthwise_kernel", "pointwise_kernel")):
+            by_class.setdefault(type(layer).__name__, []).append(layer.name)
+    parts = []
+    for name, members in by_class.items():
+        why = ("one filter per channel: no low-rank form" if name.startswith("DepthwiseConv")
+               else "not converted: build the model from the converted classes to compress it")
+        shown = ", ".join(members[:3]) + (", …" if len(members) > 3 else "")
+        parts.append(f"{name} ×{len(members)} ({shown}; {why})")
+    return "; ".join(parts)
 
 
 def _unconvertible(layer):

@@ -1,6 +1,7 @@
 """to_low_rank, compression_summary, export_compressed, and the callbacks."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -135,6 +136,37 @@ def test_to_low_rank_skips_grouped_convolutions_by_default_and_refuses_them_by_n
     assert low.predict(rng.normal(size=(2, 8, 8, 4)).astype("float32"), verbose=0).shape == (2, 3)
     with pytest.raises(ValueError, match="groups=16"):
         compression.to_low_rank(model, layers=["depthwise"], rank=2)
+
+
+
+class _SubclassedDense(keras.layers.Dense):
+    pass
+
+
+def test_to_low_rank_names_the_kernel_layers_it_does_not_convert(rng):
+    """Separable and depthwise convolutions (Xception, MobileNet) and subclasses of
+    Dense are no class to_low_rank converts: a warning names each, they stay as they
+    were (weights and outputs), the convertible layers around them convert."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 4))
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="plain")(inputs)
+    h = keras.layers.SeparableConv2D(16, 3, padding="same", name="separable")(h)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")(h)
+    h = keras.layers.Conv2D(32, 1, activation="relu", name="pointwise")(h)
+    h = _SubclassedDense(8, name="mine")(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+    with pytest.warns(UserWarning) as caught:
+        low = compression.to_low_rank(model, rank=2)
+    message = " ".join(str(w.message) for w in caught)
+    for expected in (r"SeparableConv2D ×1 \(separable;", r"DepthwiseConv2D ×1 \(depthwise; one filter per channel",
+                     r"_SubclassedDense ×1 \(mine;"):
+        assert re.search(expected, message), (expected, message)
+    assert "plain" not in message and "pointwise" not in message
+    assert [type(low.get_layer(n)).__name__ for n in ("plain", "separable", "depthwise", "pointwise", "mine")] == [
+        "DynamicLowRankConv2D", "SeparableConv2D", "DepthwiseConv2D", "DynamicLowRankConv2D", "_SubclassedDense"]
+    for name in ("separable", "depthwise", "mine"):
+        for a, b in zip(low.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
 
 
 def _train_briefly(model, x, y):
