@@ -31,6 +31,17 @@ def _is_array(value):
     return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
+def _checked_finite(x, index):
+    """``x`` as numpy, refused if it holds NaN or infinite values: the measures would
+    not see them everywhere (a ReLU maps NaN to 0 on some CPUs' kernels, AVX-512's
+    oneDNN among them) and would return numbers for inputs that have none."""
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.inexact) and not np.all(np.isfinite(x)):
+        raise ValueError(f"`data`: batch {index} holds NaN or infinite inputs; remove or repair those "
+                         "samples (e.g. np.nan_to_num, or drop them) before measuring.")
+    return x
+
+
 def iterate_inputs(data, batch_size=256, max_batches=None):
     """Yields input batches (numpy) from a tf.data.Dataset, an iterable of
     batches, an array, or an (x, y) pair of arrays (as ``evaluate_robustness`` takes);
@@ -49,7 +60,7 @@ def iterate_inputs(data, batch_size=256, max_batches=None):
             return
         if isinstance(batch, (tuple, list)):
             batch = batch[0]
-        yield batch
+        yield _checked_finite(batch, index)
 
 
 def iterate_labelled(data, batch_size=256, max_batches=None):
@@ -69,4 +80,4 @@ def iterate_labelled(data, batch_size=256, max_batches=None):
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise ValueError("`data` must yield (x, y) batches with labels, or be an "
                              "(x, y) pair of arrays.")
-        yield np.asarray(batch[0]), np.asarray(batch[1])
+        yield _checked_finite(batch[0], index), np.asarray(batch[1])
