@@ -688,5 +688,16 @@ def test_fab_equals_the_authors_loop(rng, norm):
         np.testing.assert_array_equal(distance < 1e9, expected_distance < 1e9)
         assert (expected_distance < 1e9).mean() > 0.5  # most found
         ok = expected_distance < 1e9
-        np.testing.assert_allclose(distance[ok], expected_distance[ok], atol=1e-4)
-        np.testing.assert_allclose(found[ok], expected[ok], atol=1e-4)
+        # Equal paths give equal points. A path can part at a near-tie of a discrete choice
+        # (which hyperplane, which step is best so far) when the two implementations round
+        # differently: on one CPU all 40 agree, on an AVX-512 one (other oneDNN/XLA kernels)
+        # 1 of 40 ended 11 % farther. At most 1 in 20 may part; each that does must still
+        # be a point of the other class at its reported distance.
+        same = np.all(np.abs(found - expected) <= 1e-4, axis=1) & (np.abs(distance - expected_distance) <= 1e-4)
+        assert same[ok].mean() >= 0.95, (rank, np.flatnonzero(ok & ~same))
+        parted = ok & ~same
+        if parted.any():
+            order = "inf" if norm == "inf" else 2
+            np.testing.assert_allclose(np.linalg.norm(found[parted] - x[parted], ord=order, axis=1),
+                                       distance[parted], rtol=1e-4)
+            assert np.all(np.argmax(model.predict(found[parted], verbose=0), axis=1) != y[parted])
