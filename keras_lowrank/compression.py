@@ -39,6 +39,7 @@ from keras_lowrank.layers.dynamic_low_rank import (
     _einsum_plan,
     einsum_kernel_matrix,
 )
+from keras_lowrank.layers.low_rank_projection import LowRankProjection
 
 _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D)
 _KINDS = (keras.layers.Dense, keras.layers.EinsumDense) + _CONVS
@@ -444,8 +445,8 @@ def _other_kernel_layers(model, kinds):
     subclass of Dense), grouped by class: "Class ×n (first names…; why)"."""
     by_class = {}
     for layer in direct_sublayers(model):
-        if type(layer) in kinds or isinstance(layer, DynamicLowRankBase):
-            continue
+        if type(layer) in kinds or isinstance(layer, (DynamicLowRankBase, LowRankProjection)):
+            continue  # converted, or low rank already
         if any(hasattr(layer, name) for name in ("kernel", "depthwise_kernel", "pointwise_kernel")):
             by_class.setdefault(type(layer).__name__, []).append(layer.name)
     parts = []

@@ -11,7 +11,7 @@ import pytest
 from keras import ops
 
 from keras_lowrank import callbacks, compression
-from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense
+from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
 
 
 def _cnn(seed=0):
@@ -154,6 +154,7 @@ def test_to_low_rank_names_the_kernel_layers_it_does_not_convert(rng):
     h = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")(h)
     h = keras.layers.Conv2D(32, 1, activation="relu", name="pointwise")(h)
     h = _SubclassedDense(8, name="mine")(keras.layers.GlobalAveragePooling2D()(h))
+    h = LowRankProjection(rank=2, name="lr")(h)  # low rank already: not named
     model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
     with pytest.warns(UserWarning) as caught:
         low = compression.to_low_rank(model, rank=2)
@@ -161,7 +162,7 @@ def test_to_low_rank_names_the_kernel_layers_it_does_not_convert(rng):
     for expected in (r"SeparableConv2D ×1 \(separable;", r"DepthwiseConv2D ×1 \(depthwise; one filter per channel",
                      r"_SubclassedDense ×1 \(mine;"):
         assert re.search(expected, message), (expected, message)
-    assert "plain" not in message and "pointwise" not in message
+    assert "plain" not in message and "pointwise" not in message and "LowRankProjection" not in message
     assert [type(low.get_layer(n)).__name__ for n in ("plain", "separable", "depthwise", "pointwise", "mine")] == [
         "DynamicLowRankConv2D", "SeparableConv2D", "DepthwiseConv2D", "DynamicLowRankConv2D", "_SubclassedDense"]
     for name in ("separable", "depthwise", "mine"):
