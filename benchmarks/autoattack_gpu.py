@@ -60,6 +60,7 @@ def bare_jit(model, stages, x, y, batch):
         return lambda xs: model.stateless_call(t, n, xs, training=False)[0]
 
     predict = jax.jit(lambda t, n, xs: jnp.argmax(scores(t, n)(xs), axis=-1))
+    classes = model.output_shape[-1]
     runs = {id(stage): jax.jit(lambda t, n, xs, ys, key, noise, stage=stage:
                                stage._run(scores(t, n), xs, ys, key, noise)) for stage in stages}
     batches = [(x[i:i + batch], y[i:i + batch], jax.device_put(x[i:i + batch]))
@@ -73,7 +74,7 @@ def bare_jit(model, stages, x, y, batch):
         for xb, yb, xb_device in batches:
             robust = np.asarray(predict(trainable, non_trainable, xb_device)) == yb
             for stage in stages:
-                for key in stage._run_keys(10):
+                for key in stage._run_keys(classes):
                     rows = np.flatnonzero(robust)
                     if not len(rows):
                         break

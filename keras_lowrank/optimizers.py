@@ -67,7 +67,6 @@ def low_rank_groups(variables):
     ]
 
 
-
 def _batches_alike_layers():
     """Whether DLRT's step maps alike layers together: on JAX, unless it runs on the
     CPU (see ``DLRT._step``'s ``by_shape``)."""
@@ -76,6 +75,7 @@ def _batches_alike_layers():
     import jax
 
     return jax.default_backend() != "cpu"
+
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
 class DLRT(keras.optimizers.Optimizer):
@@ -216,10 +216,8 @@ class DLRT(keras.optimizers.Optimizer):
             groups = {}
             for index, entry in enumerate(layers):
                 layer, _, _, u0, _, _, v0, _, kinds = entry
-                key = (tuple(u0.shape), tuple(v0.shape), layer.max_rank, layer.tol,
-                       layer.min_rank, tuple(kinds), str(u0.dtype))
-                if not batch_alike:
-                    key = index
+                key = ((tuple(u0.shape), tuple(v0.shape), layer.max_rank, layer.tol,
+                        layer.min_rank, tuple(kinds), str(u0.dtype)) if batch_alike else index)
                 groups.setdefault(key, []).append(index)
             results = [None] * len(layers)
             for indices in groups.values():

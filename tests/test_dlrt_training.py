@@ -249,14 +249,28 @@ def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch):
         _check_invariants(layer)
 
 
-def test_alike_layers_are_batched_only_on_jax_off_the_cpu():
-    """TensorFlow's pfor compiles slower; on JAX's CPU backend a batched LAPACK call can
-    deadlock XLA's thread pool (VGG16 hung on 2 cores): one layer at a time there."""
-    from keras_lowrank.optimizers import _batches_alike_layers
+def test_alike_layers_are_not_batched_on_tensorflow_nor_on_jax_cpus(rng, monkeypatch):
+    """TensorFlow's pfor compiles slower; on JAX's CPU backend two batched LAPACK calls
+    can deadlock XLA's thread pool (VGG16 hung on 2 cores): there the step makes no
+    batched call (``ops.vectorized_map``), on JAX on a GPU/TPU it does."""
+    calls = []
+    mapped = keras.ops.vectorized_map
 
+    def counting(function, elements):
+        calls.append(1)
+        return mapped(function, elements)
+
+    monkeypatch.setattr(keras.ops, "vectorized_map", counting)
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((16,))] + [DynamicLowRankDense(16, max_rank=8, rank=2)
+                                                     for _ in range(3)] + [keras.layers.Dense(4)])
+    model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(rng.normal(size=(64, 16)).astype("float32"), rng.integers(0, 4, size=64),
+              batch_size=32, epochs=1, verbose=0)
+    batches = False
     if keras.backend.backend() == "jax":
         import jax
 
-        assert _batches_alike_layers() == (jax.default_backend() != "cpu")
-    else:
-        assert not _batches_alike_layers()
+        batches = jax.default_backend() != "cpu"
+    assert bool(calls) == batches
