@@ -13,8 +13,10 @@ shipped" uses ``attacks.unrolls`` (unroll only models of ≤ 32 layers).
 
 ``--report``: the first call of ``evaluate_robustness`` with FGSM, PGD-10 and Gaussian
 noise at three sizes each (ε = 2/255, 4/255, 8/255; σ = 0.05, 0.1, 0.2), without and
-with the default large-ε probe, against the first call of one PGD-10
-(``PGD(8/255)(model, x, y)``), each in a fresh Python. Goal (issue 21): the report ≤ 2×
+with the default large-ε probe, against the first call of one PGD-10, called directly
+(``PGD(8/255)(model, x, y)``, "as shipped") and as one row alone through Keras'
+``evaluate`` (``PerturbedModel(model, PGD(8/255)).evaluate(x, y)``, "evaluate": the
+path every report row takes), each in a fresh Python. Goal (issue 21): the report ≤ 2×
 the one PGD.
 """
 
@@ -49,6 +51,12 @@ if mode.startswith("report"):
     sweep = [FGSM(e) for e in sizes] + [PGD(e, steps=steps, seed=0) for e in sizes]
     evaluate_robustness(model, (x, y), attacks=sweep, noise_sigmas=(0.05, 0.1, 0.2),
                         large_eps="auto" if mode == "report+probe" else None)
+elif mode == "evaluate":  # one PGD row alone, through Keras' evaluate as the report runs it
+    from keras_lowrank.robustness import PerturbedModel
+    wrapper = PerturbedModel(model, PGD(8 / 255, steps=steps, seed=0))
+    wrapper.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    wrapper.evaluate(x, y, batch_size=len(x), verbose=0)
 else:
     attack = PGD(8 / 255, steps=steps, seed=0)
     np.asarray(attack(model, x, y))
@@ -75,7 +83,7 @@ def main(argv=None):
         for steps in args.steps:
             modes = ("unrolled", "as shipped") if steps <= 20 else ("as shipped",)
             if args.report:
-                modes = ("as shipped", "report", "report+probe")
+                modes = ("as shipped", "evaluate", "report", "report+probe")
             for mode in modes:
                 done = subprocess.run([sys.executable, "-c", CHILD, model, str(steps), mode], capture_output=True,
                                       text=True, env=env, check=True)

@@ -249,35 +249,64 @@ def _fresh_accuracy(model, perturbation, x, y):
     return wrapper.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)["accuracy"]
 
 
-def test_an_eps_sweep_compiles_one_step_per_kind_and_scores_each_eps_as_a_fresh_wrapper(trained, monkeypatch):
-    """Rows differing only in ε / step size / σ share one compiled test step whose sizes
-    are variables; each row still equals evaluating its own object afresh (so the
-    sizes are read at run time on both backends, not traced as constants, and the
-    random starts of each row are those of a fresh object with its seed)."""
+def _fresh_dataset_accuracy(model, perturbation, dataset):
+    wrapper = PerturbedModel(model, perturbation)
+    wrapper.compile(loss=CE, metrics=["accuracy"])
+    return wrapper.evaluate(dataset, verbose=0, return_dict=True)["accuracy"]
+
+
+def test_a_report_compiles_one_step_for_clean_noise_fgsm_and_pgd_and_scores_each_row_as_a_fresh_wrapper(
+        trained, monkeypatch):
+    """Clean, noise, FGSM and single-restart PGD rows of one norm run in one shared
+    ``Sweep`` step (settings as variables); other kinds share one step per kind
+    across ε. Each row still equals evaluating its own object afresh on the same
+    batches — the settings are read at run time on both backends, not traced as
+    constants; FGSM's step is not projected; a PGD-20 probe runs in the step
+    traced for PGD-3; and every row draws what a fresh object with its seed draws,
+    batch after batch (common random numbers)."""
     from keras_lowrank.robustness import SPSA, report
 
     model, x, y = trained
+    dataset = batches(x, y)  # 4 batches: the random draws must follow a fresh object's, batch after batch
     created = []
 
     class Counting(PerturbedModel):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            created.append(type(self.perturbation).__name__)
+            created.append((type(self.perturbation).__name__, getattr(self.perturbation, "norm", None)))
 
     monkeypatch.setattr(report, "PerturbedModel", Counting)
     sweep = (0.05, 0.1, 0.2)
     attacks = ([FGSM(e) for e in sweep] + [PGD(e, steps=3, seed=1) for e in sweep]
-               + [PGD(0.1, steps=3, step_size=0.02, seed=1), SPSA(0.1, steps=2, samples=4, seed=2),
-                  SPSA(0.2, steps=2, samples=4, seed=2)])
-    result = evaluate_robustness(model, (x, y), attacks=attacks, noise_sigmas=[0.1, 0.3], seed=3,
-                                 large_eps=None)
-    assert sorted(created) == ["FGSM", "GaussianNoise", "PGD", "SPSA", "_Identity"]
-    perturbations = attacks + [GaussianNoise(0.1, seed=3), GaussianNoise(0.3, seed=3)]
-    got = [row["accuracy"] for row in result.rows[1:]]
-    expected = [_fresh_accuracy(model, p, x, y) for p in perturbations]
+               + [PGD(0.1, steps=5, step_size=0.02, seed=1), PGD(0.1, steps=2, random_start=False),
+                  FGSM(0.8, norm=2), PGD(1.0, steps=3, norm=2, seed=4), PGD(0.6, steps=2, norm=2, seed=4),
+                  SPSA(0.1, steps=2, samples=4, seed=2), SPSA(0.2, steps=2, samples=4, seed=2)])
+    result = evaluate_robustness(model, dataset, attacks=attacks, noise_sigmas=[0.1, 0.3], seed=3)
+    assert sorted(created) == [("SPSA", "inf"), ("Sweep", "2"), ("Sweep", "inf")]
+    perturbations = ([None] + attacks + [GaussianNoise(0.1, seed=3), GaussianNoise(0.3, seed=3)]
+                     + [PGD(0.5, steps=20, seed=3)])
+    got = [row["accuracy"] for row in result.rows]
+    expected = [_fresh_dataset_accuracy(model, p, dataset) if p else accuracy(model, x, y) for p in perturbations]
     assert got == pytest.approx(expected, abs=1e-6)
-    assert len(set(got[:3])) > 1 and len(set(got[3:6])) > 1  # the sizes did change the result
-    assert [row["name"] for row in result.rows[1:]] == [p.name for p in perturbations]
+    assert len(set(got[1:4])) > 1 and len(set(got[4:7])) > 1  # the sizes did change the result
+    assert len(set(got[-3:-1])) > 1
+    assert [row["name"] for row in result.rows[1:-1]] == [p.name for p in perturbations[1:-1]]
+
+
+def test_a_reports_shared_step_checks_each_rows_own_input_range(trained):
+    """The clean row declares no range, an attack row its own: out-of-range data
+    passes the first and is refused by the second, named."""
+    model, x, y = trained
+    shifted = x + 1.0  # in [1, 2]
+    with pytest.raises(ValueError, match=r"clip=\(0.0, 1.0\) of FGSM\(eps=0.1"):
+        evaluate_robustness(model, (shifted, y), attacks=[FGSM(0.1)], large_eps=None)
+    report = evaluate_robustness(model, (shifted, y), attacks=[FGSM(0.1, clip=(1.0, 2.0))],
+                                 noise_sigmas=[0.1], clip=None, large_eps=None)
+    assert report.clean_accuracy == pytest.approx(accuracy(model, shifted, y), abs=1e-6)
+    infinite = x.copy()
+    infinite[3, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="1 input.* NaN or infinite"):
+        evaluate_robustness(model, (infinite, y), noise_sigmas=[0.1], clip=None, large_eps=None)
 
 
 def test_subclasses_that_do_not_declare_their_sizes_are_not_shared(trained):
@@ -294,3 +323,30 @@ def test_subclasses_that_do_not_declare_their_sizes_are_not_shared(trained):
     result = evaluate_robustness(model, (x, y), attacks=attacks, large_eps=None)
     expected = [_fresh_accuracy(model, a, x, y) for a in attacks]
     assert [row["accuracy"] for row in result.rows[1:]] == pytest.approx(expected, abs=1e-6)
+
+
+class _Opaque(keras.layers.Layer):
+    """The identity through a host callback: no input gradient can be traced on JAX
+    (a pure_callback has no JVP); on TF a numpy_function's gradient is zero."""
+
+    def call(self, x):
+        if keras.backend.backend() == "jax":
+            import jax
+
+            return jax.pure_callback(np.asarray, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+        import tensorflow as tf
+
+        out = tf.numpy_function(np.asarray, [x], tf.float32)
+        out.set_shape(x.shape)
+        return out
+
+
+def test_a_report_without_gradient_attacks_does_not_need_the_input_gradient(trained):
+    """Clean and noise rows share the gradient attacks' step only when the report has
+    such attacks: without them a model whose gradient cannot be traced is still scored."""
+    model, x, y = trained
+    opaque = keras.Sequential([keras.Input(x.shape[1:]), _Opaque(), model])
+    report = evaluate_robustness(opaque, (x, y), noise_sigmas=[0.1], seed=3, large_eps=None)
+    assert report.clean_accuracy == pytest.approx(accuracy(model, x, y), abs=1e-6)
+    assert report.accuracy("gaussian", 0.1) == pytest.approx(
+        _fresh_accuracy(model, GaussianNoise(0.1, seed=3), x, y), abs=1e-6)

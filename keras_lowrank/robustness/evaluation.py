@@ -77,6 +77,10 @@ class PerturbedModel(LabelsInCall, keras.Model):
         # Tracked so that random starts advance in JAX's stateless steps too
         # (and are saved with the weights).
         self.perturbation_seed = getattr(perturbation, "_seed", None)
+        more = [value for value in vars(perturbation).values()
+                if isinstance(value, keras.random.SeedGenerator) and value is not self.perturbation_seed]
+        if more:  # only then: the weights of one-generator wrappers keep their layout
+            self.perturbation_more_seeds = more
         # Sizes held as variables (``Perturbation._sizes``; a sweep assigns them
         # between calls of one compiled step): tracked, so that JAX's stateless
         # steps read their current values instead of tracing them as constants.
@@ -164,7 +168,13 @@ class PerturbedModel(LabelsInCall, keras.Model):
     def call(self, inputs, training=False):
         inputs = _as_float(inputs)
         self._num_classes(inputs.shape)
-        if self.clip is not None:
+        input_range = getattr(self.perturbation, "input_range", None)
+        if input_range is not None:  # a range that changes between calls (variables; ±∞ for none)
+            low, high = input_range()
+            inside = ops.logical_and(ops.isfinite(inputs), ops.logical_and(
+                inputs >= low - _RANGE_TOLERANCE, inputs <= high + _RANGE_TOLERANCE))
+            outside = ops.logical_not(inside)
+        elif self.clip is not None:
             low, high = self.clip
             inside = ops.logical_and(inputs >= low - _RANGE_TOLERANCE, inputs <= high + _RANGE_TOLERANCE)
             outside = ops.logical_not(inside)  # NaN included
@@ -203,12 +213,13 @@ class PerturbedModel(LabelsInCall, keras.Model):
     def _raise_if_inputs_out_of_range(self):
         getattr(self, "jax_state_sync", lambda: None)()  # JAX keeps the state aside in loops
         count = int(ops.convert_to_numpy(self.inputs_out_of_range))
-        if count and self.clip is None:
+        clip = declared_range(self.perturbation)  # now (a report's shared step changes it)
+        if count and clip is None:
             raise ValueError(f"`x`: {count} input(s) hold NaN or infinite values; clean the data.")
         if count:
             raise ValueError(
                 f"`x`: {count} input(s) hold NaN or lie outside the declared input range "
-                f"clip={self.clip} of {self.perturbation!r}, which would clip them into it. "
+                f"clip={clip} of {self.perturbation!r}, which would clip them into it. "
                 "Rescale the inputs to that range (uint8 images: divide by 255) or declare "
                 "theirs with clip=(low, high) (None: no range).")
         labels = int(ops.convert_to_numpy(self.invalid_labels))

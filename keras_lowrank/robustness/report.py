@@ -11,18 +11,12 @@ import numpy as np
 from keras_lowrank._optional import require
 from keras_lowrank._validation import check_number
 from keras_lowrank.analysis._batches import check_not_load_pair
+from keras_lowrank.robustness._sweep import Identity, Sweep, sweep_group
 from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, outputs_logits
 from keras_lowrank.robustness.autoattack import APGD, FAB, AutoAttack, Square
 from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
-from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
-
-
-class _Identity(Perturbation):
-    name = "clean"
-
-    def perturb_in_graph(self, model, x, y=None):
-        return x
+from keras_lowrank.robustness.perturbations import GaussianNoise
 
 
 @dataclasses.dataclass
@@ -142,7 +136,7 @@ class RobustnessReport:
 
 
 def _describe(perturbation):
-    if isinstance(perturbation, _Identity):
+    if isinstance(perturbation, Identity):
         return "clean", None, 0.0
     if isinstance(perturbation, GaussianNoise):
         return "gaussian", None, perturbation.sigma
@@ -169,7 +163,15 @@ def _arrays(data):
 class _Evaluator:
     """Accuracy of one model under perturbations, through ``PerturbedModel.evaluate``.
 
-    Perturbations of one class whose configurations differ only in their sizes
+    Clean, Gaussian-noise, FGSM and (single-restart) PGD rows all run in one
+    ``PerturbedModel`` of a ``Sweep``: one parametrised step whose settings (σ, ε,
+    step size, steps, start, projection, range) are variables assigned before each
+    row, so Keras traces and compiles one test step for all of them (per norm,
+    targeting and ``from_logits``) instead of one per kind — a large model's step
+    takes seconds to minutes to compile. ``default_group`` is the step the clean
+    and noise rows join: that of the first FGSM/PGD row, or none.
+
+    Other perturbations of one class whose configurations differ only in their sizes
     (``Perturbation._sizes``: ε, step sizes, σ) share one ``PerturbedModel`` whose
     copy of the perturbation holds those sizes as variables: Keras traces and
     compiles its test step once for an ε-sweep, not once per ε (a large model's
@@ -178,24 +180,26 @@ class _Evaluator:
     draws what a fresh object with that seed would (common random numbers across σ
     and ε)."""
 
-    def __init__(self, model, from_logits, jit_compile, verbose):
+    def __init__(self, model, from_logits, jit_compile, verbose, perturbations=()):
         self.model, self.from_logits = model, from_logits
         self.jit_compile, self.verbose = jit_compile, verbose
         self._shared = {}
+        groups = [self._group(p) for p in perturbations]
+        # Without a gradient attack the clean and noise rows keep steps of their own:
+        # the shared step holds the model's input gradient, which a model that is
+        # not differentiable (a numpy_function inside) cannot trace.
+        self.default_group = next((g for g in groups if g not in (None, "any")), None)
+
+    def _group(self, perturbation):
+        found = sweep_group(perturbation)
+        if found in (None, "any"):
+            return found
+        norm, targeted, from_logits = found
+        # None means "logits unless the model ends in a softmax" (Attack._oracle)
+        return norm, targeted, outputs_logits(self.model) if from_logits is None else from_logits
 
     def accuracy(self, perturbation, data):
-        one_hot = _one_hot(data)
-        key = self._key(perturbation, one_hot)
-        if key is None:
-            wrapper = self._wrapper(perturbation, one_hot)
-        else:
-            if key not in self._shared:
-                self._shared[key] = self._sized_wrapper(perturbation, one_hot)
-            wrapper, sizes, seeds = self._shared[key]
-            for name, variable in sizes.items():
-                variable.assign(float(getattr(perturbation, name)))
-            for generator, state in seeds:
-                generator.state.assign(state)
+        wrapper = self._ready_wrapper(perturbation, _one_hot(data))
         if _is_pair(data):
             x, y, weights, batch = _padded_pair(data)
             result = wrapper.evaluate(x, y, sample_weight=weights, batch_size=batch, verbose=self.verbose,
@@ -203,6 +207,30 @@ class _Evaluator:
         else:
             result = wrapper.evaluate(data, verbose=self.verbose, return_dict=True)
         return float(result["accuracy"])
+
+    def _ready_wrapper(self, perturbation, one_hot):
+        """A wrapper set to compute ``perturbation``: the shared ``Sweep``, a shared
+        wrapper with the sizes assigned, or one of its own."""
+        found = self._group(perturbation)
+        if found == "any":
+            found = self.default_group
+        if found is not None:
+            key = ("sweep", found, one_hot)
+            if key not in self._shared:
+                self._shared[key] = self._wrapper(Sweep(*key[1]), one_hot)
+            self._shared[key].perturbation.load(perturbation)
+            return self._shared[key]
+        key = self._key(perturbation, one_hot)
+        if key is None:
+            return self._wrapper(perturbation, one_hot)
+        if key not in self._shared:
+            self._shared[key] = self._sized_wrapper(perturbation, one_hot)
+        wrapper, sizes, seeds = self._shared[key]
+        for name, variable in sizes.items():
+            variable.assign(float(getattr(perturbation, name)))
+        for generator, state in seeds:
+            generator.state.assign(state)
+        return wrapper
 
     @staticmethod
     def _sizes(perturbation):
@@ -351,10 +379,12 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         _check_data(dataset, f"datasets[{label!r}]")
     if from_logits is None:
         from_logits = outputs_logits(model)
-    rows = []
-    evaluator = _Evaluator(model, from_logits, jit_compile, verbose)
+    rows, planned = [], []
 
     def add(perturbation, name=None, on=data, family=None):
+        planned.append((perturbation, name, on, family))
+
+    def run(perturbation, name=None, on=data, family=None):
         described_family, norm, size = _describe(perturbation)
         family = family or described_family
         extra = {}
@@ -371,7 +401,7 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         rows.append(row)
         return row
 
-    add(_Identity(), name="clean")
+    add(Identity(), name="clean")
     for attack in attacks:
         add(attack)
     if black_box:
@@ -382,13 +412,15 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     for corruption in corruptions:
         add(corruption)
     for label, dataset in (datasets or {}).items():
-        add(_Identity(), name=label, on=dataset, family="dataset")
+        add(Identity(), name=label, on=dataset, family="dataset")
     if large_eps == "auto":
         large_eps = None if clip is None else (clip[1] - clip[0]) / 2
-    probe = None
     if large_eps is not None:
-        probe = add(PGD(large_eps, steps=20, seed=seed, clip=clip),
-                    name=f"PGD-20 L∞ ε={large_eps:g} (large-ε probe)")
+        add(PGD(large_eps, steps=20, seed=seed, clip=clip), name=f"PGD-20 L∞ ε={large_eps:g} (large-ε probe)")
+    evaluator = _Evaluator(model, from_logits, jit_compile, verbose, [p for p, *_ in planned])
+    for row in planned:
+        run(*row)
+    probe = rows[-1] if large_eps is not None else None
     checks = _checks(rows, probe, num_examples)
     return RobustnessReport(rows=rows, checks=checks, num_examples=num_examples)
 

@@ -1,0 +1,157 @@
+"""One compiled step for the rows of a robustness report: clean, Gaussian noise,
+FGSM and PGD as settings of one parametrised graph.
+
+Each kind of row used to trace the model anew inside Keras' test step (a
+forward-only step alone costs seconds on a MobileNetV2; docs/benchmarks.md), so
+a report with clean, noise, FGSM and PGD rows traced and compiled four to five
+steps. All four are special cases of one computation, with every setting a
+variable read at run time:
+
+    x₀ = clip(x + σ n + s · Π_ε(η)),   n ~ N(0, I), η the PGD random start
+    x_{k+1} = clip(x + Π_ε(clip(x_k + step(∇, α) − x)))  (or, with p = 0,
+              clip(x_k + step(∇, α)) unprojected), k < K
+
+    clean:     σ = 0, s = 0, K = 0, no range (clip to ±∞)
+    noise:     σ = σ, s = 0, K = 0
+    FGSM:      σ = 0, s = 0, K = 1, α = ε, p = 0
+    PGD:       σ = 0, s = random_start, K = steps, α = step_size, p = 1
+
+Every row computes exactly what its own object computes (the same operations
+in the same order; the zero terms add exact zeros), and draws what a fresh
+object with its seed draws: the noise and the random starts come from two
+generators, each reset to the row's seed before the row. Only the norm, the
+targeting and ``from_logits`` are fixed per graph (the L2 start draws other
+random numbers than the L∞ one).
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lowrank.robustness._gradients import forward_without_side_effects
+from keras_lowrank.robustness.attacks import FGSM, PGD, Attack, clip_to_ball, steepest_step
+from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
+
+
+class Identity(Perturbation):
+    """The clean row: the input as it is (no declared range)."""
+
+    name = "clean"
+
+    def perturb_in_graph(self, model, x, y=None):
+        return x
+
+
+def sweep_group(perturbation):
+    """The graph key (norm, targeted, from_logits) of an attack row ``Sweep`` can
+    run; "any" for a clean or noise row (it joins any graph); None for the others
+    (their own classes, subclasses and multi-restart PGD keep their own steps)."""
+    kind = type(perturbation)
+    if kind in (Identity, GaussianNoise):
+        return "any"
+    if kind is FGSM or (kind is PGD and perturbation.restarts == 1):
+        return perturbation.norm, perturbation.targeted, perturbation.from_logits
+    return None
+
+
+class Sweep(Perturbation):
+    """The parametrised step (see the module's docstring); ``load(row)`` sets it
+    to compute ``row`` (an ``Identity``, ``GaussianNoise``, ``FGSM`` or
+    single-restart ``PGD``) from the next call of the compiled step on."""
+
+    def __init__(self, norm, targeted=False, from_logits=None):
+        self.norm, self.targeted, self.from_logits = norm, targeted, from_logits
+
+        def variable(name, value=0.0, dtype="float32"):
+            return keras.Variable(value, dtype=dtype, trainable=False, name=name)
+
+        self.sigma = variable("sigma")
+        self.eps = variable("eps")
+        self.step_size = variable("step_size")
+        self.start_scale = variable("start_scale")
+        self.project = variable("project")
+        self.steps = variable("steps", 0, "int32")
+        self.clip_low = variable("clip_low", -math.inf)
+        self.clip_high = variable("clip_high", math.inf)
+        self._seed = keras.random.SeedGenerator(0)  # the random starts (PGD's own `_seed`)
+        self._noise_seed = keras.random.SeedGenerator(0)
+        self.row = Identity()
+        self._states = {}
+
+    # The loss and its gradient as the row's attack has them (signs, logits).
+    _oracle = Attack._oracle
+
+    @property
+    def clip(self):
+        """The current row's declared input range, or None."""
+        low, high = (float(ops.convert_to_numpy(v)) for v in (self.clip_low, self.clip_high))
+        return None if (low, high) == (-math.inf, math.inf) else (low, high)
+
+    def input_range(self):
+        """The current row's range as tensors, ±∞ for none (read in the step)."""
+        return self.clip_low, self.clip_high
+
+    def _fresh_state(self, seed):
+        """The initial state of ``SeedGenerator(seed)``; for ``seed=None`` one random
+        state per sweep (every σ and ε still sees the same draws)."""
+        if seed not in self._states:
+            self._states[seed] = ops.convert_to_numpy(keras.random.SeedGenerator(seed).state)
+        return self._states[seed]
+
+    def load(self, row):
+        kind = type(row)
+        is_attack = kind in (FGSM, PGD)
+        clip = row.clip if kind is not Identity else None
+        low, high = (-math.inf, math.inf) if clip is None else clip
+        values = {
+            "sigma": row.sigma if kind is GaussianNoise else 0.0,
+            "eps": row.eps if is_attack else 0.0,
+            "step_size": row.eps if kind is FGSM else row.step_size if kind is PGD else 0.0,
+            "start_scale": float(kind is PGD and row.random_start),
+            "project": float(kind is PGD),
+            "clip_low": low, "clip_high": high,
+        }
+        for name, value in values.items():
+            getattr(self, name).assign(float(value))
+        self.steps.assign(row.steps if kind is PGD else int(kind is FGSM))
+        self._seed.state.assign(self._fresh_state(row.seed if kind is PGD else 0))
+        self._noise_seed.state.assign(self._fresh_state(row.seed if kind is GaussianNoise else 0))
+        self.row = row
+
+    def _start(self, x):
+        """PGD's random start (``PGD._noise``, one restart), drawn with ε a tensor."""
+        if self.norm == "inf":
+            return keras.random.uniform(ops.shape(x), -self.eps, self.eps, seed=self._seed)
+        direction = keras.random.normal(ops.shape(x), seed=self._seed)
+        dim = float(np.prod(x.shape[1:]))
+        u = keras.random.uniform(ops.shape(x)[:1], seed=self._seed)
+        scale = self.eps * u ** (1.0 / dim) / ops.sqrt(
+            ops.sum(ops.square(ops.reshape(direction, (ops.shape(x)[0], -1))), axis=1))
+        return direction * ops.reshape(scale, (-1,) + (1,) * (len(x.shape) - 1))
+
+    def perturb_in_graph(self, model, x, y=None):
+        oracle = self._oracle(model)
+        if y is None:
+            y = ops.argmax(forward_without_side_effects(model, x), axis=-1)
+        y = ops.cast(y, "int32")
+
+        def clip(value):
+            return ops.clip(value, self.clip_low, self.clip_high)
+
+        noisy = x + self.sigma * keras.random.normal(ops.shape(x), seed=self._noise_seed)
+        start = clip(noisy + self.start_scale * clip_to_ball(self._start(x), self.eps, self.norm))
+
+        def step(_, adv):
+            stepped = clip(adv + steepest_step(oracle.grad(adv, y), self.step_size, self.norm))
+            projected = clip(x + clip_to_ball(stepped - x, self.eps, self.norm))
+            return ops.where(self.project > 0, projected, stepped)
+
+        return ops.fori_loop(0, self.steps, step, start)
+
+    def get_config(self):
+        return {"norm": self.norm, "targeted": self.targeted, "from_logits": self.from_logits}
+
+    def __repr__(self):
+        return repr(self.row)
