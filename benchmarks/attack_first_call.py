@@ -1,7 +1,8 @@
 """First call of an attack on a model: time and peak memory, loop unrolled or not (issue 21).
 
-Each configuration runs in a fresh Python (TensorFlow backend), so the time includes
-tracing and graph optimisation and the peak resident memory is that of one attack:
+Each configuration runs in a fresh Python (TensorFlow backend unless ``--backend jax``),
+so the time includes tracing and graph optimisation and the peak resident memory is
+that of one attack:
 ``PGD(8/255, steps)(model, x, y)`` on a batch of 16. Models: the demo CNN (digits,
 8×8×1, 6 layers) and MobileNetV2 (32×32×3, weights=None, 10 classes, ~150 layers); also
 ``resnet50`` and ``densenet121`` (same input) with ``--models``.
@@ -9,7 +10,7 @@ tracing and graph optimisation and the peak resident memory is that of one attac
 shipped" uses ``attacks.unrolls`` (unroll only models of ≤ 32 layers).
 
     python benchmarks/attack_first_call.py [--models cnn mobilenetv2 resnet50 densenet121] [--steps 10 20 100]
-    python benchmarks/attack_first_call.py --report [--models ...]
+    python benchmarks/attack_first_call.py --report [--models ...] [--backend jax]
 
 ``--report``: the first call of ``evaluate_robustness`` with FGSM, PGD-10 and Gaussian
 noise at three sizes each (ε = 2/255, 4/255, 8/255; σ = 0.05, 0.1, 0.2), without and
@@ -74,10 +75,12 @@ def main(argv=None):
                         choices=["cnn", "mobilenetv2", "resnet50", "densenet121"])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 100])
     parser.add_argument("--report", action="store_true", help="a report's first call against one PGD-10's")
+    parser.add_argument("--backend", default="tensorflow", choices=["tensorflow", "jax"],
+                        help="Keras backend of the children (JAX never unrolls: the modes coincide)")
     args = parser.parse_args(argv)
     if args.report:
         args.steps = [10]
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "KERAS_BACKEND": args.backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     rows = []
     for model in args.models:
         for steps in args.steps:
