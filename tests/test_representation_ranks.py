@@ -87,3 +87,24 @@ def test_an_x_y_pair_of_arrays_is_read_as_its_inputs(rng):
     np.testing.assert_allclose(cka.matrix, analysis.cka_map(model, x, layers=["conv", "dense"]).matrix)
     with pytest.raises(ValueError, match="x has 40 samples but y has 39"):
         analysis.representation_ranks(model, (x, y[:39]), layers=["dense"])
+
+
+@pytest.mark.parametrize("n", [5, 63, 64, 100])
+@pytest.mark.parametrize("center", [True, False])
+def test_moments_equal_the_svd_with_fewer_or_more_rows_than_features(rng, n, center):
+    """Below m rows the spectrum comes from the rows' Gram matrix, from m rows on from
+    the m × m scatter (the switch falls inside a batch for n = 100): both equal numpy's
+    SVD of the (centred) matrix, zeros included."""
+    from keras_lowrank.analysis.representation import _SecondMoments
+
+    m = 64
+    a = rng.normal(size=(n, m)) @ rng.normal(size=(m, m)) * 0.1 + 3.0  # correlated, off-centre
+    moments = _SecondMoments(center)
+    for start in range(0, n, 9):
+        moments.update(a[start:start + 9])
+    reference = np.linalg.svd(a - a.mean(axis=0) if center else a, compute_uv=False)
+    expected = np.concatenate([reference, np.zeros(m - len(reference))])
+    got = moments.singular_values()
+    assert got.shape == (m,) and moments.count == n
+    # float64 eigenvalues of a Gram/scatter: errors ~1e-16·σ₁², i.e. ~1e-8·σ₁ in σ
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-7 * reference[0])

@@ -3,7 +3,7 @@
 Per chosen layer, second moments are accumulated batch by batch — the scatter
 Σ (a − c)(a − c)ᵀ and Σ (a − c) around a fixed shift c (the first batch's mean,
 which avoids the cancellation of Σ a aᵀ − n μ μᵀ) — so memory is O(m²) per layer
-whatever the number of samples. The eigenvalues λ of the scatter give the
+whatever the number of samples (O(n·m) while n < m: the rows themselves). The eigenvalues λ of the scatter give the
 singular values √λ of the (centred) activation matrix, and from them the ranks
 of docs/methods.md §5.
 """
@@ -82,7 +82,12 @@ class _SecondMoments:
     """Shifted second moments of the rows of successive (n_b × m) batches.
 
     Accumulated in float64 numpy: sums over many batches of float32 products
-    lose the small eigenvalues that the variance rank depends on.
+    lose the small eigenvalues that the variance rank depends on. While fewer
+    rows than features have been seen, the rows themselves are kept (n × m <
+    m × m) and the spectrum comes from their n × n Gram matrix — the same
+    nonzero singular values, the rest exactly 0 — so a few samples of a wide
+    layer cost neither an m × m scatter nor its eigendecomposition; at m rows
+    they are folded into the scatter.
     """
 
     def __init__(self, center):
@@ -91,6 +96,7 @@ class _SecondMoments:
         self.shift = None
         self.total = None
         self.scatter = None
+        self.rows = []
 
     def update(self, batch):
         batch = np.asarray(batch, dtype=np.float64)
@@ -98,16 +104,29 @@ class _SecondMoments:
             m = batch.shape[1]
             self.shift = batch.mean(axis=0) if self.center else np.zeros(m)
             self.total = np.zeros(m)
-            self.scatter = np.zeros((m, m))
         if not np.all(np.isfinite(batch)):
             raise ValueError("The model's activations hold NaN or infinite values (non-finite "
                              "inputs or weights); spectra and ranks are undefined.")
         shifted = batch - self.shift
         self.count += len(batch)
         self.total += shifted.sum(axis=0)
-        self.scatter += shifted.T @ shifted
+        if self.scatter is not None:
+            self.scatter += shifted.T @ shifted
+            return
+        self.rows.append(shifted)
+        if self.count >= len(self.shift):  # as many rows as features: the scatter is smaller
+            rows = np.concatenate(self.rows)
+            self.scatter, self.rows = rows.T @ rows, []
 
     def singular_values(self):
+        m = len(self.shift)
+        if self.scatter is None:  # fewer rows than features
+            rows = np.concatenate(self.rows)
+            if self.center:
+                rows = rows - self.total / self.count
+            eigenvalues = np.linalg.eigvalsh(rows @ rows.T)[::-1]
+            values = np.sqrt(np.clip(eigenvalues, 0.0, None))
+            return np.concatenate([values, np.zeros(m - len(values))])
         scatter = self.scatter
         if self.center:
             mean = self.total / self.count
