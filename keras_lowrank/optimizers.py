@@ -68,13 +68,14 @@ def low_rank_groups(variables):
 
 
 def _batches_alike_layers():
-    """Whether DLRT's step maps alike layers together: on JAX, unless it runs on the
-    CPU (see ``DLRT._step``'s ``by_shape``)."""
+    """How DLRT's step maps alike layers together (see ``DLRT._step``'s ``by_shape``):
+    ``"vmap"`` (batched, JAX on a GPU/TPU), ``"map"`` (one traced body run in a loop,
+    JAX on the CPU) or None (each layer its own ops, TensorFlow)."""
     if backend.backend() != "jax":
-        return False
+        return None
     import jax
 
-    return jax.default_backend() != "cpu"
+    return "map" if jax.default_backend() == "cpu" else "vmap"
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
@@ -203,16 +204,19 @@ class DLRT(keras.optimizers.Optimizer):
 
         def by_shape(one):
             """``one(layer, gu, gv, u0, s0, s_now, v0, moments, kinds)`` -> list of
-            tensors, for every layer. On JAX on a GPU or TPU, layers alike in shapes
-            and settings are mapped together (``vmap``: one batched QR / SVD per
-            group, bit-identical to one layer at a time). Not on TensorFlow, whose
+            tensors, for every layer. On JAX, layers alike in shapes and settings
+            are mapped together: on a GPU or TPU batched (``vmap``: one batched QR /
+            SVD per group, bit-identical to one layer at a time); on the CPU in a
+            loop (``ops.map``: the group's step traced and compiled once, each
+            layer's QR / SVD its own unbatched call) — batched there, a LAPACK call
+            waits on tasks of XLA's intra-op thread pool from a thread of that pool,
+            and two such calls at once (two groups, or a group's two QRs) can hold
+            every thread of a small pool: VGG16's DLRT step hung for good on 2 cores
+            (jaxlib 0.10.2; docs/benchmarks.md). Not on TensorFlow, whose
             ``vectorized_map`` (pfor) made DenseNet121's first call 10 % slower and
-            8 % larger, nor on JAX's CPU backend: there a batched LAPACK call waits
-            on tasks of XLA's intra-op thread pool from a thread of that pool, and two
-            such calls at once (two groups, or a group's two QRs) can hold every
-            thread of a small pool — VGG16's DLRT step hung for good on 2 cores
-            (jaxlib 0.10.2; docs/benchmarks.md)."""
-            batch_alike = _batches_alike_layers()
+            8 % larger."""
+            mode = _batches_alike_layers()
+            batch_alike = mode is not None
             groups = {}
             for index, entry in enumerate(layers):
                 layer, _, _, u0, _, _, v0, _, kinds = entry
@@ -228,7 +232,7 @@ class DLRT(keras.optimizers.Optimizer):
                 stacked = tuple(ops.stack([layers[i][k] for i in indices]) for k in range(1, 7))
                 stacked_moments = tuple(ops.stack([layers[i][7][m] for i in indices])
                                         for m in range(len(first[7])))
-                mapped = ops.vectorized_map(
+                mapped = (ops.vectorized_map if mode == "vmap" else ops.map)(
                     lambda e, first=first: tuple(one(first[0], *e[0], list(e[1]), first[8])),
                     (stacked, stacked_moments))
                 for position, i in enumerate(indices):
@@ -267,7 +271,7 @@ class DLRT(keras.optimizers.Optimizer):
         self.skipped_steps.assign_add(1 - ops.cast(finite, "int64"))
 
     def _finite(self, grads):
-        return ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads if g is not None]))
+        return ops.all(ops.isfinite(ops.concatenate([ops.reshape(g, (-1,)) for g in grads if g is not None])))
 
     def apply(self, grads, trainable_variables=None):
         if trainable_variables is None:

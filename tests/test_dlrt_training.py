@@ -202,24 +202,27 @@ def test_moments_of_s_are_carried_into_the_new_basis_not_reset(rng):
     assert int(np.sum(np.linalg.norm(u1, axis=0) > 0.5)) > int(np.sum(np.linalg.norm(u0, axis=0) > 0.5))
 
 
-def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch):
-    """Layers of equal shapes and settings share one batched augment / truncate
-    (``ops.vectorized_map``; by default on JAX on a GPU/TPU only, forced on here on either
-    backend); the result is each layer's own step. Truth: the same model whose tolerances
-    differ by 1e-9 (the same truncations, no sharing)."""
+@pytest.mark.parametrize("mode", ["vmap", "map"])
+def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch, mode):
+    """Layers of equal shapes and settings share one augment / truncate: batched
+    (``ops.vectorized_map``; by default on JAX on a GPU/TPU) or one traced body run in a
+    loop (``ops.map``; by default on JAX's CPU), each forced on here on either backend;
+    the result is each layer's own step. Truth: the same model whose tolerances differ
+    by 1e-9 (the same truncations, no sharing)."""
     from keras_lowrank import optimizers
 
-    monkeypatch.setattr(optimizers, "_batches_alike_layers", lambda: True)
+    monkeypatch.setattr(optimizers, "_batches_alike_layers", lambda: mode)
     x = rng.normal(size=(96, 16)).astype("float32")
     y = rng.integers(0, 4, size=96)
     calls = []
-    mapped = keras.ops.vectorized_map
+    name = "vectorized_map" if mode == "vmap" else "map"
+    mapped = getattr(keras.ops, name)
 
     def counting(function, elements):
         calls.append(keras.tree.flatten(elements)[0].shape[0])
         return mapped(function, elements)
 
-    monkeypatch.setattr(keras.ops, "vectorized_map", counting)
+    monkeypatch.setattr(keras.ops, name, counting)
 
     def train(tols):
         keras.utils.set_random_seed(3)
@@ -249,18 +252,25 @@ def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch):
         _check_invariants(layer)
 
 
-def test_alike_layers_are_not_batched_on_tensorflow_nor_on_jax_cpus(rng, monkeypatch):
-    """TensorFlow's pfor compiles slower; on JAX's CPU backend two batched LAPACK calls
-    can deadlock XLA's thread pool (VGG16 hung on 2 cores): there the step makes no
-    batched call (``ops.vectorized_map``), on JAX on a GPU/TPU it does."""
+def test_alike_layers_are_mapped_in_a_loop_on_jax_cpus_batched_on_accelerators_and_alone_on_tf(
+        rng, monkeypatch):
+    """TensorFlow's pfor compiles slower: each layer alone there. On JAX's CPU backend two
+    batched LAPACK calls can deadlock XLA's thread pool (VGG16 hung on 2 cores): alike
+    layers run in a loop (``ops.map``), no batched call (``ops.vectorized_map``); on JAX on
+    a GPU/TPU they are batched."""
     calls = []
-    mapped = keras.ops.vectorized_map
 
-    def counting(function, elements):
-        calls.append(1)
-        return mapped(function, elements)
+    def counting(name):
+        original = getattr(keras.ops, name)
 
-    monkeypatch.setattr(keras.ops, "vectorized_map", counting)
+        def call(function, elements):
+            calls.append(name)
+            return original(function, elements)
+
+        return call
+
+    for name in ("vectorized_map", "map"):
+        monkeypatch.setattr(keras.ops, name, counting(name))
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((16,))] + [DynamicLowRankDense(16, max_rank=8, rank=2)
                                                      for _ in range(3)] + [keras.layers.Dense(4)])
@@ -268,9 +278,9 @@ def test_alike_layers_are_not_batched_on_tensorflow_nor_on_jax_cpus(rng, monkeyp
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(rng.normal(size=(64, 16)).astype("float32"), rng.integers(0, 4, size=64),
               batch_size=32, epochs=1, verbose=0)
-    batches = False
+    expected = set()
     if keras.backend.backend() == "jax":
         import jax
 
-        batches = jax.default_backend() != "cpu"
-    assert bool(calls) == batches
+        expected = {"map"} if jax.default_backend() == "cpu" else {"vectorized_map"}
+    assert set(calls) == expected
