@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from keras_lowrank import DLRT, analysis, compression
+from keras_lowrank._keras_compat import all_sublayers
 from keras_lowrank._low_rank_model import low_rank_layers
 from keras_lowrank.robustness import PGD, evaluate_robustness
 
@@ -17,7 +18,7 @@ CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _kernel_layers(model):
-    return [layer for layer in model._flatten_layers(include_self=False) if hasattr(layer, "kernel")]
+    return [layer for layer in all_sublayers(model) if hasattr(layer, "kernel")]
 
 
 def test_mobilenet_converts_trains_exports_is_attacked_and_analysed_with_defaults(tmp_path):
@@ -47,7 +48,7 @@ def test_mobilenet_converts_trains_exports_is_attacked_and_analysed_with_default
 
     written = compression.export_compressed(low, str(tmp_path / "export"), formats="keras")
     reloaded = keras.saving.load_model(written["keras"], compile=False)
-    assert not [layer for layer in reloaded._flatten_layers() if type(layer).__module__.startswith("keras_lowrank")]
+    assert not [layer for layer in all_sublayers(reloaded) if type(layer).__module__.startswith("keras_lowrank")]
     expected = keras.ops.convert_to_numpy(low.predict(x, verbose=0))
     got = keras.ops.convert_to_numpy(reloaded.predict(x, verbose=0))
     # float32 rounding of the same products in another order, over ~30 layers
