@@ -27,11 +27,10 @@ random numbers than the L∞ one).
 import math
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_lowrank.robustness._gradients import forward_without_side_effects
-from keras_lowrank.robustness.attacks import FGSM, PGD, Attack, clip_to_ball, steepest_step
+from keras_lowrank.robustness.attacks import FGSM, PGD, Attack, clip_to_ball, random_start, steepest_step
 from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
 
 
@@ -120,17 +119,6 @@ class Sweep(Perturbation):
         self._noise_seed.state.assign(self._fresh_state(row.seed if kind is GaussianNoise else 0))
         self.row = row
 
-    def _start(self, x):
-        """PGD's random start (``PGD._noise``, one restart), drawn with ε a tensor."""
-        if self.norm == "inf":
-            return keras.random.uniform(ops.shape(x), -self.eps, self.eps, seed=self._seed)
-        direction = keras.random.normal(ops.shape(x), seed=self._seed)
-        dim = float(np.prod(x.shape[1:]))
-        u = keras.random.uniform(ops.shape(x)[:1], seed=self._seed)
-        scale = self.eps * u ** (1.0 / dim) / ops.sqrt(
-            ops.sum(ops.square(ops.reshape(direction, (ops.shape(x)[0], -1))), axis=1))
-        return direction * ops.reshape(scale, (-1,) + (1,) * (len(x.shape) - 1))
-
     def perturb_in_graph(self, model, x, y=None):
         oracle = self._oracle(model)
         if y is None:
@@ -141,7 +129,8 @@ class Sweep(Perturbation):
             return ops.clip(value, self.clip_low, self.clip_high)
 
         noisy = x + self.sigma * keras.random.normal(ops.shape(x), seed=self._noise_seed)
-        start = clip(noisy + self.start_scale * clip_to_ball(self._start(x), self.eps, self.norm))
+        start = random_start(x, self.eps, self.norm, self._seed)  # PGD's, ε a tensor
+        start = clip(noisy + self.start_scale * clip_to_ball(start, self.eps, self.norm))
 
         def step(_, adv):
             stepped = clip(adv + steepest_step(oracle.grad(adv, y), self.step_size, self.norm))

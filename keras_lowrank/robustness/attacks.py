@@ -86,6 +86,20 @@ def clip_to_ball(eta, eps, norm):
     return eta * ops.minimum(1.0, eps / length)
 
 
+def random_start(x, eps, norm, seed):
+    """A uniform random point of the ε-ball per example (PGD's random start): U(−ε, ε)
+    per input (L∞), or a Gaussian direction at radius ε·u^(1/d) (L2; Calafiore et al.
+    1998). ``eps`` may be a tensor; ``seed`` a ``SeedGenerator``."""
+    if norm == "inf":
+        return keras.random.uniform(ops.shape(x), -eps, eps, seed=seed)
+    direction = keras.random.normal(ops.shape(x), seed=seed)
+    dim = float(np.prod(x.shape[1:]))
+    u = keras.random.uniform(ops.shape(x)[:1], seed=seed)
+    scale = eps * u ** (1.0 / dim) / ops.sqrt(
+        ops.sum(ops.square(ops.reshape(direction, (ops.shape(x)[0], -1))), axis=1))
+    return direction * ops.reshape(scale, (-1,) + (1,) * (len(x.shape) - 1))
+
+
 def outputs_logits(model):
     """True unless the model's last layer applies a softmax (``ends_in_softmax``)."""
     return not ends_in_softmax(model)
@@ -322,21 +336,7 @@ class PGD(Attack):
         """One random start per restart, each shaped like ``x`` (dynamic batch)."""
         if not self.random_start:
             return [ops.zeros_like(x)] * self.restarts
-        starts = []
-        for _ in range(self.restarts):
-            if self.norm == "inf":
-                starts.append(keras.random.uniform(ops.shape(x), -self.eps, self.eps,
-                                                   seed=self._seed))
-                continue
-            # Uniform in the L2 ball (Calafiore et al. 1998): a Gaussian direction
-            # and radius ε·u^(1/d).
-            direction = keras.random.normal(ops.shape(x), seed=self._seed)
-            dim = float(np.prod(x.shape[1:]))
-            u = keras.random.uniform(ops.shape(x)[:1], seed=self._seed)
-            scale = self.eps * u ** (1.0 / dim) / ops.sqrt(
-                ops.sum(ops.square(ops.reshape(direction, (ops.shape(x)[0], -1))), axis=1))
-            starts.append(direction * ops.reshape(scale, (-1,) + (1,) * (len(x.shape) - 1)))
-        return starts
+        return [random_start(x, self.eps, self.norm, self._seed) for _ in range(self.restarts)]
 
     def _attack(self, oracle, x, y, noise):
         def step(_, adv):

@@ -26,6 +26,7 @@ labels to ``call`` within the same trace, then run Keras' own step. In
 
 import contextlib
 import inspect
+import math
 
 import keras
 from keras import ops
@@ -169,17 +170,13 @@ class PerturbedModel(LabelsInCall, keras.Model):
         inputs = _as_float(inputs)
         self._num_classes(inputs.shape)
         input_range = getattr(self.perturbation, "input_range", None)
-        if input_range is not None:  # a range that changes between calls (variables; ±∞ for none)
+        if input_range is not None:  # a range that changes between calls (variables)
             low, high = input_range()
-            inside = ops.logical_and(ops.isfinite(inputs), ops.logical_and(
-                inputs >= low - _RANGE_TOLERANCE, inputs <= high + _RANGE_TOLERANCE))
-            outside = ops.logical_not(inside)
-        elif self.clip is not None:
-            low, high = self.clip
-            inside = ops.logical_and(inputs >= low - _RANGE_TOLERANCE, inputs <= high + _RANGE_TOLERANCE)
-            outside = ops.logical_not(inside)  # NaN included
         else:
-            outside = ops.logical_not(ops.isfinite(inputs))
+            low, high = self.clip if self.clip is not None else (-math.inf, math.inf)
+        # NaN and ±∞ are outside whatever the range (±∞ bounds: no declared range)
+        outside = ops.logical_not(ops.logical_and(ops.isfinite(inputs), ops.logical_and(
+            inputs >= low - _RANGE_TOLERANCE, inputs <= high + _RANGE_TOLERANCE)))
         outside = ops.reshape(outside, (ops.shape(inputs)[0], -1))
         self.inputs_out_of_range.assign_add(
             ops.sum(ops.cast(ops.any(outside, axis=1), "float32")))
