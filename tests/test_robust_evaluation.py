@@ -257,13 +257,13 @@ def _fresh_dataset_accuracy(model, perturbation, dataset):
 
 def test_a_report_compiles_one_step_for_clean_noise_fgsm_and_pgd_and_scores_each_row_as_a_fresh_wrapper(
         trained, monkeypatch):
-    """Clean, noise, FGSM and single-restart PGD rows of one norm run in one shared
-    ``Sweep`` step (settings as variables); other kinds share one step per kind
-    across ε. Each row still equals evaluating its own object afresh on the same
-    batches — the settings are read at run time on both backends, not traced as
-    constants; FGSM's step is not projected; a PGD-20 probe runs in the step
-    traced for PGD-3; and every row draws what a fresh object with its seed draws,
-    batch after batch (common random numbers)."""
+    """Clean, noise, FGSM and PGD rows of one norm run in one shared ``Sweep`` step
+    (settings as variables); other kinds share one step per kind across ε. Each row
+    still equals evaluating its own object afresh on the same batches — the settings
+    are read at run time on both backends, not traced as constants; FGSM's step is
+    not projected; a PGD-20 probe runs in the step traced for PGD-3; PGD rows of 1, 2
+    and 3 restarts share a step built for 3; and every row draws what a fresh object
+    with its seed draws, batch after batch (common random numbers)."""
     from keras_lowrank.robustness import SPSA, report
 
     model, x, y = trained
@@ -279,7 +279,9 @@ def test_a_report_compiles_one_step_for_clean_noise_fgsm_and_pgd_and_scores_each
     sweep = (0.05, 0.1, 0.2)
     attacks = ([FGSM(e) for e in sweep] + [PGD(e, steps=3, seed=1) for e in sweep]
                + [PGD(0.1, steps=5, step_size=0.02, seed=1), PGD(0.1, steps=2, random_start=False),
+                  PGD(0.1, steps=2, restarts=3, seed=5), PGD(0.2, steps=2, restarts=2, seed=5),
                   FGSM(0.8, norm=2), PGD(1.0, steps=3, norm=2, seed=4), PGD(0.6, steps=2, norm=2, seed=4),
+                  PGD(1.0, steps=2, norm=2, restarts=2, seed=6),
                   SPSA(0.1, steps=2, samples=4, seed=2), SPSA(0.2, steps=2, samples=4, seed=2)])
     result = evaluate_robustness(model, dataset, attacks=attacks, noise_sigmas=[0.1, 0.3], seed=3)
     assert sorted(created) == [("SPSA", "inf"), ("Sweep", "2"), ("Sweep", "inf")]

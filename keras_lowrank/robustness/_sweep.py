@@ -16,6 +16,13 @@ variable read at run time:
     FGSM:      σ = 0, s = 0, K = 1, α = ε, p = 0
     PGD:       σ = 0, s = random_start, K = steps, α = step_size, p = 1
 
+PGD with R restarts runs the K steps from each of R starts and keeps, per
+example, the restart of the largest (signed) loss, as ``PGD`` does; a graph
+built for up to R_max restarts (the most of its rows) draws R_max starts per
+batch, skips restarts ≥ R by a ``cond`` and rewinds the start generator to
+where R draws leave it, so a row of R restarts still draws, batch after batch,
+what a fresh ``PGD`` draws.
+
 Every row computes exactly what its own object computes (the same operations
 in the same order; the zero terms add exact zeros), and draws what a fresh
 object with its seed draws: the noise and the random starts come from two
@@ -46,22 +53,23 @@ class Identity(Perturbation):
 def sweep_group(perturbation):
     """The graph key (norm, targeted, from_logits) of an attack row ``Sweep`` can
     run; "any" for a clean or noise row (it joins any graph); None for the others
-    (their own classes, subclasses and multi-restart PGD keep their own steps)."""
+    (their own classes and subclasses keep their own steps)."""
     kind = type(perturbation)
     if kind in (Identity, GaussianNoise):
         return "any"
-    if kind is FGSM or (kind is PGD and perturbation.restarts == 1):
+    if kind in (FGSM, PGD):
         return perturbation.norm, perturbation.targeted, perturbation.from_logits
     return None
 
 
 class Sweep(Perturbation):
     """The parametrised step (see the module's docstring); ``load(row)`` sets it
-    to compute ``row`` (an ``Identity``, ``GaussianNoise``, ``FGSM`` or
-    single-restart ``PGD``) from the next call of the compiled step on."""
+    to compute ``row`` (an ``Identity``, ``GaussianNoise``, ``FGSM`` or ``PGD`` of
+    at most ``max_restarts`` restarts) from the next call of the compiled step on."""
 
-    def __init__(self, norm, targeted=False, from_logits=None):
+    def __init__(self, norm, targeted=False, from_logits=None, max_restarts=1):
         self.norm, self.targeted, self.from_logits = norm, targeted, from_logits
+        self.max_restarts = max_restarts
 
         def variable(name, value=0.0, dtype="float32"):
             return keras.Variable(value, dtype=dtype, trainable=False, name=name)
@@ -72,6 +80,7 @@ class Sweep(Perturbation):
         self.start_scale = variable("start_scale")
         self.project = variable("project")
         self.steps = variable("steps", 0, "int32")
+        self.restarts = variable("restarts", 1, "int32")
         self.clip_low = variable("clip_low", -math.inf)
         self.clip_high = variable("clip_high", math.inf)
         self._seed = keras.random.SeedGenerator(0)  # the random starts (PGD's own `_seed`)
@@ -115,6 +124,11 @@ class Sweep(Perturbation):
         for name, value in values.items():
             getattr(self, name).assign(float(value))
         self.steps.assign(row.steps if kind is PGD else int(kind is FGSM))
+        restarts = row.restarts if kind is PGD else 1
+        if restarts > self.max_restarts:
+            raise ValueError(f"{row!r} has {restarts} restarts; this step was built for at most "
+                             f"{self.max_restarts}.")
+        self.restarts.assign(restarts)
         self._seed.state.assign(self._fresh_state(row.seed if kind is PGD else 0))
         self._noise_seed.state.assign(self._fresh_state(row.seed if kind is GaussianNoise else 0))
         self.row = row
@@ -129,18 +143,43 @@ class Sweep(Perturbation):
             return ops.clip(value, self.clip_low, self.clip_high)
 
         noisy = x + self.sigma * keras.random.normal(ops.shape(x), seed=self._noise_seed)
-        start = random_start(x, self.eps, self.norm, self._seed)  # PGD's, ε a tensor
-        start = clip(noisy + self.start_scale * clip_to_ball(start, self.eps, self.norm))
+        before = ops.copy(self._seed.state.value)
+        starts = [random_start(x, self.eps, self.norm, self._seed)]  # PGD's, ε a tensor
+        if self.max_restarts > 1:
+            per_start = self._seed.state.value - before  # the state's advance per start
+            starts += [random_start(x, self.eps, self.norm, self._seed)
+                       for _ in range(self.max_restarts - 1)]
+            # as if only this row's restarts had drawn (the next batch draws what PGD's does)
+            self._seed.state.assign(before + per_start * ops.cast(self.restarts, per_start.dtype))
 
         def step(_, adv):
             stepped = clip(adv + steepest_step(oracle.grad(adv, y), self.step_size, self.norm))
             projected = clip(x + clip_to_ball(stepped - x, self.eps, self.norm))
             return ops.where(self.project > 0, projected, stepped)
 
-        return ops.fori_loop(0, self.steps, step, start)
+        def attack(start):
+            start = clip(noisy + self.start_scale * clip_to_ball(start, self.eps, self.norm))
+            return ops.fori_loop(0, self.steps, step, start)
+
+        best = attack(starts[0])
+        if self.max_restarts == 1:
+            return best
+        best_loss = oracle.loss(best, y)  # signed: larger is better (PGD's rule)
+        for restart, start in enumerate(starts[1:], 1):
+            def better(start=start, best=best, best_loss=best_loss):
+                adv = attack(start)
+                loss = oracle.loss(adv, y)
+                wins = loss > best_loss
+                mask = ops.reshape(wins, (-1,) + (1,) * (len(x.shape) - 1))
+                return ops.where(mask, adv, best), ops.where(wins, loss, best_loss)
+
+            best, best_loss = ops.cond(ops.less(restart, self.restarts), better,
+                                       lambda best=best, best_loss=best_loss: (best, best_loss))
+        return best
 
     def get_config(self):
-        return {"norm": self.norm, "targeted": self.targeted, "from_logits": self.from_logits}
+        return {"norm": self.norm, "targeted": self.targeted, "from_logits": self.from_logits,
+                "max_restarts": self.max_restarts}
 
     def __repr__(self):
         return repr(self.row)

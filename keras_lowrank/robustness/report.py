@@ -163,7 +163,7 @@ def _arrays(data):
 class _Evaluator:
     """Accuracy of one model under perturbations, through ``PerturbedModel.evaluate``.
 
-    Clean, Gaussian-noise, FGSM and (single-restart) PGD rows all run in one
+    Clean, Gaussian-noise, FGSM and PGD rows all run in one
     ``PerturbedModel`` of a ``Sweep``: one parametrised step whose settings (σ, ε,
     step size, steps, start, projection, range) are variables assigned before each
     row, so Keras traces and compiles one test step for all of them (per norm,
@@ -185,6 +185,10 @@ class _Evaluator:
         self.jit_compile, self.verbose = jit_compile, verbose
         self._shared = {}
         groups = [self._group(p) for p in perturbations]
+        self._restarts = {}  # per shared step, the most restarts of its PGD rows
+        for group, perturbation in zip(groups, perturbations):
+            if type(perturbation) is PGD:
+                self._restarts[group] = max(self._restarts.get(group, 1), perturbation.restarts)
         # Without a gradient attack the clean and noise rows keep steps of their own:
         # the shared step holds the model's input gradient, which a model that is
         # not differentiable (a numpy_function inside) cannot trace.
@@ -217,7 +221,8 @@ class _Evaluator:
         if found is not None:
             key = ("sweep", found, one_hot)
             if key not in self._shared:
-                self._shared[key] = self._wrapper(Sweep(*key[1]), one_hot)
+                self._shared[key] = self._wrapper(
+                    Sweep(*key[1], max_restarts=self._restarts.get(found, 1)), one_hot)
             self._shared[key].perturbation.load(perturbation)
             return self._shared[key]
         key = self._key(perturbation, one_hot)
