@@ -17,6 +17,11 @@
 #      the exported model's inference against the dense one's (benchmarks/vgg16_cpu.py);
 #    - the all-pairs CKA map of ResNet50's 54 layers against a bare jax.jit
 #      (benchmarks/cka_resnet50.py);
+#    with GPU_SUITE_FIRST_CALLS=1 as well (≈ 4 more minutes; never run on a GPU yet):
+#    - DLRT's first fit call against Adam's on MobileNetV2 (benchmarks/dlrt_first_step.py;
+#      on a GPU alike layers are batched with vectorized_map, on the CPU they are not);
+#    - a report's first call (one shared step) against one PGD-10's
+#      (benchmarks/attack_first_call.py --report);
 # 2. the backend-neutral test suite on the GPU (cuBLAS/cuSOLVER kernels, TF32 default
 #    for the code that must set its own precision), tests needing TensorFlow skipped,
 #    for at most GPU_SUITE_TEST_SECONDS (default 170; -v, so a run cut short still shows
@@ -54,6 +59,10 @@ if [ "${GPU_SUITE_BENCH:-0}" = 1 ]; then
     bench autoattack 100 python3 benchmarks/autoattack_gpu.py --examples 1000 --batch 500
     bench vgg16 120 python3 benchmarks/vgg16_cpu.py
     bench cka_resnet50 120 python3 benchmarks/cka_resnet50.py --examples 1024
+fi
+if [ "${GPU_SUITE_FIRST_CALLS:-0}" = 1 ]; then
+    bench dlrt_first 150 python3 benchmarks/dlrt_first_step.py --models MobileNetV2
+    bench report_first 120 python3 benchmarks/attack_first_call.py --report --backend jax --models mobilenetv2
 fi
 if [ "${GPU_SUITE_TESTS:-1}" = 1 ]; then
     timeout "${GPU_SUITE_TEST_SECONDS:-170}" python3 -m pytest -v -n "${GPU_SUITE_WORKERS:-8}" \

@@ -52,6 +52,47 @@ def test_to_low_rank_at_full_rank_reproduces_the_model_and_truncation_error_is_b
     assert converted.rank == 4 and converted.max_rank == 8
 
 
+def test_a_given_rank_of_a_large_kernel_takes_the_leading_triplets_only(monkeypatch):
+    """With `rank` given, a large kernel (≥ 256 on its short side) is factorised from its
+    leading singular triplets alone (ARPACK: scipy's svds): the same best rank-r
+    approximation as numpy's full SVD truncated, the same default room (2r); a zero
+    kernel, with nothing for ARPACK to converge to, still converts (orthonormal bases,
+    zero S); and the new layers start from those factors without decomposing a kernel
+    of their own."""
+    scipy_linalg = pytest.importorskip("scipy.sparse.linalg")
+    calls = []
+    svds = scipy_linalg.svds
+
+    def counting(a, k, **kwargs):
+        calls.append((a.shape, k))
+        return svds(a, k=k, **kwargs)
+
+    monkeypatch.setattr(scipy_linalg, "svds", counting)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((300,)), keras.layers.Dense(320, name="big"),
+                              keras.layers.Dense(270, kernel_initializer="zeros", name="zero"),
+                              keras.layers.Dense(4, name="head")])
+    from keras_lowrank.layers import dynamic_low_rank
+
+    initial_svds = []  # the new layers are built from the planned factors, no kernel drawn
+    monkeypatch.setattr(dynamic_low_rank, "_svd_factors", lambda m: initial_svds.append(m) or 1 / 0)
+    low = compression.to_low_rank(model, rank=8)
+    assert ((300, 320), 8) in calls and ((320, 270), 8) in calls
+    assert initial_svds == []
+    big = low.get_layer("big")
+    assert (big.rank, big.max_rank) == (8, 16)
+    u, s, v = (_np(t) for t in big.factors())
+    p, d, qt = np.linalg.svd(_np(model.get_layer("big").kernel).astype("float64"))
+    best = (p[:, :8] * d[:8]) @ qt[:8]
+    np.testing.assert_allclose(u @ s @ v.T, best, atol=1e-5 * d[0])
+    np.testing.assert_allclose(np.linalg.svd(s, compute_uv=False)[:8], d[:8], rtol=1e-5)
+    zero = low.get_layer("zero")
+    u, s, v = (_np(t) for t in zero.factors())
+    assert zero.rank == 8 and np.all(s == 0)
+    np.testing.assert_allclose(u[:, :8].T @ u[:, :8], np.eye(8), atol=1e-6)
+    np.testing.assert_allclose(v[:, :8].T @ v[:, :8], np.eye(8), atol=1e-6)
+
+
 def test_to_low_rank_errors_name_the_argument():
     with pytest.raises(ValueError, match="layers"):
         compression.to_low_rank(_cnn(), layers=["nope"])

@@ -120,15 +120,21 @@ class DynamicLowRankBase(keras.layers.Layer):
         # outside the trace (TF lifts the initializer, JAX defers it) but may
         # also call an initializer inside it for a placeholder value; only a
         # concrete draw is kept, so that U, S and V share one kernel.
+        # ``to_low_rank`` hands over the factors it will assign (``_initial_factors``):
+        # no kernel drawn and decomposed in vain (a 4096 × 4096 SVD takes seconds).
+        planned, self._initial_factors = getattr(self, "_initial_factors", None), None
         initial = {}
 
         def initializer(role):
             def initialize(shape, dtype=None):
                 if initial:
                     return initial[role]
-                kernel = self.kernel_initializer(self._kernel_shape(n_in, n_out), self.dtype)
-                factors = dict(zip("USV", self._pad_factors(
-                    *_svd_factors(ops.reshape(kernel, (n_in, n_out))), self.initial_rank)))
+                if planned is not None:
+                    factors = dict(zip("USV", self._pad_factors(*planned, self.initial_rank)))
+                else:
+                    kernel = self.kernel_initializer(self._kernel_shape(n_in, n_out), self.dtype)
+                    factors = dict(zip("USV", self._pad_factors(
+                        *_svd_factors(ops.reshape(kernel, (n_in, n_out))), self.initial_rank)))
                 try:
                     initial.update({k: ops.convert_to_numpy(v) for k, v in factors.items()})
                 except Exception:  # traced: a placeholder, not kept
