@@ -28,6 +28,7 @@ from keras_lowrank._keras_compat import (
     is_graph_model,
 )
 from keras_lowrank._low_rank_model import condition_number, dlrt_of, low_rank_layers, truncate_layer
+from keras_lowrank._svd import matrix_svd
 from keras_lowrank._validation import check_int, check_number
 from keras_lowrank.layers.dynamic_low_rank import (
     DynamicLowRankBase,
@@ -240,44 +241,6 @@ def _check_clonable(model, argument="model"):
         )
 
 
-def _svd(kernel_matrix, rank=None):
-    """(U, d, V) of a kernel matrix in float64, singular values in decreasing order:
-    all of them, or at least the leading ``rank``. For a given rank of a large matrix
-    (≥ 256 on its short side, rank ≤ 1/8 of it) and SciPy present, only the leading
-    triplets, by ARPACK (``scipy.sparse.linalg.svds``, converged to machine
-    precision, fixed start vector): a 4096 × 4096 Dense kernel (VGG16's fc2) takes
-    seconds instead of the tens of seconds of LAPACK's full SVD. ARPACK's answer is
-    used only if finite and orthonormal to 1e-8; otherwise (or without SciPy) the full
-    SVD. Both are a best rank-r approximation (Eckart–Young); where singular values
-    tie at the cut, either may pick another of the equally good subspaces."""
-    a = np.asarray(kernel_matrix, dtype="float64")
-    short = min(a.shape)
-    if rank is not None and short >= 256 and 0 < rank <= short // 8:
-        found = _leading_svd(a, rank)
-        if found is not None:
-            return found
-    u, d, vt = np.linalg.svd(a, full_matrices=False)
-    return u, d, vt.T
-
-
-def _leading_svd(a, rank):
-    try:
-        from scipy.sparse.linalg import svds
-    except ImportError:
-        return None
-    try:
-        u, d, vt = svds(a, k=rank, tol=0, solver="arpack", random_state=0)
-    except Exception:  # ARPACK did not converge, or a degenerate (e.g. zero) matrix
-        return None
-    order = np.argsort(d)[::-1]
-    u, d, v = u[:, order], d[order], vt[order].T
-    eye = np.eye(rank)
-    if not (np.all(np.isfinite(d)) and np.allclose(u.T @ u, eye, atol=1e-8)
-            and np.allclose(v.T @ v, eye, atol=1e-8)):
-        return None
-    return u, d, v
-
-
 def _rank_for(d, tol):
     tails = np.sqrt(np.cumsum((d**2)[::-1])[::-1])
     below = tails < tol * np.linalg.norm(d)
@@ -407,7 +370,7 @@ def to_low_rank(
                 "convolutions and EinsumDense layers whose kernel is one matrix convert."
             )
         kernel = _kernel_matrix(layer)
-        u, d, v = _svd(kernel, rank=None if rank is None else max(rank, min_rank))
+        u, d, v = matrix_svd(kernel, rank=None if rank is None else max(rank, min_rank))
         full = min(np.shape(kernel))
         r = min(rank if rank is not None else _rank_for(d, tol), full)
         r = max(r, min_rank)

@@ -238,12 +238,22 @@ def test_spectral_weight_adds_a_loss_to_the_layer(rng):
     assert DynamicLowRankDense(8, max_rank=6).losses == []
 
 
-def test_from_scratch_factors_truncate_the_initializer_kernel():
-    layer = DynamicLowRankDense(8, max_rank=6, rank=3, kernel_initializer=keras.initializers.GlorotUniform(seed=3))
-    layer.build((None, 10))
-    kernel = _np(keras.initializers.GlorotUniform(seed=3)((10, 8)))
+@pytest.mark.parametrize("n_in,units,max_rank,rank", [(10, 8, 6, 3), (300, 320, 16, 8)])
+def test_from_scratch_factors_truncate_the_initializer_kernel(monkeypatch, n_in, units, max_rank, rank):
+    """The factors are the rank-r truncation of the kernel a full layer would draw; a
+    few of a large kernel's triplets come from ARPACK (no full SVD of the backend)."""
+    from keras_lowrank.layers import dynamic_low_rank
+
+    if n_in >= 256:
+        pytest.importorskip("scipy")
+        monkeypatch.setattr(dynamic_low_rank, "_svd_factors", lambda matrix: 1 / 0)
+    initializer = keras.initializers.GlorotUniform(seed=3)
+    layer = DynamicLowRankDense(units, max_rank=max_rank, rank=rank, kernel_initializer=initializer)
+    layer.build((None, n_in))
+    kernel = _np(keras.initializers.GlorotUniform(seed=3)((n_in, units))).astype("float64")
     u, d, vt = np.linalg.svd(kernel)
-    np.testing.assert_allclose(_np(layer.kernel), (u[:, :3] * d[:3]) @ vt[:3], atol=1e-5)
+    np.testing.assert_allclose(_np(layer.kernel), (u[:, :rank] * d[:rank]) @ vt[:rank], atol=1e-5 * d[0])
+    assert layer.rank == rank
 
 
 @pytest.mark.parametrize(

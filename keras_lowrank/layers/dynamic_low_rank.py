@@ -18,6 +18,7 @@ from keras import ops
 
 from keras_lowrank import factorization
 from keras_lowrank._keras_compat import build_input_shape, compute_conv_output_shape, einsum_dense_shapes
+from keras_lowrank._svd import leading_pays, leading_svd
 from keras_lowrank._validation import check_int, check_number
 
 FACTOR_ROLE = "_keras_lowrank_role"
@@ -133,8 +134,8 @@ class DynamicLowRankBase(keras.layers.Layer):
                     factors = dict(zip("USV", self._pad_factors(*planned, self.initial_rank)))
                 else:
                     kernel = self.kernel_initializer(self._kernel_shape(n_in, n_out), self.dtype)
-                    factors = dict(zip("USV", self._pad_factors(
-                        *_svd_factors(ops.reshape(kernel, (n_in, n_out))), self.initial_rank)))
+                    factors = dict(zip("USV", self._pad_factors(*_leading_factors(
+                        ops.reshape(kernel, (n_in, n_out)), self.initial_rank), self.initial_rank)))
                 try:
                     initial.update({k: ops.convert_to_numpy(v) for k, v in factors.items()})
                 except Exception:  # traced: a placeholder, not kept
@@ -256,6 +257,22 @@ def _svd_factors(matrix):
     return u, s, ops.transpose(vt)
 
 
+def _leading_factors(matrix, rank):
+    """(U, d, V) holding at least the leading ``rank`` triplets of a drawn kernel: by
+    ARPACK in float64 where few of a large matrix's are needed and the kernel is
+    concrete (``DynamicLowRankDense(4096, max_rank=64)`` on 4096 inputs: ~1 s instead
+    of a 14 s full SVD on TF), otherwise the backend's full SVD."""
+    if leading_pays(tuple(matrix.shape), rank):
+        try:
+            concrete = np.asarray(ops.convert_to_numpy(matrix), "float64")
+        except Exception:  # traced: the backend's SVD
+            concrete = None
+        found = None if concrete is None else leading_svd(concrete, rank)
+        if found is not None:
+            return found
+    return _svd_factors(matrix)
+
+
 @keras.saving.register_keras_serializable(package="keras_lowrank")
 class DynamicLowRankDense(DynamicLowRankBase):
     """Dense layer with kernel W = U S Vᵀ of adaptive rank: y = ((x U) S) Vᵀ + b.
@@ -276,7 +293,8 @@ class DynamicLowRankDense(DynamicLowRankBase):
         activation: as in ``keras.layers.Dense``.
         use_bias: as in Dense.
         kernel_initializer: as in Dense; from scratch the factors are the SVD of
-            a kernel drawn from it, truncated to ``rank``.
+            a kernel drawn from it, truncated to ``rank`` (a few leading triplets of
+            a large kernel by SciPy's ARPACK in float64, where installed).
         bias_initializer: as in Dense.
         kernel_regularizer: applied to the kernel W = U S Vᵀ, as Dense's.
         bias_regularizer: as in Dense.
