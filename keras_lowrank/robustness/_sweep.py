@@ -143,7 +143,7 @@ class Sweep(Perturbation):
             return ops.clip(value, self.clip_low, self.clip_high)
 
         noisy = x + self.sigma * keras.random.normal(ops.shape(x), seed=self._noise_seed)
-        before = ops.copy(self._seed.state.value)
+        before = ops.copy(self._seed.state.value) if self.max_restarts > 1 else None
         starts = [random_start(x, self.eps, self.norm, self._seed)]  # PGD's, ε a tensor
         if self.max_restarts > 1:
             per_start = self._seed.state.value - before  # the state's advance per start
