@@ -578,3 +578,26 @@ def test_tflite_export_runs_in_the_interpreter_and_matches(rng, tmp_path):
     interpreter.set_tensor(inp["index"], x)
     interpreter.invoke()
     np.testing.assert_allclose(interpreter.get_tensor(out["index"]), _np(model(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "orthogonal", "rank 3", "zero"])
+def test_leading_triplets_give_the_best_approximation_on_awkward_spectra(kind):
+    """The factorisation `to_low_rank` and the layers start from, for a rank of a large
+    matrix: whatever the spectrum (all singular values equal, fewer nonzero ones than the
+    rank, none), orthonormal bases and the Eckart–Young error of numpy's full SVD."""
+    from keras_lowrank._svd import matrix_svd
+
+    rng = np.random.default_rng(0)
+    a = {"gaussian": lambda: rng.normal(size=(600, 520)),
+         "orthogonal": lambda: np.linalg.qr(rng.normal(size=(512, 512)))[0],
+         "rank 3": lambda: rng.normal(size=(600, 3)) @ rng.normal(size=(3, 520)),
+         "zero": lambda: np.zeros((300, 320))}[kind]()
+    u, d, v = matrix_svd(a, rank=8)
+    u, d, v = u[:, :8], d[:8], v[:, :8]
+    np.testing.assert_allclose(u.T @ u, np.eye(8), atol=1e-8)
+    np.testing.assert_allclose(v.T @ v, np.eye(8), atol=1e-8)
+    assert np.all(np.diff(d) <= 1e-12 * max(d[0], 1.0))  # decreasing
+    exact = np.linalg.svd(a, compute_uv=False)
+    np.testing.assert_allclose(d, exact[:8], atol=1e-10 * max(exact[0], 1.0))
+    error = np.linalg.norm(a - (u * d) @ v.T)
+    assert error <= np.sqrt(np.sum(exact[8:] ** 2)) + 1e-9 * max(exact[0], 1.0)
