@@ -17,6 +17,8 @@
 #      the exported model's inference against the dense one's (benchmarks/vgg16_cpu.py);
 #    - the all-pairs CKA map of ResNet50's 54 layers against a bare jax.jit
 #      (benchmarks/cka_resnet50.py);
+#    - where Square L2's graph and the authors' loop part on the GPU, if they do
+#      (benchmarks/square_l2_divergence.py; the test of their equality fails there);
 #    with GPU_SUITE_FIRST_CALLS=1 as well (≈ 4 more minutes; never run on a GPU yet):
 #    - DLRT's first fit call against Adam's on MobileNetV2 (benchmarks/dlrt_first_step.py;
 #      on a GPU alike layers are batched with vectorized_map, on the CPU they are not);
@@ -59,6 +61,7 @@ if [ "${GPU_SUITE_BENCH:-0}" = 1 ]; then
     bench autoattack 100 python3 benchmarks/autoattack_gpu.py --examples 1000 --batch 500
     bench vgg16 120 python3 benchmarks/vgg16_cpu.py
     bench cka_resnet50 120 python3 benchmarks/cka_resnet50.py --examples 1024
+    bench square_l2 120 python3 benchmarks/square_l2_divergence.py
 fi
 if [ "${GPU_SUITE_FIRST_CALLS:-0}" = 1 ]; then
     bench dlrt_first 150 python3 benchmarks/dlrt_first_step.py --models MobileNetV2
