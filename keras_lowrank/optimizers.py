@@ -216,12 +216,11 @@ class DLRT(keras.optimizers.Optimizer):
             ``vectorized_map`` (pfor) made DenseNet121's first call 10 % slower and
             8 % larger."""
             mode = _batches_alike_layers()
-            batch_alike = mode is not None
             groups = {}
             for index, entry in enumerate(layers):
                 layer, _, _, u0, _, _, v0, _, kinds = entry
                 key = ((tuple(u0.shape), tuple(v0.shape), layer.max_rank, layer.tol,
-                        layer.min_rank, tuple(kinds), str(u0.dtype)) if batch_alike else index)
+                        layer.min_rank, tuple(kinds), str(u0.dtype)) if mode is not None else index)
                 groups.setdefault(key, []).append(index)
             results = [None] * len(layers)
             for indices in groups.values():

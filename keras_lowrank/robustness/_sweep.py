@@ -37,7 +37,15 @@ import keras
 from keras import ops
 
 from keras_lowrank.robustness._gradients import forward_without_side_effects
-from keras_lowrank.robustness.attacks import FGSM, PGD, Attack, clip_to_ball, random_start, steepest_step
+from keras_lowrank.robustness.attacks import (
+    FGSM,
+    PGD,
+    Attack,
+    clip_to_ball,
+    keep_larger_loss,
+    random_start,
+    steepest_step,
+)
 from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
 
 
@@ -164,14 +172,11 @@ class Sweep(Perturbation):
         best = attack(starts[0])
         if self.max_restarts == 1:
             return best
-        best_loss = oracle.loss(best, y)  # signed: larger is better (PGD's rule)
+        best_loss = oracle.loss(best, y)
         for restart, start in enumerate(starts[1:], 1):
             def better(start=start, best=best, best_loss=best_loss):
                 adv = attack(start)
-                loss = oracle.loss(adv, y)
-                wins = loss > best_loss
-                mask = ops.reshape(wins, (-1,) + (1,) * (len(x.shape) - 1))
-                return ops.where(mask, adv, best), ops.where(wins, loss, best_loss)
+                return keep_larger_loss(best, best_loss, adv, oracle.loss(adv, y))
 
             best, best_loss = ops.cond(ops.less(restart, self.restarts), better,
                                        lambda best=best, best_loss=best_loss: (best, best_loss))

@@ -100,6 +100,15 @@ def random_start(x, eps, norm, seed):
     return direction * ops.reshape(scale, (-1,) + (1,) * (len(x.shape) - 1))
 
 
+def keep_larger_loss(best, best_loss, adv, loss):
+    """PGD's restart rule: per example, ``adv`` where its loss exceeds ``best_loss``
+    (losses signed for targeted attacks: larger is always better). Returns the kept
+    (points, losses)."""
+    wins = loss > best_loss
+    mask = ops.reshape(wins, (-1,) + (1,) * (len(adv.shape) - 1))
+    return ops.where(mask, adv, best), ops.where(wins, loss, best_loss)
+
+
 def outputs_logits(model):
     """True unless the model's last layer applies a softmax (``ends_in_softmax``)."""
     return not ends_in_softmax(model)
@@ -355,15 +364,11 @@ class PGD(Attack):
                 adv = ops.fori_loop(0, self.steps, step, start)
             if self.restarts == 1:
                 return adv
-            # The loss is signed for targeted attacks: larger is always better.
             loss = oracle.loss(adv, y)
             if best is None:
                 best, best_loss = adv, loss
             else:
-                better = loss > best_loss
-                mask = ops.reshape(better, (-1,) + (1,) * (len(x.shape) - 1))
-                best = ops.where(mask, adv, best)
-                best_loss = ops.where(better, loss, best_loss)
+                best, best_loss = keep_larger_loss(best, best_loss, adv, loss)
         return best
 
     @property
