@@ -9,7 +9,7 @@ other).
 import numpy as np
 from keras import ops
 
-from keras_lowrank import factorization
+from keras_lowrank import _host_factorization as host
 from keras_lowrank._keras_compat import all_sublayers
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 from keras_lowrank.optimizer_slots import optimizer_slots, slot_kind
@@ -100,21 +100,21 @@ def truncate_layer(layer, optimizer=None):
     ∇S' = A (UᵀU)⁺ ∇S (VᵀV)⁺ Bᵀ (A ∇S Bᵀ for orthonormal U, V, as in DLRT). Zeroing
     them instead would, with Keras' bias correction by the global step, make the
     next Adam steps several learning rates long. Eager."""
-    old = [ops.convert_to_tensor(ops.convert_to_numpy(v)) for v in (layer.u, layer.s, layer.v)]
-    new = factorization.truncate(*factorization.orthonormalize(*old), layer.tol, layer.min_rank)
+    old = [ops.convert_to_numpy(v) for v in (layer.u, layer.s, layer.v)]
+    new = host.truncate(*host.orthonormalize(*old), layer.tol, layer.min_rank)
     carry_slots(optimizer, layer, old, new)
     for variable, value in zip((layer.u, layer.s, layer.v), new):
-        variable.assign(value)
+        host.assign(variable, value)
 
 
 def carry_slots(optimizer, layer, old, new):
     """Moves ``optimizer``'s slots of U, S, V from the factors ``old`` to ``new``
     (see ``truncate_layer``)."""
-    u0, _, v0 = (ops.convert_to_numpy(t) for t in old)
-    a, b = (ops.convert_to_numpy(t) for t in factorization.basis_change(u0, v0, new[0], new[2]))
+    u0, _, v0 = (np.asarray(t, np.float64) for t in old)
+    a, b = host.basis_change(u0, v0, new[0], new[2])
     a_s = a @ np.linalg.pinv(u0.T @ u0)  # pinv: the zero columns beyond the rank
     b_s = b @ np.linalg.pinv(v0.T @ v0)
     for variable, left, right in ((layer.u, None, a), (layer.s, a_s, b_s), (layer.v, None, b)):
         for slot in optimizer_slots(optimizer, variable):
             kind = slot_kind(slot, variable)
-            slot.assign(factorization.carry_slot(slot.value, left, right, kind))
+            host.assign(slot, host.carry_slot(ops.convert_to_numpy(slot), left, right, kind))

@@ -16,7 +16,7 @@ current values.
 import keras
 from keras import ops
 
-from keras_lowrank import factorization
+from keras_lowrank import _host_factorization as host
 from keras_lowrank._low_rank_model import check_finite, condition_number, dlrt_of, low_rank_layers, truncate_layer
 from keras_lowrank._validation import check_int, check_number
 from keras_lowrank.compression import compression_summary
@@ -155,9 +155,8 @@ class SpectralConditioning(_FactorCallback):
         self.kappa = check_number(kappa, "kappa", minimum=1.0)
 
     def _update(self, layer, optimizer):
-        s = ops.convert_to_tensor(ops.convert_to_numpy(layer.s))
-        rank = factorization.active_rank(ops.convert_to_tensor(ops.convert_to_numpy(layer.u)))
-        layer.s.assign(factorization.condition(s, rank, self.kappa))
+        rank = host.active_rank(ops.convert_to_numpy(layer.u))
+        host.assign(layer.s, host.condition(ops.convert_to_numpy(layer.s), rank, self.kappa))
 
 
 class LowRankMonitor(keras.callbacks.Callback):

@@ -41,6 +41,7 @@ import warnings
 import keras
 from keras import backend, ops
 
+from keras_lowrank import _host_factorization as host
 from keras_lowrank import factorization
 from keras_lowrank._keras_compat import no_automatic_dependency_tracking
 from keras_lowrank._validation import check_int
@@ -306,8 +307,9 @@ class DLRT(keras.optimizers.Optimizer):
     # -- between steps --------------------------------------------------------
     def finish_cycle(self):
         """Ends an unfinished cycle now: truncates every layer's augmented bases
-        by its ``tol`` (as the cycle's last step would) and carries S's slots;
-        the next step augments. A no-op at a cycle boundary. Eager; on JAX call
+        by its ``tol`` (as the cycle's last step would, here in float64 NumPy: see
+        ``_host_factorization``) and carries S's slots; the next step augments. A
+        no-op at a cycle boundary. Eager; on JAX call
         ``model.jax_state_sync()`` first (``fit`` does). Returns True if it
         truncated."""
         if not self.built:
@@ -318,14 +320,13 @@ class DLRT(keras.optimizers.Optimizer):
         variables = self._trainable_variables
         for (layer, iu, i_s, iv), slots in zip(self._groups, self._s_slots):
             u, s, v = (variables[i] for i in (iu, i_s, iv))
-            u0, s0, v0 = (ops.convert_to_tensor(ops.convert_to_numpy(t)) for t in (u, s, v))
-            new = factorization.truncate(u0, s0, v0, layer.tol, layer.min_rank)
-            a, b = factorization.basis_change(u0, v0, new[0], new[2])
+            u0, s0, v0 = (ops.convert_to_numpy(t) for t in (u, s, v))
+            new = host.truncate(u0, s0, v0, layer.tol, layer.min_rank)
+            a, b = host.basis_change(u0, v0, new[0], new[2])
             for slot, kind in slots:
-                slot.assign(factorization.carry_slot(
-                    ops.convert_to_tensor(ops.convert_to_numpy(slot)), a, b, kind))
+                host.assign(slot, host.carry_slot(ops.convert_to_numpy(slot), a, b, kind))
             for variable, value in zip((u, s, v), new):
-                variable.assign(value)
+                host.assign(variable, value)
         self.cycle_step.assign(-(-step // self.steps_per_cycle) * self.steps_per_cycle)
         return True
 

@@ -197,6 +197,83 @@ def test_condition_caps_condition_number(rng):
     assert np.abs(s_new[r:]).max() == 0 and np.abs(s_new[:, r:]).max() == 0
 
 
+@pytest.mark.own_precision
+@pytest.mark.parametrize("tol,min_rank", [(0.05, 1), (0.3, 1), (0.3, 5), (0.0, 1)])
+def test_host_factorization_equals_the_keras_ops_one(rng, tol, min_rank):
+    """The float64 NumPy twins (eager steps: the end of a DLRT cycle when fit stops,
+    truncate_ranks, SpectralConditioning) give what factorization's keras.ops functions
+    give in float32: rank, factors up to each column's sign (SVD and QR fix no sign),
+    carried slots of every kind. Tolerance: float32 rounding (≈1e-7) amplified by the
+    smallest gap of d relative to its largest value (0.1 / 5) — 1e-4."""
+    from keras_lowrank import _host_factorization as host
+
+    n, m, r_max, r = 20, 15, 8, 6
+    d = np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])
+    u, s, v = _pad(_orthonormal(rng, n, r), (_orthonormal(rng, r, r) * d) @ _orthonormal(rng, r, r).T,
+                   _orthonormal(rng, m, r), r_max)
+    u, s, v = (a.astype("float32") for a in (u, s, v))
+    tensors = [ops.convert_to_tensor(a) for a in (u, s, v)]
+    want = [_np(t) for t in factorization.truncate(*tensors, tol, min_rank)]
+    got = host.truncate(u, s, v, tol, min_rank)
+    rank = host.active_rank(got[0])
+    assert rank == int(_np(factorization.active_rank(want[0]))) == host.active_rank(want[0])
+    assert rank < r or tol == 0.0
+    signs_u = np.where(np.sum(want[0] * got[0], axis=0) < 0, -1.0, 1.0)
+    signs_v = np.where(np.sum(want[2] * got[2], axis=0) < 0, -1.0, 1.0)
+    np.testing.assert_allclose(got[0] * signs_u, want[0], atol=1e-4)
+    np.testing.assert_allclose(got[2] * signs_v, want[2], atol=1e-4)
+    np.testing.assert_allclose(signs_u[:, None] * got[1] * signs_v, want[1], atol=1e-4 * d[0])
+
+    moment = rng.normal(size=(r_max, r_max)) * np.outer(np.arange(r_max) < r, np.arange(r_max) < r)
+    a_want, b_want = factorization.basis_change(tensors[0], tensors[2], *(ops.convert_to_tensor(w)
+                                                                          for w in (want[0], want[2])))
+    a_got, b_got = host.basis_change(u, v, got[0], got[2])
+    for kind, x in (("linear", moment), ("square", moment**2), ("magnitude", moment), ("other", moment)):
+        carried = _np(factorization.carry_slot(ops.convert_to_tensor(x.astype("float32")), a_want, b_want, kind))
+        mine = host.carry_slot(x, a_got, b_got, kind)
+        if kind == "linear":  # flips with the bases' signs; the squares and magnitudes do not
+            mine = signs_u[:, None] * mine * signs_v
+        np.testing.assert_allclose(mine, carried, atol=1e-4 * np.abs(x).max())
+
+    ortho_want = [_np(t) for t in factorization.orthonormalize(*tensors)]
+    ortho_got = host.orthonormalize(u * 2.0, s, v)  # U scaled: S takes the scale
+    np.testing.assert_allclose(ortho_got[0] @ ortho_got[1] @ ortho_got[2].T,
+                               2.0 * (ortho_want[0] @ ortho_want[1] @ ortho_want[2].T), atol=1e-4 * d[0])
+    conditioned = host.condition(s, r, 1.5)
+    np.testing.assert_allclose(conditioned, _np(factorization.condition(tensors[1], r, 1.5)), atol=1e-4 * d[0])
+
+
+def test_finishing_a_cycle_compiles_nothing_on_jax(rng):
+    """Eager keras.ops on JAX compile a program per op and shape (MobileNetV2's first
+    fit call spent 4.3 s there when fit ended mid-cycle); the end of a cycle, rank
+    reads and truncate_ranks run in NumPy."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("compiles of eager ops are JAX's")
+    import jax
+
+    from keras_lowrank import DLRT, compression
+
+    compiled = []
+    watching = [False]
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **kw: compiled.append(event)
+        if watching[0] and event == "/jax/core/compile/backend_compile_duration" else None)
+    layer = DynamicLowRankDense(17, max_rank=9, rank=4, tol=0.3)  # shapes no other test uses
+    model = keras.Sequential([keras.Input((23,)), layer])
+    optimizer = DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=5)
+    model.compile(optimizer, "mse")
+    x = rng.normal(size=(8, 23)).astype("float32")
+    model.train_on_batch(x, x[:, :17])
+    model.jax_state_sync()
+    watching[0] = True
+    assert layer.rank == 8  # augmented
+    assert optimizer.finish_cycle()
+    assert layer.rank < 8
+    compression.truncate_ranks(model)
+    watching[0] = False
+    assert compiled == []
+
+
 def test_spectral_penalty_equals_sqrt_r_times_std_of_squared_singular_values(rng):
     r, r_max = 4, 6
     s = np.zeros((r_max, r_max), "float32")

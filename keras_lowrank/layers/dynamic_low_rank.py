@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lowrank import _host_factorization as host
 from keras_lowrank import factorization
 from keras_lowrank._keras_compat import build_input_shape, compute_conv_output_shape, einsum_dense_shapes
 from keras_lowrank._svd import leading_pays, leading_svd
@@ -182,7 +183,7 @@ class DynamicLowRankBase(keras.layers.Layer):
     @property
     def rank(self):
         """The current active rank r (a Python int)."""
-        return int(ops.convert_to_numpy(factorization.active_rank(self.u)))
+        return host.active_rank(ops.convert_to_numpy(self.u))
 
     def factors(self):
         """The active factors (U_r, S_r, V_r) as numpy arrays; W = U_r S_r V_rᵀ."""
