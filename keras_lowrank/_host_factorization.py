@@ -1,6 +1,7 @@
-"""``factorization``'s basis changes in NumPy (float64), for the steps taken eagerly,
-outside a compiled train step: DLRT finishing its cycle when ``fit`` ends,
-``truncate_ranks`` / ``RankTruncation``, ``SpectralConditioning``, a layer's rank.
+"""``factorization``'s basis changes in NumPy (float64): DLRT's augment and truncate
+on JAX's CPU backend (a host callback in the compiled step, see ``DLRT._step``), and the
+steps taken eagerly: DLRT finishing its cycle when ``fit`` ends, ``truncate_ranks`` /
+``RankTruncation``, ``SpectralConditioning``, a layer's rank.
 
 Why not ``factorization``'s ``keras.ops`` functions there: run eagerly on JAX, every
 op is compiled for its shapes on first use, so finishing the cycle of MobileNetV2's
@@ -21,6 +22,24 @@ def active_rank(u):
 
 def _leading(rank, size):
     return (np.arange(size) < rank).astype(np.float64)
+
+
+def augment(u, s, v, grad_u, grad_v, max_rank):
+    """``factorization.augment``: U₁ = orth([U_r, −∇_U L]), V₁ likewise, r₁ = min(r_max, 2r)."""
+    u, s, v, grad_u, grad_v = (np.asarray(t, np.float64) for t in (u, s, v, grad_u, grad_v))
+    rank = active_rank(u)
+    new_rank = min(max_rank, 2 * rank)
+    positions = np.arange(max_rank)
+    take = np.minimum(np.where(positions < rank, positions, max_rank + positions - rank), 2 * max_rank - 1)
+    mask = _leading(rank, max_rank)
+
+    def orthonormal(stacked):
+        q, _ = np.linalg.qr(stacked[:, take])
+        return q[:, :max_rank] * _leading(new_rank, max_rank)
+
+    u1 = orthonormal(np.concatenate([u, -grad_u * mask], axis=1))
+    v1 = orthonormal(np.concatenate([v, -grad_v * mask], axis=1))
+    return u1, (u1.T @ u) @ (s @ (v.T @ v1)), v1
 
 
 def truncation_rank(singular_values, tol, min_rank, max_rank):

@@ -68,15 +68,52 @@ def low_rank_groups(variables):
     ]
 
 
-def _batches_alike_layers():
-    """How DLRT's step maps alike layers together (see ``DLRT._step``'s ``by_shape``):
-    ``"vmap"`` (batched, JAX on a GPU/TPU), ``"map"`` (one traced body run in a loop,
-    JAX on the CPU) or None (each layer its own ops, TensorFlow)."""
+def _integrator_mode():
+    """Where DLRT's augment and truncate run (see ``DLRT._step``): ``"host"`` (NumPy in
+    one host callback: JAX on the CPU), ``"vmap"`` (alike layers batched: JAX on a
+    GPU/TPU) or None (each layer its own ops: TensorFlow)."""
     if backend.backend() != "jax":
         return None
     import jax
 
-    return "map" if jax.default_backend() == "cpu" else "vmap"
+    return "host" if jax.default_backend() == "cpu" else "vmap"
+
+
+def _integrate_on_host(layers, augmenting):
+    """Augments (``augmenting``) or truncates every layer, carrying S's slots, in one
+    ``jax.pure_callback``: ``_host_factorization``'s float64 NumPy. Returns what
+    ``keep_all`` in ``DLRT._step`` returns, in the same dtypes.
+
+    Why on the host, on JAX's CPU backend: XLA:CPU compiles each layer's (or each group
+    of alike layers') QR / SVD / basis-change code into kernels of their own — MobileNetV2's
+    29 low-rank layers added 1400 instructions to the train step and 8 s of compilation to
+    its first ``fit`` call, DenseNet121's 120 layers ~30 s (docs/benchmarks.md) — where
+    NumPy runs the same formulas at once, on matrices of r_max columns that a CPU
+    factorizes in microseconds. Batched in XLA instead (``vectorized_map``), a LAPACK call
+    waits on tasks of XLA's intra-op thread pool from a thread of that pool, and two such
+    calls at once can hold every thread of a small pool: VGG16's DLRT step hung for good
+    on 2 cores (jaxlib 0.10.2)."""
+    import jax
+    import numpy as np
+
+    inputs = [t for _, gu, gv, u0, s0, s_now, v0, moments, _ in layers
+              for t in (gu, gv, u0, s0, s_now, v0, *moments)]
+    outputs = [jax.ShapeDtypeStruct(t.shape, t.dtype)
+               for _, _, _, u0, _, s_now, v0, moments, _ in layers for t in (u0, s_now, v0, *moments)]
+    settings = [(layer.max_rank, layer.tol, layer.min_rank, kinds) for layer, *_, kinds in layers]
+
+    def integrate(augment_now, *arrays):
+        results, arrays = [], list(arrays)
+        for max_rank, tol, min_rank, kinds in settings:
+            (gu, gv, u0, s0, s_now, v0), moments = arrays[:6], arrays[6:6 + len(kinds)]
+            arrays = arrays[6 + len(kinds):]
+            new = (host.augment(u0, s0, v0, gu, gv, max_rank) if augment_now
+                   else host.truncate(u0, s_now, v0, tol, min_rank))
+            a, b = host.basis_change(u0, v0, new[0], new[2])
+            results += [*new, *(host.carry_slot(m, a, b, kind) for m, kind in zip(moments, kinds))]
+        return tuple(np.asarray(r).astype(o.dtype) for r, o in zip(results, outputs))
+
+    return jax.pure_callback(integrate, tuple(outputs), augmenting, *inputs)
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
@@ -197,6 +234,8 @@ class DLRT(keras.optimizers.Optimizer):
                            [ops.copy(slot.value) for slot, _ in slots],
                            [kind for _, kind in slots]))
 
+        mode = _integrator_mode()
+
         def carried(new, u0, v0, moments, kinds):
             """S changes basis: so do its moments (only in the branches that change
             it, so that Galerkin steps pay nothing)."""
@@ -205,23 +244,16 @@ class DLRT(keras.optimizers.Optimizer):
 
         def by_shape(one):
             """``one(layer, gu, gv, u0, s0, s_now, v0, moments, kinds)`` -> list of
-            tensors, for every layer. On JAX, layers alike in shapes and settings
-            are mapped together: on a GPU or TPU batched (``vmap``: one batched QR /
-            SVD per group, bit-identical to one layer at a time); on the CPU in a
-            loop (``ops.map``: the group's step traced and compiled once, each
-            layer's QR / SVD its own unbatched call) — batched there, a LAPACK call
-            waits on tasks of XLA's intra-op thread pool from a thread of that pool,
-            and two such calls at once (two groups, or a group's two QRs) can hold
-            every thread of a small pool: VGG16's DLRT step hung for good on 2 cores
-            (jaxlib 0.10.2; docs/benchmarks.md). Not on TensorFlow, whose
+            tensors, for every layer. On a GPU or TPU (JAX) layers alike in shapes and
+            settings are batched (``vmap``: one batched QR / SVD per group,
+            bit-identical to one layer at a time). Not on TensorFlow, whose
             ``vectorized_map`` (pfor) made DenseNet121's first call 10 % slower and
             8 % larger."""
-            mode = _batches_alike_layers()
             groups = {}
             for index, entry in enumerate(layers):
                 layer, _, _, u0, _, _, v0, _, kinds = entry
                 key = ((tuple(u0.shape), tuple(v0.shape), layer.max_rank, layer.tol,
-                        layer.min_rank, tuple(kinds), str(u0.dtype)) if mode is not None else index)
+                        layer.min_rank, tuple(kinds), str(u0.dtype)) if mode == "vmap" else index)
                 groups.setdefault(key, []).append(index)
             results = [None] * len(layers)
             for indices in groups.values():
@@ -232,7 +264,7 @@ class DLRT(keras.optimizers.Optimizer):
                 stacked = tuple(ops.stack([layers[i][k] for i in indices]) for k in range(1, 7))
                 stacked_moments = tuple(ops.stack([layers[i][7][m] for i in indices])
                                         for m in range(len(first[7])))
-                mapped = (ops.vectorized_map if mode == "vmap" else ops.map)(
+                mapped = ops.vectorized_map(
                     lambda e, first=first: tuple(one(first[0], *e[0], list(e[1]), first[8])),
                     (stacked, stacked_moments))
                 for position, i in enumerate(indices):
@@ -254,8 +286,14 @@ class DLRT(keras.optimizers.Optimizer):
             return tuple(value for _, _, _, u0, _, s_now, v0, moments, _ in layers
                          for value in (u0, s_now, v0, *moments))
 
-        flat = list(ops.cond(augmenting, augment_all,
-                             lambda: ops.cond(truncating, truncate_all, keep_all))) if layers else []
+        if not layers:
+            flat = []
+        elif mode == "host":
+            flat = list(ops.cond(ops.logical_or(augmenting, truncating),
+                                 lambda: _integrate_on_host(layers, augmenting), keep_all))
+        else:
+            flat = list(ops.cond(augmenting, augment_all,
+                                 lambda: ops.cond(truncating, truncate_all, keep_all)))
         updates = []
         for (u, s, v), (u0, s0, v0), slots in zip(factors, before, self._s_slots):
             new, flat = flat[:3 + len(slots)], flat[3 + len(slots):]

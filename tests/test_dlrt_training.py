@@ -202,45 +202,42 @@ def test_moments_of_s_are_carried_into_the_new_basis_not_reset(rng):
     assert int(np.sum(np.linalg.norm(u1, axis=0) > 0.5)) > int(np.sum(np.linalg.norm(u0, axis=0) > 0.5))
 
 
-@pytest.mark.parametrize("mode", ["vmap", "map"])
-def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch, mode):
-    """Layers of equal shapes and settings share one augment / truncate: batched
-    (``ops.vectorized_map``; by default on JAX on a GPU/TPU) or one traced body run in a
-    loop (``ops.map``; by default on JAX's CPU), each forced on here on either backend;
-    the result is each layer's own step. Truth: the same model whose tolerances differ
-    by 1e-9 (the same truncations, no sharing)."""
+def _three_alike_layers_one_cycle(x, y, tols):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [keras.Input((16,))]
+        + [DynamicLowRankDense(16, max_rank=8, rank=rank, tol=tol, activation="tanh")
+           for rank, tol in zip((2, 3, 4), tols)]
+        + [keras.layers.Dense(4)])
+    model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)  # one cycle
+    return model
+
+
+def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch):
+    """Layers of equal shapes and settings share one augment / truncate, batched
+    (``ops.vectorized_map``; by default on JAX on a GPU/TPU), forced on here on either
+    backend; the result is each layer's own step. Truth: the same model whose
+    tolerances differ by 1e-9 (the same truncations, no sharing)."""
     from keras_lowrank import optimizers
 
-    monkeypatch.setattr(optimizers, "_batches_alike_layers", lambda: mode)
+    monkeypatch.setattr(optimizers, "_integrator_mode", lambda: "vmap")
     x = rng.normal(size=(96, 16)).astype("float32")
     y = rng.integers(0, 4, size=96)
     calls = []
-    name = "vectorized_map" if mode == "vmap" else "map"
-    mapped = getattr(keras.ops, name)
+    mapped = keras.ops.vectorized_map
 
     def counting(function, elements):
         calls.append(keras.tree.flatten(elements)[0].shape[0])
         return mapped(function, elements)
 
-    monkeypatch.setattr(keras.ops, name, counting)
-
-    def train(tols):
-        keras.utils.set_random_seed(3)
-        model = keras.Sequential(
-            [keras.Input((16,))]
-            + [DynamicLowRankDense(16, max_rank=8, rank=rank, tol=tol, activation="tanh")
-               for rank, tol in zip((2, 3, 4), tols)]
-            + [keras.layers.Dense(4)])
-        model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)  # one cycle
-        return model
-
-    shared = train((0.3, 0.3, 0.3))
+    monkeypatch.setattr(keras.ops, "vectorized_map", counting)
+    shared = _three_alike_layers_one_cycle(x, y, (0.3, 0.3, 0.3))
     # augment and truncate, each one call over the three layers (per trace)
     assert calls and set(calls) == {3} and len(calls) % 2 == 0
     calls.clear()
-    alone = train((0.3, 0.3 + 1e-9, 0.3 - 1e-9))
+    alone = _three_alike_layers_one_cycle(x, y, (0.3, 0.3 + 1e-9, 0.3 - 1e-9))
     assert calls == []
     low_rank = [layer for layer in shared.layers if hasattr(layer, "factors")]
     assert [layer.rank for layer in low_rank] == [
@@ -252,25 +249,53 @@ def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch, mo
         _check_invariants(layer)
 
 
-def test_alike_layers_are_mapped_in_a_loop_on_jax_cpus_batched_on_accelerators_and_alone_on_tf(
-        rng, monkeypatch):
-    """TensorFlow's pfor compiles slower: each layer alone there. On JAX's CPU backend two
-    batched LAPACK calls can deadlock XLA's thread pool (VGG16 hung on 2 cores): alike
-    layers run in a loop (``ops.map``), no batched call (``ops.vectorized_map``); on JAX on
-    a GPU/TPU they are batched."""
+def test_the_host_callback_integrates_as_the_compiled_ops(rng, monkeypatch):
+    """On JAX's CPU backend augment and truncate run in NumPy (float64) in one host
+    callback; the same cycles with every layer's own keras.ops in the compiled step
+    give the same ranks, kernels and outputs (float32 rounding of two cycles: 1e-5; the
+    bases themselves may turn where singular values nearly tie)."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("a JAX host callback")
+    from keras_lowrank import optimizers
+
+    x = rng.normal(size=(192, 16)).astype("float32")
+    y = rng.integers(0, 4, size=192)
     calls = []
+    on_host = optimizers._integrate_on_host
+    monkeypatch.setattr(optimizers, "_integrate_on_host",
+                        lambda *args: calls.append(1) or on_host(*args))
+    models = {}
+    for mode in ("host", None):
+        monkeypatch.setattr(optimizers, "_integrator_mode", lambda mode=mode: mode)
+        models[mode] = _three_alike_layers_one_cycle(x, y, (0.6, 0.1, 0.001))
+        assert bool(calls) == (mode == "host")
+        calls.clear()
+    low_rank = [[layer for layer in model.layers if hasattr(layer, "factors")] for model in models.values()]
+    ranks = [[layer.rank for layer in layers] for layers in low_rank]
+    assert ranks[0] == ranks[1] and ranks[0] != [2, 3, 4]  # the ranks moved, alike
+    for host_layer, ops_layer in zip(*low_rank):  # W = U S Vᵀ: the bases' rotations aside
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(host_layer.kernel),
+                                   keras.ops.convert_to_numpy(ops_layer.kernel), atol=1e-5)
+    np.testing.assert_allclose(models["host"].predict(x, verbose=0), models[None].predict(x, verbose=0),
+                               atol=1e-5)
+    for layer in low_rank[0]:
+        _check_invariants(layer)
 
-    def counting(name):
-        original = getattr(keras.ops, name)
 
-        def call(function, elements):
-            calls.append(name)
-            return original(function, elements)
+def test_where_the_integrator_runs_on_each_backend(rng, monkeypatch):
+    """JAX's CPU: one host callback (NumPy), no batched call — two batched LAPACK calls
+    can deadlock XLA's thread pool there (VGG16 hung on 2 cores); JAX on a GPU/TPU:
+    alike layers batched (``ops.vectorized_map``); TensorFlow, whose pfor compiles
+    slower: each layer its own ops."""
+    from keras_lowrank import optimizers
 
-        return call
-
-    for name in ("vectorized_map", "map"):
-        monkeypatch.setattr(keras.ops, name, counting(name))
+    calls = []
+    on_host = optimizers._integrate_on_host
+    monkeypatch.setattr(optimizers, "_integrate_on_host",
+                        lambda *args: calls.append("host") or on_host(*args))
+    mapped = keras.ops.vectorized_map
+    monkeypatch.setattr(keras.ops, "vectorized_map",
+                        lambda *args: calls.append("vectorized_map") or mapped(*args))
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((16,))] + [DynamicLowRankDense(16, max_rank=8, rank=2)
                                                      for _ in range(3)] + [keras.layers.Dense(4)])
@@ -282,5 +307,5 @@ def test_alike_layers_are_mapped_in_a_loop_on_jax_cpus_batched_on_accelerators_a
     if keras.backend.backend() == "jax":
         import jax
 
-        expected = {"map"} if jax.default_backend() == "cpu" else {"vectorized_map"}
+        expected = {"host"} if jax.default_backend() == "cpu" else {"vectorized_map"}
     assert set(calls) == expected
