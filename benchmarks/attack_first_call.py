@@ -55,7 +55,7 @@ if mode.startswith("report"):
 elif mode == "evaluate":  # one PGD row alone, through Keras' evaluate as the report runs it
     from keras_lowrank.robustness import PerturbedModel
     wrapper = PerturbedModel(model, PGD(8 / 255, steps=steps, seed=0))
-    wrapper.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    wrapper.compile(optimizer=None, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     wrapper.evaluate(x, y, batch_size=len(x), verbose=0)
 else:

@@ -243,6 +243,24 @@ def test_array_pairs_are_scored_exactly_whatever_their_length(rng):
         assert report.accuracy("FGSM", 0.05) == pytest.approx(attacked, abs=1e-6)
 
 
+def test_a_report_builds_no_optimizer(trained, monkeypatch):
+    """Keras' evaluate builds a compiled model's optimizer — with compile's default,
+    RMSprop, a slot per weight of the attacked model, compiled shape by shape on JAX
+    (MobileNetV2: 28 programs, 0.6 s of a 5.7 s report). The report's wrappers only
+    evaluate: no optimizer is built, and the model's weights stay its own."""
+    model, x, y = trained
+    built = []
+    original = keras.optimizers.Optimizer.build
+    monkeypatch.setattr(keras.optimizers.Optimizer, "build",
+                        lambda self, variables: built.append(type(self).__name__) or original(self, variables))
+    before = [np.copy(w) for w in model.get_weights()]
+    evaluate_robustness(model, (x[:32], y[:32]), attacks=[PGD(0.1, steps=2)], noise_sigmas=(0.1,),
+                        large_eps=None)
+    assert built == []
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def _fresh_accuracy(model, perturbation, x, y):
     wrapper = PerturbedModel(model, perturbation)
     wrapper.compile(loss=CE, metrics=["accuracy"])

@@ -272,8 +272,10 @@ class _Evaluator:
         else:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=self.from_logits)
             metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        # weighted: the padding of (x, y) pairs has weight 0 (`metrics=` would ignore it)
-        wrapper.compile(jit_compile=self.jit_compile, loss=loss, weighted_metrics=[metric])
+        # weighted: the padding of (x, y) pairs has weight 0 (`metrics=` would ignore it);
+        # no optimizer: evaluate would build compile's default (RMSprop), a slot per weight
+        # of the model — and on JAX one compiled program per weight shape
+        wrapper.compile(optimizer=None, jit_compile=self.jit_compile, loss=loss, weighted_metrics=[metric])
         return wrapper
 
 
