@@ -19,7 +19,7 @@ from keras import ops
 from keras_lowrank import _host_factorization as host
 from keras_lowrank import factorization
 from keras_lowrank._keras_compat import build_input_shape, compute_conv_output_shape, einsum_dense_shapes
-from keras_lowrank._svd import leading_pays, leading_svd
+from keras_lowrank._svd import leading_pays, leading_svd, matrix_svd
 from keras_lowrank._validation import check_int, check_number
 
 FACTOR_ROLE = "_keras_lowrank_role"
@@ -136,7 +136,7 @@ class DynamicLowRankBase(keras.layers.Layer):
                 else:
                     kernel = self.kernel_initializer(self._kernel_shape(n_in, n_out), self.dtype)
                     factors = dict(zip("USV", self._pad_factors(*_leading_factors(
-                        ops.reshape(kernel, (n_in, n_out)), self.initial_rank), self.initial_rank)))
+                        kernel, (n_in, n_out), self.initial_rank), self.initial_rank)))
                 try:
                     initial.update({k: ops.convert_to_numpy(v) for k, v in factors.items()})
                 except Exception:  # traced: a placeholder, not kept
@@ -167,7 +167,23 @@ class DynamicLowRankBase(keras.layers.Layer):
 
     def _pad_factors(self, u, s, v, rank):
         """Zero-pad rank-``rank`` factors (u: n_in × k, s: (k,) or k × k,
-        v: n_out × k, k ≥ rank) to the storage shape at r_max."""
+        v: n_out × k, k ≥ rank) to the storage shape at r_max: in NumPy where they
+        are concrete (eager ops on JAX compile a program per op and shape: every
+        layer of a converted DenseNet121 would pay ~5), else in ``keras.ops``."""
+        try:
+            u, s, v = (np.asarray(ops.convert_to_numpy(t)) for t in (u, s, v))
+        except Exception:  # traced
+            return self._pad_traced_factors(u, s, v, rank)
+        dtype = keras.backend.standardize_dtype(self.dtype)
+        s = np.diag(s[:rank]) if s.ndim == 1 else s[:rank, :rank]
+        pad = self.max_rank - rank
+        padded = (np.pad(u[:, :rank], [[0, 0], [0, pad]]), np.pad(s, [[0, pad], [0, pad]]),
+                  np.pad(v[:, :rank], [[0, 0], [0, pad]]))
+        if dtype in ("float16", "float32", "float64"):
+            return tuple(t.astype(dtype) for t in padded)
+        return tuple(ops.convert_to_tensor(t, dtype) for t in padded)  # bfloat16: not NumPy's
+
+    def _pad_traced_factors(self, u, s, v, rank):
         u = ops.convert_to_tensor(u, self.dtype)[:, :rank]
         v = ops.convert_to_tensor(v, self.dtype)[:, :rank]
         s = ops.convert_to_tensor(s, self.dtype)
@@ -258,20 +274,27 @@ def _svd_factors(matrix):
     return u, s, ops.transpose(vt)
 
 
-def _leading_factors(matrix, rank):
-    """(U, d, V) holding at least the leading ``rank`` triplets of a drawn kernel: by
-    ARPACK in float64 where few of a large matrix's are needed and the kernel is
-    concrete (``DynamicLowRankDense(4096, max_rank=64)`` on 4096 inputs: ~1 s instead
-    of a 14 s full SVD on TF), otherwise the backend's full SVD."""
-    if leading_pays(tuple(matrix.shape), rank):
+def _leading_factors(kernel, shape, rank):
+    """(U, d, V) holding at least the leading ``rank`` triplets of a drawn kernel, as a
+    matrix of ``shape`` (n_in, n_out). A
+    concrete kernel is decomposed in float64 NumPy: by ARPACK where few of a large
+    matrix's are needed (``DynamicLowRankDense(4096, max_rank=64)`` on 4096 inputs:
+    ~1 s instead of a 14 s full SVD on TF), by LAPACK's full SVD up to 1024 on the short
+    side (an eager ``ops.svd`` on JAX compiles for each layer shape: 12 layers built in
+    5.6 s against Dense's 2.6 s). A larger full SVD and a traced kernel take the
+    backend's SVD (float32, faster there)."""
+    short = min(shape)
+    if leading_pays(shape, rank) or short <= 1024:
         try:
-            concrete = np.asarray(ops.convert_to_numpy(matrix), "float64")
+            concrete = np.asarray(ops.convert_to_numpy(kernel), "float64").reshape(shape)
         except Exception:  # traced: the backend's SVD
             concrete = None
+        if concrete is not None and short <= 1024:
+            return matrix_svd(concrete, rank)
         found = None if concrete is None else leading_svd(concrete, rank)
         if found is not None:
             return found
-    return _svd_factors(matrix)
+    return _svd_factors(ops.reshape(kernel, shape))
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
