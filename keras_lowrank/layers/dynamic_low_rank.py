@@ -317,8 +317,9 @@ class DynamicLowRankDense(DynamicLowRankBase):
         activation: as in ``keras.layers.Dense``.
         use_bias: as in Dense.
         kernel_initializer: as in Dense; from scratch the factors are the SVD of
-            a kernel drawn from it, truncated to ``rank`` (a few leading triplets of
-            a large kernel by SciPy's ARPACK in float64, where installed).
+            a kernel drawn from it, truncated to ``rank`` (in float64 NumPy; a few
+            leading triplets of a large kernel by SciPy's ARPACK, where installed;
+            the backend's SVD for a full one above 1024 on the short side).
         bias_initializer: as in Dense.
         kernel_regularizer: applied to the kernel W = U S Vᵀ, as Dense's.
         bias_regularizer: as in Dense.
