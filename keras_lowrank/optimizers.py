@@ -39,6 +39,7 @@ changes one line (``optimizer=DLRT(keras.optimizers.Adam())``).
 import warnings
 
 import keras
+import numpy as np
 from keras import backend, ops
 
 from keras_lowrank import _host_factorization as host
@@ -86,15 +87,14 @@ def _integrate_on_host(layers, augmenting):
 
     Why on the host, on JAX's CPU backend: XLA:CPU compiles each layer's (or each group
     of alike layers') QR / SVD / basis-change code into kernels of their own — MobileNetV2's
-    29 low-rank layers added ~1950 instructions to the train step and 4.4 s to its first
-    ``fit`` call, DenseNet121's 120 layers 14–17 s (docs/benchmarks.md) — where NumPy runs
+    29 low-rank layers added ~1700 kernel-level instructions to the train step and 4.4 s
+    to its first ``fit`` call, DenseNet121's 120 layers 14–17 s (docs/benchmarks.md) — where NumPy runs
     the same formulas at once, on matrices of r_max columns that a CPU factorizes in
     microseconds. Batched in XLA instead (``vectorized_map``), a LAPACK call
     waits on tasks of XLA's intra-op thread pool from a thread of that pool, and two such
     calls at once can hold every thread of a small pool: VGG16's DLRT step hung for good
     on 2 cores (jaxlib 0.10.2)."""
     import jax
-    import numpy as np
 
     inputs = [t for _, gu, gv, u0, s0, s_now, v0, moments, _ in layers
               for t in (gu, gv, u0, s0, s_now, v0, *moments)]
