@@ -200,11 +200,12 @@ def test_condition_caps_condition_number(rng):
 @pytest.mark.own_precision
 @pytest.mark.parametrize("tol,min_rank", [(0.05, 1), (0.3, 1), (0.3, 5), (0.0, 1)])
 def test_host_factorization_equals_the_keras_ops_one(rng, tol, min_rank):
-    """The float64 NumPy twins (eager steps: the end of a DLRT cycle when fit stops,
-    truncate_ranks, SpectralConditioning) give what factorization's keras.ops functions
-    give in float32: rank, factors up to each column's sign (SVD and QR fix no sign),
-    carried slots of every kind. Tolerance: float32 rounding (≈1e-7) amplified by the
-    smallest gap of d relative to its largest value (0.1 / 5) — 1e-4."""
+    """The float64 NumPy twins (DLRT's host callback on JAX's CPU, and the eager steps:
+    the end of a cycle when fit stops, truncate_ranks, SpectralConditioning) give what
+    factorization's keras.ops functions give in float32: rank, factors up to each
+    column's sign (SVD and QR fix no sign), carried slots of every kind; augmentation the
+    same rank, span and W. Tolerance: float32 rounding (≈1e-7) amplified by the smallest
+    gap of d relative to its largest value (0.1 / 5) — 1e-4."""
     from keras_lowrank import _host_factorization as host
 
     n, m, r_max, r = 20, 15, 8, 6
@@ -234,6 +235,15 @@ def test_host_factorization_equals_the_keras_ops_one(rng, tol, min_rank):
         if kind == "linear":  # flips with the bases' signs; the squares and magnitudes do not
             mine = signs_u[:, None] * mine * signs_v
         np.testing.assert_allclose(mine, carried, atol=1e-4 * np.abs(x).max())
+
+    grads = [rng.normal(size=t.shape).astype("float32") for t in (u, v)]
+    aug_want = [_np(t) for t in factorization.augment(*tensors, *(ops.convert_to_tensor(g) for g in grads), r_max)]
+    aug_got = host.augment(u, s, v, *grads, r_max)
+    assert host.active_rank(aug_got[0]) == host.active_rank(aug_want[0]) == min(r_max, 2 * r)
+    for i in (0, 2):  # the same augmented spans
+        np.testing.assert_allclose(aug_got[i] @ aug_got[i].T, aug_want[i] @ aug_want[i].T, atol=1e-4)
+    np.testing.assert_allclose(aug_got[0] @ aug_got[1] @ aug_got[2].T, aug_want[0] @ aug_want[1] @ aug_want[2].T,
+                               atol=1e-4 * d[0])
 
     ortho_want = [_np(t) for t in factorization.orthonormalize(*tensors)]
     ortho_got = host.orthonormalize(u * 2.0, s, v)  # U scaled: S takes the scale
