@@ -253,21 +253,6 @@ def test_host_factorization_equals_the_keras_ops_one(rng, tol, min_rank):
     np.testing.assert_allclose(conditioned, _np(factorization.condition(tensors[1], r, 1.5)), atol=1e-4 * d[0])
 
 
-_WATCHING = []
-
-
-def _watch_compiles():
-    """A list that JAX's compiles append to while it is in ``_WATCHING``."""
-    import jax
-
-    if not hasattr(_watch_compiles, "registered"):
-        jax.monitoring.register_event_duration_secs_listener(
-            lambda event, seconds, **kw: [found.append(event) for found in _WATCHING]
-            if event == "/jax/core/compile/backend_compile_duration" else None)
-        _watch_compiles.registered = True
-    return []
-
-
 def test_concrete_factors_are_decomposed_and_padded_in_numpy(rng, monkeypatch):
     """A drawn kernel and set_factors' factors are decomposed, truncated and padded in
     NumPy (float64) where they are concrete: eager keras.ops on JAX compile a program
@@ -300,9 +285,14 @@ def test_finishing_a_cycle_compiles_nothing_on_jax(rng):
     reads and truncate_ranks run in NumPy."""
     if keras.backend.backend() != "jax":
         pytest.skip("compiles of eager ops are JAX's")
+    import jax
+
     from keras_lowrank import DLRT, compression
 
-    compiled = _watch_compiles()
+    compiled, watching = [], [False]
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **kw: compiled.append(event)
+        if watching[0] and event == "/jax/core/compile/backend_compile_duration" else None)
     layer = DynamicLowRankDense(17, max_rank=9, rank=4, tol=0.3)  # shapes no other test uses
     model = keras.Sequential([keras.Input((23,)), layer])
     optimizer = DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=5)
@@ -310,14 +300,14 @@ def test_finishing_a_cycle_compiles_nothing_on_jax(rng):
     x = rng.normal(size=(8, 23)).astype("float32")
     model.train_on_batch(x, x[:, :17])
     model.jax_state_sync()
-    _WATCHING.append(compiled)
+    watching[0] = True
     try:
         assert layer.rank == 8  # augmented
         assert optimizer.finish_cycle()
         assert layer.rank < 8
         compression.truncate_ranks(model)
     finally:
-        _WATCHING.remove(compiled)
+        watching[0] = False
     assert compiled == []
 
 

@@ -19,7 +19,7 @@ from keras import ops
 from keras_lowrank import _host_factorization as host
 from keras_lowrank import factorization
 from keras_lowrank._keras_compat import build_input_shape, compute_conv_output_shape, einsum_dense_shapes
-from keras_lowrank._svd import leading_pays, leading_svd, matrix_svd
+from keras_lowrank._svd import leading_pays, matrix_svd
 from keras_lowrank._validation import check_int, check_number
 
 FACTOR_ROLE = "_keras_lowrank_role"
@@ -276,24 +276,20 @@ def _svd_factors(matrix):
 
 def _leading_factors(kernel, shape, rank):
     """(U, d, V) holding at least the leading ``rank`` triplets of a drawn kernel, as a
-    matrix of ``shape`` (n_in, n_out). A
-    concrete kernel is decomposed in float64 NumPy: by ARPACK where few of a large
-    matrix's are needed (``DynamicLowRankDense(4096, max_rank=64)`` on 4096 inputs:
-    ~1 s instead of a 14 s full SVD on TF), by LAPACK's full SVD up to 1024 on the short
-    side (an eager ``ops.svd`` on JAX compiles for each layer shape: 12 layers built in
-    5.6 s against Dense's 2.6 s). A larger full SVD and a traced kernel take the
-    backend's SVD (float32, faster there)."""
-    short = min(shape)
-    if leading_pays(shape, rank) or short <= 1024:
+    matrix of ``shape`` (n_in, n_out). A concrete kernel is decomposed in float64 NumPy
+    (``_svd.matrix_svd``): by ARPACK where few of a large matrix's are needed
+    (``DynamicLowRankDense(4096, max_rank=64)`` on 4096 inputs: ~1 s instead of a 14 s
+    full SVD on TF), else by LAPACK's full SVD up to 1024 on the short side (an eager
+    ``ops.svd`` on JAX compiles for each layer shape: 12 layers built in 5.6 s against
+    Dense's 2.6 s). A larger full SVD and a traced kernel take the backend's SVD
+    (float32, faster there)."""
+    if leading_pays(shape, rank) or min(shape) <= 1024:
         try:
             concrete = np.asarray(ops.convert_to_numpy(kernel), "float64").reshape(shape)
         except Exception:  # traced: the backend's SVD
             concrete = None
-        if concrete is not None and short <= 1024:
+        if concrete is not None:
             return matrix_svd(concrete, rank)
-        found = None if concrete is None else leading_svd(concrete, rank)
-        if found is not None:
-            return found
     return _svd_factors(ops.reshape(kernel, shape))
 
 
