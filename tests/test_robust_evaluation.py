@@ -313,6 +313,56 @@ def test_a_report_compiles_one_step_for_clean_noise_fgsm_and_pgd_and_scores_each
     assert [row["name"] for row in result.rows[1:-1]] == [p.name for p in perturbations[1:-1]]
 
 
+def _with_head(model, head):
+    """``model`` (logits) as is, with its last Dense applying the softmax, or followed
+    by a ``Softmax`` layer: the same function, other outputs."""
+    if head == "logits":
+        return model
+    if head == "softmax layer":
+        return keras.Sequential([model, keras.layers.Softmax()])
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer is model.layers[-1]:
+            config["activation"] = "softmax"
+        return type(layer).from_config(config)
+
+    twin = keras.models.clone_model(model, clone_function=clone)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+@pytest.mark.parametrize("head", ["logits", "dense softmax", "softmax layer"])
+def test_a_reports_step_outputs_what_the_model_outputs_at_each_rows_point(trained, head, monkeypatch):
+    """The shared step takes the model's outputs from its loop's last forward pass
+    (K + 1 passes, the last without a gradient) instead of a forward pass of its own:
+    Keras' loss and accuracy of each row — clean, noise, FGSM, PGD with and without
+    restarts — equal a fresh wrapper's, whose outputs are ``model(x_adv)``. For a
+    model ending in a softmax (attacked through its logits) that means the last
+    layer's softmax of them: the cross-entropy would differ on logits."""
+    from keras_lowrank.robustness import _gradients, report
+
+    traced = []
+    own = _gradients.Oracle.outputs_and_grad
+    monkeypatch.setattr(_gradients.Oracle, "outputs_and_grad", lambda *a: traced.append(1) or own(*a))
+    model, x, y = trained
+    model = _with_head(model, head)
+    from_logits = head == "logits"
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    dataset = batches(x, y)
+    rows = [report.Identity(), GaussianNoise(0.2, seed=3), FGSM(0.1), PGD(0.1, steps=3, seed=1),
+            PGD(0.2, steps=2, restarts=2, seed=5)]
+    evaluator = report._Evaluator(model, from_logits, "auto", 0, rows)
+    for row in rows:
+        shared = evaluator._ready_wrapper(row, False).evaluate(dataset, verbose=0, return_dict=True)
+        fresh = PerturbedModel(model, row)
+        fresh.compile(optimizer=None, loss=loss, weighted_metrics=["accuracy"])
+        expected = fresh.evaluate(dataset, verbose=0, return_dict=True)
+        assert shared["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6), row
+        assert shared["loss"] == pytest.approx(expected["loss"], rel=1e-5), row
+    assert traced  # the outputs did come from the loop
+
+
 def test_a_reports_shared_step_checks_each_rows_own_input_range(trained):
     """The clean row declares no range, an attack row its own: out-of-range data
     passes the first and is refused by the second, named."""

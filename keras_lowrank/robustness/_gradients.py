@@ -80,6 +80,43 @@ class Oracle:
     def loss(self, x, y):
         return self.loss_fn(y, forward_without_side_effects(self.model, x, self.logits))
 
+    def outputs_and_grad(self, x, y, needed):
+        """(the forward outputs ``loss`` takes at ``x``, d Σ loss / dx where ``needed``
+        — a traced boolean — and zeros where not): one forward pass for both, the
+        backward pass only where needed. The gradient is ``grad``'s, computed the
+        same way (``jax.grad`` is this pullback of 1)."""
+        if keras.backend.backend() == "jax":
+            import jax
+
+            def total(x):
+                outputs = forward_without_side_effects(self.model, x, self.logits)
+                return keras.ops.sum(self.loss_fn(y, outputs)), outputs
+
+            value, pullback, outputs = jax.vjp(total, x, has_aux=True)
+            grad = keras.ops.cond(needed, lambda: pullback(keras.ops.ones_like(value))[0],
+                                  lambda: keras.ops.zeros_like(x))
+            return outputs, grad
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = forward_without_side_effects(self.model, x, self.logits)
+            total = tf.reduce_sum(self.loss_fn(y, outputs))
+        grad = tf.cond(needed, lambda: tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO),
+                       lambda: tf.zeros_like(x))
+        return outputs, grad
+
+    def model_outputs(self, outputs):
+        """``model(x)``'s outputs from the ``outputs`` the loss takes: the same, or for
+        a logits view (a model ending in a softmax) the last layer's softmax of them,
+        computed as that layer computes it."""
+        if not self.logits:
+            return outputs
+        layer = _output_layer(self.model)
+        if isinstance(layer, keras.layers.Softmax):
+            return layer.call(outputs)
+        return layer.activation(outputs)
+
     def grad(self, x, y):  # TensorFlow; replaced by jax.grad on JAX
         import tensorflow as tf
 

@@ -23,6 +23,11 @@ batch, skips restarts ≥ R by a ``cond`` and rewinds the start generator to
 where R draws leave it, so a row of R restarts still draws, batch after batch,
 what a fresh ``PGD`` draws.
 
+In inference (``evaluate``, ``predict``) the step also takes the model's outputs
+at the row's point from the loop: K + 1 forward passes, the last without its
+backward pass, so the model's forward pass is traced and optimised once, not
+twice (``perturb_with_outputs``).
+
 Every row computes exactly what its own object computes (the same operations
 in the same order; the zero terms add exact zeros), and draws what a fresh
 object with its seed draws: the noise and the random starts come from two
@@ -42,7 +47,6 @@ from keras_lowrank.robustness.attacks import (
     PGD,
     Attack,
     clip_to_ball,
-    keep_larger_loss,
     random_start,
     steepest_step,
 )
@@ -142,10 +146,21 @@ class Sweep(Perturbation):
         self.row = row
 
     def perturb_in_graph(self, model, x, y=None):
+        return self.perturb_with_outputs(model, x, y)[0]
+
+    def perturb_with_outputs(self, model, x, y=None, num_classes=None):
+        """(the row's perturbed ``x``, ``model``'s outputs there in inference mode as
+        float32, or None without ``num_classes``). With ``num_classes`` the outputs
+        come from the loop itself: it runs K + 1 forward passes and skips the last
+        one's backward pass (a ``cond``), instead of K steps and a forward pass of
+        its own — so a report's step traces and optimises the model's forward pass
+        once less (docs/benchmarks.md). Those outputs record no ``add_loss`` (no
+        attack's forward pass does): a report reads only the accuracy."""
         oracle = self._oracle(model)
         if y is None:
             y = ops.argmax(forward_without_side_effects(model, x), axis=-1)
         y = ops.cast(y, "int32")
+        fused = num_classes is not None
 
         def clip(value):
             return ops.clip(value, self.clip_low, self.clip_high)
@@ -160,27 +175,45 @@ class Sweep(Perturbation):
             # as if only this row's restarts had drawn (the next batch draws what PGD's does)
             self._seed.state.assign(before + per_start * ops.cast(self.restarts, per_start.dtype))
 
-        def step(_, adv):
-            stepped = clip(adv + steepest_step(oracle.grad(adv, y), self.step_size, self.norm))
+        def moved(adv, grad):
+            stepped = clip(adv + steepest_step(grad, self.step_size, self.norm))
             projected = clip(x + clip_to_ball(stepped - x, self.eps, self.norm))
             return ops.where(self.project > 0, projected, stepped)
 
+        def step(_, adv):
+            return moved(adv, oracle.grad(adv, y))
+
+        def fused_step(k, state):
+            adv = state[0]
+            stepping = ops.less(k, self.steps)  # else the K + 1-th pass: outputs only
+            outputs, grad = oracle.outputs_and_grad(adv, y, stepping)
+            # The model's outputs (its softmax of a logits view) and the loss, as
+            # float32 (exact from lower precisions): both at the result.
+            return (ops.where(stepping, moved(adv, grad), adv),
+                    ops.cast(oracle.model_outputs(outputs), "float32"),
+                    ops.cast(oracle.loss_fn(y, outputs), "float32"))
+
         def attack(start):
+            """(the point after the row's steps from ``start``, then — fused — the
+            model's outputs and the loss there)."""
             start = clip(noisy + self.start_scale * clip_to_ball(start, self.eps, self.norm))
-            return ops.fori_loop(0, self.steps, step, start)
+            if not fused:
+                adv = ops.fori_loop(0, self.steps, step, start)
+                return (adv, ops.cast(oracle.loss(adv, y), "float32")) if self.max_restarts > 1 else (adv,)
+            batch = ops.shape(x)[0]
+            state = (start, ops.zeros((batch, num_classes), "float32"), ops.zeros((batch,), "float32"))
+            return ops.fori_loop(0, self.steps + 1, fused_step, state)
 
         best = attack(starts[0])
-        if self.max_restarts == 1:
-            return best
-        best_loss = oracle.loss(best, y)
-        for restart, start in enumerate(starts[1:], 1):
-            def better(start=start, best=best, best_loss=best_loss):
-                adv = attack(start)
-                return keep_larger_loss(best, best_loss, adv, oracle.loss(adv, y))
+        for restart, start in enumerate(starts[1:], 1):  # keep per example the larger loss
+            def better(start=start, best=best):
+                found = attack(start)
+                wins = ops.greater(found[-1], best[-1])
+                return tuple(ops.where(ops.reshape(wins, (-1,) + (1,) * (len(new.shape) - 1)), new, old)
+                             for new, old in zip(found, best))
 
-            best, best_loss = ops.cond(ops.less(restart, self.restarts), better,
-                                       lambda best=best, best_loss=best_loss: (best, best_loss))
-        return best
+            best = ops.cond(ops.less(restart, self.restarts), better, lambda best=best: best)
+        return best[0], best[1] if fused else None
 
     def get_config(self):
         return {"norm": self.norm, "targeted": self.targeted, "from_logits": self.from_logits,

@@ -168,7 +168,7 @@ class PerturbedModel(LabelsInCall, keras.Model):
 
     def call(self, inputs, training=False):
         inputs = _as_float(inputs)
-        self._num_classes(inputs.shape)
+        num_classes = self._num_classes(inputs.shape)
         input_range = getattr(self.perturbation, "input_range", None)
         if input_range is not None:  # a range that changes between calls (variables)
             low, high = input_range()
@@ -183,6 +183,11 @@ class PerturbedModel(LabelsInCall, keras.Model):
         if self._invalid_in_batch is not None:
             self.invalid_labels.assign_add(self._invalid_in_batch)
         with _sizes_read(self.perturbation):
+            # A perturbation that computes the model's outputs at its result on the
+            # way (a report's shared step) hands them over in inference.
+            with_outputs = getattr(self.perturbation, "perturb_with_outputs", None)
+            if with_outputs is not None and not training and num_classes is not None:
+                return ops.stop_gradient(with_outputs(self.model, inputs, self._labels, num_classes)[1])
             perturbed = ops.stop_gradient(
                 self.perturbation.perturb_in_graph(self.model, inputs, self._labels)
             )
