@@ -332,22 +332,25 @@ def _with_head(model, head):
     return twin
 
 
-@pytest.mark.parametrize("head", ["logits", "dense softmax", "softmax layer"])
+@pytest.mark.parametrize("head", ["logits", "dense softmax", "softmax layer", "logits, classes unknown"])
 def test_a_reports_step_outputs_what_the_model_outputs_at_each_rows_point(trained, head, monkeypatch):
     """The shared step takes the model's outputs from its loop's last forward pass
     (K + 1 passes, the last without a gradient) instead of a forward pass of its own:
     Keras' loss and accuracy of each row — clean, noise, FGSM, PGD with and without
     restarts — equal a fresh wrapper's, whose outputs are ``model(x_adv)``. For a
     model ending in a softmax (attacked through its logits) that means the last
-    layer's softmax of them: the cross-entropy would differ on logits."""
+    layer's softmax of them: the cross-entropy would differ on logits. A model that
+    cannot say its number of classes gets the loop of K passes, then ``model``."""
     from keras_lowrank.robustness import _gradients, report
 
     traced = []
     own = _gradients.Oracle.outputs_and_grad
     monkeypatch.setattr(_gradients.Oracle, "outputs_and_grad", lambda *a: traced.append(1) or own(*a))
+    if head == "logits, classes unknown":
+        monkeypatch.setattr(PerturbedModel, "_num_classes", lambda self, shape: None)
     model, x, y = trained
-    model = _with_head(model, head)
-    from_logits = head == "logits"
+    model = _with_head(model, head.split(",")[0])
+    from_logits = head.startswith("logits")
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
     dataset = batches(x, y)
     rows = [report.Identity(), GaussianNoise(0.2, seed=3), FGSM(0.1), PGD(0.1, steps=3, seed=1),
@@ -360,7 +363,7 @@ def test_a_reports_step_outputs_what_the_model_outputs_at_each_rows_point(traine
         expected = fresh.evaluate(dataset, verbose=0, return_dict=True)
         assert shared["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6), row
         assert shared["loss"] == pytest.approx(expected["loss"], rel=1e-5), row
-    assert traced  # the outputs did come from the loop
+    assert bool(traced) == (head != "logits, classes unknown")  # whence the outputs came
 
 
 def test_a_reports_shared_step_checks_each_rows_own_input_range(trained):
