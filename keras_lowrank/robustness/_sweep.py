@@ -26,7 +26,7 @@ what a fresh ``PGD`` draws.
 In inference (``evaluate``, ``predict``) the step also takes the model's outputs
 at the row's point from the loop: K + 1 forward passes, the last without its
 backward pass, so the model's forward pass is traced and optimised once, not
-twice (``perturb_with_outputs``).
+twice (``_perturb_with_outputs``).
 
 Every row computes exactly what its own object computes (the same operations
 in the same order; the zero terms add exact zeros), and draws what a fresh
@@ -146,9 +146,9 @@ class Sweep(Perturbation):
         self.row = row
 
     def perturb_in_graph(self, model, x, y=None):
-        return self.perturb_with_outputs(model, x, y)[0]
+        return self._perturb_with_outputs(model, x, y)[0]
 
-    def perturb_with_outputs(self, model, x, y=None, num_classes=None):
+    def _perturb_with_outputs(self, model, x, y=None, num_classes=None):
         """(the row's perturbed ``x``, ``model``'s outputs there in inference mode as
         float32, or None without ``num_classes``). With ``num_classes`` the outputs
         come from the loop itself: it runs K + 1 forward passes and skips the last

@@ -185,7 +185,7 @@ class PerturbedModel(LabelsInCall, keras.Model):
         with _sizes_read(self.perturbation):
             # A perturbation that computes the model's outputs at its result on the
             # way (a report's shared step) hands them over in inference.
-            with_outputs = getattr(self.perturbation, "perturb_with_outputs", None)
+            with_outputs = getattr(self.perturbation, "_perturb_with_outputs", None)
             if with_outputs is not None and not training and num_classes is not None:
                 return ops.stop_gradient(with_outputs(self.model, inputs, self._labels, num_classes)[1])
             perturbed = ops.stop_gradient(
