@@ -15,7 +15,14 @@ is in it), the process's peak resident memory (the model alone, after ``predict`
 ``before_mib``). Goal: DLRT's first call ≤ 1.5× Adam's
 in time and memory at 100+ low-rank layers, step time unchanged.
 
-    python benchmarks/dlrt_first_step.py [--models MobileNetV2 DenseNet121]
+    python benchmarks/dlrt_first_step.py [--models MobileNetV2 DenseNet121] [--integrator host vmap]
+
+``--integrator``: DLRT also with its augment / truncate forced where they run on JAX
+(``host``: one NumPy host callback, the CPU's default; ``vmap``: alike layers batched
+in the compiled step, a GPU's default), as ``dlrt-host`` / ``dlrt-vmap`` — the GPU suite
+asks whether the host callback pays on a GPU too. (On a 2-core CPU ``vmap`` did not finish MobileNetV2's first
+call in 300 s — the thread-pool deadlock ``optimizers._integrate_on_host`` describes;
+a configuration over ``--child-timeout`` seconds is reported as hung.)
 """
 
 import argparse
@@ -28,6 +35,9 @@ import os, time, sys, resource, json, warnings
 import numpy as np, keras
 from keras_lowrank import DLRT, compression
 name, which = sys.argv[1], sys.argv[2]
+if which.startswith("dlrt-"):  # the integrator forced to run where the name says
+    from keras_lowrank import optimizers
+    optimizers._integrator_mode = lambda: which[len("dlrt-"):]
 kw = {"alpha": 0.35} if name == "MobileNetV2" else {}
 model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=10,
                                           classifier_activation=None, **kw)
@@ -36,7 +46,7 @@ if which != "dense-adam":
     model = compression.to_low_rank(model, rank=8)
 x = np.random.default_rng(0).uniform(size=(16, 32, 32, 3)).astype("float32")
 y = np.arange(16) % 10
-opt = DLRT(keras.optimizers.Adam(1e-3)) if which == "dlrt" else keras.optimizers.Adam(1e-3)
+opt = DLRT(keras.optimizers.Adam(1e-3)) if which.startswith("dlrt") else keras.optimizers.Adam(1e-3)
 model.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 model.predict(x, verbose=0)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -54,13 +64,22 @@ print(json.dumps({"model": name, "which": which, "first_fit_s": round(first, 1),
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["MobileNetV2", "DenseNet121"])
+    parser.add_argument("--integrator", nargs="*", default=[], choices=["host", "vmap"],
+                        help="also DLRT with its integrator forced to run there (JAX only)")
+    parser.add_argument("--child-timeout", type=float, default=600, help="seconds per configuration")
     args = parser.parse_args(argv)
+    if args.integrator and os.environ.get("KERAS_BACKEND") != "jax":
+        parser.error("--integrator applies to the JAX backend (KERAS_BACKEND=jax)")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.setdefault("KERAS_BACKEND", "tensorflow")
     for model in args.models:
-        for which in ("dense-adam", "adam", "dlrt"):
-            done = subprocess.run([sys.executable, "-c", CHILD, model, which], capture_output=True, text=True,
-                                  env=env, check=True)
+        for which in ("dense-adam", "adam", "dlrt", *(f"dlrt-{where}" for where in args.integrator)):
+            try:
+                done = subprocess.run([sys.executable, "-c", CHILD, model, which], capture_output=True, text=True,
+                                      env=env, check=True, timeout=args.child_timeout)
+            except subprocess.TimeoutExpired:  # e.g. vmap on a CPU of few cores (see _integrate_on_host)
+                print(f'{{"model": "{model}", "which": "{which}", "hung": "over {args.child_timeout} s"}}', flush=True)
+                continue
             print(done.stdout.strip().splitlines()[-1], flush=True)
 
 

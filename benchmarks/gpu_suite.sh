@@ -19,9 +19,11 @@
 #      (benchmarks/cka_resnet50.py);
 #    - where Square L2's graph and the authors' loop part on the GPU, if they do
 #      (benchmarks/square_l2_divergence.py; the test of their equality fails there);
-#    with GPU_SUITE_FIRST_CALLS=1 as well (≈ 4 more minutes; never run on a GPU yet):
+#    with GPU_SUITE_FIRST_CALLS=1 as well (≈ 5 more minutes; never run on a GPU yet):
 #    - DLRT's first fit call against Adam's on MobileNetV2 (benchmarks/dlrt_first_step.py;
-#      on a GPU alike layers are batched with vectorized_map, on the CPU they are not);
+#      on a GPU alike layers are batched with vectorized_map in the step, on the CPU all
+#      layers' augment / truncate run in one NumPy host callback: "dlrt-host" forces the
+#      callback on the GPU too, to see whether it pays there);
 #    - a report's first call (one shared step) against one PGD-10's
 #      (benchmarks/attack_first_call.py --report);
 # 2. the backend-neutral test suite on the GPU (cuBLAS/cuSOLVER kernels, TF32 default
@@ -64,7 +66,7 @@ if [ "${GPU_SUITE_BENCH:-0}" = 1 ]; then
     bench square_l2 120 python3 benchmarks/square_l2_divergence.py
 fi
 if [ "${GPU_SUITE_FIRST_CALLS:-0}" = 1 ]; then
-    bench dlrt_first 150 python3 benchmarks/dlrt_first_step.py --models MobileNetV2
+    bench dlrt_first 200 python3 benchmarks/dlrt_first_step.py --models MobileNetV2 --integrator host
     bench report_first 120 python3 benchmarks/attack_first_call.py --report --backend jax --models mobilenetv2
 fi
 if [ "${GPU_SUITE_TESTS:-1}" = 1 ]; then
