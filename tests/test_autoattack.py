@@ -425,6 +425,46 @@ def test_flags_gradient_masking_on_a_rounding_model(trained_cnn, digits):
     assert "AutoAttack: black-box stage adds nothing" in failed
 
 
+def test_the_zero_gradient_check_is_the_input_gradient_and_one_compiled_program_on_jax(trained_cnn, digits):
+    """``run``'s zero-gradient check takes the cross-entropy's input gradient of the
+    logits: it equals a float64 finite difference of that loss through a NumPy copy of
+    the network, and on JAX it is one compiled program — eagerly, JAX compiled each
+    primitive of the forward and backward passes as a program of its own (51 for a
+    5-layer CNN in ``AutoAttack.run``; each dearer on a GPU)."""
+    x, y = digits
+    x, y = x[:7], y[:7]  # a batch size no other test compiles
+    inputs, labels = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
+    attack = AutoAttack(0.1, version="fast", n_iter=5)
+    watching, compiled = [False], []
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.monitoring.register_event_duration_secs_listener(
+            lambda event, seconds, **kw: compiled.append(event)
+            if watching[0] and event == "/jax/core/compile/backend_compile_duration" else None)
+    watching[0] = True
+    try:
+        grad = np.asarray(keras.ops.convert_to_numpy(attack._gradients(trained_cnn)(inputs, labels)), "float64")
+    finally:
+        watching[0] = False
+    if keras.backend.backend() == "jax":
+        assert len(compiled) == 1
+
+    kernel, bias, weights, offsets = (np.asarray(w, "float64") for w in trained_cnn.get_weights())
+
+    def loss(images):  # Conv2D(8, 3, relu) - Flatten - Dense(10), then the summed cross-entropy
+        windows = np.lib.stride_tricks.sliding_window_view(images, (3, 3), axis=(1, 2))  # n, 6, 6, 1, 3, 3
+        hidden = np.maximum(np.einsum("nijcab,abcf->nijf", windows, kernel) + bias, 0.0)
+        logits = hidden.reshape(len(images), -1) @ weights + offsets
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        return np.sum(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(y)), y])
+
+    direction = np.random.default_rng(0).normal(size=x.shape)
+    h = 1e-6
+    slope = (loss(x + h * direction) - loss(x - h * direction)) / (2 * h)
+    assert np.sum(grad * direction) == pytest.approx(slope, rel=1e-4)
+
+
 def test_flags_a_randomised_model(trained_cnn, digits):
     x, y = digits
     result = AutoAttack(0.05, version="fast", n_iter=5).run(with_front(trained_cnn, NoisyInference()), x, y)

@@ -1218,8 +1218,16 @@ class AutoAttack(Attack):
             return keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True), z
 
         grad = value_and_grad(loss)
-        # eager: one call per batch, not worth a graph trace (~1 s per model)
-        return lambda x, y: grad(x, ops.cast(y, "int32"))[2]
+
+        def gradient(x, y):
+            return grad(x, ops.cast(y, "int32"))[2]
+
+        if keras.backend.backend() == "jax":
+            # Eager JAX compiles every primitive of the forward and backward passes as a
+            # program of its own: 51 programs for a 5-layer CNN (docs/benchmarks.md),
+            # each dearer on a GPU. One jit instead.
+            return compile_function(model, gradient)
+        return gradient  # TensorFlow: eager, one call per batch (a graph trace: ~1 s per model)
 
     def __call__(self, model, x, y=None):
         return self.run(model, x, y).x_adv
