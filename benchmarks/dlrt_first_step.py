@@ -19,10 +19,11 @@ in time and memory at 100+ low-rank layers, step time unchanged.
 
 ``--integrator``: DLRT also with its augment / truncate forced where they run on JAX
 (``host``: one NumPy host callback, the CPU's default; ``vmap``: alike layers batched
-in the compiled step, a GPU's default), as ``dlrt-host`` / ``dlrt-vmap`` — the GPU suite
-asks whether the host callback pays on a GPU too. (On a 2-core CPU ``vmap`` did not finish MobileNetV2's first
-call in 300 s — the thread-pool deadlock ``optimizers._integrate_on_host`` describes;
-a configuration over ``--child-timeout`` seconds is reported as hung.)
+in the compiled step, a GPU's default), as ``dlrt-host`` / ``dlrt-vmap`` — the GPU
+suite asks whether the host callback pays on a GPU too. (On a 2-core CPU ``vmap`` did
+not finish MobileNetV2's first call in 300 s — the thread-pool deadlock
+``optimizers._integrate_on_host`` describes; a configuration over ``--child-timeout``
+seconds is reported as hung.)
 """
 
 import argparse
