@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -48,3 +49,38 @@ def _exact_float32(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+_WATCHERS = []  # the lists of jax_compiles blocks now open
+_LISTENING = []  # one jax.monitoring listener per process (they cannot be removed)
+
+
+def _on_jax_event(event, seconds, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+        for seen in _WATCHERS:
+            seen.append(event)
+
+
+@pytest.fixture
+def jax_compiles():
+    """``with jax_compiles() as seen:`` collects one entry per XLA program JAX compiles
+    inside the block (eager keras.ops on JAX compile one per op and shape); on other
+    backends ``seen`` stays empty."""
+    @contextlib.contextmanager
+    def watch():
+        seen = []
+        if keras.backend.backend() != "jax":
+            yield seen
+            return
+        if not _LISTENING:
+            import jax
+
+            jax.monitoring.register_event_duration_secs_listener(_on_jax_event)
+            _LISTENING.append(True)
+        _WATCHERS.append(seen)
+        try:
+            yield seen
+        finally:
+            _WATCHERS.remove(seen)
+
+    return watch

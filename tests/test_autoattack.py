@@ -425,7 +425,8 @@ def test_flags_gradient_masking_on_a_rounding_model(trained_cnn, digits):
     assert "AutoAttack: black-box stage adds nothing" in failed
 
 
-def test_the_zero_gradient_check_is_the_input_gradient_and_one_compiled_program_on_jax(trained_cnn, digits):
+def test_the_zero_gradient_check_is_the_input_gradient_and_one_compiled_program_on_jax(trained_cnn, digits,
+                                                                                       jax_compiles):
     """``run``'s zero-gradient check takes the cross-entropy's input gradient of the
     logits: it equals a float64 finite difference of that loss through a NumPy copy of
     the network, and on JAX it is one compiled program — eagerly, JAX compiled each
@@ -435,18 +436,8 @@ def test_the_zero_gradient_check_is_the_input_gradient_and_one_compiled_program_
     x, y = x[:7], y[:7]  # a batch size no other test compiles
     inputs, labels = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
     attack = AutoAttack(0.1, version="fast", n_iter=5)
-    watching, compiled = [False], []
-    if keras.backend.backend() == "jax":
-        import jax
-
-        jax.monitoring.register_event_duration_secs_listener(
-            lambda event, seconds, **kw: compiled.append(event)
-            if watching[0] and event == "/jax/core/compile/backend_compile_duration" else None)
-    watching[0] = True
-    try:
+    with jax_compiles() as compiled:
         grad = np.asarray(keras.ops.convert_to_numpy(attack._gradients(trained_cnn)(inputs, labels)), "float64")
-    finally:
-        watching[0] = False
     if keras.backend.backend() == "jax":
         assert len(compiled) == 1
 

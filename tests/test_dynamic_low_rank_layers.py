@@ -279,20 +279,14 @@ def test_concrete_factors_are_decomposed_and_padded_in_numpy(rng, monkeypatch):
                                (u[:, :3] * d[:3]) @ vt[:3], atol=1e-5 * d[0])
 
 
-def test_finishing_a_cycle_compiles_nothing_on_jax(rng):
+def test_finishing_a_cycle_compiles_nothing_on_jax(rng, jax_compiles):
     """Eager keras.ops on JAX compile a program per op and shape (MobileNetV2's first
     fit call spent 4.3 s there when fit ended mid-cycle); the end of a cycle, rank
     reads and truncate_ranks run in NumPy."""
     if keras.backend.backend() != "jax":
         pytest.skip("compiles of eager ops are JAX's")
-    import jax
-
     from keras_lowrank import DLRT, compression
 
-    compiled, watching = [], [False]
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda event, seconds, **kw: compiled.append(event)
-        if watching[0] and event == "/jax/core/compile/backend_compile_duration" else None)
     layer = DynamicLowRankDense(17, max_rank=9, rank=4, tol=0.3)  # shapes no other test uses
     model = keras.Sequential([keras.Input((23,)), layer])
     optimizer = DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=5)
@@ -300,14 +294,11 @@ def test_finishing_a_cycle_compiles_nothing_on_jax(rng):
     x = rng.normal(size=(8, 23)).astype("float32")
     model.train_on_batch(x, x[:, :17])
     model.jax_state_sync()
-    watching[0] = True
-    try:
+    with jax_compiles() as compiled:
         assert layer.rank == 8  # augmented
         assert optimizer.finish_cycle()
         assert layer.rank < 8
         compression.truncate_ranks(model)
-    finally:
-        watching[0] = False
     assert compiled == []
 
 

@@ -205,32 +205,25 @@ class _Evaluator:
 
     def accuracy(self, perturbation, data):
         wrapper = self._ready_wrapper(perturbation, _one_hot(data))
-        if _is_pair(data):
-            batches = self._batches(data)
-            if isinstance(batches, tuple):
-                x, y, weights, batch = batches
-                result = wrapper.evaluate(x, y, sample_weight=weights, batch_size=batch, verbose=self.verbose,
-                                          return_dict=True)
-            else:
-                result = wrapper.evaluate(batches, verbose=self.verbose, return_dict=True)
-        else:
-            result = wrapper.evaluate(data, verbose=self.verbose, return_dict=True)
+        inputs = self._pair_inputs(data) if _is_pair(data) else {"x": data}
+        result = wrapper.evaluate(**inputs, verbose=self.verbose, return_dict=True)
         return float(result["accuracy"])
 
-    def _batches(self, pair):
-        """``pair`` padded (``_padded_pair``), made once per report: on TensorFlow as
-        a ``tf.data.Dataset`` of (x, y, sample weight) batches — from arrays Keras
-        builds one at every ``evaluate``, ~40 ms of tracing dataset functions per
-        row (docs/benchmarks.md) — elsewhere as the arrays and batch size (Keras'
-        array adapter costs ~1 ms there, and JAX users need not have TensorFlow)."""
+    def _pair_inputs(self, pair):
+        """``evaluate``'s arguments for ``pair`` padded (``_padded_pair``), made once per
+        report: on TensorFlow a ``tf.data.Dataset`` of (x, y, sample weight) batches —
+        from arrays Keras builds one at every ``evaluate``, ~40 ms of tracing dataset
+        functions per row (docs/benchmarks.md) — elsewhere the arrays and batch size
+        (Keras' array adapter costs ~1 ms there, and JAX users need not have TensorFlow)."""
         key = id(pair)
         if key not in self._pairs:
-            made = _padded_pair(pair)
+            x, y, weights, batch = _padded_pair(pair)
             if keras.backend.backend() == "tensorflow":
                 import tensorflow as tf
 
-                x, y, weights, batch = made
-                made = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(batch)
+                made = {"x": tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(batch)}
+            else:
+                made = {"x": x, "y": y, "sample_weight": weights, "batch_size": batch}
             self._pairs[key] = pair, made  # the pair held, so its id stays its own
         return self._pairs[key][1]
 
