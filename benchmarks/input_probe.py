@@ -34,7 +34,16 @@ from keras_lowrank import callbacks, compression  # noqa: E402
 from keras_lowrank.analysis import cka_map, class_selectivity, representation_ranks  # noqa: E402
 from keras_lowrank.layers import DynamicLowRankDense, LowRankProjection  # noqa: E402
 from keras_lowrank.optimizers import DLRT  # noqa: E402
-from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel, evaluate_robustness  # noqa: E402
+from keras_lowrank.robustness import (  # noqa: E402
+    APGD,
+    FGSM,
+    PGD,
+    AutoAttack,
+    GaussianNoise,
+    PerturbedModel,
+    all_corruptions,
+    evaluate_robustness,
+)
 
 CLEAR = (ValueError, FileExistsError, SystemExit)
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -140,8 +149,13 @@ def cli_existing_output():
                "--analysis-datasets")
 
 
+def report_alone():
+    return evaluate_robustness(classifier(), (X, Y), attacks=FGSM(0.05), noise_sigmas=0.1, large_eps=None)
+
+
 nan = float("nan")
 inf = float("inf")
+X_NAN = np.where(X > 0.99, nan, X)
 clean_accuracy = float(np.mean(ops.convert_to_numpy(classifier()(X)).argmax(1) == Y))
 
 CASES = [
@@ -200,6 +214,23 @@ CASES = [
      lambda: class_selectivity(relu_model(), (X, Y + 0.7), layers=["h"]), None),
     ("tail", "class_selectivity one class", "error:class",
      lambda: class_selectivity(relu_model(), (X, np.zeros_like(Y)), layers=["h"]), None),
+    ("direct", "PGD(model, x with NaN)", "error:`x`.*NaN", lambda: PGD(0.05, steps=2)(classifier(), X_NAN, Y), None),
+    ("direct", "FGSM(clip=None) on x with ±inf", "error:`x`.*infinite",
+     lambda: FGSM(0.05, clip=None)(classifier(), np.where(X > 0.99, inf, X), Y), None),
+    ("direct", "APGD(model, x with NaN)", "error:`x`.*NaN", lambda: APGD(0.05, n_iter=2)(classifier(), X_NAN, Y), None),
+    ("direct", "AutoAttack.run on x with NaN", "error:`x`.*NaN",
+     lambda: AutoAttack(0.05, n_iter=2, n_queries=2).run(classifier(5), X_NAN, Y), None),
+    ("direct", "AutoAttack on a 3-class model", "error:at least 4 classes.*APGD",
+     lambda: AutoAttack(0.05).run(classifier(), X, Y), None),
+    ("direct", "one example without its batch axis", "error:`x`.*batch axis",
+     lambda: PGD(0.05, steps=2)(classifier(), X[0], Y[:1]), None),
+    ("report", "attacks=FGSM(...) alone", "ok", lambda: report_alone(), lambda r: len(r.rows) == 3),
+    ("report", "(x, y, weights) triple", "error:`data`.*\\(x, y\\) pair",
+     lambda: report(classifier(), (X, Y, np.ones(len(X)))), None),
+    ("report", "clip=(1, 0)", "error:`clip`", lambda: report(classifier(), (X, Y), clip=(1.0, 0.0)), None),
+    ("report", "all_corruptions(image=False) on (n, features) data", "ok",
+     lambda: evaluate_robustness(classifier(), (X, Y), corruptions=all_corruptions((3,), image=False), large_eps=None),
+     lambda r: len(r.rows) == 6),
 ]
 
 if keras.backend.backend() == "tensorflow":

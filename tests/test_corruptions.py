@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_lowrank.robustness.corruptions import CORRUPTIONS, Corruption, all_corruptions
+from keras_lowrank.robustness.corruptions import CORRUPTIONS, SEVERITIES, Corruption, all_corruptions
 
 
 def apply(name, severity, x, seed=0):
@@ -87,3 +87,22 @@ def test_signals_get_the_per_value_corruptions_and_a_clear_error_otherwise(rng):
         assert out.shape == signals.shape and 0 <= out.min() and out.max() <= 1
     with pytest.raises(ValueError, match="needs image batches"):
         Corruption("pixelate", 3)(None, signals)  # used to return a wrongly shaped array
+    # (n, features) data too (contrast averaged over axes 1 and 2: a backend error),
+    # with each example's mean over its features; three features are not RGB
+    for features in (8, 3):
+        table = rng.uniform(0.2, 0.8, size=(6, features)).astype("float32")
+        for corruption in per_value:
+            out = np.asarray(keras.ops.convert_to_numpy(corruption(None, table)))
+            assert out.shape == table.shape and 0 <= out.min() and out.max() <= 1
+        c = SEVERITIES["contrast"][2]
+        means = table.mean(axis=1, keepdims=True)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(Corruption("contrast", 3)(None, table)),
+                                   np.clip((table - means) * c + means, 0, 1), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(Corruption("brightness", 3)(None, table)),
+                                   np.clip(table + SEVERITIES["brightness"][2], 0, 1), rtol=1e-6, atol=1e-7)
+    # a signal's contrast is per channel, as an image's
+    two = rng.uniform(size=(2, 40, 2)).astype("float32")
+    means = two.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(Corruption("contrast", 3)(None, two)),
+                               np.clip((two - means) * SEVERITIES["contrast"][2] + means, 0, 1),
+                               rtol=1e-6, atol=1e-7)

@@ -468,3 +468,69 @@ def test_every_perturbation_shares_the_base_class_and_a_user_subclass_evaluates(
     np.testing.assert_allclose(_np(Darken()(model, x)), x * 0.25)
     with pytest.raises(ValueError, match="Perturbation"):
         PerturbedModel(model, object())
+
+
+# -- 18. attacks called directly, and the report's arguments -----------------------------------------------
+def test_attacks_called_directly_refuse_nan_and_infinite_inputs():
+    """``attack(model, x, y)`` on a batch holding NaN or ±∞ returned NaN "adversarial
+    examples" without a word (the report and PerturbedModel caught it, the direct call
+    did not), also with clip=None; the error counts the examples, as NumPy does."""
+    from keras_lowrank.robustness import APGD, FAB, SPSA, AutoAttack, Square
+
+    x, y = _unit_data(n=12, classes=5)
+    model = _classifier(classes=5)
+    bad = x.copy()
+    bad[2, 3], bad[7, 0], bad[7, 5] = np.nan, np.inf, -np.inf
+    assert (~np.isfinite(bad)).any(axis=1).sum() == 2
+    attacks = [FGSM(0.1), PGD(0.1, steps=2), PGD(0.1, steps=2, clip=None), SPSA(0.1, steps=1),
+               APGD(0.1, n_iter=2), Square(0.1, n_queries=2), FAB(0.1, n_iter=2),
+               GaussianNoise(0.1), GaussianNoise(0.1, clip=None)]
+    for attack in attacks:
+        with pytest.raises(ValueError, match=r"`x`: 2 input\(s\) hold NaN or infinite"):
+            attack(model, bad, y)
+        assert np.isfinite(_np(attack(model, x, y))).all(), attack  # clean data still runs
+    for call in (lambda: AutoAttack(0.1, n_iter=2, n_queries=2).run(model, bad, y),
+                 lambda: evaluate_robustness(model, (bad, y), attacks=[AutoAttack(0.1, n_iter=2, n_queries=2)],
+                                             large_eps=None)):
+        with pytest.raises(ValueError, match=r"`x`: 2 input\(s\) hold NaN or infinite"):
+            call()
+
+
+def test_autoattack_on_fewer_than_four_classes_names_the_stages_that_apply():
+    x, y = _unit_data(n=8, classes=3)
+    from keras_lowrank.robustness import APGD, AutoAttack, Square
+
+    for version in ("standard", "fast"):
+        with pytest.raises(ValueError, match=r"AutoAttack needs a model of at least 4 classes.*has 3.*Square"):
+            AutoAttack(0.1, version=version).run(_classifier(classes=3), x, y)
+    # what the message proposes runs on that model
+    report = evaluate_robustness(_classifier(classes=3), (x, y), large_eps=None,
+                                 attacks=[APGD(0.1, loss="ce", n_iter=2), Square(0.1, n_queries=2)])
+    assert [r["family"] for r in report.rows] == ["clean", "APGD", "Square"]
+
+
+def test_one_example_without_its_batch_axis_is_named():
+    x, y = _unit_data(n=4)
+    with pytest.raises(ValueError, match=r"`x` must be a batch.*\(None, 8\); got shape \(8,\).*x\[None\]"):
+        PGD(0.1, steps=2)(_classifier(), x[0], y[:1])
+    assert _np(PGD(0.1, steps=2)(_classifier(), x[:1], y[:1])).shape == (1, 8)
+
+
+def test_report_arguments_given_alone_or_malformed():
+    """One attack, corruption or σ given alone is a list of one (it raised a TypeError
+    from deep inside); a bad ``clip`` is refused even when no row uses it; a tuple of
+    three arrays (x, y, weights) is named instead of failing on an attribute."""
+    from keras_lowrank.robustness import Corruption
+
+    x, y = _unit_data()
+    model = _classifier()
+    listed = evaluate_robustness(model, (x, y), attacks=[FGSM(0.05)], noise_sigmas=[0.1],
+                                 corruptions=[Corruption("contrast", 2)], large_eps=None)
+    for sigma in (0.1, np.float32(0.1)):
+        alone = evaluate_robustness(model, (x, y), attacks=FGSM(0.05), noise_sigmas=sigma,
+                                    corruptions=Corruption("contrast", 2), large_eps=None)
+        assert [(r["name"], r["accuracy"]) for r in alone.rows] == [(r["name"], r["accuracy"]) for r in listed.rows]
+    with pytest.raises(ValueError, match=r"`clip` must be None or \(low, high\) with low < high"):
+        evaluate_robustness(model, (x, y), clip=(1.0, 0.0), large_eps=None)
+    with pytest.raises(ValueError, match=r"`data` is a tuple of 3 arrays; pass an \(x, y\) pair"):
+        evaluate_robustness(model, (x, y, np.ones(len(x))), attacks=[FGSM(0.05)], large_eps=None)

@@ -114,6 +114,20 @@ def outputs_logits(model):
     return not ends_in_softmax(model)
 
 
+def _check_batch_rank(model, x):
+    """A clear error for ``x`` whose rank is not that of the model's (first) input,
+    e.g. one example without its batch axis (else the model's output shape or a
+    backend error speaks for it). Models that do not declare inputs are not checked."""
+    try:
+        declared = model.inputs[0].shape
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return
+    if len(x.shape) != len(declared):
+        hint = " (one example? add the batch axis: x[None])" if len(x.shape) == len(declared) - 1 else ""
+        raise ValueError(f"`x` must be a batch of the model's inputs, of shape {tuple(declared)}; "
+                         f"got shape {tuple(x.shape)}{hint}.")
+
+
 class Attack(Perturbation):
     """Base class of the attacks: label handling, input checks, compiled
     per-model graphs (a ``Perturbation``).
@@ -199,6 +213,7 @@ class Attack(Perturbation):
         return Oracle(model, loss_fn, logits=logits_view)
 
     def _num_classes(self, model, x):
+        _check_batch_rank(model, x)
         shape = model.compute_output_shape(tuple(x.shape))
         if len(shape) != 2 or shape[-1] is None or shape[-1] < 2:
             raise ValueError(
@@ -206,16 +221,6 @@ class Attack(Perturbation):
                 f"shape (batch, classes ≥ 2); it outputs {tuple(shape)}."
             )
         return shape[-1]
-
-    def _check_range(self, x):
-        if self.clip is None:
-            return
-        low, high = float(ops.min(x)), float(ops.max(x))
-        if low < self.clip[0] - 1e-6 or high > self.clip[1] + 1e-6:
-            raise ValueError(
-                f"`x` lies in [{low:.4g}, {high:.4g}], outside the declared input "
-                f"range clip={self.clip}; rescale the inputs or pass clip=."
-            )
 
     def _labels(self, model, x, y, num_classes):
         if y is None:

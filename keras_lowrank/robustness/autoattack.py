@@ -1249,10 +1249,13 @@ class AutoAttack(Attack):
         start = time.perf_counter()
         x = np.asarray(ops.convert_to_numpy(ops.convert_to_tensor(x, "float32")))
         num_classes = self._num_classes(model, ops.convert_to_tensor(x[:1]))
-        for stage in self.stages:
-            if isinstance(stage, APGD):
-                stage._check_classes(num_classes)
-        self._check_range(ops.convert_to_tensor(x))
+        if num_classes < 4:  # APGD-T's targeted DLR loss: z_y − z_t over (z_π1 − (z_π3 + z_π4) / 2)
+            raise ValueError(
+                f"AutoAttack needs a model of at least 4 classes (its APGD-T stage's targeted DLR "
+                f"loss); the model has {num_classes}. Evaluate such a model with the stages "
+                "that apply: evaluate_robustness(model, data, attacks=[APGD(eps, loss='ce'), "
+                "Square(eps)]).")
+        self._check_range(x)
         y = np.asarray(ops.convert_to_numpy(self._labels(model, ops.convert_to_tensor(x), y, num_classes)))
         forward = _compiled_scores(model, self.from_logits)
         stages, skipped = [], []

@@ -116,14 +116,17 @@ class Corruption(Perturbation):
         return ops.where(u < c / 2, 0.0, ops.where(u < c, 1.0, x))
 
     def _brightness(self, x, c):
-        if x.shape[-1] != 3:
+        if len(x.shape) != 4 or x.shape[-1] != 3:  # not RGB images: per value
             return x + c
         hsv = ops.image.rgb_to_hsv(x)
         value = ops.clip(hsv[..., 2:] + c, 0.0, 1.0)
         return ops.image.hsv_to_rgb(ops.concatenate([hsv[..., :2], value], axis=-1))
 
     def _contrast(self, x, c):
-        means = ops.mean(x, axis=(1, 2), keepdims=True)
+        # each example's mean per channel over its spatial axes (an image's (h, w), a
+        # signal's length), or over all its features for (n, features) data
+        axes = tuple(range(1, max(2, len(x.shape) - 1)))
+        means = ops.mean(x, axis=axes, keepdims=True)
         return (x - means) * c + means
 
     def _gaussian_blur(self, x, sigma):

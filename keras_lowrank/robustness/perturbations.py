@@ -3,6 +3,7 @@
 random perturbations. They act inside the compiled step, in ``keras.ops``."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_lowrank._validation import check_clip, check_number
@@ -54,8 +55,30 @@ class Perturbation:
     def __call__(self, model, x, y=None):
         """The perturbed batch, computed now (``perturb_in_graph`` outside a step)."""
         x = ops.convert_to_tensor(x, "float32")
+        self._check_range(x)
         y = None if y is None else ops.convert_to_tensor(y)
         return self.perturb_in_graph(model, x, y)
+
+    def _check_range(self, x):
+        """NaN or ±∞ anywhere (whatever ``clip``: an attack's gradients, losses and
+        steps are then NaN, and a NaN input would come back as a NaN "adversarial"),
+        then values outside ``clip``. On the host: one copy of the batch, no eager
+        program per batch shape (JAX compiles each)."""
+        values = np.asarray(ops.convert_to_numpy(x))
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = int((~finite.reshape(len(values), -1)).any(axis=1).sum()) if values.ndim else 1
+            raise ValueError(
+                f"`x`: {bad} input(s) hold NaN or infinite values; perturbing them "
+                "gives NaN. Clean the data (e.g. drop those examples) first.")
+        if self.clip is None or values.size == 0:
+            return
+        low, high = float(values.min()), float(values.max())
+        if low < self.clip[0] - 1e-6 or high > self.clip[1] + 1e-6:
+            raise ValueError(
+                f"`x` lies in [{low:.4g}, {high:.4g}], outside the declared input "
+                f"range clip={self.clip}; rescale the inputs or pass clip=."
+            )
 
     def get_config(self):
         raise NotImplementedError(f"{type(self).__name__} must implement get_config().")

@@ -4,12 +4,13 @@ real robustness gain can be told from a broken attack (gradient masking)."""
 
 import dataclasses
 import json
+import numbers
 
 import keras
 import numpy as np
 
 from keras_lowrank._optional import require
-from keras_lowrank._validation import check_number
+from keras_lowrank._validation import check_clip, check_number
 from keras_lowrank.analysis._batches import check_not_load_pair
 from keras_lowrank.robustness._sweep import Identity, Sweep, sweep_group
 from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, outputs_logits
@@ -336,8 +337,15 @@ def _one_hot(data):
 
 def _check_data(data, argument="data"):
     """A clear error for data ``evaluate`` cannot score: the ``data.load`` pair,
-    an (x, y) pair of unequal lengths, or no examples at all."""
+    a tuple of arrays other than (x, y), an (x, y) pair of unequal lengths, or no
+    examples at all."""
     check_not_load_pair(data, argument)
+    if (isinstance(data, (tuple, list)) and len(data) != 2 and data
+            and all(hasattr(a, "shape") and hasattr(a, "dtype") for a in data)):
+        raise ValueError(
+            f"`{argument}` is a {type(data).__name__} of {len(data)} arrays; pass an (x, y) pair "
+            "(the report scores every example alike: no sample weights) or a tf.data.Dataset "
+            "of (x, y) batches.")
     if _is_pair(data) and len(data[0]) != len(data[1]):
         raise ValueError(f"`{argument}`: x has {len(data[0])} examples but y has {len(data[1])}.")
     count = _count(data)
@@ -395,7 +403,11 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         >>> report.clean_accuracy, report.accuracy("FGSM", 0.1), report.accuracy("gaussian", 0.0)
         (1.0, 0.5, 1.0)
     """
+    attacks, corruptions = _as_list(attacks), _as_list(corruptions)
+    if isinstance(noise_sigmas, numbers.Number) or np.ndim(noise_sigmas) == 0:
+        noise_sigmas = [noise_sigmas]  # one σ (a Python or NumPy number)
     noise_sigmas = [check_number(s, "noise_sigmas", minimum=0.0) for s in noise_sigmas]
+    clip = check_clip(clip)
     num_examples = _check_data(data)
     for label, dataset in (datasets or {}).items():
         _check_data(dataset, f"datasets[{label!r}]")
@@ -445,6 +457,12 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     probe = rows[-1] if large_eps is not None else None
     checks = _checks(rows, probe, num_examples)
     return RobustnessReport(rows=rows, checks=checks, num_examples=num_examples)
+
+
+def _as_list(perturbations):
+    """``attacks`` / ``corruptions`` as a list: one perturbation object given alone
+    is a list of one."""
+    return [perturbations] if hasattr(perturbations, "perturb_in_graph") else list(perturbations)
 
 
 def _count(data):
