@@ -183,6 +183,24 @@ def test_bad_data_is_refused_with_one_line(saved, tmp_path, capsys, case, messag
     assert not (tmp_path / "out").exists()
 
 
+def test_autoattack_on_a_three_class_model_names_the_flags_that_apply(tmp_path, capsys, monkeypatch):
+    """Refused before any row runs (it failed after the others, with a hint in Python)."""
+    import keras_lowrank.robustness as robustness
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.save(tmp_path / "three.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.uniform(size=(12, 4)).astype("float32"), y=np.arange(12) % 3)
+    monkeypatch.setattr(robustness, "evaluate_robustness", lambda *a, **k: pytest.fail("a row ran"))
+    for name in ("autoattack", "apgd-t"):
+        status = cli.main(["evaluate", str(tmp_path / "three.keras"), "--data", str(tmp_path / "d.npz"),
+                           "--attacks", "fgsm:0.1", f"{name}:0.1", "--no-probe", "--quiet",
+                           "--output", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert status == 2 and f"--attacks {name}:0.1: needs a model of at least 4 classes" in err, err
+        assert "--attacks apgd-ce:0.1 square:0.1" in err and not (tmp_path / "out").exists()
+
+
 def test_bad_arguments_exit_2_before_any_work(saved, tmp_path, capsys):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "notes.txt").write_text("mine")

@@ -87,6 +87,12 @@ def run(args, meta):
     arrays = common.check_against_model(common.load_arrays(args.data, args.data_dir, args.limit, splits=("test",)),
                                         model, args.clip)
     x, y = arrays["test"]
+    classes = common.num_classes(model)
+    for spec in attacks:  # before any row runs: the targeted DLR loss needs 4 classes
+        if spec.name in ("autoattack", "autoattack-fast", "apgd-t") and classes < 4:
+            raise JobError(f"--attacks {spec.name}:{spec.eps:g}: needs a model of at least 4 classes "
+                           f"(its targeted DLR loss); this one has {classes}. Use the attacks that apply: "
+                           f"--attacks apgd-ce:{spec.eps:g} square:{spec.eps:g}.")
     keras.utils.set_random_seed(args.seed)
     corruptions = []
     if args.corruptions:
