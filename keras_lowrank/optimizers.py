@@ -168,6 +168,22 @@ class DLRT(keras.optimizers.Optimizer):
                 "keras.optimizers.LossScaleOptimizer(DLRT(inner_optimizer)).")
         if isinstance(inner, DLRT):
             raise ValueError("`inner_optimizer` is already a DLRT optimizer; wrap the plain one.")
+        if getattr(inner, "loss_scale_factor", None) is not None:
+            # The same as a LossScaleOptimizer inside: Keras scales the loss through
+            # the model's optimizer (DLRT), so the inner one would divide unscaled
+            # gradients of S and every other variable by its factor.
+            raise ValueError(
+                f"DLRT cannot wrap an optimizer with loss_scale_factor={inner.loss_scale_factor!r}: "
+                "its S and other steps would be that many times too small. For loss scaling use "
+                "keras.optimizers.LossScaleOptimizer(DLRT(inner_optimizer)).")
+        if getattr(inner, "gradient_accumulation_steps", None):
+            # The inner optimizer would step S every n batches while the integrator
+            # augments and truncates on single batches: neither the larger batch
+            # accumulation stands for nor DLRT.
+            raise ValueError(
+                f"DLRT cannot wrap an optimizer with gradient_accumulation_steps="
+                f"{inner.gradient_accumulation_steps}: its augment and truncate steps would see "
+                "single batches while S steps every few. Use a larger batch_size instead.")
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner
         self.steps_per_cycle = steps_per_cycle

@@ -92,6 +92,21 @@ def test_dlrt_refuses_a_loss_scale_optimizer_inside_and_works_inside_one():
     np.testing.assert_allclose(losses["scaled"], losses["dlrt"], rtol=1e-4)
 
 
+def test_dlrt_refuses_inner_loss_scale_factor_and_gradient_accumulation():
+    """Both trained without a word before and differently from what they stand for:
+    an inner ``loss_scale_factor`` (Keras scales the loss through DLRT, the inner
+    optimizer divided unscaled S gradients by 1024: weights 0.43 off after 12 steps) and
+    ``gradient_accumulation_steps`` (S stepped every 2 batches, the integrator on each:
+    0.07 off the doubled batch that plain Keras equals to 3e-8)."""
+    with pytest.raises(ValueError, match=r"loss_scale_factor=1024.0.*LossScaleOptimizer\(DLRT"):
+        DLRT(keras.optimizers.SGD(0.1, loss_scale_factor=1024.0))
+    with pytest.raises(ValueError, match=r"gradient_accumulation_steps=2.*larger batch_size"):
+        DLRT(keras.optimizers.Adam(gradient_accumulation_steps=2))
+    for fine in (keras.optimizers.SGD(0.1, clipnorm=1.0), keras.optimizers.AdamW(weight_decay=0.1),
+                 keras.optimizers.SGD(0.1, global_clipnorm=1.0)):
+        DLRT(fine)
+
+
 # -- 4. subclassed models -----------------------------------------------------------
 class SubclassedNet(keras.Model):
     def __init__(self, **kwargs):
