@@ -541,7 +541,7 @@ def test_report_arguments_given_alone_or_malformed():
     model = _classifier()
     listed = evaluate_robustness(model, (x, y), attacks=[FGSM(0.05)], noise_sigmas=[0.1],
                                  corruptions=[Corruption("contrast", 2)], large_eps=None)
-    for sigma in (0.1, np.float32(0.1)):
+    for sigma in (0.1, np.float32(0.1), np.array(0.1), (s for s in [0.1])):
         alone = evaluate_robustness(model, (x, y), attacks=FGSM(0.05), noise_sigmas=sigma,
                                     corruptions=Corruption("contrast", 2), large_eps=None)
         assert [(r["name"], r["accuracy"]) for r in alone.rows] == [(r["name"], r["accuracy"]) for r in listed.rows]

@@ -365,7 +365,8 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
             batches, or an (x, y) pair of arrays; labels are integer classes or
             one-hot rows.
         attacks: attack objects (``FGSM``, ``PGD``, ``APGD``, ``FAB``, ``Square``,
-            ``AutoAttack``), typically a sweep over eps. ``AutoAttack`` runs stage
+            ``AutoAttack``), typically a sweep over eps; one alone is a list of one
+            (so are one σ and one corruption). ``AutoAttack`` runs stage
             by stage on the examples not yet broken (``AutoAttack.run``); its row
             holds the accuracy after each stage, and its flags become checks.
         noise_sigmas: Gaussian-noise standard deviations (``GaussianNoise`` with
@@ -404,8 +405,8 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         (1.0, 0.5, 1.0)
     """
     attacks, corruptions = _as_list(attacks), _as_list(corruptions)
-    if isinstance(noise_sigmas, numbers.Number) or np.ndim(noise_sigmas) == 0:
-        noise_sigmas = [noise_sigmas]  # one σ (a Python or NumPy number)
+    if isinstance(noise_sigmas, numbers.Number) or getattr(noise_sigmas, "ndim", None) == 0:
+        noise_sigmas = [noise_sigmas]  # one σ (a Python or NumPy number, a 0-d array)
     noise_sigmas = [check_number(s, "noise_sigmas", minimum=0.0) for s in noise_sigmas]
     clip = check_clip(clip)
     num_examples = _check_data(data)
