@@ -31,7 +31,14 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 from keras_lowrank import callbacks, compression  # noqa: E402
-from keras_lowrank.analysis import cka_map, class_selectivity, representation_ranks  # noqa: E402
+from keras_lowrank.analysis import (  # noqa: E402
+    cka_map,
+    class_selectivity,
+    class_selectivity_index,
+    linear_cka,
+    rbf_cka,
+    representation_ranks,
+)
 from keras_lowrank.layers import DynamicLowRankDense, LowRankProjection  # noqa: E402
 from keras_lowrank.optimizers import DLRT  # noqa: E402
 from keras_lowrank.robustness import (  # noqa: E402
@@ -218,6 +225,12 @@ CASES = [
      lambda: class_selectivity(relu_model(), (X, Y + 0.7), layers=["h"]), None),
     ("tail", "class_selectivity one class", "error:class",
      lambda: class_selectivity(relu_model(), (X, np.zeros_like(Y)), layers=["h"]), None),
+    ("tail", "linear_cka with NaN", "error:`x`.*NaN", lambda: linear_cka(X_NAN, X), None),
+    ("tail", "rbf_cka threshold=0", "error:`threshold`", lambda: rbf_cka(X, X, threshold=0.0), None),
+    ("tail", "class_selectivity_index labels 0.5", "error:`labels`",
+     lambda: class_selectivity_index(X, (Y % 2) + 0.5, 2), None),
+    ("tail", "class_selectivity_index negative activations", "error:`activations`.*non-negative",
+     lambda: class_selectivity_index(X - 0.5, Y % 2, 2), None),
     ("direct", "PGD(model, x with NaN)", "error:`x`.*NaN", lambda: PGD(0.05, steps=2)(classifier(), X_NAN, Y), None),
     ("direct", "FGSM(clip=None) on x with ±inf", "error:`x`.*infinite",
      lambda: FGSM(0.05, clip=None)(classifier(), np.where(X > 0.99, inf, X), Y), None),

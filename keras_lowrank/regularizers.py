@@ -24,7 +24,7 @@ from keras import ops
 from keras_lowrank._labels_in_call import LabelsInCall
 from keras_lowrank._validation import check_number
 from keras_lowrank.analysis.selectivity import (
-    class_selectivity_index,
+    _selectivity_index,
     num_classes_of,
     selectivity_layers,
     selectivity_offsets,
@@ -87,7 +87,7 @@ class SelectivityRegularizedModel(LabelsInCall, keras.Model):
         outputs, *activations = self._features(inputs, training=training)
         if self._labels is not None and self.alpha != 0.0:
             # float32 also under mixed precision, like Keras' own losses.
-            means = [ops.mean(class_selectivity_index(ops.cast(a, "float32") + offset, self._labels,
+            means = [ops.mean(_selectivity_index(ops.cast(a, "float32") + offset, self._labels,
                                                       self.num_classes))
                      for a, offset in zip(activations, self._offsets)]
             self.add_loss(-self.alpha * ops.mean(ops.stack(means)))

@@ -101,6 +101,16 @@ def test_errors_instead_of_nan(xy):
         linear_cka(x, np.ones((40, 5), "float32"))
     with pytest.raises(ValueError, match="same samples"):
         linear_cka(x, y[:10])
+    # NaN said "no variance (constant features)"; a zero or NaN bandwidth the same
+    with pytest.raises(ValueError, match="`x` holds NaN or infinite values"):
+        linear_cka(np.where(x > 1, np.nan, x), y)
+    with pytest.raises(ValueError, match="`y` holds NaN or infinite values"):
+        rbf_cka(x, np.where(y > 1, np.inf, y))
+    for threshold in (0.0, float("nan"), -1.0):
+        with pytest.raises(ValueError, match="`threshold` must be a finite number > 0"):
+            rbf_cka(x, y, threshold=threshold)
+        with pytest.raises(ValueError, match="`threshold` must be a finite number > 0"):
+            cka_map(small_model(0), np.zeros((8, 6, 6, 1), "float32"), kernel="rbf", threshold=threshold)
 
 
 def small_model(seed):

@@ -65,6 +65,21 @@ def test_index_errors():
         class_selectivity_index(np.ones((4, 2)), np.zeros(5), 3)
     with pytest.raises(ValueError, match="activations"):
         class_selectivity_index(np.ones(4), np.zeros(4), 3)
+    # these gave numbers without a word: truncated labels, an SI of a negative mean
+    # (here ≈ −12, outside [0, 1]), NaN; a numpy int class count was refused
+    acts, labels = np.abs(np.random.default_rng(0).normal(size=(8, 3))), np.arange(8) % 2
+    with pytest.raises(ValueError, match=r"`labels` must be integer classes in \[0, 2\)"):
+        class_selectivity_index(acts, labels + 0.5, 2)
+    with pytest.raises(ValueError, match=r"`labels` must be integer classes"):
+        class_selectivity_index(acts, labels + 2, 2)
+    shifted = acts - acts.mean()
+    assert not np.all((np_selectivity(shifted, labels, 2) >= 0) & (np_selectivity(shifted, labels, 2) <= 1))
+    with pytest.raises(ValueError, match=r"`activations` must be non-negative.*minimum of -"):
+        class_selectivity_index(shifted, labels, 2)
+    with pytest.raises(ValueError, match="NaN"):
+        class_selectivity_index(np.where(acts > 1, np.nan, acts), labels, 2)
+    np.testing.assert_allclose(numpy_of(class_selectivity_index(acts, labels, np.int64(2))),
+                               np_selectivity(acts, labels, 2), atol=1e-6)
 
 
 def tiny_cnn(num_classes=4):

@@ -27,6 +27,7 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank._optional import require
+from keras_lowrank._validation import check_number
 from keras_lowrank.analysis._batches import iterate_inputs
 from keras_lowrank.analysis.representation import feature_extractor, resolve_layers
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
@@ -64,6 +65,9 @@ def _ratio(hsic, i, j, names):
 
 def _pair_cka(x, y, kernel, threshold, unbiased):
     x, y = _matrix(x, "x"), _matrix(y, "y")
+    for name, value in (("x", x), ("y", y)):  # else "no variance": NaN fails every comparison
+        if not np.all(np.isfinite(ops.convert_to_numpy(value))):
+            raise ValueError(f"`{name}` holds NaN or infinite values; CKA needs finite representations.")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"`x` and `y` need the same samples, got {x.shape[0]} and {y.shape[0]}.")
     hsic = _batch_hsic(*_hsic_terms([x, y], kernel, threshold, _DTYPE), unbiased)
@@ -111,7 +115,7 @@ def rbf_cka(x, y, threshold=1.0, unbiased=False):
         >>> round(rbf_cka(x, x + 10.0), 4)  # invariant to translation
         1.0
     """
-    return _pair_cka(x, y, "rbf", threshold, unbiased)
+    return _pair_cka(x, y, "rbf", check_number(threshold, "threshold", minimum=0.0, strict=True), unbiased)
 
 
 @dataclasses.dataclass
@@ -355,6 +359,7 @@ def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=Tr
     names = [layer.name for layer in chosen_a]
     chosen_b = _layers(model_b, layers_b) if model_b is not None else None
     names_b = [layer.name for layer in chosen_b] if model_b is not None else None
+    threshold = check_number(threshold, "threshold", minimum=0.0, strict=True)
     extractor = _hsic_extractor(model_a, chosen_a, model_b, chosen_b, kernel, threshold)
     total, batches = None, 0
     for x in iterate_inputs(data, max_batches=max_batches):

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lowrank._validation import check_int
 from keras_lowrank.analysis._batches import iterate_labelled
 from keras_lowrank.analysis.representation import feature_extractor, resolve_layers
 from keras_lowrank.precision import float32_matmuls
@@ -45,7 +46,7 @@ def _labels_as_indices(labels, num_classes):
     return ops.reshape(ops.cast(labels, "int32"), (-1,))
 
 
-def _checked_label_array(y, num_classes):
+def _checked_label_array(y, num_classes, argument="`data`: labels"):
     """Integer labels (numpy) from integer or one-hot ``y``; a ValueError for
     labels that are not integers in [0, num_classes) (3.7 would be truncated)."""
     y = np.asarray(ops.convert_to_numpy(y))
@@ -54,9 +55,28 @@ def _checked_label_array(y, num_classes):
     y = y.reshape(-1)
     if y.size and (not np.all(np.isfinite(y)) or np.any(y != np.round(y))
                    or y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"`data`: labels must be integer classes in [0, {num_classes}) or "
+        raise ValueError(f"{argument} must be integer classes in [0, {num_classes}) or "
                          f"one-hot rows, got values from {y.min()} to {y.max()}.")
     return y.astype("int64")
+
+
+def _check_concrete_batch(activations, labels, num_classes):
+    """For values at hand (not traced): labels that are classes, and finite,
+    non-negative activations — SI's denominator μ_max + μ_−max can vanish or turn
+    negative otherwise, giving any number without a word."""
+    try:
+        values = np.asarray(ops.convert_to_numpy(activations))
+        y = ops.convert_to_numpy(labels)
+    except Exception:  # traced inside a step of the caller's own: not checked here
+        return
+    _checked_label_array(y, num_classes, "`labels`")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("`activations` hold NaN or infinite values.")
+    if values.size and values.min() < 0:
+        raise ValueError(
+            f"`activations` must be non-negative (post-ReLU), got a minimum of {values.min():.4g}: "
+            "with negative means SI is not a selectivity. For an activation bounded below "
+            "(GELU, swish) subtract its infimum first, as class_selectivity does.")
 
 
 def selectivity_from_class_means(means, present, epsilon=EPSILON):
@@ -68,7 +88,6 @@ def selectivity_from_class_means(means, present, epsilon=EPSILON):
     return (mu_max - mu_rest) / (mu_max + mu_rest + epsilon)
 
 
-@float32_matmuls()
 def class_selectivity_index(activations, labels, num_classes, epsilon=EPSILON):
     """Class selectivity index of every unit of one batch of activations.
 
@@ -91,8 +110,15 @@ def class_selectivity_index(activations, labels, num_classes, epsilon=EPSILON):
         >>> np.round(ops.convert_to_numpy(class_selectivity_index(a, [0, 1], 2)), 4).tolist()
         [1.0, 0.0]
     """
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"`num_classes` must be an int ≥ 2, got num_classes={num_classes!r}.")
+    num_classes = check_int(num_classes, "num_classes", minimum=2)
+    _check_concrete_batch(activations, labels, num_classes)
+    return _selectivity_index(activations, labels, num_classes, epsilon)
+
+
+@float32_matmuls()
+def _selectivity_index(activations, labels, num_classes, epsilon=EPSILON):
+    """``class_selectivity_index`` without its host-side checks (the regularizer's
+    minibatches, traced; their offsets make them non-negative)."""
     activations = unit_activations(activations)
     labels = _labels_as_indices(labels, num_classes)
     if labels.shape[0] is not None and activations.shape[0] is not None and (
