@@ -451,6 +451,16 @@ def test_einsum_dense_refuses_kernels_that_are_no_single_matrix(equation):
         DynamicLowRankEinsumDense(equation, (4,))
 
 
+def test_einsum_dense_output_shape_is_checked_where_given():
+    """0 or −3 got as far as build, to an error about `max_rank` and n_out = −3."""
+    for bad in (0, -3, (None, 0), (2.5,), (True,)):
+        with pytest.raises(ValueError, match=r"`output_shape` must hold positive ints"):
+            DynamicLowRankEinsumDense("ab,bc->ac" if not isinstance(bad, tuple) or len(bad) == 1
+                                      else "abc,cd->abd", bad)
+    layer = DynamicLowRankEinsumDense("abc,cd->abd", (None, np.int64(6)), max_rank=2)
+    assert layer(np.ones((2, 3, 4), "float32")).shape == (2, 3, 6)
+
+
 def test_einsum_dense_bias_follows_bias_axes():
     with pytest.raises(ValueError, match="bias_axes"):
         DynamicLowRankEinsumDense("ab,bc->ac", 4, bias_axes=None, use_bias=True)

@@ -593,7 +593,12 @@ class DynamicLowRankEinsumDense(DynamicLowRankBase):
                 "bias exactly when `bias_axes` names its axes.")
         super().__init__(max_rank=max_rank, rank=rank, use_bias=bias_axes is not None, **kwargs)
         self.equation = equation
-        self.partial_output_shape = (output_shape,) if isinstance(output_shape, int) else tuple(output_shape)
+        shape = (output_shape,) if isinstance(output_shape, (int, np.integer)) else tuple(output_shape)
+        if any(d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1)
+               for d in shape):
+            raise ValueError(f"`output_shape` must hold positive ints (None: an axis of the input's), "
+                             f"got output_shape={output_shape!r}.")
+        self.partial_output_shape = tuple(None if d is None else int(d) for d in shape)
         self.bias_axes = bias_axes
         self._plan = _einsum_plan(equation)  # checks the equation now, not at build
 
