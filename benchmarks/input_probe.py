@@ -91,6 +91,12 @@ def wrapper_eval(x, y, model=None, perturbation=None):
     return wrapper.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
 
 
+def adversarial_fit(**kwargs):
+    wrapper = PerturbedModel(classifier(), FGSM(0.05))
+    wrapper.compile("adam", LOSS, metrics=["accuracy"])
+    return wrapper.fit(X, Y, batch_size=16, epochs=1, verbose=0, **kwargs).history
+
+
 def fitted_s_norm(ema):
     model = low_rank_mlp(optimizer=DLRT(keras.optimizers.SGD(0.1, use_ema=ema), steps_per_cycle=3))
     model.fit(X, Y, batch_size=8, epochs=1, verbose=0)
@@ -170,6 +176,8 @@ CASES = [
     ("labels", "labels ≥ classes", "error:`y`", lambda: report(classifier(), (X, np.where(Y == 0, 3, Y))), None),
     ("labels", "labels < 0", "error:`y`", lambda: report(classifier(), (X, np.where(Y == 0, -1, Y))), None),
     ("labels", "labels 3.7 (fractional)", "error:`y`", lambda: report(classifier(), (X, Y + 0.7)), None),
+    ("values", "PerturbedModel.fit(validation_data=...)", "ok", lambda: adversarial_fit(validation_data=(X, Y)),
+     lambda h: "val_accuracy" in h),
     ("labels", "PerturbedModel.evaluate labels ≥ classes", "error:`y`",
      lambda: wrapper_eval(X, np.where(Y == 0, 7, Y)), None),
     ("labels", "one-hot labels", "ok", lambda: report(classifier(), (X, np.eye(3)[Y])),

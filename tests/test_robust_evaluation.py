@@ -61,6 +61,29 @@ def test_adversarial_fit_trains_the_wrapped_model(trained):
     assert any(not np.allclose(a, b) for a, b in zip(before, student.get_weights()))
 
 
+def test_adversarial_fit_with_validation_data(trained):
+    """``fit(validation_data=…)`` raised an AttributeError (Keras 3's CallbackList has no
+    ``append``); the validation rows are the attacked accuracy, as ``evaluate`` gives it;
+    and an input out of range in a later training batch is still an error when
+    validation (which resets the count) runs before the epoch's end."""
+    model, x, y = trained
+    keras.utils.set_random_seed(1)
+    student = small_cnn()
+    wrapper = PerturbedModel(student, FGSM(0.1))
+    wrapper.compile("adam", CE, metrics=["accuracy"])
+    history = wrapper.fit(x[:100], y[:100], epochs=1, batch_size=50, verbose=0,
+                          validation_data=(x[100:], y[100:]))
+    after = wrapper.evaluate(x[100:], y[100:], batch_size=50, verbose=0, return_dict=True)
+    assert history.history["val_accuracy"][0] == pytest.approx(after["accuracy"], abs=1e-6)
+    assert history.history["val_accuracy"][0] == pytest.approx(
+        accuracy(student, keras.ops.convert_to_numpy(FGSM(0.1)(student, x[100:], y[100:])), y[100:]), abs=1e-6)
+    late = x[:100].copy()
+    late[60:] = late[60:] * 255  # the second batch of 50: outside [0, 1]
+    for kwargs in ({"validation_data": (x[100:], y[100:])}, {}):
+        with pytest.raises(ValueError, match=r"outside the declared input range"):
+            wrapper.fit(late, y[:100], epochs=1, batch_size=50, verbose=0, shuffle=False, **kwargs)
+
+
 def test_wrong_perturbation_is_named():
     with pytest.raises(ValueError, match="`perturbation`"):
         PerturbedModel(keras.Sequential([keras.layers.Dense(2)]), 0.1)

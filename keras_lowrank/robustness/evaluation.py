@@ -207,7 +207,12 @@ class PerturbedModel(LabelsInCall, keras.Model):
         check_not_load_pair(bound.arguments.get("x"), "x")
         callbacks = bound.arguments.get("callbacks")
         if isinstance(callbacks, keras.callbacks.CallbackList):
-            callbacks.append(_InputRangeGuard())
+            # fit's validation passes its own list, which holds fit's guard already
+            # (Keras 3's CallbackList has no `append`: this raised an AttributeError)
+            if not any(isinstance(c, _InputRangeGuard) for c in callbacks.callbacks):
+                guard = _InputRangeGuard()
+                guard.set_model(self)
+                callbacks.callbacks.append(guard)
         else:
             bound.arguments["callbacks"] = list(callbacks or []) + [_InputRangeGuard()]
         return method(*bound.args, **bound.kwargs)
@@ -278,6 +283,8 @@ class _InputRangeGuard(keras.callbacks.Callback):
     first batch and at the end, so a wrong range costs one batch, not a run.
     Written by hand: Keras has no input-value validation."""
 
+    _training = False
+
     def _reset(self, logs=None):
         self.model.inputs_out_of_range.assign(0.0)
         self.model.invalid_labels.assign(0.0)
@@ -289,6 +296,18 @@ class _InputRangeGuard(keras.callbacks.Callback):
     def _check(self, *args, **kwargs):
         self.model._raise_if_inputs_out_of_range()
 
-    on_train_begin = on_test_begin = on_predict_begin = _reset
+    def on_train_begin(self, logs=None):
+        self._training = True
+        self._reset()
+
+    def on_train_end(self, logs=None):
+        self._training = False
+
+    def on_test_begin(self, logs=None):
+        if self._training:  # fit's validation: the epoch's training batches first
+            self._check()
+        self._reset()
+
+    on_predict_begin = _reset
     on_train_batch_end = on_test_batch_end = on_predict_batch_end = _check_first
     on_epoch_end = on_test_end = on_predict_end = _check
