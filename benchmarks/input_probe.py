@@ -30,7 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_lowrank import callbacks, compression  # noqa: E402
+from keras_lowrank import SelectivityRegularizedModel, callbacks, compression  # noqa: E402
 from keras_lowrank.analysis import (  # noqa: E402
     cka_map,
     class_selectivity,
@@ -89,6 +89,12 @@ def wrapper_eval(x, y, model=None, perturbation=None):
     wrapper = PerturbedModel(model or classifier(), perturbation or FGSM(0.05))
     wrapper.compile(loss=LOSS, metrics=["accuracy"])
     return wrapper.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+
+
+def selectivity_fit(y):
+    regularized = SelectivityRegularizedModel(relu_model(), alpha=1.0)
+    regularized.compile("sgd", LOSS)
+    return regularized.fit(X, y, batch_size=16, epochs=1, verbose=0).history
 
 
 def adversarial_fit(**kwargs):
@@ -176,6 +182,9 @@ CASES = [
     ("labels", "labels ≥ classes", "error:`y`", lambda: report(classifier(), (X, np.where(Y == 0, 3, Y))), None),
     ("labels", "labels < 0", "error:`y`", lambda: report(classifier(), (X, np.where(Y == 0, -1, Y))), None),
     ("labels", "labels 3.7 (fractional)", "error:`y`", lambda: report(classifier(), (X, Y + 0.7)), None),
+    ("labels", "SelectivityRegularizedModel.fit labels ≥ classes", "error:`y`",
+     lambda: selectivity_fit(np.where(Y == 0, 3, Y)), None),
+    ("labels", "SelectivityRegularizedModel.fit labels 0.5", "error:`y`", lambda: selectivity_fit(Y + 0.5), None),
     ("values", "PerturbedModel.fit(validation_data=...)", "ok", lambda: adversarial_fit(validation_data=(X, Y)),
      lambda h: "val_accuracy" in h),
     ("labels", "PerturbedModel.evaluate labels ≥ classes", "error:`y`",

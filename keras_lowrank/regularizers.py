@@ -21,7 +21,7 @@ trains ``model``.
 import keras
 from keras import ops
 
-from keras_lowrank._labels_in_call import LabelsInCall
+from keras_lowrank._labels_in_call import LabelsInCall, label_counter
 from keras_lowrank._validation import check_number
 from keras_lowrank.analysis.selectivity import (
     _selectivity_index,
@@ -81,10 +81,23 @@ class SelectivityRegularizedModel(LabelsInCall, keras.Model):
         # layers' outputs: a single forward pass gives both (shared weights).
         self._features = keras.Model(model.inputs,
                                      [model.outputs[0]] + [layer.output for layer in chosen])
-        self.built = True  # no weights of its own (BackupAndRestore needs a built model)
+        # Labels that are not classes, counted in the step (``LabelsInCall``): an
+        # opaque graph error on TensorFlow, numbers on JAX, 0.5 truncated to 0 otherwise.
+        self.invalid_labels = label_counter()
+        self.built = True  # built with its model (BackupAndRestore needs a built model)
+
+    def _label_classes(self, x):
+        return self.num_classes
+
+    def fit(self, *args, **kwargs):
+        return self._with_input_checks(super().fit, args, kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        return self._with_input_checks(super().evaluate, args, kwargs)
 
     def call(self, inputs, training=False):
         outputs, *activations = self._features(inputs, training=training)
+        self._count_invalid_labels()
         if self._labels is not None and self.alpha != 0.0:
             # float32 also under mixed precision, like Keras' own losses.
             means = [ops.mean(_selectivity_index(ops.cast(a, "float32") + offset, self._labels,

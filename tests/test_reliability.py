@@ -206,6 +206,21 @@ def test_invalid_labels_raise_a_value_error_naming_y(bad):
         wrapper.evaluate(x, y, batch_size=16, verbose=0)
     with pytest.raises(ValueError, match="`y`: .* label"):
         wrapper.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    # the selectivity regularizer's wrapper too (a graph error on TF, numbers on JAX:
+    # a loss of inf, or 0.5 truncated to class 0); the count is the batch's, as NumPy's
+    from keras_lowrank import SelectivityRegularizedModel
+
+    hidden = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, activation="relu"),
+                               keras.layers.Dense(3)])
+    regularized = SelectivityRegularizedModel(hidden, alpha=1.0)
+    regularized.compile("sgd", LOSS)
+    first = int(np.sum((y[:16] < 0) | (y[:16] >= 3) | (y[:16] != np.round(y[:16]))))
+    for run in (lambda: regularized.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False),
+                lambda: regularized.evaluate(x, y, batch_size=16, verbose=0)):
+        with pytest.raises(ValueError, match=f"`y`: {first} label"):
+            run()
+    valid = np.round(np.clip(y, 0, 2))
+    assert np.isfinite(regularized.fit(x, valid, batch_size=16, epochs=1, verbose=0).history["loss"][0])
 
 
 def test_one_output_models_are_refused():

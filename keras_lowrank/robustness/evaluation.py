@@ -31,7 +31,7 @@ import math
 import keras
 from keras import ops
 
-from keras_lowrank._labels_in_call import LabelsInCall
+from keras_lowrank._labels_in_call import LabelsInCall, label_counter
 from keras_lowrank.analysis._batches import check_not_load_pair
 
 
@@ -95,9 +95,7 @@ class PerturbedModel(LabelsInCall, keras.Model):
         self.inputs_out_of_range = keras.Variable(
             0.0, dtype="float32", trainable=False, aggregation="sum",
             synchronization="on_read", name="inputs_out_of_range")
-        self.invalid_labels = keras.Variable(
-            0.0, dtype="float32", trainable=False, aggregation="sum",
-            synchronization="on_read", name="invalid_labels")
+        self.invalid_labels = label_counter()
         # Built as soon as the model is (BackupAndRestore, load_weights need it):
         # the wrapper's own state is built above.
         self.built = model.built
@@ -132,39 +130,12 @@ class PerturbedModel(LabelsInCall, keras.Model):
                 "for a binary sigmoid classifier use a 2-unit softmax/logits head.")
         return shape[-1]
 
-    _invalid_in_batch = None
-
-    def _with_labels(self, step, args):
-        try:
-            return super()._with_labels(step, args)
-        finally:
-            self._invalid_in_batch = None  # a traced value of that step only
+    def _label_classes(self, x):
+        return self._num_classes(x.shape)
 
     def _checked_batch(self, x, y):
-        """Counts invalid labels (not integers in [0, classes), or one-hot rows that
-        are not distributions) and replaces them by class 0 for this step."""
-        x = _as_float(x)
-        if y is None:
-            return x, y
-        num_classes = self._num_classes(x.shape)
-        if num_classes is None:
-            return x, y
-        values = ops.cast(y, "float32")
-        if len(y.shape) == 2 and y.shape[-1] == num_classes:  # one-hot / soft labels
-            valid = ops.logical_and(
-                ops.all(ops.logical_and(values >= 0, values <= 1), axis=-1),
-                ops.abs(ops.sum(values, axis=-1) - 1) < 1e-3)
-            safe = ops.where(valid[:, None], y, ops.cast(ops.one_hot(
-                ops.zeros_like(valid, "int32"), num_classes), y.dtype))
-        else:
-            valid = ops.logical_and(
-                ops.logical_and(values >= 0, values < num_classes),
-                ops.equal(values, ops.floor(values)))
-            safe = ops.where(valid, y, ops.zeros_like(y))
-        # Counted in `call` (same trace): on JAX only `call` runs where the
-        # step's state may be assigned.
-        self._invalid_in_batch = ops.sum(1.0 - ops.cast(ops.reshape(valid, (-1,)), "float32"))
-        return x, safe
+        """Integer inputs as float32; labels that are not classes counted (the mixin)."""
+        return super()._checked_batch(_as_float(x), y)
 
     def call(self, inputs, training=False):
         inputs = _as_float(inputs)
@@ -180,8 +151,7 @@ class PerturbedModel(LabelsInCall, keras.Model):
         outside = ops.reshape(outside, (ops.shape(inputs)[0], -1))
         self.inputs_out_of_range.assign_add(
             ops.sum(ops.cast(ops.any(outside, axis=1), "float32")))
-        if self._invalid_in_batch is not None:
-            self.invalid_labels.assign_add(self._invalid_in_batch)
+        self._count_invalid_labels()
         with _sizes_read(self.perturbation):
             # A perturbation that computes the model's outputs at its result on the
             # way (a report's shared step) hands them over in inference.
@@ -203,22 +173,14 @@ class PerturbedModel(LabelsInCall, keras.Model):
         return self._with_input_checks(super().predict, args, kwargs)
 
     def _with_input_checks(self, method, args, kwargs):
-        bound = inspect.signature(method).bind(*args, **kwargs)
-        check_not_load_pair(bound.arguments.get("x"), "x")
-        callbacks = bound.arguments.get("callbacks")
-        if isinstance(callbacks, keras.callbacks.CallbackList):
-            # fit's validation passes its own list, which holds fit's guard already
-            # (Keras 3's CallbackList has no `append`: this raised an AttributeError)
-            if not any(isinstance(c, _InputRangeGuard) for c in callbacks.callbacks):
-                guard = _InputRangeGuard()
-                guard.set_model(self)
-                callbacks.callbacks.append(guard)
-        else:
-            bound.arguments["callbacks"] = list(callbacks or []) + [_InputRangeGuard()]
-        return method(*bound.args, **bound.kwargs)
+        check_not_load_pair(inspect.signature(method).bind(*args, **kwargs).arguments.get("x"), "x")
+        return super()._with_input_checks(method, args, kwargs)
 
-    def _raise_if_inputs_out_of_range(self):
-        getattr(self, "jax_state_sync", lambda: None)()  # JAX keeps the state aside in loops
+    def _reset_input_counts(self):
+        self.inputs_out_of_range.assign(0.0)
+        super()._reset_input_counts()
+
+    def _raise_for_counts(self):
         count = int(ops.convert_to_numpy(self.inputs_out_of_range))
         clip = declared_range(self.perturbation)  # now (a report's shared step changes it)
         if count and clip is None:
@@ -229,12 +191,7 @@ class PerturbedModel(LabelsInCall, keras.Model):
                 f"clip={clip} of {self.perturbation!r}, which would clip them into it. "
                 "Rescale the inputs to that range (uint8 images: divide by 255) or declare "
                 "theirs with clip=(low, high) (None: no range).")
-        labels = int(ops.convert_to_numpy(self.invalid_labels))
-        if labels:
-            raise ValueError(
-                f"`y`: {labels} label(s) are not integer classes in [0, number of classes) "
-                "of the model's output (or one-hot rows of that length); fix the labels or "
-                "the model's number of outputs.")
+        super()._raise_for_counts()
 
     def _labels_for_call(self, y):
         if len(y.shape) == 2 and y.shape[-1] != 1:
@@ -276,38 +233,3 @@ def declared_range(perturbation):
     if clip is None and kwargs.get("clip_min") is not None and kwargs.get("clip_max") is not None:
         clip = (kwargs["clip_min"], kwargs["clip_max"])
     return None if clip is None else (float(clip[0]), float(clip[1]))
-
-
-class _InputRangeGuard(keras.callbacks.Callback):
-    """Raises (``PerturbedModel._raise_if_inputs_out_of_range``) after the
-    first batch and at the end, so a wrong range costs one batch, not a run.
-    Written by hand: Keras has no input-value validation."""
-
-    _training = False
-
-    def _reset(self, logs=None):
-        self.model.inputs_out_of_range.assign(0.0)
-        self.model.invalid_labels.assign(0.0)
-
-    def _check_first(self, batch, logs=None):
-        if batch == 0:
-            self.model._raise_if_inputs_out_of_range()
-
-    def _check(self, *args, **kwargs):
-        self.model._raise_if_inputs_out_of_range()
-
-    def on_train_begin(self, logs=None):
-        self._training = True
-        self._reset()
-
-    def on_train_end(self, logs=None):
-        self._training = False
-
-    def on_test_begin(self, logs=None):
-        if self._training:  # fit's validation: the epoch's training batches first
-            self._check()
-        self._reset()
-
-    on_predict_begin = _reset
-    on_train_batch_end = on_test_batch_end = on_predict_batch_end = _check_first
-    on_epoch_end = on_test_end = on_predict_end = _check
