@@ -281,7 +281,8 @@ def to_low_rank(
     EinsumDense equations whose kernel shares an axis with input and output, have no
     low-rank form: the default skips them with a warning, naming one in ``layers``
     raises. Other layers with kernels (SeparableConv2D, DepthwiseConv2D, transposed or
-    3-D convolutions, subclasses of Dense) stay as they are, named in a warning.
+    3-D convolutions, subclasses of Dense) stay as they are, named in a warning; so do
+    layers that are low rank already (lower their ranks with ``truncate_ranks``).
 
     Args:
         layers: names of the layers to convert (default: every Dense, Conv1D, Conv2D and EinsumDense,
@@ -328,6 +329,14 @@ def to_low_rank(
                 "only groups=1, channels_last, non-causal convolutions and EinsumDense layers "
                 "whose kernel is one matrix convert.", stacklevel=2)
         chosen = candidates[1 if skip_first else 0: len(candidates) - (1 if skip_last else 0)]
+        factorised = [l.name for l in direct_sublayers(model) if isinstance(l, DynamicLowRankBase)]
+        if factorised:
+            shown = ", ".join(factorised[:3]) + (", …" if len(factorised) > 3 else "")
+            warnings.warn(
+                f"to_low_rank left the model's {len(factorised)} layer(s) that are low rank already "
+                f"as they are ({shown}), whatever `rank` or `tol` asks: to lower their ranks, set "
+                "their `tol` and call compression.truncate_ranks(model), or convert the dense model.",
+                stacklevel=2)
         others = _other_kernel_layers(model, kinds)
         if others:
             warnings.warn(

@@ -601,3 +601,18 @@ def test_leading_triplets_give_the_best_approximation_on_awkward_spectra(kind):
     np.testing.assert_allclose(d, exact[:8], atol=1e-10 * max(exact[0], 1.0))
     error = np.linalg.norm(a - (u * d) @ v.T)
     assert error <= np.sqrt(np.sum(exact[8:] ** 2)) + 1e-9 * max(exact[0], 1.0)
+
+
+def test_converting_a_low_rank_model_again_says_its_layers_stay():
+    """``to_low_rank(to_low_rank(m, rank=4), rank=2)`` returned rank-4 layers without a word."""
+    keras.utils.set_random_seed(0)
+    dense = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, activation="relu", name="a"),
+                              keras.layers.Dense(32, activation="relu", name="b"), keras.layers.Dense(3)])
+    once = compression.to_low_rank(dense, rank=4)
+    stay = r"2 layer\(s\) that are low rank already as they are \(a, b\).*truncate_ranks"
+    with pytest.warns(UserWarning, match=stay):
+        twice = compression.to_low_rank(once, rank=2)
+    assert [getattr(layer, "rank", None) for layer in twice.layers] == [4, 4, None]
+    x = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(twice(x)), keras.ops.convert_to_numpy(once(x)),
+                               rtol=1e-5, atol=1e-5)
