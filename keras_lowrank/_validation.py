@@ -62,3 +62,14 @@ def check_clip(clip, name="clip"):
     if not low < high:
         raise ValueError(f"`{name}` must be None or (low, high) with low < high, got {clip!r}.")
     return (low, high)
+
+
+def check_seed(value, name="seed"):
+    """None, or a seed as a Python int (``np.int64(3)`` too: Keras'
+    ``SeedGenerator`` refuses numpy integers)."""
+    if value is None:
+        return None
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"`{name}` must be an integer or None, got {name}={value!r}.")
+    return int(value)

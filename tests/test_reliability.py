@@ -320,7 +320,24 @@ def test_numpy_scalars_are_accepted_and_non_finite_numbers_refused():
     assert LowRankProjection(rank=np.int64(4)).rank == 4
     assert LowRankProjection(rank=4, warmup_steps=np.int64(0)).warmup_steps == 0
     assert GaussianNoise(np.float64(0.2)).sigma == pytest.approx(0.2)
+    # numpy seeds (Keras' SeedGenerator refused them: "Argument `seed` must be an integer"),
+    # drawing what the Python int draws
+    from keras_lowrank.robustness import SPSA, Corruption
+    from keras_lowrank.robustness.autoattack import APGD, AutoAttack, Square
+
+    x = np.full((4, 8), 0.5, "float32")
+    for make in (lambda s: GaussianNoise(0.1, seed=s), lambda s: Corruption("gaussian_noise", 3, seed=s)):
+        np.testing.assert_array_equal(_np(make(np.int64(3))(None, x)), _np(make(3)(None, x)))
+    for make in (PGD, SPSA, APGD, Square, AutoAttack):
+        assert type(make(0.1, seed=np.int64(3)).seed) is int
+    x, y = _unit_data()
+    by_numpy = evaluate_robustness(_classifier(), (x, y), noise_sigmas=[0.2], seed=np.int64(3), large_eps=None)
+    by_int = evaluate_robustness(_classifier(), (x, y), noise_sigmas=[0.2], seed=3, large_eps=None)
+    assert by_numpy.rows == by_int.rows
     refused = [
+        lambda: PGD(0.1, seed="a"),
+        lambda: GaussianNoise(0.1, seed=1.5),
+        lambda: evaluate_robustness(_classifier(), (x, y), large_eps=float("nan")),
         lambda: LowRankProjection(rank=4, projection_weight=float("nan")),
         lambda: LowRankProjection(rank=4, norm_weight=float("inf")),
         lambda: LowRankProjection(rank=4, warmup_steps=-1),

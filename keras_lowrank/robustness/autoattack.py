@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank._validation import check_int, check_number
+from keras_lowrank._validation import check_int, check_number, check_seed
 from keras_lowrank.robustness._gradients import (
     compile_function,
     ends_in_softmax,
@@ -327,7 +327,7 @@ class APGD(_RunsOnUnbroken):
         self.restarts = check_int(restarts, "restarts")
         self.n_target_classes = check_int(n_target_classes, "n_target_classes")
         self.rho = check_number(rho, "rho", minimum=0.0, maximum=1.0)
-        self.seed = seed
+        self.seed = seed = check_seed(seed)
         self._seed = keras.random.SeedGenerator(seed)
         points = apgd_checkpoints(self.n_iter)
         checkpoint = np.zeros(self.n_iter, "float32")
@@ -608,7 +608,7 @@ class Square(_RunsOnUnbroken):
         self.p_init = check_number(p_init, "p_init", minimum=0.0, maximum=1.0)
         if self.p_init <= 0:
             raise ValueError(f"`p_init` must be in (0, 1], got p_init={p_init!r}.")
-        self.seed = seed
+        self.seed = seed = check_seed(seed)
         self._seed = keras.random.SeedGenerator(seed)
         self._runs = _CompiledPerModel(self._build_compiled)
 
@@ -1180,7 +1180,7 @@ class AutoAttack(Attack):
         self.n_iter = check_int(n_iter, "n_iter")
         self.n_queries = check_int(n_queries, "n_queries")
         self.batch_size = check_int(batch_size, "batch_size")
-        self.seed = seed
+        self.seed = seed = check_seed(seed)
         common = {"clip": self.clip, "from_logits": self.from_logits}
         seeds = [None if seed is None else seed + k for k in range(3)]
         self.stages = [APGD(self.eps, self.norm, loss="ce", n_iter=self.n_iter, seed=seeds[0], **common),

@@ -23,6 +23,7 @@ import math
 import keras
 from keras import ops
 
+from keras_lowrank._validation import check_seed
 from keras_lowrank.robustness.perturbations import Perturbation
 
 SEVERITIES = {
@@ -73,7 +74,7 @@ class Corruption(Perturbation):
         self.corruption = name
         self.severity = severity
         self.parameter = SEVERITIES[name][severity - 1]
-        self.seed = seed
+        self.seed = seed = check_seed(seed)
         self._seed = keras.random.SeedGenerator(seed)
 
     def get_config(self):

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank._validation import check_clip, check_number
+from keras_lowrank._validation import check_clip, check_number, check_seed
 
 
 def number(value):
@@ -110,7 +110,7 @@ class GaussianNoise(Perturbation):
     def __init__(self, sigma, clip=(0.0, 1.0), seed=None):
         self.sigma = check_number(sigma, "sigma", minimum=0.0)
         self.clip = check_clip(clip)
-        self.seed = seed
+        self.seed = seed = check_seed(seed)
         self._seed = keras.random.SeedGenerator(seed)
 
     def get_config(self):

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from keras_lowrank._optional import require
-from keras_lowrank._validation import check_clip, check_number
+from keras_lowrank._validation import check_clip, check_number, check_seed
 from keras_lowrank.analysis._batches import check_not_load_pair
 from keras_lowrank.robustness._sweep import Identity, Sweep, sweep_group
 from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, outputs_logits
@@ -409,6 +409,7 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         noise_sigmas = [noise_sigmas]  # one σ (a Python or NumPy number, a 0-d array)
     noise_sigmas = [check_number(s, "noise_sigmas", minimum=0.0) for s in noise_sigmas]
     clip = check_clip(clip)
+    seed = check_seed(seed)
     num_examples = _check_data(data)
     for label, dataset in (datasets or {}).items():
         _check_data(dataset, f"datasets[{label!r}]")
@@ -450,6 +451,7 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         add(Identity(), name=label, on=dataset, family="dataset")
     if large_eps == "auto":
         large_eps = None if clip is None else (clip[1] - clip[0]) / 2
+    large_eps = check_number(large_eps, "large_eps", minimum=0.0, allow_none=True)
     if large_eps is not None:
         add(PGD(large_eps, steps=20, seed=seed, clip=clip), name=f"PGD-20 L∞ ε={large_eps:g} (large-ε probe)")
     evaluator = _Evaluator(model, from_logits, jit_compile, verbose, [p for p, *_ in planned])
