@@ -81,6 +81,7 @@ def run(args, meta):
     import keras
 
     from keras_lowrank.robustness import all_corruptions, evaluate_robustness
+    from keras_lowrank.robustness.autoattack import TARGETED_DLR_MIN_CLASSES
 
     attacks = [parse_attack(a) for a in args.attacks]
     model = common.load_model(args.model)
@@ -88,9 +89,10 @@ def run(args, meta):
                                         model, args.clip)
     x, y = arrays["test"]
     classes = common.num_classes(model)
-    for spec in attacks:  # before any row runs: the targeted DLR loss needs 4 classes
-        if spec.name in ("autoattack", "autoattack-fast", "apgd-t") and classes < 4:
-            raise JobError(f"--attacks {spec.name}:{spec.eps:g}: needs a model of at least 4 classes "
+    for spec in attacks:  # before any row runs
+        if spec.name in ("autoattack", "autoattack-fast", "apgd-t") and classes < TARGETED_DLR_MIN_CLASSES:
+            raise JobError(f"--attacks {spec.name}:{spec.eps:g}: needs a model of at least "
+                           f"{TARGETED_DLR_MIN_CLASSES} classes "
                            f"(its targeted DLR loss); this one has {classes}. Use the attacks that apply: "
                            f"--attacks apgd-ce:{spec.eps:g} square:{spec.eps:g}.")
     keras.utils.set_random_seed(args.seed)

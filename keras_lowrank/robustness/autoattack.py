@@ -82,6 +82,10 @@ def dlr_loss(logits, y):
     return -(zy - other) / (zs[:, -1] - zs[:, -3] + _EPS_DIV)
 
 
+# z_π1 − (z_π3 + z_π4)/2: the fewest classes APGD-T (and so AutoAttack) can attack
+TARGETED_DLR_MIN_CLASSES = 4
+
+
 def targeted_dlr_loss(logits, y, target):
     """Targeted DLR: −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12), per example
     (needs ≥ 4 classes).
@@ -372,9 +376,10 @@ class APGD(_RunsOnUnbroken):
         return found, still < 0.5
 
     def _check_classes(self, num_classes):
-        needed = 4 if (self.apgd_targeted and self.loss == "dlr") else 3 if self.loss == "dlr" else 2
+        targeted = self.apgd_targeted and self.loss == "dlr"
+        needed = TARGETED_DLR_MIN_CLASSES if targeted else 3 if self.loss == "dlr" else 2
         if num_classes < needed:
-            what = "the targeted DLR loss" if needed == 4 else "the DLR loss"
+            what = "the targeted DLR loss" if targeted else "the DLR loss"
             raise ValueError(f"{what} needs at least {needed} classes; the model has {num_classes}. "
                              'Use loss="ce" (untargeted).')
 
@@ -1249,9 +1254,10 @@ class AutoAttack(Attack):
         start = time.perf_counter()
         x = np.asarray(ops.convert_to_numpy(ops.convert_to_tensor(x, "float32")))
         num_classes = self._num_classes(model, ops.convert_to_tensor(x[:1]))
-        if num_classes < 4:  # APGD-T's targeted DLR loss: z_y − z_t over (z_π1 − (z_π3 + z_π4) / 2)
+        if num_classes < TARGETED_DLR_MIN_CLASSES:  # every version runs APGD-T
             raise ValueError(
-                f"AutoAttack needs a model of at least 4 classes (its APGD-T stage's targeted DLR "
+                f"AutoAttack needs a model of at least {TARGETED_DLR_MIN_CLASSES} classes (its APGD-T "
+                f"stage's targeted DLR "
                 f"loss); the model has {num_classes}. Evaluate such a model with the stages "
                 "that apply: evaluate_robustness(model, data, attacks=[APGD(eps, loss='ce'), "
                 "Square(eps)]).")
