@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank._validation import check_clip, check_int, check_number, check_seed
+from keras_lowrank._validation import check_clip, check_int, check_number
 from keras_lowrank.robustness._gradients import Oracle, compile_attack, ends_in_softmax, forward_without_side_effects
 from keras_lowrank.robustness.perturbations import Perturbation, number
 
@@ -338,8 +338,7 @@ class PGD(Attack):
         self.norm = _check_norm(norm)
         self.random_start = bool(random_start)
         self.restarts = restarts
-        self.seed = seed = check_seed(seed)
-        self._seed = keras.random.SeedGenerator(seed)
+        self._set_seed(seed)
 
     def get_config(self):
         return {**super().get_config(), "eps": self.eps, "step_size": self.step_size,
@@ -447,8 +446,7 @@ class SPSA(Attack):
             raise ValueError("`delta` must be > 0: pass delta= when eps is 0.")
         self.step_size = (self.eps / 4 if step_size is None
                           else _check_nonnegative("step_size", step_size, strict=True))
-        self.seed = seed = check_seed(seed)
-        self._seed = keras.random.SeedGenerator(seed)
+        self._set_seed(seed)
 
     def get_config(self):
         return {**super().get_config(), "eps": self.eps, "steps": self.steps,

@@ -331,8 +331,7 @@ class APGD(_RunsOnUnbroken):
         self.restarts = check_int(restarts, "restarts")
         self.n_target_classes = check_int(n_target_classes, "n_target_classes")
         self.rho = check_number(rho, "rho", minimum=0.0, maximum=1.0)
-        self.seed = seed = check_seed(seed)
-        self._seed = keras.random.SeedGenerator(seed)
+        self._set_seed(seed)
         points = apgd_checkpoints(self.n_iter)
         checkpoint = np.zeros(self.n_iter, "float32")
         window = np.zeros(self.n_iter, "float32")
@@ -613,8 +612,7 @@ class Square(_RunsOnUnbroken):
         self.p_init = check_number(p_init, "p_init", minimum=0.0, maximum=1.0)
         if self.p_init <= 0:
             raise ValueError(f"`p_init` must be in (0, 1], got p_init={p_init!r}.")
-        self.seed = seed = check_seed(seed)
-        self._seed = keras.random.SeedGenerator(seed)
+        self._set_seed(seed)
         self._runs = _CompiledPerModel(self._build_compiled)
 
     def get_config(self):

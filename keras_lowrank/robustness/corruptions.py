@@ -23,7 +23,6 @@ import math
 import keras
 from keras import ops
 
-from keras_lowrank._validation import check_seed
 from keras_lowrank.robustness.perturbations import Perturbation
 
 SEVERITIES = {
@@ -74,8 +73,7 @@ class Corruption(Perturbation):
         self.corruption = name
         self.severity = severity
         self.parameter = SEVERITIES[name][severity - 1]
-        self.seed = seed = check_seed(seed)
-        self._seed = keras.random.SeedGenerator(seed)
+        self._set_seed(seed)
 
     def get_config(self):
         return {"name": self.corruption, "severity": self.severity, "seed": self.seed}

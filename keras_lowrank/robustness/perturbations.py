@@ -80,6 +80,12 @@ class Perturbation:
                 f"range clip={self.clip}; rescale the inputs or pass clip=."
             )
 
+    def _set_seed(self, seed):
+        """``seed`` (None or an integer, NumPy's too: Keras' ``SeedGenerator`` refuses
+        ``np.int64``) and the generator ``_seed`` of a random perturbation."""
+        self.seed = check_seed(seed)
+        self._seed = keras.random.SeedGenerator(self.seed)
+
     def get_config(self):
         raise NotImplementedError(f"{type(self).__name__} must implement get_config().")
 
@@ -110,8 +116,7 @@ class GaussianNoise(Perturbation):
     def __init__(self, sigma, clip=(0.0, 1.0), seed=None):
         self.sigma = check_number(sigma, "sigma", minimum=0.0)
         self.clip = check_clip(clip)
-        self.seed = seed = check_seed(seed)
-        self._seed = keras.random.SeedGenerator(seed)
+        self._set_seed(seed)
 
     def get_config(self):
         return {"sigma": self.sigma, "clip": self.clip, "seed": self.seed}
