@@ -77,6 +77,15 @@ def _severity(text):
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as the one line the docs promise (argparse prints the
+    usage first): ``keras-lowrank COMMAND: error: …; see … --help``, exit 2."""
+
+    def error(self, message):
+        message = " ".join(str(message).split())  # any newline of a quoted message folded
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _subparser(commands, name, help_text, description):
     paragraphs = "\n\n".join(textwrap.fill(p, 88) for p in description.split("\n\n"))
     return commands.add_parser(
@@ -109,7 +118,7 @@ def _common(parser, model=True, data=True, default_output=None):
 def build_parser():
     from keras_lowrank._jobs.evaluate import ATTACK_HELP
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="keras-lowrank",
         description="Low-rank structure for Keras models: compress, evaluate and analyze your own "
                     "model, or run the demo. `keras-lowrank COMMAND --help` shows each command's "
@@ -286,7 +295,8 @@ def main(argv=None):
 
         return {"compress": compress, "evaluate": evaluate, "analyze": analyze}[args.command].run(args, meta)
     except common.JobError as error:
-        print(f"keras-lowrank {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, as parser errors
+        print(f"keras-lowrank {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

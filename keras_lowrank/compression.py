@@ -170,7 +170,12 @@ def compression_summary(model):
     dense = sum(r["dense_params"] for r in low_rows)
     low = sum(r["low_rank_params"] for r in low_rows)
     held = sum(int(np.prod(w.shape)) for layer in low_rank for w in layer.weights)
-    others = model.count_params() - held if model.built else 0
+    # A LowRankProjection exports as an Identity or one Dense (``_projection_as_keras``).
+    projections = [l for l in all_sublayers(model) if isinstance(l, LowRankProjection) and l.built]
+    held += sum(int(np.prod(w.shape)) for l in projections for w in l.weights)
+    exported_projections = sum(l.features * (l.features + 1) for l in projections
+                               if l.output_mode != "input")
+    others = model.count_params() - held + exported_projections if model.built else 0
     total = dict(
         dense_params=dense, low_rank_params=low,
         compression_rate=(1.0 - low / dense) if dense else 0.0,
@@ -554,10 +559,14 @@ def compressed_model(model):
             "export at the truncated ranks.", stacklevel=2)
     plans = {id(l): l.factors() for l in direct_sublayers(model)
              if isinstance(l, DynamicLowRankBase)}
+    plans.update({id(l): _projection_plan(l) for l in direct_sublayers(model)
+                  if isinstance(l, LowRankProjection)})
 
     def clone(layer):
         if id(layer) not in plans:
             return layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, LowRankProjection):
+            return _projection_as_keras(layer)
         r = plans[id(layer)][0].shape[1]
         act = keras.activations.serialize(layer.activation)
         if isinstance(layer, DynamicLowRankEinsumDense):
@@ -586,6 +595,11 @@ def compressed_model(model):
         compact.compile(**keras.saving.deserialize_keras_object(config))
 
     def set_parts(old, new, factors):
+        if isinstance(old, LowRankProjection):
+            if factors is not None:
+                dense = next(l for l in new.layers if isinstance(l, keras.layers.Dense))
+                dense.set_weights(list(factors))
+            return
         u, s, v = factors
         first, second = new.layers
         first.kernel.assign(u.reshape(first.kernel.shape))
@@ -595,6 +609,30 @@ def compressed_model(model):
 
     _copy_weights(model, compact, plans, set_parts)
     return compact
+
+
+def _projection_plan(layer):
+    """A LowRankProjection at inference as the weights of one Dense layer:
+    Wᵀ(a + b) − b = a W + (b W − b) ("projection" mode); None for the default
+    "input" mode, whose output is its input."""
+    if layer.output_mode == "input":
+        return None
+    w = ops.convert_to_numpy(layer.projection_matrix).astype("float64")
+    b = ops.convert_to_numpy(layer.bias).astype("float64")
+    return w.astype("float32"), (b @ w - b).astype("float32")
+
+
+def _projection_as_keras(layer):
+    """Keras' own layers computing what ``layer`` computes at inference: an
+    Identity in "input" mode (its losses act in training only), else a Dense on
+    the features (flattened and reshaped back when ``flatten`` spans several axes)."""
+    if layer.output_mode == "input":
+        return keras.layers.Identity(name=layer.name)
+    dense = keras.layers.Dense(layer.features, name=f"{layer.name}_w")
+    shape = tuple(build_input_shape(layer))[1:]
+    if not layer.flatten or len(shape) == 1:
+        return keras.Sequential([dense], name=layer.name)
+    return keras.Sequential([keras.layers.Flatten(), dense, keras.layers.Reshape(shape)], name=layer.name)
 
 
 def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=False):

@@ -354,10 +354,13 @@ def _load_tfds(name, tfds_name, split, batch_size, shuffle, seed, data_dir,
     except (AssertionError, OSError) as error:
         # tfds: AssertionError "could not find data" with download=False;
         # OSError (requests' ConnectionError) when a download fails.
+        detail = " ".join(str(error).split())
+        if len(detail) > 200:  # tfds quotes whole URLs and tracebacks: cut at a word, say so
+            detail = detail[:200].rsplit(" ", 1)[0] + " …"
         raise DataUnavailableError(
             f"Dataset {name!r} (split {split!r}) is not in the TFDS data dir "
             f"({data_dir or tfds.core.constants.DATA_DIR}) and could not be "
-            f"downloaded ({type(error).__name__}: {str(error)[:200]}). On a "
+            f"downloaded ({type(error).__name__}: {detail}). On a "
             "machine with internet run `python -c \"import tensorflow_datasets "
             f"as tfds; tfds.load('{tfds_name}')\"`, copy ~/tensorflow_datasets "
             "here and pass data_dir= (or set TFDS_DATA_DIR). Offline datasets "

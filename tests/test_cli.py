@@ -4,6 +4,7 @@ bad-input paths; the demo."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -229,7 +230,19 @@ def test_bad_arguments_exit_2_before_any_work(saved, tmp_path, capsys):
             status = exited.code
         err = capsys.readouterr().err
         assert status == 2 and message in err, (argv, err)
+        assert err.count("\n") == 1, err  # one line, as the docs promise (argparse printed usage first)
     assert os.listdir(tmp_path) == ["old"] and os.listdir(tmp_path / "old") == ["notes.txt"]
+
+
+def test_report_tables_keep_a_quoted_multiline_error_in_its_cell():
+    from keras_lowrank._jobs.common import markdown_table
+
+    table = markdown_table(["format", "detail"], [["keras", "Traceback:\n  x | y\nValueError: bad"]])
+    lines = table.splitlines()
+    assert len(lines) == 3  # head, rule, one row
+    # the row has as many cell borders as the head: pipes inside the cell are escaped
+    assert len(re.findall(r"(?<!\\)\|", lines[2])) == len(re.findall(r"\|", lines[0])) == 3
+    assert "Traceback: x \\| y ValueError: bad" in lines[2]
 
 
 def test_help_shows_examples():

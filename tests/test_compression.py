@@ -616,3 +616,33 @@ def test_converting_a_low_rank_model_again_says_its_layers_stay():
     x = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(twice(x)), keras.ops.convert_to_numpy(once(x)),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode,flatten", [("input", True), ("projection", True), ("projection", False)])
+def test_lr_layer_exports_to_keras_layers_that_load_without_keras_lowrank(rng, tmp_path, mode, flatten):
+    """A LowRankProjection becomes Keras' own layers in the export (an Identity, or a
+    Dense computing Wᵀ(a + b) − b): the file loads without keras_lowrank, computes
+    what the model computes, and the summary counts exactly its parameters."""
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    h = LowRankProjection(rank=2, output_mode=mode, flatten=flatten, name="lr")(h)
+    h = keras.layers.Flatten()(h)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(24, activation="relu")(h)))
+    lr = model.get_layer("lr")
+    lr.kernel.assign(rng.normal(size=lr.kernel.shape).astype("float32"))
+    lr.bias.assign(rng.normal(size=lr.bias.shape).astype("float32"))
+    low = compression.to_low_rank(model, rank=2)
+    x = rng.uniform(size=(5, 6, 6, 2)).astype("float32")
+    written = compression.export_compressed(low, str(tmp_path / "out"), formats="keras")
+    assert written["model"].count_params() == compression.compression_summary(low).total["model_exported_params"]
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", _np(low(x)))
+    script = _LOAD_WITHOUT_PACKAGE.format(
+        module="keras", load="out = np.asarray(keras.models.load_model(sys.argv[1])(x))")
+    result = subprocess.run(
+        [sys.executable, "-c", script, written["keras"], str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    scale = max(1.0, float(np.abs(_np(low(x))).max()))
+    assert float(result.stdout.strip().splitlines()[-1]) <= 1e-5 * scale

@@ -255,9 +255,15 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def markdown_cell(value):
+    """``value`` as one Markdown table cell: newlines folded to spaces, ``|`` escaped
+    (an error message quoted in a report must not break its table)."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
 def markdown_table(head, rows):
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(markdown_cell(c) for c in head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

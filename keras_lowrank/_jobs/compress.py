@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -114,15 +115,21 @@ def run(args, meta):
     before = common.accuracy(model, x_test, y_test)
     print(f"{args.model}: accuracy {before:.4f} on {len(x_test)} test examples; converting "
           + (f"at rank {args.rank}" if args.rank else f"by tol {args.tol}"))
-    try:
-        low = compression.to_low_rank(model, rank=args.rank, tol=args.tol,
-                                      spectral_weight=args.spectral_weight)
-    except ValueError as error:
-        raise JobError(f"MODEL: {error}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            low = compression.to_low_rank(model, rank=args.rank, tol=args.tol,
+                                          spectral_weight=args.spectral_weight)
+        except ValueError as error:
+            raise JobError(f"MODEL: {error}") from None
     converted = [l.name for l in low.layers if isinstance(l, compression.DynamicLowRankBase)]
-    if not converted:
+    if not converted:  # the warnings say why: in the one error line, not above it
+        why = " ".join(str(w.message) for w in caught)
         raise JobError("MODEL: no Dense, Conv1D or Conv2D layer of this model has a low-rank form worth "
-                       "storing (see the warnings above); nothing to compress.")
+                       f"storing at {'--rank ' + str(args.rank) if args.rank else '--tol ' + str(args.tol)}; "
+                       f"nothing to compress. {why}")
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     after_svd = common.accuracy(low, x_test, y_test)
     low.compile(optimizer=DLRT(keras.optimizers.Adam(args.learning_rate)),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model)),
