@@ -645,13 +645,16 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
     The files are written to a temporary folder that replaces ``path`` only when
     all are written: an interrupted export leaves ``path`` as it was. An
     existing non-empty ``path`` raises FileExistsError unless ``overwrite=True``,
-    which replaces the folder whole (no stale files of an earlier export stay).
+    which replaces the folder whole (no stale files of an earlier export stay) —
+    only a folder that an earlier export or command wrote (its manifest lists
+    everything in it): a folder holding other files, e.g. your project's, is
+    refused with their names, and a symbolic link is never followed or replaced.
 
     Args:
         model: a Sequential or functional model with dynamic low-rank layers.
         path: the output folder (new or empty unless ``overwrite``).
         formats: any of ``"keras"``, ``"saved_model"``, ``"tflite"``.
-        overwrite: replace a non-empty ``path``.
+        overwrite: replace a non-empty ``path`` that an earlier export wrote.
 
     Returns:
         {"model": the compressed model, format: path of the file written}.

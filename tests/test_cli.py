@@ -257,10 +257,18 @@ def test_exit_status_and_overwrite_in_a_subprocess(saved, tmp_path):
     (out / "notes.txt").write_text("mine")
     done = _cli("evaluate", saved["model"], "--data", "digits", "--output", str(out), "--timeout-typo")
     assert done.returncode == 2 and "unrecognized arguments" in done.stderr
-    done = _cli("evaluate", saved["model"], "--data", "digits", "--limit", "20", "--attacks", "fgsm:0.1",
-                "--no-probe", "--output", str(out), "--overwrite", "--quiet")
+    run = ("evaluate", saved["model"], "--data", "digits", "--limit", "20", "--attacks", "fgsm:0.1",
+           "--no-probe", "--quiet")
+    done = _cli(*run, "--output", str(out), "--overwrite")  # the user's notes.txt: refused
+    assert done.returncode == 2 and "did not write (notes.txt)" in done.stderr and "usage:" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.startswith("keras-lowrank")]) == 1
+    assert os.listdir(out) == ["notes.txt"]
+    out = tmp_path / "earlier_run"
+    assert _cli(*run, "--output", str(out)).returncode == 0
+    done = _cli(*run, "--output", str(out), "--overwrite")  # a folder a run wrote: replaced whole
     assert done.returncode == 0, done.stderr[-2000:]
-    assert sorted(os.listdir(out)) == ["report.json", "report.md", "robustness.png"]  # replaced whole
+    assert sorted(os.listdir(out)) == [".keras-lowrank-manifest.json", "report.json", "report.md",
+                                       "robustness.png"]
 
 
 def test_other_backend_and_no_tensorflow(saved, tmp_path):

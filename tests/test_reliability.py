@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_lowrank import callbacks, compression
+from keras_lowrank import _files, callbacks, compression
 from keras_lowrank.analysis import cka_map, class_selectivity, representation_ranks
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
 from keras_lowrank.optimizers import DLRT
@@ -277,19 +277,46 @@ def test_export_never_mixes_or_loses_files(rng, tmp_path):
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
 
+    # overwrite replaces only what an export wrote: a folder with the user's files is refused
+    with pytest.raises(FileExistsError, match="did not write \\(notes.txt\\)"):
+        compression.export_compressed(model, str(out), formats="keras", overwrite=True)
+    assert os.listdir(out) == ["notes.txt"]
+    out = tmp_path / "export2"
+    compression.export_compressed(model, str(out), formats=("keras", "saved_model") if _has_tf() else "keras")
     keras.Model.save = interrupted
     try:
         with pytest.raises(KeyboardInterrupt):
             compression.export_compressed(model, str(out), formats="keras", overwrite=True)
     finally:
         keras.Model.save = original
-    assert os.listdir(out) == ["notes.txt"]
-    assert sorted(os.listdir(tmp_path)) == ["export"]
+    assert sorted(os.listdir(tmp_path)) == ["export", "export2"]
     written = compression.export_compressed(model, str(out), formats="keras", overwrite=True)
-    assert os.listdir(out) == ["model.keras"]  # replaced whole: no stale files
+    assert sorted(os.listdir(out)) == [_files.MANIFEST, "model.keras"]  # replaced whole: no stale files
+    # a file added to an exported folder makes it the user's again
+    (out / "train.py").write_text("mine")
+    with pytest.raises(FileExistsError, match="train.py"):
+        compression.export_compressed(model, str(out), formats="keras", overwrite=True)
+    assert (out / "train.py").read_text() == "mine"
     x = rng.normal(size=(3, 16)).astype("float32")
     np.testing.assert_allclose(_np(keras.models.load_model(written["keras"])(x)), _np(model(x)),
                                atol=1e-5)
+
+
+def test_a_symbolic_link_is_never_followed_or_replaced(tmp_path):
+    model = compression.to_low_rank(_dense_mlp(), rank=4)
+    target = tmp_path / "target"
+    compression.export_compressed(model, str(target), formats="keras")
+    (tmp_path / "link").symlink_to(target, target_is_directory=True)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="symbolic link"):
+            compression.export_compressed(model, str(tmp_path / "link"), formats="keras", overwrite=overwrite)
+    assert os.path.islink(tmp_path / "link") and sorted(os.listdir(tmp_path)) == ["link", "target"]
+
+
+def _has_tf():
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
 
 
 def _cli(*args, timeout=120):
