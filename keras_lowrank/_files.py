@@ -57,6 +57,16 @@ def check_output_folder(path, overwrite=False, argument="output"):
             "followed or replaced: pass the folder it points to, or a new folder.")
     if os.path.exists(path) and not os.path.isdir(path):
         raise FileExistsError(f"`{argument}`: {path} exists and is not a folder.")
+    # The folder is staged beside `path` and renamed into place: its parent (the nearest
+    # one that exists; the rest is created) must be a folder we may write — checked now,
+    # before any work, not after it.
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"`{argument}`: {path} cannot be created: {parent} is a file, not a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"`{argument}`: {path} cannot be written: no write permission in {parent}.")
     if os.path.isdir(path) and os.listdir(path):
         if not overwrite:
             raise FileExistsError(

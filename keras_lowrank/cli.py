@@ -209,7 +209,7 @@ def _check(parser, args, argv, from_shell):
 
     try:
         check_output_folder(args.output, args.overwrite, "--output")
-    except (FileExistsError, ValueError) as error:
+    except (FileExistsError, PermissionError, ValueError) as error:
         parser.error(str(error).replace("`--output`", "--output").replace(
             "overwrite=True (--overwrite)", "--overwrite"))
     for flag in ("model", "compare"):

@@ -222,6 +222,8 @@ def test_bad_arguments_exit_2_before_any_work(saved, tmp_path, capsys):
         (["analyze", saved["model"], "--data", "digits", "--layers", "nope", "--output", str(tmp_path / "o")],
          "no layer named 'nope'"),
         (["demo", "--output", str(tmp_path / "o"), "--epochs", "0"], "--epochs"),
+        (["evaluate", saved["model"], "--data", "digits", "--output", str(tmp_path / "old" / "notes.txt" / "o")],
+         "notes.txt is a file, not a folder"),
     ]
     for argv, message in cases:
         try:

@@ -114,6 +114,46 @@ def outputs_logits(model):
     return not ends_in_softmax(model)
 
 
+def _are_probabilities(outputs):
+    """Every row non-negative and summing to 1 (to float32 rounding)."""
+    outputs = np.asarray(outputs, "float64").reshape(len(outputs), -1)
+    return bool(np.all(outputs >= -1e-6) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-4))
+
+
+def resolve_from_logits(model, from_logits, x=None, argument="from_logits"):
+    """The one answer to "does ``model`` output logits?", for every attack and report.
+
+    ``None``: logits unless the model's last layer applies a softmax. A value the
+    user gave is checked against the model and refused where it contradicts it:
+    ``True`` on a model ending in a softmax, or (given a batch ``x``) ``True`` where
+    every output row is a probability vector, ``False`` where they are not — an
+    attack would otherwise optimise the wrong loss and report robustness that is
+    not there.
+
+    Returns:
+        bool: whether the model's outputs are treated as logits.
+    """
+    if from_logits is None:
+        return outputs_logits(model)
+    from_logits = bool(from_logits)
+    if from_logits and ends_in_softmax(model):
+        raise ValueError(
+            f"`{argument}=True`, but the model ends in a softmax: it outputs probabilities. "
+            f"Leave `{argument}=None` (the attack then works on the softmax's input, its logits).")
+    if x is not None:
+        outputs = np.asarray(ops.convert_to_numpy(forward_without_side_effects(model, x[:64])))
+        probabilities = _are_probabilities(outputs)
+        if from_logits and probabilities:
+            raise ValueError(
+                f"`{argument}=True`, but every output row of the model is non-negative and sums to 1: "
+                f"it outputs probabilities. Pass `{argument}=False` (or None for a model ending in a softmax).")
+        if not from_logits and not probabilities:
+            raise ValueError(
+                f"`{argument}=False`, but the model's outputs are not probabilities (rows with negative "
+                f"values or not summing to 1): pass `{argument}=True` or None.")
+    return from_logits
+
+
 def _check_batch_rank(model, x):
     """A clear error for ``x`` whose rank is not that of the model's (first) input,
     e.g. one example without its batch axis (else the model's output shape or a
@@ -200,7 +240,7 @@ class Attack(Perturbation):
         ending in a softmax are taken before it (see ``_final_softmax_removed``);
         ``from_logits=False`` on any other model: Keras' cross-entropy of the
         probabilities."""
-        from_logits = outputs_logits(model) if self.from_logits is None else self.from_logits
+        from_logits = resolve_from_logits(model, self.from_logits)
         logits_view = not from_logits and ends_in_softmax(model)
         from_logits = from_logits or logits_view
         sign = -1.0 if self.targeted else 1.0
@@ -214,6 +254,8 @@ class Attack(Perturbation):
 
     def _num_classes(self, model, x):
         _check_batch_rank(model, x)
+        if self.from_logits is not None:  # the flag the user gave, against the model's outputs
+            resolve_from_logits(model, self.from_logits, x)
         shape = model.compute_output_shape(tuple(x.shape))
         if len(shape) != 2 or shape[-1] is None or shape[-1] < 2:
             raise ValueError(

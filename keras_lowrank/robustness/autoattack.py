@@ -24,7 +24,7 @@ from keras_lowrank.robustness._gradients import (
     forward_without_side_effects,
     value_and_grad,
 )
-from keras_lowrank.robustness.attacks import _SYMBOL, Attack, _check_norm, outputs_logits
+from keras_lowrank.robustness.attacks import _SYMBOL, Attack, _check_norm, resolve_from_logits
 
 _EPS_DIV = 1e-12  # the authors' guard in normalisations and the DLR denominator
 
@@ -149,7 +149,7 @@ def _scores_function(model, from_logits):
     outputs probabilities some other way (``from_logits=False``), log p (logits up
     to a per-example shift, which neither DLR nor cross-entropy sees). Returns
     (function, how: "logits", "softmax bypassed" or "log p")."""
-    from_logits = outputs_logits(model) if from_logits is None else from_logits
+    from_logits = resolve_from_logits(model, from_logits)
     logits_view = not from_logits and ends_in_softmax(model)
 
     def scores(x):

@@ -13,7 +13,7 @@ from keras_lowrank._optional import require
 from keras_lowrank._validation import check_clip, check_number, check_seed
 from keras_lowrank.analysis._batches import check_not_load_pair
 from keras_lowrank.robustness._sweep import Identity, Sweep, sweep_group
-from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, outputs_logits
+from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, resolve_from_logits
 from keras_lowrank.robustness.autoattack import APGD, FAB, AutoAttack, Square
 from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
@@ -202,7 +202,7 @@ class _Evaluator:
             return found
         norm, targeted, from_logits = found
         # None means "logits unless the model ends in a softmax" (Attack._oracle)
-        return norm, targeted, outputs_logits(self.model) if from_logits is None else from_logits
+        return norm, targeted, resolve_from_logits(self.model, from_logits)
 
     def accuracy(self, perturbation, data):
         wrapper = self._ready_wrapper(perturbation, _one_hot(data))
@@ -354,6 +354,21 @@ def _check_data(data, argument="data"):
     return count
 
 
+def _first_inputs(data):
+    """The inputs of the first batch, for checks before any work: from an (x, y)
+    pair, a tf.data.Dataset or a PyDataset (not from a generator, which reading
+    would consume); None where they cannot be read without side effects."""
+    inputs = None
+    if _is_pair(data):
+        inputs = data[0][:64]
+    elif isinstance(data, keras.utils.PyDataset):
+        inputs = data[0][0]
+    elif type(data).__module__.startswith("tensorflow") and hasattr(data, "take"):
+        for batch in data.take(1):
+            inputs = batch[0]
+    return np.asarray(inputs, "float32") if hasattr(inputs, "shape") else None
+
+
 def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=(),
                         datasets=None, clip=(0.0, 1.0), large_eps="auto", seed=0,
                         from_logits=None, jit_compile="auto", black_box=False, verbose=0):
@@ -413,8 +428,13 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     num_examples = _check_data(data)
     for label, dataset in (datasets or {}).items():
         _check_data(dataset, f"datasets[{label!r}]")
-    if from_logits is None:
-        from_logits = outputs_logits(model)
+    given = [(a.from_logits, f"{type(a).__name__}(from_logits)") for a in attacks
+             if getattr(a, "from_logits", None) is not None]
+    given += [(from_logits, "from_logits")] if from_logits is not None else []
+    first = _first_inputs(data) if given else None  # each flag given, against the model's outputs
+    for flag, argument in given:
+        resolve_from_logits(model, flag, first, argument)
+    from_logits = resolve_from_logits(model, from_logits)
     rows, planned = [], []
 
     def add(perturbation, name=None, on=data, family=None):
