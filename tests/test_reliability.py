@@ -643,3 +643,23 @@ def test_from_logits_that_the_model_contradicts_is_refused_everywhere(rng):
     PGD(0.1, from_logits=False)(hidden, x, y)
     FAB(0.1, n_iter=5)(softmax, x, y)
     evaluate_robustness(logits, (x, y), attacks=[PGD(0.1, from_logits=True)], large_eps=None)
+
+
+# -- what was asked is done, or refused --------------------------------------------------
+def test_targeted_is_refused_where_it_cannot_be_honoured_and_a_left_out_stage_is_named(rng):
+    from keras_lowrank.robustness import FAB, AutoAttack, Square
+
+    for make in (lambda: Square(0.1, targeted=True), lambda: FAB(0.1, targeted=True),
+                 lambda: AutoAttack(0.1, targeted=True)):
+        with pytest.raises(ValueError, match="targeted=True"):
+            make()
+    x = rng.uniform(size=(16, 6)).astype("float32")
+    y = rng.integers(0, 4, size=16)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    # L2 Square needs images: on (n, features) data the ensemble runs without it, and says so
+    attack = AutoAttack(0.5, norm=2, n_iter=5, n_queries=5)
+    result = attack.run(model, x, y)
+    assert [s.split(":")[0].split("-")[0] for s in result.flags["skipped"]] == ["Square"]
+    assert "Square" not in " ".join(result.stage_accuracy)
+    report = evaluate_robustness(model, (x, y), attacks=[attack], large_eps=None)
+    assert " without Square" in report.rows[1]["name"], report.rows[1]["name"]

@@ -161,6 +161,16 @@ def _scores_function(model, from_logits):
     return scores, "logits" if from_logits else "softmax bypassed" if logits_view else "log p"
 
 
+def _refuse_targeted(name, targeted, why):
+    """``targeted=True`` where an attack cannot honour it is an error, not a silent
+    untargeted run that takes the target classes for true labels."""
+    if targeted:
+        raise ValueError(
+            f"{name} takes no `targeted=True`: {why}. For an attack towards classes you "
+            "choose, use PGD(eps, targeted=True) or FGSM(eps, targeted=True) with y the target "
+            "classes; for AutoAttack's targeted stage, APGD(eps, targeted=True).")
+
+
 def _bucket(n, full):
     """Rows a subset of n examples is padded to: the next power of two, at most
     ``full`` (JAX compiles once per shape; this bounds the shapes to log₂ full)."""
@@ -604,7 +614,8 @@ class Square(_RunsOnUnbroken):
     """
 
     def __init__(self, eps, n_queries=5000, p_init=0.8, norm="inf", seed=None, **kwargs):
-        kwargs.pop("targeted", None)
+        _refuse_targeted("Square", kwargs.pop("targeted", False),
+                         "Square here is the untargeted attack of AutoAttack (y: the true labels)")
         super().__init__(targeted=False, **kwargs)
         self.eps = check_number(eps, "eps", minimum=0.0)
         self.norm = _check_norm(norm)
@@ -992,7 +1003,9 @@ class FAB(_RunsOnUnbroken):
 
     def __init__(self, eps, norm="inf", n_iter=100, n_target_classes=9, alpha_max=0.1, eta=1.05, beta=0.9,
                  **kwargs):
-        kwargs.pop("targeted", None)
+        _refuse_targeted("FAB", kwargs.pop("targeted", False),
+                         "FAB here is FAB-T as AutoAttack runs it: it already aims at the "
+                         "`n_target_classes` most likely other classes, with y the true labels")
         super().__init__(targeted=False, **kwargs)
         if self.clip is None:
             raise ValueError("FAB projects onto the input box: pass clip=(low, high).")
@@ -1173,7 +1186,8 @@ class AutoAttack(Attack):
 
     def __init__(self, eps, norm="inf", version="standard", n_iter=100, n_queries=5000,
                  batch_size=500, seed=0, **kwargs):
-        kwargs.pop("targeted", None)
+        _refuse_targeted("AutoAttack", kwargs.pop("targeted", False),
+                         "AutoAttack's stages choose their own targets (APGD-T, FAB-T), with y the true labels")
         super().__init__(targeted=False, **kwargs)
         self.eps = check_number(eps, "eps", minimum=0.0)
         self.norm = _check_norm(norm)

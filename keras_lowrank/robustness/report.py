@@ -452,8 +452,10 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
             extra = {"stages": result.stage_accuracy, "flags": result.flags}
         else:
             accuracy = evaluator.accuracy(perturbation, on)
-        row = {"name": name or getattr(perturbation, "name", repr(perturbation)), "family": family, "norm": norm,
-               "size": size, "accuracy": accuracy, **extra}
+        name = name or getattr(perturbation, "name", repr(perturbation))
+        if extra.get("flags", {}).get("skipped"):  # a stage left out is in the row's name
+            name += " without " + ", ".join(s.split(":")[0] for s in extra["flags"]["skipped"])
+        row = {"name": name, "family": family, "norm": norm, "size": size, "accuracy": accuracy, **extra}
         rows.append(row)
         return row
 
