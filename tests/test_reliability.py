@@ -663,3 +663,15 @@ def test_targeted_is_refused_where_it_cannot_be_honoured_and_a_left_out_stage_is
     assert "Square" not in " ".join(result.stage_accuracy)
     report = evaluate_robustness(model, (x, y), attacks=[attack], large_eps=None)
     assert " without Square" in report.rows[1]["name"], report.rows[1]["name"]
+
+
+def test_a_perturbed_model_is_not_evaluated_as_a_model(rng):
+    """Its gradient is stopped: every attack on it read as the clean accuracy."""
+    x = rng.uniform(size=(16, 6)).astype("float32")
+    y = rng.integers(0, 3, size=16)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    wrapped = PerturbedModel(model, GaussianNoise(0.1))
+    with pytest.raises(ValueError, match="PerturbedModel.*`.model`"):
+        evaluate_robustness(wrapped, (x, y), attacks=[FGSM(0.1)])
+    with pytest.raises(ValueError, match="PerturbedModel"):
+        PGD(0.1)(wrapped, x, y)

@@ -10,7 +10,7 @@ import contextlib
 
 import keras
 
-from keras_lowrank._keras_compat import replaced_attribute
+from keras_lowrank._keras_compat import all_sublayers, replaced_attribute
 
 
 def _output_layer(model):
@@ -18,6 +18,18 @@ def _output_layer(model):
     while isinstance(layer, keras.Model) and layer.layers:  # a nested model's own last layer
         layer = layer.layers[-1]
     return layer
+
+
+def blocked_gradient(model):
+    """Why ``model`` has no input gradient a white-box attack could follow, or None.
+    A layer or model that knows it has none says so in ``no_input_gradient`` (a
+    TFLite interpreter, a ``PerturbedModel``'s stopped gradient)."""
+    layers = all_sublayers(model) if isinstance(model, keras.layers.Layer) else []
+    for layer in [model] + layers:
+        reason = getattr(type(layer), "no_input_gradient", None)
+        if reason:
+            return reason
+    return None
 
 
 def ends_in_softmax(model):

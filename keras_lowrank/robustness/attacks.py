@@ -22,7 +22,13 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank._validation import check_clip, check_int, check_number
-from keras_lowrank.robustness._gradients import Oracle, compile_attack, ends_in_softmax, forward_without_side_effects
+from keras_lowrank.robustness._gradients import (
+    Oracle,
+    blocked_gradient,
+    compile_attack,
+    ends_in_softmax,
+    forward_without_side_effects,
+)
 from keras_lowrank.robustness.perturbations import Perturbation, number
 
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
@@ -252,8 +258,20 @@ class Attack(Perturbation):
 
         return Oracle(model, loss_fn, logits=logits_view)
 
+    #: False for the attacks that need only the model's outputs (SPSA, Square).
+    needs_gradients = True
+
+    def check_gradients(self, model):
+        """Refuses a white-box attack on a model known to have no input gradient."""
+        reason = blocked_gradient(model) if self.needs_gradients else None
+        if reason:
+            raise ValueError(
+                f"{type(self).__name__} follows the model's input gradient, but the model has none: "
+                f"{reason}. Use a black-box attack: Square(eps) or SPSA(eps).")
+
     def _num_classes(self, model, x):
         _check_batch_rank(model, x)
+        self.check_gradients(model)
         if self.from_logits is not None:  # the flag the user gave, against the model's outputs
             resolve_from_logits(model, self.from_logits, x)
         shape = model.compute_output_shape(tuple(x.shape))
@@ -475,6 +493,8 @@ class SPSA(Attack):
 
     norm = "inf"
     _sizes = ("eps", "delta", "step_size")
+
+    needs_gradients = False
 
     def __init__(self, eps, steps=10, samples=32, delta=None, step_size=None, seed=None,
                  **kwargs):

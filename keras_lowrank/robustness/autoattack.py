@@ -613,6 +613,8 @@ class Square(_RunsOnUnbroken):
         1
     """
 
+    needs_gradients = False
+
     def __init__(self, eps, n_queries=5000, p_init=0.8, norm="inf", seed=None, **kwargs):
         _refuse_targeted("Square", kwargs.pop("targeted", False),
                          "Square here is the untargeted attack of AutoAttack (y: the true labels)")

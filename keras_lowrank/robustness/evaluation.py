@@ -60,6 +60,9 @@ class PerturbedModel(LabelsInCall, keras.Model):
         0.5
     """
 
+    no_input_gradient = ("it is a PerturbedModel, which perturbs its inputs itself and stops the "
+                         "gradient through them: attack the model inside it (`.model`)")
+
     def __init__(self, model, perturbation, **kwargs):
         # float32 inputs also under a mixed-precision policy: the perturbation is
         # computed on the data as given (ε-balls, clipping) and ``model`` casts

@@ -39,6 +39,9 @@ def _saved_model(path):
 class _TFLiteLayer(keras.layers.Layer):
     """Runs a .tflite file's interpreter on each batch (``tf.numpy_function``)."""
 
+    no_input_gradient = ("it runs a TFLite interpreter, which has no gradients (a white-box attack "
+                         "would see zeros and report about the clean accuracy)")
+
     def __init__(self, path, num_classes, **kwargs):
         super().__init__(trainable=False, **kwargs)
         self.file, self.num_classes = path, num_classes

@@ -12,6 +12,7 @@ import numpy as np
 from keras_lowrank._optional import require
 from keras_lowrank._validation import check_clip, check_number, check_seed
 from keras_lowrank.analysis._batches import check_not_load_pair
+from keras_lowrank.robustness._gradients import blocked_gradient
 from keras_lowrank.robustness._sweep import Identity, Sweep, sweep_group
 from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, resolve_from_logits
 from keras_lowrank.robustness.autoattack import APGD, FAB, AutoAttack, Square
@@ -428,6 +429,14 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     num_examples = _check_data(data)
     for label, dataset in (datasets or {}).items():
         _check_data(dataset, f"datasets[{label!r}]")
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}.")
+    reason = blocked_gradient(model)
+    if reason and type(model).__name__ == "PerturbedModel":
+        raise ValueError(f"evaluate_robustness cannot evaluate this model: {reason}.")
+    for attack in attacks:
+        if hasattr(attack, "check_gradients"):
+            attack.check_gradients(model)  # a white-box attack on a model without gradients
     given = [(a.from_logits, f"{type(a).__name__}(from_logits)") for a in attacks
              if getattr(a, "from_logits", None) is not None]
     given += [(from_logits, "from_logits")] if from_logits is not None else []
@@ -471,8 +480,11 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         add(corruption)
     for label, dataset in (datasets or {}).items():
         add(Identity(), name=label, on=dataset, family="dataset")
-    if large_eps == "auto":
-        large_eps = None if clip is None else (clip[1] - clip[0]) / 2
+    if large_eps == "auto":  # the probe is PGD: no probe where PGD has no gradient to follow
+        large_eps = None if clip is None or reason else (clip[1] - clip[0]) / 2
+    elif reason and large_eps is not None:
+        raise ValueError(f"`large_eps`: the large-ε probe is a PGD attack, but the model has no input "
+                         f"gradient: {reason}. Pass large_eps=None (or 'auto').")
     large_eps = check_number(large_eps, "large_eps", minimum=0.0, allow_none=True)
     if large_eps is not None:
         add(PGD(large_eps, steps=20, seed=seed, clip=clip), name=f"PGD-20 L∞ ε={large_eps:g} (large-ε probe)")
