@@ -13,6 +13,8 @@ trainer's state first (``model.jax_state_sync``), so they see and change the
 current values.
 """
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -33,6 +35,15 @@ def _check_frequency(frequency):
     return check_int(frequency, "frequency ('epoch' or batches)")
 
 
+def _warn_without_low_rank_layers(callback):
+    """A callback given a model it cannot act on says so, once, when training starts."""
+    if not low_rank_layers(callback.model):
+        warnings.warn(
+            f"{type(callback).__name__} acts on dynamic low-rank layers, and the model "
+            f"{callback.model.name!r} has none: it will do nothing. Convert the model first "
+            "(compression.to_low_rank) or build it from DynamicLowRank* layers.", stacklevel=2)
+
+
 class _FactorCallback(keras.callbacks.Callback):
     """Applies ``_update(layer)`` each epoch or every ``frequency`` batches.
 
@@ -47,6 +58,9 @@ class _FactorCallback(keras.callbacks.Callback):
         self.frequency = _check_frequency(frequency)
         self._batches = 0
         self._pending = False
+
+    def on_train_begin(self, logs=None):
+        _warn_without_low_rank_layers(self)
 
     def _sync(self):
         if hasattr(self.model, "jax_state_sync"):
@@ -178,6 +192,9 @@ class LowRankMonitor(keras.callbacks.Callback):
         >>> history.history["f/rank"], sorted(history.history)
         ([2], ['compression_rate', 'f/cond', 'f/rank', 'loss'])
     """
+
+    def on_train_begin(self, logs=None):
+        _warn_without_low_rank_layers(self)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:

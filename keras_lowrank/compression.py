@@ -410,6 +410,14 @@ def to_low_rank(
             f"(n_in·n_out): {', '.join(kept_dense)}. Use a larger `tol` or a smaller "
             "`rank` to compress them.", stacklevel=2)
 
+    if not plans:  # a conversion that converts nothing says so (the warnings above say why)
+        warnings.warn(
+            "to_low_rank converted no layer: the model it returns computes what `model` does, with "
+            "the same layers. " + ("The layers asked for do not pay at this rank or tol (see above)."
+                                   if chosen else "The model has no Dense, Conv1D, Conv2D or EinsumDense "
+                                   "layer it converts (the last one stays dense: skip_last=True)."),
+            stacklevel=2)
+
     def clone(layer):
         plan = plans.get(id(layer))
         if plan is None:

@@ -192,6 +192,11 @@ class DLRT(keras.optimizers.Optimizer):
     @no_automatic_dependency_tracking  # S's slots belong to the inner optimizer
     def build(self, var_list):
         self._groups = low_rank_groups(var_list)
+        if not self._groups:  # DLRT would train as its inner optimizer, and say nothing
+            warnings.warn(
+                "DLRT was given a model without dynamic low-rank layers (trainable U, S, V): it "
+                f"trains as its inner {type(self.inner_optimizer).__name__} alone. Convert the model "
+                "first (compression.to_low_rank) or build it from DynamicLowRank* layers.", stacklevel=2)
         frozen = {i for _, iu, _, iv in self._groups for i in (iu, iv)}
         self._inner_indices = [i for i in range(len(var_list)) if i not in frozen]
         self.cycle_step = self.add_variable(

@@ -675,3 +675,42 @@ def test_a_perturbed_model_is_not_evaluated_as_a_model(rng):
         evaluate_robustness(wrapped, (x, y), attacks=[FGSM(0.1)])
     with pytest.raises(ValueError, match="PerturbedModel"):
         PGD(0.1)(wrapped, x, y)
+
+
+# -- calls that would do nothing say so ----------------------------------------------------
+def test_calls_that_would_do_nothing_say_so(rng):
+    x = rng.normal(size=(16, 6)).astype("float32")
+    y = rng.integers(0, 3, size=16)
+    dense = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    with pytest.warns(UserWarning, match="converted no layer"):
+        compression.to_low_rank(dense, rank=2)
+    for callback in (callbacks.RankTruncation(), callbacks.SpectralConditioning(), callbacks.LowRankMonitor()):
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+        model.compile("sgd", "mse")
+        with pytest.warns(UserWarning, match=f"{type(callback).__name__} acts on dynamic low-rank layers"):
+            model.fit(x, keras.utils.to_categorical(y, 3), epochs=1, verbose=0, callbacks=[callback])
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    model.compile(DLRT(keras.optimizers.Adam()), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.warns(UserWarning, match="DLRT was given a model without dynamic low-rank layers"):
+        model.fit(x, y, epochs=1, verbose=0)
+
+
+def test_a_report_refuses_an_endless_dataset(rng):
+    x = rng.uniform(size=(16, 6)).astype("float32")
+    y = rng.integers(0, 3, size=16)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+
+    class Endless(keras.utils.PyDataset):
+        def __getitem__(self, index):
+            return x, y
+
+        @property
+        def num_batches(self):
+            return None
+
+    with pytest.raises(ValueError, match="endless"):
+        evaluate_robustness(model, Endless(), attacks=[FGSM(0.1)], large_eps=None)
+    tf = pytest.importorskip("tensorflow")
+    with pytest.raises(ValueError, match="endless"):
+        evaluate_robustness(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat(),
+                            attacks=[FGSM(0.1)], large_eps=None)

@@ -505,7 +505,15 @@ def _as_list(perturbations):
 def _count(data):
     if _is_pair(data):
         return len(data[0])
+    if isinstance(data, keras.utils.PyDataset) and data.num_batches is None:
+        raise ValueError("`data` is a PyDataset without a number of batches (endless): the report "
+                         "would never end. Give it a __len__ (num_batches), or pass arrays.")
     if hasattr(data, "as_numpy_iterator"):
+        import tensorflow as tf
+
+        if int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            raise ValueError("`data` is an endless dataset (it repeats): the report would never end. "
+                             "Pass a finite one, e.g. data.take(number_of_batches).")
         return sum(len(batch[1]) for batch in data.as_numpy_iterator())
     return None
 
