@@ -714,3 +714,14 @@ def test_a_report_refuses_an_endless_dataset(rng):
     with pytest.raises(ValueError, match="endless"):
         evaluate_robustness(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat(),
                             attacks=[FGSM(0.1)], large_eps=None)
+
+
+def test_a_dataset_of_another_shape_is_refused_before_any_trace_and_the_model_still_works(rng):
+    x = rng.uniform(size=(16, 6)).astype("float32")
+    y = rng.integers(0, 3, size=16)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    before = _np(model.predict(x, verbose=0))
+    with pytest.raises(ValueError, match=r"datasets\['bad'\].*\(5,\).*\(6,\)"):
+        evaluate_robustness(model, (x, y), attacks=[FGSM(0.1)], large_eps=None,
+                            datasets={"bad": (x[:, :5], y)})
+    np.testing.assert_array_equal(_np(model.predict(x, verbose=0)), before)  # on JAX it raised before

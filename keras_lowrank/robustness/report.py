@@ -355,6 +355,21 @@ def _check_data(data, argument="data"):
     return count
 
 
+def _check_input_shape(model, data, argument="data"):
+    """Examples of another shape than the model's input are refused before any
+    tracing: a failed trace on JAX left the model unable to ``predict`` after."""
+    try:
+        declared = tuple(model.inputs[0].shape[1:])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return  # a model that declares no input
+    first = _first_inputs(data)
+    if first is None or len(model.inputs) != 1:
+        return
+    got = tuple(first.shape[1:])
+    if len(got) != len(declared) or any(d is not None and d != g for d, g in zip(declared, got)):
+        raise ValueError(f"`{argument}`: examples of shape {got}, but the model takes {declared}.")
+
+
 def _first_inputs(data):
     """The inputs of the first batch, for checks before any work: from an (x, y)
     pair, a tf.data.Dataset or a PyDataset (not from a generator, which reading
@@ -427,8 +442,10 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     clip = check_clip(clip)
     seed = check_seed(seed)
     num_examples = _check_data(data)
+    _check_input_shape(model, data)
     for label, dataset in (datasets or {}).items():
         _check_data(dataset, f"datasets[{label!r}]")
+        _check_input_shape(model, dataset, f"datasets[{label!r}]")
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}.")
     reason = blocked_gradient(model)
