@@ -48,6 +48,21 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         return tf.nest.map_structure(one, value)
 
 
+if role == "worker":
+    # Under load (a busy 2-core CI machine) a worker can miss the coordination
+    # service's default 10 s heartbeat window and the cluster aborts ("heartbeat
+    # timeout"): configure the service the strategy would configure, with timeouts
+    # that hold under load. No public API sets them (TensorFlow's own strategy
+    # calls this context method; it skips its call when a service is configured).
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader="/job:worker/replica:0/task:0",
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name="worker", num_tasks=2)],
+        heartbeat_timeout_in_ms=300_000, cluster_register_timeout_in_ms=300_000,
+        shutdown_barrier_timeout_in_ms=300_000)
+
 # The strategy must exist before any other TensorFlow work (it sets up the
 # collective runtime); the one-device run uses the default strategy.
 strategy = (MultiWorkerMirroredStrategy() if role == "worker" else tf.distribute.get_strategy())
