@@ -72,4 +72,6 @@ def check_seed(value, name="seed"):
     value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"`{name}` must be an integer or None, got {name}={value!r}.")
+    if not 0 <= value < 2**32:  # JAX's generators take unsigned 32-bit seeds (TF took -1 silently)
+        raise ValueError(f"`{name}` must be an integer in 0..2³²−1 or None, got {name}={value!r}.")
     return int(value)

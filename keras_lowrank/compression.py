@@ -14,6 +14,8 @@
 """
 
 import os
+import shutil
+import tempfile
 import warnings
 
 import keras
@@ -311,6 +313,9 @@ def to_low_rank(
         (['DynamicLowRankDense', 'Dense'], 4)
     """
     _check_clonable(model)
+    if not model.built:
+        raise ValueError("`model` is not built: its layers have no weights to factorise yet. Give it an "
+                         "Input (keras.Input(shape)) or call it on a batch, and train it, first.")
     kinds = _KINDS
     # clone_model rebuilds the model's own layers one by one; a nested model or a
     # custom layer is rebuilt whole, so the Dense/Conv2D layers inside it cannot be
@@ -384,6 +389,9 @@ def to_low_rank(
                 "convolutions and EinsumDense layers whose kernel is one matrix convert."
             )
         kernel = _kernel_matrix(layer)
+        if not np.all(np.isfinite(kernel)):
+            raise ValueError(f"Layer {layer.name!r} has NaN or ±inf in its kernel: it has no SVD. Check "
+                             "the training that produced it (a diverged loss?) before converting.")
         u, d, v = matrix_svd(kernel, rank=None if rank is None else max(rank, min_rank))
         full = min(np.shape(kernel))
         r = min(rank if rank is not None else _rank_for(d, tol), full)
@@ -690,16 +698,22 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
     with staged_folder(path, overwrite, "path") as staging:
         if "keras" in formats:
             compact.save(os.path.join(staging, names["keras"]))
-        if "saved_model" in formats or "tflite" in formats:
-            compact.export(os.path.join(staging, names["saved_model"]), format="tf_saved_model",
-                           verbose=False)
-        if "tflite" in formats:
-            import tensorflow as tf
+        # TFLite converts from a SavedModel: one asked for is written in place, else in a
+        # scratch folder removed after (formats=("tflite",) writes model.tflite alone)
+        scratch = None if "saved_model" in formats else tempfile.mkdtemp(prefix="klr-saved-model-")
+        saved = os.path.join(scratch or staging, names["saved_model"])
+        try:
+            if "saved_model" in formats or "tflite" in formats:
+                compact.export(saved, format="tf_saved_model", verbose=False)
+            if "tflite" in formats:
+                import tensorflow as tf
 
-            converter = tf.lite.TFLiteConverter.from_saved_model(
-                os.path.join(staging, names["saved_model"]))
-            with open(os.path.join(staging, names["tflite"]), "wb") as handle:
-                handle.write(converter.convert())
+                converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+                with open(os.path.join(staging, names["tflite"]), "wb") as handle:
+                    handle.write(converter.convert())
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
     for kind in ("keras", "saved_model", "tflite"):
         if os.path.exists(os.path.join(path, names[kind])):
             written[kind] = os.path.join(path, names[kind])

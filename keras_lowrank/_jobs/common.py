@@ -30,6 +30,11 @@ def load_model(path, argument="MODEL"):
     if not str(path).endswith(".keras"):
         raise JobError(f"{argument}: {path} is not a .keras file; save the model with "
                        "model.save('model.keras') (Keras 3's format).")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a damaged file
+        raise JobError(f"{argument}: {path} is not a readable .keras file (not a zip archive: damaged, "
+                       "cut short, or another format); save the model again with model.save('model.keras').")
     import keras
 
     import keras_lowrank  # noqa: F401  (registers the library's layers for loading)

@@ -379,6 +379,11 @@ def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=Tr
     columns = range(len(names), len(everyone)) if model_b is not None else rows
     # A layer constant across the samples (e.g. saturated activations of an untrained
     # network) has no CKA with anything: NaN in its row/column, named in a warning.
+    broken = [everyone[k] for k in range(len(everyone)) if not np.isfinite(mean[k, k])]
+    if broken:
+        raise ValueError(
+            f"cka_map: the layers {broken} output NaN or ±inf on `data` (non-finite weights, or an "
+            "overflow): CKA is undefined there. Check the model's weights (np.isfinite) and the data.")
     constant = [k for k in range(len(everyone)) if not mean[k, k] > 1e-300]
     if constant:
         warnings.warn("cka_map: CKA is undefined for layers with no variance across the samples "

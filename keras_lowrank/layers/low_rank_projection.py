@@ -25,6 +25,8 @@ Every ``update_every`` training steps W is replaced by its best rank-r
 approximation (truncated SVD).
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -253,14 +255,33 @@ class LowRankProjection(keras.layers.Layer):
             return randomized_truncate_to_rank(w, self.rank, self.sketch)
         return truncate_to_rank(w, self.rank)
 
+    def _check_ready(self, method, inputs, width=None):
+        """``encode``/``decode``/the losses on a built layer and inputs of its width."""
+        if not self.built:
+            raise ValueError(f"LowRankProjection.{method}: the layer is not built yet; call it on "
+                             "a batch (or train its model) first.")
+        shape = tuple(ops.shape(inputs))
+        if width is not None:  # decode: (n, r) coefficients
+            if len(shape) != 2 or shape[-1] != width:
+                raise ValueError(f"LowRankProjection.{method}: expected coefficients of shape (n, {width}) "
+                                 f"(rank {width}), got {shape}.")
+            return
+        per_sample = shape[1:] if self.flatten else shape[-1:]
+        if len(shape) < 2 or (None not in per_sample and math.prod(per_sample) != self.features):
+            raise ValueError(
+                f"LowRankProjection.{method}: the layer was built for {self.features} features per "
+                f"{'sample' if self.flatten else 'position'}, got inputs of shape {shape}.")
+
     def encode(self, inputs):
         """Features → r coefficients: (a + b) U_r diag(s_r), with W = U S Vᵀ."""
+        self._check_ready("encode", inputs)
         u, s, _ = ops.svd(self.projection_matrix, full_matrices=False)
         a = self._as_matrix(inputs)
         return ops.matmul(a + self.bias, u[:, : self.rank] * s[: self.rank])
 
     def decode(self, coefficients, shape=None):
         """r coefficients → features: c V_rᵀ − b (reshaped to ``shape`` if given)."""
+        self._check_ready("decode", coefficients, width=self.rank)
         _, _, vt = ops.svd(self.projection_matrix, full_matrices=False)
         a = ops.matmul(coefficients, vt[: self.rank, :]) - self.bias
         return a if shape is None else ops.reshape(a, shape)
@@ -269,6 +290,7 @@ class LowRankProjection(keras.layers.Layer):
         """L_c of ``inputs`` as a batch (unweighted, without the warm-up), per
         ``loss``: the share ‖(A + b)W − (A + b)‖²_F / ‖A − ā‖²_F or the paper's
         mean_i ‖Wᵀ(a_i + b) − (a_i + b)‖²."""
+        self._check_ready("projection_loss", inputs)
         a = self._as_matrix(inputs)
         return self._projection_loss(a, self.projection_matrix)
 

@@ -29,7 +29,7 @@ from keras_lowrank.robustness._gradients import (
     ends_in_softmax,
     forward_without_side_effects,
 )
-from keras_lowrank.robustness.perturbations import Perturbation, number
+from keras_lowrank.robustness.perturbations import Perturbation, class_count, number
 
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
 _SYMBOL = {"inf": "∞", "2": "2"}
@@ -274,13 +274,7 @@ class Attack(Perturbation):
         self.check_gradients(model)
         if self.from_logits is not None:  # the flag the user gave, against the model's outputs
             resolve_from_logits(model, self.from_logits, x)
-        shape = model.compute_output_shape(tuple(x.shape))
-        if len(shape) != 2 or shape[-1] is None or shape[-1] < 2:
-            raise ValueError(
-                "The model must output class scores, logits or probabilities of "
-                f"shape (batch, classes ≥ 2); it outputs {tuple(shape)}."
-            )
-        return shape[-1]
+        return class_count(model, x.shape)
 
     def _labels(self, model, x, y, num_classes):
         if y is None:
@@ -289,6 +283,10 @@ class Attack(Perturbation):
             return ops.cast(ops.argmax(forward_without_side_effects(model, x), axis=-1),
                             "int32")
         y = np.asarray(ops.convert_to_numpy(y))
+        if y.dtype.kind not in "biuf":
+            raise ValueError(
+                f"`y` must hold integer class labels or one-hot rows, got dtype {y.dtype} (class names? "
+                "map them to indices 0..classes−1, e.g. np.unique(y, return_inverse=True)[1]).")
         if y.ndim == 2 and y.shape[1] == num_classes:
             y = y.argmax(axis=1)
         if y.ndim != 1 or len(y) != x.shape[0]:

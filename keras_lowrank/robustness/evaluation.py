@@ -33,6 +33,7 @@ from keras import ops
 
 from keras_lowrank._labels_in_call import LabelsInCall, label_counter
 from keras_lowrank.analysis._batches import check_not_load_pair
+from keras_lowrank.robustness.perturbations import class_count
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
@@ -122,16 +123,10 @@ class PerturbedModel(LabelsInCall, keras.Model):
     def _num_classes(self, input_shape):
         """The model's number of classes; a ValueError for any other output."""
         try:
-            shape = tuple(self.model.compute_output_shape(tuple(input_shape)))
+            self.model.compute_output_shape(tuple(input_shape))
         except Exception:  # a model that cannot say: checked by the attack
             return None
-        if len(shape) != 2 or shape[-1] is None or shape[-1] < 2:
-            raise ValueError(
-                "`model` must be a classifier with outputs of shape (batch, classes ≥ 2) "
-                f"(logits or probabilities); it outputs {shape}. One-output models "
-                "(regression, a sigmoid) cannot be attacked or scored by accuracy here; "
-                "for a binary sigmoid classifier use a 2-unit softmax/logits head.")
-        return shape[-1]
+        return class_count(self.model, input_shape)
 
     def _label_classes(self, x):
         return self._num_classes(x.shape)

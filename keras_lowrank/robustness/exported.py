@@ -100,6 +100,10 @@ def _interpreter(path):
 
 def _tflite(path):
     _require_tensorflow_backend("Attacking a TFLite file")
+    with open(path, "rb") as handle:  # a FlatBuffer names its schema at bytes 4..8
+        if handle.read(8)[4:8] != b"TFL3":
+            raise ValueError(f"{path!r} is not a TFLite model (no TFL3 header: damaged, cut short, or "
+                             "another format); export it again (export_compressed(..., formats='tflite')).")
     interpreter = _interpreter(path)
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:

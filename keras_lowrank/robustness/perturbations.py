@@ -14,6 +14,25 @@ def number(value):
     return float(ops.convert_to_numpy(value))
 
 
+def class_count(model, input_shape):
+    """The number of classes of ``model`` for inputs of ``input_shape``: the one
+    place that decides whether a model can be attacked and scored by accuracy
+    (one output of shape (batch, classes ≥ 2)); a ValueError naming the fix otherwise."""
+    shape = model.compute_output_shape(tuple(input_shape))
+    if isinstance(shape, dict) or (shape and isinstance(shape[0], (tuple, list))):
+        raise ValueError(
+            f"The model has {len(shape)} outputs; attacks and reports need a model with one output "
+            "of class scores. Pass a one-output view of it, e.g. keras.Model(model.inputs, model.outputs[0]).")
+    shape = tuple(shape)
+    if len(shape) != 2 or shape[-1] is None or shape[-1] < 2:
+        raise ValueError(
+            "`model` must be a classifier with outputs of shape (batch, classes ≥ 2) (logits or "
+            f"probabilities); it outputs {shape}. One-output models (regression, a sigmoid) cannot be "
+            "attacked or scored by accuracy here; for a binary sigmoid classifier use a 2-unit "
+            "softmax/logits head.")
+    return shape[-1]
+
+
 class Perturbation:
     """Base class of input perturbations (the ``keras.regularizers.Regularizer``
     pattern: a configured object, serialisable by ``get_config``/``from_config``).

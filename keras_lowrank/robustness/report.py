@@ -18,7 +18,7 @@ from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, resolve_f
 from keras_lowrank.robustness.autoattack import APGD, FAB, AutoAttack, Square
 from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
-from keras_lowrank.robustness.perturbations import GaussianNoise
+from keras_lowrank.robustness.perturbations import GaussianNoise, class_count
 
 
 @dataclasses.dataclass
@@ -355,6 +355,34 @@ def _check_data(data, argument="data"):
     return count
 
 
+def _as_pair(model, data, argument="data"):
+    """An (x, y) given as Python lists becomes arrays; its labels are checked on the
+    host (the compiled step would fail obscurely on strings, None or one-hot rows of
+    the wrong width). Anything else is returned as it is."""
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        return data
+    x, y = data
+    if y is None:
+        raise ValueError(f"`{argument}` is (x, None): the report scores predictions against labels; "
+                         "pass (x, y) with y the true classes.")
+    x = np.asarray(x, "float32") if isinstance(x, (list, tuple)) else x
+    y = np.asarray(y) if isinstance(y, (list, tuple)) else y
+    if not (hasattr(x, "shape") and hasattr(y, "dtype")):
+        return data  # e.g. the (dataset, info) pair data.load returns: refused by _check_data
+    kind = np.dtype(getattr(y.dtype, "as_numpy_dtype", y.dtype)).kind
+    if kind not in "biuf":
+        raise ValueError(
+            f"`{argument}`: y must hold integer class labels or one-hot rows, got dtype {y.dtype} (class "
+            "names? map them to indices 0..classes−1, e.g. np.unique(y, return_inverse=True)[1]).")
+    if len(y.shape) == 2:
+        _check_input_shape(model, (x, y), argument)  # before asking the model for its output shape
+        classes = model.compute_output_shape((None,) + tuple(x.shape[1:]))[-1]
+        if isinstance(classes, int) and y.shape[1] != classes:
+            raise ValueError(f"`{argument}`: one-hot labels of width {y.shape[1]}, but the model has "
+                             f"{classes} classes.")
+    return (x, y)
+
+
 def _check_input_shape(model, data, argument="data"):
     """Examples of another shape than the model's input are refused before any
     tracing: a failed trace on JAX left the model unable to ``predict`` after."""
@@ -441,9 +469,14 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     noise_sigmas = [check_number(s, "noise_sigmas", minimum=0.0) for s in noise_sigmas]
     clip = check_clip(clip)
     seed = check_seed(seed)
+    data = _as_pair(model, data)
     num_examples = _check_data(data)
     _check_input_shape(model, data)
-    for label, dataset in (datasets or {}).items():
+    first = _first_inputs(data)
+    if first is not None:
+        class_count(model, (None,) + first.shape[1:])  # one output of class scores, before any trace
+    datasets = {label: _as_pair(model, dataset, f"datasets[{label!r}]") for label, dataset in (datasets or {}).items()}
+    for label, dataset in datasets.items():
         _check_data(dataset, f"datasets[{label!r}]")
         _check_input_shape(model, dataset, f"datasets[{label!r}]")
     if not isinstance(model, keras.Model):
