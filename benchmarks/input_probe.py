@@ -43,11 +43,13 @@ from keras_lowrank.layers import DynamicLowRankDense, LowRankProjection  # noqa:
 from keras_lowrank.optimizers import DLRT  # noqa: E402
 from keras_lowrank.robustness import (  # noqa: E402
     APGD,
+    FAB,
     FGSM,
     PGD,
     AutoAttack,
     GaussianNoise,
     PerturbedModel,
+    Square,
     all_corruptions,
     evaluate_robustness,
 )
@@ -215,8 +217,8 @@ CASES = [
     ("dlrt", "subclassed model: predict", "ok", lambda: subclassed("predict"), None),
     ("dlrt", "subclassed model: fit", "ok", lambda: subclassed("fit"), None),
     ("files", "export into a non-empty folder", "error:overwrite", lambda: export_into(True), None),
-    ("files", "export overwrite=True replaces whole", "ok", lambda: export_into(True, overwrite=True),
-     lambda names: names == ["model.keras"]),
+    ("files", "export overwrite=True over the user's files", "error:did not write \\(mine.txt\\)",
+     lambda: export_into(True, overwrite=True), None),
     ("files", "demo into a non-empty --output", "error:--overwrite", cli_existing_output, None),
     ("args", "--projection-weight nan", "error:projection-weight", lambda: cli("--projection-weight", "nan"), None),
     ("args", "--rank 0", "error:rank", lambda: cli("--rank", "0"), None),
@@ -270,13 +272,202 @@ CASES = [
      lambda r: len(r.rows) == 6),
 ]
 
+
+# -- issue 40's classes: never destroy what we did not write, never drop what was asked,
+#    never trust a flag blindly, say when nothing happens, fail early, no obscure errors
+class _SoftmaxByOps(keras.layers.Layer):
+    def call(self, x):
+        return ops.softmax(x)
+
+
+def softmax_model(hidden=False):
+    keras.utils.set_random_seed(0)
+    head = [keras.layers.Dense(4), _SoftmaxByOps()] if hidden else [keras.layers.Dense(4, activation="softmax")]
+    return keras.Sequential([keras.Input((8,))] + head)
+
+
+def export_twice():
+    folder = os.path.join(tempfile.mkdtemp(), "out")
+    model = compression.to_low_rank(keras.Sequential([
+        keras.Input((16,)), keras.layers.Dense(32), keras.layers.Dense(3)]), rank=4)
+    compression.export_compressed(model, folder, formats="keras")
+    compression.export_compressed(model, folder, formats="keras", overwrite=True)
+    return sorted(os.listdir(folder))
+
+
+def export_into_link():
+    parent = tempfile.mkdtemp()
+    os.mkdir(os.path.join(parent, "target"))
+    os.symlink(os.path.join(parent, "target"), os.path.join(parent, "link"))
+    model = compression.to_low_rank(keras.Sequential([
+        keras.Input((16,)), keras.layers.Dense(32), keras.layers.Dense(3)]), rank=4)
+    return compression.export_compressed(model, os.path.join(parent, "link"), formats="keras", overwrite=True)
+
+
+def two_outputs():
+    inputs = keras.Input((8,))
+    return keras.Model(inputs, [keras.layers.Dense(3)(inputs), keras.layers.Dense(3)(inputs)])
+
+
+def warned(thunk, pattern):
+    """Runs ``thunk``; raises SystemExit (a clear outcome) with the warning that
+    matches ``pattern``, or returns the value when none does (silent)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = thunk()
+    for warning in caught:
+        if re.search(pattern, str(warning.message)):
+            raise SystemExit(str(warning.message))
+    return value
+
+
+def dlrt_without_low_rank_layers():
+    model = classifier()
+    model.compile(DLRT(keras.optimizers.SGD(0.1)), LOSS)
+    return model.fit(X, Y, verbose=0)
+
+
+def callback_without_low_rank_layers():
+    model = classifier()
+    model.compile("sgd", LOSS)
+    return model.fit(X, Y, verbose=0, callbacks=[callbacks.RankTruncation()])
+
+
+def endless_report():
+    class Endless(keras.utils.PyDataset):
+        def __getitem__(self, index):
+            return X[:16], Y[:16]
+
+        @property
+        def num_batches(self):
+            return None
+
+    return report(classifier(), Endless())
+
+
+def report_then_predict():
+    model = classifier()
+    try:
+        report(model, (X, Y), datasets={"bad": (X[:, :5], Y)})
+    except ValueError as error:
+        model.predict(X, verbose=0)  # the model must still work after the refusal
+        raise error
+
+
+def cli_output_under_a_file():
+    folder = tempfile.mkdtemp()
+    open(os.path.join(folder, "file"), "w").close()
+    return cli("--output", os.path.join(folder, "file", "out"), "--epochs", "1")
+
+
+def unbuilt_lr(method):
+    layer = LowRankProjection(2)
+    if method == "encode_before_build":
+        return layer.encode(X)
+    layer.build((None, 8))
+    return layer.encode(X[:, :5]) if method == "encode" else layer.decode(X[:, :5])
+
+
+def nan_kernel():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(3)])
+    model.layers[0].kernel.assign(np.full((8, 16), np.nan, "float32"))
+    return compression.to_low_rank(model, rank=2)
+
+
+def nan_cka():
+    model = relu_model()
+    model.get_layer("h").kernel.assign(np.full((8, 6), np.nan, "float32"))
+    return cka_map(model, X)
+
+
+def damaged_keras_file():
+    folder = tempfile.mkdtemp()
+    path = os.path.join(folder, "model.keras")
+    with open(path, "wb") as handle:
+        handle.write(b"not a zip")
+    done = subprocess.run([sys.executable, "-m", "keras_lowrank", "evaluate", path, "--data", "digits",
+                           "--output", os.path.join(folder, "out")], capture_output=True, text=True, timeout=120)
+    if done.returncode == 2:
+        raise SystemExit(done.stderr.strip().splitlines()[-1])
+    raise RuntimeError(f"exit {done.returncode}: {done.stderr[-200:]}")
+
+
+CASES += [
+    ("files", "export overwrite=True replaces an earlier export whole", "ok", export_twice,
+     lambda names: names == [".keras-lowrank-manifest.json", "model.keras"]),
+    ("files", "export into a symbolic link", "error:symbolic link", export_into_link, None),
+    ("files", "CLI --output under a file", "error:is a file, not a folder", cli_output_under_a_file, None),
+    ("flag", "FAB(from_logits=True) on a softmax model", "error:from_logits=True.*softmax",
+     lambda: FAB(0.05, n_iter=3, from_logits=True)(softmax_model(), X, Y), None),
+    ("flag", "PGD(from_logits=True) on a softmax by ops", "error:from_logits=True.*probabilities",
+     lambda: PGD(0.05, steps=2, from_logits=True)(softmax_model(hidden=True), X, Y), None),
+    ("flag", "APGD(from_logits=False) on logits", "error:from_logits=False",
+     lambda: APGD(0.05, n_iter=3, from_logits=False)(classifier(), X, Y), None),
+    ("flag", "report(from_logits=True) on a softmax model", "error:from_logits=True",
+     lambda: report(softmax_model(), (X, Y), from_logits=True), None),
+    ("asked", "Square(targeted=True)", "error:targeted=True", lambda: Square(0.05, targeted=True), None),
+    ("asked", "FAB(targeted=True)", "error:targeted=True", lambda: FAB(0.05, targeted=True), None),
+    ("asked", "AutoAttack(targeted=True)", "error:targeted=True", lambda: AutoAttack(0.05, targeted=True), None),
+    ("gradient", "PGD on a PerturbedModel", "error:PerturbedModel.*Square",
+     lambda: PGD(0.05, steps=2)(PerturbedModel(classifier(), GaussianNoise(0.1)), X, Y), None),
+    ("gradient", "report of a PerturbedModel", "error:PerturbedModel",
+     lambda: report(PerturbedModel(classifier(), GaussianNoise(0.1)), (X, Y)), None),
+    ("nothing", "to_low_rank converting nothing", "error:converted no layer",
+     lambda: warned(lambda: compression.to_low_rank(classifier(), rank=2), "converted no layer"), None),
+    ("nothing", "DLRT on a model without low-rank layers", "error:DLRT was given a model without",
+     lambda: warned(dlrt_without_low_rank_layers, "DLRT was given"), None),
+    ("nothing", "RankTruncation on a model without low-rank layers", "error:RankTruncation acts on",
+     lambda: warned(callback_without_low_rank_layers, "acts on dynamic low-rank"), None),
+    ("nothing", "report of an endless dataset", "error:endless", endless_report, None),
+    ("late", "report with a dataset of another shape, then predict", "error:datasets\\['bad'\\]",
+     report_then_predict, None),
+    ("obscure", "two-output model attacked", "error:2 outputs", lambda: FGSM(0.05)(two_outputs(), X, Y), None),
+    ("obscure", "two-output model reported", "error:2 outputs", lambda: report(two_outputs(), (X, Y)), None),
+    ("obscure", "string labels", "error:dtype <U", lambda: report(classifier(), (X, Y.astype(str))), None),
+    ("obscure", "one-hot labels of the wrong width", "error:one-hot labels of width 5",
+     lambda: report(classifier(), (X, np.eye(5)[Y])), None),
+    ("obscure", "Python lists in (x, y)", "ok", lambda: report(classifier(), (X.tolist(), Y.tolist())),
+     lambda r: abs(r.clean_accuracy - clean_accuracy) < 1e-6),
+    ("obscure", "(x, None)", "error:\\(x, None\\)", lambda: report(classifier(), (X, None)), None),
+    ("obscure", "seed=-1", "error:`seed`", lambda: PGD(0.05, seed=-1), None),
+    ("obscure", "LowRankProjection.encode before build", "error:not built", lambda: unbuilt_lr("encode_before_build"),
+     None),
+    ("obscure", "LowRankProjection.encode at the wrong width", "error:built for 8 features", lambda: unbuilt_lr("encode"),
+     None),
+    ("obscure", "LowRankProjection.decode at the wrong width", "error:coefficients of shape",
+     lambda: unbuilt_lr("decode"), None),
+    ("obscure", "to_low_rank of an unbuilt model", "error:not built",
+     lambda: compression.to_low_rank(keras.Sequential([keras.layers.Dense(8), keras.layers.Dense(3)]), rank=2), None),
+    ("obscure", "to_low_rank of a NaN kernel", "error:NaN or ±inf in its kernel", nan_kernel, None),
+    ("obscure", "cka_map of a NaN layer", "error:NaN or ±inf", nan_cka, None),
+    ("obscure", "CLI on a damaged .keras file", "error:not a readable .keras file", damaged_keras_file, None),
+]
+
 if keras.backend.backend() == "tensorflow":
     from keras_lowrank import data
 
     CASES += [
         ("tail", "data.load(batch_size=True)", "error:`batch_size`", lambda: data.load("digits", batch_size=True), None),
         ("tail", "data.load(shuffle='no')", "error:`shuffle`", lambda: data.load("digits", "test", shuffle="no"), None),
+        ("files", "export formats=('tflite',) writes only the .tflite", "ok", lambda: tflite_export()[0],
+         lambda names: names == [".keras-lowrank-manifest.json", "model.tflite"]),
+        ("gradient", "PGD on a TFLite file", "error:TFLite.*Square", lambda: PGD(0.05, steps=2)(tflite_export()[1], XT, Y), None),
+        ("gradient", "AutoAttack on a TFLite file", "error:TFLite",
+         lambda: AutoAttack(0.05, n_iter=2, n_queries=2).run(tflite_export()[1], XT, Y), None),
     ]
+
+
+XT = RNG.uniform(size=(48, 16)).astype("float32")
+
+
+def tflite_export():
+    from keras_lowrank.robustness.exported import load_exported
+
+    folder = os.path.join(tempfile.mkdtemp(), "out")
+    model = compression.to_low_rank(keras.Sequential([
+        keras.Input((16,)), keras.layers.Dense(32), keras.layers.Dense(4)]), rank=4)
+    written = compression.export_compressed(model, folder, formats="tflite")
+    return sorted(os.listdir(folder)), load_exported(written["tflite"])
 
 
 def run_case(expectation, thunk, check):

@@ -725,3 +725,78 @@ def test_a_dataset_of_another_shape_is_refused_before_any_trace_and_the_model_st
         evaluate_robustness(model, (x, y), attacks=[FGSM(0.1)], large_eps=None,
                             datasets={"bad": (x[:, :5], y)})
     np.testing.assert_array_equal(_np(model.predict(x, verbose=0)), before)  # on JAX it raised before
+
+
+# -- the remaining obscure outcomes, each a clear error naming the fix --------------------
+def _two_outputs():
+    inputs = keras.Input((6,))
+    return keras.Model(inputs, [keras.layers.Dense(3)(inputs), keras.layers.Dense(3)(inputs)])
+
+
+def _lstm_with_state():
+    inputs = keras.Input((6, 1))
+    out, h, c = keras.layers.LSTM(3, return_state=True)(inputs)
+    return keras.Model(inputs, [out, h, c])
+
+
+def _built_lr():
+    layer = LowRankProjection(2)
+    layer.build((None, 6))
+    return layer
+
+
+def _nan_kernel_model():
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu", name="h"),
+                              keras.layers.Dense(3)])
+    model.get_layer("h").kernel.assign(np.full((6, 16), np.nan, "float32"))
+    return model
+
+
+_X = np.random.default_rng(0).uniform(size=(16, 6)).astype("float32")
+_Y = np.arange(16) % 3
+
+
+def _three():
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+
+
+@pytest.mark.parametrize("case, call, message", [
+    ("two outputs, attack", lambda: FGSM(0.1)(_two_outputs(), _X, _Y), "2 outputs"),
+    ("two outputs, report", lambda: evaluate_robustness(_two_outputs(), (_X, _Y), attacks=[FGSM(0.1)]), "2 outputs"),
+    ("LSTM return_state", lambda: FGSM(0.1)(_lstm_with_state(), _X[..., None], _Y), "3 outputs"),
+    ("string labels", lambda: evaluate_robustness(_three(), (_X, _Y.astype(str)), attacks=[FGSM(0.1)]), "dtype <U"),
+    ("string labels, attack", lambda: FGSM(0.1)(_three(), _X, _Y.astype(str)), "dtype <U"),
+    ("one-hot width", lambda: evaluate_robustness(_three(), (_X, np.eye(5)[_Y]), attacks=[FGSM(0.1)]), "width 5"),
+    ("(x, None)", lambda: evaluate_robustness(_three(), (_X, None), attacks=[FGSM(0.1)]), r"\(x, None\)"),
+    ("seed -1", lambda: PGD(0.1, seed=-1), "`seed`"),
+    ("encode before build", lambda: LowRankProjection(2).encode(_X), "not built"),
+    ("encode width", lambda: _built_lr().encode(_X[:, :5]), "built for 6 features"),
+    ("decode width", lambda: _built_lr().decode(_X[:, :5]), r"shape \(n, 2\)"),
+    ("unbuilt model", lambda: compression.to_low_rank(keras.Sequential([keras.layers.Dense(4)]), rank=2),
+     "not built"),
+    ("NaN kernel", lambda: compression.to_low_rank(_nan_kernel_model(), rank=2), "NaN or ±inf in its kernel"),
+    ("NaN CKA", lambda: cka_map(_nan_kernel_model(), _X), "NaN or ±inf weights"),
+])
+def test_obscure_inputs_get_clear_errors(case, call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_python_lists_in_a_report_score_as_arrays():
+    as_lists = evaluate_robustness(_three(), (_X.tolist(), _Y.tolist()), noise_sigmas=[0.0], large_eps=None)
+    as_arrays = evaluate_robustness(_three(), (_X, _Y), noise_sigmas=[0.0], large_eps=None)
+    assert as_lists.clean_accuracy == as_arrays.clean_accuracy
+
+
+def test_damaged_exported_files_are_named(tmp_path):
+    from keras_lowrank._jobs.common import JobError, load_model
+
+    (tmp_path / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(JobError, match="not a readable .keras file"):
+        load_model(str(tmp_path / "model.keras"))
+    if keras.backend.backend() == "tensorflow":
+        from keras_lowrank.robustness.exported import load_exported
+
+        (tmp_path / "model.tflite").write_bytes(b"x" * 64)
+        with pytest.raises(ValueError, match="not a TFLite model"):
+            load_exported(str(tmp_path / "model.tflite"))

@@ -360,6 +360,12 @@ def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=Tr
     chosen_b = _layers(model_b, layers_b) if model_b is not None else None
     names_b = [layer.name for layer in chosen_b] if model_b is not None else None
     threshold = check_number(threshold, "threshold", minimum=0.0, strict=True)
+    for model, chosen in ((model_a, chosen_a), (model_b, chosen_b or [])):
+        broken = [l.name for l in chosen if any(not np.all(np.isfinite(ops.convert_to_numpy(w)))
+                                                for w in l.weights)]
+        if broken:  # a ReLU can turn their NaN into zeros: the map would blame "constant outputs"
+            raise ValueError(f"cka_map: the layers {broken} of {model.name!r} hold NaN or ±inf weights "
+                             "(a diverged training?): CKA of their outputs means nothing.")
     extractor = _hsic_extractor(model_a, chosen_a, model_b, chosen_b, kernel, threshold)
     total, batches = None, 0
     for x in iterate_inputs(data, max_batches=max_batches):
