@@ -783,8 +783,9 @@ def test_obscure_inputs_get_clear_errors(case, call, message):
 
 
 def test_python_lists_in_a_report_score_as_arrays():
-    as_lists = evaluate_robustness(_three(), (_X.tolist(), _Y.tolist()), noise_sigmas=[0.0], large_eps=None)
-    as_arrays = evaluate_robustness(_three(), (_X, _Y), noise_sigmas=[0.0], large_eps=None)
+    model = _three()
+    as_lists = evaluate_robustness(model, (_X.tolist(), _Y.tolist()), noise_sigmas=[0.0], large_eps=None)
+    as_arrays = evaluate_robustness(model, (_X, _Y), noise_sigmas=[0.0], large_eps=None)
     assert as_lists.clean_accuracy == as_arrays.clean_accuracy
 
 
