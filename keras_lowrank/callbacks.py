@@ -61,6 +61,14 @@ class _FactorCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         _warn_without_low_rank_layers(self)
+        optimizer = getattr(self.model, "optimizer", None)
+        if isinstance(optimizer, keras.optimizers.Adafactor) and low_rank_layers(self.model):
+            # Surveyed over every Keras optimizer: plain Adafactor turns S's unused rows
+            # and columns (beyond the active rank, gradient 0) into 0·∞ = NaN at the first step.
+            raise ValueError(
+                f"{type(self).__name__}: the model trains its low-rank factors with plain Adafactor, whose "
+                "factored second moments turn S's unused rows and columns into NaN at the first step. "
+                "Wrap it in DLRT (optimizer=DLRT(keras.optimizers.Adafactor())) or use another optimizer.")
 
     def _sync(self):
         if hasattr(self.model, "jax_state_sync"):

@@ -184,6 +184,15 @@ class DLRT(keras.optimizers.Optimizer):
                 f"DLRT cannot wrap an optimizer with gradient_accumulation_steps="
                 f"{inner.gradient_accumulation_steps}: its augment and truncate steps would see "
                 "single batches while S steps every few. Use a larger batch_size instead.")
+        if isinstance(inner, keras.optimizers.Ftrl):
+            # Surveyed over every Keras optimizer (docs/guides/dlrt_compression.md): Ftrl's
+            # per-coordinate `linear` and `accumulator` slots define S through a proximal
+            # formula, not a moment that can be carried into a new basis; S diverged to NaN
+            # within three epochs on both backends.
+            raise ValueError(
+                "DLRT cannot wrap Ftrl: its per-coordinate `linear` and `accumulator` slots define S "
+                "itself and cannot follow S into each new basis (S became NaN). Use another inner "
+                "optimizer, e.g. keras.optimizers.Adagrad (its closest relative) or Adam.")
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner
         self.steps_per_cycle = steps_per_cycle
@@ -244,6 +253,9 @@ class DLRT(keras.optimizers.Optimizer):
         ]
         before = [tuple(ops.copy(v.value) for v in f) for f in factors]
         self.inner_optimizer.apply([grads[i] for i in self._inner_indices], inner_variables)
+        if factors:  # an inner step that made some S non-finite is skipped too, like a NaN batch
+            finite = ops.logical_and(finite, ops.all(ops.stack(
+                [ops.all(ops.isfinite(s.value)) for _, s, _ in factors])))
         phase = self.cycle_step % self.steps_per_cycle
         augmenting = ops.equal(phase, 0)
         truncating = ops.equal(phase, self.steps_per_cycle - 1)
@@ -251,7 +263,7 @@ class DLRT(keras.optimizers.Optimizer):
         for (layer, iu, _, iv), (u0, s0, v0), (_, s, _), slots in zip(
             self._groups, before, factors, self._s_slots
         ):
-            layers.append((layer, grads[iu], grads[iv], u0, s0, ops.copy(s.value), v0,
+            layers.append((layer, grads[iu], grads[iv], u0, s0, ops.where(finite, s.value, s0), v0,
                            [ops.copy(slot.value) for slot, _ in slots],
                            [kind for _, kind in slots]))
 

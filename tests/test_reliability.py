@@ -801,3 +801,43 @@ def test_damaged_exported_files_are_named(tmp_path):
         (tmp_path / "model.tflite").write_bytes(b"x" * 64)
         with pytest.raises(ValueError, match="not a TFLite model"):
             load_exported(str(tmp_path / "model.tflite"))
+
+
+# -- factors never go non-finite without a skipped step ------------------------------------
+def test_an_inner_step_that_makes_s_non_finite_is_skipped_and_counted(rng):
+    x = rng.normal(size=(64, 16)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential([keras.Input((16,)), DynamicLowRankDense(32, max_rank=8, rank=4, activation="relu",
+                                                                      name="lr"), keras.layers.Dense(2)])
+    # an inner step that turns S non-finite from finite gradients (∞ · g, and ∞ · 0 = NaN)
+    model.compile(DLRT(keras.optimizers.SGD(float("inf")), steps_per_cycle=3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = [_np(w).copy() for w in model.weights]
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert int(_np(model.optimizer.skipped_steps)) == 8  # every step skipped, none half-applied
+    for old, new in zip(before, model.weights):
+        np.testing.assert_array_equal(_np(new), old)
+
+
+def test_optimizers_that_break_low_rank_factors_are_refused_up_front(rng):
+    with pytest.raises(ValueError, match="DLRT cannot wrap Ftrl"):
+        DLRT(keras.optimizers.Ftrl())
+    x = rng.normal(size=(32, 16)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential([keras.Input((16,)), DynamicLowRankDense(32, max_rank=8, rank=4), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adafactor(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="plain Adafactor"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[callbacks.RankTruncation()])
+
+
+def test_set_factors_checks_what_it_is_given():
+    layer = DynamicLowRankDense(6, max_rank=3)
+    with pytest.raises(ValueError, match="not built"):
+        layer.set_factors(np.eye(4, 2), np.ones(2), np.eye(6, 2))
+    layer.build((None, 4))
+    with pytest.raises(ValueError, match="`s` must hold finite"):
+        layer.set_factors(np.eye(4, 2), np.array([1.0, np.nan]), np.eye(6, 2))
+    with pytest.raises(ValueError, match=r"expected u \(4, r\)"):
+        layer.set_factors(np.eye(5, 2), np.ones(2), np.eye(6, 2))
+    layer.set_factors(np.eye(4, 2), np.ones(2), np.eye(6, 2))
+    assert layer.rank == 2

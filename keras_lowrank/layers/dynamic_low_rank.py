@@ -210,7 +210,21 @@ class DynamicLowRankBase(keras.layers.Layer):
     def set_factors(self, u, s, v):
         """Assigns factors of any rank ≤ max_rank (u: n_in × r with orthonormal
         columns, s: r × r or (r,), v: n_out × r); they are not re-orthonormalised."""
-        rank = ops.shape(u)[1]
+        if not self.built:
+            raise ValueError("set_factors: the layer is not built yet (its shapes come from its input); "
+                             "build it or call it on a batch first.")
+        for name, value in (("u", u), ("s", s), ("v", v)):
+            value = np.asarray(ops.convert_to_numpy(value))
+            if value.dtype.kind not in "biuf" or not np.all(np.isfinite(value)):
+                raise ValueError(f"set_factors: `{name}` must hold finite numbers (got NaN, ±inf or "
+                                 f"dtype {value.dtype}).")
+        u_shape, s_shape, v_shape = (tuple(ops.shape(t)) for t in (u, s, v))
+        rank = u_shape[1] if len(u_shape) == 2 else None
+        if (len(u_shape) != 2 or u_shape[0] != self.n_in or v_shape != (self.n_out, rank)
+                or s_shape not in ((rank,), (rank, rank))):
+            raise ValueError(
+                f"set_factors: expected u ({self.n_in}, r), s (r, r) or (r,), v ({self.n_out}, r); "
+                f"got u {u_shape}, s {s_shape}, v {v_shape}.")
         if not self.min_rank <= rank <= self.max_rank:
             raise ValueError(
                 f"rank of the given factors ({rank}) must be in "
