@@ -18,6 +18,7 @@ import argparse
 import collections
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -470,11 +471,24 @@ def tflite_export():
     return sorted(os.listdir(folder)), load_exported(written["tflite"])
 
 
+class Hang(Exception):
+    pass
+
+
+def _hang(signum, frame):
+    raise Hang
+
+
 def run_case(expectation, thunk, check):
-    """``expectation``: "ok", or "error:<regex>" that a clear message matches."""
+    """``expectation``: "ok", or "error:<regex>" that a clear message matches. A case
+    still running after 120 s is a hang (counted silent: the user waits forever)."""
     wanted = expectation.partition(":")[2]
+    signal.signal(signal.SIGALRM, _hang)
+    signal.alarm(120)
     try:
         value = thunk()
+    except Hang:
+        return "silent", "hang: still running after 120 s"
     except CLEAR as error:
         if wanted and re.search(wanted, str(error), re.S):
             return "clear", str(error)
@@ -485,6 +499,8 @@ def run_case(expectation, thunk, check):
         return "obscure", "timed out"
     except Exception as error:  # noqa: BLE001
         return "obscure", f"{type(error).__name__}: {str(error)[:160]}"
+    finally:
+        signal.alarm(0)
     if wanted:
         return "silent", f"returned {str(value)[:80]}"
     if check is not None and not check(value):

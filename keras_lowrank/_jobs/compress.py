@@ -101,6 +101,7 @@ def run(args, meta):
     import keras
 
     from keras_lowrank import compression
+    from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
     from keras_lowrank.optimizers import DLRT
     from keras_lowrank.precision import float32_matmuls
     from keras_lowrank.robustness.attacks import outputs_logits
@@ -122,7 +123,7 @@ def run(args, meta):
                                           spectral_weight=args.spectral_weight)
         except ValueError as error:
             raise JobError(f"MODEL: {error}") from None
-    converted = [l.name for l in low.layers if isinstance(l, compression.DynamicLowRankBase)]
+    converted = [l.name for l in low.layers if isinstance(l, DynamicLowRankBase)]
     if not converted:  # the warnings say why: in the one error line, not above it
         why = " ".join(str(w.message) for w in caught)
         raise JobError("MODEL: no Dense, Conv1D or Conv2D layer of this model has a low-rank form worth "

@@ -1,0 +1,90 @@
+"""What conversion, the summary and export share: which layers convert, their
+kernels as matrices, pairing a model's layers with its clone's."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lowrank._keras_compat import build_input_shape, direct_sublayers, is_graph_model
+from keras_lowrank._low_rank_model import dlrt_of
+from keras_lowrank.layers.dynamic_low_rank import _einsum_plan, einsum_kernel_matrix
+
+CONVS = (keras.layers.Conv1D, keras.layers.Conv2D)
+KINDS = (keras.layers.Dense, keras.layers.EinsumDense) + CONVS
+
+
+def _check_clonable(model, argument="model"):
+    if not is_graph_model(model):
+        raise ValueError(
+            f"`{argument}` must be a Sequential or functional keras.Model "
+            f"(subclassed models cannot be rebuilt layer by layer), got {type(model).__name__}."
+        )
+
+
+def _kernel_matrix(layer):
+    """A Dense/Conv/EinsumDense kernel as the n_in × n_out matrix its low-rank form
+    factorises (numpy; an EinsumDense kernel with no such form: its last axis
+    against the others)."""
+    kernel = ops.convert_to_numpy(layer.kernel)
+    if isinstance(layer, keras.layers.EinsumDense) and not _unconvertible(layer):
+        return einsum_kernel_matrix(layer.equation, kernel)
+    return kernel.reshape(-1, kernel.shape[-1])
+
+
+def _unconvertible(layer):
+    """Why a layer has no low-rank form here ("" if it has one)."""
+    if isinstance(layer, keras.layers.EinsumDense):
+        try:
+            _einsum_plan(layer.equation)
+        except ValueError:
+            return f"equation {layer.equation!r} (its kernel is no single matrix)"
+        return ""
+    if not isinstance(layer, CONVS):
+        return ""
+    if layer.padding == "causal":
+        return "padding='causal'"
+    if layer.groups != 1:
+        return f"groups={layer.groups}"
+    if layer.data_format != "channels_last":
+        return f"data_format={layer.data_format!r}"
+    return ""
+
+
+def _pairs(old_model, new_model):
+    old_layers = direct_sublayers(old_model)
+    new_layers = direct_sublayers(new_model)
+    if len(old_layers) != len(new_layers):
+        raise RuntimeError("the cloned model's layers do not match the original's")
+    return zip(old_layers, new_layers)
+
+
+def _positions(layer):
+    """Positions a Dense layer is applied at per sample: the product of its input's
+    axes between batch and features (1 for a (batch, features) input, h·w for a
+    (batch, h, w, c) map), from the shape it was built with."""
+    shape = build_input_shape(layer)
+    if shape is None or len(shape) <= 2:
+        return 1
+    return int(np.prod([d for d in shape[1:-1] if d is not None]))
+
+
+def _copy_weights(old_model, new_model, plans, set_converted):
+    for old, new in _pairs(old_model, new_model):
+        if id(old) in plans:
+            set_converted(old, new, plans[id(old)])
+        elif old.weights:
+            new.set_weights(old.get_weights())
+
+
+def _bias_size(layer):
+    return int(np.prod(layer.bias.shape)) if getattr(layer, "bias", None) is not None else 0
+
+
+def _unfinished_cycle(model):
+    """(steps taken, steps_per_cycle) if the model's DLRT optimizer stopped
+    inside a cycle, where the layers hold the augmented bases; else None."""
+    optimizer = dlrt_of(getattr(model, "optimizer", None))
+    if optimizer is None or not optimizer.built:
+        return None
+    step = int(ops.convert_to_numpy(optimizer.cycle_step))
+    return (step, optimizer.steps_per_cycle) if step % optimizer.steps_per_cycle else None

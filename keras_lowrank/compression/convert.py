@@ -1,0 +1,315 @@
+"""``to_low_rank``: Dense / Conv1D / Conv2D / EinsumDense → DynamicLowRankDense /
+DynamicLowRankConv1D / DynamicLowRankConv2D / DynamicLowRankEinsumDense, initialised by
+the truncated SVD of the trained kernel (docs/methods.md §2); ``truncate_ranks``:
+truncates every layer by its tol now — after DLRT's ``fit``, which usually stops
+inside a cycle, on augmented bases."""
+
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lowrank._keras_compat import all_sublayers, direct_sublayers
+from keras_lowrank._low_rank_model import dlrt_of, low_rank_layers, truncate_layer
+from keras_lowrank._svd import matrix_svd
+from keras_lowrank._validation import check_int, check_number
+from keras_lowrank.compression._common import (
+    KINDS,
+    _check_clonable,
+    _copy_weights,
+    _kernel_matrix,
+    _unconvertible,
+    _unfinished_cycle,
+)
+from keras_lowrank.layers.dynamic_low_rank import (
+    DynamicLowRankBase,
+    DynamicLowRankConv1D,
+    DynamicLowRankConv2D,
+    DynamicLowRankDense,
+    DynamicLowRankEinsumDense,
+)
+from keras_lowrank.layers.low_rank_projection import LowRankProjection
+
+__all__ = ["to_low_rank", "truncate_ranks"]
+
+
+def truncate_ranks(model):
+    """Truncates every dynamic low-rank layer of ``model`` now, by its ``tol``
+    (‖d[r:]‖ < tol·‖d‖ on re-orthonormalised factors, at least ``min_rank``), as
+    ``callbacks.RankTruncation`` and the end of each DLRT cycle do; the
+    optimizer's slots move with the bases.
+
+    ``fit`` with DLRT ends by finishing the running cycle itself; custom loops
+    (``train_on_batch``) can stop inside one, where the layers hold the bases
+    augmented at its start (up to twice the rank) — a valid model, but not the
+    compressed one. Call this before measuring ranks or exporting. A DLRT
+    optimizer's cycle restarts (the next step augments).
+
+    Args:
+        model: a Keras model holding dynamic low-rank layers.
+
+    Returns:
+        {layer name: new rank}.
+
+    Examples:
+
+        >>> from keras_lowrank import DynamicLowRankDense
+        >>> layer = DynamicLowRankDense(6, max_rank=3, tol=0.1, name="f")
+        >>> model = keras.Sequential([keras.Input((6,)), layer])
+        >>> eye = np.eye(6, 3)
+        >>> layer.set_factors(eye, np.diag([1.0, 0.01, 0.0]), eye)
+        >>> truncate_ranks(model)
+        {'f': 1}
+    """
+    if hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+    optimizer = getattr(model, "optimizer", None)
+    for layer in low_rank_layers(model):
+        truncate_layer(layer, optimizer)
+    unfinished = _unfinished_cycle(model)
+    if unfinished is not None:
+        step, k = unfinished
+        dlrt_of(optimizer).cycle_step.assign(-(-step // k) * k)
+    return {layer.name: layer.rank for layer in low_rank_layers(model)}
+
+
+def _rank_for(d, tol):
+    tails = np.sqrt(np.cumsum((d**2)[::-1])[::-1])
+    below = tails < tol * np.linalg.norm(d)
+    return int(np.argmax(below)) if below.any() else len(d)
+
+
+def to_low_rank(
+    model,
+    layers=None,
+    rank=None,
+    tol=0.1,
+    max_rank=None,
+    min_rank=1,
+    spectral_weight=0.0,
+    skip_first=False,
+    skip_last=True,
+):
+
+    """A copy of a trained Sequential/functional model whose Dense, Conv1D, Conv2D and
+    EinsumDense layers are DynamicLowRankDense / DynamicLowRankConv1D / DynamicLowRankConv2D /
+    DynamicLowRankEinsumDense, initialised by the SVD of the trained kernel (as a
+    matrix) truncated to ``rank`` (an int) or, if ``rank`` is None,
+    by the tolerance rule ‖d[r:]‖ < tol·‖d‖ (float64; with ``rank`` given, a kernel of
+    ≥ 256 on its short side takes only its leading triplets, by SciPy's ARPACK where
+    installed: VGG16's conversion 33 → 4 s). Outputs match the original up to the
+    truncation error. Other layers keep their weights. The converted layers keep
+    activation, bias, regularizers (the kernel regularizer now on U S Vᵀ) and the
+    bias constraint; a kernel constraint is dropped with a warning. A layer whose rank does
+    not pay (r·(n_in + n_out) ≥ n_in·n_out: the factorised layer would be the
+    larger) stays dense, with a warning naming it: the result is never bigger
+    than ``model``. The model's own layers are converted; Dense/Conv2D layers
+    inside a nested model or a custom layer are not (``clone_model`` rebuilds
+    those whole): named in ``layers`` they raise, otherwise a warning names
+    them — convert the inner model first, or build the model flat (this includes
+    the projections inside ``keras.layers.MultiHeadAttention``: build attention from
+    EinsumDense layers to compress them, as ``examples/transformer_digits.py``
+    does). Grouped (depthwise), channels_first and causal convolutions, and
+    EinsumDense equations whose kernel shares an axis with input and output, have no
+    low-rank form: the default skips them with a warning, naming one in ``layers``
+    raises. Other layers with kernels (SeparableConv2D, DepthwiseConv2D, transposed or
+    3-D convolutions, subclasses of Dense) stay as they are, named in a warning; so do
+    layers that are low rank already (lower their ranks with ``truncate_ranks``).
+
+    Args:
+        layers: names of the layers to convert (default: every Dense, Conv1D, Conv2D and EinsumDense,
+            minus the first / last of them per ``skip_first`` / ``skip_last``).
+        max_rank: storage rank for DLRT training: an int, or None for
+            min(2·rank, n_in, n_out) (room for one augmentation).
+        min_rank: passed to the new layers.
+        spectral_weight: passed to the new layers.
+        tol: passed to the new layers.
+
+    Returns:
+        the new model (the original is unchanged).
+
+    Examples:
+        the output layer stays dense (``skip_last``).
+
+        >>> model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(32, activation="relu"),
+        ...                           keras.layers.Dense(3)])
+        >>> small = to_low_rank(model, rank=4)
+        >>> [type(layer).__name__ for layer in small.layers], small.layers[0].rank
+        (['DynamicLowRankDense', 'Dense'], 4)
+    """
+    _check_clonable(model)
+    if not model.built:
+        raise ValueError("`model` is not built: its layers have no weights to factorise yet. Give it an "
+                         "Input (keras.Input(shape)) or call it on a batch, and train it, first.")
+    kinds = KINDS
+    # clone_model rebuilds the model's own layers one by one; a nested model or a
+    # custom layer is rebuilt whole, so the Dense/Conv2D layers inside it cannot be
+    # swapped: they are named (an error if asked for, a warning otherwise), never
+    # left dense in silence.
+    candidates = [l for l in direct_sublayers(model) if type(l) in kinds]
+    nested = {}
+    for parent in direct_sublayers(model):
+        for l in all_sublayers(parent):
+            if type(l) in kinds:
+                nested[l.name] = parent.name
+    if layers is None:
+        # grouped (e.g. ConvNeXt's depthwise) and channels_first convolutions have no
+        # low-rank form here: the default skips them, naming them
+        why = {l.name: _unconvertible(l) for l in candidates}
+        skipped = [f"{name} ({reason})" for name, reason in why.items() if reason]
+        candidates = [l for l in candidates if not why[l.name]]
+        if skipped:
+            warnings.warn(
+                f"to_low_rank left these layers as they are: {', '.join(skipped)}; "
+                "only groups=1, channels_last, non-causal convolutions and EinsumDense layers "
+                "whose kernel is one matrix convert.", stacklevel=2)
+        chosen = candidates[1 if skip_first else 0: len(candidates) - (1 if skip_last else 0)]
+        factorised = [l.name for l in direct_sublayers(model) if isinstance(l, DynamicLowRankBase)]
+        if factorised:
+            shown = ", ".join(factorised[:3]) + (", …" if len(factorised) > 3 else "")
+            warnings.warn(
+                f"to_low_rank left the model's {len(factorised)} layer(s) that are low rank already "
+                f"as they are ({shown}), whatever `rank` or `tol` asks: to lower their ranks, set "
+                "their `tol` and call compression.truncate_ranks(model), or convert the dense model.",
+                stacklevel=2)
+        others = _other_kernel_layers(model, kinds)
+        if others:
+            warnings.warn(
+                "to_low_rank converts Dense, Conv1D, Conv2D and EinsumDense layers (those classes "
+                f"exactly); these layers with kernels stay as they are: {others}.", stacklevel=2)
+        if nested:
+            warnings.warn(
+                "to_low_rank left these Dense/Conv/EinsumDense layers dense: they sit inside nested "
+                f"models or custom layers, which it rebuilds whole: {sorted(nested)} (inside "
+                f"{sorted(set(nested.values()))}). Convert the inner model itself with "
+                "to_low_rank before building the outer one, or build the model flat.",
+                stacklevel=2)
+    else:
+        inside = [n for n in layers if n in nested]
+        if inside:
+            raise ValueError(
+                f"`layers` names {inside}, inside the nested model(s) or custom layer(s) "
+                f"{sorted({nested[n] for n in inside})}, which to_low_rank rebuilds whole and "
+                "cannot convert layer by layer. Convert the inner model itself with "
+                "to_low_rank before building the outer one, or build the model flat.")
+        names = {l.name: l for l in candidates}
+        unknown = [n for n in layers if n not in names]
+        if unknown:
+            raise ValueError(
+                f"`layers` names {unknown} are not Dense/Conv1D/Conv2D/EinsumDense layers of the model; "
+                f"choose from {sorted(names)}."
+            )
+        chosen = [names[n] for n in layers]
+    rank = check_int(rank, "rank", allow_none=True)
+    min_rank = check_int(min_rank, "min_rank")
+    max_rank = check_int(max_rank, "max_rank", allow_none=True)
+    tol = check_number(tol, "tol", minimum=0.0, maximum=1.0, strict=True)
+    spectral_weight = check_number(spectral_weight, "spectral_weight", minimum=0.0)
+    plans, kept_dense = {}, []
+    for layer in chosen:
+        reason = _unconvertible(layer)
+        if reason:
+            raise ValueError(
+                f"Layer {layer.name!r} has {reason}; only groups=1, channels_last, non-causal "
+                "convolutions and EinsumDense layers whose kernel is one matrix convert."
+            )
+        kernel = _kernel_matrix(layer)
+        if not np.all(np.isfinite(kernel)):
+            raise ValueError(f"Layer {layer.name!r} has NaN or ±inf in its kernel: it has no SVD. Check "
+                             "the training that produced it (a diverged loss?) before converting.")
+        u, d, v = matrix_svd(kernel, rank=None if rank is None else max(rank, min_rank))
+        full = min(np.shape(kernel))
+        r = min(rank if rank is not None else _rank_for(d, tol), full)
+        r = max(r, min_rank)
+        n_in, n_out = u.shape[0], v.shape[0]
+        if r * (n_in + n_out) >= n_in * n_out:
+            kept_dense.append(f"{layer.name} (rank {r} ≥ break-even "
+                              f"{n_in * n_out / (n_in + n_out):.1f} of {n_in}×{n_out})")
+            continue
+        r_max = max_rank if max_rank is not None else min(2 * r, full)
+        if r_max < r:
+            raise ValueError(f"`max_rank` ({r_max}) is below the rank chosen for {layer.name!r} ({r}).")
+        plans[id(layer)] = (u[:, :r], d[:r], v[:, :r], r, r_max)
+    constrained = [l.name for l in chosen if id(l) in plans and l.kernel_constraint is not None]
+    if constrained:
+        warnings.warn(
+            f"to_low_rank dropped the kernel_constraint of {constrained}: a low-rank kernel is "
+            "trained through its factors and takes no kernel constraint (regularizers, the "
+            "bias constraint, initializers and activations are carried).", stacklevel=2)
+    if kept_dense:
+        warnings.warn(
+            "to_low_rank left these layers dense: at their rank the factorised layer "
+            "(r·(n_in + n_out) parameters) would be larger than the dense one "
+            f"(n_in·n_out): {', '.join(kept_dense)}. Use a larger `tol` or a smaller "
+            "`rank` to compress them.", stacklevel=2)
+
+    if not plans:  # a conversion that converts nothing says so (the warnings above say why)
+        warnings.warn(
+            "to_low_rank converted no layer: the model it returns computes what `model` does, with "
+            "the same layers. " + ("The layers asked for do not pay at this rank or tol (see above)."
+                                   if chosen else "The model has no Dense, Conv1D, Conv2D or EinsumDense "
+                                   "layer it converts (the last one stays dense: skip_last=True)."),
+            stacklevel=2)
+
+    def clone(layer):
+        plan = plans.get(id(layer))
+        if plan is None:
+            return layer.__class__.from_config(layer.get_config())
+        new = _low_rank_clone(layer, plan)
+        new._initial_factors = tuple(t.astype("float32") for t in plan[:3])  # built from them
+        return new
+
+    def _low_rank_clone(layer, plan):
+        _, _, _, r, r_max = plan
+        config = layer.get_config()
+        common = dict(
+            max_rank=r_max, rank=r, min_rank=min(min_rank, r), tol=tol, spectral_weight=spectral_weight,
+            activation=config["activation"], name=config["name"],
+            bias_initializer=config["bias_initializer"], dtype=config.get("dtype"),
+            kernel_regularizer=config.get("kernel_regularizer"),
+            bias_regularizer=config.get("bias_regularizer"),
+            activity_regularizer=config.get("activity_regularizer"),
+            bias_constraint=config.get("bias_constraint"),
+        )
+        if isinstance(layer, keras.layers.EinsumDense):
+            return DynamicLowRankEinsumDense(config["equation"], config["output_shape"],
+                                             bias_axes=config["bias_axes"], **common)
+        common["use_bias"] = config["use_bias"]
+        if isinstance(layer, keras.layers.Dense):
+            return DynamicLowRankDense(config["units"], **common)
+        kind = DynamicLowRankConv1D if isinstance(layer, keras.layers.Conv1D) else DynamicLowRankConv2D
+        return kind(
+            config["filters"], config["kernel_size"], strides=config["strides"],
+            padding=config["padding"], dilation_rate=config["dilation_rate"], **common,
+        )
+
+    converted = keras.models.clone_model(model, clone_function=clone)
+    _copy_weights(model, converted, plans, _set_low_rank)
+    return converted
+
+
+def _other_kernel_layers(model, kinds):
+    """The model's own layers that hold a kernel but are no class ``to_low_rank``
+    converts (e.g. Xception's SeparableConv2D, MobileNet's DepthwiseConv2D, a
+    subclass of Dense), grouped by class: "Class ×n (first names…; why)"."""
+    by_class = {}
+    for layer in direct_sublayers(model):
+        if type(layer) in kinds or isinstance(layer, (DynamicLowRankBase, LowRankProjection)):
+            continue  # converted, or low rank already
+        if any(hasattr(layer, name) for name in ("kernel", "depthwise_kernel", "pointwise_kernel")):
+            by_class.setdefault(type(layer).__name__, []).append(layer.name)
+    parts = []
+    for name, members in by_class.items():
+        why = ("one filter per channel: no low-rank form" if name.startswith("DepthwiseConv")
+               else "not converted: build the model from the converted classes to compress it")
+        shown = ", ".join(members[:3]) + (", …" if len(members) > 3 else "")
+        parts.append(f"{name} ×{len(members)} ({shown}; {why})")
+    return "; ".join(parts)
+
+
+def _set_low_rank(old, new, plan):
+    u, d, v, _, _ = plan
+    new.set_factors(u.astype("float32"), d.astype("float32"), v.astype("float32"))
+    if getattr(old, "bias", None) is not None:
+        new.bias.assign(ops.convert_to_numpy(old.bias))  # a copy: JAX donates buffers

@@ -1,0 +1,203 @@
+"""``compressed_model`` / ``export_compressed``: the model rebuilt at the exact ranks
+from Keras' own layers (Dense(r) → Dense(units); ConvND(r) → 1×1 ConvND; two
+EinsumDense; a LowRankProjection as an Identity or a Dense), so the ``.keras`` file and
+the SavedModel really are small and load without keras_lowrank."""
+
+import os
+import shutil
+import tempfile
+import warnings
+
+import keras
+from keras import ops
+
+from keras_lowrank._files import check_output_folder, staged_folder
+from keras_lowrank._keras_compat import build_input_shape, direct_sublayers
+from keras_lowrank.compression._common import _check_clonable, _copy_weights, _unfinished_cycle
+from keras_lowrank.layers.dynamic_low_rank import (
+    DynamicLowRankBase,
+    DynamicLowRankDense,
+    DynamicLowRankEinsumDense,
+)
+from keras_lowrank.layers.low_rank_projection import LowRankProjection
+
+FORMATS = ("keras", "saved_model", "tflite")
+
+__all__ = ["compressed_model", "export_compressed"]
+
+
+def compressed_model(model):
+    """The model rebuilt at exact ranks from Keras' built-in layers: each dynamic
+    low-rank layer becomes a two-layer Sequential (x U_r, then (S_r V_rᵀ) + b with
+    the activation), so nothing of keras_lowrank is needed to load or run it.
+
+    Args:
+        model: a Sequential or functional model with dynamic low-rank layers.
+
+    Returns:
+        a new Keras model of built-in layers, computing what ``model`` computes.
+
+    Examples:
+
+        >>> from keras_lowrank.compression import compression_summary, to_low_rank
+        >>> model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(32, activation="relu"),
+        ...                           keras.layers.Dense(32), keras.layers.Dense(3)])
+        >>> small = to_low_rank(model, rank=4)
+        >>> plain = compressed_model(small)
+        >>> plain.count_params() == compression_summary(small).total["model_exported_params"]
+        True
+    """
+    _check_clonable(model)
+    unfinished = _unfinished_cycle(model)
+    if unfinished is not None:
+        warnings.warn(
+            f"The DLRT optimizer stopped at step {unfinished[0] % unfinished[1]} of a "
+            f"{unfinished[1]}-step cycle: the layers hold augmented bases (up to twice "
+            "their rank). Call keras_lowrank.compression.truncate_ranks(model) first to "
+            "export at the truncated ranks.", stacklevel=2)
+    plans = {id(l): l.factors() for l in direct_sublayers(model)
+             if isinstance(l, DynamicLowRankBase)}
+    plans.update({id(l): _projection_plan(l) for l in direct_sublayers(model)
+                  if isinstance(l, LowRankProjection)})
+
+    def clone(layer):
+        if id(layer) not in plans:
+            return layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, LowRankProjection):
+            return _projection_as_keras(layer)
+        r = plans[id(layer)][0].shape[1]
+        act = keras.activations.serialize(layer.activation)
+        if isinstance(layer, DynamicLowRankEinsumDense):
+            parts = layer.exported_layers(r)
+        elif isinstance(layer, DynamicLowRankDense):
+            parts = [keras.layers.Dense(r, use_bias=False, name=f"{layer.name}_u"),
+                     keras.layers.Dense(layer.units, activation=act, use_bias=layer.use_bias,
+                                        name=f"{layer.name}_sv")]
+        else:
+            conv = layer.keras_class  # Conv1D or Conv2D
+            parts = [conv(r, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                          dilation_rate=layer.dilation_rate, use_bias=False, name=f"{layer.name}_u"),
+                     conv(layer.filters, 1, activation=act, use_bias=layer.use_bias, name=f"{layer.name}_sv")]
+        return keras.Sequential(parts, name=layer.name)
+
+    compact = keras.models.clone_model(model, clone_function=clone)
+    config = model.get_compile_config() if model.compiled else None
+    if config is not None:
+        # Keep the compile settings (a fresh optimizer) but not the DLRT wrapper,
+        # which only training needs and which would make the file unloadable
+        # without keras_lowrank. compile() rather than compile_from_config(),
+        # which would build the optimizer: its zero slots would triple the saved file.
+        inner = getattr(model.optimizer, "inner_optimizer", None)
+        if inner is not None:
+            config["optimizer"] = keras.optimizers.serialize(inner.__class__.from_config(inner.get_config()))
+        compact.compile(**keras.saving.deserialize_keras_object(config))
+
+    def set_parts(old, new, factors):
+        if isinstance(old, LowRankProjection):
+            if factors is not None:
+                dense = next(l for l in new.layers if isinstance(l, keras.layers.Dense))
+                dense.set_weights(list(factors))
+            return
+        u, s, v = factors
+        first, second = new.layers
+        first.kernel.assign(u.reshape(first.kernel.shape))
+        second.kernel.assign((s @ v.T).reshape(second.kernel.shape))
+        if old.use_bias:
+            second.bias.assign(ops.convert_to_numpy(old.bias))  # a copy: JAX donates buffers
+
+    _copy_weights(model, compact, plans, set_parts)
+    return compact
+
+
+def _projection_plan(layer):
+    """A LowRankProjection at inference as the weights of one Dense layer:
+    Wᵀ(a + b) − b = a W + (b W − b) ("projection" mode); None for the default
+    "input" mode, whose output is its input."""
+    if layer.output_mode == "input":
+        return None
+    w = ops.convert_to_numpy(layer.projection_matrix).astype("float64")
+    b = ops.convert_to_numpy(layer.bias).astype("float64")
+    return w.astype("float32"), (b @ w - b).astype("float32")
+
+
+def _projection_as_keras(layer):
+    """Keras' own layers computing what ``layer`` computes at inference: an
+    Identity in "input" mode (its losses act in training only), else a Dense on
+    the features (flattened and reshaped back when ``flatten`` spans several axes)."""
+    if layer.output_mode == "input":
+        return keras.layers.Identity(name=layer.name)
+    dense = keras.layers.Dense(layer.features, name=f"{layer.name}_w")
+    shape = tuple(build_input_shape(layer))[1:]
+    if not layer.flatten or len(shape) == 1:
+        return keras.Sequential([dense], name=layer.name)
+    return keras.Sequential([keras.layers.Flatten(), dense, keras.layers.Reshape(shape)], name=layer.name)
+
+
+def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=False):
+    """Writes the exact-rank model (``compressed_model``) under directory ``path``:
+    ``model.keras`` and/or ``saved_model/`` (``Model.export``, loadable with plain
+    ``tf.saved_model.load``) and/or ``model.tflite``. Returns
+    {"model": compressed model, format: file path}. The SavedModel and TFLite
+    formats need TensorFlow installed.
+
+    The files are written to a temporary folder that replaces ``path`` only when
+    all are written: an interrupted export leaves ``path`` as it was. An
+    existing non-empty ``path`` raises FileExistsError unless ``overwrite=True``,
+    which replaces the folder whole (no stale files of an earlier export stay) —
+    only a folder that an earlier export or command wrote (its manifest lists
+    everything in it): a folder holding other files, e.g. your project's, is
+    refused with their names, and a symbolic link is never followed or replaced.
+
+    Args:
+        model: a Sequential or functional model with dynamic low-rank layers.
+        path: the output folder (new or empty unless ``overwrite``).
+        formats: any of ``"keras"``, ``"saved_model"``, ``"tflite"``.
+        overwrite: replace a non-empty ``path`` that an earlier export wrote.
+
+    Returns:
+        {"model": the compressed model, format: path of the file written}.
+
+    Examples:
+
+        >>> import tempfile
+        >>> from keras_lowrank.compression import compression_summary, to_low_rank
+        >>> model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(32, activation="relu"),
+        ...                           keras.layers.Dense(32), keras.layers.Dense(3)])
+        >>> small = to_low_rank(model, rank=4)
+        >>> folder = tempfile.mkdtemp()
+        >>> written = export_compressed(small, folder + "/out", formats="keras")
+        >>> os.path.basename(written["keras"])
+        'model.keras'
+    """
+    if isinstance(formats, str):
+        formats = (formats,)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"`formats` must be a non-empty subset of {FORMATS}, got {formats!r}.")
+    check_output_folder(path, overwrite, "path")
+    compact = compressed_model(model)
+    written = {"model": compact}
+    names = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite"}
+    with staged_folder(path, overwrite, "path") as staging:
+        if "keras" in formats:
+            compact.save(os.path.join(staging, names["keras"]))
+        # TFLite converts from a SavedModel: one asked for is written in place, else in a
+        # scratch folder removed after (formats=("tflite",) writes model.tflite alone)
+        scratch = None if "saved_model" in formats else tempfile.mkdtemp(prefix="klr-saved-model-")
+        saved = os.path.join(scratch or staging, names["saved_model"])
+        try:
+            if "saved_model" in formats or "tflite" in formats:
+                compact.export(saved, format="tf_saved_model", verbose=False)
+            if "tflite" in formats:
+                import tensorflow as tf
+
+                converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+                with open(os.path.join(staging, names["tflite"]), "wb") as handle:
+                    handle.write(converter.convert())
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+    for kind in ("keras", "saved_model", "tflite"):
+        if os.path.exists(os.path.join(path, names[kind])):
+            written[kind] = os.path.join(path, names[kind])
+    return written
