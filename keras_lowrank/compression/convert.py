@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank._keras_compat import all_sublayers, direct_sublayers
+from keras_lowrank._keras_compat import all_sublayers, build_input_shape, direct_sublayers
 from keras_lowrank._low_rank_model import dlrt_of, low_rank_layers, truncate_layer
 from keras_lowrank._svd import matrix_svd
 from keras_lowrank._validation import check_int, check_number
@@ -22,6 +22,8 @@ from keras_lowrank.compression._common import (
     _unconvertible,
     _unfinished_cycle,
 )
+from keras_lowrank.compression.allocation import allocate_ranks
+from keras_lowrank.compression.calibration import second_moments, whitened_svd
 from keras_lowrank.layers.dynamic_low_rank import (
     DynamicLowRankBase,
     DynamicLowRankConv1D,
@@ -90,6 +92,10 @@ def to_low_rank(
     spectral_weight=0.0,
     skip_first=False,
     skip_last=True,
+    budget=None,
+    budget_of="params",
+    data=None,
+    calibration_examples=256,
 ):
 
     """A copy of a trained Sequential/functional model whose Dense, Conv1D, Conv2D and
@@ -120,6 +126,20 @@ def to_low_rank(
     Args:
         layers: names of the layers to convert (default: every Dense, Conv1D, Conv2D and EinsumDense,
             minus the first / last of them per ``skip_first`` / ``skip_last``).
+        rank: every converted layer's rank (an int), instead of ``tol`` or ``budget``.
+        tol: the rank rule ‖d[r:]‖ < tol·‖d‖ where neither ``rank`` nor ``budget`` is
+            given (d: the kernel's singular values, or with ``data`` its output errors),
+            and the new layers' DLRT truncation tolerance.
+        budget: a fraction in (0, 1]: the converted layers together keep at most this
+            share of their dense parameters (or multiply-adds, ``budget_of="macs"``),
+            with ranks allocated across all layers at once by the smallest relative
+            error per unit of cost (docs/methods.md, "Ranks for a budget"). Exclusive
+            with ``rank``.
+        budget_of: ``"params"`` (default) or ``"macs"``: what ``budget`` counts.
+        data: calibration inputs (arrays, an (x, y) pair, a tf.data.Dataset or a
+            PyDataset): each kernel is then factorised to keep its outputs on them
+            (activation-whitened SVD, ``compression.calibration``), not its weights.
+        calibration_examples: how many examples of ``data`` to use (default 256).
         max_rank: storage rank for DLRT training: an int, or None for
             min(2·rank, n_in, n_out) (room for one augmentation).
         min_rank: passed to the new layers.
@@ -206,7 +226,14 @@ def to_low_rank(
     max_rank = check_int(max_rank, "max_rank", allow_none=True)
     tol = check_number(tol, "tol", minimum=0.0, maximum=1.0, strict=True)
     spectral_weight = check_number(spectral_weight, "spectral_weight", minimum=0.0)
-    plans, kept_dense = {}, []
+    budget = check_number(budget, "budget", minimum=0.0, maximum=1.0, allow_none=True)
+    if budget == 0.0:
+        raise ValueError("`budget` must be in (0, 1] (a share of the converted layers' size), got 0.")
+    if budget is not None and rank is not None:
+        raise ValueError("Give `rank` or `budget`, not both: a budget chooses each layer's rank.")
+    if budget_of not in ("params", "macs"):
+        raise ValueError(f'`budget_of` must be "params" or "macs", got {budget_of!r}.')
+    calibration_examples = check_int(calibration_examples, "calibration_examples")
     for layer in chosen:
         reason = _unconvertible(layer)
         if reason:
@@ -214,15 +241,34 @@ def to_low_rank(
                 f"Layer {layer.name!r} has {reason}; only groups=1, channels_last, non-causal "
                 "convolutions and EinsumDense layers whose kernel is one matrix convert."
             )
+    moments = second_moments(model, chosen, data, calibration_examples) if data is not None else {}
+    factors = {}  # id(layer): (factor(r) -> (u, s, v), spectrum, n_in, n_out)
+    for layer in chosen:
         kernel = _kernel_matrix(layer)
         if not np.all(np.isfinite(kernel)):
             raise ValueError(f"Layer {layer.name!r} has NaN or ±inf in its kernel: it has no SVD. Check "
                              "the training that produced it (a diverged loss?) before converting.")
-        u, d, v = matrix_svd(kernel, rank=None if rank is None else max(rank, min_rank))
-        full = min(np.shape(kernel))
-        r = min(rank if rank is not None else _rank_for(d, tol), full)
-        r = max(r, min_rank)
-        n_in, n_out = u.shape[0], v.shape[0]
+        if id(layer) in moments:
+            factor, d = whitened_svd(kernel, moments[id(layer)])
+        else:
+            partial = None if rank is None or budget is not None else max(rank, min_rank)
+            u, d, v = matrix_svd(kernel, rank=partial)
+            factor = (lambda r, u=u, d=d, v=v: (u[:, :r], d[:r], v[:, :r]))
+        factors[id(layer)] = (factor, d, *kernel.shape)
+    if budget is not None:
+        chosen_ranks = _budget_ranks(chosen, factors, budget, budget_of, min_rank)
+    plans, kept_dense = {}, []
+    for layer in chosen:
+        factor, d, n_in, n_out = factors[id(layer)]
+        full = min(n_in, n_out)
+        if budget is not None:
+            r = chosen_ranks[id(layer)]
+            if r is None:  # no rank below break-even for this layer
+                kept_dense.append(f"{layer.name} (no rank of {n_in}×{n_out} pays)")
+                continue
+        else:
+            r = min(rank if rank is not None else _rank_for(d, tol), full)
+            r = max(r, min_rank)
         if r * (n_in + n_out) >= n_in * n_out:
             kept_dense.append(f"{layer.name} (rank {r} ≥ break-even "
                               f"{n_in * n_out / (n_in + n_out):.1f} of {n_in}×{n_out})")
@@ -230,7 +276,8 @@ def to_low_rank(
         r_max = max_rank if max_rank is not None else min(2 * r, full)
         if r_max < r:
             raise ValueError(f"`max_rank` ({r_max}) is below the rank chosen for {layer.name!r} ({r}).")
-        plans[id(layer)] = (u[:, :r], d[:r], v[:, :r], r, r_max)
+        u, s_r, v = factor(r)
+        plans[id(layer)] = (u, s_r, v, r, r_max)
     constrained = [l.name for l in chosen if id(l) in plans and l.kernel_constraint is not None]
     if constrained:
         warnings.warn(
@@ -287,6 +334,36 @@ def to_low_rank(
     converted = keras.models.clone_model(model, clone_function=clone)
     _copy_weights(model, converted, plans, _set_low_rank)
     return converted
+
+
+def _budget_ranks(chosen, factors, budget, budget_of, min_rank):
+    """{id(layer): rank, or None where no rank is below break-even} within ``budget``
+    (a fraction of the chosen layers' dense parameters or multiply-adds)."""
+    usable, costs, limits, spectra = [], [], [], []
+    total = 0.0
+    for layer in chosen:
+        _, d, n_in, n_out = factors[id(layer)]
+        per_position = _positions_per_example(layer, n_out) if budget_of == "macs" else 1
+        total += per_position * n_in * n_out
+        limit = min(len(d), (n_in * n_out - 1) // (n_in + n_out))  # strictly below break-even
+        if limit < min_rank:
+            continue
+        usable.append(layer)
+        costs.append(per_position * (n_in + n_out))
+        limits.append(limit)
+        spectra.append(d)
+    ranks = allocate_ranks(spectra, costs, limits, budget * total, min_rank) if usable else []
+    found = {id(layer): None for layer in chosen}
+    found.update({id(layer): r for layer, r in zip(usable, ranks)})
+    return found
+
+
+def _positions_per_example(layer, n_out):
+    """Output positions per example at which the kernel matrix multiplies (1 for a
+    Dense on vectors, h'·w' for a convolution): its output size over n_out."""
+    shape = build_input_shape(layer)
+    out = layer.compute_output_shape(tuple(shape))
+    return max(1, int(np.prod([d for d in out[1:] if d is not None])) // n_out)
 
 
 def _other_kernel_layers(model, kinds):
