@@ -134,9 +134,13 @@ def build_parser():
         "exit status 1 if one differs). Writes report.md, report.json, compression.png, export/.")
     _common(compress)
     rank = compress.add_mutually_exclusive_group()
-    rank.add_argument("--tol", type=_finite(0.0, strict=True), default=0.1,
-                      help="relative truncation tolerance: the rank keeps ‖σ[r:]‖ < tol·‖σ‖ (default 0.1)")
-    rank.add_argument("--rank", type=_positive_int, default=None, help="start every layer at this rank instead")
+    rank.add_argument("--budget", type=_finite(0.0, strict=True), default=None,
+                      help="the converted layers keep at most this share of their kernels' parameters, ranks "
+                           "allocated across layers by their output errors on the training data (default 0.25 "
+                           "when neither --tol nor --rank is given)")
+    rank.add_argument("--tol", type=_finite(0.0, strict=True), default=None,
+                      help="instead: each rank keeps ‖σ[r:]‖ < tol·‖σ‖ of its output errors")
+    rank.add_argument("--rank", type=_positive_int, default=None, help="instead: every layer at this rank")
     compress.add_argument("--finetune-epochs", type=_count, default=5, help="DLRT epochs (default 5; 0: none)")
     compress.add_argument("--spectral-weight", type=_finite(0.0), default=0.0,
                           help="β of the spectral regularizer on S (default 0)")
@@ -228,6 +232,10 @@ def _check(parser, args, argv, from_shell):
             except JobError as error:
                 parser.error(str(error))
     if args.command == "compress":
+        if args.budget is not None and args.budget > 1:
+            parser.error(f"--budget: a share of the layers' parameters in (0, 1], got {args.budget:g}.")
+        if args.tol is not None and args.tol >= 1:
+            parser.error(f"--tol: must be below 1, got {args.tol:g}.")
         from keras_lowrank._jobs.common import JobError
         from keras_lowrank._jobs.compress import check_formats
 

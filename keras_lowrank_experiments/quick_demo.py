@@ -86,12 +86,12 @@ def _run(out, final, seed, meta, echo):
 
     echo("compress: baseline → low-rank, DLRT fine-tuning, export, re-load check")
     formats = compress.default_formats()
-    argv = ["compress", shown["baseline"], "--data", "digits", "--rank", "8", "--finetune-epochs", "2",
+    argv = ["compress", shown["baseline"], "--data", "digits", "--finetune-epochs", "2",
             "--formats", *formats,
             "--output", f"{final}/compress", "--seed", str(seed)]
     compressed = _job(compress, meta, argv, model=models["baseline"], output=os.path.join(out, "compress"),
-                      seed=seed, tol=0.1, rank=8, finetune_epochs=2, spectral_weight=0.0, learning_rate=1e-3,
-                      batch_size=32, formats=formats, check_examples=256)
+                      seed=seed, budget=None, tol=None, rank=None, finetune_epochs=2, spectral_weight=0.0,
+                      learning_rate=1e-3, batch_size=32, formats=formats, check_examples=256)
     record["compress"] = {k: compressed[k] for k in ("accuracy", "parameters", "file_sizes", "reload_checks")}
 
     attacks = [f"fgsm:{EPS}", f"pgd:{EPS}", f"autoattack-fast:{EPS}"]

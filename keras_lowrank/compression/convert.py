@@ -141,7 +141,8 @@ def to_low_rank(
             (activation-whitened SVD, ``compression.calibration``), not its weights.
         calibration_examples: how many examples of ``data`` to use (default 256).
         max_rank: storage rank for DLRT training: an int, or None for
-            min(2·rank, n_in, n_out) (room for one augmentation).
+            min(2·rank, n_in, n_out) (room for one augmentation) — with ``budget``, None
+            keeps each layer at its allocated rank, so the budget holds after DLRT.
         min_rank: passed to the new layers.
         spectral_weight: passed to the new layers.
         tol: passed to the new layers.
@@ -273,7 +274,9 @@ def to_low_rank(
             kept_dense.append(f"{layer.name} (rank {r} ≥ break-even "
                               f"{n_in * n_out / (n_in + n_out):.1f} of {n_in}×{n_out})")
             continue
-        r_max = max_rank if max_rank is not None else min(2 * r, full)
+        # with a budget, no room above the allocated rank unless `max_rank` says: the
+        # budget then holds after DLRT fine-tuning too (its truncation only lowers ranks)
+        r_max = max_rank if max_rank is not None else r if budget is not None else min(2 * r, full)
         if r_max < r:
             raise ValueError(f"`max_rank` ({r_max}) is below the rank chosen for {layer.name!r} ({r}).")
         u, s_r, v = factor(r)

@@ -80,7 +80,11 @@ def compressed_model(model):
                      conv(layer.filters, 1, activation=act, use_bias=layer.use_bias, name=f"{layer.name}_sv")]
         return keras.Sequential(parts, name=layer.name)
 
-    compact = keras.models.clone_model(model, clone_function=clone)
+    with warnings.catch_warnings():
+        # Keras' clone of a compiled Sequential rebuilds its DLRT optimizer for a model
+        # that no longer holds low-rank layers; the warning for that case is not for here
+        warnings.filterwarnings("ignore", message="DLRT was given a model without")
+        compact = keras.models.clone_model(model, clone_function=clone)
     config = model.get_compile_config() if model.compiled else None
     if config is not None:
         # Keep the compile settings (a fresh optimizer) but not the DLRT wrapper,
