@@ -11,8 +11,8 @@ import numpy as np
 
 from keras_lowrank._optional import require
 from keras_lowrank._validation import check_clip, check_number, check_seed
-from keras_lowrank.analysis._batches import check_not_load_pair
 from keras_lowrank.robustness._gradients import blocked_gradient
+from keras_lowrank.robustness._report_inputs import as_pair, check_data, check_input_shape, first_inputs, is_pair
 from keras_lowrank.robustness._sweep import Identity, Sweep, sweep_group
 from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, resolve_from_logits
 from keras_lowrank.robustness.autoattack import APGD, FAB, AutoAttack, Square
@@ -151,7 +151,7 @@ def _describe(perturbation):
 
 def _arrays(data):
     """(x, integer labels) as numpy arrays, from a pair or an iterable of batches."""
-    if _is_pair(data):
+    if is_pair(data):
         x, y = (np.asarray(keras.ops.convert_to_numpy(a)) for a in data)
     else:
         batches = data.as_numpy_iterator() if hasattr(data, "as_numpy_iterator") else iter(data)
@@ -207,7 +207,7 @@ class _Evaluator:
 
     def accuracy(self, perturbation, data):
         wrapper = self._ready_wrapper(perturbation, _one_hot(data))
-        inputs = self._pair_inputs(data) if _is_pair(data) else {"x": data}
+        inputs = self._pair_inputs(data) if is_pair(data) else {"x": data}
         result = wrapper.evaluate(**inputs, verbose=self.verbose, return_dict=True)
         return float(result["accuracy"])
 
@@ -315,14 +315,8 @@ def _padded_pair(data):
     return x, y, weights, batch
 
 
-def _is_pair(data):
-    """An (x, y) pair of arrays (numpy or tensors)."""
-    return (isinstance(data, (tuple, list)) and len(data) == 2
-            and all(hasattr(a, "shape") and hasattr(a, "dtype") for a in data))
-
-
 def _label_shape(data):
-    if _is_pair(data):
+    if is_pair(data):
         return tuple(data[1].shape)
     spec = getattr(data, "element_spec", None)  # tf.data
     if isinstance(spec, (tuple, list)) and len(spec) >= 2 and hasattr(spec[1], "shape"):
@@ -334,83 +328,6 @@ def _one_hot(data):
     """Whether ``data``'s labels are one-hot rows (batch, classes > 1)."""
     shape = _label_shape(data)
     return shape is not None and len(shape) == 2 and (shape[1] or 0) > 1
-
-
-def _check_data(data, argument="data"):
-    """A clear error for data ``evaluate`` cannot score: the ``data.load`` pair,
-    a tuple of arrays other than (x, y), an (x, y) pair of unequal lengths, or no
-    examples at all."""
-    check_not_load_pair(data, argument)
-    if (isinstance(data, (tuple, list)) and len(data) != 2 and data
-            and all(hasattr(a, "shape") and hasattr(a, "dtype") for a in data)):
-        raise ValueError(
-            f"`{argument}` is a {type(data).__name__} of {len(data)} arrays; pass an (x, y) pair "
-            "(the report scores every example alike: no sample weights) or a tf.data.Dataset "
-            "of (x, y) batches.")
-    if _is_pair(data) and len(data[0]) != len(data[1]):
-        raise ValueError(f"`{argument}`: x has {len(data[0])} examples but y has {len(data[1])}.")
-    count = _count(data)
-    if count == 0:
-        raise ValueError(f"`{argument}` holds no examples.")
-    return count
-
-
-def _as_pair(model, data, argument="data"):
-    """An (x, y) given as Python lists becomes arrays; its labels are checked on the
-    host (the compiled step would fail obscurely on strings, None or one-hot rows of
-    the wrong width). Anything else is returned as it is."""
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        return data
-    x, y = data
-    if y is None:
-        raise ValueError(f"`{argument}` is (x, None): the report scores predictions against labels; "
-                         "pass (x, y) with y the true classes.")
-    x = np.asarray(x, "float32") if isinstance(x, (list, tuple)) else x
-    y = np.asarray(y) if isinstance(y, (list, tuple)) else y
-    if not (hasattr(x, "shape") and hasattr(y, "dtype")):
-        return data  # e.g. the (dataset, info) pair data.load returns: refused by _check_data
-    kind = np.dtype(getattr(y.dtype, "as_numpy_dtype", y.dtype)).kind
-    if kind not in "biuf":
-        raise ValueError(
-            f"`{argument}`: y must hold integer class labels or one-hot rows, got dtype {y.dtype} (class "
-            "names? map them to indices 0..classes−1, e.g. np.unique(y, return_inverse=True)[1]).")
-    if len(y.shape) == 2:
-        _check_input_shape(model, (x, y), argument)  # before asking the model for its output shape
-        classes = model.compute_output_shape((None,) + tuple(x.shape[1:]))[-1]
-        if isinstance(classes, int) and y.shape[1] != classes:
-            raise ValueError(f"`{argument}`: one-hot labels of width {y.shape[1]}, but the model has "
-                             f"{classes} classes.")
-    return (x, y)
-
-
-def _check_input_shape(model, data, argument="data"):
-    """Examples of another shape than the model's input are refused before any
-    tracing: a failed trace on JAX left the model unable to ``predict`` after."""
-    try:
-        declared = tuple(model.inputs[0].shape[1:])
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return  # a model that declares no input
-    first = _first_inputs(data)
-    if first is None or len(model.inputs) != 1:
-        return
-    got = tuple(first.shape[1:])
-    if len(got) != len(declared) or any(d is not None and d != g for d, g in zip(declared, got)):
-        raise ValueError(f"`{argument}`: examples of shape {got}, but the model takes {declared}.")
-
-
-def _first_inputs(data):
-    """The inputs of the first batch, for checks before any work: from an (x, y)
-    pair, a tf.data.Dataset or a PyDataset (not from a generator, which reading
-    would consume); None where they cannot be read without side effects."""
-    inputs = None
-    if _is_pair(data):
-        inputs = data[0][:64]
-    elif isinstance(data, keras.utils.PyDataset):
-        inputs = data[0][0]
-    elif type(data).__module__.startswith("tensorflow") and hasattr(data, "take"):
-        for batch in data.take(1):
-            inputs = batch[0]
-    return np.asarray(inputs, "float32") if hasattr(inputs, "shape") else None
 
 
 def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=(),
@@ -469,16 +386,16 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     noise_sigmas = [check_number(s, "noise_sigmas", minimum=0.0) for s in noise_sigmas]
     clip = check_clip(clip)
     seed = check_seed(seed)
-    data = _as_pair(model, data)
-    num_examples = _check_data(data)
-    _check_input_shape(model, data)
-    first = _first_inputs(data)
+    data = as_pair(model, data)
+    num_examples = check_data(data)
+    check_input_shape(model, data)
+    first = first_inputs(data)
     if first is not None:
         class_count(model, (None,) + first.shape[1:])  # one output of class scores, before any trace
-    datasets = {label: _as_pair(model, dataset, f"datasets[{label!r}]") for label, dataset in (datasets or {}).items()}
+    datasets = {label: as_pair(model, dataset, f"datasets[{label!r}]") for label, dataset in (datasets or {}).items()}
     for label, dataset in datasets.items():
-        _check_data(dataset, f"datasets[{label!r}]")
-        _check_input_shape(model, dataset, f"datasets[{label!r}]")
+        check_data(dataset, f"datasets[{label!r}]")
+        check_input_shape(model, dataset, f"datasets[{label!r}]")
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}.")
     reason = blocked_gradient(model)
@@ -490,7 +407,7 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     given = [(a.from_logits, f"{type(a).__name__}(from_logits)") for a in attacks
              if getattr(a, "from_logits", None) is not None]
     given += [(from_logits, "from_logits")] if from_logits is not None else []
-    first = _first_inputs(data) if given else None  # each flag given, against the model's outputs
+    first = first_inputs(data) if given else None  # each flag given, against the model's outputs
     for flag, argument in given:
         resolve_from_logits(model, flag, first, argument)
     from_logits = resolve_from_logits(model, from_logits)
@@ -550,22 +467,6 @@ def _as_list(perturbations):
     """``attacks`` / ``corruptions`` as a list: one perturbation object given alone
     is a list of one."""
     return [perturbations] if hasattr(perturbations, "perturb_in_graph") else list(perturbations)
-
-
-def _count(data):
-    if _is_pair(data):
-        return len(data[0])
-    if isinstance(data, keras.utils.PyDataset) and data.num_batches is None:
-        raise ValueError("`data` is a PyDataset without a number of batches (endless): the report "
-                         "would never end. Give it a __len__ (num_batches), or pass arrays.")
-    if hasattr(data, "as_numpy_iterator"):
-        import tensorflow as tf
-
-        if int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
-            raise ValueError("`data` is an endless dataset (it repeats): the report would never end. "
-                             "Pass a finite one, e.g. data.take(number_of_batches).")
-        return sum(len(batch[1]) for batch in data.as_numpy_iterator())
-    return None
 
 
 BLACK_BOX_MARGIN = 0.02
