@@ -7,8 +7,13 @@ fence: ``<!-- docs-test: skip: needs a GPU -->``; a block for one backend says w
 """
 
 import dataclasses
+import json
+import os
 import pathlib
 import re
+import subprocess
+import sys
+import textwrap
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 _FENCE = re.compile(r"^```(\w*)\s*$")
@@ -71,3 +76,42 @@ def blocks(page):
                 found.append(Block(page, start + 1, "command", command, reason, only))
         i = end + 1
     return found
+
+
+_DRIVER = textwrap.dedent('''
+    import json, subprocess, sys, traceback
+    blocks = json.load(open(sys.argv[1]))
+    namespace = {"__name__": "__main__"}
+    for block in blocks:
+        where = f"{block['page']}:{block['line']}"
+        print(f"--- {where} ({block['kind']})", flush=True)
+        if block["kind"] == "python":
+            try:
+                exec(compile(block["source"], where, "exec"), namespace)
+            except BaseException:
+                traceback.print_exc()
+                print(f"FAILED BLOCK {where}", flush=True)
+                sys.exit(1)
+        else:
+            done = subprocess.run(block["source"], shell=True)
+            if done.returncode != 0:
+                print(f"FAILED COMMAND {where}: exit {done.returncode}: {block['source']}", flush=True)
+                sys.exit(1)
+''')
+
+
+def run_page(page, backend, folder):
+    """Runs ``page``'s blocks for ``backend`` in a fresh Python in ``folder``, as a
+    reader pasting them in order would; an AssertionError with the output otherwise."""
+    runnable = [block for block in blocks(page) if block.runs_on(backend)]
+    script = folder / "_blocks.json"
+    script.write_text(json.dumps([vars(block) for block in runnable]))
+    driver = folder / "_driver.py"
+    driver.write_text(_DRIVER)
+    env = dict(os.environ, KERAS_BACKEND=backend, MPLBACKEND="Agg",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(driver), str(script)], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    output = done.stdout[-6000:] + done.stderr[-6000:]
+    assert done.returncode == 0, f"{page} does not run as written:\n{output}"

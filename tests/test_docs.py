@@ -7,36 +7,11 @@ A block that cannot run here says why in the Markdown
 finds them.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import docs_blocks
 import keras
 import pytest
-
-_DRIVER = textwrap.dedent('''
-    import json, subprocess, sys, traceback
-    blocks = json.load(open(sys.argv[1]))
-    namespace = {"__name__": "__main__"}
-    for block in blocks:
-        where = f"{block['page']}:{block['line']}"
-        print(f"--- {where} ({block['kind']})", flush=True)
-        if block["kind"] == "python":
-            try:
-                exec(compile(block["source"], where, "exec"), namespace)
-            except BaseException:
-                traceback.print_exc()
-                print(f"FAILED BLOCK {where}", flush=True)
-                sys.exit(1)
-        else:
-            done = subprocess.run(block["source"], shell=True)
-            if done.returncode != 0:
-                print(f"FAILED COMMAND {where}: exit {done.returncode}: {block['source']}", flush=True)
-                sys.exit(1)
-''')
 
 _BACKEND = keras.backend.backend()
 _PAGES = [p for p in docs_blocks.pages() if any(b.runs_on(_BACKEND) for b in docs_blocks.blocks(p))]
@@ -85,17 +60,22 @@ def test_blocks_are_found_as_written(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", _PAGES)
+@pytest.mark.parametrize("page", [p for p in _PAGES if p != "README.md"])  # README: test_docs_readme.py
 def test_page_runs_as_written(page, tmp_path):
-    runnable = [b for b in docs_blocks.blocks(page) if b.runs_on(_BACKEND)]
-    script = tmp_path / "_blocks.json"
-    script.write_text(json.dumps([vars(b) for b in runnable]))
-    driver = tmp_path / "_driver.py"
-    driver.write_text(_DRIVER)
-    env = dict(os.environ, KERAS_BACKEND=_BACKEND, MPLBACKEND="Agg",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-               PYTHONPATH=str(docs_blocks.ROOT))
-    done = subprocess.run([sys.executable, str(driver), str(script)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=1800)
-    output = done.stdout[-6000:] + done.stderr[-6000:]
-    assert done.returncode == 0, f"{page} does not run as written:\n{output}"
+    docs_blocks.run_page(page, _BACKEND, tmp_path)
+
+
+def test_a_failing_block_or_command_fails_the_page(tmp_path):
+    """The harness can fail: a block that raises, and a command that exits non-zero."""
+    original = docs_blocks.ROOT
+    docs_blocks.ROOT = tmp_path
+    try:
+        for body in ("```python\nraise ValueError('broken example')\n```\n",
+                     "```python\nx = 1\n```\n```bash\n"
+                     "keras-lowrank evaluate missing.keras --data digits --output o\n```\n"):
+            (tmp_path / "page.md").write_text(body)
+            (tmp_path / "run").mkdir(exist_ok=True)
+            with pytest.raises(AssertionError, match="does not run as written"):
+                docs_blocks.run_page("page.md", _BACKEND, tmp_path / "run")
+    finally:
+        docs_blocks.ROOT = original
