@@ -151,6 +151,9 @@ def build_parser():
                           default=None,
                           help="exported formats (default keras saved_model, or keras without TensorFlow; "
                                "saved_model and tflite need TensorFlow)")
+    compress.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                          help="store the exported Dense factors as integers (Keras' own quantisation; "
+                               "convolutions stay float32)")
     compress.add_argument("--check-examples", type=_positive_int, default=256,
                           help="test examples the re-loaded files are checked on (default 256)")
 

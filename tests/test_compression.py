@@ -646,3 +646,30 @@ def test_lr_layer_exports_to_keras_layers_that_load_without_keras_lowrank(rng, t
     assert result.returncode == 0, result.stderr[-2000:]
     scale = max(1.0, float(np.abs(_np(low(x))).max()))
     assert float(result.stdout.strip().splitlines()[-1]) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantised_export_loads_with_plain_keras_smaller_and_close(rng, tmp_path, mode):
+    """Keras' own quantisation of the exported factors: a smaller file that loads
+    without keras_lowrank, outputs within the quantisation error of the float model."""
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256, activation="relu"),
+                              keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
+    low = compression.to_low_rank(model, rank=16)
+    x = rng.uniform(size=(32, 64)).astype("float32")
+    plain = compression.export_compressed(low, str(tmp_path / "float"), formats="keras")
+    quantised = compression.export_compressed(low, str(tmp_path / mode), formats="keras", quantize=mode)
+    assert os.path.getsize(quantised["keras"]) < 0.6 * os.path.getsize(plain["keras"])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", _np(low(x)))
+    script = _LOAD_WITHOUT_PACKAGE.format(
+        module="keras", load="out = np.asarray(keras.models.load_model(sys.argv[1])(x))")
+    result = subprocess.run(
+        [sys.executable, "-c", script, quantised["keras"], str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    scale = float(np.abs(_np(low(x))).max())
+    error = float(result.stdout.strip().splitlines()[-1])
+    assert 0 < error < {"int8": 0.05, "int4": 0.3}[mode] * scale  # quantised, yet close
+    with pytest.raises(ValueError, match="`quantize`"):
+        compression.export_compressed(low, str(tmp_path / "bad"), formats="keras", quantize="int2")

@@ -170,13 +170,16 @@ def run(args, meta):
 
     with common.staged(args) as folder:
         export = os.path.join(folder, "export")
-        written = compression.export_compressed(low, export, formats=args.formats)
+        quantize = getattr(args, "quantize", None)
+        written = compression.export_compressed(low, export, formats=args.formats, quantize=quantize)
         compact = written["model"]
+        quantised = common.accuracy(compact, x_test, y_test) if quantize else None
         sizes_after = {f: common.size_on_disk(written[f]) for f in args.formats}
         sizes_before = _original_sizes(model, args.model, args.formats)
         check_x = x_test[: args.check_examples]
         with float32_matmuls():  # no TF32 on a GPU, on either side of the comparison
-            expected = np.asarray(low.predict(check_x, verbose=0), dtype="float32")
+            # a quantised export reproduces the quantised model, not the float one
+            expected = np.asarray((compact if quantize else low).predict(check_x, verbose=0), dtype="float32")
         outputs, status = reload_elsewhere(export, check_x)
         tolerance = 1e-5 * max(1.0, float(np.abs(expected).max()))
         checks = []
@@ -193,6 +196,8 @@ def run(args, meta):
             ["conversion", "", f"{how}; each kernel factorised for its outputs on {len(calibration)} "
                                "training examples"],
             ["DLRT fine-tuning", "", finetuning],
+        ] + ([["test accuracy after quantisation", "", f"{quantised:.4f} ({quantize}, Keras' own)"]]
+             if quantize else []) + [
             ["parameters", f"{model.count_params():,}", f"{compact.count_params():,}"],
         ] + [[f"file size ({kind})", common.human_size(sizes_before[kind]),
               common.human_size(sizes_after[kind])] for kind in args.formats]
@@ -212,11 +217,12 @@ def run(args, meta):
                                      check_rows)),
         ]
         record = {"data": arrays["description"], "converted_layers": converted,
-                  "accuracy": {"before": before, "after_svd": after_svd, "after": after},
+                  "accuracy": {"before": before, "after_svd": after_svd, "after": after,
+                               "after_quantisation": quantised},
                   "parameters": {"before": model.count_params(), "after": compact.count_params()},
                   "file_sizes": {"before": sizes_before, "after": sizes_after},
                   "summary": summary.to_dict(), "reload_checks": checks,
-                  "fine_tuning": finetuning,
+                  "fine_tuning": finetuning, "quantize": quantize,
                   "settings": {"budget": args.budget, "tol": args.tol, "rank": args.rank,
                                "calibration_examples": len(calibration), "spectral_weight": args.spectral_weight,
                                "finetune_epochs": args.finetune_epochs, "formats": list(args.formats)}}

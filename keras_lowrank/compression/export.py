@@ -12,7 +12,7 @@ import keras
 from keras import ops
 
 from keras_lowrank._files import check_output_folder, staged_folder
-from keras_lowrank._keras_compat import build_input_shape, direct_sublayers
+from keras_lowrank._keras_compat import all_sublayers, build_input_shape, direct_sublayers
 from keras_lowrank.compression._common import _check_clonable, _copy_weights, _unfinished_cycle
 from keras_lowrank.layers.dynamic_low_rank import (
     DynamicLowRankBase,
@@ -137,7 +137,7 @@ def _projection_as_keras(layer):
     return keras.Sequential([keras.layers.Flatten(), dense, keras.layers.Reshape(shape)], name=layer.name)
 
 
-def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=False):
+def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=False, quantize=None):
     """Writes the exact-rank model (``compressed_model``) under directory ``path``:
     ``model.keras`` and/or ``saved_model/`` (``Model.export``, loadable with plain
     ``tf.saved_model.load``) and/or ``model.tflite``. Returns
@@ -157,6 +157,11 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
         path: the output folder (new or empty unless ``overwrite``).
         formats: any of ``"keras"``, ``"saved_model"``, ``"tflite"``.
         overwrite: replace a non-empty ``path`` that an earlier export wrote.
+        quantize: None, ``"int8"`` or ``"int4"``: the exported factor layers (and every
+            other Dense / EinsumDense) quantised by Keras' own ``Model.quantize`` — weights
+            stored as integers with per-channel scales, files that load with plain Keras.
+            Keras quantises Dense and EinsumDense only: convolutions stay float32, named
+            in a warning.
 
     Returns:
         {"model": the compressed model, format: path of the file written}.
@@ -179,7 +184,11 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
     if unknown or not formats:
         raise ValueError(f"`formats` must be a non-empty subset of {FORMATS}, got {formats!r}.")
     check_output_folder(path, overwrite, "path")
+    if quantize not in (None, "int8", "int4"):
+        raise ValueError(f'`quantize` must be None, "int8" or "int4", got {quantize!r}.')
     compact = compressed_model(model)
+    if quantize is not None:
+        _quantize(compact, quantize)
     written = {"model": compact}
     names = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite"}
     with staged_folder(path, overwrite, "path") as staging:
@@ -205,3 +214,16 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
         if os.path.exists(os.path.join(path, names[kind])):
             written[kind] = os.path.join(path, names[kind])
     return written
+
+
+def _quantize(model, mode):
+    """Keras' own weight quantisation of ``model`` in place; the layers with kernels it
+    leaves in float32 (convolutions: Keras quantises Dense and EinsumDense) named once."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
+        model.quantize(mode)
+    skipped = [layer.name for layer in all_sublayers(model) if hasattr(layer, "kernel")
+               and not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))]
+    if skipped:
+        warnings.warn(f"export_compressed(quantize={mode!r}): Keras quantises Dense and EinsumDense layers "
+                      f"only; these stay float32: {', '.join(skipped)}.", stacklevel=3)
