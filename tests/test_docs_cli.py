@@ -1,10 +1,9 @@
 """docs/guides/data_and_cli.md runs as written: its block that makes a model and data,
 then every ``keras-lowrank`` command (its own file: see tests/test_docs.py)."""
 
+import docs_blocks
 import keras
 import pytest
-
-import docs_blocks
 
 
 @pytest.mark.slow
