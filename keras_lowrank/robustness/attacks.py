@@ -148,6 +148,8 @@ def resolve_from_logits(model, from_logits, x=None, argument="from_logits"):
             f"Leave `{argument}=None` (the attack then works on the softmax's input, its logits).")
     if x is not None:
         outputs = np.asarray(ops.convert_to_numpy(forward_without_side_effects(model, x[:64])))
+        if not np.all(np.isfinite(outputs)):
+            return from_logits  # NaN inputs: the input checks that follow name them
         probabilities = _are_probabilities(outputs)
         if from_logits and probabilities:
             raise ValueError(
