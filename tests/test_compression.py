@@ -618,6 +618,21 @@ def test_converting_a_low_rank_model_again_says_its_layers_stay():
                                rtol=1e-5, atol=1e-5)
 
 
+def _keras_file_error_without_package(path, x, expected, folder):
+    """Largest |output − expected| of the .keras file at ``path`` on ``x``, loaded by a
+    fresh Python in which importing keras_lowrank fails (as on a serving machine)."""
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", expected)
+    script = _LOAD_WITHOUT_PACKAGE.format(
+        module="keras", load="out = np.asarray(keras.models.load_model(sys.argv[1])(x))")
+    result = subprocess.run(
+        [sys.executable, "-c", script, path, str(folder / "x.npy"), str(folder / "y.npy")],
+        capture_output=True, text=True, cwd=str(folder), timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("mode,flatten", [("input", True), ("projection", True), ("projection", False)])
 def test_lr_layer_exports_to_keras_layers_that_load_without_keras_lowrank(rng, tmp_path, mode, flatten):
     """A LowRankProjection becomes Keras' own layers in the export (an Identity, or a
@@ -635,17 +650,8 @@ def test_lr_layer_exports_to_keras_layers_that_load_without_keras_lowrank(rng, t
     x = rng.uniform(size=(5, 6, 6, 2)).astype("float32")
     written = compression.export_compressed(low, str(tmp_path / "out"), formats="keras")
     assert written["model"].count_params() == compression.compression_summary(low).total["model_exported_params"]
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", _np(low(x)))
-    script = _LOAD_WITHOUT_PACKAGE.format(
-        module="keras", load="out = np.asarray(keras.models.load_model(sys.argv[1])(x))")
-    result = subprocess.run(
-        [sys.executable, "-c", script, written["keras"], str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-        capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 0, result.stderr[-2000:]
     scale = max(1.0, float(np.abs(_np(low(x))).max()))
-    assert float(result.stdout.strip().splitlines()[-1]) <= 1e-5 * scale
+    assert _keras_file_error_without_package(written["keras"], x, _np(low(x)), tmp_path) <= 1e-5 * scale
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
@@ -659,17 +665,8 @@ def test_quantised_export_loads_with_plain_keras_smaller_and_close(rng, tmp_path
     plain = compression.export_compressed(low, str(tmp_path / "float"), formats="keras")
     quantised = compression.export_compressed(low, str(tmp_path / mode), formats="keras", quantize=mode)
     assert os.path.getsize(quantised["keras"]) < 0.6 * os.path.getsize(plain["keras"])
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", _np(low(x)))
-    script = _LOAD_WITHOUT_PACKAGE.format(
-        module="keras", load="out = np.asarray(keras.models.load_model(sys.argv[1])(x))")
-    result = subprocess.run(
-        [sys.executable, "-c", script, quantised["keras"], str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-        capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 0, result.stderr[-2000:]
     scale = float(np.abs(_np(low(x))).max())
-    error = float(result.stdout.strip().splitlines()[-1])
+    error = _keras_file_error_without_package(quantised["keras"], x, _np(low(x)), tmp_path)
     assert 0 < error < {"int8": 0.05, "int4": 0.3}[mode] * scale  # quantised, yet close
     with pytest.raises(ValueError, match="`quantize`"):
         compression.export_compressed(low, str(tmp_path / "bad"), formats="keras", quantize="int2")
