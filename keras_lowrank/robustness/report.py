@@ -386,29 +386,28 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
     noise_sigmas = [check_number(s, "noise_sigmas", minimum=0.0) for s in noise_sigmas]
     clip = check_clip(clip)
     seed = check_seed(seed)
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}.")
+    if isinstance(model, PerturbedModel):  # its gradient is stopped: every attack would read clean
+        raise ValueError(f"evaluate_robustness cannot evaluate this model: {blocked_gradient(model)}.")
+    for attack in attacks:
+        if hasattr(attack, "check_gradients"):
+            attack.check_gradients(model)  # a white-box attack on a model without gradients
     data = as_pair(model, data)
     num_examples = check_data(data)
     check_input_shape(model, data)
-    first = first_inputs(data)
+    first = first_inputs(data)  # for the checks before any trace: outputs, from_logits
     if first is not None:
-        class_count(model, (None,) + first.shape[1:])  # one output of class scores, before any trace
+        class_count(model, (None,) + first.shape[1:])  # one output of class scores
     datasets = {label: as_pair(model, dataset, f"datasets[{label!r}]") for label, dataset in (datasets or {}).items()}
     for label, dataset in datasets.items():
         check_data(dataset, f"datasets[{label!r}]")
         check_input_shape(model, dataset, f"datasets[{label!r}]")
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}.")
     reason = blocked_gradient(model)
-    if reason and type(model).__name__ == "PerturbedModel":
-        raise ValueError(f"evaluate_robustness cannot evaluate this model: {reason}.")
-    for attack in attacks:
-        if hasattr(attack, "check_gradients"):
-            attack.check_gradients(model)  # a white-box attack on a model without gradients
     given = [(a.from_logits, f"{type(a).__name__}(from_logits)") for a in attacks
              if getattr(a, "from_logits", None) is not None]
     given += [(from_logits, "from_logits")] if from_logits is not None else []
-    first = first_inputs(data) if given else None  # each flag given, against the model's outputs
-    for flag, argument in given:
+    for flag, argument in given:  # each flag given, against the model's outputs
         resolve_from_logits(model, flag, first, argument)
     from_logits = resolve_from_logits(model, from_logits)
     rows, planned = [], []
