@@ -97,3 +97,94 @@ def slot_name_prefix(variable):
     (``Optimizer.add_variable_from_reference``: ``{path with _}_{slot}``, e.g.
     ``dense_kernel_momentum``). Optimizers expose no public variable → slots map."""
     return variable.path.replace("/", "_") + "_"
+
+
+def layer_paths(model):
+    """[(path, layer)] for every layer under ``model`` at any depth, depth first, each
+    layer once (a shared layer under its first path); a path joins the layers' names
+    from ``model`` down with "/" (``Layer._layers``: Keras' tracked sublayers in the
+    order they were set, which has no public form)."""
+    found, seen = [], {id(model)}
+
+    def visit(layer, prefix):
+        for sub in getattr(layer, "_layers", ()):
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            path = f"{prefix}/{sub.name}" if prefix else sub.name
+            found.append((path, sub))
+            visit(sub, path)
+
+    visit(model, "")
+    return found
+
+
+def replace_layer(root, old, new):
+    """Puts ``new`` wherever ``old`` sits under ``root``: the attributes and tracked
+    lists and dicts of every layer (``Layer._layers`` included, and the Tracker's record
+    of what it tracks), and the graph nodes of functional models (``Node.operation``,
+    ``Operation._inbound_nodes`` / ``_outbound_nodes``, ``KerasTensor._keras_history``).
+    Keras has no public way to swap a layer inside a built model: ``clone_model``
+    rebuilds graph models only, and rebuilds custom layers whole.
+
+    ``new`` must compute what ``old`` computes on the same inputs (built already)."""
+    from keras.src.utils.tracking import Tracker
+
+    seen = set()
+
+    def swap(container):
+        # Keras' TrackedList/TrackedDict track what is set (it is tracked already): set
+        # past them. TensorFlow's wrappers of a layer's lists and dicts keep their items
+        # elsewhere: set through a dict's; in a list's storage, its snapshot renewed (a
+        # ListWrapper set through refuses to be saved: TensorFlow's
+        # ``trackable.data_structures.ListWrapper._storage`` / ``_last_wrapped_list_snapshot``).
+        plain = type(container).__module__.startswith("keras.") or type(container) in (list, dict)
+        items = list(container.items()) if isinstance(container, dict) else enumerate(list(container))
+        for key, item in items:
+            if item is old:
+                if not plain and hasattr(container, "_storage") and isinstance(container, list):
+                    container._storage[key] = new
+                    container._last_wrapped_list_snapshot = list(container._storage)
+                elif not plain:
+                    container[key] = new
+                elif isinstance(container, dict):
+                    dict.__setitem__(container, key, new)
+                else:
+                    list.__setitem__(container, key, new)
+
+    def visit(obj):
+        if id(obj) in seen or not hasattr(obj, "__dict__"):
+            return
+        seen.add(id(obj))
+        children = []
+        for key, value in list(vars(obj).items()):
+            if value is old:
+                object.__setattr__(obj, key, new)
+                children.append(new)
+            elif isinstance(value, (list, dict)):
+                swap(value)
+                items = value.values() if isinstance(value, dict) else value
+                children.extend(item for item in items if isinstance(item, keras.layers.Layer))
+            elif (isinstance(value, tuple) and not hasattr(value, "_fields")
+                  and any(item is old for item in value)):
+                object.__setattr__(obj, key, tuple(new if item is old else item for item in value))
+            elif isinstance(value, Tracker):
+                for ids in value.stored_ids.values():
+                    if id(old) in ids:
+                        ids.discard(id(old))
+                        ids.add(id(new))
+            elif isinstance(value, keras.layers.Layer):
+                children.append(value)
+        for child in children:
+            if child is not new:
+                visit(child)
+
+    visit(root)
+    new._inbound_nodes = list(old._inbound_nodes)
+    new._outbound_nodes = list(old._outbound_nodes)
+    for node in new._inbound_nodes:
+        node.operation = new
+        for tensor in node.outputs:
+            history = getattr(tensor, "_keras_history", None)
+            if history is not None and history.operation is old:
+                tensor._keras_history = history._replace(operation=new)

@@ -21,6 +21,14 @@ def _check_clonable(model, argument="model"):
         )
 
 
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}.")
+    if not model.built:
+        raise ValueError("`model` is not built: its layers have no weights to factorise yet. Give it an "
+                         "Input (keras.Input(shape)) or call it on a batch, and train it, first.")
+
+
 def _kernel_matrix(layer):
     """A Dense/Conv/EinsumDense kernel as the n_in × n_out matrix its low-rank form
     factorises (numpy; an EinsumDense kernel with no such form: its last axis
@@ -33,6 +41,10 @@ def _kernel_matrix(layer):
 
 def _unconvertible(layer):
     """Why a layer has no low-rank form here ("" if it has one)."""
+    if getattr(layer, "lora_enabled", False):
+        return "LoRA enabled (merge or drop the adapter first: its kernel is not one trained matrix)"
+    if getattr(layer, "quantization_mode", None):
+        return f"{layer.quantization_mode}-quantised weights (convert the float model, then quantise)"
     if isinstance(layer, keras.layers.EinsumDense):
         try:
             _einsum_plan(layer.equation)

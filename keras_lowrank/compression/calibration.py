@@ -11,11 +11,14 @@ C^-½ · (best rank-r approximation of C^½ W), and the singular values σ of C^
 output errors themselves (Σ_{k>r} σ_k²). Written here: neither Keras nor NumPy has it.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank.analysis._batches import iterate_inputs
+from keras_lowrank._keras_compat import replaced_attribute
+from keras_lowrank.analysis._batches import batch_length, iterate_inputs, take
 from keras_lowrank.layers.dynamic_low_rank import _einsum_plan
 
 #: relative damping added to C's diagonal: C + δ·tr(C)/n·I keeps C^-½ finite where the
@@ -53,37 +56,37 @@ def rows_of(layer, inputs):
 
 def second_moments(model, layers, data, examples=256):
     """{id(layer): C = mean over calibration rows of aᵀa (n_in × n_in, float64)} for
-    ``layers`` of ``model``, from the first ``examples`` inputs of ``data`` (arrays, an
-    (x, y) pair, a tf.data.Dataset or a PyDataset). Layers whose input is not one tensor
-    of the model's graph (a layer used twice) are left out of the result."""
-    usable = []
-    for layer in layers:
-        try:
-            tensor = layer.input
-        except (AttributeError, ValueError):  # called more than once, or never
-            continue
-        if not isinstance(tensor, (list, tuple, dict)):
-            usable.append((layer, tensor))
-    if not usable:
-        return {}
-    extractor = keras.Model(model.inputs, [tensor for _, tensor in usable])
-    sums = {id(layer): 0.0 for layer, _ in usable}
+    ``layers`` of ``model`` (at any depth: nested models, custom layers), from the first
+    ``examples`` inputs of ``data`` (arrays, a dict of arrays, an (x, y) pair, a
+    tf.data.Dataset or a PyDataset). The model runs eagerly with each layer's ``call``
+    wrapped to collect what it is given (every call: a layer used twice sees both inputs)."""
+    sums = {id(layer): 0.0 for layer in layers}
     counts = dict.fromkeys(sums, 0)
-    seen = 0
-    for x in iterate_inputs(data, batch_size=64):
-        x = x[: examples - seen]
-        outputs = extractor.predict_on_batch(x)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        for (layer, _), out in zip(usable, outputs):
-            rows = rows_of(layer, np.asarray(ops.convert_to_numpy(out)))
+
+    def recording(layer):
+        original = layer.call
+
+        def call(inputs, *args, **kwargs):
+            rows = rows_of(layer, np.asarray(ops.convert_to_numpy(inputs)))
             sums[id(layer)] = sums[id(layer)] + rows.T @ rows
             counts[id(layer)] += len(rows)
-        seen += len(x)
-        if seen >= examples:
-            break
+            return original(inputs, *args, **kwargs)
+
+        return call
+
+    seen = 0
+    with contextlib.ExitStack() as stack:
+        for layer in layers:
+            stack.enter_context(replaced_attribute(layer, "call", recording(layer)))
+        for x in iterate_inputs(data, batch_size=64):
+            x = take(x, examples - seen)
+            model(x, training=False)
+            seen += batch_length(x)
+            if seen >= examples:
+                break
     if not seen:
         raise ValueError("`data` holds no examples to calibrate on.")
-    return {key: sums[key] / max(counts[key], 1) for key in sums}
+    return {key: sums[key] / counts[key] for key in sums if counts[key]}
 
 
 def whitened_svd(kernel, moment, damping=DAMPING):

@@ -10,18 +10,18 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank._keras_compat import all_sublayers, build_input_shape, direct_sublayers
+from keras_lowrank._keras_compat import build_input_shape, layer_paths
 from keras_lowrank._low_rank_model import dlrt_of, low_rank_layers, truncate_layer
 from keras_lowrank._svd import matrix_svd
 from keras_lowrank._validation import check_int, check_number
 from keras_lowrank.compression._common import (
     KINDS,
-    _check_clonable,
-    _copy_weights,
+    _check_model,
     _kernel_matrix,
     _unconvertible,
     _unfinished_cycle,
 )
+from keras_lowrank.compression._surgery import copy_model, swap
 from keras_lowrank.compression.allocation import allocate_ranks
 from keras_lowrank.compression.calibration import second_moments, whitened_svd
 from keras_lowrank.layers.dynamic_low_rank import (
@@ -159,69 +159,7 @@ def to_low_rank(
         >>> [type(layer).__name__ for layer in small.layers], small.layers[0].rank
         (['DynamicLowRankDense', 'Dense'], 4)
     """
-    _check_clonable(model)
-    if not model.built:
-        raise ValueError("`model` is not built: its layers have no weights to factorise yet. Give it an "
-                         "Input (keras.Input(shape)) or call it on a batch, and train it, first.")
-    kinds = KINDS
-    # clone_model rebuilds the model's own layers one by one; a nested model or a
-    # custom layer is rebuilt whole, so the Dense/Conv2D layers inside it cannot be
-    # swapped: they are named (an error if asked for, a warning otherwise), never
-    # left dense in silence.
-    candidates = [l for l in direct_sublayers(model) if type(l) in kinds]
-    nested = {}
-    for parent in direct_sublayers(model):
-        for l in all_sublayers(parent):
-            if type(l) in kinds:
-                nested[l.name] = parent.name
-    if layers is None:
-        # grouped (e.g. ConvNeXt's depthwise) and channels_first convolutions have no
-        # low-rank form here: the default skips them, naming them
-        why = {l.name: _unconvertible(l) for l in candidates}
-        skipped = [f"{name} ({reason})" for name, reason in why.items() if reason]
-        candidates = [l for l in candidates if not why[l.name]]
-        if skipped:
-            warnings.warn(
-                f"to_low_rank left these layers as they are: {', '.join(skipped)}; "
-                "only groups=1, channels_last, non-causal convolutions and EinsumDense layers "
-                "whose kernel is one matrix convert.", stacklevel=2)
-        chosen = candidates[1 if skip_first else 0: len(candidates) - (1 if skip_last else 0)]
-        factorised = [l.name for l in direct_sublayers(model) if isinstance(l, DynamicLowRankBase)]
-        if factorised:
-            shown = ", ".join(factorised[:3]) + (", …" if len(factorised) > 3 else "")
-            warnings.warn(
-                f"to_low_rank left the model's {len(factorised)} layer(s) that are low rank already "
-                f"as they are ({shown}), whatever `rank` or `tol` asks: to lower their ranks, set "
-                "their `tol` and call compression.truncate_ranks(model), or convert the dense model.",
-                stacklevel=2)
-        others = _other_kernel_layers(model, kinds)
-        if others:
-            warnings.warn(
-                "to_low_rank converts Dense, Conv1D, Conv2D and EinsumDense layers (those classes "
-                f"exactly); these layers with kernels stay as they are: {others}.", stacklevel=2)
-        if nested:
-            warnings.warn(
-                "to_low_rank left these Dense/Conv/EinsumDense layers dense: they sit inside nested "
-                f"models or custom layers, which it rebuilds whole: {sorted(nested)} (inside "
-                f"{sorted(set(nested.values()))}). Convert the inner model itself with "
-                "to_low_rank before building the outer one, or build the model flat.",
-                stacklevel=2)
-    else:
-        inside = [n for n in layers if n in nested]
-        if inside:
-            raise ValueError(
-                f"`layers` names {inside}, inside the nested model(s) or custom layer(s) "
-                f"{sorted({nested[n] for n in inside})}, which to_low_rank rebuilds whole and "
-                "cannot convert layer by layer. Convert the inner model itself with "
-                "to_low_rank before building the outer one, or build the model flat.")
-        names = {l.name: l for l in candidates}
-        unknown = [n for n in layers if n not in names]
-        if unknown:
-            raise ValueError(
-                f"`layers` names {unknown} are not Dense/Conv1D/Conv2D/EinsumDense layers of the model; "
-                f"choose from {sorted(names)}."
-            )
-        chosen = [names[n] for n in layers]
+    _check_model(model)
     rank = check_int(rank, "rank", allow_none=True)
     min_rank = check_int(min_rank, "min_rank")
     max_rank = check_int(max_rank, "max_rank", allow_none=True)
@@ -235,19 +173,14 @@ def to_low_rank(
     if budget_of not in ("params", "macs"):
         raise ValueError(f'`budget_of` must be "params" or "macs", got {budget_of!r}.')
     calibration_examples = check_int(calibration_examples, "calibration_examples")
-    for layer in chosen:
-        reason = _unconvertible(layer)
-        if reason:
-            raise ValueError(
-                f"Layer {layer.name!r} has {reason}; only groups=1, channels_last, non-causal "
-                "convolutions and EinsumDense layers whose kernel is one matrix convert."
-            )
-    moments = second_moments(model, chosen, data, calibration_examples) if data is not None else {}
+    chosen = _choose_layers(model, layers, skip_first, skip_last)
+    moments = (second_moments(model, [l for _, l in chosen], data, calibration_examples)
+               if data is not None and chosen else {})
     factors = {}  # id(layer): (factor(r) -> (u, s, v), spectrum, n_in, n_out)
-    for layer in chosen:
+    for path, layer in chosen:
         kernel = _kernel_matrix(layer)
         if not np.all(np.isfinite(kernel)):
-            raise ValueError(f"Layer {layer.name!r} has NaN or ±inf in its kernel: it has no SVD. Check "
+            raise ValueError(f"Layer {path!r} has NaN or ±inf in its kernel: it has no SVD. Check "
                              "the training that produced it (a diverged loss?) before converting.")
         if id(layer) in moments:
             factor, d = whitened_svd(kernel, moments[id(layer)])
@@ -257,31 +190,31 @@ def to_low_rank(
             factor = (lambda r, u=u, d=d, v=v: (u[:, :r], d[:r], v[:, :r]))
         factors[id(layer)] = (factor, d, *kernel.shape)
     if budget is not None:
-        chosen_ranks = _budget_ranks(chosen, factors, budget, budget_of, min_rank)
+        chosen_ranks = _budget_ranks([l for _, l in chosen], factors, budget, budget_of, min_rank)
     plans, kept_dense = {}, []
-    for layer in chosen:
+    for path, layer in chosen:
         factor, d, n_in, n_out = factors[id(layer)]
         full = min(n_in, n_out)
         if budget is not None:
             r = chosen_ranks[id(layer)]
             if r is None:  # no rank below break-even for this layer
-                kept_dense.append(f"{layer.name} (no rank of {n_in}×{n_out} pays)")
+                kept_dense.append(f"{path} (no rank of {n_in}×{n_out} pays)")
                 continue
         else:
             r = min(rank if rank is not None else _rank_for(d, tol), full)
             r = max(r, min_rank)
         if r * (n_in + n_out) >= n_in * n_out:
-            kept_dense.append(f"{layer.name} (rank {r} ≥ break-even "
+            kept_dense.append(f"{path} (rank {r} ≥ break-even "
                               f"{n_in * n_out / (n_in + n_out):.1f} of {n_in}×{n_out})")
             continue
         # with a budget, no room above the allocated rank unless `max_rank` says: the
         # budget then holds after DLRT fine-tuning too (its truncation only lowers ranks)
         r_max = max_rank if max_rank is not None else r if budget is not None else min(2 * r, full)
         if r_max < r:
-            raise ValueError(f"`max_rank` ({r_max}) is below the rank chosen for {layer.name!r} ({r}).")
+            raise ValueError(f"`max_rank` ({r_max}) is below the rank chosen for {path!r} ({r}).")
         u, s_r, v = factor(r)
         plans[id(layer)] = (u, s_r, v, r, r_max)
-    constrained = [l.name for l in chosen if id(l) in plans and l.kernel_constraint is not None]
+    constrained = [p for p, l in chosen if id(l) in plans and l.kernel_constraint is not None]
     if constrained:
         warnings.warn(
             f"to_low_rank dropped the kernel_constraint of {constrained}: a low-rank kernel is "
@@ -293,7 +226,6 @@ def to_low_rank(
             "(r·(n_in + n_out) parameters) would be larger than the dense one "
             f"(n_in·n_out): {', '.join(kept_dense)}. Use a larger `tol` or a smaller "
             "`rank` to compress them.", stacklevel=2)
-
     if not plans:  # a conversion that converts nothing says so (the warnings above say why)
         warnings.warn(
             "to_low_rank converted no layer: the model it returns computes what `model` does, with "
@@ -301,42 +233,108 @@ def to_low_rank(
                                    if chosen else "The model has no Dense, Conv1D, Conv2D or EinsumDense "
                                    "layer it converts (the last one stays dense: skip_last=True)."),
             stacklevel=2)
-
-    def clone(layer):
+    converted, twins = copy_model(model, "to_low_rank", [(p, l) for p, l in chosen if id(l) in plans])
+    for path, layer in chosen:
         plan = plans.get(id(layer))
         if plan is None:
-            return layer.__class__.from_config(layer.get_config())
-        new = _low_rank_clone(layer, plan)
-        new._initial_factors = tuple(t.astype("float32") for t in plan[:3])  # built from them
-        return new
-
-    def _low_rank_clone(layer, plan):
-        _, _, _, r, r_max = plan
-        config = layer.get_config()
-        common = dict(
-            max_rank=r_max, rank=r, min_rank=min(min_rank, r), tol=tol, spectral_weight=spectral_weight,
-            activation=config["activation"], name=config["name"],
-            bias_initializer=config["bias_initializer"], dtype=config.get("dtype"),
-            kernel_regularizer=config.get("kernel_regularizer"),
-            bias_regularizer=config.get("bias_regularizer"),
-            activity_regularizer=config.get("activity_regularizer"),
-            bias_constraint=config.get("bias_constraint"),
-        )
-        if isinstance(layer, keras.layers.EinsumDense):
-            return DynamicLowRankEinsumDense(config["equation"], config["output_shape"],
-                                             bias_axes=config["bias_axes"], **common)
-        common["use_bias"] = config["use_bias"]
-        if isinstance(layer, keras.layers.Dense):
-            return DynamicLowRankDense(config["units"], **common)
-        kind = DynamicLowRankConv1D if isinstance(layer, keras.layers.Conv1D) else DynamicLowRankConv2D
-        return kind(
-            config["filters"], config["kernel_size"], strides=config["strides"],
-            padding=config["padding"], dilation_rate=config["dilation_rate"], **common,
-        )
-
-    converted = keras.models.clone_model(model, clone_function=clone)
-    _copy_weights(model, converted, plans, _set_low_rank)
+            continue
+        twin = twins[id(layer)]
+        new = _low_rank_layer(twin, plan, min_rank, tol, spectral_weight)
+        new.build(tuple(build_input_shape(twin)))
+        _set_low_rank(twin, new, plan)
+        swap(converted, path, twin, new)
     return converted
+
+
+def _choose_layers(model, layers, skip_first, skip_last):
+    """[(path, layer)] of ``model`` to convert, wherever they sit (nested models, custom
+    layers): by default every Dense, Conv1D, Conv2D and EinsumDense with a low-rank form
+    (minus the model's own first / last per ``skip_first`` / ``skip_last``); else those
+    ``layers`` names (paths, Keras layer paths or unique names) or picks (a predicate)."""
+    found = layer_paths(model)
+    candidates = [(p, l) for p, l in found if type(l) in KINDS]
+    why = {id(l): _unconvertible(l) for _, l in candidates}
+    if layers is None or callable(layers):
+        skipped = [f"{p} ({why[id(l)]})" for p, l in candidates if why[id(l)]]
+        usable = [(p, l) for p, l in candidates if not why[id(l)]]
+        if callable(layers):
+            return [(p, l) for p, l in usable if layers(p, l)]
+        if skipped:
+            warnings.warn(
+                f"to_low_rank left these layers as they are: {', '.join(skipped)}; "
+                "only groups=1, channels_last, non-causal convolutions and EinsumDense layers "
+                "whose kernel is one matrix convert.", stacklevel=3)
+        own = [l for p, l in usable if "/" not in p]
+        dropped = {id(own[0])} if skip_first and own else set()
+        dropped |= {id(own[-1])} if skip_last and own else set()
+        factorised = [p for p, l in found if isinstance(l, DynamicLowRankBase)]
+        if factorised:
+            shown = ", ".join(factorised[:3]) + (", …" if len(factorised) > 3 else "")
+            warnings.warn(
+                f"to_low_rank left the model's {len(factorised)} layer(s) that are low rank already "
+                f"as they are ({shown}), whatever `rank` or `tol` asks: to lower their ranks, set "
+                "their `tol` and call compression.truncate_ranks(model), or convert the dense model.",
+                stacklevel=3)
+        others = _other_kernel_layers(found, KINDS)
+        if others:
+            warnings.warn(
+                "to_low_rank converts Dense, Conv1D, Conv2D and EinsumDense layers (those classes "
+                f"exactly); these layers with kernels stay as they are: {others}.", stacklevel=3)
+        return [(p, l) for p, l in usable if id(l) not in dropped]
+    if isinstance(layers, str):
+        layers = [layers]
+    by_name = {}
+    for p, l in found:
+        for key in {p, getattr(l, "path", p), l.name}:
+            by_name.setdefault(key, []).append((p, l))
+    chosen = []
+    for name in layers:
+        matches = {id(l): (p, l) for p, l in by_name.get(name, [])}
+        if not matches:
+            shown = [p for p, _ in candidates]
+            raise ValueError(
+                f"`layers` names {name!r}, which is no layer of the model; its Dense/Conv1D/Conv2D/"
+                f"EinsumDense layers are {shown[:12]}{' …' if len(shown) > 12 else ''} (a path, a "
+                "layer's name where it is unique, or a predicate fn(path, layer) -> bool).")
+        if len(matches) > 1:
+            raise ValueError(f"`layers` names {name!r}, the name of several layers: "
+                             f"{sorted(p for p, _ in matches.values())}; give their paths.")
+        path, layer = next(iter(matches.values()))
+        if type(layer) not in KINDS:
+            raise ValueError(f"`layers` names {path!r}, a {type(layer).__name__}: to_low_rank converts "
+                             "Dense, Conv1D, Conv2D and EinsumDense layers.")
+        if why[id(layer)]:
+            raise ValueError(
+                f"Layer {path!r} has {why[id(layer)]}; only groups=1, channels_last, non-causal "
+                "convolutions and EinsumDense layers whose kernel is one matrix convert.")
+        chosen.append((path, layer))
+    return chosen
+
+
+def _low_rank_layer(layer, plan, min_rank, tol, spectral_weight):
+    """The dynamic low-rank layer standing for ``layer`` (not built)."""
+    _, _, _, r, r_max = plan
+    config = layer.get_config()
+    common = dict(
+        max_rank=r_max, rank=r, min_rank=min(min_rank, r), tol=tol, spectral_weight=spectral_weight,
+        activation=config["activation"], name=config["name"],
+        bias_initializer=config["bias_initializer"], dtype=config.get("dtype"),
+        kernel_regularizer=config.get("kernel_regularizer"),
+        bias_regularizer=config.get("bias_regularizer"),
+        activity_regularizer=config.get("activity_regularizer"),
+        bias_constraint=config.get("bias_constraint"),
+    )
+    if isinstance(layer, keras.layers.EinsumDense):
+        return DynamicLowRankEinsumDense(config["equation"], config["output_shape"],
+                                         bias_axes=config["bias_axes"], **common)
+    common["use_bias"] = config["use_bias"]
+    if isinstance(layer, keras.layers.Dense):
+        return DynamicLowRankDense(config["units"], **common)
+    kind = DynamicLowRankConv1D if isinstance(layer, keras.layers.Conv1D) else DynamicLowRankConv2D
+    return kind(
+        config["filters"], config["kernel_size"], strides=config["strides"],
+        padding=config["padding"], dilation_rate=config["dilation_rate"], **common,
+    )
 
 
 def _budget_ranks(chosen, factors, budget, budget_of, min_rank):
@@ -369,12 +367,12 @@ def _positions_per_example(layer, n_out):
     return max(1, int(np.prod([d for d in out[1:] if d is not None])) // n_out)
 
 
-def _other_kernel_layers(model, kinds):
-    """The model's own layers that hold a kernel but are no class ``to_low_rank``
-    converts (e.g. Xception's SeparableConv2D, MobileNet's DepthwiseConv2D, a
-    subclass of Dense), grouped by class: "Class ×n (first names…; why)"."""
+def _other_kernel_layers(found, kinds):
+    """The layers (of [(path, layer)] ``found``) that hold a kernel but are no class
+    ``to_low_rank`` converts (e.g. Xception's SeparableConv2D, MobileNet's
+    DepthwiseConv2D, a subclass of Dense), grouped by class: "Class ×n (first names…; why)"."""
     by_class = {}
-    for layer in direct_sublayers(model):
+    for _, layer in found:
         if type(layer) in kinds or isinstance(layer, (DynamicLowRankBase, LowRankProjection)):
             continue  # converted, or low rank already
         if any(hasattr(layer, name) for name in ("kernel", "depthwise_kernel", "pointwise_kernel")):

@@ -12,8 +12,9 @@ import keras
 from keras import ops
 
 from keras_lowrank._files import check_output_folder, staged_folder
-from keras_lowrank._keras_compat import all_sublayers, build_input_shape, direct_sublayers
-from keras_lowrank.compression._common import _check_clonable, _copy_weights, _unfinished_cycle
+from keras_lowrank._keras_compat import all_sublayers, build_input_shape, layer_paths
+from keras_lowrank.compression._common import _check_model, _unfinished_cycle
+from keras_lowrank.compression._surgery import copy_model, save_model, swap
 from keras_lowrank.layers.dynamic_low_rank import (
     DynamicLowRankBase,
     DynamicLowRankDense,
@@ -47,7 +48,7 @@ def compressed_model(model):
         >>> plain.count_params() == compression_summary(small).total["model_exported_params"]
         True
     """
-    _check_clonable(model)
+    _check_model(model)
     unfinished = _unfinished_cycle(model)
     if unfinished is not None:
         warnings.warn(
@@ -55,62 +56,61 @@ def compressed_model(model):
             f"{unfinished[1]}-step cycle: the layers hold augmented bases (up to twice "
             "their rank). Call keras_lowrank.compression.truncate_ranks(model) first to "
             "export at the truncated ranks.", stacklevel=2)
-    plans = {id(l): l.factors() for l in direct_sublayers(model)
-             if isinstance(l, DynamicLowRankBase)}
-    plans.update({id(l): _projection_plan(l) for l in direct_sublayers(model)
-                  if isinstance(l, LowRankProjection)})
-
-    def clone(layer):
-        if id(layer) not in plans:
-            return layer.__class__.from_config(layer.get_config())
-        if isinstance(layer, LowRankProjection):
-            return _projection_as_keras(layer)
-        r = plans[id(layer)][0].shape[1]
-        act = keras.activations.serialize(layer.activation)
-        if isinstance(layer, DynamicLowRankEinsumDense):
-            parts = layer.exported_layers(r)
-        elif isinstance(layer, DynamicLowRankDense):
-            parts = [keras.layers.Dense(r, use_bias=False, name=f"{layer.name}_u"),
-                     keras.layers.Dense(layer.units, activation=act, use_bias=layer.use_bias,
-                                        name=f"{layer.name}_sv")]
-        else:
-            conv = layer.keras_class  # Conv1D or Conv2D
-            parts = [conv(r, layer.kernel_size, strides=layer.strides, padding=layer.padding,
-                          dilation_rate=layer.dilation_rate, use_bias=False, name=f"{layer.name}_u"),
-                     conv(layer.filters, 1, activation=act, use_bias=layer.use_bias, name=f"{layer.name}_sv")]
-        return keras.Sequential(parts, name=layer.name)
-
-    with warnings.catch_warnings():
-        # Keras' clone of a compiled Sequential rebuilds its DLRT optimizer for a model
-        # that no longer holds low-rank layers; the warning for that case is not for here
-        warnings.filterwarnings("ignore", message="DLRT was given a model without")
-        compact = keras.models.clone_model(model, clone_function=clone)
-    config = model.get_compile_config() if model.compiled else None
-    if config is not None:
+    targets = [(path, layer) for path, layer in layer_paths(model)
+               if isinstance(layer, (DynamicLowRankBase, LowRankProjection))]
+    compact, twins = copy_model(model, "compressed_model", targets)
+    for path, layer in targets:
+        twin = twins[id(layer)]
+        swap(compact, path, twin, _as_keras_layers(twin))
+    if model.compiled:
         # Keep the compile settings (a fresh optimizer) but not the DLRT wrapper,
         # which only training needs and which would make the file unloadable
         # without keras_lowrank. compile() rather than compile_from_config(),
         # which would build the optimizer: its zero slots would triple the saved file.
+        config = model.get_compile_config()
         inner = getattr(model.optimizer, "inner_optimizer", None)
         if inner is not None:
             config["optimizer"] = keras.optimizers.serialize(inner.__class__.from_config(inner.get_config()))
         compact.compile(**keras.saving.deserialize_keras_object(config))
-
-    def set_parts(old, new, factors):
-        if isinstance(old, LowRankProjection):
-            if factors is not None:
-                dense = next(l for l in new.layers if isinstance(l, keras.layers.Dense))
-                dense.set_weights(list(factors))
-            return
-        u, s, v = factors
-        first, second = new.layers
-        first.kernel.assign(u.reshape(first.kernel.shape))
-        second.kernel.assign((s @ v.T).reshape(second.kernel.shape))
-        if old.use_bias:
-            second.bias.assign(ops.convert_to_numpy(old.bias))  # a copy: JAX donates buffers
-
-    _copy_weights(model, compact, plans, set_parts)
     return compact
+
+
+def _as_keras_layers(layer):
+    """Keras' own layers computing what low-rank ``layer`` computes at inference, built
+    and set: a Sequential of the two factor layers (x U_r, then (S_r V_rᵀ) + b with the
+    activation), or for a LowRankProjection an Identity / a Dense."""
+    shape = tuple(build_input_shape(layer))
+    if isinstance(layer, LowRankProjection):
+        new = _projection_as_keras(layer)
+        new.build(shape)
+        plan = _projection_plan(layer)
+        if plan is not None:
+            next(l for l in new.layers if isinstance(l, keras.layers.Dense)).set_weights(list(plan))
+        return new
+    u, s, v = layer.factors()
+    r = u.shape[1]
+    act = keras.activations.serialize(layer.activation)
+    dtype = layer.dtype_policy
+    if isinstance(layer, DynamicLowRankEinsumDense):
+        parts = layer.exported_layers(r)
+    elif isinstance(layer, DynamicLowRankDense):
+        parts = [keras.layers.Dense(r, use_bias=False, name=f"{layer.name}_u", dtype=dtype),
+                 keras.layers.Dense(layer.units, activation=act, use_bias=layer.use_bias,
+                                    name=f"{layer.name}_sv", dtype=dtype)]
+    else:
+        conv = layer.keras_class  # Conv1D or Conv2D
+        parts = [conv(r, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                      dilation_rate=layer.dilation_rate, use_bias=False, name=f"{layer.name}_u", dtype=dtype),
+                 conv(layer.filters, 1, activation=act, use_bias=layer.use_bias, name=f"{layer.name}_sv",
+                      dtype=dtype)]
+    new = keras.Sequential(parts, name=layer.name)
+    new.build(shape)
+    first, second = new.layers
+    first.kernel.assign(u.reshape(first.kernel.shape))
+    second.kernel.assign((s @ v.T).reshape(second.kernel.shape))
+    if layer.use_bias:
+        second.bias.assign(ops.convert_to_numpy(layer.bias))  # a copy: JAX donates buffers
+    return new
 
 
 def _projection_plan(layer):
@@ -193,7 +193,7 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
     names = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite"}
     with staged_folder(path, overwrite, "path") as staging:
         if "keras" in formats:
-            compact.save(os.path.join(staging, names["keras"]))
+            save_model(compact, os.path.join(staging, names["keras"]))
         # TFLite converts from a SavedModel: one asked for is written in place, else in a
         # scratch folder removed after (formats=("tflite",) writes model.tflite alone)
         scratch = None if "saved_model" in formats else tempfile.mkdtemp(prefix="klr-saved-model-")
