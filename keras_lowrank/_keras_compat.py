@@ -122,7 +122,7 @@ def layer_paths(model):
 def replace_layer(root, old, new):
     """Puts ``new`` wherever ``old`` sits under ``root``: the attributes and tracked
     lists and dicts of every layer (``Layer._layers`` included, and the Tracker's record
-    of what it tracks), and the graph nodes of functional models (``Node.operation``,
+    of what it tracks), and the graph of functional models (``Function._nodes``, ``Node.operation``,
     ``Operation._inbound_nodes`` / ``_outbound_nodes``, ``KerasTensor._keras_history``).
     Keras has no public way to swap a layer inside a built model: ``clone_model``
     rebuilds graph models only, and rebuilds custom layers whole.
@@ -141,7 +141,9 @@ def replace_layer(root, old, new):
         plain = type(container).__module__.startswith("keras.") or type(container) in (list, dict)
         items = list(container.items()) if isinstance(container, dict) else enumerate(list(container))
         for key, item in items:
-            if item is old:
+            if isinstance(item, (list, dict)) and not isinstance(item, keras.layers.Layer):
+                swap(item)  # e.g. a functional model's {depth: [operations]}
+            elif item is old:
                 if not plain and hasattr(container, "_storage") and isinstance(container, list):
                     container._storage[key] = new
                     container._last_wrapped_list_snapshot = list(container._storage)
@@ -168,6 +170,13 @@ def replace_layer(root, old, new):
             elif (isinstance(value, tuple) and not hasattr(value, "_fields")
                   and any(item is old for item in value)):
                 object.__setattr__(obj, key, tuple(new if item is old else item for item in value))
+            elif key == "_nodes" and isinstance(value, set):
+                # a functional model's node keys name each node's operation by its id
+                # (``keras.src.ops.function.make_node_key``)
+                prefix = f"{id(old)}_ib-"
+                renamed = {f"{id(new)}_ib-{k[len(prefix):]}" for k in value if k.startswith(prefix)}
+                value.difference_update({k for k in value if k.startswith(prefix)})
+                value.update(renamed)
             elif isinstance(value, Tracker):
                 for ids in value.stored_ids.values():
                     if id(old) in ids:
@@ -188,3 +197,9 @@ def replace_layer(root, old, new):
             history = getattr(tensor, "_keras_history", None)
             if history is not None and history.operation is old:
                 tensor._keras_history = history._replace(operation=new)
+
+
+def set_untracked(layer, name, value):
+    """``layer.<name> = value`` without Keras' tracking (``Layer.__setattr__`` would wrap
+    a list in a TrackedList and track any layer in it as a dependency)."""
+    object.__setattr__(layer, name, value)

@@ -11,7 +11,9 @@ import pytest
 from keras import ops
 
 from keras_lowrank import callbacks, compression
+from keras_lowrank._keras_compat import layer_paths
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
+from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 
 
 def _cnn(seed=0):
@@ -103,8 +105,10 @@ def test_to_low_rank_errors_name_the_argument():
         def call(self, x):
             return x
 
-    with pytest.raises(ValueError, match="Sequential or functional"):
+    with pytest.raises(ValueError, match="not built"):
         compression.to_low_rank(Sub())
+    with pytest.raises(ValueError, match="keras.Model"):
+        compression.to_low_rank(keras.layers.Dense(3))
 
 
 def test_compression_summary_counts_parameters_and_multiply_adds():
@@ -149,17 +153,92 @@ def _nested_model():
     return keras.Model(inputs, keras.layers.Dense(3, name="head")(inner(h)))
 
 
-def test_to_low_rank_names_the_layers_of_nested_models_it_cannot_convert(rng):
+def _truncated_copy(model, paths, rank):
+    """``model`` with each kernel at ``paths`` replaced by its best rank-``rank``
+    approximation as a matrix (numpy float64 SVD of its n_in × n_out form): the
+    independent truth a conversion at that rank must compute."""
+    from keras_lowrank.compression._common import _kernel_matrix
+
+    copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    copy.set_weights(model.get_weights())
+    layers = dict(layer_paths(copy))
+    for path in paths:
+        layer = layers[path]
+        matrix = _kernel_matrix(layer).astype("float64")
+        u, d, vt = np.linalg.svd(matrix, full_matrices=False)
+        best = (u[:, :rank] * d[:rank]) @ vt[:rank]
+        if isinstance(layer, keras.layers.EinsumDense):
+            from keras_lowrank.layers.dynamic_low_rank import _einsum_plan
+
+            plan = _einsum_plan(layer.equation)
+            sizes = [layer.kernel.shape[i] for i in plan["order"]]
+            best = best.reshape(sizes).transpose(plan["inverse"])
+        layer.kernel.assign(best.reshape(layer.kernel.shape).astype("float32"))
+    return copy
+
+
+def test_to_low_rank_converts_the_layers_of_nested_models_by_path(rng):
     model = _nested_model()
-    with pytest.warns(UserWarning, match=r"inner_dense.*inside \['inner'\]"):
-        low = compression.to_low_rank(model, rank=2)
+    low = compression.to_low_rank(model, rank=2)
     assert type(low.get_layer("outer_dense")) is DynamicLowRankDense
-    assert type(low.get_layer("inner").get_layer("inner_dense")) is keras.layers.Dense
+    assert type(low.get_layer("inner").get_layer("inner_dense")) is DynamicLowRankDense
     x = rng.normal(size=(4, 12)).astype("float32")
-    inner_before = model.get_layer("inner").predict(x, verbose=0)
-    np.testing.assert_array_equal(low.get_layer("inner").predict(x, verbose=0), inner_before)
-    with pytest.raises(ValueError, match=r"inner_dense.*nested model"):
-        compression.to_low_rank(model, layers=["inner_dense"], rank=2)
+    truth = _truncated_copy(model, ["outer_dense", "inner/inner_dense"], 2)
+    np.testing.assert_allclose(_np(low(x)), _np(truth(x)), rtol=1e-5, atol=1e-5)
+    # by path, by unique name, by predicate; the original is untouched
+    only = compression.to_low_rank(model, layers=["inner/inner_dense"], rank=2)
+    assert type(only.get_layer("outer_dense")) is keras.layers.Dense
+    assert type(only.get_layer("inner").get_layer("inner_dense")) is DynamicLowRankDense
+    by_name = compression.to_low_rank(model, layers=["inner_dense"], rank=2)
+    assert type(by_name.get_layer("inner").get_layer("inner_dense")) is DynamicLowRankDense
+    picked = compression.to_low_rank(model, layers=lambda path, layer: path.startswith("inner/"), rank=2)
+    assert [p for p, l in layer_paths(picked) if isinstance(l, DynamicLowRankDense)] == ["inner/inner_dense"]
+    assert type(model.get_layer("inner").get_layer("inner_dense")) is keras.layers.Dense
+    with pytest.raises(ValueError, match=r"'nope'.*inner/inner_dense"):
+        compression.to_low_rank(model, layers=["nope"], rank=2)
+
+
+def test_to_low_rank_converts_multi_head_attention_projections(rng):
+    """Keras' MultiHeadAttention builds its query/key/value/output EinsumDense layers
+    inside itself: each converts, and the model computes what the model with those four
+    kernels truncated to rank 2 computes."""
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6, 16))
+    attended = keras.layers.MultiHeadAttention(2, 8, name="mha")(tokens, tokens)
+    model = keras.Model(tokens, keras.layers.Dense(3)(keras.layers.Dense(16, name="mlp")(attended)))
+    low = compression.to_low_rank(model, rank=2)
+    converted = sorted(p for p, l in layer_paths(low) if isinstance(l, DynamicLowRankBase))
+    assert converted == ["mha/attention_output", "mha/key", "mha/query", "mha/value", "mlp"]
+    truth = _truncated_copy(model, converted, 2)
+    x = rng.normal(size=(3, 6, 16)).astype("float32")
+    np.testing.assert_allclose(_np(low(x)), _np(truth(x)), rtol=1e-5, atol=1e-5)
+    assert low.count_params() < model.count_params()
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class _Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(32, activation="relu", name="hidden")
+        self.out = keras.layers.Dense(3, name="out")
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_to_low_rank_converts_a_subclassed_model_and_export_reloads_it(rng, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = _Subclassed()
+    x = rng.normal(size=(4, 24)).astype("float32")
+    model(x)
+    low = compression.to_low_rank(model, layers=["hidden"], rank=3)
+    assert isinstance(low, _Subclassed) and type(low.hidden) is DynamicLowRankDense
+    np.testing.assert_allclose(_np(low(x)), _np(_truncated_copy(model, ["hidden"], 3)(x)), rtol=1e-5, atol=1e-5)
+    written = compression.export_compressed(low, str(tmp_path / "out"), formats="keras")
+    reloaded = keras.saving.load_model(written["keras"])
+    assert isinstance(reloaded, _Subclassed)
+    np.testing.assert_allclose(_np(reloaded(x)), _np(low(x)), rtol=1e-5, atol=1e-5)
+    assert reloaded.count_params() < model.count_params()
 
 
 def test_to_low_rank_skips_grouped_convolutions_by_default_and_refuses_them_by_name(rng):
@@ -300,16 +379,6 @@ def test_einsum_dense_models_convert_train_with_dlrt_and_export(rng, tmp_path):
     plain = keras.saving.load_model(written["keras"])
     assert [type(part).__name__ for part in plain.get_layer("query").layers] == ["EinsumDense", "EinsumDense"]
     np.testing.assert_allclose(_np(plain(x)), _np(low(x)), atol=1e-5)
-
-
-def test_to_low_rank_names_multi_head_attention_projections_it_leaves_dense():
-    keras.utils.set_random_seed(0)
-    tokens = keras.Input((6, 16))
-    attended = keras.layers.MultiHeadAttention(2, 8, name="mha")(tokens, tokens)
-    model = keras.Model(tokens, keras.layers.Dense(3)(keras.layers.Dense(16, name="mlp")(attended)))
-    with pytest.warns(UserWarning, match=r"query.*inside \['mha'\]"):
-        low = compression.to_low_rank(model, rank=2)
-    assert type(low.get_layer("mlp")) is DynamicLowRankDense
 
 
 def test_export_compressed_keras_file_is_small_and_reloads_exactly(rng, tmp_path):

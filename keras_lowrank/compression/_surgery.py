@@ -19,7 +19,7 @@ import zipfile
 
 import keras
 
-from keras_lowrank._keras_compat import build_input_shape, layer_paths, replace_layer
+from keras_lowrank._keras_compat import build_input_shape, layer_paths, replace_layer, set_untracked
 
 #: the attribute (set without Keras' tracking) listing a model's swapped layers' paths
 RECORD = "_keras_lowrank_swapped"
@@ -58,7 +58,7 @@ def copy_model(model, caller, layers=()):
                 "rebuild it. Make the custom layers holding it build it in __init__/build from their "
                 "config.")
         pairs[id(layer)] = twin
-    object.__setattr__(copy, RECORD, list(getattr(model, RECORD, [])))
+    set_untracked(copy, RECORD, list(getattr(model, RECORD, [])))
     return copy, pairs
 
 
@@ -69,7 +69,7 @@ def swap(model, path, old, new):
     record = getattr(model, RECORD, None)
     if record is None:
         record = []
-        object.__setattr__(model, RECORD, record)
+        set_untracked(model, RECORD, record)
     if path not in record:
         record.append(path)
 
