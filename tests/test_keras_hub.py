@@ -1,0 +1,218 @@
+"""keras-hub's transformers (tests/keras_hub_models.py: BERT, GPT-2, Llama, Gemma, ViT,
+backbones and tasks) through the library's main job: convert every attention and
+feed-forward kernel, compute what the truncated model computes, train with DLRT, export
+files that reload in a fresh process and generate the same text."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+from keras_hub_models import NAMES, inputs, main_output, make
+
+from keras_lowrank import DLRT, compression
+from keras_lowrank._keras_compat import layer_paths
+from keras_lowrank.compression._common import _kernel_matrix
+from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase, _einsum_plan
+
+RANK = 8
+KERNELS = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv2D)
+
+
+def _np(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+def _kernel_layers(model):
+    return [(p, l) for p, l in layer_paths(model) if type(l) in KERNELS]
+
+
+def _truncated(model, paths, rank):
+    """The model with each kernel at ``paths`` replaced by its best rank-``rank``
+    approximation (numpy float64 SVD of the kernel as an n_in × n_out matrix)."""
+    copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    copy.set_weights(model.get_weights())
+    layers = dict(layer_paths(copy))
+    for path in paths:
+        layer = layers[path]
+        u, d, vt = np.linalg.svd(_kernel_matrix(layer).astype("float64"), full_matrices=False)
+        best = (u[:, :rank] * d[:rank]) @ vt[:rank]
+        if isinstance(layer, keras.layers.EinsumDense):
+            plan = _einsum_plan(layer.equation)
+            best = best.reshape([layer.kernel.shape[i] for i in plan["order"]]).transpose(plan["inverse"])
+        layer.kernel.assign(best.reshape(layer.kernel.shape).astype("float32"))
+    return copy
+
+
+def _close(actual, expected, scale_tol=2e-5):
+    """Equal up to float32 round-off grown through two transformer layers: an error
+    below ``scale_tol`` of the output's largest magnitude (float32's ε is 1.2e-7;
+    each of the ~20 matmuls, norms and softmaxes on the way adds a few ε·√n)."""
+    actual, expected = np.asarray(actual, "float64"), np.asarray(expected, "float64")
+    assert actual.shape == expected.shape
+    error = np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30)
+    assert error < scale_tol, f"relative error {error:.2e}"
+
+
+@pytest.fixture(scope="module")
+def converted():
+    """{name: (original, converted at rank 8, batch)} for the nine models."""
+    found = {}
+    for name in NAMES:
+        model = make(name)
+        found[name] = model, compression.to_low_rank(model, rank=RANK), inputs(model)
+    return found
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_conversion_reaches_the_kernels_and_computes_the_truncated_model(name, converted):
+    model, low, batch = converted[name]
+    kernels = [p for p, _ in _kernel_layers(model)]
+    done = [p for p, l in layer_paths(low) if isinstance(l, DynamicLowRankBase)]
+    # every kernel converts but the task's own head (skip_last): ≥ 90 % of them
+    assert set(done) <= set(kernels) and len(done) >= 0.9 * len(kernels), (done, kernels)
+    assert type(low) is type(model)
+    assert low.count_params() < model.count_params()
+    truth = _truncated(model, done, RANK)
+    _close(main_output(low(batch, training=False)), main_output(truth(batch, training=False)))
+    # the original is untouched
+    assert not [l for _, l in layer_paths(model) if isinstance(l, DynamicLowRankBase)]
+
+
+@pytest.mark.parametrize("name", ["GPT2CausalLM", "LlamaCausalLM"])
+def test_tied_embeddings_stay_tied(name, converted):
+    model, low, _ = converted[name]
+    embeddings = [l for _, l in layer_paths(low) if type(l).__name__ == "ReversibleEmbedding"]
+    original = [l for _, l in layer_paths(model) if type(l).__name__ == "ReversibleEmbedding"]
+    assert len(embeddings) == 1 and embeddings[0].tie_weights == original[0].tie_weights
+    assert embeddings[0].tie_weights or name == "LlamaCausalLM"  # keras-hub unties Llama's
+    # the dense model's parameters less exactly what the factorisation saved: no
+    # embedding copied, nothing untied
+    dense = dict(_kernel_layers(model))
+    saved = sum(int(np.prod(dense[p].kernel.shape)) - sum(int(np.prod(w.shape)) for w in (n.u, n.s, n.v))
+                for p, n in layer_paths(low) if isinstance(n, DynamicLowRankBase))
+    assert low.count_params() == model.count_params() - saved
+
+
+@pytest.mark.parametrize("name", ["BertTextClassifier", "GPT2CausalLM", "LlamaCausalLM", "ViTImageClassifier",
+                                  "GemmaBackbone"])
+def test_dlrt_fine_tunes_every_converted_layer(name, converted):
+    model, _, batch = converted[name]
+    low = compression.to_low_rank(model, rank=RANK)
+    if name.endswith("Backbone"):  # a head on the sequence output to have a loss
+        head = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(main_output(low.output)))
+        trained = keras.Model(low.inputs, head)
+        y = np.arange(len(next(iter(batch.values())))) % 2
+    elif name.endswith("CausalLM"):
+        trained, y = low, batch["token_ids"]
+    else:
+        trained, y = low, np.arange(len(next(iter(batch.values())))) % 3
+    layers = [l for _, l in layer_paths(low) if isinstance(l, DynamicLowRankBase)]
+    before = [_np(l.s) for l in layers]
+    trained.compile(DLRT(keras.optimizers.Adam(1e-3), steps_per_cycle=2),
+                    keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = trained.fit(batch, y, batch_size=len(y), epochs=6, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    moved = [not np.allclose(_np(l.s), b) for l, b in zip(layers, before)]
+    assert all(moved), [l.name for l, m in zip(layers, moved) if not m]
+    for layer in layers:  # the integrator's bases stay orthonormal
+        u = layer.factors()[0]
+        np.testing.assert_allclose(u.T @ u, np.eye(u.shape[1]), atol=1e-4)
+
+
+def test_dlrt_warns_on_a_model_without_low_rank_layers(converted):
+    model, _, batch = converted["GPT2CausalLM"]
+    model = make("GPT2CausalLM")
+    model.compile(DLRT(keras.optimizers.Adam(1e-3)), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.warns(UserWarning, match="without dynamic low-rank layers"):
+        model.fit(batch, batch["token_ids"], epochs=1, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def exported(converted, tmp_path_factory):
+    """Each converted model exported (.keras, and a SavedModel on TensorFlow), then
+    reloaded in one fresh process: {name: (written, its outputs there)}."""
+    folder = tmp_path_factory.mktemp("hub")
+    tensorflow = keras.backend.backend() == "tensorflow"
+    written = {}
+    for name, (_, low, batch) in converted.items():
+        formats = ("keras", "saved_model") if tensorflow else ("keras",)
+        written[name] = compression.export_compressed(low, str(folder / name), formats=formats)
+        np.savez(folder / f"{name}.npz", **batch)
+    script = f"""
+import json, sys
+import numpy as np
+import keras
+import keras_lowrank  # its SubstitutedModel rebuilds the low-rank sublayers
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from keras_hub_models import main_output
+folder = {str(folder)!r}
+found = {{}}
+for name in {list(written)!r}:
+    model = keras.saving.load_model(f"{{folder}}/{{name}}/model.keras")
+    batch = dict(np.load(f"{{folder}}/{{name}}.npz"))
+    np.save(f"{{folder}}/{{name}}.out.npy", keras.ops.convert_to_numpy(main_output(model(batch, training=False))))
+    found[name] = [type(model).__name__, model.count_params()]
+print(json.dumps(found))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "KERAS_BACKEND": keras.backend.backend()})
+    assert run.returncode == 0, run.stderr[-3000:]
+    info = json.loads(run.stdout.strip().splitlines()[-1])
+    return {name: (written[name], info[name], np.load(folder / f"{name}.out.npy"), folder) for name in written}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_export_writes_a_smaller_model_that_reloads_in_a_fresh_process(name, converted, exported):
+    model, low, batch = converted[name]
+    written, (class_name, params), outputs, _ = exported[name]
+    assert class_name == type(model).__name__
+    # exported at the exact ranks: smaller than the converted model (which stores room
+    # for DLRT's augmentation) and than the original
+    assert params == written["model"].count_params() < low.count_params() < model.count_params()
+    expected = _np(main_output(low(batch, training=False)))
+    _close(_np(main_output(written["model"](batch, training=False))), expected)
+    _close(outputs, expected)
+
+
+@pytest.mark.tf_only("SavedModel export")
+def test_saved_models_load_with_tensorflow_alone(converted, exported):
+    folder = next(iter(exported.values()))[3]
+    script = f"""
+import sys
+for blocked in ("keras", "keras_hub", "keras_lowrank"):
+    sys.modules[blocked] = None
+import numpy as np
+import tensorflow as tf
+for name in {NAMES!r}:
+    loaded = tf.saved_model.load(f"{folder}/{{name}}/saved_model")  # kept: it owns the variables
+    batch = dict(np.load(f"{folder}/{{name}}.npz"))
+    out = loaded.serve(*batch.values()) if len(batch) == 1 else loaded.serve(batch)
+    out = out["sequence_output"] if isinstance(out, dict) else out
+    np.save(f"{folder}/{{name}}.sm.npy", np.asarray(out))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for name in NAMES:
+        _, low, batch = converted[name]
+        _close(np.load(folder / f"{name}.sm.npy"), _np(main_output(low(batch, training=False))))
+
+
+@pytest.mark.parametrize("name", ["GPT2CausalLM", "LlamaCausalLM"])
+def test_generate_on_the_converted_and_the_exported_model_agree(name, converted, exported):
+    _, low, batch = converted[name]
+    compact = exported[name][0]["model"]
+    prompt = {"token_ids": batch["token_ids"][:2].copy(), "padding_mask": np.zeros_like(batch["padding_mask"][:2])}
+    prompt["padding_mask"][:, :5] = 1  # a 5-token prompt, 11 tokens to generate
+    prompt["token_ids"][:, 5:] = 0
+    for model in (low, compact):
+        model.compile(sampler="greedy")
+    ours, theirs = (m.generate(prompt, max_length=16, stop_token_ids=None) for m in (low, compact))
+    np.testing.assert_array_equal(ours["token_ids"][:, :5], prompt["token_ids"][:, :5])
+    np.testing.assert_array_equal(ours["token_ids"], theirs["token_ids"])
+    assert ours["padding_mask"].all()
