@@ -216,3 +216,40 @@ def test_generate_on_the_converted_and_the_exported_model_agree(name, converted,
     np.testing.assert_array_equal(ours["token_ids"][:, :5], prompt["token_ids"][:, :5])
     np.testing.assert_array_equal(ours["token_ids"], theirs["token_ids"])
     assert ours["padding_mask"].all()
+
+
+def test_analysis_reads_layers_of_a_task_with_dict_inputs(converted):
+    """A keras-hub task takes a dict (token_ids, padding_mask, segment_ids); its backbone's
+    layers are named by path. The last encoder layer's output is the backbone's
+    sequence output: its spectrum and its linear CKA with the logits, computed here with
+    numpy from the backbone and the model called directly, are what the tools return."""
+    from keras_lowrank.analysis import cka_map, representation_ranks
+
+    _, low, _ = converted["BertTextClassifier"]
+    batch = inputs(low, n=24, seed=1)
+    path = f"{low.backbone.name}/transformer_layer_1"
+    tokens = _np(low.backbone(batch)["sequence_output"]).astype("float64")
+    logits = _np(low(batch)).astype("float64")
+    with pytest.raises(ValueError, match="flatten=False"):  # tokens of any number: no whole vector
+        representation_ranks(low, batch, layers=[path], flatten=True)
+    ranks = representation_ranks(low, batch, layers=[path])  # each token's 64 features
+    rows = tokens.reshape(-1, tokens.shape[-1])
+    expected = np.linalg.svd(rows - rows.mean(0), compute_uv=False)
+    got = ranks["transformer_layer_1"].singular_values
+    np.testing.assert_allclose(got[: len(expected)], expected, rtol=1e-3, atol=1e-3 * expected[0])
+    found = cka_map(low, batch, layers=[path, "logits"], unbiased=False)
+    flat = tokens.reshape(len(tokens), -1)
+    flat = flat - flat.mean(0)
+    y = logits - logits.mean(0)
+    truth = np.linalg.norm(y.T @ flat) ** 2 / (np.linalg.norm(flat.T @ flat) * np.linalg.norm(y.T @ y))
+    assert found.matrix[0, 1] == pytest.approx(truth, rel=1e-4)
+    with pytest.raises(ValueError, match="custom layer"):
+        representation_ranks(low, batch, layers=[path + "/feedforward_intermediate_dense"])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX backend's SavedModel export")
+def test_saved_model_export_that_keras_cannot_do_on_jax_is_refused_naming_the_way_round(converted, tmp_path):
+    _, low, _ = converted["GPT2CausalLM"]
+    with pytest.raises(ValueError, match=r"jax backend.*nothing was written.*KERAS_BACKEND=tensorflow"):
+        compression.export_compressed(low, str(tmp_path / "out"), formats=("keras", "saved_model"))
+    assert not (tmp_path / "out").exists()

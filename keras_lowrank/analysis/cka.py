@@ -28,7 +28,7 @@ from keras import ops
 
 from keras_lowrank._optional import require
 from keras_lowrank._validation import check_number
-from keras_lowrank.analysis._batches import iterate_inputs
+from keras_lowrank.analysis._batches import batch_length, iterate_inputs
 from keras_lowrank.analysis.representation import feature_extractor, resolve_layers
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 from keras_lowrank.precision import float32_matmuls
@@ -369,7 +369,7 @@ def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=Tr
     extractor = _hsic_extractor(model_a, chosen_a, model_b, chosen_b, kernel, threshold)
     total, batches = None, 0
     for x in iterate_inputs(data, max_batches=max_batches):
-        n = len(x)
+        n = batch_length(x)
         if unbiased and n < 4:
             continue
         # Grams, centring and their inner products in float32 inside the

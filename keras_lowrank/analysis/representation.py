@@ -14,6 +14,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_lowrank._keras_compat import layer_paths
 from keras_lowrank.analysis._batches import iterate_inputs
 from keras_lowrank.analysis.ranks import (
     effective_rank_from_singular_values,
@@ -149,12 +150,24 @@ def ranks_from_moments(layers, moments, threshold, flattened=None):
             for layer, acc, flat in zip(layers, moments, flattened)}
 
 
+def _single_output(layer):
+    """Whether ``layer`` has one output tensor in its model's graph to measure (not a
+    dict or list of them, e.g. a keras-hub backbone's; not a layer called twice)."""
+    try:
+        output = layer.output
+    except (AttributeError, ValueError):
+        return False
+    return hasattr(output, "shape") and not isinstance(output, (list, tuple, dict))
+
+
 def resolve_layers(model, layers):
-    """Layer objects from names or layers; default: all but input layers."""
+    """Layer objects from names, paths (``"bert_backbone/transformer_layer_0"``: a layer
+    of a nested model) or layers; default: the model's own layers with one output
+    tensor, but input layers."""
     if layers is None:
         return [
             layer for layer in model.layers
-            if not isinstance(layer, keras.layers.InputLayer)
+            if not isinstance(layer, keras.layers.InputLayer) and _single_output(layer)
         ]
     if isinstance(layers, (str, keras.layers.Layer)):
         layers = [layers]
@@ -163,15 +176,26 @@ def resolve_layers(model, layers):
         raise ValueError("`layers` is empty: name at least one layer, or pass None for the "
                          "default.")
     names = [layer.name for layer in model.layers]
+    paths = dict(layer_paths(model))
     resolved = []
     for layer in layers:
         if isinstance(layer, str):
-            if layer not in names:
+            if layer in names:
+                layer = model.get_layer(layer)
+            elif layer in paths:
+                layer = paths[layer]
+            else:
                 raise ValueError(
                     f"`layers`: no layer named {layer!r} in model "
-                    f"{model.name!r}; its layers are {names}."
+                    f"{model.name!r}; its layers are {names} (a layer of a nested model by its "
+                    "path, e.g. 'backbone/layer')."
                 )
-            layer = model.get_layer(layer)
+        if not _single_output(layer):
+            raise ValueError(
+                f"`layers`: layer {layer.name!r} has no single output tensor in the model's graph to "
+                "measure: it returns a dict or list (name a layer inside it by its path), is called "
+                "more than once, or sits inside a custom layer, whose sublayers have no graph tensors "
+                "(measure the custom layer holding it).")
         resolved.append(layer)
     return resolved
 
@@ -187,7 +211,14 @@ def feature_extractor(model, layers):
             "The model must be built on a known input (a functional model, or a "
             "Sequential model starting with keras.Input) to read its layers."
         )
-    return keras.Model(inputs, [layer.output for layer in layers])
+    try:
+        return keras.Model(inputs, [layer.output for layer in layers])
+    except ValueError as error:  # Keras: the graph is disconnected
+        raise ValueError(
+            f"The layers {[layer.name for layer in layers]} cannot be read from the model's inputs "
+            f"({str(error).splitlines()[0][:200]}): a layer of a nested model is readable where the "
+            "nested model is called on the outer model's own inputs (keras-hub's tasks on their "
+            "backbone); else measure the nested model itself.") from error
 
 
 def representation_ranks(
@@ -240,6 +271,15 @@ def representation_ranks(
     layers, flat, too_wide = [], [], []
     for layer in resolve_layers(model, chosen):
         shape = layer.output.shape
+        if any(d is None for d in shape[1:-1]):  # e.g. a sequence of any length: per position
+            if flatten is True:
+                raise ValueError(
+                    f"Layer {layer.name!r} outputs {tuple(shape)}: its axes before the features have no "
+                    "fixed size (a sequence of any length), so whole outputs are no fixed-size vectors; "
+                    "pass flatten=False or 'auto' to measure each position's features.")
+            layers.append(layer)
+            flat.append(False)
+            continue
         whole = int(np.prod(shape[1:]))
         if flatten == "auto":  # whole vectors up to _AUTO_WHOLE features; wider maps per position
             whole_vector = len(shape) <= 2 or whole <= min(_AUTO_WHOLE, max_features)

@@ -200,7 +200,7 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
         saved = os.path.join(scratch or staging, names["saved_model"])
         try:
             if "saved_model" in formats or "tflite" in formats:
-                compact.export(saved, format="tf_saved_model", verbose=False)
+                _saved_model(compact, saved)
             if "tflite" in formats:
                 import tensorflow as tf
 
@@ -214,6 +214,26 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
         if os.path.exists(os.path.join(path, names[kind])):
             written[kind] = os.path.join(path, names[kind])
     return written
+
+
+def _saved_model(model, path):
+    """Keras' ``Model.export`` to a SavedModel; where it fails on another backend than
+    TensorFlow (on JAX, jax2tf cannot trace e.g. keras-hub's PositionEmbedding over a
+    sequence of any length), an error that names the backend and the ways round it
+    (raised inside the staging folder: ``path``'s folder is left as it was)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        model.export(path, format="tf_saved_model", verbose=False)
+        return
+    try:
+        model.export(path, format="tf_saved_model", verbose=False)
+    except Exception as error:  # Keras raises what jax2tf or TensorFlow raise
+        raise ValueError(
+            f"Keras' SavedModel export of this model fails on the {backend} backend "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); nothing was written. "
+            "Export the .keras file alone (formats=('keras',)) and write the SavedModel/TFLite "
+            "from it on TensorFlow (KERAS_BACKEND=tensorflow: keras.saving.load_model, then "
+            "export_compressed or model.export).") from error
 
 
 def _quantize(model, mode):
