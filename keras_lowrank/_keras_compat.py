@@ -130,7 +130,7 @@ def replace_layer(root, old, new):
     ``new`` must compute what ``old`` computes on the same inputs (built already)."""
     from keras.src.utils.tracking import Tracker
 
-    seen = set()
+    seen = {id(new)}  # ``new`` may hold ``old`` (a wrapper): its own references stay
 
     def swap(container):
         # Keras' TrackedList/TrackedDict track what is set (it is tracked already): set

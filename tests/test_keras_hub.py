@@ -253,3 +253,46 @@ def test_saved_model_export_that_keras_cannot_do_on_jax_is_refused_naming_the_wa
     with pytest.raises(ValueError, match=r"jax backend.*nothing was written.*KERAS_BACKEND=tensorflow"):
         compression.export_compressed(low, str(tmp_path / "out"), formats=("keras", "saved_model"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["BertTextClassifier", "GPT2CausalLM"])
+def test_robustness_tools_refuse_token_inputs_and_point_to_embedding_noise(name, converted):
+    from keras_lowrank.robustness import PGD, GaussianNoise, PerturbedModel, evaluate_robustness
+
+    model, _, batch = converted[name]
+    y = np.zeros(len(batch["token_ids"]), "int32")
+    for attempt in (lambda: evaluate_robustness(model, (batch, y), noise_sigmas=[0.1]),
+                    lambda: PerturbedModel(model, GaussianNoise(0.1)),
+                    lambda: PGD(0.1)(model, batch, y),
+                    lambda: GaussianNoise(0.1)(model, batch)):
+        with pytest.raises(ValueError, match=r"token_ids.*embedding_noise"):
+            attempt()
+
+
+@pytest.mark.parametrize("name", ["BertTextClassifier", "GPT2CausalLM"])
+def test_embedding_noise_adds_gaussian_noise_to_the_token_embeddings_only(name, converted):
+    """The noisy copy's embedding outputs differ from the clean table's lookups by noise
+    of the asked size (σ × the table's RMS entry, measured over 4·16·64 draws); the
+    tied reverse projection (GPT-2's logits) is exact; σ = 0 is the model itself."""
+    from keras_lowrank.robustness import NoisyEmbedding, embedding_noise
+
+    model, _, batch = converted[name]
+    table = _np(model.backbone.token_embedding.embeddings).astype("float64")
+    rms = np.sqrt(np.mean(table**2))
+    noisy = embedding_noise(model, 0.5, seed=3)
+    layer = noisy.backbone.token_embedding
+    assert isinstance(layer, NoisyEmbedding)
+    drawn = _np(layer(batch["token_ids"])) - table[batch["token_ids"]]
+    # the sample standard deviation of n normal draws is within 5/√(2n) of σ (5 s.d.)
+    assert abs(drawn.std() / (0.5 * rms) - 1) < 5 / np.sqrt(2 * drawn.size)
+    assert abs(drawn.mean()) < 5 * 0.5 * rms / np.sqrt(drawn.size)
+    hidden = np.random.default_rng(0).normal(size=(2, 3, table.shape[1])).astype("float32")
+    if name == "GPT2CausalLM":
+        np.testing.assert_array_equal(_np(layer(hidden, reverse=True)),
+                                      _np(model.backbone.token_embedding(hidden, reverse=True)))
+    clean = embedding_noise(model, 0.0)
+    _close(_np(clean(batch, training=False)), _np(model(batch, training=False)), 1e-6)
+    assert not np.allclose(_np(noisy(batch, training=False)), _np(model(batch, training=False)))
+    noisy.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    y = batch["token_ids"] if name == "GPT2CausalLM" else np.zeros(len(batch["token_ids"]), "int32")
+    assert 0.0 <= noisy.evaluate(batch, y, verbose=0, return_dict=True)["accuracy"] <= 1.0

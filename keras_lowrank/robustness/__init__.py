@@ -4,6 +4,7 @@ from keras_lowrank.robustness.attacks import FGSM, PGD, SPSA, Attack
 from keras_lowrank.robustness.autoattack import APGD, FAB, AutoAttack, AutoAttackResult, Square
 from keras_lowrank.robustness.cleverhans_adapter import CleverhansAttack
 from keras_lowrank.robustness.corruptions import CORRUPTIONS, Corruption, all_corruptions
+from keras_lowrank.robustness.embedding_noise import NoisyEmbedding, embedding_noise
 from keras_lowrank.robustness.evaluation import PerturbedModel
 from keras_lowrank.robustness.exported import load_exported
 from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
@@ -11,4 +12,4 @@ from keras_lowrank.robustness.report import RobustnessReport, evaluate_robustnes
 
 __all__ = ["CleverhansAttack", "CORRUPTIONS", "Corruption", "all_corruptions", "FGSM", "PGD", "SPSA",
            "APGD", "FAB", "Square", "AutoAttack", "AutoAttackResult", "load_exported",
-           "Attack", "Perturbation", "GaussianNoise", "PerturbedModel", "RobustnessReport", "evaluate_robustness"]
+           "Attack", "Perturbation", "GaussianNoise", "NoisyEmbedding", "embedding_noise", "PerturbedModel", "RobustnessReport", "evaluate_robustness"]

@@ -77,18 +77,27 @@ def check_input_shape(model, data, argument="data"):
         raise ValueError(f"`{argument}`: examples of shape {got}, but the model takes {declared}.")
 
 
-def first_inputs(data):
-    """The inputs of the first batch, for checks before any work: from an (x, y)
-    pair, a tf.data.Dataset or a PyDataset (not from a generator, which reading
-    would consume); None where they cannot be read without side effects."""
+def first_inputs_raw(data):
+    """The inputs of the first batch as given (an array, a dict of them), for checks
+    before any work: from an (x, y) pair, a tf.data.Dataset or a PyDataset (not from a
+    generator, which reading would consume); None where they cannot be read without
+    side effects."""
     inputs = None
-    if is_pair(data):
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], dict):
+        inputs = data[0]
+    elif is_pair(data):
         inputs = data[0][:64]
     elif isinstance(data, keras.utils.PyDataset):
         inputs = data[0][0]
     elif type(data).__module__.startswith("tensorflow") and hasattr(data, "take"):
         for batch in data.take(1):
-            inputs = batch[0]
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return inputs
+
+
+def first_inputs(data):
+    """``first_inputs_raw`` as a float32 array; None where it is none (or a dict)."""
+    inputs = first_inputs_raw(data)
     return np.asarray(inputs, "float32") if hasattr(inputs, "shape") else None
 
 
@@ -106,3 +115,33 @@ def count_examples(data):
                              "Pass a finite one, e.g. data.take(number_of_batches).")
         return sum(len(batch[1]) for batch in data.as_numpy_iterator())
     return None
+
+
+def token_inputs(model, x=None):
+    """Why ``model`` takes no continuous inputs to perturb — several named inputs (or
+    batch ``x`` is a dict of them) or one declared integer input, e.g. keras-hub's
+    token_ids and padding_mask — or ""."""
+    named = []
+    try:
+        inputs = list(model.inputs or [])
+    except (AttributeError, ValueError):
+        inputs = []
+    if len(inputs) > 1:
+        named = [t.name for t in inputs]
+    elif inputs and np.dtype(keras.backend.standardize_dtype(inputs[0].dtype)).kind in "biu":
+        named = [f"{inputs[0].name} ({inputs[0].dtype})"]
+    if isinstance(x, dict):  # (integer images, e.g. uint8 before a Rescaling layer, are fine)
+        named = named or list(x)
+    if not named:
+        return ""
+    return (f"the model takes {', '.join(named)}: integer token ids or several named inputs, which "
+            "noise, corruptions and gradient attacks cannot perturb meaningfully (a token id plus "
+            "noise is another word, or none). Perturb the embeddings instead: "
+            "keras_lowrank.robustness.embedding_noise(model, stddev) returns the model with Gaussian "
+            "noise on its token embeddings, to score with Keras' evaluate")
+
+
+def refuse_token_inputs(model, x=None, caller="evaluate_robustness"):
+    why = token_inputs(model, x)
+    if why:
+        raise ValueError(f"{caller}: {why}.")

@@ -29,6 +29,7 @@ from keras_lowrank.robustness._gradients import (
     ends_in_softmax,
     forward_without_side_effects,
 )
+from keras_lowrank.robustness._report_inputs import refuse_token_inputs
 from keras_lowrank.robustness.perturbations import Perturbation, class_count, number
 
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
@@ -225,6 +226,7 @@ class Attack(Perturbation):
     def __call__(self, model, x, y=None):
         """Adversarial examples for the batch ``x`` (labels ``y``: integer classes
         or one-hot; default: the model's own predictions, as cleverhans does)."""
+        refuse_token_inputs(model, x, type(self).__name__)
         x = ops.convert_to_tensor(x, "float32")
         num_classes = self._num_classes(model, x)
         self._check_range(x)

@@ -24,6 +24,7 @@ from keras_lowrank.robustness._gradients import (
     forward_without_side_effects,
     value_and_grad,
 )
+from keras_lowrank.robustness._report_inputs import refuse_token_inputs
 from keras_lowrank.robustness.attacks import _SYMBOL, Attack, _check_norm, resolve_from_logits
 
 _EPS_DIV = 1e-12  # the authors' guard in normalisations and the DLR denominator
@@ -229,6 +230,7 @@ class _RunsOnUnbroken(Attack):
         one-hot; default the model's predictions); x where the attack found none.
         Each run covers only the examples not yet broken (padded to a power-of-two
         batch, so JAX compiles few shapes)."""
+        refuse_token_inputs(model, x, type(self).__name__)
         x = ops.convert_to_tensor(x, "float32")
         num_classes = self._num_classes(model, x)
         self._check_inputs(num_classes, tuple(x.shape[1:]))
@@ -1266,6 +1268,7 @@ class AutoAttack(Attack):
         import time
 
         start = time.perf_counter()
+        refuse_token_inputs(model, x, "AutoAttack")
         x = np.asarray(ops.convert_to_numpy(ops.convert_to_tensor(x, "float32")))
         num_classes = self._num_classes(model, ops.convert_to_tensor(x[:1]))
         if num_classes < TARGETED_DLR_MIN_CLASSES:  # every version runs APGD-T

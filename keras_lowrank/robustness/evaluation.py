@@ -33,6 +33,7 @@ from keras import ops
 
 from keras_lowrank._labels_in_call import LabelsInCall, label_counter
 from keras_lowrank.analysis._batches import check_not_load_pair
+from keras_lowrank.robustness._report_inputs import refuse_token_inputs
 from keras_lowrank.robustness.perturbations import class_count
 
 
@@ -77,6 +78,7 @@ class PerturbedModel(LabelsInCall, keras.Model):
                 "perturb_in_graph(model, x, y)); got "
                 f"{type(perturbation).__name__}."
             )
+        refuse_token_inputs(model, caller="PerturbedModel")
         self.model = model
         self.perturbation = perturbation
         # Tracked so that random starts advance in JAX's stateless steps too

@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank._validation import check_clip, check_number, check_seed
+from keras_lowrank.robustness._report_inputs import refuse_token_inputs
 
 
 def number(value):
@@ -73,6 +74,8 @@ class Perturbation:
 
     def __call__(self, model, x, y=None):
         """The perturbed batch, computed now (``perturb_in_graph`` outside a step)."""
+        if isinstance(model, keras.Model) or isinstance(x, dict):
+            refuse_token_inputs(model, x, type(self).__name__)
         x = ops.convert_to_tensor(x, "float32")
         self._check_range(x)
         y = None if y is None else ops.convert_to_tensor(y)

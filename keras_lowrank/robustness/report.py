@@ -12,7 +12,15 @@ import numpy as np
 from keras_lowrank._optional import require
 from keras_lowrank._validation import check_clip, check_number, check_seed
 from keras_lowrank.robustness._gradients import blocked_gradient
-from keras_lowrank.robustness._report_inputs import as_pair, check_data, check_input_shape, first_inputs, is_pair
+from keras_lowrank.robustness._report_inputs import (
+    as_pair,
+    check_data,
+    check_input_shape,
+    first_inputs,
+    first_inputs_raw,
+    is_pair,
+    refuse_token_inputs,
+)
 from keras_lowrank.robustness._sweep import Identity, Sweep, sweep_group
 from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, resolve_from_logits
 from keras_lowrank.robustness.autoattack import APGD, FAB, AutoAttack, Square
@@ -390,6 +398,7 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}.")
     if isinstance(model, PerturbedModel):  # its gradient is stopped: every attack would read clean
         raise ValueError(f"evaluate_robustness cannot evaluate this model: {blocked_gradient(model)}.")
+    refuse_token_inputs(model, data[0] if is_pair(data) else first_inputs_raw(data))
     for attack in attacks:
         if hasattr(attack, "check_gradients"):
             attack.check_gradients(model)  # a white-box attack on a model without gradients
