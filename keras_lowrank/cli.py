@@ -163,8 +163,9 @@ def build_parser():
         "gradient-masking checks (a large-ε probe, AutoAttack's flags). Writes report.md, "
         f"report.json, robustness.png.\n\nAttacks (--attacks NAME:EPS[:linf|l2]): {ATTACK_HELP}.")
     _common(evaluate)
-    evaluate.add_argument("--attacks", nargs="*", default=["fgsm:0.03", "pgd:0.03"], metavar="NAME:EPS",
-                          help="attacks and their ε in input units (default fgsm:0.03 pgd:0.03)")
+    evaluate.add_argument("--attacks", nargs="*", default=None, metavar="NAME:EPS",
+                          help="attacks and their ε in input units (default fgsm:0.03 pgd:0.03; none on a "
+                               "model of token ids)")
     evaluate.add_argument("--noise", type=_finite(0.0), nargs="*", default=[], metavar="SIGMA",
                           help="Gaussian noise standard deviations")
     evaluate.add_argument("--corruptions", type=_severity, nargs="*", default=[], metavar="SEVERITY",
@@ -229,7 +230,7 @@ def _check(parser, args, argv, from_shell):
         from keras_lowrank._jobs.common import JobError
         from keras_lowrank._jobs.evaluate import parse_attack
 
-        for text in args.attacks:
+        for text in args.attacks or []:
             try:
                 parse_attack(text)
             except JobError as error:

@@ -49,7 +49,7 @@ def run(args, meta):
     rank_rows = [[layer, r.num_features, f"{r.effective_rank:.2f}", f"{r.stable_rank:.2f}",
                   r.variance_rank, "channel vectors" if channels else "whole output"]
                  for layer, (r, channels) in ranks.items()]
-    within = cka_map(model, x, layers=[l.name for l in layers])
+    within = cka_map(model, x, layers=list(layers))
     maps = {"cka.png": (within, f"CKA within {name}")}
     sections = [
         ("Data", arrays["description"] + f"; {len(x)} test examples."),
@@ -64,9 +64,8 @@ def run(args, meta):
               "ranks": {layer: {**r.as_dict(), "channel_vectors": c} for layer, (r, c) in ranks.items()},
               "cka": {"rows": within.rows, "columns": within.columns, "matrix": within.matrix}}
     if other is not None:
-        across = cka_map(model, x, model_b=other, layers=[l.name for l in layers],
-                         layers_b=[l.name for l in other_layers])
-        other_within = cka_map(other, x, layers=[l.name for l in other_layers])
+        across = cka_map(model, x, model_b=other, layers=list(layers), layers_b=list(other_layers))
+        other_within = cka_map(other, x, layers=list(other_layers))
         other_name = os.path.basename(args.compare)
         maps["cka_compare.png"] = (across, f"CKA: {name} (rows) vs {other_name} (columns)")
         maps["cka_other.png"] = (other_within, f"CKA within {other_name}")

@@ -11,6 +11,7 @@ import os
 import platform
 import shlex
 import sys
+import warnings
 
 import numpy as np
 
@@ -40,19 +41,48 @@ def load_model(path, argument="MODEL"):
     import keras_lowrank  # noqa: F401  (registers the library's layers for loading)
 
     try:
-        model = keras.saving.load_model(path, compile=False)
+        with warnings.catch_warnings():  # compile=False: a model that compiles itself (keras-hub's
+            # tasks) is not given the saved optimizer's state, which the jobs do not use
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # a damaged file, unknown custom objects, …
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise JobError(f"{argument}: Keras cannot load {path} ({type(error).__name__}: "
                        f"{first[:300]}).") from None
-    if len(model.inputs or ()) != 1 or len(model.outputs or ()) != 1:
-        raise JobError(f"{argument}: {path} must have one input and one output (a classifier); "
+    if not model.inputs or len(model.outputs or ()) != 1:
+        raise JobError(f"{argument}: {path} must have inputs and one output (a classifier); "
                        f"it has {len(model.inputs or ())} and {len(model.outputs or ())}.")
     shape = tuple(model.outputs[0].shape)
+    if len(shape) == 3:
+        raise JobError(f"{argument}: {path} outputs a score per position {shape} (a language model?); "
+                       "the command line scores classifiers (batch, classes): compress a language model "
+                       "with the Python API (docs/compression.md, \"Transformers and keras-hub\").")
     if len(shape) != 2 or not shape[-1] or shape[-1] < 2:
         raise JobError(f"{argument}: {path} must output class scores (batch, classes ≥ 2); "
                        f"its output has shape {shape}.")
     return model
+
+
+def named_inputs(model):
+    """The model's input names where it takes several (keras-hub: token_ids,
+    padding_mask…) or one of integer dtype (token ids), else None: its data is then a
+    dict of arrays by those names, and noise or attacks on it mean nothing."""
+    import keras
+
+    integer = np.dtype(keras.backend.standardize_dtype(model.inputs[0].dtype)).kind in "biu"
+    return [t.name for t in model.inputs] if len(model.inputs) > 1 or integer else None
+
+
+# -- batches: arrays, or dicts of arrays by input name --------------------------
+def length(x):
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def rows(x, start=None, stop=None):
+    """Examples ``start:stop`` of ``x`` (an array or a dict of arrays)."""
+    if isinstance(x, dict):
+        return {k: v[start:stop] for k, v in x.items()}
+    return x[start:stop]
 
 
 def num_classes(model):
@@ -116,7 +146,7 @@ def _limited(arrays, limit):
             if split not in arrays:
                 continue
             x, y = arrays[split]
-            arrays[split] = (x[:limit], y[:limit])
+            arrays[split] = (rows(x, None, limit), y[:limit])
         arrays["description"] += f", first {limit} examples of each split"
     return arrays
 
@@ -130,11 +160,24 @@ def _npz(path, limit):
     except Exception as error:
         raise JobError(f"--data: {path} is not a readable .npz file ({type(error).__name__}: "
                        f"{str(error)[:200]}); write one with np.savez(path, x=x, y=y).") from None
+    if "x" not in arrays:  # named inputs (token_ids, padding_mask, …), each with its <name>_test
+        named = {k: v for k, v in arrays.items() if k not in ("y", "y_test") and not k.endswith("_test")}
+        if named:
+            arrays = {"y": arrays.get("y"), "x": named, **({"y_test": arrays["y_test"]} if "y_test" in arrays
+                                                           else {}),
+                      **({"x_test": {k: arrays[f"{k}_test"] for k in named}}
+                         if any(f"{k}_test" in arrays for k in named) else {})}
+            missing_tests = [f"{k}_test" for k in named if "x_test" in arrays and f"{k}_test" not in
+                             {f"{n}_test" for n in arrays["x_test"]}]
+            if missing_tests:
+                raise JobError(f"--data: {path} lacks {', '.join(missing_tests)}; give every input's _test or none.")
+            arrays = {k: v for k, v in arrays.items() if v is not None}
     missing = [key for key in ("x", "y") if key not in arrays]
     if missing:
         raise JobError(f"--data: {path} lacks {' and '.join(missing)} (it holds "
                        f"{', '.join(sorted(arrays)) or 'nothing'}); write it with "
-                       "np.savez(path, x=inputs, y=labels[, x_test=…, y_test=…]).")
+                       "np.savez(path, x=inputs, y=labels[, x_test=…, y_test=…]), or for a model of "
+                       "named inputs np.savez(path, token_ids=…, padding_mask=…, y=…[, token_ids_test=…, …]).")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise JobError(f"--data: {path} holds only one of x_test and y_test; give both or neither.")
     x, y = arrays["x"], arrays["y"]
@@ -144,16 +187,27 @@ def _npz(path, limit):
         result = {"train": (x, y), "test": (arrays["x_test"], arrays["y_test"]),
                   "description": f"{path} (x, y for training; x_test, y_test for testing)"}
     else:
-        if len(x) < 2:
-            raise JobError(f"--data: {path} holds {len(x)} example(s); at least 2 are needed.")
-        cut = len(x) - max(1, len(x) // 5)
-        result = {"train": (x[:cut], y[:cut]), "test": (x[cut:], y[cut:]),
-                  "description": f"{path} (no x_test: examples {cut}..{len(x) - 1}, the last "
+        n = length(x)
+        if n < 2:
+            raise JobError(f"--data: {path} holds {n} example(s); at least 2 are needed.")
+        cut = n - max(1, n // 5)
+        result = {"train": (rows(x, None, cut), y[:cut]), "test": (rows(x, cut), y[cut:]),
+                  "description": f"{path} (no x_test: examples {cut}..{n - 1}, the last "
                                  "20 %, are the test split)"}
     return _limited(result, limit)
 
 
 def _check_pair(x, y, where):
+    if isinstance(x, dict):
+        for name, part in x.items():
+            if part.dtype.kind not in "fiub" or part.ndim < 1:
+                raise JobError(f"--data {where}: input {name!r} must be numbers (examples, …), got dtype "
+                               f"{part.dtype}, shape {part.shape}.")
+            if len(part) != len(y):
+                raise JobError(f"--data {where}: input {name!r} has {len(part)} examples but y has {len(y)}.")
+        x = next(iter(x.values()))
+        if x.ndim < 2:
+            x = x[:, None]
     if x.dtype.kind not in "fiub":
         raise JobError(f"--data {where}: x must be numbers, got dtype {x.dtype}.")
     if y.dtype.kind not in "fiub":
@@ -168,14 +222,23 @@ def _check_pair(x, y, where):
 
 def check_against_model(arrays, model, clip):
     """Shapes, dtype, value range and labels of every split checked against
-    ``model``; returns float32 inputs and integer labels per split."""
+    ``model``; returns float32 inputs (a dict of the model's named inputs as given: token
+    ids stay integers) and integer labels per split."""
     expected = tuple(model.inputs[0].shape[1:])
     classes = num_classes(model)
     checked = dict(arrays)
+    names = named_inputs(model)
     for split in ("train", "test"):
         if split not in arrays:
             continue
         x, y = arrays[split]
+        if names is not None:
+            x = _checked_named(x, model, names, split)
+            checked[split] = (x, _checked_labels(y, classes, split))
+            continue
+        if isinstance(x, dict):
+            raise JobError(f"--data: the model takes one input ({model.inputs[0].name}); the file holds "
+                           f"several ({', '.join(x)}): save it as x=… .")
         shape = tuple(x.shape[1:])
         if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
             hint = (" (add the channel axis: x[..., None])"
@@ -190,25 +253,67 @@ def check_against_model(arrays, model, clip):
             raise JobError(f"--data: the {split} inputs range over [{low:g}, {high:g}], outside the "
                            f"input range [{clip[0]:g}, {clip[1]:g}] that noise and attacks clip to; "
                            "pass --clip LOW HIGH with the model's input range (e.g. --clip 0 255).")
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == classes:
-            if not np.all((y == 0) | (y == 1)) or not np.all(y.sum(1) == 1):
-                raise JobError(f"--data: the {split} labels are 2-D but not one-hot rows.")
-            y = y.argmax(1)
-        elif y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1:
-            raise JobError(f"--data: the {split} labels have shape {y.shape}; expected (examples,) "
-                           f"class indices or (examples, {classes}) one-hot rows.")
-        if y.dtype.kind == "f":
-            if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-                raise JobError(f"--data: the {split} labels are not whole numbers (class indices).")
-        y = y.astype("int64")
-        if y.min() < 0 or y.max() >= classes:
-            raise JobError(f"--data: the {split} labels range over {int(y.min())}..{int(y.max())} "
-                           f"but the model has {classes} outputs (classes 0..{classes - 1}).")
-        checked[split] = (x, y.astype("int32"))
+        checked[split] = (x, _checked_labels(y, classes, split))
     return checked
+
+
+def _checked_named(x, model, names, split):
+    """The ``split``'s inputs as {input name: array} for a model of named (or integer)
+    inputs: every name present, shapes and integer-ness as declared."""
+    import keras
+
+    if not isinstance(x, dict):
+        if len(names) > 1:
+            raise JobError(f"--data: the model takes named inputs {names}; save them by name: "
+                           f"np.savez(path, {'=…, '.join(names)}=…, y=…).")
+        x = {names[0]: x}
+    missing, extra = [n for n in names if n not in x], [n for n in x if n not in names]
+    if missing or extra:
+        raise JobError(f"--data: the model takes the inputs {names}; the file's {split} split "
+                       + (f"lacks {missing}" if missing else "") + (" and " if missing and extra else "")
+                       + (f"has {extra}, which the model does not take" if extra else "") + ".")
+    out = {}
+    for tensor in model.inputs:
+        value = np.asarray(x[tensor.name])
+        declared = tuple(tensor.shape[1:])
+        shape = tuple(value.shape[1:])
+        if len(shape) != len(declared) or any(e is not None and e != s for e, s in zip(declared, shape)):
+            raise JobError(f"--data: the {split} input {tensor.name!r} has shape {shape} but the model "
+                           f"takes {declared}.")
+        dtype = keras.backend.standardize_dtype(tensor.dtype)
+        if np.dtype(dtype).kind in "biu":
+            if value.dtype.kind == "f" and not np.all(value == np.round(value)):
+                raise JobError(f"--data: the {split} input {tensor.name!r} must hold whole numbers (token "
+                               "ids, masks).")
+            value = value.astype(dtype)
+        else:
+            value = value.astype("float32")
+            if not np.all(np.isfinite(value)):
+                raise JobError(f"--data: the {split} input {tensor.name!r} holds NaN or infinite values.")
+        out[tensor.name] = value
+    return out
+
+
+def _checked_labels(y, classes, split):
+    """Integer class labels from class indices or one-hot rows, in 0..classes−1."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == classes:
+        if not np.all((y == 0) | (y == 1)) or not np.all(y.sum(1) == 1):
+            raise JobError(f"--data: the {split} labels are 2-D but not one-hot rows.")
+        y = y.argmax(1)
+    elif y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise JobError(f"--data: the {split} labels have shape {y.shape}; expected (examples,) "
+                       f"class indices or (examples, {classes}) one-hot rows.")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise JobError(f"--data: the {split} labels are not whole numbers (class indices).")
+    y = y.astype("int64")
+    if y.min() < 0 or y.max() >= classes:
+        raise JobError(f"--data: the {split} labels range over {int(y.min())}..{int(y.max())} "
+                       f"but the model has {classes} outputs (classes 0..{classes - 1}).")
+    return y.astype("int32")
 
 
 def accuracy(model, x, y, batch_size=256):

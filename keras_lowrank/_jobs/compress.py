@@ -18,9 +18,9 @@ from keras_lowrank._jobs.common import JobError
 _RELOAD = r"""
 import json, os, sys
 import numpy as np
+folder, inputs, results, allow = sys.argv[1:5]
 sys.modules["keras_lowrank"] = None
-folder, inputs, results = sys.argv[1:4]
-x = np.load(inputs)
+x = dict(np.load(inputs)) if inputs.endswith(".npz") else np.load(inputs)
 out, errors = {}, {}
 def full_float32():  # no TF32 on GPUs, as in the parent (JAX: JAX_DEFAULT_MATMUL_PRECISION)
     import keras
@@ -32,12 +32,6 @@ def attempt(kind, run):
         out[kind] = np.asarray(run(), dtype="float32")
     except Exception as error:
         errors[kind] = f"{type(error).__name__}: {str(error)[:300]}"
-if os.path.exists(os.path.join(folder, "model.keras")):
-    def keras_file():
-        import keras
-        full_float32()
-        return keras.saving.load_model(os.path.join(folder, "model.keras")).predict(x, verbose=0)
-    attempt("keras", keras_file)
 if os.path.exists(os.path.join(folder, "saved_model")):
     def saved_model():
         import tensorflow as tf
@@ -56,6 +50,15 @@ if os.path.exists(os.path.join(folder, "model.tflite")):
         interpreter.invoke()
         return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     attempt("tflite", tflite)
+if os.path.exists(os.path.join(folder, "model.keras")):
+    if allow == "1":  # low-rank layers inside the model's own layers: keras_lowrank rebuilds them
+        del sys.modules["keras_lowrank"]
+        import keras_lowrank  # noqa: F401
+    def keras_file():
+        import keras
+        full_float32()
+        return keras.saving.load_model(os.path.join(folder, "model.keras")).predict(x, verbose=0)
+    attempt("keras", keras_file)
 np.savez(results, **out)
 print(json.dumps({"errors": errors, "keras_lowrank_imported": sys.modules.get("keras_lowrank") is not None}))
 """
@@ -76,18 +79,25 @@ def check_formats(formats):
                        "(pip install tensorflow-cpu); --formats keras needs only Keras.")
 
 
-def reload_elsewhere(folder, x, timeout=600):
+def reload_elsewhere(folder, x, timeout=600, keras_needs_us=False):
     """{format: outputs} of each exported file, computed by a fresh interpreter
-    in which importing keras_lowrank fails; plus the errors it met. Matrix products
+    in which importing keras_lowrank fails (but for the .keras file of a model whose
+    low-rank layers sit inside its own layers, ``keras_needs_us``: keras_lowrank then
+    rebuilds them); plus the errors it met. Matrix products
     in full float32 there, as the reference is computed (a GPU's default TF32 has
     relative errors ≈ 1e-3: the files would seem not to reproduce the model)."""
     import json
 
     with tempfile.TemporaryDirectory() as scratch:
-        inputs, results = os.path.join(scratch, "x.npy"), os.path.join(scratch, "out.npz")
-        np.save(inputs, x)
+        inputs = os.path.join(scratch, "x.npz" if isinstance(x, dict) else "x.npy")
+        results = os.path.join(scratch, "out.npz")
+        if isinstance(x, dict):
+            np.savez(inputs, **x)
+        else:
+            np.save(inputs, x)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
-        done = subprocess.run([sys.executable, "-c", _RELOAD, folder, inputs, results],
+        done = subprocess.run([sys.executable, "-c", _RELOAD, folder, inputs, results,
+                               "1" if keras_needs_us else "0"],
                               capture_output=True, text=True, timeout=timeout, cwd=scratch, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"re-loading the exported files failed:\n{done.stderr[-2000:]}")
@@ -101,6 +111,7 @@ def run(args, meta):
     import keras
 
     from keras_lowrank import compression
+    from keras_lowrank._keras_compat import layer_paths
     from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
     from keras_lowrank.optimizers import DLRT
     from keras_lowrank.precision import float32_matmuls
@@ -118,9 +129,10 @@ def run(args, meta):
         args.budget = DEFAULT_BUDGET
     how = (f"--rank {args.rank}" if args.rank else f"--tol {args.tol:g}" if args.tol is not None
            else f"--budget {args.budget:g}")
-    calibration = x[:CALIBRATION_EXAMPLES]
-    print(f"{args.model}: accuracy {before:.4f} on {len(x_test)} test examples; converting at {how}, "
-          f"factorised for the outputs on {len(calibration)} training examples")
+    calibration = common.rows(x, None, CALIBRATION_EXAMPLES)
+    n_calibration, n_train, n_test = common.length(calibration), common.length(x), common.length(x_test)
+    print(f"{args.model}: accuracy {before:.4f} on {n_test} test examples; converting at {how}, "
+          f"factorised for the outputs on {n_calibration} training examples")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -129,7 +141,7 @@ def run(args, meta):
                                           spectral_weight=args.spectral_weight, data=calibration)
         except ValueError as error:
             raise JobError(f"MODEL: {error}") from None
-    converted = [l.name for l in low.layers if isinstance(l, DynamicLowRankBase)]
+    converted = [p for p, l in layer_paths(low) if isinstance(l, DynamicLowRankBase)]
     if not converted:  # the warnings say why: in the one error line, not above it
         why = " ".join(str(w.message) for w in caught)
         raise JobError("MODEL: no Dense, Conv1D or Conv2D layer of this model has a low-rank form worth "
@@ -144,11 +156,12 @@ def run(args, meta):
     if args.finetune_epochs:
         # the last tenth of the training split (not the test split) judges the fine-tuning:
         # where it did not help, the model right after the SVD is kept, and the report says so
-        held = max(1, len(x) // 10)
-        x_fit, y_fit, x_val, y_val = x[:-held], y[:-held], x[-held:], y[-held:]
+        held = max(1, n_train // 10)
+        x_fit, y_fit = common.rows(x, None, -held), y[:-held]
+        x_val, y_val = common.rows(x, -held), y[-held:]
         val_svd = common.accuracy(low, x_val, y_val)
         factors = [w.copy() for w in low.get_weights()]
-        print(f"DLRT fine-tuning, {args.finetune_epochs} epoch(s) on {len(x_fit)} examples "
+        print(f"DLRT fine-tuning, {args.finetune_epochs} epoch(s) on {n_train - held} examples "
               f"({held} held out to judge it)")
         with warnings.catch_warnings():
             if args.budget is not None:  # each layer has no room above its rank on purpose: the budget
@@ -176,11 +189,12 @@ def run(args, meta):
         quantised = common.accuracy(compact, x_test, y_test) if quantize else None
         sizes_after = {f: common.size_on_disk(written[f]) for f in args.formats}
         sizes_before = _original_sizes(model, args.model, args.formats)
-        check_x = x_test[: args.check_examples]
+        check_x = common.rows(x_test, None, args.check_examples)
         with float32_matmuls():  # no TF32 on a GPU, on either side of the comparison
             # a quantised export reproduces the quantised model, not the float one
             expected = np.asarray((compact if quantize else low).predict(check_x, verbose=0), dtype="float32")
-        outputs, status = reload_elsewhere(export, check_x)
+        keras_needs_us = written.get("keras_needs_keras_lowrank", False)
+        outputs, status = reload_elsewhere(export, check_x, keras_needs_us=keras_needs_us)
         tolerance = 1e-5 * max(1.0, float(np.abs(expected).max()))
         checks = []
         for kind in args.formats:
@@ -193,7 +207,7 @@ def run(args, meta):
                                "passed": False, "detail": status["errors"].get(kind, "not written")})
         model_rows = [
             ["test accuracy", f"{before:.4f}", f"{after:.4f} (right after the SVD: {after_svd:.4f})"],
-            ["conversion", "", f"{how}; each kernel factorised for its outputs on {len(calibration)} "
+            ["conversion", "", f"{how}; each kernel factorised for its outputs on {n_calibration} "
                                "training examples"],
             ["DLRT fine-tuning", "", finetuning],
         ] + ([["test accuracy after quantisation", "", f"{quantised:.4f} ({quantize}, Keras' own)"]]
@@ -205,12 +219,15 @@ def run(args, meta):
                        "" if c["max_abs_difference"] is None else f"{c['max_abs_difference']:.2e}",
                        f"{c['tolerance']:.1e}", c["detail"]] for c in checks]
         sections = [
-            ("Data", arrays["description"] + f"; {len(x)} training, {len(x_test)} test examples."),
+            ("Data", arrays["description"] + f"; {n_train} training, {n_test} test examples."),
             ("The model", common.markdown_table(["", "before", "after"], model_rows)),
             ("Per layer", summary.to_markdown()),
             ("Exported files, re-loaded without keras_lowrank",
-             "Each file was loaded by a fresh Python in which `import keras_lowrank` fails, run on "
-             f"{len(check_x)} test examples and compared with the fine-tuned low-rank model "
+             "Each file was loaded by a fresh Python in which `import keras_lowrank` fails"
+             + (" (but for model.keras: its low-rank layers sit inside the model's own layers, which "
+                "Keras rebuilds from their code, so keras_lowrank puts them back on loading)"
+                if keras_needs_us else "")
+             + f", run on {common.length(check_x)} test examples and compared with the fine-tuned low-rank model "
              f"(tolerance 1e-5 · max(1, max |output|); matrix products in full float32 on both "
              f"sides, no TF32).\n\n"
              + common.markdown_table(["format", "check", "largest difference", "tolerance", "detail"],
@@ -224,7 +241,7 @@ def run(args, meta):
                   "summary": summary.to_dict(), "reload_checks": checks,
                   "fine_tuning": finetuning, "quantize": quantize,
                   "settings": {"budget": args.budget, "tol": args.tol, "rank": args.rank,
-                               "calibration_examples": len(calibration), "spectral_weight": args.spectral_weight,
+                               "calibration_examples": n_calibration, "spectral_weight": args.spectral_weight,
                                "finetune_epochs": args.finetune_epochs, "formats": list(args.formats)}}
         _plot(summary, os.path.join(folder, "compression.png"))
         common.write_report(folder, f"Compression of {os.path.basename(args.model)}", meta, sections, record)

@@ -20,6 +20,7 @@ ATTACKS = {
     "autoattack": "AutoAttack, standard: APGD-CE, APGD-T, FAB-T, Square",
     "autoattack-fast": "AutoAttack, fast: APGD-CE, APGD-T with 3 targets",
 }
+DEFAULT_ATTACKS = ("fgsm:0.03", "pgd:0.03")
 ATTACK_HELP = "; ".join(f"{name}: {text}" for name, text in ATTACKS.items())
 _PATTERN = re.compile(r"^(?P<name>[a-z-]+?)(?P<steps>\d+)?:(?P<eps>[^:]+)(?::(?P<norm>linf|l2))?$")
 
@@ -83,11 +84,16 @@ def run(args, meta):
     from keras_lowrank.robustness import all_corruptions, evaluate_robustness
     from keras_lowrank.robustness.autoattack import TARGETED_DLR_MIN_CLASSES
 
-    attacks = [parse_attack(a) for a in args.attacks]
     model = common.load_model(args.model)
+    explicit = args.attacks is not None
+    if args.attacks is None:
+        args.attacks = [] if common.named_inputs(model) is not None else list(DEFAULT_ATTACKS)
+    attacks = [parse_attack(a) for a in args.attacks]
     arrays = common.check_against_model(common.load_arrays(args.data, args.data_dir, args.limit, splits=("test",)),
                                         model, args.clip)
     x, y = arrays["test"]
+    if common.named_inputs(model) is not None:
+        return _token_model(args, meta, model, arrays, explicit)
     classes = common.num_classes(model)
     for spec in attacks:  # before any row runs
         if spec.name in ("autoattack", "autoattack-fast", "apgd-t") and classes < TARGETED_DLR_MIN_CLASSES:
@@ -123,4 +129,44 @@ def run(args, meta):
                             {"data": arrays["description"], "report": report.as_dict(),
                              "attacks": [dataclasses.asdict(a) for a in attacks]})
     print(f"wrote {args.output}/ (report.md, report.json{', robustness.png' if attacks or args.noise else ''})")
+    return 0
+
+
+def _token_model(args, meta, model, arrays, explicit_attacks):
+    """A model of token ids (or several named inputs): accuracy clean and with Gaussian
+    noise on its token embeddings at each --noise σ (relative to the embeddings' RMS
+    entry); attacks and corruptions, which perturb continuous inputs, are refused."""
+    import keras
+
+    from keras_lowrank.robustness import embedding_noise
+
+    names = common.named_inputs(model)
+    if (explicit_attacks and args.attacks) or args.corruptions:
+        raise JobError(f"MODEL takes {', '.join(names)} (token ids): attacks and corruptions perturb "
+                       "continuous inputs and mean nothing on token ids; --noise σ … adds Gaussian noise "
+                       "to the token embeddings instead (σ × their RMS entry).")
+    x, y = arrays["test"]
+    keras.utils.set_random_seed(args.seed)
+    clean = common.accuracy(model, x, y)
+    rows, record = [["clean", "", f"{clean:.4f}"]], {"clean": clean, "embedding_noise": {}}
+    for sigma in args.noise:
+        try:
+            noisy = embedding_noise(model, sigma, seed=args.seed)
+        except ValueError as error:
+            raise JobError(f"MODEL: {error}") from None
+        accuracy = common.accuracy(noisy, x, y)
+        rows.append(["Gaussian noise on the token embeddings", f"{sigma:g}", f"{accuracy:.4f}"])
+        record["embedding_noise"][f"{sigma:g}"] = accuracy
+    n = common.length(x)
+    print("\n".join(f"  {r[0]} {r[1]}: {r[2]}" for r in rows))
+    with common.staged(args) as folder:
+        sections = [("Data", arrays["description"] + f"; {n} test examples."),
+                    ("Accuracy", common.markdown_table(["perturbation", "σ (× the embeddings' RMS entry)",
+                                                        "accuracy"], rows)
+                     + "\n\nThe model takes token ids (" + ", ".join(names) + "): noise is added to "
+                     "their embeddings (keras_lowrank.robustness.embedding_noise), the same draws for "
+                     "every model given the same --seed; attacks and corruptions do not apply.")]
+        common.write_report(folder, f"Robustness of {os.path.basename(args.model)}", meta, sections,
+                            {"data": arrays["description"], "report": record})
+    print(f"wrote {args.output}/ (report.md, report.json)")
     return 0

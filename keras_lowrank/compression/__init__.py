@@ -1,8 +1,9 @@
 """Convert trained models to dynamic low-rank layers, summarise, export small files.
 
 - ``to_low_rank``: Dense / Conv1D / Conv2D / EinsumDense → DynamicLowRankDense /
-  DynamicLowRankConv1D / DynamicLowRankConv2D / DynamicLowRankEinsumDense,
-  initialised by the truncated SVD of the trained kernel (docs/methods.md §2).
+  DynamicLowRankConv1D / DynamicLowRankConv2D / DynamicLowRankEinsumDense wherever they
+  sit (custom layers, keras-hub's transformers), initialised by the truncated SVD of the
+  trained kernel (plain, or whitened by calibration data), ranks by tol, rank or budget.
 - ``compression_summary``: per layer and total parameters, ranks, compression
   rate 1 − Σ(n_in r + r² + n_out r)/Σ(n_in n_out) (biases on neither side, as
   docs/methods.md §2), multiply-adds, cond(S).
@@ -10,12 +11,15 @@
   ``fit``, which usually stops inside a cycle, on augmented bases.
 - ``export_compressed``: rebuilds the model at the exact ranks from Keras' own
   layers (Dense(r) → Dense(units); ConvND(r) → 1×1 ConvND; two EinsumDense), so the ``.keras``
-  file and the SavedModel really are small and load without keras_lowrank.
+  file and the SavedModel really are small; they load without keras_lowrank but where
+  the low-rank layers sit inside custom layers (then keras_lowrank puts them back).
+- ``save_model``: ``model.save`` for a model converted inside its custom layers.
 """
 
+from keras_lowrank.compression._surgery import save_model
 from keras_lowrank.compression.convert import to_low_rank, truncate_ranks
 from keras_lowrank.compression.export import compressed_model, export_compressed
 from keras_lowrank.compression.summary import CompressionSummary, compression_summary
 
 __all__ = ["to_low_rank", "truncate_ranks", "compression_summary", "CompressionSummary",
-           "compressed_model", "export_compressed"]
+           "compressed_model", "export_compressed", "save_model"]

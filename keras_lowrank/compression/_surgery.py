@@ -15,6 +15,7 @@ and hands Keras the model, whose weights then load as saved.
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 
 import keras
@@ -39,7 +40,11 @@ def copy_model(model, caller, layers=()):
         path = os.path.join(folder, "model.keras")
         try:
             save_model(model, path)
-            copy = keras.saving.load_model(path, custom_objects=classes, compile=False, safe_mode=False)
+            with warnings.catch_warnings():
+                # a model class that compiles itself (keras-hub's tasks) would get the saved
+                # optimizer's state: the copy is uncompiled on purpose, its state not carried
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                copy = keras.saving.load_model(path, custom_objects=classes, compile=False, safe_mode=False)
         except Exception as error:  # Keras raises many kinds for an unserializable model
             raise ValueError(
                 f"{caller} works on a copy of the model made by Keras' own saving (save, then "
@@ -86,14 +91,39 @@ def _kept_by_config(model, path):
 
 
 def save_model(model, path):
-    """``model.save(path)``, and where it holds layers swapped below a custom layer (or
-    in a model class with its own config), a config that rebuilds them: loading then
-    needs keras_lowrank imported (its ``SubstitutedModel`` does the rebuilding)."""
+    """``model.save(path)`` for a model ``to_low_rank`` converted: where low-rank layers
+    sit below a custom layer (or in a model class with its own config, as keras-hub's),
+    which Keras rebuilds from its own code, the file's config also records them, so that
+    ``keras.saving.load_model`` (with keras_lowrank imported) puts them back. Use it
+    instead of ``model.save``, which would write a file whose weights no longer fit the
+    model Keras rebuilds.
+
+    Args:
+        model: a Keras model.
+        path: the ``.keras`` file to write (replaced if it exists, as ``model.save`` does).
+
+    Returns:
+        whether loading the file needs keras_lowrank imported.
+
+    Examples:
+
+        >>> import tempfile
+        >>> from keras_lowrank.compression import compression_summary, to_low_rank
+        >>> tokens = keras.Input((6, 16))
+        >>> attended = keras.layers.MultiHeadAttention(2, 8)(tokens, tokens)
+        >>> model = keras.Model(tokens, keras.layers.Dense(3)(attended))
+        >>> path = tempfile.mkdtemp() + "/low.keras"
+        >>> save_model(to_low_rank(model, rank=2), path)
+        True
+        >>> sorted(row["layer"] for row in compression_summary(keras.saving.load_model(path)).rows
+        ...        if row["rank"] is not None)
+        ['attention_output', 'key', 'query', 'value']
+    """
     model.save(path)
     paths = dict(layer_paths(model))
     missing = [p for p in getattr(model, RECORD, []) if p in paths and not _kept_by_config(model, p)]
     if not missing:
-        return
+        return False
     swapped = []
     for p in missing:
         layer = paths[p]
@@ -116,6 +146,7 @@ def save_model(model, path):
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
         for name, data in members.items():
             archive.writestr(name, data)
+    return True
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")

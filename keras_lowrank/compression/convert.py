@@ -98,34 +98,40 @@ def to_low_rank(
     calibration_examples=256,
 ):
 
-    """A copy of a trained Sequential/functional model whose Dense, Conv1D, Conv2D and
-    EinsumDense layers are DynamicLowRankDense / DynamicLowRankConv1D / DynamicLowRankConv2D /
-    DynamicLowRankEinsumDense, initialised by the SVD of the trained kernel (as a
-    matrix) truncated to ``rank`` (an int) or, if ``rank`` is None,
-    by the tolerance rule ‖d[r:]‖ < tol·‖d‖ (float64; with ``rank`` given, a kernel of
-    ≥ 256 on its short side takes only its leading triplets, by SciPy's ARPACK where
-    installed: VGG16's conversion 33 → 4 s). Outputs match the original up to the
-    truncation error. Other layers keep their weights. The converted layers keep
-    activation, bias, regularizers (the kernel regularizer now on U S Vᵀ) and the
-    bias constraint; a kernel constraint is dropped with a warning. A layer whose rank does
-    not pay (r·(n_in + n_out) ≥ n_in·n_out: the factorised layer would be the
-    larger) stays dense, with a warning naming it: the result is never bigger
-    than ``model``. The model's own layers are converted; Dense/Conv2D layers
-    inside a nested model or a custom layer are not (``clone_model`` rebuilds
-    those whole): named in ``layers`` they raise, otherwise a warning names
-    them — convert the inner model first, or build the model flat (this includes
-    the projections inside ``keras.layers.MultiHeadAttention``: build attention from
-    EinsumDense layers to compress them, as ``examples/transformer_digits.py``
-    does). Grouped (depthwise), channels_first and causal convolutions, and
-    EinsumDense equations whose kernel shares an axis with input and output, have no
-    low-rank form: the default skips them with a warning, naming one in ``layers``
-    raises. Other layers with kernels (SeparableConv2D, DepthwiseConv2D, transposed or
-    3-D convolutions, subclasses of Dense) stay as they are, named in a warning; so do
-    layers that are low rank already (lower their ranks with ``truncate_ranks``).
+    """A copy of a trained model whose Dense, Conv1D, Conv2D and EinsumDense layers —
+    wherever they sit: nested models, subclassed models, custom layers (the query, key,
+    value and output projections inside ``keras.layers.MultiHeadAttention`` and
+    keras-hub's attention and feed-forward blocks) — are DynamicLowRankDense /
+    DynamicLowRankConv1D / DynamicLowRankConv2D / DynamicLowRankEinsumDense,
+    initialised by the SVD of the trained kernel (as a matrix) truncated to ``rank``
+    (an int), to a ``budget``, or by the tolerance rule ‖d[r:]‖ < tol·‖d‖ (float64; with
+    ``rank`` given, a kernel of ≥ 256 on its short side takes only its leading triplets,
+    by SciPy's ARPACK where installed: VGG16's conversion 33 → 4 s). Outputs match the
+    original up to the truncation error. Other layers keep their weights; the model's
+    class stays (a keras-hub ``CausalLM`` still generates). The copy is made by Keras'
+    own saving, so the model and its custom layers must be serializable (get_config,
+    registered); shared layers stay shared and tied embeddings tied.
+
+    The converted layers keep activation, bias, regularizers (the kernel regularizer now
+    on U S Vᵀ) and the bias constraint; a kernel constraint is dropped with a warning. A
+    layer whose rank does not pay (r·(n_in + n_out) ≥ n_in·n_out: the factorised layer
+    would be the larger) stays dense, with a warning naming it: the result is never
+    bigger than ``model``. Grouped (depthwise), channels_first and causal convolutions,
+    EinsumDense equations whose kernel shares an axis with input and output, and
+    LoRA-enabled or quantised layers have no low-rank form here: the default skips them
+    with a warning, naming one in ``layers`` raises. Other layers with kernels
+    (SeparableConv2D, DepthwiseConv2D, transposed or 3-D convolutions, subclasses of
+    Dense) stay as they are, named in a warning; so do layers that are low rank already
+    (lower their ranks with ``truncate_ranks``). ``compression.save_model`` (or
+    ``export_compressed``) saves a model converted inside custom layers so that it loads
+    back: ``model.save`` would record only the custom layers' own configs.
 
     Args:
-        layers: names of the layers to convert (default: every Dense, Conv1D, Conv2D and EinsumDense,
-            minus the first / last of them per ``skip_first`` / ``skip_last``).
+        layers: which layers to convert: paths (``"transformer_layer_0/self_attention/query"``:
+            layer names from the model down, or Keras' ``layer.path``), names where unique, or a
+            predicate ``fn(path, layer) -> bool`` over the convertible layers (default: every
+            Dense, Conv1D, Conv2D and EinsumDense, minus the model's own first / last of them
+            per ``skip_first`` / ``skip_last``).
         rank: every converted layer's rank (an int), instead of ``tol`` or ``budget``.
         tol: the rank rule ‖d[r:]‖ < tol·‖d‖ where neither ``rank`` nor ``budget`` is
             given (d: the kernel's singular values, or with ``data`` its output errors),

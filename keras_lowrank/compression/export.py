@@ -29,11 +29,14 @@ __all__ = ["compressed_model", "export_compressed"]
 
 def compressed_model(model):
     """The model rebuilt at exact ranks from Keras' built-in layers: each dynamic
-    low-rank layer becomes a two-layer Sequential (x U_r, then (S_r V_rᵀ) + b with
-    the activation), so nothing of keras_lowrank is needed to load or run it.
+    low-rank layer, wherever it sits (nested models, custom layers, keras-hub's
+    blocks), becomes a two-layer Sequential (x U_r, then (S_r V_rᵀ) + b with the
+    activation), so nothing of keras_lowrank is needed to run it. The model's class
+    stays (a keras-hub ``CausalLM`` still generates).
 
     Args:
-        model: a Sequential or functional model with dynamic low-rank layers.
+        model: a Keras model with dynamic low-rank layers (a copy is rebuilt; ``model``
+            is unchanged).
 
     Returns:
         a new Keras model of built-in layers, computing what ``model`` computes.
@@ -140,9 +143,13 @@ def _projection_as_keras(layer):
 def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=False, quantize=None):
     """Writes the exact-rank model (``compressed_model``) under directory ``path``:
     ``model.keras`` and/or ``saved_model/`` (``Model.export``, loadable with plain
-    ``tf.saved_model.load``) and/or ``model.tflite``. Returns
-    {"model": compressed model, format: file path}. The SavedModel and TFLite
-    formats need TensorFlow installed.
+    ``tf.saved_model.load``) and/or ``model.tflite``. The SavedModel and TFLite
+    formats need TensorFlow installed (on JAX, Keras' SavedModel export cannot trace
+    some models, keras-hub's text models among them: refused before anything is written).
+    ``model.keras`` loads with Keras alone (and keras_hub for its models) where the
+    low-rank layers are the model's own layers; where they sit inside custom layers
+    (keras-hub's attention and feed-forward blocks), which Keras rebuilds from their own
+    code, it loads with keras_lowrank imported, which puts the factor layers back.
 
     The files are written to a temporary folder that replaces ``path`` only when
     all are written: an interrupted export leaves ``path`` as it was. An
@@ -153,7 +160,7 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
     refused with their names, and a symbolic link is never followed or replaced.
 
     Args:
-        model: a Sequential or functional model with dynamic low-rank layers.
+        model: a Keras model with dynamic low-rank layers (at any depth).
         path: the output folder (new or empty unless ``overwrite``).
         formats: any of ``"keras"``, ``"saved_model"``, ``"tflite"``.
         overwrite: replace a non-empty ``path`` that an earlier export wrote.
@@ -164,7 +171,10 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
             in a warning.
 
     Returns:
-        {"model": the compressed model, format: path of the file written}.
+        {"model": the compressed model, format: path of the file written,
+        "keras_needs_keras_lowrank": whether loading model.keras needs keras_lowrank
+        imported — True where low-rank layers sit inside custom layers or a model class
+        with its own config (keras-hub's), which Keras rebuilds from their code}.
 
     Examples:
 
@@ -193,7 +203,7 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
     names = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite"}
     with staged_folder(path, overwrite, "path") as staging:
         if "keras" in formats:
-            save_model(compact, os.path.join(staging, names["keras"]))
+            written["keras_needs_keras_lowrank"] = save_model(compact, os.path.join(staging, names["keras"]))
         # TFLite converts from a SavedModel: one asked for is written in place, else in a
         # scratch folder removed after (formats=("tflite",) writes model.tflite alone)
         scratch = None if "saved_model" in formats else tempfile.mkdtemp(prefix="klr-saved-model-")

@@ -12,4 +12,5 @@ from keras_lowrank.robustness.report import RobustnessReport, evaluate_robustnes
 
 __all__ = ["CleverhansAttack", "CORRUPTIONS", "Corruption", "all_corruptions", "FGSM", "PGD", "SPSA",
            "APGD", "FAB", "Square", "AutoAttack", "AutoAttackResult", "load_exported",
-           "Attack", "Perturbation", "GaussianNoise", "NoisyEmbedding", "embedding_noise", "PerturbedModel", "RobustnessReport", "evaluate_robustness"]
+           "Attack", "Perturbation", "GaussianNoise",
+           "NoisyEmbedding", "embedding_noise", "PerturbedModel", "RobustnessReport", "evaluate_robustness"]

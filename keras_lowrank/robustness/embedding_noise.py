@@ -30,7 +30,8 @@ class NoisyEmbedding(keras.layers.Layer):
         >>> table = keras.layers.Embedding(10, 4)
         >>> table.build((None,))
         >>> noisy = NoisyEmbedding(table, stddev=0.0)
-        >>> bool(np.all(ops.convert_to_numpy(noisy(np.array([[1, 2]]))) == ops.convert_to_numpy(table(np.array([[1, 2]])))))
+        >>> ids = np.array([[1, 2]])
+        >>> bool(np.all(ops.convert_to_numpy(noisy(ids)) == ops.convert_to_numpy(table(ids))))
         True
     """
 
