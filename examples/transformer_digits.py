@@ -11,9 +11,10 @@ their trained kernels, a few epochs with the DLRT optimizer wrapper recover the 
 while the ranks adapt, and ``export_compressed`` writes a `.keras` file of Keras' own
 layers (two EinsumDense per projection), checked against the model after reloading.
 
-(``keras.layers.MultiHeadAttention`` keeps its projections inside the layer, where
-``to_low_rank`` cannot replace them: it names them and leaves them dense. Writing
-attention with EinsumDense layers, as here, makes them convertible.)
+(``keras.layers.MultiHeadAttention`` and keras-hub's transformers convert the same way:
+``to_low_rank`` reaches the projections inside them; see
+``examples/compress_language_model.py``. Here attention is written out to show the
+layers it is made of.)
 
     python examples/transformer_digits.py [--epochs 30]   (about a minute on a laptop CPU)
 """

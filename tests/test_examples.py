@@ -113,3 +113,21 @@ def test_cifar_examples_refuse_to_overwrite_their_results(tmp_path):
                                 cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert result.returncode != 0 and "--overwrite" in result.stderr
         assert (tmp_path / "mine.json").read_text() == "a user's file"
+
+
+def test_language_model_example_compresses_generates_and_exports(tmp_path):
+    pytest.importorskip("tensorflow")
+    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, "compress_language_model.py"), "--quick"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    kept = float(re.search(r"parameters \(([\d.]+)%\)", out).group(1))
+    # budget 0.5 of the exported r(n_in + n_out); the summary also counts each S (r²)
+    assert 25.0 < kept <= 60.0
+    dense, converted, tuned = (float(v) for v in re.search(
+        r"dense ([\d.]+); right after conversion ([\d.]+); after DLRT fine-tuning ([\d.]+)", out).groups())
+    assert 1 < tuned and 1 < dense < 256 and 1 < converted < 256  # perplexities of a byte model
+    reloaded = float(re.search(r"the reloaded file's perplexity ([\d.]+)", out).group(1))
+    assert reloaded == pytest.approx(tuned, rel=1e-4)
+    assert "greedy sample, compressed: 'def to_low_rank(model" in out
+    assert (tmp_path / "language_model" / "compressed_lm" / "model.keras").exists()

@@ -13,13 +13,14 @@
   layers (Dense(r) → Dense(units); ConvND(r) → 1×1 ConvND; two EinsumDense), so the ``.keras``
   file and the SavedModel really are small; they load without keras_lowrank but where
   the low-rank layers sit inside custom layers (then keras_lowrank puts them back).
+- ``kernel_layers``: the (path, layer) pairs ``to_low_rank``'s ``layers`` chooses from.
 - ``save_model``: ``model.save`` for a model converted inside its custom layers.
 """
 
 from keras_lowrank.compression._surgery import save_model
-from keras_lowrank.compression.convert import to_low_rank, truncate_ranks
+from keras_lowrank.compression.convert import kernel_layers, to_low_rank, truncate_ranks
 from keras_lowrank.compression.export import compressed_model, export_compressed
 from keras_lowrank.compression.summary import CompressionSummary, compression_summary
 
-__all__ = ["to_low_rank", "truncate_ranks", "compression_summary", "CompressionSummary",
+__all__ = ["kernel_layers", "to_low_rank", "truncate_ranks", "compression_summary", "CompressionSummary",
            "compressed_model", "export_compressed", "save_model"]

@@ -33,7 +33,7 @@ from keras_lowrank.layers.dynamic_low_rank import (
 )
 from keras_lowrank.layers.low_rank_projection import LowRankProjection
 
-__all__ = ["to_low_rank", "truncate_ranks"]
+__all__ = ["kernel_layers", "to_low_rank", "truncate_ranks"]
 
 
 def truncate_ranks(model):
@@ -74,6 +74,28 @@ def truncate_ranks(model):
         step, k = unfinished
         dlrt_of(optimizer).cycle_step.assign(-(-step // k) * k)
     return {layer.name: layer.rank for layer in low_rank_layers(model)}
+
+
+def kernel_layers(model):
+    """[(path, layer)] of every Dense, Conv1D, Conv2D and EinsumDense of ``model``, at any
+    depth (nested models, custom layers, keras-hub's blocks): the paths ``to_low_rank``'s
+    ``layers`` takes, to choose from.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        a list of (path, layer): names from the model down, joined by "/".
+
+    Examples:
+
+        >>> tokens = keras.Input((6, 16))
+        >>> attended = keras.layers.MultiHeadAttention(2, 8, name="mha")(tokens, tokens)
+        >>> model = keras.Model(tokens, keras.layers.Dense(3, name="head")(attended))
+        >>> [path for path, _ in kernel_layers(model)]
+        ['mha/query', 'mha/key', 'mha/value', 'mha/attention_output', 'head']
+    """
+    return [(p, l) for p, l in layer_paths(model) if type(l) in KINDS]
 
 
 def _rank_for(d, tol):
