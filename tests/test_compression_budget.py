@@ -4,6 +4,7 @@ kernel for the data from a QR of the data instead of its second moment, the laye
 own outputs for the rows their kernels multiply, a brute-force rank allocation."""
 
 import itertools
+import warnings
 
 import keras
 import numpy as np
@@ -163,3 +164,28 @@ def test_budget_arguments_are_checked(rng):
         compression.to_low_rank(model, budget=0.5, budget_of="flops")
     with pytest.raises(ValueError, match="budget"):
         compression.to_low_rank(model, budget=1e-4)
+
+
+def test_dlrt_after_a_budget_adapts_the_bases_and_keeps_the_budget(rng):
+    """Each layer is held at its allocated rank: DLRT augments (the bases move: not only
+    S trains) and truncates back every cycle, so after fine-tuning every rank is the
+    allocated one and the budget holds."""
+    from keras_lowrank import DLRT
+
+    model, x = _trained_mlp(rng)
+    y = (x[:, :3].sum(axis=1) > 0).astype("int32") + (x[:, 3] > 0)
+    low = compression.to_low_rank(model, budget=0.25, data=x)
+    layers = [l for l in low.layers if hasattr(l, "factors")]
+    allocated = {l.name: l.rank for l in layers}
+    bases = {l.name: l.factors()[0].copy() for l in layers}
+    low.compile(DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "ended training at their max_rank"
+        low.fit(x, y, epochs=2, batch_size=30, verbose=0)  # 20 steps: ends inside a cycle
+    compression.truncate_ranks(low)
+    assert {l.name: l.rank for l in layers} == allocated
+    for layer in layers:  # span(U) moved: the largest principal angle is not ~0
+        u, old = layer.factors()[0], bases[layer.name]
+        cosines = np.linalg.svd(old.T @ u, compute_uv=False)
+        assert cosines.min() < 1 - 1e-3, layer.name

@@ -170,7 +170,10 @@ def to_low_rank(
         calibration_examples: how many examples of ``data`` to use (default 256).
         max_rank: storage rank for DLRT training: an int, or None for
             min(2·rank, n_in, n_out) (room for one augmentation) — with ``budget``, None
-            keeps each layer at its allocated rank, so the budget holds after DLRT.
+            also holds each layer at its allocated rank (``min_rank`` = that rank, ``tol``
+            0.999: DLRT augments the bases and truncates back every cycle), so the
+            bases adapt and the budget holds after fine-tuning; an int lets the ranks
+            adapt by ``tol`` up to it.
         min_rank: passed to the new layers.
         spectral_weight: passed to the new layers.
         tol: passed to the new layers.
@@ -235,9 +238,10 @@ def to_low_rank(
             kept_dense.append(f"{path} (rank {r} ≥ break-even "
                               f"{n_in * n_out / (n_in + n_out):.1f} of {n_in}×{n_out})")
             continue
-        # with a budget, no room above the allocated rank unless `max_rank` says: the
-        # budget then holds after DLRT fine-tuning too (its truncation only lowers ranks)
-        r_max = max_rank if max_rank is not None else r if budget is not None else min(2 * r, full)
+        # room for one augmentation; with a budget (and no `max_rank`) each layer is then held
+        # at its allocated rank: DLRT augments to 2r and truncates back to r every cycle, so
+        # the bases adapt and the budget holds after fine-tuning
+        r_max = max_rank if max_rank is not None else min(2 * r, full)
         if r_max < r:
             raise ValueError(f"`max_rank` ({r_max}) is below the rank chosen for {path!r} ({r}).")
         u, s_r, v = factor(r)
@@ -267,7 +271,9 @@ def to_low_rank(
         if plan is None:
             continue
         twin = twins[id(layer)]
-        new = _low_rank_layer(twin, plan, min_rank, tol, spectral_weight)
+        fixed = budget is not None and max_rank is None
+        new = _low_rank_layer(twin, plan, plan[3] if fixed else min_rank, FIXED_RANK_TOL if fixed else tol,
+                              spectral_weight)
         new.build(tuple(build_input_shape(twin)))
         _set_low_rank(twin, new, plan)
         swap(converted, path, twin, new)
@@ -337,6 +343,12 @@ def _choose_layers(model, layers, skip_first, skip_last):
                 "convolutions and EinsumDense layers whose kernel is one matrix convert.")
         chosen.append((path, layer))
     return chosen
+
+
+#: the truncation tolerance of a layer held at its budgeted rank (with min_rank = that rank):
+#: every DLRT cycle truncates the augmented 2r basis back to r, the fixed-rank augmented
+#: integrator (‖d[j:]‖ < 0.999‖d‖ holds from j = 1 on, so the floor decides)
+FIXED_RANK_TOL = 0.999
 
 
 def _low_rank_layer(layer, plan, min_rank, tol, spectral_weight):
