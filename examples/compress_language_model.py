@@ -115,9 +115,9 @@ calibration, _ = windows(train_ids, 256)
 low = compression.to_low_rank(lm, budget=0.5, data=calibration)
 summary = compression.compression_summary(low)
 converted = [r for r in summary.rows if r["rank"] is not None]
-print(f"converted {len(converted)} kernels: {summary.total['dense_params']:,} → "
-      f"{summary.total['low_rank_params']:,} parameters ({summary.total['low_rank_params'] / summary.total['dense_params']:.1%}); "
-      f"model {lm.count_params():,} → {summary.total['model_exported_params']:,}")
+dense_kernels, low_kernels = summary.total["dense_params"], summary.total["low_rank_params"]
+print(f"converted {len(converted)} kernels: {dense_kernels:,} → {low_kernels:,} parameters "
+      f"({low_kernels / dense_kernels:.1%}); model {lm.count_params():,} → {summary.total['model_exported_params']:,}")
 converted_ppl = perplexity(low)
 train(low, DLRT(keras.optimizers.AdamW(1e-4 if not args.quick else 1e-3, weight_decay=0.01), steps_per_cycle=20),
       TUNE, "DLRT fine-tuning")

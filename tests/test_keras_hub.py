@@ -296,3 +296,18 @@ def test_embedding_noise_adds_gaussian_noise_to_the_token_embeddings_only(name, 
     noisy.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     y = batch["token_ids"] if name == "GPT2CausalLM" else np.zeros(len(batch["token_ids"]), "int32")
     assert 0.0 <= noisy.evaluate(batch, y, verbose=0, return_dict=True)["accuracy"] <= 1.0
+
+
+def test_a_model_of_one_integer_input_is_refused_too():
+    """Token ids in one integer input (no dict): noise would be added to the ids
+    silently; refused, naming the input and its dtype."""
+    from keras_lowrank.robustness import GaussianNoise, evaluate_robustness
+
+    tokens = keras.Input((6,), dtype="int32", name="ids")
+    model = keras.Model(tokens, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(
+        keras.layers.Embedding(20, 8)(tokens))))
+    x = np.arange(24).reshape(4, 6) % 20
+    with pytest.raises(ValueError, match=r"ids \(int32\).*embedding_noise"):
+        evaluate_robustness(model, (x, np.zeros(4, "int32")), noise_sigmas=[0.1], clip=None)
+    with pytest.raises(ValueError, match=r"ids \(int32\)"):
+        GaussianNoise(0.1, clip=None)(model, x)

@@ -163,11 +163,8 @@ def run(args, meta):
         factors = [w.copy() for w in low.get_weights()]
         print(f"DLRT fine-tuning, {args.finetune_epochs} epoch(s) on {n_train - held} examples "
               f"({held} held out to judge it)")
-        with warnings.catch_warnings():
-            if args.budget is not None:  # each layer has no room above its rank on purpose: the budget
-                warnings.filterwarnings("ignore", message="DLRT: layer.* ended training at their max_rank")
-            low.fit(x_fit, y_fit, batch_size=args.batch_size, epochs=args.finetune_epochs,
-                    verbose=0 if args.quiet else 1)
+        low.fit(x_fit, y_fit, batch_size=args.batch_size, epochs=args.finetune_epochs,
+                verbose=0 if args.quiet else 1)
         compression.truncate_ranks(low)
         val_tuned = common.accuracy(low, x_val, y_val)
         if val_tuned < val_svd:

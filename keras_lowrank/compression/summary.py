@@ -75,7 +75,8 @@ def compression_summary(model):
     folded into the second), their ``compression_rate``, multiply-adds per
     sample of the dense and of the exported layer (r(n_in + n_out) per output
     position of a convolution, and per position of a Dense applied to feature
-    maps), cond(S_r). Plain Dense/Conv2D layers (e.g. left dense by
+    maps; per token where the model takes sequences of any length, as keras-hub's
+    text models do), cond(S_r). Plain Dense/Conv2D layers (e.g. left dense by
     ``to_low_rank`` because their rank did not pay) get a row with rank None.
 
     Totals: over the low-rank layers (``dense_params``, ``low_rank_params``,
