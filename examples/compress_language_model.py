@@ -6,7 +6,7 @@ The text is the library's own source code (keras_lowrank/**/*.py, Apache-2.0, re
 the installed package: no download), as bytes (a vocabulary of 256). Whole files are held
 out for validation: every fifth file in sorted order.
 
-1. A causal language model (keras_hub.models.GPT2CausalLM, 4 layers, width 192, ~1.9 M
+1. A causal language model (keras_hub.models.GPT2CausalLM, 4 layers, width 160, ~1.3 M
    parameters) trained on 128-byte windows. ``to_low_rank(budget=0.5, data=…)`` converts
    every attention projection (query/key/value/output EinsumDense inside keras-hub's
    CachedMultiHeadAttention) and feed-forward Dense to low rank, ranks allocated across
@@ -18,7 +18,7 @@ out for validation: every fifth file in sorted order.
    snippet comes from; accuracy on the held-out files' snippets dense / converted /
    fine-tuned.
 
-    python examples/compress_language_model.py           (about 25 minutes on 2 CPU cores)
+    python examples/compress_language_model.py           (about 20 minutes on 2 CPU cores)
     python examples/compress_language_model.py --quick   (a tiny run of the same code)
 """
 
@@ -44,7 +44,7 @@ args = parser.parse_args()
 if args.quick:
     LAYERS, WIDTH, HEADS, MLP, WINDOW, STEPS, TUNE, BATCH = 2, 64, 4, 128, 64, 40, 20, 16
 else:
-    LAYERS, WIDTH, HEADS, MLP, WINDOW, STEPS, TUNE, BATCH = 4, 192, 4, 768, 128, 3000, 600, 32
+    LAYERS, WIDTH, HEADS, MLP, WINDOW, STEPS, TUNE, BATCH = 4, 160, 4, 640, 128, 2000, 400, 16
 rng = np.random.default_rng(0)
 keras.utils.set_random_seed(0)
 
@@ -158,8 +158,8 @@ def snippets(held, count):
             np.concatenate(ys))
 
 
-x_train, y_train = snippets(False, 200 if args.quick else 2000)
-x_test, y_test = snippets(True, 50 if args.quick else 500)
+x_train, y_train = snippets(False, 200 if args.quick else 1500)
+x_test, y_test = snippets(True, 50 if args.quick else 400)
 bert = keras_hub.models.BertTextClassifier(
     backbone=keras_hub.models.BertBackbone(vocabulary_size=256, num_layers=2, num_heads=4,
                                            hidden_dim=64 if args.quick else 128,
@@ -167,7 +167,7 @@ bert = keras_hub.models.BertTextClassifier(
                                            max_sequence_length=WINDOW, dropout=0.1),
     num_classes=len(PACKAGES), preprocessor=None)
 bert.compile(keras.optimizers.Adam(1e-3 if args.quick else 3e-4), loss, metrics=["accuracy"])
-bert.fit(x_train, y_train, batch_size=32, epochs=2 if args.quick else 8, verbose=0)
+bert.fit(x_train, y_train, batch_size=32, epochs=2 if args.quick else 5, verbose=0)
 dense_accuracy = bert.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
 small = compression.to_low_rank(bert, budget=0.5, data=x_train)
 small.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
