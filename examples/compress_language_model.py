@@ -1,24 +1,20 @@
-"""A small GPT-2 and a small BERT classifier from keras-hub, trained here on text that
-ships with the library, compressed to half the parameters of their attention and
-feed-forward kernels, fine-tuned with DLRT and exported.
+"""A small GPT-2 from keras-hub, trained here on text that ships with the library,
+compressed to half the parameters of its attention and feed-forward kernels, fine-tuned
+with DLRT, generated from and exported.
 
 The text is the library's own source code (keras_lowrank/**/*.py, Apache-2.0, read from
 the installed package: no download), as bytes (a vocabulary of 256). Whole files are held
 out for validation: every fifth file in sorted order.
 
-1. A causal language model (keras_hub.models.GPT2CausalLM, 4 layers, width 160, ~1.3 M
-   parameters) trained on 128-byte windows. ``to_low_rank(budget=0.5, data=…)`` converts
-   every attention projection (query/key/value/output EinsumDense inside keras-hub's
-   CachedMultiHeadAttention) and feed-forward Dense to low rank, ranks allocated across
-   all 24 kernels for half their parameters, each factorised to keep its outputs on 256
-   training windows. Validation perplexity dense / right after conversion / after DLRT
-   fine-tuning; greedy generation from the same prompt before and after; exported sizes.
-2. A text classifier (keras_hub.models.BertTextClassifier, 2 layers, width 128): which of
-   the library's subpackages (analysis, compression, layers, robustness) a 128-byte
-   snippet comes from; accuracy on the held-out files' snippets dense / converted /
-   fine-tuned.
+A causal language model (keras_hub.models.GPT2CausalLM, 4 layers, width 160, ~1.3 M
+parameters) trained on 128-byte windows. ``to_low_rank(budget=0.5, data=…)`` converts
+every attention projection (query/key/value/output EinsumDense inside keras-hub's
+CachedMultiHeadAttention) and feed-forward Dense to low rank, ranks allocated across all
+24 kernels for half their parameters, each factorised to keep its outputs on 256
+training windows. Validation perplexity dense / right after conversion / after DLRT
+fine-tuning; greedy generation from the same prompt before and after; exported sizes.
 
-    python examples/compress_language_model.py           (about 20 minutes on 2 CPU cores)
+    python examples/compress_language_model.py           (about 17 minutes on 2 CPU cores)
     python examples/compress_language_model.py --quick   (a tiny run of the same code)
 """
 
@@ -26,7 +22,6 @@ import argparse
 import math
 import os
 import pathlib
-import tempfile
 import time
 
 import keras
@@ -103,7 +98,7 @@ def generate(model, prompt=b"def to_low_rank(model"):
     return bytes(out["token_ids"][0, : len(prompt) + 48].astype("uint8")).decode("utf-8", "replace")
 
 
-# -- 1. the language model -----------------------------------------------------------
+# -- the language model --------------------------------------------------------------
 backbone = keras_hub.models.GPT2Backbone(vocabulary_size=256, num_layers=LAYERS, num_heads=HEADS, hidden_dim=WIDTH,
                                          intermediate_dim=MLP, max_sequence_length=WINDOW, dropout=0.0)
 lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
@@ -138,48 +133,3 @@ written = compression.export_compressed(low, os.path.join(args.output, "compress
 reloaded = keras.saving.load_model(written["keras"])
 print(f"files: dense .keras {os.path.getsize(dense_file) / 1e6:.2f} MB, compressed .keras "
       f"{os.path.getsize(written['keras']) / 1e6:.2f} MB; the reloaded file's perplexity {perplexity(reloaded):.3f}")
-
-# -- 2. the text classifier ----------------------------------------------------------
-PACKAGES = ["analysis", "compression", "layers", "robustness"]
-
-
-def snippets(held, count):
-    """``count`` snippets of WINDOW bytes from the files of each subpackage (held-out
-    files or the others), labelled by subpackage."""
-    xs, ys = [], []
-    for label, package in enumerate(PACKAGES):
-        text = b"\n".join(p.read_bytes() for p in files if p.parent.name == package and (p in held_out) == held)
-        ids = np.frombuffer(text, np.uint8).astype("int32")
-        starts = rng.integers(0, len(ids) - WINDOW, size=count)
-        xs.append(np.stack([ids[s: s + WINDOW] for s in starts]))
-        ys.append(np.full(count, label, "int32"))
-    x = np.concatenate(xs)
-    return ({"token_ids": x, "padding_mask": np.ones_like(x), "segment_ids": np.zeros_like(x)},
-            np.concatenate(ys))
-
-
-x_train, y_train = snippets(False, 200 if args.quick else 1500)
-x_test, y_test = snippets(True, 50 if args.quick else 400)
-bert = keras_hub.models.BertTextClassifier(
-    backbone=keras_hub.models.BertBackbone(vocabulary_size=256, num_layers=2, num_heads=4,
-                                           hidden_dim=64 if args.quick else 128,
-                                           intermediate_dim=128 if args.quick else 512,
-                                           max_sequence_length=WINDOW, dropout=0.1),
-    num_classes=len(PACKAGES), preprocessor=None)
-bert.compile(keras.optimizers.Adam(1e-3 if args.quick else 3e-4), loss, metrics=["accuracy"])
-bert.fit(x_train, y_train, batch_size=32, epochs=2 if args.quick else 5, verbose=0)
-dense_accuracy = bert.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
-small = compression.to_low_rank(bert, budget=0.5, data=x_train)
-small.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
-converted_accuracy = small.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
-small.compile(DLRT(keras.optimizers.Adam(1e-4 if not args.quick else 1e-3), steps_per_cycle=20), loss,
-              metrics=["accuracy"])
-small.fit(x_train, y_train, batch_size=32, epochs=1 if args.quick else 2, verbose=0)
-compression.truncate_ranks(small)
-tuned_accuracy = small.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
-with tempfile.TemporaryDirectory() as folder:
-    exported = compression.export_compressed(small, os.path.join(folder, "bert"), formats="keras")
-    print(f"subpackage of a {WINDOW}-byte snippet ({len(PACKAGES)} classes, {len(y_test)} held-out snippets): "
-          f"accuracy dense {dense_accuracy:.3f}; right after conversion {converted_accuracy:.3f}; after DLRT "
-          f"fine-tuning {tuned_accuracy:.3f}; parameters {bert.count_params():,} → "
-          f"{exported['model'].count_params():,}")
