@@ -53,21 +53,6 @@ def all_sublayers(model):
     return list(model._flatten_layers(include_self=False, recursive=True))
 
 
-def direct_sublayers(model):
-    """The layers ``model`` holds directly, in the order ``clone_model`` rebuilds
-    them (``Layer._flatten_layers(recursive=False)``)."""
-    return list(model._flatten_layers(include_self=False, recursive=False))
-
-
-def is_graph_model(model):
-    """Sequential or functional (rebuildable layer by layer with ``clone_model``).
-    Keras exports no functional class: it is recognised by its name in the
-    model's class hierarchy (``keras.src.models.functional.Functional``)."""
-    return isinstance(model, keras.Model) and (
-        isinstance(model, keras.Sequential)
-        or any(cls.__name__ == "Functional" for cls in type(model).__mro__))
-
-
 def build_input_shape(layer):
     """The input shape ``layer`` was built with, or None (``_build_shapes_dict``:
     Keras records it for ``build_from_config``; there is no public accessor)."""

@@ -4,6 +4,7 @@ checked against the installed Keras: a release that changes one fails here."""
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 from keras_lowrank import _keras_compat as compat
 from keras_lowrank.layers import DynamicLowRankDense
@@ -53,14 +54,8 @@ def test_sublayers_and_graph_models():
     functional = keras.Model(inputs, outputs)
     names = {layer.name for layer in compat.all_sublayers(functional)}
     assert {"inner", "nested_dense", "holder", "held"} <= names
-    assert [l.name for l in compat.direct_sublayers(functional)] == [l.name for l in functional.layers]
-    assert compat.is_graph_model(functional) and compat.is_graph_model(inner)
-
-    class Sub(keras.Model):
-        def call(self, x):
-            return x
-
-    assert not compat.is_graph_model(Sub()) and not compat.is_graph_model(keras.layers.Dense(2))
+    paths = [path for path, _ in compat.layer_paths(functional)]
+    assert {"inner", "inner/nested_dense", "holder", "holder/held"} <= set(paths)
     layer = functional.get_layer("holder")
     assert tuple(compat.build_input_shape(layer)) == (None, 6)
     assert compat.build_input_shape(keras.layers.Dense(3)) is None
@@ -94,3 +89,28 @@ def test_replaced_attribute_restores_and_is_not_tracked():
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(softmax(np.ones((1, 3), "float32"))),
                                       np.ones((1, 3)))
     assert "call" not in vars(softmax)
+
+
+def test_replace_layer_reaches_attributes_lists_and_the_functional_graph(tmp_path):
+    """A layer swapped inside a custom layer and one in the functional graph: the model
+    computes with the new ones, counts their weights only, and its config and weights
+    save and load (the graph's node keys follow the new layer)."""
+    inputs = keras.Input((6,))
+    top = keras.layers.Dense(6, name="top")
+    outputs = Holder(name="holder")(top(inputs))
+    model = keras.Model(inputs, outputs)
+    x = np.ones((2, 6), "float32")
+    new_top = keras.layers.Dense(6, name="top", kernel_initializer="ones")
+    new_top.build((None, 6))
+    compat.replace_layer(model, top, new_top)
+    holder = model.get_layer("holder")
+    new_held = keras.layers.Dense(4, name="held", kernel_initializer="ones", bias_initializer="ones")
+    new_held.build((None, 6))
+    compat.replace_layer(model, holder.inner, new_held)
+    assert holder.inner is new_held and model.get_layer("top") is new_top
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x)), np.full((2, 4), 6 * 6 + 1.0))
+    assert model.count_params() == 6 * 6 + 6 + 6 * 4 + 4
+    model.save_weights(tmp_path / "w.weights.h5")
+    assert keras.Model.from_config(model.get_config(), custom_objects={"Holder": Holder}) is not None
+    compat.set_untracked(holder, "note", [new_held])
+    assert model.count_params() == 6 * 6 + 6 + 6 * 4 + 4  # not tracked twice

@@ -5,20 +5,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank._keras_compat import build_input_shape, direct_sublayers, is_graph_model
+from keras_lowrank._keras_compat import build_input_shape
 from keras_lowrank._low_rank_model import dlrt_of
 from keras_lowrank.layers.dynamic_low_rank import _einsum_plan, einsum_kernel_matrix
 
 CONVS = (keras.layers.Conv1D, keras.layers.Conv2D)
 KINDS = (keras.layers.Dense, keras.layers.EinsumDense) + CONVS
-
-
-def _check_clonable(model, argument="model"):
-    if not is_graph_model(model):
-        raise ValueError(
-            f"`{argument}` must be a Sequential or functional keras.Model "
-            f"(subclassed models cannot be rebuilt layer by layer), got {type(model).__name__}."
-        )
 
 
 def _check_model(model):
@@ -62,14 +54,6 @@ def _unconvertible(layer):
     return ""
 
 
-def _pairs(old_model, new_model):
-    old_layers = direct_sublayers(old_model)
-    new_layers = direct_sublayers(new_model)
-    if len(old_layers) != len(new_layers):
-        raise RuntimeError("the cloned model's layers do not match the original's")
-    return zip(old_layers, new_layers)
-
-
 def _positions(layer):
     """Positions a Dense layer is applied at per sample: the product of its input's
     axes between batch and features (1 for a (batch, features) input, h·w for a
@@ -78,14 +62,6 @@ def _positions(layer):
     if shape is None or len(shape) <= 2:
         return 1
     return int(np.prod([d for d in shape[1:-1] if d is not None]))
-
-
-def _copy_weights(old_model, new_model, plans, set_converted):
-    for old, new in _pairs(old_model, new_model):
-        if id(old) in plans:
-            set_converted(old, new, plans[id(old)])
-        elif old.weights:
-            new.set_weights(old.get_weights())
 
 
 def _bias_size(layer):
