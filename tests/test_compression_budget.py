@@ -180,9 +180,10 @@ def test_dlrt_after_a_budget_adapts_the_bases_and_keeps_the_budget(rng):
     bases = {l.name: l.factors()[0].copy() for l in layers}
     low.compile(DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3),
                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # no "ended training at their max_rank"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         low.fit(x, y, epochs=2, batch_size=30, verbose=0)  # 20 steps: ends inside a cycle
+    assert not [w for w in caught if "ended training at their max_rank" in str(w.message)]
     compression.truncate_ranks(low)
     assert {l.name: l.rank for l in layers} == allocated
     for layer in layers:  # span(U) moved: the largest principal angle is not ~0

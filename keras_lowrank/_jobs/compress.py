@@ -64,10 +64,19 @@ print(json.dumps({"errors": errors, "keras_lowrank_imported": sys.modules.get("k
 """
 
 
-def default_formats():
+def default_formats(model=None):
+    """keras and, with TensorFlow installed, saved_model — but on another backend than
+    TensorFlow for a model of token ids (keras-hub's text models), whose SavedModel
+    Keras cannot trace there: keras alone."""
+    import keras
+
     from keras_lowrank.data import _has_tensorflow
 
-    return ["keras", "saved_model"] if _has_tensorflow() else ["keras"]
+    if not _has_tensorflow():
+        return ["keras"]
+    if model is not None and keras.backend.backend() != "tensorflow" and common.named_inputs(model):
+        return ["keras"]
+    return ["keras", "saved_model"]
 
 
 def check_formats(formats):
@@ -117,9 +126,9 @@ def run(args, meta):
     from keras_lowrank.precision import float32_matmuls
     from keras_lowrank.robustness.attacks import outputs_logits
 
-    args.formats = args.formats or default_formats()
-    check_formats(args.formats)
     model = common.load_model(args.model)
+    args.formats = args.formats or default_formats(model)
+    check_formats(args.formats)
     arrays = common.check_against_model(common.load_arrays(args.data, args.data_dir, args.limit),
                                         model, args.clip)
     (x, y), (x_test, y_test) = arrays["train"], arrays["test"]
@@ -181,7 +190,10 @@ def run(args, meta):
     with common.staged(args) as folder:
         export = os.path.join(folder, "export")
         quantize = getattr(args, "quantize", None)
-        written = compression.export_compressed(low, export, formats=args.formats, quantize=quantize)
+        try:
+            written = compression.export_compressed(low, export, formats=args.formats, quantize=quantize)
+        except ValueError as error:  # e.g. a SavedModel Keras cannot trace on this backend
+            raise JobError(f"--formats {' '.join(args.formats)}: {error}") from None
         compact = written["model"]
         quantised = common.accuracy(compact, x_test, y_test) if quantize else None
         sizes_after = {f: common.size_on_disk(written[f]) for f in args.formats}
