@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from truncated import truncated_copy
 
 from keras_lowrank import callbacks, compression
 from keras_lowrank._keras_compat import layer_paths
@@ -153,37 +154,13 @@ def _nested_model():
     return keras.Model(inputs, keras.layers.Dense(3, name="head")(inner(h)))
 
 
-def _truncated_copy(model, paths, rank):
-    """``model`` with each kernel at ``paths`` replaced by its best rank-``rank``
-    approximation as a matrix (numpy float64 SVD of its n_in × n_out form): the
-    independent truth a conversion at that rank must compute."""
-    from keras_lowrank.compression._common import _kernel_matrix
-
-    copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-    copy.set_weights(model.get_weights())
-    layers = dict(layer_paths(copy))
-    for path in paths:
-        layer = layers[path]
-        matrix = _kernel_matrix(layer).astype("float64")
-        u, d, vt = np.linalg.svd(matrix, full_matrices=False)
-        best = (u[:, :rank] * d[:rank]) @ vt[:rank]
-        if isinstance(layer, keras.layers.EinsumDense):
-            from keras_lowrank.layers.dynamic_low_rank import _einsum_plan
-
-            plan = _einsum_plan(layer.equation)
-            sizes = [layer.kernel.shape[i] for i in plan["order"]]
-            best = best.reshape(sizes).transpose(plan["inverse"])
-        layer.kernel.assign(best.reshape(layer.kernel.shape).astype("float32"))
-    return copy
-
-
 def test_to_low_rank_converts_the_layers_of_nested_models_by_path(rng):
     model = _nested_model()
     low = compression.to_low_rank(model, rank=2)
     assert type(low.get_layer("outer_dense")) is DynamicLowRankDense
     assert type(low.get_layer("inner").get_layer("inner_dense")) is DynamicLowRankDense
     x = rng.normal(size=(4, 12)).astype("float32")
-    truth = _truncated_copy(model, ["outer_dense", "inner/inner_dense"], 2)
+    truth = truncated_copy(model, ["outer_dense", "inner/inner_dense"], 2)
     np.testing.assert_allclose(_np(low(x)), _np(truth(x)), rtol=1e-5, atol=1e-5)
     # by path, by unique name, by predicate; the original is untouched
     only = compression.to_low_rank(model, layers=["inner/inner_dense"], rank=2)
@@ -209,7 +186,7 @@ def test_to_low_rank_converts_multi_head_attention_projections(rng):
     low = compression.to_low_rank(model, rank=2)
     converted = sorted(p for p, l in layer_paths(low) if isinstance(l, DynamicLowRankBase))
     assert converted == ["mha/attention_output", "mha/key", "mha/query", "mha/value", "mlp"]
-    truth = _truncated_copy(model, converted, 2)
+    truth = truncated_copy(model, converted, 2)
     x = rng.normal(size=(3, 6, 16)).astype("float32")
     np.testing.assert_allclose(_np(low(x)), _np(truth(x)), rtol=1e-5, atol=1e-5)
     assert low.count_params() < model.count_params()
@@ -233,7 +210,7 @@ def test_to_low_rank_converts_a_subclassed_model_and_export_reloads_it(rng, tmp_
     model(x)
     low = compression.to_low_rank(model, layers=["hidden"], rank=3)
     assert isinstance(low, _Subclassed) and type(low.hidden) is DynamicLowRankDense
-    np.testing.assert_allclose(_np(low(x)), _np(_truncated_copy(model, ["hidden"], 3)(x)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_np(low(x)), _np(truncated_copy(model, ["hidden"], 3)(x)), rtol=1e-5, atol=1e-5)
     written = compression.export_compressed(low, str(tmp_path / "out"), formats="keras")
     reloaded = keras.saving.load_model(written["keras"])
     assert isinstance(reloaded, _Subclassed)

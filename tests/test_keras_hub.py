@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from keras import ops
 from keras_hub_models import NAMES, inputs, main_output, make
+from truncated import truncated_copy
 
 from keras_lowrank import DLRT, compression
 from keras_lowrank._keras_compat import layer_paths
-from keras_lowrank.compression._common import _kernel_matrix
-from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase, _einsum_plan
+from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 
 RANK = 8
 KERNELS = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv2D)
@@ -29,23 +29,6 @@ def _np(x):
 
 def _kernel_layers(model):
     return [(p, l) for p, l in layer_paths(model) if type(l) in KERNELS]
-
-
-def _truncated(model, paths, rank):
-    """The model with each kernel at ``paths`` replaced by its best rank-``rank``
-    approximation (numpy float64 SVD of the kernel as an n_in × n_out matrix)."""
-    copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-    copy.set_weights(model.get_weights())
-    layers = dict(layer_paths(copy))
-    for path in paths:
-        layer = layers[path]
-        u, d, vt = np.linalg.svd(_kernel_matrix(layer).astype("float64"), full_matrices=False)
-        best = (u[:, :rank] * d[:rank]) @ vt[:rank]
-        if isinstance(layer, keras.layers.EinsumDense):
-            plan = _einsum_plan(layer.equation)
-            best = best.reshape([layer.kernel.shape[i] for i in plan["order"]]).transpose(plan["inverse"])
-        layer.kernel.assign(best.reshape(layer.kernel.shape).astype("float32"))
-    return copy
 
 
 def _close(actual, expected, scale_tol=2e-5):
@@ -77,7 +60,7 @@ def test_conversion_reaches_the_kernels_and_computes_the_truncated_model(name, c
     assert set(done) <= set(kernels) and len(done) >= 0.9 * len(kernels), (done, kernels)
     assert type(low) is type(model)
     assert low.count_params() < model.count_params()
-    truth = _truncated(model, done, RANK)
+    truth = truncated_copy(model, done, RANK)
     _close(main_output(low(batch, training=False)), main_output(truth(batch, training=False)))
     # the original is untouched
     assert not [l for _, l in layer_paths(model) if isinstance(l, DynamicLowRankBase)]
@@ -126,7 +109,7 @@ def test_dlrt_fine_tunes_every_converted_layer(name, converted):
 
 
 def test_dlrt_warns_on_a_model_without_low_rank_layers(converted):
-    model, _, batch = converted["GPT2CausalLM"]
+    batch = converted["GPT2CausalLM"][2]
     model = make("GPT2CausalLM")
     model.compile(DLRT(keras.optimizers.Adam(1e-3)), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.warns(UserWarning, match="without dynamic low-rank layers"):
