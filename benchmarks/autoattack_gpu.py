@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from keras_lowrank.robustness import APGD, AutoAttack
-from keras_lowrank.robustness.autoattack import _bucket, _padded
+from keras_lowrank.robustness.attacks._runner import _bucket, _padded
 
 
 def model_and_data(examples, seed=0):

@@ -25,7 +25,7 @@ from test_autoattack import reference_square_l2  # noqa: E402  (the authors' loo
 from keras_lowrank import float32_matmuls  # noqa: E402
 from keras_lowrank.robustness import Square  # noqa: E402
 from keras_lowrank.robustness._gradients import compile_function  # noqa: E402
-from keras_lowrank.robustness.autoattack import _scores_function  # noqa: E402
+from keras_lowrank.robustness.attacks._runner import _scores_function  # noqa: E402
 
 N, EPS = 80, 1.5
 

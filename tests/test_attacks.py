@@ -106,7 +106,7 @@ def test_confident_softmax_model_is_attacked_through_its_logits(digits, head):
     before = keras.ops.convert_to_numpy(probs(x))
     p_label = before[np.arange(len(y)), y]
     assert np.mean((p_label < 1e-7) | (p_label > 1 - 1e-7)) > 0.5  # where Keras clips
-    from keras_lowrank.robustness.attacks import outputs_logits
+    from keras_lowrank.robustness.attacks.base import outputs_logits
 
     assert not outputs_logits(probs)
     for attack in (FGSM(0.1), FGSM(1.0, norm=2), PGD(0.1, step_size=0.02, steps=5, random_start=False)):
@@ -184,7 +184,8 @@ def test_loop_form_depends_on_model_size_and_not_the_result(rng, monkeypatch):
     """Small models unroll short PGD/SPSA loops on TF, large ones keep one compiled
     loop (issue 21: unrolled graphs of large models cost 5–10× to compile); the
     adversarials are the same either way."""
-    from keras_lowrank.robustness import SPSA, attacks
+    from keras_lowrank.robustness import SPSA
+    from keras_lowrank.robustness.attacks import base as attacks
 
     small = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
     deep = keras.Sequential([keras.Input((6,))] + [keras.layers.Dense(6, activation="tanh") for _ in range(40)]

@@ -12,7 +12,7 @@ import pytest
 
 from keras_lowrank import data
 from keras_lowrank.robustness import PGD, PerturbedModel, evaluate_robustness
-from keras_lowrank.robustness.autoattack import (
+from keras_lowrank.robustness.attacks import (
     APGD,
     AutoAttack,
     Square,
@@ -236,7 +236,7 @@ def reference_eta(s, transpose=False):
 def test_square_l2_window_pattern_equals_the_authors(side, transpose):
     """The graph-side pattern (side a tensor, on the whole grid) against the
     authors' construction, placed at a window of a 16×16 grid."""
-    from keras_lowrank.robustness.autoattack import _eta_on_grid, _eta_tail
+    from keras_lowrank.robustness.attacks.square import _eta_on_grid, _eta_tail
 
     h = w = 16
     top, left = 1, 16 - side
@@ -321,7 +321,7 @@ def test_square_l2_equals_the_authors_loop(rng):
     attack = Square(1.5, norm=2, n_queries=80, seed=0)
     noise = attack._noise(x)
     from keras_lowrank.robustness._gradients import compile_function
-    from keras_lowrank.robustness.autoattack import _scores_function
+    from keras_lowrank.robustness.attacks._runner import _scores_function
 
     scores, _ = _scores_function(model, None)
     found, margin, _ = compile_function(model, lambda a, b, n: attack._square_run(scores, a, b, n))(x, y, noise)
@@ -577,7 +577,7 @@ def reference_projection_linf(t, w, b):
 
 
 def test_fab_projection_equals_the_authors(rng):
-    from keras_lowrank.robustness.autoattack import project_to_hyperplane_linf
+    from keras_lowrank.robustness.attacks import project_to_hyperplane_linf
 
     t = rng.uniform(0, 1, (200, 30))
     w = rng.normal(size=(200, 30)) * (rng.uniform(size=(200, 30)) > 0.1)  # some zero weights
@@ -638,7 +638,7 @@ def reference_projection_l2(t, w, b):
 def test_fab_l2_projection_equals_the_authors_and_a_qp_solver(rng):
     from scipy.optimize import minimize
 
-    from keras_lowrank.robustness.autoattack import project_to_hyperplane_l2
+    from keras_lowrank.robustness.attacks import project_to_hyperplane_l2
 
     t = rng.uniform(0, 1, (300, 30))
     w = rng.normal(size=(300, 30)) * (rng.uniform(size=(300, 30)) > 0.1)  # some zero weights
@@ -702,7 +702,8 @@ def reference_fab_targeted(model, x, y, rank, n_iter, alpha_max=0.1, eta=1.05, b
 
 @pytest.mark.parametrize("norm", ["inf", 2])
 def test_fab_equals_the_authors_loop(rng, norm):
-    from keras_lowrank.robustness.autoattack import FAB, _scores_function
+    from keras_lowrank.robustness.attacks import FAB
+    from keras_lowrank.robustness.attacks._runner import _scores_function
 
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="tanh",

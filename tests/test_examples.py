@@ -131,3 +131,21 @@ def test_language_model_example_compresses_generates_and_exports(tmp_path):
     assert reloaded == pytest.approx(tuned, rel=1e-4)
     assert "greedy sample, compressed: 'def to_low_rank(model" in out
     assert (tmp_path / "language_model" / "compressed_lm" / "model.keras").exists()
+
+
+def test_text_classifier_example_compresses_and_reloads(tmp_path):
+    pytest.importorskip("tensorflow")
+    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, "compress_text_classifier.py"), "--quick"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    converted, before, after = re.search(r"converted (\d+) kernels: ([\d,]+) → ([\d,]+) parameters", out).groups()
+    assert int(converted) == 6  # one encoder layer: query, key, value, output, two feed-forward kernels
+    assert int(after.replace(",", "")) < int(before.replace(",", ""))
+    accuracies = [float(a) for a in re.search(
+        r"dense ([\d.]+); right after conversion ([\d.]+); after DLRT fine-tuning ([\d.]+)", out).groups()]
+    assert all(0 <= a <= 1 for a in accuracies)  # one epoch: the pipeline is tested, not the accuracy
+    reloaded = float(re.search(r"the reloaded file's test accuracy ([\d.]+)", out).group(1))
+    difference = float(re.search(r"max \|logit difference\| vs the model ([\d.e+-]+)", out).group(1))
+    assert reloaded == accuracies[2] and difference < 1e-5
+    assert (tmp_path / "text_classifier" / "compressed_classifier" / "model.keras").exists()

@@ -350,7 +350,7 @@ def test_numpy_scalars_are_accepted_and_non_finite_numbers_refused():
     # numpy seeds (Keras' SeedGenerator refused them: "Argument `seed` must be an integer"),
     # drawing what the Python int draws
     from keras_lowrank.robustness import SPSA, Corruption
-    from keras_lowrank.robustness.autoattack import APGD, AutoAttack, Square
+    from keras_lowrank.robustness.attacks import APGD, AutoAttack, Square
 
     x = np.full((4, 8), 0.5, "float32")
     for make in (lambda s: GaussianNoise(0.1, seed=s), lambda s: Corruption("gaussian_noise", 3, seed=s)):

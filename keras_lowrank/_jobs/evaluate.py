@@ -82,7 +82,7 @@ def run(args, meta):
     import keras
 
     from keras_lowrank.robustness import all_corruptions, evaluate_robustness
-    from keras_lowrank.robustness.autoattack import TARGETED_DLR_MIN_CLASSES
+    from keras_lowrank.robustness.attacks.losses import TARGETED_DLR_MIN_CLASSES
 
     model = common.load_model(args.model)
     explicit = args.attacks is not None

@@ -1,7 +1,6 @@
 """Robustness evaluation: attacks, noise, Keras-native evaluation and reports."""
 
-from keras_lowrank.robustness.attacks import FGSM, PGD, SPSA, Attack
-from keras_lowrank.robustness.autoattack import APGD, FAB, AutoAttack, AutoAttackResult, Square
+from keras_lowrank.robustness.attacks import APGD, FAB, FGSM, PGD, SPSA, Attack, AutoAttack, AutoAttackResult, Square
 from keras_lowrank.robustness.cleverhans_adapter import CleverhansAttack
 from keras_lowrank.robustness.corruptions import CORRUPTIONS, Corruption, all_corruptions
 from keras_lowrank.robustness.embedding_noise import NoisyEmbedding, embedding_noise

@@ -42,14 +42,8 @@ import keras
 from keras import ops
 
 from keras_lowrank.robustness._gradients import forward_without_side_effects
-from keras_lowrank.robustness.attacks import (
-    FGSM,
-    PGD,
-    Attack,
-    clip_to_ball,
-    random_start,
-    steepest_step,
-)
+from keras_lowrank.robustness.attacks import FGSM, PGD, Attack
+from keras_lowrank.robustness.attacks.base import clip_to_ball, random_start, steepest_step
 from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
 
 

@@ -22,8 +22,8 @@ from keras_lowrank.robustness._report_inputs import (
     refuse_token_inputs,
 )
 from keras_lowrank.robustness._sweep import Identity, Sweep, sweep_group
-from keras_lowrank.robustness.attacks import _SYMBOL, FGSM, PGD, SPSA, resolve_from_logits
-from keras_lowrank.robustness.autoattack import APGD, FAB, AutoAttack, Square
+from keras_lowrank.robustness.attacks import APGD, FAB, FGSM, PGD, SPSA, AutoAttack, Square
+from keras_lowrank.robustness.attacks.base import _SYMBOL, resolve_from_logits
 from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
 from keras_lowrank.robustness.perturbations import GaussianNoise, class_count

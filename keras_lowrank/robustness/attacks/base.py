@@ -1,19 +1,5 @@
-"""Gradient attacks as callables: ``x_adv = attack(model, x, y)``.
-
-FGSM (Goodfellow et al. 2015) and PGD (Madry et al. 2018), L∞ or L2, untargeted
-or targeted, with the semantics of cleverhans 4 (``fast_gradient_method``,
-``projected_gradient_descent``) so results can be cross-checked:
-
-    FGSM:  x' = clip(x + ε · d),  d = sign(g) (L∞) or g / max(‖g‖₂, 1e-6) (L2),
-           g = ∇ₓ CE(f(x), y)  (−∇ for targeted attacks, y = target)
-    PGD:   x₀ = clip(x + η₀) (η₀ random in the ε-ball, or 0), then `steps` times
-           x ← clip(x + Π_ε(FGSM_α(x) − x)),  Π_ε scales η back into the ε-ball.
-
-The model runs in inference mode (``training=False``). Each batch is attacked in
-one compiled graph on TensorFlow or JAX (on TensorFlow, for models of ≤ 32 layers,
-the PGD and SPSA loops are unrolled up to 20 steps, ``keras.ops.fori_loop`` beyond
-and for larger models; on JAX always ``fori_loop``).
-"""
+"""The attack base class and what every attack shares: norms, steepest steps, the
+projection onto the ε-ball, the model's output kind, the checks of x and y."""
 
 import weakref
 
@@ -21,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank._validation import check_clip, check_int, check_number
+from keras_lowrank._validation import check_clip, check_number
 from keras_lowrank.robustness._gradients import (
     Oracle,
     blocked_gradient,
@@ -30,7 +16,7 @@ from keras_lowrank.robustness._gradients import (
     forward_without_side_effects,
 )
 from keras_lowrank.robustness._report_inputs import refuse_token_inputs
-from keras_lowrank.robustness.perturbations import Perturbation, class_count, number
+from keras_lowrank.robustness.perturbations import Perturbation, class_count
 
 _NORMS = {"inf": "inf", np.inf: "inf", 2: "2", "2": "2"}
 _SYMBOL = {"inf": "∞", "2": "2"}
@@ -195,6 +181,7 @@ class Attack(Perturbation):
         every attack is a ``Perturbation``, called on a batch or applied
         inside Keras' steps by ``PerturbedModel``.
 
+        >>> from keras_lowrank.robustness import PGD
         >>> attack = PGD(0.03, steps=20)
         >>> isinstance(attack, Attack), attack.name
         (True, 'PGD-20 L∞ ε=0.03')
@@ -308,245 +295,3 @@ class Attack(Perturbation):
 
     def _clip(self, x):
         return x if self.clip is None else ops.clip(x, self.clip[0], self.clip[1])
-
-
-@keras.saving.register_keras_serializable(package="keras_lowrank")
-class FGSM(Attack):
-    """Fast gradient (sign) method: one steepest step of size ``eps``.
-
-    Args:
-        eps: the perturbation budget (≥ 0), in input units.
-        norm: "inf" (sign of the gradient) or 2 (normalised gradient).
-
-    Keyword Args:
-        targeted: see ``Attack``.
-        clip: see ``Attack``.
-        from_logits: see ``Attack``.
-
-    Examples:
-        for logits (x₀, −x₀) and label 0 the loss falls with x₀ and does
-        not depend on x₁, so the step is −ε along x₀ only.
-
-        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, use_bias=False)])
-        >>> model.layers[0].set_weights([np.array([[1.0, -1.0], [0.0, 0.0]])])  # logits (x₀, −x₀)
-        >>> x = np.full((1, 2), 0.5, "float32")
-        >>> np.round(ops.convert_to_numpy(FGSM(0.1)(model, x, [0])).astype(float), 4).tolist()
-        [[0.4, 0.5]]
-    """
-
-    _sizes = ("eps",)
-
-    def __init__(self, eps, norm="inf", **kwargs):
-        super().__init__(**kwargs)
-        self.eps = _check_nonnegative("eps", eps)
-        self.norm = _check_norm(norm)
-
-    def get_config(self):
-        return {**super().get_config(), "eps": self.eps, "norm": self.norm}
-
-    def _attack(self, oracle, x, y, noise):
-        return self._clip(x + steepest_step(oracle.grad(x, y), self.eps, self.norm))
-
-    @property
-    def name(self):
-        return f"FGSM L{_SYMBOL[self.norm]} ε={number(self.eps):g}"
-
-    def __repr__(self):
-        return f"FGSM(eps={number(self.eps):g}, norm={self.norm})"
-
-
-@keras.saving.register_keras_serializable(package="keras_lowrank")
-class PGD(Attack):
-    """Projected gradient descent (Madry et al.): iterated FGSM steps of size
-    ``step_size`` projected back into the ε-ball around x.
-
-    Args:
-        eps: the perturbation budget (≥ 0).
-        step_size: size of each step (> 0, ≤ eps); default 2.5 · eps / steps.
-        steps: number of steps (≥ 1).
-        norm: "inf" or 2.
-        random_start: start from a uniform random point of the ε-ball.
-        restarts: attacks per example (≥ 1); each example keeps the restart
-            with the largest loss (smallest for targeted attacks).
-        seed: seed of the random starts.
-
-    Keyword Args:
-        targeted: see ``Attack``.
-        clip: see ``Attack``.
-        from_logits: see ``Attack``.
-
-    Examples:
-        the steps stop at the edge of the ε-ball.
-
-        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, use_bias=False)])
-        >>> model.layers[0].set_weights([np.array([[1.0, -1.0], [0.0, 0.0]])])  # logits (x₀, −x₀)
-        >>> x = np.full((1, 2), 0.5, "float32")
-        >>> adversarial = PGD(0.1, steps=5, random_start=False)(model, x, [0])
-        >>> np.round(ops.convert_to_numpy(adversarial).astype(float), 4).tolist()
-        [[0.4, 0.5]]
-    """
-
-    _sizes = ("eps", "step_size")
-
-    def __init__(self, eps, step_size=None, steps=10, norm="inf", random_start=True,
-                 restarts=1, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.eps = _check_nonnegative("eps", eps)
-        steps = check_int(steps, "steps")
-        restarts = check_int(restarts, "restarts")
-        self.steps = steps
-        self.step_size = (2.5 * self.eps / steps if step_size is None
-                          else _check_nonnegative("step_size", step_size, strict=True))
-        self.norm = _check_norm(norm)
-        self.random_start = bool(random_start)
-        self.restarts = restarts
-        self._set_seed(seed)
-
-    def get_config(self):
-        return {**super().get_config(), "eps": self.eps, "step_size": self.step_size,
-                "steps": self.steps, "norm": self.norm, "random_start": self.random_start,
-                "restarts": self.restarts, "seed": self.seed}
-
-    def _noise(self, x):
-        """One random start per restart, each shaped like ``x`` (dynamic batch)."""
-        if not self.random_start:
-            return [ops.zeros_like(x)] * self.restarts
-        return [random_start(x, self.eps, self.norm, self._seed) for _ in range(self.restarts)]
-
-    def _attack(self, oracle, x, y, noise):
-        def step(_, adv):
-            stepped = self._clip(
-                adv + steepest_step(oracle.grad(adv, y), self.step_size, self.norm))
-            return self._clip(x + clip_to_ball(stepped - x, self.eps, self.norm))
-
-        best = best_loss = None
-        for restart in range(self.restarts):  # unrolled: restarts are few
-            start = self._clip(x + clip_to_ball(noise[restart], self.eps, self.norm))
-            if unrolls(oracle.model, self.steps):
-                adv = start
-                for i in range(self.steps):
-                    adv = step(i, adv)
-            else:
-                adv = ops.fori_loop(0, self.steps, step, start)
-            if self.restarts == 1:
-                return adv
-            loss = oracle.loss(adv, y)
-            if best is None:
-                best, best_loss = adv, loss
-            else:
-                best, best_loss = keep_larger_loss(best, best_loss, adv, loss)
-        return best
-
-    @property
-    def name(self):
-        restarts = f" ×{self.restarts}" if self.restarts > 1 else ""
-        return f"PGD-{self.steps} L{_SYMBOL[self.norm]} ε={number(self.eps):g}{restarts}"
-
-    def __repr__(self):
-        return (f"PGD(eps={number(self.eps):g}, step_size={number(self.step_size):g}, "
-                f"steps={self.steps}, norm={self.norm}, "
-                f"random_start={self.random_start}, restarts={self.restarts})")
-
-
-@keras.saving.register_keras_serializable(package="keras_lowrank")
-class SPSA(Attack):
-    """A black-box (gradient-free) attack: PGD L∞ on SPSA gradient estimates
-    (Uesato et al. 2018), using only the model's loss values.
-
-    Per step, with ``samples`` random sign vectors v_k (Rademacher):
-
-        ĝ = (1/K) Σ_k [L(x + δ v_k) − L(x − δ v_k)] / (2δ) · v_k,
-        x ← clip(x + Π_ε(x + α sign(ĝ) − x₀)).
-
-    It needs no gradient through the model, so it still works where gradients
-    are masked (rounding, saturated softmax, non-differentiable preprocessing):
-    if it beats the white-box PGD at the same ε, the white-box numbers are not to
-    be trusted (Carlini et al. 2019; ``evaluate_robustness`` runs this check).
-    Written by hand: cleverhans' ``spsa`` handles one example at a time and
-    runs a Python loop; here a batch is one compiled graph. Memory: the sign
-    vectors of all steps are drawn up front, steps·samples·|x| floats.
-
-    Args:
-        eps: L∞ budget (≥ 0).
-        steps: number of steps (≥ 1).
-        samples: sign vectors per step (≥ 1; 2·samples forward passes of the
-            batch per step).
-        delta: finite-difference size δ (> 0); default eps / 2 — at the scale
-            of the budget, so the differences see through input quantisation
-            (δ = 0.01 left a rounded-input model's masking undetected).
-        step_size: α (> 0); default eps / 4.
-        seed: seed of the sign vectors.
-
-    Keyword Args:
-        targeted: see ``Attack``.
-        clip: see ``Attack``.
-        from_logits: see ``Attack``.
-
-    Examples:
-        from loss values alone it finds the descent along x₀.
-
-        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, use_bias=False)])
-        >>> model.layers[0].set_weights([np.array([[1.0, -1.0], [0.0, 0.0]])])  # logits (x₀, −x₀)
-        >>> x = np.full((1, 2), 0.5, "float32")
-        >>> adversarial = SPSA(0.1, steps=8, samples=16, seed=0)(model, x, [0])
-        >>> round(float(ops.convert_to_numpy(adversarial)[0, 0]), 4)
-        0.4
-    """
-
-    norm = "inf"
-    _sizes = ("eps", "delta", "step_size")
-
-    needs_gradients = False
-
-    def __init__(self, eps, steps=10, samples=32, delta=None, step_size=None, seed=None,
-                 **kwargs):
-        super().__init__(**kwargs)
-        self.eps = _check_nonnegative("eps", eps)
-        steps, samples = check_int(steps, "steps"), check_int(samples, "samples")
-        self.steps, self.samples = steps, samples
-        self.delta = (self.eps / 2 if delta is None
-                      else _check_nonnegative("delta", delta, strict=True))
-        if not self.delta > 0:
-            raise ValueError("`delta` must be > 0: pass delta= when eps is 0.")
-        self.step_size = (self.eps / 4 if step_size is None
-                          else _check_nonnegative("step_size", step_size, strict=True))
-        self._set_seed(seed)
-
-    def get_config(self):
-        return {**super().get_config(), "eps": self.eps, "steps": self.steps,
-                "samples": self.samples, "delta": self.delta, "step_size": self.step_size,
-                "seed": self.seed}
-
-    def _noise(self, x):
-        shape = (self.steps, self.samples) + tuple(ops.shape(x))
-        return ops.sign(keras.random.uniform(shape, -1.0, 1.0, seed=self._seed))
-
-    def _attack(self, oracle, x, y, noise):
-        pairs = ops.tile(y, (2 * self.samples,))
-
-        def step(i, adv):
-            signs = ops.take(noise, i, axis=0)  # (samples, batch, ...)
-            probes = ops.concatenate([adv[None] + self.delta * signs,
-                                      adv[None] - self.delta * signs], axis=0)
-            flat = ops.reshape(probes, (-1,) + tuple(x.shape[1:]))
-            losses = ops.reshape(oracle.loss(flat, pairs), (2, self.samples, -1))
-            slopes = (losses[0] - losses[1]) / (2 * self.delta)  # (samples, batch)
-            slopes = ops.reshape(slopes, (self.samples, -1) + (1,) * (len(x.shape) - 1))
-            estimate = ops.mean(slopes * signs, axis=0)
-            stepped = self._clip(adv + self.step_size * ops.sign(estimate))
-            return self._clip(x + ops.clip(stepped - x, -self.eps, self.eps))
-
-        if not unrolls(oracle.model, self.steps):  # a large model: one compiled loop
-            return ops.fori_loop(0, self.steps, step, x)
-        adv = x
-        for i in range(self.steps):  # unrolled: each step is one large forward pass
-            adv = step(i, adv)
-        return adv
-
-    @property
-    def name(self):
-        return f"SPSA-{self.steps} L∞ ε={number(self.eps):g} (black-box)"
-
-    def __repr__(self):
-        return (f"SPSA(eps={number(self.eps):g}, steps={self.steps}, samples={self.samples}, "
-                f"delta={number(self.delta):g}, step_size={number(self.step_size):g})")

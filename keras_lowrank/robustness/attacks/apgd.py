@@ -1,0 +1,281 @@
+"""APGD-CE and APGD-T (Croce & Hein 2020): PGD with momentum and a step size that
+adapts itself."""
+
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lowrank._validation import check_int, check_number
+from keras_lowrank.robustness._gradients import (
+    compile_function,
+    value_and_grad,
+)
+from keras_lowrank.robustness.attacks._runner import (
+    _CompiledPerModel,
+    _RunsOnUnbroken,
+    _scores_function,
+)
+from keras_lowrank.robustness.attacks.base import (
+    _SYMBOL,
+    _check_norm,
+)
+from keras_lowrank.robustness.attacks.losses import (
+    TARGETED_DLR_MIN_CLASSES,
+    _l2,
+    _normalize,
+    _per_example,
+    dlr_loss,
+    targeted_dlr_loss,
+)
+
+
+def apgd_checkpoints(n_iter):
+    """Iterations (0-based) after which APGD checks its step size, and the length
+    of the window each check looks back on: the first after ⌊0.22 N⌋ iterations,
+    each next window max(previous − ⌊0.03 N⌋, ⌊0.06 N⌋) long (each at least 1).
+
+    Args:
+        n_iter: N, the number of iterations.
+
+    Returns:
+        list of (iteration, window) pairs.
+
+    Examples:
+        >>> apgd_checkpoints(100)[:4]
+        [(21, 22), (40, 19), (56, 16), (69, 13)]
+    """
+    n_iter = check_int(n_iter, "n_iter")
+    window = max(int(0.22 * n_iter), 1)
+    shortest = max(int(0.06 * n_iter), 1)
+    decrease = max(int(0.03 * n_iter), 1)
+    points, counter = [], 0
+    for i in range(n_iter):
+        counter += 1
+        if counter == window:
+            points.append((i, window))
+            window, counter = max(window - decrease, shortest), 0
+    return points
+
+
+@keras.saving.register_keras_serializable(package="keras_lowrank")
+class APGD(_RunsOnUnbroken):
+    """Auto-PGD (Croce & Hein 2020): PGD with momentum and a step size that adapts
+    itself, no step size to tune.
+
+    Per example, N iterations from x⁰ = P(x + ε t/‖t‖) (t uniform in [−1, 1]ᵈ for
+    L∞, Gaussian for L2), step size η = 2ε:
+
+        z = P(xᵏ + η · sign(∇L(xᵏ)))            (L2: η ∇/‖∇‖₂)
+        xᵏ⁺¹ = P(xᵏ + α (z − xᵏ) + (1 − α)(xᵏ − xᵏ⁻¹)),  α = 0.75 (1 on the first step)
+
+    P projects onto the ε-ball around x and the input range. At the checkpoints of
+    ``apgd_checkpoints(N)`` each example halves η and restarts from its best point if
+    its loss rose in at most ρ·k of the last k steps, or if η was not halved at the
+    previous checkpoint and the best loss has not improved since. An example is
+    broken as soon as one iterate is misclassified; the attack returns, per example,
+    its last misclassified iterate (x itself where none was). Restarts and targets run
+    only on the examples not yet broken.
+
+    Args:
+        eps: the perturbation budget (≥ 0).
+        norm: "inf" (or np.inf) or 2.
+        loss: "ce" (cross-entropy) or "dlr" (difference of logits ratio); None
+            (default): "ce", and the targeted DLR loss when ``targeted``.
+        targeted: APGD-T: for each of the ``n_target_classes`` classes ranked
+            highest after the true one (on the clean input), maximise the targeted
+            loss towards it. ``y`` still holds the true labels.
+        n_iter: iterations N per run (≥ 1).
+        restarts: random restarts (≥ 1) per target.
+        n_target_classes: targets of APGD-T (at most classes − 1 are used).
+        rho: ρ, the share of rising steps below which η is halved.
+        seed: seed of the random starts.
+
+    Keyword Args:
+        clip: see ``Attack``.
+        from_logits: see ``Attack``.
+
+    Examples:
+        a linear model whose decision x₀ > 0.5 lies 0.05 from the first input:
+        APGD at ε = 0.1 crosses it, at ε = 0.03 it cannot.
+
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+        >>> model.layers[0].set_weights([np.array([[1.0, -1.0], [0.0, 0.0]]), np.array([-0.5, 0.5])])
+        >>> x = np.array([[0.55, 0.5]], "float32")
+        >>> [int(np.argmax(model.predict(APGD(eps, n_iter=10, seed=0)(model, x, [0]), verbose=0)))
+        ...  for eps in (0.03, 0.1)]
+        [0, 1]
+    """
+
+    def __init__(self, eps, norm="inf", loss=None, targeted=False, n_iter=100, restarts=1,
+                 n_target_classes=9, rho=0.75, seed=None, **kwargs):
+        kwargs.pop("targeted", None)
+        super().__init__(targeted=False, **kwargs)
+        self.eps = check_number(eps, "eps", minimum=0.0)
+        self.norm = _check_norm(norm)
+        self.apgd_targeted = bool(targeted)
+        if loss is None:
+            loss = "dlr" if self.apgd_targeted else "ce"
+        if loss not in ("ce", "dlr"):
+            raise ValueError(f'`loss` must be "ce" or "dlr", got loss={loss!r}.')
+        self.loss = loss
+        self.n_iter = check_int(n_iter, "n_iter")
+        self.restarts = check_int(restarts, "restarts")
+        self.n_target_classes = check_int(n_target_classes, "n_target_classes")
+        self.rho = check_number(rho, "rho", minimum=0.0, maximum=1.0)
+        self._set_seed(seed)
+        points = apgd_checkpoints(self.n_iter)
+        checkpoint = np.zeros(self.n_iter, "float32")
+        window = np.zeros(self.n_iter, "float32")
+        for i, k in points:
+            checkpoint[i], window[i] = 1.0, k
+        self._checkpoint, self._window = checkpoint, window
+        self._runs = _CompiledPerModel(self._build_compiled)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("targeted")
+        return {**config, "eps": self.eps, "norm": self.norm, "loss": self.loss,
+                "targeted": self.apgd_targeted, "n_iter": self.n_iter, "restarts": self.restarts,
+                "n_target_classes": self.n_target_classes, "rho": self.rho, "seed": self.seed}
+
+    @property
+    def name(self):
+        kind = "APGD-T" if self.apgd_targeted else f"APGD-{self.loss.upper()}"
+        restarts = f" ×{self.restarts}" if self.restarts > 1 else ""
+        return f"{kind}-{self.n_iter} L{_SYMBOL[self.norm]} ε={self.eps:g}{restarts}"
+
+    def __repr__(self):
+        return (f"APGD(eps={self.eps:g}, norm={self.norm}, loss={self.loss}, "
+                f"targeted={self.apgd_targeted}, n_iter={self.n_iter}, restarts={self.restarts})")
+
+    # -- the pieces
+    def _targets(self, num_classes):
+        """Ranks (2 = the runner-up) of the target classes, or [0] (untargeted)."""
+        if not self.apgd_targeted:
+            return [0]
+        return list(range(2, min(self.n_target_classes, num_classes - 1) + 2))
+
+    def _run_keys(self, num_classes):
+        return [rank for rank in self._targets(num_classes) for _ in range(self.restarts)]
+
+    def _check_inputs(self, num_classes, shape):
+        self._check_classes(num_classes)
+
+    def _run(self, scores, x, y, key, noise):
+        found, still = self._single_run(scores, x, y, key, noise)[:2]
+        return found, still < 0.5
+
+    def _check_classes(self, num_classes):
+        targeted = self.apgd_targeted and self.loss == "dlr"
+        needed = TARGETED_DLR_MIN_CLASSES if targeted else 3 if self.loss == "dlr" else 2
+        if num_classes < needed:
+            what = "the targeted DLR loss" if targeted else "the DLR loss"
+            raise ValueError(f"{what} needs at least {needed} classes; the model has {num_classes}. "
+                             'Use loss="ce" (untargeted).')
+
+    def _noise(self, x):
+        """One random start, shaped like ``x``."""
+        shape = ops.shape(x)
+        if self.norm == "inf":
+            return keras.random.uniform(shape, -1.0, 1.0, seed=self._seed)
+        return keras.random.normal(shape, seed=self._seed)
+
+    def _project(self, v, x):
+        if self.norm == "inf":
+            v = ops.minimum(ops.maximum(v, x - self.eps), x + self.eps)
+        else:
+            d = v - x
+            v = x + _normalize(d, "2") * _per_example(ops.minimum(self.eps, _l2(d)), d)
+        return self._clip(v)
+
+    def _loss_function(self, scores):
+        def loss(x, y, target):
+            z = scores(x)
+            if self.apgd_targeted:
+                if self.loss == "dlr":
+                    value = targeted_dlr_loss(z, y, target)
+                else:
+                    value = -keras.losses.sparse_categorical_crossentropy(target, z, from_logits=True)
+            elif self.loss == "dlr":
+                value = dlr_loss(z, y)
+            else:
+                value = keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True)
+            return value, z
+
+        return loss
+
+    def _single_run(self, scores, x, y, rank, noise, start=None):
+        """One APGD run on a batch: returns (last misclassified iterate, still
+        robust (1/0), best-loss point, best loss, final step sizes)."""
+        y = ops.cast(y, "int32")
+        clean = scores(x)
+        classes = clean.shape[-1]
+        order = ops.argsort(clean, axis=-1)
+        target = ops.take(order, ops.clip(classes - ops.cast(rank, "int32"), 0, classes - 1), axis=1)
+        target = ops.cast(target, "int32")
+        loss_grad = value_and_grad(self._loss_function(scores))
+        if start is None:
+            start = x + self.eps * _normalize(noise, self.norm)
+        x_adv = self._clip(start)
+        loss, z, grad = loss_grad(x_adv, y, target)
+        acc = ops.cast(ops.equal(ops.cast(ops.argmax(z, axis=-1), "int32"), y), "float32")
+        batch = ops.shape(x)[0]
+        step = ops.full((batch,), 2.0 * self.eps, "float32")
+        checkpoint = ops.convert_to_tensor(self._checkpoint)
+        window = ops.convert_to_tensor(self._window)
+        zeros = ops.zeros((batch,), "float32")
+        state = (x_adv, x_adv, grad, step, x_adv, loss, grad, x_adv, acc,
+                 zeros, zeros, ops.ones((batch,), "float32"), loss)
+
+        def body(i, state):
+            (x_adv, x_old, grad, step, x_best, loss_best, grad_best, x_best_adv, acc,
+             prev_loss, rises, reduced_last, loss_best_last) = state
+            momentum = ops.where(i > 0, 0.75, 1.0)
+            change = x_adv - x_old
+            x_old = x_adv
+            if self.norm == "inf":
+                direction = ops.sign(grad)
+            else:
+                direction = _normalize(grad, "2")
+            z1 = self._project(x_adv + _per_example(step, x_adv) * direction, x)
+            x_new = self._project(x_adv + (z1 - x_adv) * momentum + change * (1.0 - momentum), x)
+            loss, z, grad = loss_grad(x_new, y, target)
+            correct = ops.cast(ops.equal(ops.cast(ops.argmax(z, axis=-1), "int32"), y), "float32")
+            acc = ops.minimum(acc, correct)
+            x_best_adv = ops.where(_per_example(correct < 0.5, x), x_new, x_best_adv)
+            rises = rises + ops.cast(loss > prev_loss, "float32")
+            prev_loss = loss
+            improved = loss > loss_best
+            x_best = ops.where(_per_example(improved, x), x_new, x_best)
+            grad_best = ops.where(_per_example(improved, x), grad, grad_best)
+            loss_best = ops.where(improved, loss, loss_best)
+            # the checkpoint (a no-op at other iterations)
+            at = ops.take(checkpoint, i) > 0.5
+            k = ops.take(window, i)
+            oscillating = rises <= k * self.rho
+            stalled = ops.logical_and(reduced_last < 0.5, loss_best_last >= loss_best)
+            flag = ops.logical_and(at, ops.logical_or(oscillating, stalled))
+            reduced_last = ops.where(at, ops.cast(flag, "float32"), reduced_last)
+            loss_best_last = ops.where(at, loss_best, loss_best_last)
+            step = ops.where(flag, step / 2.0, step)
+            x_adv = ops.where(_per_example(flag, x), x_best, x_new)
+            grad = ops.where(_per_example(flag, x), grad_best, grad)
+            rises = ops.where(at, 0.0, rises)
+            return (x_adv, x_old, grad, step, x_best, loss_best, grad_best, x_best_adv, acc,
+                    prev_loss, rises, reduced_last, loss_best_last)
+
+        state = ops.fori_loop(0, self.n_iter, body, state)
+        return state[7], state[8], state[4], state[5], state[3]
+
+    def trace(self, model, x, y, start):
+        """One run from the given starting points, its whole final state (for
+        checks against another implementation): dict of numpy arrays ``x_adv``
+        (last misclassified iterate), ``robust``, ``x_best``, ``loss_best``,
+        ``step_size``. Targeted runs use the runner-up class."""
+        scores, _ = _scores_function(model, self.from_logits)
+        x = ops.convert_to_tensor(x, "float32")
+        out = compile_function(model, lambda x, y, s: self._single_run(scores, x, y, 2, None, start=s))(
+            x, ops.convert_to_tensor(np.asarray(y), "int32"), ops.convert_to_tensor(start, "float32"))
+        names = ("x_adv", "robust", "x_best", "loss_best", "step_size")
+        return {n: np.asarray(ops.convert_to_numpy(v)) for n, v in zip(names, out)}
