@@ -16,9 +16,11 @@ Public API:
                                        SPSA (black-box), evaluate_robustness reports
     float32_matmuls                    exact float32 products on GPUs (no TF32), used by the
                                        analysis and the DLRT basis updates (keras_lowrank.precision)
+    LowRankWarning                     the class of every warning the library issues
 """
 
 from keras_lowrank import analysis, callbacks, compression, data, optimizers, regularizers, robustness
+from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.layers import (
     DynamicLowRankConv1D,
     DynamicLowRankConv2D,
@@ -39,6 +41,7 @@ __all__ = [
     "DynamicLowRankDense",
     "DynamicLowRankEinsumDense",
     "LowRankProjection",
+    "LowRankWarning",
     "SelectivityRegularizedModel",
     "analysis",
     "callbacks",

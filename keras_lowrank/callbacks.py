@@ -21,6 +21,7 @@ from keras import ops
 from keras_lowrank import _host_factorization as host
 from keras_lowrank._low_rank_model import check_finite, condition_number, dlrt_of, low_rank_layers, truncate_layer
 from keras_lowrank._validation import check_int, check_number
+from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.compression import compression_summary
 
 __all__ = ["RankTruncation", "SpectralConditioning", "LowRankMonitor", "low_rank_layers",
@@ -41,7 +42,7 @@ def _warn_without_low_rank_layers(callback):
         warnings.warn(
             f"{type(callback).__name__} acts on dynamic low-rank layers, and the model "
             f"{callback.model.name!r} has none: it will do nothing. Convert the model first "
-            "(compression.to_low_rank) or build it from DynamicLowRank* layers.", stacklevel=2)
+            "(compression.to_low_rank) or build it from DynamicLowRank* layers.", stacklevel=2, category=LowRankWarning)
 
 
 class _FactorCallback(keras.callbacks.Callback):

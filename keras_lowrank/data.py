@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_lowrank._optional import require
 from keras_lowrank._validation import check_int
+from keras_lowrank._warning import LowRankWarning
 
 __all__ = ["load", "available_datasets", "ArrayBatches", "DatasetInfo", "DataUnavailableError",
            "load_digits_arrays", "load_mnist1d_arrays"]
@@ -220,7 +221,7 @@ def load_mnist1d_arrays(split):
         pass
     except Exception as error:  # a damaged cache (BadZipFile, a missing array): rebuilt
         warnings.warn(f"The MNIST-1D cache {path} is unreadable ({type(error).__name__}); "
-                      "generating it again.", stacklevel=2)
+                      "generating it again.", stacklevel=2, category=LowRankWarning)
         os.remove(path)
     _write_mnist1d(path)
     return _read_mnist1d(path, split)

@@ -46,6 +46,7 @@ from keras_lowrank import _host_factorization as host
 from keras_lowrank import factorization
 from keras_lowrank._keras_compat import no_automatic_dependency_tracking
 from keras_lowrank._validation import check_int
+from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.layers.dynamic_low_rank import FACTOR_OWNER, FACTOR_ROLE
 from keras_lowrank.optimizer_slots import optimizer_slots, slot_kind
 
@@ -205,7 +206,8 @@ class DLRT(keras.optimizers.Optimizer):
             warnings.warn(
                 "DLRT was given a model without dynamic low-rank layers (trainable U, S, V): it "
                 f"trains as its inner {type(self.inner_optimizer).__name__} alone. Convert the model "
-                "first (compression.to_low_rank) or build it from DynamicLowRank* layers.", stacklevel=2)
+                "first (compression.to_low_rank) or build it from DynamicLowRank* layers.",
+                stacklevel=2, category=LowRankWarning)
         frozen = {i for _, iu, _, iv in self._groups for i in (iu, iv)}
         self._inner_indices = [i for i in range(len(var_list)) if i not in frozen]
         self.cycle_step = self.add_variable(
@@ -422,7 +424,7 @@ class DLRT(keras.optimizers.Optimizer):
                 f"DLRT: layer(s) {full} ended training at their max_rank: the augmentation "
                 "cannot add directions there, so their bases stop adapting (the rank cannot "
                 "grow). Give them room (a larger max_rank; to_low_rank's default is twice "
-                "the rank) or truncate more (a larger tol).", stacklevel=3)
+                "the rank) or truncate more (a larger tol).", stacklevel=3, category=LowRankWarning)
 
     def get_config(self):
         return {

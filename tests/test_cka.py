@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_lowrank import float32_matmuls
+from keras_lowrank import LowRankWarning, float32_matmuls
 from keras_lowrank.analysis import cka_map, linear_cka, rbf_cka
 
 pytestmark = pytest.mark.own_precision  # own_precision: see conftest
@@ -237,7 +237,7 @@ def test_cka_map_leaves_constant_layers_nan_and_names_them(rng):
     b = keras.layers.Dense(3, name="b")(keras.layers.Concatenate()([a, dead]))
     model = keras.Model(inputs, b)
     x = rng.normal(size=(32, 6)).astype("float32")
-    with pytest.warns(UserWarning, match=r"\['dead'\]"):
+    with pytest.warns(LowRankWarning, match=r"\['dead'\]"):
         result = cka_map(model, x, unbiased=False)
     assert result.rows == ["a", "dead", "b"]
     assert np.isnan(result.matrix[1]).all() and np.isnan(result.matrix[:, 1]).all()

@@ -11,7 +11,7 @@ import pytest
 from keras import ops
 from truncated import truncated_copy
 
-from keras_lowrank import callbacks, compression
+from keras_lowrank import LowRankWarning, callbacks, compression
 from keras_lowrank._keras_compat import layer_paths
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
@@ -40,7 +40,7 @@ def test_to_low_rank_at_full_rank_reproduces_the_model_and_truncation_error_is_b
     assert kinds == ["InputLayer", "DynamicLowRankConv2D", "DynamicLowRankConv2D", "Flatten",
                      "DynamicLowRankDense", "Dense"]  # last layer skipped by default
     # at a full rank (tol → 0) a factorised layer would be bigger: kept dense, said so
-    with pytest.warns(UserWarning, match="left these layers dense"):
+    with pytest.warns(LowRankWarning, match="left these layers dense"):
         full = compression.to_low_rank(model, tol=1e-7)
     assert [type(l).__name__ for l in full.layers] == [
         "InputLayer", "Conv2D", "Conv2D", "Flatten", "Dense", "Dense"]
@@ -225,7 +225,7 @@ def test_to_low_rank_skips_grouped_convolutions_by_default_and_refuses_them_by_n
     h = keras.layers.Conv2D(16, 3, padding="same", groups=16, name="depthwise")(h)  # ConvNeXt-style
     h = keras.layers.Conv2D(32, 1, activation="relu", name="pointwise")(h)
     model = keras.Model(inputs, keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(h)))
-    with pytest.warns(UserWarning, match=r"depthwise \(groups=16\)"):
+    with pytest.warns(LowRankWarning, match=r"depthwise \(groups=16\)"):
         low = compression.to_low_rank(model, rank=2)
     assert type(low.get_layer("depthwise")) is keras.layers.Conv2D
     assert type(low.get_layer("plain")) is DynamicLowRankConv2D
@@ -253,7 +253,7 @@ def test_to_low_rank_names_the_kernel_layers_it_does_not_convert(rng):
     h = _SubclassedDense(8, name="mine")(keras.layers.GlobalAveragePooling2D()(h))
     h = LowRankProjection(rank=2, name="lr")(h)  # low rank already: not named
     model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
-    with pytest.warns(UserWarning) as caught:
+    with pytest.warns(LowRankWarning) as caught:
         low = compression.to_low_rank(model, rank=2)
     message = " ".join(str(w.message) for w in caught)
     for expected in (r"SeparableConv2D ×1 \(separable;", r"DepthwiseConv2D ×1 \(depthwise; one filter per channel",
@@ -291,7 +291,7 @@ def test_conv1d_models_convert_train_with_dlrt_and_export(rng, tmp_path):
     ])
     x = rng.uniform(size=(64, 40, 1)).astype("float32")
     y = rng.integers(0, 10, size=64)
-    with pytest.warns(UserWarning, match="causal"):  # c1 (5×16) stays dense too: rank 4 does not pay
+    with pytest.warns(LowRankWarning, match="causal"):  # c1 (5×16) stays dense too: rank 4 does not pay
         low = compression.to_low_rank(model, rank=4)
     assert [type(layer).__name__ for layer in low.layers[:3]] == ["Conv1D", "DynamicLowRankConv1D", "Conv1D"]
     layer = low.get_layer("c2")
@@ -442,7 +442,7 @@ def test_truncate_ranks_ends_an_unfinished_dlrt_cycle_before_export(rng, tmp_pat
         model.train_on_batch(x[8 * i:8 * i + 8], y[8 * i:8 * i + 8])
     layer = model.get_layer("low")
     assert layer.rank == 8  # augmented at step 5: min(max_rank, 2r)
-    with pytest.warns(UserWarning, match="truncate_ranks"):
+    with pytest.warns(LowRankWarning, match="truncate_ranks"):
         compression.compressed_model(model)
     kernel = _np(layer.kernel)
     d = np.linalg.svd(kernel, compute_uv=False)
@@ -656,7 +656,7 @@ def test_converting_a_low_rank_model_again_says_its_layers_stay():
                               keras.layers.Dense(32, activation="relu", name="b"), keras.layers.Dense(3)])
     once = compression.to_low_rank(dense, rank=4)
     stay = r"2 layer\(s\) that are low rank already as they are \(a, b\).*truncate_ranks"
-    with pytest.warns(UserWarning, match=stay):
+    with pytest.warns(LowRankWarning, match=stay):
         twice = compression.to_low_rank(once, rank=2)
     assert [getattr(layer, "rank", None) for layer in twice.layers] == [4, 4, None]
     x = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")

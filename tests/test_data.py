@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from keras_lowrank import data
+from keras_lowrank import LowRankWarning, data
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -84,7 +84,7 @@ def test_a_damaged_mnist1d_cache_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_LOWRANK_CACHE", str(tmp_path))
     reference = data.load_mnist1d_arrays("test")
     (tmp_path / "mnist1d_default.npz").write_bytes(b"PK\x03\x04 not a zip file")
-    with pytest.warns(UserWarning, match="unreadable"):
+    with pytest.warns(LowRankWarning, match="unreadable"):
         x, y = data.load_mnist1d_arrays("test")
     np.testing.assert_array_equal(x, reference[0])
     np.testing.assert_array_equal(y, reference[1])

@@ -15,7 +15,7 @@ from keras import ops
 from keras_hub_models import NAMES, inputs, main_output, make
 from truncated import truncated_copy
 
-from keras_lowrank import DLRT, compression
+from keras_lowrank import DLRT, LowRankWarning, compression
 from keras_lowrank._keras_compat import layer_paths
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 
@@ -112,7 +112,7 @@ def test_dlrt_warns_on_a_model_without_low_rank_layers(converted):
     batch = converted["GPT2CausalLM"][2]
     model = make("GPT2CausalLM")
     model.compile(DLRT(keras.optimizers.Adam(1e-3)), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    with pytest.warns(UserWarning, match="without dynamic low-rank layers"):
+    with pytest.warns(LowRankWarning, match="without dynamic low-rank layers"):
         model.fit(batch, batch["token_ids"], epochs=1, verbose=0)
 
 

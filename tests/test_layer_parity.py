@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_lowrank import compression
+from keras_lowrank import LowRankWarning, compression
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense
 
 
@@ -76,7 +76,7 @@ def test_to_low_rank_carries_regularizers_and_says_what_it_drops():
                            activity_regularizer=keras.regularizers.L1(0.01)),
         keras.layers.Dense(32, name="b", kernel_constraint=keras.constraints.MaxNorm(2.0)),
         keras.layers.Dense(3, name="out")])
-    with pytest.warns(UserWarning, match=r"kernel_constraint of \['b'\]"):
+    with pytest.warns(LowRankWarning, match=r"kernel_constraint of \['b'\]"):
         low = compression.to_low_rank(model, rank=4)
     a = low.get_layer("a")
     assert isinstance(a, DynamicLowRankDense)

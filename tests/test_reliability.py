@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_lowrank import _files, callbacks, compression
+from keras_lowrank import LowRankWarning, _files, callbacks, compression
 from keras_lowrank.analysis import cka_map, class_selectivity, representation_ranks
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
 from keras_lowrank.optimizers import DLRT
@@ -421,7 +421,7 @@ def test_a_layer_at_max_rank_is_reported():
     model = _mlp(max_rank=4, rank=4)
     model.compile(DLRT(keras.optimizers.SGD(0.01), steps_per_cycle=2), LOSS)
     model.get_layer("hidden").tol = 1e-6  # keeps every direction: saturated
-    with pytest.warns(UserWarning, match="max_rank"):
+    with pytest.warns(LowRankWarning, match="max_rank"):
         model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     roomy = _mlp(max_rank=8, rank=2)
     roomy.compile(DLRT(keras.optimizers.SGD(0.01), steps_per_cycle=2), LOSS)
@@ -469,7 +469,7 @@ def _dense_mlp(seed=0):
 
 def test_to_low_rank_keeps_dense_where_the_rank_does_not_pay():
     model = _dense_mlp()  # random kernels: full spectra, tol 0.05 keeps nearly all
-    with pytest.warns(UserWarning, match="left these layers dense"):
+    with pytest.warns(LowRankWarning, match="left these layers dense"):
         converted = compression.to_low_rank(model, tol=0.05)
     assert converted.count_params() <= model.count_params()
     summary = compression.compression_summary(converted)
@@ -682,16 +682,16 @@ def test_calls_that_would_do_nothing_say_so(rng):
     x = rng.normal(size=(16, 6)).astype("float32")
     y = rng.integers(0, 3, size=16)
     dense = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
-    with pytest.warns(UserWarning, match="converted no layer"):
+    with pytest.warns(LowRankWarning, match="converted no layer"):
         compression.to_low_rank(dense, rank=2)
     for callback in (callbacks.RankTruncation(), callbacks.SpectralConditioning(), callbacks.LowRankMonitor()):
         model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
         model.compile("sgd", "mse")
-        with pytest.warns(UserWarning, match=f"{type(callback).__name__} acts on dynamic low-rank layers"):
+        with pytest.warns(LowRankWarning, match=f"{type(callback).__name__} acts on dynamic low-rank layers"):
             model.fit(x, keras.utils.to_categorical(y, 3), epochs=1, verbose=0, callbacks=[callback])
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
     model.compile(DLRT(keras.optimizers.Adam()), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    with pytest.warns(UserWarning, match="DLRT was given a model without dynamic low-rank layers"):
+    with pytest.warns(LowRankWarning, match="DLRT was given a model without dynamic low-rank layers"):
         model.fit(x, y, epochs=1, verbose=0)
 
 

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_lowrank import analysis
+from keras_lowrank import LowRankWarning, analysis
 
 
 def conv_model():
@@ -63,7 +63,7 @@ def test_default_measures_wide_maps_as_channel_vectors(rng):
     flatten=False, by numpy's SVD), narrower layers whole; each result says which."""
     model = conv_model()
     x = rng.normal(size=(40, 6, 6, 2)).astype("float32")
-    with pytest.warns(UserWarning, match=r"flat \(64\)"):  # a 64-vector has no channel axis to split
+    with pytest.warns(LowRankWarning, match=r"flat \(64\)"):  # a 64-vector has no channel axis to split
         res = analysis.representation_ranks(model, x, max_features=32)
     assert list(res) == ["conv", "dense"]
     acts = keras.Model(model.inputs, model.get_layer("conv").output).predict(x, verbose=0)

@@ -6,7 +6,7 @@ import numpy as np
 
 from keras_lowrank._keras_compat import layer_paths
 from keras_lowrank.compression._common import _kernel_matrix
-from keras_lowrank.layers.dynamic_low_rank import _einsum_plan
+from keras_lowrank.layers.dynamic_low_rank_einsum import _einsum_plan
 
 
 def truncated_copy(model, paths, rank):

@@ -28,6 +28,7 @@ from keras import ops
 
 from keras_lowrank._optional import require
 from keras_lowrank._validation import check_number
+from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.analysis._batches import batch_length, iterate_inputs
 from keras_lowrank.analysis.representation import feature_extractor, resolve_layers
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
@@ -394,7 +395,7 @@ def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=Tr
     if constant:
         warnings.warn("cka_map: CKA is undefined for layers with no variance across the samples "
                       f"(constant outputs), left NaN in the map: {[everyone[k] for k in constant]}.",
-                      stacklevel=2)
+                      stacklevel=2, category=LowRankWarning)
     matrix = np.array([[np.nan if i in constant or j in constant else _ratio(mean, i, j, everyone)
                         for j in columns] for i in rows])
     return CKAMap(matrix, names, names_b if model_b is not None else names)

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from keras_lowrank._keras_compat import layer_paths
+from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.analysis._batches import iterate_inputs
 from keras_lowrank.analysis.ranks import (
     effective_rank_from_singular_values,
@@ -299,7 +300,7 @@ def representation_ranks(
         flat.append(whole_vector)
     if too_wide:
         warnings.warn(f"representation_ranks left out layers wider than max_features={max_features} "
-                      f"even per channel vector: {', '.join(too_wide)}.", stacklevel=2)
+                      f"even per channel vector: {', '.join(too_wide)}.", stacklevel=2, category=LowRankWarning)
     if not layers:
         raise ValueError(f"No layer of the model is narrow enough to measure (max_features={max_features}).")
     extractor = feature_extractor(model, layers)

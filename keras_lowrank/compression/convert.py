@@ -14,6 +14,7 @@ from keras_lowrank._keras_compat import build_input_shape, layer_paths
 from keras_lowrank._low_rank_model import dlrt_of, low_rank_layers, truncate_layer
 from keras_lowrank._svd import matrix_svd
 from keras_lowrank._validation import check_int, check_number
+from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.compression._common import (
     KINDS,
     _check_model,
@@ -24,13 +25,9 @@ from keras_lowrank.compression._common import (
 from keras_lowrank.compression._surgery import copy_model, swap
 from keras_lowrank.compression.allocation import allocate_ranks
 from keras_lowrank.compression.calibration import second_moments, whitened_svd
-from keras_lowrank.layers.dynamic_low_rank import (
-    DynamicLowRankBase,
-    DynamicLowRankConv1D,
-    DynamicLowRankConv2D,
-    DynamicLowRankDense,
-    DynamicLowRankEinsumDense,
-)
+from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase, DynamicLowRankDense
+from keras_lowrank.layers.dynamic_low_rank_conv import DynamicLowRankConv1D, DynamicLowRankConv2D
+from keras_lowrank.layers.dynamic_low_rank_einsum import DynamicLowRankEinsumDense
 from keras_lowrank.layers.low_rank_projection import LowRankProjection
 
 __all__ = ["kernel_layers", "to_low_rank", "truncate_ranks"]
@@ -251,20 +248,20 @@ def to_low_rank(
         warnings.warn(
             f"to_low_rank dropped the kernel_constraint of {constrained}: a low-rank kernel is "
             "trained through its factors and takes no kernel constraint (regularizers, the "
-            "bias constraint, initializers and activations are carried).", stacklevel=2)
+            "bias constraint, initializers and activations are carried).", stacklevel=2, category=LowRankWarning)
     if kept_dense:
         warnings.warn(
             "to_low_rank left these layers dense: at their rank the factorised layer "
             "(r·(n_in + n_out) parameters) would be larger than the dense one "
             f"(n_in·n_out): {', '.join(kept_dense)}. Use a larger `tol` or a smaller "
-            "`rank` to compress them.", stacklevel=2)
+            "`rank` to compress them.", stacklevel=2, category=LowRankWarning)
     if not plans:  # a conversion that converts nothing says so (the warnings above say why)
         warnings.warn(
             "to_low_rank converted no layer: the model it returns computes what `model` does, with "
             "the same layers. " + ("The layers asked for do not pay at this rank or tol (see above)."
                                    if chosen else "The model has no Dense, Conv1D, Conv2D or EinsumDense "
                                    "layer it converts (the last one stays dense: skip_last=True)."),
-            stacklevel=2)
+            stacklevel=2, category=LowRankWarning)
     converted, twins = copy_model(model, "to_low_rank", [(p, l) for p, l in chosen if id(l) in plans])
     for path, layer in chosen:
         plan = plans.get(id(layer))
@@ -297,7 +294,7 @@ def _choose_layers(model, layers, skip_first, skip_last):
             warnings.warn(
                 f"to_low_rank left these layers as they are: {', '.join(skipped)}; "
                 "only groups=1, channels_last, non-causal convolutions and EinsumDense layers "
-                "whose kernel is one matrix convert.", stacklevel=3)
+                "whose kernel is one matrix convert.", stacklevel=3, category=LowRankWarning)
         own = [l for p, l in usable if "/" not in p]
         dropped = {id(own[0])} if skip_first and own else set()
         dropped |= {id(own[-1])} if skip_last and own else set()
@@ -308,12 +305,13 @@ def _choose_layers(model, layers, skip_first, skip_last):
                 f"to_low_rank left the model's {len(factorised)} layer(s) that are low rank already "
                 f"as they are ({shown}), whatever `rank` or `tol` asks: to lower their ranks, set "
                 "their `tol` and call compression.truncate_ranks(model), or convert the dense model.",
-                stacklevel=3)
+                stacklevel=3, category=LowRankWarning)
         others = _other_kernel_layers(found, KINDS)
         if others:
             warnings.warn(
                 "to_low_rank converts Dense, Conv1D, Conv2D and EinsumDense layers (those classes "
-                f"exactly); these layers with kernels stay as they are: {others}.", stacklevel=3)
+                f"exactly); these layers with kernels stay as they are: {others}.",
+                stacklevel=3, category=LowRankWarning)
         return [(p, l) for p, l in usable if id(l) not in dropped]
     if isinstance(layers, str):
         layers = [layers]

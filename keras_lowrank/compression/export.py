@@ -13,13 +13,11 @@ from keras import ops
 
 from keras_lowrank._files import check_output_folder, staged_folder
 from keras_lowrank._keras_compat import all_sublayers, build_input_shape, layer_paths
+from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.compression._common import _check_model, _unfinished_cycle
 from keras_lowrank.compression._surgery import copy_model, save_model, swap
-from keras_lowrank.layers.dynamic_low_rank import (
-    DynamicLowRankBase,
-    DynamicLowRankDense,
-    DynamicLowRankEinsumDense,
-)
+from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase, DynamicLowRankDense
+from keras_lowrank.layers.dynamic_low_rank_einsum import DynamicLowRankEinsumDense
 from keras_lowrank.layers.low_rank_projection import LowRankProjection
 
 FORMATS = ("keras", "saved_model", "tflite")
@@ -58,7 +56,7 @@ def compressed_model(model):
             f"The DLRT optimizer stopped at step {unfinished[0] % unfinished[1]} of a "
             f"{unfinished[1]}-step cycle: the layers hold augmented bases (up to twice "
             "their rank). Call keras_lowrank.compression.truncate_ranks(model) first to "
-            "export at the truncated ranks.", stacklevel=2)
+            "export at the truncated ranks.", stacklevel=2, category=LowRankWarning)
     targets = [(path, layer) for path, layer in layer_paths(model)
                if isinstance(layer, (DynamicLowRankBase, LowRankProjection))]
     compact, twins = copy_model(model, "compressed_model", targets)
@@ -256,4 +254,4 @@ def _quantize(model, mode):
                and not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))]
     if skipped:
         warnings.warn(f"export_compressed(quantize={mode!r}): Keras quantises Dense and EinsumDense layers "
-                      f"only; these stay float32: {', '.join(skipped)}.", stacklevel=3)
+                      f"only; these stay float32: {', '.join(skipped)}.", stacklevel=3, category=LowRankWarning)
