@@ -19,7 +19,7 @@ from keras import ops
 
 from keras_lowrank._keras_compat import replaced_attribute
 from keras_lowrank.analysis._batches import batch_length, iterate_inputs, take
-from keras_lowrank.layers.dynamic_low_rank import _einsum_plan
+from keras_lowrank.layers.dynamic_low_rank_einsum import _einsum_plan
 
 #: relative damping added to C's diagonal: C + δ·tr(C)/n·I keeps C^-½ finite where the
 #: calibration rows span fewer than n_in directions (rank-deficient inputs)

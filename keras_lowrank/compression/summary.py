@@ -8,7 +8,8 @@ import numpy as np
 from keras_lowrank._keras_compat import all_sublayers
 from keras_lowrank._low_rank_model import condition_number, low_rank_layers
 from keras_lowrank.compression._common import KINDS, _bias_size, _kernel_matrix, _positions
-from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankEinsumDense, _DynamicLowRankConv
+from keras_lowrank.layers.dynamic_low_rank_conv import _DynamicLowRankConv
+from keras_lowrank.layers.dynamic_low_rank_einsum import DynamicLowRankEinsumDense
 from keras_lowrank.layers.low_rank_projection import LowRankProjection
 
 __all__ = ["compression_summary", "CompressionSummary"]
