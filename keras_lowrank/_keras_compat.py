@@ -84,6 +84,20 @@ def slot_name_prefix(variable):
     return variable.path.replace("/", "_") + "_"
 
 
+def own_optimizer_variables(optimizer):
+    """The variables an optimizer wrapper creates itself (its iteration counter, its own
+    state), without its inner optimizer's: ``Optimizer._variables``, as Keras'
+    ``LossScaleOptimizer.variables`` reads them. Keras has no public accessor."""
+    return list(optimizer._variables)
+
+
+def built_trainable_variables(optimizer):
+    """The trainable variables ``optimizer.build`` was given, in that order
+    (``Optimizer._trainable_variables``, as Keras' ``LossScaleOptimizer.apply`` reads them
+    when ``apply`` gets gradients alone)."""
+    return optimizer._trainable_variables
+
+
 def layer_paths(model):
     """[(path, layer)] for every layer under ``model`` at any depth, depth first, each
     layer once (a shared layer under its first path); a path joins the layers' names

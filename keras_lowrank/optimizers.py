@@ -44,7 +44,11 @@ from keras import backend, ops
 
 from keras_lowrank import _host_factorization as host
 from keras_lowrank import factorization
-from keras_lowrank._keras_compat import no_automatic_dependency_tracking
+from keras_lowrank._keras_compat import (
+    built_trainable_variables,
+    no_automatic_dependency_tracking,
+    own_optimizer_variables,
+)
 from keras_lowrank._validation import check_int
 from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.layers.dynamic_low_rank import FACTOR_OWNER, FACTOR_ROLE
@@ -225,7 +229,7 @@ class DLRT(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        return own_optimizer_variables(self) + self.inner_optimizer.variables
 
     @property
     def learning_rate(self):
@@ -348,7 +352,7 @@ class DLRT(keras.optimizers.Optimizer):
 
     def apply(self, grads, trainable_variables=None):
         if trainable_variables is None:
-            trainable_variables = self._trainable_variables
+            trainable_variables = built_trainable_variables(self)
         else:
             trainable_variables = list(trainable_variables)
             if not self.built:
@@ -390,7 +394,7 @@ class DLRT(keras.optimizers.Optimizer):
         step = int(ops.convert_to_numpy(self.cycle_step))
         if step % self.steps_per_cycle == 0:
             return False
-        variables = self._trainable_variables
+        variables = built_trainable_variables(self)
         for (layer, iu, i_s, iv), slots in zip(self._groups, self._s_slots):
             u, s, v = (variables[i] for i in (iu, i_s, iv))
             u0, s0, v0 = (ops.convert_to_numpy(t) for t in (u, s, v))
@@ -414,7 +418,7 @@ class DLRT(keras.optimizers.Optimizer):
             return
         self.finish_cycle()
         self.inner_optimizer.finalize_variable_values(
-            [self._trainable_variables[i] for i in self._inner_indices])
+            [built_trainable_variables(self)[i] for i in self._inner_indices])
         self._warn_saturated()
 
     def _warn_saturated(self):

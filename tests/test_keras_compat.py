@@ -68,10 +68,26 @@ def test_slot_names_and_untracked_inner_optimizer():
     kernel = model.layers[0].kernel
     slots = [v.name for v in optimizer.variables if v.name.startswith(compat.slot_name_prefix(kernel))]
     assert sorted(s[len(compat.slot_name_prefix(kernel)):] for s in slots) == ["momentum", "velocity"]
+    low = keras.Sequential([keras.Input((3,)), DynamicLowRankDense(2, max_rank=2)])
     dlrt = DLRT(keras.optimizers.Adam())
-    dlrt.build(model.trainable_variables)
+    dlrt.build(low.trainable_variables)
     ids = [id(v) for v in dlrt.variables]
     assert len(ids) == len(set(ids))  # the inner optimizer's variables are not tracked twice
+
+
+def test_optimizer_variable_accessors_match_the_public_lists():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    assert [id(v) for v in compat.built_trainable_variables(optimizer)] == [id(v) for v in model.trainable_variables]
+    own = compat.own_optimizer_variables(optimizer)
+    assert {id(v) for v in own} == {id(v) for v in optimizer.variables}  # a plain optimizer owns all of them
+    low = keras.Sequential([keras.Input((3,)), DynamicLowRankDense(2, max_rank=2)])
+    dlrt = DLRT(keras.optimizers.Adam())
+    dlrt.build(low.trainable_variables)
+    assert [id(v) for v in compat.built_trainable_variables(dlrt)] == [id(v) for v in low.trainable_variables]
+    inner = {id(v) for v in dlrt.inner_optimizer.variables}
+    assert own and not inner & {id(v) for v in compat.own_optimizer_variables(dlrt)}
 
 
 def test_replaced_attribute_restores_and_is_not_tracked():
