@@ -178,9 +178,6 @@ class DynamicLowRankConv1D(_DynamicLowRankConv):
     keras_class = keras.layers.Conv1D
 
 
-@keras.saving.register_keras_serializable(package="keras_lowrank")
-
-
 def _tuple(value, n, name):
     if isinstance(value, (int, np.integer)):
         value = (value,) * n

@@ -10,6 +10,7 @@ from keras_lowrank._keras_compat import build_input_shape, einsum_dense_shapes
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 
 
+@keras.saving.register_keras_serializable(package="keras_lowrank")
 class DynamicLowRankEinsumDense(DynamicLowRankBase):
     """``keras.layers.EinsumDense`` whose kernel, as a matrix, is W = U S Vᵀ: the
     projections of attention and the MLPs of transformers.

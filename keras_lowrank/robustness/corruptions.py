@@ -90,6 +90,7 @@ class Corruption(Perturbation):
         return f"Corruption({self.corruption!r}, severity={self.severity})"
 
     def perturb_in_graph(self, model, x, y=None):
+        x = ops.convert_to_tensor(x)
         if self.corruption in IMAGE_CORRUPTIONS and len(x.shape) != 4:
             raise ValueError(
                 f"The {self.corruption!r} corruption needs image batches (n, h, w, c), got "
@@ -136,8 +137,7 @@ class Corruption(Perturbation):
         taps = [math.exp(-(i * i) / (2 * sigma * sigma)) for i in range(-radius, radius + 1)]
         taps = ops.convert_to_tensor([t / sum(taps) for t in taps], x.dtype)
         channels = x.shape[-1]
-        padded = ops.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)),
-                         mode="symmetric")
+        padded = _symmetric_pad(x, radius)
         size = 2 * radius + 1
         rows = ops.tile(ops.reshape(taps, (size, 1, 1, 1)), (1, 1, channels, 1))
         cols = ops.tile(ops.reshape(taps, (1, size, 1, 1)), (1, 1, channels, 1))
@@ -157,6 +157,20 @@ class Corruption(Perturbation):
         compressed = tf.map_fn(
             lambda image: tf.image.adjust_jpeg_quality(image, quality), rgb)
         return compressed if channels == 3 else tf.reduce_mean(compressed, -1, keepdims=True)
+
+
+def _symmetric_pad(x, radius):
+    """numpy's ``pad(mode="symmetric")`` of an image batch's two spatial axes (the edge
+    value repeated, then the inside mirrored). Written with slices: Keras' torch backend
+    pads "symmetric" as "replicate" (Keras 3.15)."""
+    if radius == 0:
+        return x
+    for axis in (1, 2):
+        head = ops.flip(ops.take(x, list(range(radius)), axis=axis), axis=axis)
+        size = x.shape[axis]
+        tail = ops.flip(ops.take(x, list(range(size - radius, size)), axis=axis), axis=axis)
+        x = ops.concatenate([head, x, tail], axis=axis)
+    return x
 
 
 def all_corruptions(severities=(1, 2, 3, 4, 5), names=None, seed=0, image=True):

@@ -33,6 +33,7 @@ from keras import ops
 
 from keras_lowrank._labels_in_call import LabelsInCall, label_counter
 from keras_lowrank.analysis._batches import check_not_load_pair
+from keras_lowrank.robustness._gradients import is_symbolic
 from keras_lowrank.robustness._report_inputs import refuse_token_inputs
 from keras_lowrank.robustness.perturbations import class_count
 
@@ -139,6 +140,8 @@ class PerturbedModel(LabelsInCall, keras.Model):
 
     def call(self, inputs, training=False):
         inputs = _as_float(inputs)
+        if is_symbolic(inputs):  # Keras infers output shapes (torch: meta tensors, no values)
+            return self.model(inputs, training=training)
         num_classes = self._num_classes(inputs.shape)
         input_range = getattr(self.perturbation, "input_range", None)
         if input_range is not None:  # a range that changes between calls (variables)
