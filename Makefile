@@ -7,7 +7,7 @@ EXTRAS ?= tensorflow-cpu,jax,cli,test,docs
 OUT ?= runs/demo
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile -q
 
-.PHONY: demo test lint docs test-tf test-jax test-jax-slow bench clean
+.PHONY: demo test lint docs test-tf test-jax test-torch test-jax-slow bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,12 +15,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
+# The torch half's extras, apart so that `make demo` does not pull torch: the `torch`
+# extra (torch 2.13.0 as pinned; from the package index a CUDA build of several GB where
+# no CPU wheel is at hand) and torchattacks, the reference the torch tests compare
+# against, without its declared dependencies (torchvision, an old requests: it imports
+# neither).
+TORCH_STAMP := $(VENV)/.installed-torch
+$(TORCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[torch]"
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps torchattacks
+	touch $(TORCH_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/keras-lowrank demo --output $(OUT) --overwrite
 
 # Lint, the docs (warnings are errors), then the whole suite on TensorFlow and again
-# on JAX (tf_only tests skipped there).
-test: lint docs test-tf test-jax
+# on JAX (tf_only tests skipped there), then the torch half (tests marked `torch`).
+test: lint docs test-tf test-jax test-torch
 
 lint: $(STAMP)
 	$(BIN)/ruff check keras_lowrank keras_lowrank_experiments tests benchmarks examples
@@ -34,6 +45,11 @@ test-tf: $(STAMP)
 
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PYTEST)
+
+# Every public entry point on Keras' torch backend (tests marked `torch`), AutoAttack
+# against torchattacks on the same weights (~8 min here).
+test-torch: $(TORCH_STAMP)
+	KERAS_BACKEND=torch $(PYTEST) -m torch
 
 # The end-to-end scripts (demo, examples) on JAX too (~30 min here: XLA compile time).
 test-jax-slow: $(STAMP)

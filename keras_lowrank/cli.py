@@ -109,7 +109,7 @@ def _common(parser, model=True, data=True, default_output=None):
                         help="folder for the report (new or empty, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --output folder (when the run succeeds)")
-    parser.add_argument("--backend", choices=["tensorflow", "jax"], default=None,
+    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None,
                         help="Keras backend (default: $KERAS_BACKEND, else Keras' own default)")
     parser.add_argument("--seed", type=_count, default=0, help="random seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -18,7 +18,9 @@ setting, so each backend's own switch is used):
 - TensorFlow: TF32 off while it runs (a process-wide switch, restored after):
   effective for eager code and for compiled functions called inside it, not for
   ops traced inside a ``tf.function`` that runs later.
-- Other backends, and CPUs (which have no TF32): no effect.
+- torch: ``torch.set_float32_matmul_precision("highest")`` and cuDNN's TF32 off (on
+  by default for convolutions) while it runs, both restored after.
+- CPUs (which have no TF32): no effect.
 """
 
 import contextlib
@@ -60,5 +62,16 @@ def float32_matmuls():
             yield
         finally:
             tf.config.experimental.enable_tensor_float_32_execution(enabled)
+    elif backend == "torch":
+        import torch
+
+        precision, convolutions = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.allow_tf32 = False  # on by default for convolutions
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(precision)
+            torch.backends.cudnn.allow_tf32 = convolutions
     else:
         yield

@@ -7,6 +7,8 @@ import pytest
 from keras_lowrank import data
 from keras_lowrank.robustness import FGSM, PGD
 
+pytestmark = pytest.mark.torch  # in the torch half too (make test-torch)
+
 
 @pytest.fixture(scope="module")
 def digits():

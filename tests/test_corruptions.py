@@ -4,6 +4,8 @@ import pytest
 
 from keras_lowrank.robustness.corruptions import CORRUPTIONS, SEVERITIES, Corruption, all_corruptions
 
+pytestmark = pytest.mark.torch  # in the torch half too (make test-torch)
+
 
 def apply(name, severity, x, seed=0):
     return np.asarray(keras.ops.convert_to_numpy(Corruption(name, severity, seed=seed)(None, x)))

@@ -6,6 +6,8 @@ import pytest
 
 from keras_lowrank.robustness import GaussianNoise, evaluate_robustness
 
+pytestmark = pytest.mark.torch  # in the torch half too (make test-torch)
+
 
 def _threshold_model():
     """Class 1 iff the input exceeds 0.5: at x = 0.5 the prediction is the noise's sign."""

@@ -3,8 +3,11 @@ from Keras' own layers (Dense(r) → Dense(units); ConvND(r) → 1×1 ConvND; tw
 EinsumDense; a LowRankProjection as an Identity or a Dense), so the ``.keras`` file and
 the SavedModel really are small and load without keras_lowrank."""
 
+import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import warnings
 
@@ -143,7 +146,8 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
     ``model.keras`` and/or ``saved_model/`` (``Model.export``, loadable with plain
     ``tf.saved_model.load``) and/or ``model.tflite``. The SavedModel and TFLite
     formats need TensorFlow installed (on JAX, Keras' SavedModel export cannot trace
-    some models, keras-hub's text models among them: refused before anything is written).
+    some models, keras-hub's text models among them: refused before anything is written;
+    on torch they are written by TensorFlow from the ``.keras`` file in a child process).
     ``model.keras`` loads with Keras alone (and keras_hub for its models) where the
     low-rank layers are the model's own layers; where they sit inside custom layers
     (keras-hub's attention and feed-forward blocks), which Keras rebuilds from their own
@@ -194,6 +198,12 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
     check_output_folder(path, overwrite, "path")
     if quantize not in (None, "int8", "int4"):
         raise ValueError(f'`quantize` must be None, "int8" or "int4", got {quantize!r}.')
+    through_tensorflow = keras.backend.backend() == "torch" and ("saved_model" in formats or "tflite" in formats)
+    if through_tensorflow and importlib.util.find_spec("tensorflow") is None:
+        raise ValueError(
+            "export_compressed(formats=...): on the torch backend the SavedModel and TFLite files are "
+            "written by TensorFlow, from the .keras file in a child process, and TensorFlow is not "
+            "installed. Install it (pip install tensorflow-cpu) or export formats=('keras',) alone.")
     compact = compressed_model(model)
     if quantize is not None:
         _quantize(compact, quantize)
@@ -204,17 +214,22 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
             written["keras_needs_keras_lowrank"] = save_model(compact, os.path.join(staging, names["keras"]))
         # TFLite converts from a SavedModel: one asked for is written in place, else in a
         # scratch folder removed after (formats=("tflite",) writes model.tflite alone)
-        scratch = None if "saved_model" in formats else tempfile.mkdtemp(prefix="klr-saved-model-")
-        saved = os.path.join(scratch or staging, names["saved_model"])
+        # (on torch, a .keras file not asked for is written there too, for TensorFlow to read)
+        needs_scratch = "saved_model" not in formats or (through_tensorflow and "keras" not in formats)
+        scratch = tempfile.mkdtemp(prefix="klr-saved-model-") if needs_scratch else None
+        saved = os.path.join(staging if "saved_model" in formats else scratch, names["saved_model"])
+        tflite = os.path.join(staging, names["tflite"]) if "tflite" in formats else None
         try:
-            if "saved_model" in formats or "tflite" in formats:
+            if through_tensorflow:
+                keras_file = os.path.join(staging, names["keras"])
+                if "keras" not in formats:
+                    keras_file = os.path.join(scratch, names["keras"])
+                    save_model(compact, keras_file)
+                export_in_tensorflow(keras_file, saved, tflite)
+            elif "saved_model" in formats or "tflite" in formats:
                 _saved_model(compact, saved)
-            if "tflite" in formats:
-                import tensorflow as tf
-
-                converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-                with open(os.path.join(staging, names["tflite"]), "wb") as handle:
-                    handle.write(converter.convert())
+                if tflite is not None:
+                    _tflite(saved, tflite)
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -222,6 +237,41 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
         if os.path.exists(os.path.join(path, names[kind])):
             written[kind] = os.path.join(path, names[kind])
     return written
+
+
+def _tflite(saved, path):
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+    with open(path, "wb") as handle:
+        handle.write(converter.convert())
+
+
+_EXPORT_SCRIPT = """
+import sys
+import keras
+import keras_lowrank  # noqa: F401  (puts factor layers inside custom layers back)
+from keras_lowrank.compression.export import _tflite
+model = keras.saving.load_model(sys.argv[1], compile=False)
+model.export(sys.argv[2], format="tf_saved_model", verbose=False)
+if sys.argv[3]:
+    _tflite(sys.argv[2], sys.argv[3])
+"""
+
+
+def export_in_tensorflow(keras_file, saved, tflite=None):
+    """The SavedModel (and TFLite) of the model in ``keras_file``, written by Keras on
+    TensorFlow in a child process: Keras' SavedModel export runs on TensorFlow, and its
+    torch path (``torch.export``) fails on plain models in Keras 3.15. The child loads
+    the same weights, so the files compute what the model computes (to float32 rounding)."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run([sys.executable, "-c", _EXPORT_SCRIPT, keras_file, saved, tflite or ""],
+                            env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ValueError(
+            f"Writing the SavedModel on TensorFlow (a child process, from the .keras file) failed: "
+            f"{last[:300]}; nothing was written. Export formats=('keras',) alone.")
 
 
 def _saved_model(model, path):

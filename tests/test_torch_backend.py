@@ -1,0 +1,232 @@
+"""Keras' torch backend: every public robustness entry point runs, exports go through
+TensorFlow, the command line takes ``--backend torch``; APGD and AutoAttack against
+torchattacks on the very same weights (a Keras model on torch *is* a torch.nn.Module).
+
+Part of the torch half of the suite (``make test-torch``); skipped on the other backends."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_lowrank import data
+from keras_lowrank.compression import export_compressed, to_low_rank
+from keras_lowrank.robustness import (
+    APGD,
+    FAB,
+    FGSM,
+    PGD,
+    SPSA,
+    AutoAttack,
+    GaussianNoise,
+    PerturbedModel,
+    Square,
+    all_corruptions,
+    evaluate_robustness,
+)
+
+pytestmark = [pytest.mark.torch,
+              pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch backend's own tests")]
+
+
+def _cnn():
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_1"),
+        keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv_2"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu", name="features"),
+        keras.layers.Dense(10, name="logits"),
+    ])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A digits CNN trained here on torch; 100 test digits."""
+    keras.utils.set_random_seed(0)
+    x, y = data.load_digits_arrays("train")
+    model = _cnn()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=15, batch_size=64, verbose=0)
+    x_test, y_test = data.load_digits_arrays("test")
+    return model, x_test[:100], y_test[:100]
+
+
+def _predict(model, x):
+    return np.argmax(keras.ops.convert_to_numpy(model(x, training=False)), axis=-1)
+
+
+def _theirs(model):
+    """The Keras model as torchattacks expects a network: NCHW images in, logits out."""
+    import torch
+
+    class NCHW(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.permute(0, 2, 3, 1))
+
+    return NCHW(model).eval()
+
+
+def _nchw(x):
+    import torch
+
+    return torch.tensor(x).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.mark.parametrize("norm", ["inf", 2])
+def test_every_attack_stays_in_its_ball_and_lowers_accuracy(trained, norm):
+    model, x, y = trained
+    eps = 0.1 if norm == "inf" else 0.8
+    clean = np.mean(_predict(model, x) == y)
+    attacks = [FGSM(eps, norm=norm), PGD(eps, norm=norm, steps=10, seed=0), APGD(eps, norm=norm, n_iter=20, seed=0),
+               APGD(eps, norm=norm, n_iter=20, targeted=True, seed=0), FAB(eps, norm=norm, n_iter=10),
+               Square(eps, norm=norm, n_queries=200, seed=0)]
+    if norm == "inf":
+        attacks.append(SPSA(eps, steps=5, samples=16, seed=0))
+    for attack in attacks:
+        adversarial = np.asarray(keras.ops.convert_to_numpy(attack(model, x, y)))
+        delta = (adversarial - x).reshape(len(x), -1)
+        size = np.abs(delta).max(axis=1) if norm == "inf" else np.sqrt((delta.astype("float64") ** 2).sum(axis=1))
+        assert size.max() <= eps * (1 + 1e-5) + 1e-6, attack.name
+        assert adversarial.min() >= 0 and adversarial.max() <= 1, attack.name
+        assert np.mean(_predict(model, adversarial) == y) < clean, attack.name
+
+
+def test_apgd_ce_equals_torchattacks_within_the_seeds_spread(trained):
+    """APGD-CE, 100 iterations, on the same weights and digits: robust accuracy of ours
+    and torchattacks' over two seeds each; they may differ by no more than the larger
+    spread of the two over seeds, plus one example."""
+    import torch
+    import torchattacks
+
+    model, x, y = trained
+    network, images, labels = _theirs(model), _nchw(x), torch.tensor(y).long()
+    ours, theirs = [], []
+    for seed in (0, 1):
+        ours.append(np.mean(_predict(model, keras.ops.convert_to_numpy(APGD(0.1, n_iter=100, seed=seed)(model, x, y)))
+                            == y))
+        adversarial = torchattacks.APGD(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=seed,
+                                        loss="ce")(images, labels)
+        with torch.no_grad():
+            theirs.append((network(adversarial).argmax(1) == labels).float().mean().item())
+    spread = max(np.ptp(ours), np.ptp(theirs)) + 1 / len(y)
+    assert abs(np.mean(ours) - np.mean(theirs)) <= spread + 1e-9, (ours, theirs)
+    assert np.mean(ours) < np.mean(_predict(model, x) == y)  # the attack does something
+
+
+def test_autoattack_leaves_the_robust_examples_torchattacks_ensemble_does(trained):
+    """AutoAttack (standard, L∞) against torchattacks' ensemble built from its parts at
+    the same budgets (APGD-CE 100, APGD-T 100 × 9 targets, FAB-T 100 × 9, Square 5000;
+    its own ``AutoAttack`` runs 10 steps: torchattacks issue #196), each stage on what the
+    earlier left robust. Random starts differ between the two, so a few examples may
+    fall differently (1 of 200 here); the robust sets must agree on all but 3 of 100."""
+    import torch
+    import torchattacks
+
+    model, x, y = trained
+    result = AutoAttack(0.1, seed=0).run(model, x, y)
+    network, images, labels = _theirs(model), _nchw(x), torch.tensor(y).long()
+    stages = [torchattacks.APGD(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=0, loss="ce"),
+              torchattacks.APGDT(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=0, n_classes=10),
+              torchattacks.FAB(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=0, multi_targeted=True,
+                               n_classes=10),
+              torchattacks.Square(network, norm="Linf", eps=0.1, n_queries=5000, n_restarts=1, seed=0)]
+    with torch.no_grad():
+        robust = (network(images).argmax(1) == labels).numpy()
+    for stage in stages:
+        rows = np.flatnonzero(robust)
+        if not len(rows):
+            break
+        adversarial = stage(images[rows], labels[rows])
+        with torch.no_grad():
+            robust[rows] = (network(adversarial).argmax(1) == labels[rows]).numpy()
+    assert np.sum(robust != result.robust) <= 3, (robust.mean(), result.robust_accuracy)
+    assert result.robust_accuracy < result.clean_accuracy
+
+
+def test_autoattack_fast_and_l2(trained):
+    model, x, y = trained
+    for attack in (AutoAttack(0.1, version="fast", seed=0), AutoAttack(0.8, norm=2, version="fast", seed=0)):
+        result = attack.run(model, x[:40], y[:40])
+        assert result.robust_accuracy <= result.clean_accuracy
+        assert result.flags["max_perturbation"] <= attack.eps * (1 + 1e-5) + 1e-6
+
+
+def test_perturbed_model_evaluates_and_trains_adversarially(trained):
+    model, x, y = trained
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    clean = np.mean(_predict(model, x) == y)
+    noisy = PerturbedModel(model, GaussianNoise(0.1, seed=0))
+    noisy.compile(loss=loss, metrics=["accuracy"])
+    assert 0 < noisy.evaluate(x, y, verbose=0, return_dict=True)["accuracy"] <= 1
+    attack = PGD(0.1, steps=3, random_start=False)  # deterministic: the same examples as the attack alone
+    wrapper = PerturbedModel(model, attack)
+    wrapper.compile(loss=loss, metrics=["accuracy"])
+    accuracy = wrapper.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)["accuracy"]
+    alone = np.mean(_predict(model, keras.ops.convert_to_numpy(attack(model, x, y))) == y)
+    assert accuracy == pytest.approx(alone, abs=1e-6) and accuracy < clean
+    student = _cnn()
+    student.set_weights(model.get_weights())
+    adversarial = PerturbedModel(student, PGD(0.1, steps=3, seed=0))
+    adversarial.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    before = [w.copy() for w in student.get_weights()]
+    history = adversarial.fit(x, y, epochs=1, batch_size=50, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert any(not np.allclose(a, b) for a, b in zip(before, student.get_weights()))
+
+
+def test_evaluate_robustness_report_with_sweeps_and_checks(trained):
+    model, x, y = trained
+    report = evaluate_robustness(model, (x, y), attacks=[FGSM(0.1), PGD(0.1, steps=5, seed=0)],
+                                 noise_sigmas=[0.1], corruptions=all_corruptions(severities=(1,), names=["contrast"]))
+    clean = report.rows[0]["accuracy"]
+    assert clean == pytest.approx(np.mean(_predict(model, x) == y))
+    assert report.accuracy("PGD", 0.1) <= report.accuracy("FGSM", 0.1) + 1e-9 or report.accuracy("PGD", 0.1) < clean
+    assert report.checks  # the gradient-masking checks ran
+
+
+def test_export_writes_a_savedmodel_through_tensorflow_that_computes_the_model(trained, tmp_path):
+    pytest.importorskip("tensorflow")
+    model, x, _ = trained
+    small = to_low_rank(model, rank=4)
+    written = export_compressed(small, str(tmp_path / "out"), formats=("keras", "saved_model"))
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]); "
+            "np.save(sys.argv[3], m.serve(np.load(sys.argv[2])).numpy())")
+    done = subprocess.run([sys.executable, "-c", code, written["saved_model"], str(tmp_path / "x.npy"),
+                           str(tmp_path / "out.npy")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = keras.ops.convert_to_numpy(small(x))
+    # float32 sums of ≤ 8·8·32 products in another order: a few ulps of the logits' scale
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5 * scale)
+
+
+def test_cli_compresses_and_evaluates_on_torch(trained, tmp_path):
+    model, _, _ = trained
+    model.save(tmp_path / "cnn.keras")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}  # --backend torch must switch it
+    done = subprocess.run([sys.executable, "-m", "keras_lowrank", "compress", str(tmp_path / "cnn.keras"), "--data",
+                           "digits", "--rank", "4", "--finetune-epochs", "1", "--limit", "200", "--backend", "torch",
+                           "--output", str(tmp_path / "small"), "--quiet"],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "small" / "report.json").read_text())
+    assert report["meta"]["backend"] == "torch"
+    assert [c["format"] for c in report["reload_checks"]] == ["keras", "saved_model"]
+    assert all(c["passed"] for c in report["reload_checks"])
+    done = subprocess.run([sys.executable, "-m", "keras_lowrank", "evaluate", str(tmp_path / "cnn.keras"), "--data",
+                           "digits", "--limit", "100", "--attacks", "fgsm:0.1", "pgd:0.1", "--backend",
+                           "torch", "--output", str(tmp_path / "robust"), "--quiet"],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "robust" / "report.json").read_text())
+    assert report["meta"]["backend"] == "torch"
