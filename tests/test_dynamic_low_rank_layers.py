@@ -478,3 +478,31 @@ def test_einsum_dense_round_trips_through_a_keras_file(rng, tmp_path):
     x = rng.normal(size=(3, 6, 8)).astype("float32")
     assert type(loaded.get_layer("q")) is DynamicLowRankEinsumDense and loaded.get_layer("q").rank == 3
     np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), atol=1e-6)
+
+
+def test_config_rank_is_read_on_the_host_only_outside_a_trace():
+    """``get_config()["rank"]``: the current rank where U holds values, the initial one
+    inside a trace (a host read of a traced U cannot work), with no exception caught."""
+    layer = DynamicLowRankDense(4, max_rank=4, rank=2)
+    layer.build((None, 6))
+    u, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(6, 3)))
+    layer.set_factors(u, np.diag([3.0, 2.0, 1.0]), np.eye(4)[:, :3])
+    assert layer.rank == 3 and layer.get_config()["rank"] == 3
+    seen = []
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.function(lambda: seen.append(layer.get_config()["rank"]) or tf.constant(0.0))()
+    elif backend == "jax":
+        import jax
+
+        def traced(u):
+            with keras.StatelessScope(state_mapping=[(layer.u, u)]):
+                seen.append(layer.get_config()["rank"])
+            return u
+
+        jax.jit(traced)(layer.u.value)
+    else:
+        pytest.skip(f"no trace of layer state to test on {backend}")
+    assert seen == [2]  # the initial rank

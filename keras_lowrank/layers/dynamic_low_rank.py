@@ -19,6 +19,7 @@ from keras import ops
 from keras_lowrank import _host_factorization as host
 from keras_lowrank import factorization
 from keras_lowrank._svd import leading_pays, matrix_svd
+from keras_lowrank._tracing import holds_values
 from keras_lowrank._validation import check_int, check_number
 
 FACTOR_ROLE = "_keras_lowrank_role"
@@ -274,12 +275,9 @@ class DynamicLowRankBase(keras.layers.Layer):
     def _config_rank(self):
         """The current rank once built (``rank`` means the current rank, as the
         property does), else the initial one."""
-        if not self.built:
+        if not self.built or not holds_values(self.u.value):  # inside a trace: no host read
             return self.initial_rank
-        try:
-            return self.rank
-        except Exception:  # a traced value (inside a trace): the initial rank
-            return self.initial_rank
+        return self.rank
 
 
 def _svd_factors(matrix):
