@@ -19,6 +19,8 @@ from keras_lowrank import DLRT, LowRankWarning, compression
 from keras_lowrank._keras_compat import layer_paths
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 
+pytestmark = pytest.mark.torch  # in the torch half too (make test-torch)
+
 RANK = 8
 KERNELS = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv2D)
 
@@ -35,7 +37,7 @@ def _close(actual, expected, scale_tol=2e-5):
     """Equal up to float32 round-off grown through two transformer layers: an error
     below ``scale_tol`` of the output's largest magnitude (float32's ε is 1.2e-7;
     each of the ~20 matmuls, norms and softmaxes on the way adds a few ε·√n)."""
-    actual, expected = np.asarray(actual, "float64"), np.asarray(expected, "float64")
+    actual, expected = (np.asarray(keras.ops.convert_to_numpy(t), "float64") for t in (actual, expected))
     assert actual.shape == expected.shape
     error = np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30)
     assert error < scale_tol, f"relative error {error:.2e}"

@@ -69,9 +69,14 @@ class NoisyEmbedding(keras.layers.Layer):
     def __getattr__(self, name):
         # what the model's own code reads of its embedding (``input_dim``, ``embeddings``,
         # keras-hub's ``tie_weights``) comes from the wrapped layer
-        if name.startswith("_") or "embedding" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.__dict__["embedding"], name)
+        if name.startswith("_") or name == "embedding":
+            # on torch a Layer is a torch.nn.Module, which keeps sub-layers in _modules
+            # and finds them in its own __getattr__; elsewhere they are plain attributes
+            parent = getattr(super(), "__getattr__", None)
+            if parent is None:
+                raise AttributeError(name)
+            return parent(name)
+        return getattr(self.embedding, name)
 
     def get_config(self):
         config = super().get_config()
