@@ -275,24 +275,15 @@ def _original_sizes(model, path, formats):
     """The original model's size in each format (written to a scratch folder)."""
     sizes = {"keras": os.path.getsize(path)}
     if set(formats) & {"saved_model", "tflite"}:
-        import keras
-
-        from keras_lowrank.compression.export import export_in_tensorflow
+        from keras_lowrank.compression.export import write_tensorflow_files
 
         with tempfile.TemporaryDirectory() as scratch:
             saved = os.path.join(scratch, "saved_model")
-            if keras.backend.backend() == "torch":  # Keras exports SavedModels on TensorFlow
-                tflite = os.path.join(scratch, "model.tflite") if "tflite" in formats else None
-                export_in_tensorflow(path, saved, tflite)
-                if tflite is not None:
-                    sizes["tflite"] = os.path.getsize(tflite)
-            else:
-                model.export(saved, format="tf_saved_model", verbose=False)
-                if "tflite" in formats:
-                    import tensorflow as tf
-
-                    sizes["tflite"] = len(tf.lite.TFLiteConverter.from_saved_model(saved).convert())
+            tflite = os.path.join(scratch, "model.tflite") if "tflite" in formats else None
+            write_tensorflow_files(model, path, saved, tflite)
             sizes["saved_model"] = common.size_on_disk(saved)
+            if tflite is not None:
+                sizes["tflite"] = os.path.getsize(tflite)
     return sizes
 
 

@@ -220,16 +220,12 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
         saved = os.path.join(staging if "saved_model" in formats else scratch, names["saved_model"])
         tflite = os.path.join(staging, names["tflite"]) if "tflite" in formats else None
         try:
-            if through_tensorflow:
+            if "saved_model" in formats or "tflite" in formats:
                 keras_file = os.path.join(staging, names["keras"])
-                if "keras" not in formats:
+                if through_tensorflow and "keras" not in formats:
                     keras_file = os.path.join(scratch, names["keras"])
                     save_model(compact, keras_file)
-                export_in_tensorflow(keras_file, saved, tflite)
-            elif "saved_model" in formats or "tflite" in formats:
-                _saved_model(compact, saved)
-                if tflite is not None:
-                    _tflite(saved, tflite)
+                write_tensorflow_files(compact, keras_file, saved, tflite)
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -237,6 +233,18 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
         if os.path.exists(os.path.join(path, names[kind])):
             written[kind] = os.path.join(path, names[kind])
     return written
+
+
+def write_tensorflow_files(model, keras_file, saved, tflite=None):
+    """The SavedModel at ``saved`` (and the TFLite file at ``tflite``) of ``model``, whose
+    ``.keras`` file is ``keras_file``: by Keras in this process, or on torch by Keras on
+    TensorFlow in a child process that reads ``keras_file``."""
+    if keras.backend.backend() == "torch":
+        export_in_tensorflow(keras_file, saved, tflite)
+        return
+    _saved_model(model, saved)
+    if tflite is not None:
+        _tflite(saved, tflite)
 
 
 def _tflite(saved, path):

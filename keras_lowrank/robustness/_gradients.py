@@ -12,6 +12,7 @@ import contextlib
 import keras
 
 from keras_lowrank._keras_compat import all_sublayers, replaced_attribute
+from keras_lowrank._tracing import holds_values
 
 
 def _output_layer(model):
@@ -37,7 +38,7 @@ def is_symbolic(x):
     """True where ``x`` carries a shape and no values: the torch backend infers a model's
     output shapes (``fit``/``evaluate``'s first build) by calling it on "meta" tensors,
     through which no attack loop or random draw can run."""
-    return keras.backend.backend() == "torch" and getattr(getattr(x, "device", None), "type", None) == "meta"
+    return keras.backend.backend() == "torch" and not holds_values(x)
 
 
 def ends_in_softmax(model):
