@@ -89,6 +89,56 @@ def test_compress_end_to_end(saved, tmp_path):
     assert "re-loaded without keras_lowrank" in (out / "report.md").read_text()
 
 
+def test_max_drop_keeps_the_smallest_budget_within_the_drop(saved, tmp_path):
+    """--max-drop walks the budget ladder down and keeps the last budget whose held-out
+    accuracy (the last tenth of the training split, scored here again) is within the
+    drop; the exported model is that budget's conversion."""
+    from keras_lowrank import compression
+    from keras_lowrank._jobs.compress import BUDGET_LADDER
+
+    out, limit, max_drop = tmp_path / "search", 400, 2.0
+    done = _cli("compress", saved["model"], "--data", "digits", "--max-drop", str(max_drop), "--limit", str(limit),
+                "--finetune-epochs", "0", "--formats", "keras", "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    search = _report(out)["budget_search"]
+    tried = [t["budget"] for t in search["tried"]]
+    assert tried == list(BUDGET_LADDER[:len(tried)])
+    model = keras.saving.load_model(saved["model"])
+    x, y = (a[:limit] for a in data.load_digits_arrays("train"))
+    x_fit, x_val, y_val = x[:-limit // 10], x[-limit // 10:], y[-limit // 10:]
+
+    def held_out(m):
+        return float(np.mean(np.argmax(m.predict(x_val, verbose=0), -1) == y_val))
+
+    reference = held_out(model)
+    assert search["reference_held_out_accuracy"] == pytest.approx(reference, abs=1e-9)
+    for row in search["tried"]:  # each drop as computed here, within exactly when ≤ max_drop
+        with warnings.catch_warnings():  # notes on layers left dense are the report's business here
+            warnings.simplefilter("ignore", LowRankWarning)
+            low = compression.to_low_rank(model, budget=row["budget"], data=x_fit[:256])
+        drop = 100 * (reference - held_out(low))
+        assert row["drop_points"] == pytest.approx(drop, abs=100 * 1.5 / len(y_val))  # one flip at most
+        assert row["within"] == (row["drop_points"] <= max_drop)
+    assert all(t["within"] for t in search["tried"][:-1])
+    assert search["chosen"] == min(t["budget"] for t in search["tried"] if t["within"])
+    if len(tried) < len(BUDGET_LADDER):  # stopped early: the next budget lost too much
+        assert not search["tried"][-1]["within"] or search["tried"][-1]["budget"] == search["chosen"]
+    chosen = next(t for t in search["tried"] if t["budget"] == search["chosen"])
+    exported = keras.saving.load_model(out / "export" / "model.keras")
+    assert exported.count_params() == chosen["parameters"] < model.count_params()
+
+
+def test_max_drop_that_no_budget_meets_is_one_line_and_writes_nothing(saved, tmp_path, capsys, monkeypatch):
+    from keras_lowrank._jobs import compress
+
+    monkeypatch.setattr(compress, "BUDGET_LADDER", (0.1,))  # rank ≤ 4 of 48 for the CNN's Dense
+    status = cli.main(["compress", saved["model"], "--data", "digits", "--max-drop", "0", "--limit", "300",
+                       "--output", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and "--max-drop 0: no budget keeps" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_reload_check_fails_for_a_file_that_needs_keras_lowrank(tmp_path):
     """The re-load really runs without keras_lowrank: a model of our layers fails there."""
     from keras_lowrank import DynamicLowRankDense
@@ -219,6 +269,10 @@ def test_bad_arguments_exit_2_before_any_work(saved, tmp_path, capsys):
          "LOW must be below HIGH"),
         (["compress", saved["model"], "--data", "digits", "--tol", "0", "--output", str(tmp_path / "o")], "--tol"),
         (["compress", saved["model"], "--data", "digits", "--tol", "0.1", "--rank", "3",
+          "--output", str(tmp_path / "o")], "not allowed with"),
+        (["compress", saved["model"], "--data", "digits", "--max-drop", "-1", "--output", str(tmp_path / "o")],
+         "--max-drop"),
+        (["compress", saved["model"], "--data", "digits", "--max-drop", "1", "--budget", "0.5",
           "--output", str(tmp_path / "o")], "not allowed with"),
         (["analyze", saved["model"], "--data", "digits", "--layers", "nope", "--output", str(tmp_path / "o")],
          "no layer named 'nope'"),

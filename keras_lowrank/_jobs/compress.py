@@ -134,40 +134,37 @@ def run(args, meta):
     (x, y), (x_test, y_test) = arrays["train"], arrays["test"]
     keras.utils.set_random_seed(args.seed)
     before = common.accuracy(model, x_test, y_test)
-    if args.budget is None and args.tol is None and args.rank is None:
+    max_drop = getattr(args, "max_drop", None)
+    if args.budget is None and args.tol is None and args.rank is None and max_drop is None:
         args.budget = DEFAULT_BUDGET
+    n_train, n_test = common.length(x), common.length(x_test)
+    # The last tenth of the training split (never the test split) judges the budget search
+    # and the fine-tuning; calibration and fine-tuning use the rest.
+    held = max(1, n_train // 10) if (args.finetune_epochs or max_drop is not None) else 0
+    x_fit, y_fit = (common.rows(x, None, -held), y[:-held]) if held else (x, y)
+    x_val, y_val = (common.rows(x, -held), y[-held:]) if held else (None, None)
+    calibration = common.rows(x_fit, None, CALIBRATION_EXAMPLES)
+    n_calibration = common.length(calibration)
+    search = None
+    if max_drop is not None:
+        args.budget, (low, caught), search = _search_budget(model, args, calibration, x_val, y_val)
     how = (f"--rank {args.rank}" if args.rank else f"--tol {args.tol:g}" if args.tol is not None
-           else f"--budget {args.budget:g}")
-    calibration = common.rows(x, None, CALIBRATION_EXAMPLES)
-    n_calibration, n_train, n_test = common.length(calibration), common.length(x), common.length(x_test)
+           else f"--budget {args.budget:g}" + (f" (the smallest within --max-drop {max_drop:g})" if search else ""))
     print(f"{args.model}: accuracy {before:.4f} on {n_test} test examples; converting at {how}, "
           f"factorised for the outputs on {n_calibration} training examples")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            low = compression.to_low_rank(model, rank=args.rank, budget=args.budget,
-                                          tol=args.tol if args.tol is not None else 0.1,
-                                          spectral_weight=args.spectral_weight, data=calibration)
-        except ValueError as error:
-            raise JobError(f"MODEL: {error}") from None
-    converted = [p for p, l in layer_paths(low) if isinstance(l, DynamicLowRankBase)]
-    if not converted:  # the warnings say why: in the one error line, not above it
-        why = " ".join(str(w.message) for w in caught)
-        raise JobError("MODEL: no Dense, Conv1D or Conv2D layer of this model has a low-rank form worth "
-                       f"storing at {how}; nothing to compress. {why}")
-    for warning in caught:
+    if search is None:
+        low, caught = _convert(model, args, args.budget, calibration, how)
+    for warning in caught:  # the conversion's own notes (a layer left dense and why, …)
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    converted = [p for p, layer in layer_paths(low) if isinstance(layer, DynamicLowRankBase)]
     after_svd = common.accuracy(low, x_test, y_test)
     low.compile(optimizer=DLRT(keras.optimizers.Adam(args.learning_rate)),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model)),
                 metrics=["accuracy"])
     finetuning = "not run (--finetune-epochs 0)"
     if args.finetune_epochs:
-        # the last tenth of the training split (not the test split) judges the fine-tuning:
-        # where it did not help, the model right after the SVD is kept, and the report says so
-        held = max(1, n_train // 10)
-        x_fit, y_fit = common.rows(x, None, -held), y[:-held]
-        x_val, y_val = common.rows(x, -held), y[-held:]
+        # where fine-tuning did not help on the held-out examples, the model right after
+        # the SVD is kept, and the report says so
         val_svd = common.accuracy(low, x_val, y_val)
         factors = [w.copy() for w in low.get_weights()]
         print(f"DLRT fine-tuning, {args.finetune_epochs} epoch(s) on {n_train - held} examples "
@@ -230,6 +227,7 @@ def run(args, meta):
         sections = [
             ("Data", arrays["description"] + f"; {n_train} training, {n_test} test examples."),
             ("The model", common.markdown_table(["", "before", "after"], model_rows)),
+        ] + ([(f"Budget search (--max-drop {max_drop:g})", _search_text(search))] if search else []) + [
             ("Per layer", summary.to_markdown()),
             ("Exported files, re-loaded without keras_lowrank",
              "Each file was loaded by a fresh Python in which `import keras_lowrank` fails"
@@ -248,8 +246,8 @@ def run(args, meta):
                   "parameters": {"before": model.count_params(), "after": compact.count_params()},
                   "file_sizes": {"before": sizes_before, "after": sizes_after},
                   "summary": summary.to_dict(), "reload_checks": checks,
-                  "fine_tuning": finetuning, "quantize": quantize,
-                  "settings": {"budget": args.budget, "tol": args.tol, "rank": args.rank,
+                  "fine_tuning": finetuning, "quantize": quantize, "budget_search": search,
+                  "settings": {"budget": args.budget, "tol": args.tol, "rank": args.rank, "max_drop": max_drop,
                                "calibration_examples": n_calibration, "spectral_weight": args.spectral_weight,
                                "finetune_epochs": args.finetune_epochs, "formats": list(args.formats)}}
         _plot(summary, os.path.join(folder, "compression.png"))
@@ -266,9 +264,81 @@ def run(args, meta):
 
 
 CALIBRATION_EXAMPLES = 256
+#: the budgets ``--max-drop`` tries, largest first: 50 % down to 1.1 % in steps of √2
+BUDGET_LADDER = tuple(round(0.5 * 2 ** (-k / 2), 4) for k in range(12))
 #: compresses every trained model with a layer worth factorising (benchmarks/compress_budget.py,
 #: docs/benchmarks.md: at 25 % the digits MLP and the MNIST-1D CNN keep their accuracy)
 DEFAULT_BUDGET = 0.25
+
+
+def _convert(model, args, budget, calibration, how):
+    """``to_low_rank`` as the command asks, and the warnings it gave; a JobError when no
+    layer converts (its warnings, which say why, in the one error line)."""
+    from keras_lowrank import compression
+    from keras_lowrank._keras_compat import layer_paths
+    from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            low = compression.to_low_rank(model, rank=args.rank, budget=budget,
+                                          tol=args.tol if args.tol is not None else 0.1,
+                                          spectral_weight=args.spectral_weight, data=calibration)
+        except ValueError as error:
+            raise JobError(f"MODEL: {error}") from None
+    if not any(isinstance(layer, DynamicLowRankBase) for _, layer in layer_paths(low)):
+        why = " ".join(str(w.message) for w in caught)
+        raise JobError("MODEL: no Dense, Conv1D or Conv2D layer of this model has a low-rank form worth "
+                       f"storing at {how}; nothing to compress. {why}")
+    return low, caught
+
+
+def _search_budget(model, args, calibration, x_val, y_val):
+    """``--max-drop``: the budgets of BUDGET_LADDER, largest first, each factorised for
+    the calibration data and scored on the held-out examples (before any fine-tuning,
+    which is kept afterwards only if it helps there: the final model stays within the
+    drop); stops at the first that loses more than ``max_drop`` points and returns the
+    last that did not, ``_convert``'s result for it and the rows tried."""
+    from keras_lowrank import compression
+
+    reference = common.accuracy(model, x_val, y_val)
+    tried, chosen = [], None
+    for budget in BUDGET_LADDER:
+        try:
+            converted = _convert(model, args, budget, calibration, f"--budget {budget:g}")
+        except JobError:  # below this budget no layer is worth storing
+            break
+        low = converted[0]
+        score = common.accuracy(low, x_val, y_val)
+        drop = 100.0 * (reference - score)
+        tried.append({"budget": budget, "held_out_accuracy": score, "drop_points": drop,
+                      "parameters": compression.compression_summary(low).total["model_exported_params"],
+                      "within": bool(drop <= args.max_drop)})
+        print(f"budget {budget:.2%}: held-out accuracy {score:.4f} ({drop:+.2f} points below the model's "
+              f"{reference:.4f})")
+        if drop > args.max_drop:
+            break
+        chosen, kept = budget, converted
+    if chosen is None:
+        first = f"{tried[0]['drop_points']:.2f} points at {BUDGET_LADDER[0]:.0%}" if tried else "no layer converts"
+        raise JobError(f"--max-drop {args.max_drop:g}: no budget keeps the held-out accuracy within "
+                       f"{args.max_drop:g} points of the model's ({reference:.4f}) before fine-tuning "
+                       f"({first}); allow a larger drop, or give --budget and let DLRT fine-tuning "
+                       "recover it.")
+    return chosen, kept, {"reference_held_out_accuracy": reference, "held_out_examples": common.length(y_val),
+                         "max_drop_points": args.max_drop, "chosen": chosen, "tried": tried}
+
+
+def _search_text(search):
+    rows = [[f"{t['budget']:.2%}", f"{t['parameters']:,}", f"{t['held_out_accuracy']:.4f}",
+             f"{t['drop_points']:+.2f}", "kept" if t["budget"] == search["chosen"] else
+             ("within" if t["within"] else "**over**")] for t in search["tried"]]
+    return (f"Budgets tried largest first, each factorised for the calibration data and scored on "
+            f"{search['held_out_examples']} held-out training examples (the model: "
+            f"{search['reference_held_out_accuracy']:.4f}); the search stops at the first that loses more "
+            f"than {search['max_drop_points']:g} points and keeps the last that did not.\n\n"
+            + common.markdown_table(["budget", "exported parameters", "held-out accuracy", "drop (points)", ""],
+                                    rows))
 
 
 def _original_sizes(model, path, formats):
