@@ -14,7 +14,11 @@ its config: no optimizer state) and Keras' own int8 quantisation of it
 (``Model.quantize("int8")``). Prints one Markdown table: mean ± std over the seeds of the
 test accuracy; the exported parameters, weight bytes and ``.keras`` file bytes (means).
 
-    python benchmarks/compress_budget.py [--seeds 0 1 2] [--finetune-epochs 5]
+A second table: a small keras-hub GPT-2 trained on bytes of this library's source,
+converted at the same budgets (plain / data-aware, no fine-tuning), validation perplexity
+in float32 and with int8 factors (first seed only).
+
+    python benchmarks/compress_budget.py [--seeds 0 1 2] [--finetune-epochs 5] [--lm-steps 1500]
 """
 
 import argparse
@@ -130,12 +134,85 @@ def run(name, seeds, budgets, finetune_epochs):
     return results
 
 
+def byte_lm(seed, budgets, steps, quick=False):
+    """The keras-hub GPT-2 of ``examples/compress_language_model.py`` (smaller: 2 layers,
+    width 128), trained ``steps`` × 16 windows of 64 bytes of this library's own source
+    (Apache-2.0; every fifth file held out), then converted at each budget, plain and
+    data-aware (256 training windows), without fine-tuning: validation perplexity in
+    float32 and with int8 factors, exported parameters and bytes."""
+    import pathlib
+
+    import keras_hub
+
+    import keras_lowrank
+
+    window, batch = 64, 16
+    files = sorted(pathlib.Path(keras_lowrank.__file__).parent.rglob("*.py"))
+    ids = {part: np.frombuffer(b"\n".join(p.read_bytes() for i, p in enumerate(files) if (i % 5 == 4) == held),
+                               np.uint8).astype("int32") for part, held in (("train", False), ("valid", True))}
+    rng = np.random.default_rng(seed)
+
+    def windows(text, starts):
+        block = np.stack([text[s: s + window + 1] for s in starts])
+        return {"token_ids": block[:, :-1], "padding_mask": np.ones((len(block), window), "int32")}, block[:, 1:]
+
+    starts = np.arange(0, len(ids["valid"]) - window - 1, window)[:128 if quick else 1024]
+    valid_x, valid_y = windows(ids["valid"], starts)
+
+    def perplexity(model):
+        logits = np.asarray(model.predict(valid_x, batch_size=64, verbose=0), "float64")
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        return float(np.exp(-np.take_along_axis(log_probs, valid_y[..., None], -1).mean()))
+
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=256, num_layers=2, num_heads=4, hidden_dim=128,
+                                             intermediate_dim=512, max_sequence_length=window, dropout=0.0)
+    lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    lm.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.01), loss=LOSS)
+    x, y = windows(ids["train"], rng.integers(0, len(ids["train"]) - window - 1, steps * batch))
+    lm.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+    calibration, _ = windows(ids["train"], rng.integers(0, len(ids["train"]) - window - 1, 256))
+    rows = []
+
+    def weigh_lm(model, quantize):
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if model is lm:
+                exported = keras_hub.models.GPT2CausalLM.from_config(lm.get_config())
+                exported.set_weights(lm.get_weights())
+                if quantize:
+                    exported.quantize(quantize)
+                path = folder + "/model.keras"
+                exported.save(path)
+            else:
+                written = compression.export_compressed(model, folder + "/out", formats="keras", quantize=quantize)
+                exported, path = written["model"], written["keras"]
+            weights = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in exported.weights)
+            return perplexity(exported), os.path.getsize(path), weights
+
+    def record(label, method, model, params):
+        (p32, file32, w32), (p8, file8, w8) = weigh_lm(model, None), weigh_lm(model, "int8")
+        rows.append((label, method, p32, p8, params, w32, w8, file32, file8))
+
+    record("dense", "—", lm, lm.count_params())
+    for budget in budgets:
+        for method in ("plain", "data-aware"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                low = compression.to_low_rank(lm, budget=budget, data=calibration if method == "data-aware" else None)
+            record(f"{budget:.0%}", method, low, compression.compression_summary(low).total["model_exported_params"])
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25, 0.1, 0.05])
     parser.add_argument("--finetune-epochs", type=int, default=5)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--lm-steps", type=int, default=1500,
+                        help="training steps of the byte LM (keras-hub GPT-2) table; 0: skip it")
     args = parser.parse_args()
     start = time.perf_counter()
     print(f"backend {keras.backend.backend()}, seeds {args.seeds}, DLRT fine-tuning {args.finetune_epochs} epochs")
@@ -155,6 +232,18 @@ def main():
                   f"{int8.mean():.4f} ± {int8.std():.4f}{int8_label} | {int(params):,} | {weights32 / 1024:.1f} | "
                   f"{weights8 / 1024:.1f} ({weights8 / dense_weights:.1%}) | "
                   f"{file32 / 1024:.0f} / {file8 / 1024:.0f} |")
+    if args.lm_steps:
+        print(f"\nbyte LM (keras-hub GPT-2, 2 layers, width 128), seed {args.seeds[0]}, {args.lm_steps} training "
+              "steps, no fine-tuning; validation perplexity (lower is better)")
+        print("| budget | factorisation | perplexity, float32 | perplexity, int8 | exported params "
+              "| weights KiB, float32 | weights KiB, int8 (% of dense float32) | .keras KiB, float32 / int8 |")
+        print("|---|---|---|---|---|---|---|---|")
+        rows = byte_lm(args.seeds[0], args.budgets, args.lm_steps, quick=args.lm_steps < 100)
+        dense_weights = rows[0][5]
+        for label, method, p32, p8, params, w32, w8, file32, file8 in rows:
+            int8_label = " (Keras int8 of the dense model)" if label == "dense" else ""
+            print(f"| {label} | {method} | {p32:.3f} | {p8:.3f}{int8_label} | {params:,} | {w32 / 1024:.1f} | "
+                  f"{w8 / 1024:.1f} ({w8 / dense_weights:.1%}) | {file32 / 1024:.0f} / {file8 / 1024:.0f} |")
     print(f"({time.perf_counter() - start:.0f} s)")
 
 

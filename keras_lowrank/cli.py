@@ -142,8 +142,8 @@ def build_parser():
                       help="instead: each rank keeps ‖σ[r:]‖ < tol·‖σ‖ of its output errors")
     rank.add_argument("--rank", type=_positive_int, default=None, help="instead: every layer at this rank")
     rank.add_argument("--max-drop", type=_finite(0.0), default=None, metavar="POINTS",
-                      help="instead: the smallest budget of 50, 35, 25, 18, 12.5, … %% whose accuracy on a held-out "
-                           "tenth of the training data, right after factorisation, stays within POINTS "
+                      help="instead: the smallest budget of 71, 50, 35, 25, 18, 12.5, … %% whose accuracy on a "
+                           "held-out tenth of the training data, right after factorisation, stays within POINTS "
                            "percentage points of the model's (tried largest first; stops at the first that "
                            "loses more)")
     compress.add_argument("--finetune-epochs", type=_count, default=5, help="DLRT epochs (default 5; 0: none)")

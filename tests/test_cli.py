@@ -81,6 +81,13 @@ def test_compress_end_to_end(saved, tmp_path):
         saved["model"]).count_params()
     accuracy = float(np.mean(np.argmax(exported.predict(x, verbose=0), -1) == y))
     assert accuracy == pytest.approx(report["accuracy"]["after"], abs=1.5 / len(y))  # one flip at most
+    # fine-tuning is kept only where it did not lower the held-out accuracy (the last
+    # tenth of the 200 training examples), scored here on the exported file
+    x_train, y_train = (a[:200][-20:] for a in data.load_digits_arrays("train"))
+    held = report["fine_tuning_held_out"]
+    kept = float(np.mean(np.argmax(exported.predict(x_train, verbose=0), -1) == y_train))
+    assert held["examples"] == 20 and kept >= held["after_svd"] - 1e-9
+    assert kept == pytest.approx(held["after_svd"] if held["kept"] == "svd" else held["best_epoch_after_truncation"])
     rank = next(r for r in report["summary"]["layers"] if r["layer"] == "features")["rank"]
     assert exported.get_layer("features").layers[0].kernel.shape == (6 * 6 * 8, rank)
     assert report["file_sizes"]["after"]["keras"] == os.path.getsize(out / "export" / "model.keras")

@@ -165,6 +165,26 @@ def test_export_writes_a_smaller_model_that_reloads_in_a_fresh_process(name, con
     _close(outputs, expected)
 
 
+@pytest.mark.parametrize("name", ["BertTextClassifier", "GPT2CausalLM", "LlamaCausalLM"])
+def test_int8_factors_of_a_keras_hub_model_save_and_reload(name, converted, tmp_path):
+    """Keras' int8 quantisation of the exported factor layers inside keras-hub's blocks:
+    the backbone's config keys its quantisation map by each layer's path, so the factor
+    layers of every block need their own (they once all had the block-relative one, and
+    saving failed); the reloaded file computes what the quantised model computes."""
+    _, low, batch = converted[name]
+    if name == "BertTextClassifier":  # its head sits outside the backbone, whose config alone keeps quantisation
+        with pytest.warns(LowRankWarning, match="task's own layers stay float32.*logits"):
+            written = compression.export_compressed(low, str(tmp_path / "int8"), formats="keras", quantize="int8")
+    else:
+        written = compression.export_compressed(low, str(tmp_path / "int8"), formats="keras", quantize="int8")
+    quantised = written["model"]
+    paths = [layer.path for layer in quantised._flatten_layers() if layer.quantization_mode is not None]
+    assert paths and len(paths) == len(set(paths))
+    reloaded = keras.saving.load_model(written["keras"])
+    assert sum(layer.quantization_mode == "int8" for layer in reloaded._flatten_layers()) == len(paths)
+    _close(_np(main_output(reloaded(batch, training=False))), _np(main_output(quantised(batch, training=False))))
+
+
 @pytest.mark.tf_only("SavedModel export")
 def test_saved_models_load_with_tensorflow_alone(converted, exported):
     folder = next(iter(exported.values()))[3]

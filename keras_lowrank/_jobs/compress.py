@@ -161,7 +161,7 @@ def run(args, meta):
     low.compile(optimizer=DLRT(keras.optimizers.Adam(args.learning_rate)),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model)),
                 metrics=["accuracy"])
-    finetuning = "not run (--finetune-epochs 0)"
+    finetuning, held_out = "not run (--finetune-epochs 0)", None
     if args.finetune_epochs:
         # where fine-tuning did not help on the held-out examples, the model right after
         # the SVD is kept, and the report says so
@@ -169,16 +169,24 @@ def run(args, meta):
         factors = [w.copy() for w in low.get_weights()]
         print(f"DLRT fine-tuning, {args.finetune_epochs} epoch(s) on {n_train - held} examples "
               f"({held} held out to judge it)")
+        # Keras' EarlyStopping keeps the epoch with the best held-out accuracy (patience =
+        # all epochs: it only remembers and restores, it never stops the run)
+        best = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=args.finetune_epochs,
+                                             restore_best_weights=True)
         low.fit(x_fit, y_fit, batch_size=args.batch_size, epochs=args.finetune_epochs,
-                verbose=0 if args.quiet else 1)
+                validation_data=(x_val, y_val), callbacks=[best], verbose=0 if args.quiet else 1)
         compression.truncate_ranks(low)
         val_tuned = common.accuracy(low, x_val, y_val)
+        epoch = f"epoch {best.best_epoch + 1} of {args.finetune_epochs}"
         if val_tuned < val_svd:
             low.set_weights(factors)
-            finetuning = (f"did not help (held-out accuracy {val_svd:.4f} after the SVD, {val_tuned:.4f} after "
-                          "fine-tuning): the model right after the SVD is kept")
+            finetuning = (f"did not help (held-out accuracy {val_svd:.4f} after the SVD, {val_tuned:.4f} at the "
+                          f"best fine-tuning {epoch}): the model right after the SVD is kept")
         else:
-            finetuning = f"held-out accuracy {val_svd:.4f} → {val_tuned:.4f}: the fine-tuned model is kept"
+            finetuning = (f"held-out accuracy {val_svd:.4f} → {val_tuned:.4f}: the fine-tuned model of its "
+                          f"best {epoch} is kept")
+        held_out = {"examples": held, "after_svd": val_svd, "best_epoch": best.best_epoch + 1,
+                    "best_epoch_after_truncation": val_tuned, "kept": "svd" if val_tuned < val_svd else "fine-tuned"}
         print(f"fine-tuning {finetuning}")
     compression.truncate_ranks(low)
     after = common.accuracy(low, x_test, y_test)
@@ -246,7 +254,8 @@ def run(args, meta):
                   "parameters": {"before": model.count_params(), "after": compact.count_params()},
                   "file_sizes": {"before": sizes_before, "after": sizes_after},
                   "summary": summary.to_dict(), "reload_checks": checks,
-                  "fine_tuning": finetuning, "quantize": quantize, "budget_search": search,
+                  "fine_tuning": finetuning, "fine_tuning_held_out": held_out, "quantize": quantize,
+                  "budget_search": search,
                   "settings": {"budget": args.budget, "tol": args.tol, "rank": args.rank, "max_drop": max_drop,
                                "calibration_examples": n_calibration, "spectral_weight": args.spectral_weight,
                                "finetune_epochs": args.finetune_epochs, "formats": list(args.formats)}}
@@ -264,8 +273,8 @@ def run(args, meta):
 
 
 CALIBRATION_EXAMPLES = 256
-#: the budgets ``--max-drop`` tries, largest first: 50 % down to 1.1 % in steps of √2
-BUDGET_LADDER = tuple(round(0.5 * 2 ** (-k / 2), 4) for k in range(12))
+#: the budgets ``--max-drop`` tries, largest first: 71 % down to 1.1 % in steps of √2
+BUDGET_LADDER = tuple(round(2 ** (-k / 2), 4) for k in range(1, 14))
 #: compresses every trained model with a layer worth factorising (benchmarks/compress_budget.py,
 #: docs/benchmarks.md: at 25 % the digits MLP and the MNIST-1D CNN keep their accuracy)
 DEFAULT_BUDGET = 0.25
@@ -322,7 +331,7 @@ def _search_budget(model, args, calibration, x_val, y_val):
     if chosen is None:
         first = f"{tried[0]['drop_points']:.2f} points at {BUDGET_LADDER[0]:.0%}" if tried else "no layer converts"
         raise JobError(f"--max-drop {args.max_drop:g}: no budget keeps the held-out accuracy within "
-                       f"{args.max_drop:g} points of the model's ({reference:.4f}) before fine-tuning "
+                       f"{args.max_drop:g} percentage points of the model's ({reference:.4f}) before fine-tuning "
                        f"({first}); allow a larger drop, or give --budget and let DLRT fine-tuning "
                        "recover it.")
     return chosen, kept, {"reference_held_out_accuracy": reference, "held_out_examples": common.length(y_val),
@@ -336,7 +345,7 @@ def _search_text(search):
     return (f"Budgets tried largest first, each factorised for the calibration data and scored on "
             f"{search['held_out_examples']} held-out training examples (the model: "
             f"{search['reference_held_out_accuracy']:.4f}); the search stops at the first that loses more "
-            f"than {search['max_drop_points']:g} points and keeps the last that did not.\n\n"
+            f"than {search['max_drop_points']:g} percentage points and keeps the last that did not.\n\n"
             + common.markdown_table(["budget", "exported parameters", "held-out accuracy", "drop (points)", ""],
                                     rows))
 

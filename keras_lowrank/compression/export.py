@@ -3,6 +3,7 @@ from Keras' own layers (Dense(r) → Dense(units); ConvND(r) → 1×1 ConvND; tw
 EinsumDense; a LowRankProjection as an Identity or a Dense), so the ``.keras`` file and
 the SavedModel really are small and load without keras_lowrank."""
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -65,7 +66,7 @@ def compressed_model(model):
     compact, twins = copy_model(model, "compressed_model", targets)
     for path, layer in targets:
         twin = twins[id(layer)]
-        swap(compact, path, twin, _as_keras_layers(twin))
+        swap(compact, path, twin, _as_keras_layers(twin, path))
     if model.compiled:
         # Keep the compile settings (a fresh optimizer) but not the DLRT wrapper,
         # which only training needs and which would make the file unloadable
@@ -79,14 +80,20 @@ def compressed_model(model):
     return compact
 
 
-def _as_keras_layers(layer):
-    """Keras' own layers computing what low-rank ``layer`` computes at inference, built
-    and set: a Sequential of the two factor layers (x U_r, then (S_r V_rᵀ) + b with the
-    activation), or for a LowRankProjection an Identity / a Dense."""
+def _as_keras_layers(layer, path):
+    """Keras' own layers computing what low-rank ``layer`` (at ``path`` in the model)
+    computes at inference, built and set: a Sequential of the two factor layers (x U_r,
+    then (S_r V_rᵀ) + b with the activation), or for a LowRankProjection an Identity / a
+    Dense. Built under the name scope of ``path``'s parent, so that each sub-layer's Keras
+    path is unique in the model (keras-hub's quantisation map is keyed by it)."""
     shape = tuple(build_input_shape(layer))
+    scope = contextlib.ExitStack()
+    for name in path.split("/")[:-1]:
+        scope.enter_context(keras.name_scope(name))
     if isinstance(layer, LowRankProjection):
         new = _projection_as_keras(layer)
-        new.build(shape)
+        with scope:
+            new.build(shape)
         plan = _projection_plan(layer)
         if plan is not None:
             next(l for l in new.layers if isinstance(l, keras.layers.Dense)).set_weights(list(plan))
@@ -108,7 +115,8 @@ def _as_keras_layers(layer):
                  conv(layer.filters, 1, activation=act, use_bias=layer.use_bias, name=f"{layer.name}_sv",
                       dtype=dtype)]
     new = keras.Sequential(parts, name=layer.name)
-    new.build(shape)
+    with scope:
+        new.build(shape)
     first, second = new.layers
     first.kernel.assign(u.reshape(first.kernel.shape))
     second.kernel.assign((s @ v.T).reshape(second.kernel.shape))
@@ -304,12 +312,23 @@ def _saved_model(model, path):
 
 def _quantize(model, mode):
     """Keras' own weight quantisation of ``model`` in place; the layers with kernels it
-    leaves in float32 (convolutions: Keras quantises Dense and EinsumDense) named once."""
+    leaves in float32 named once: convolutions (Keras quantises Dense and EinsumDense), and
+    in a keras-hub task (a model with a ``backbone``) the layers outside the backbone —
+    keras-hub records quantisation in its backbone's config only, so a quantised task head
+    (BertTextClassifier's ``logits``) would not load back."""
+    backbone = getattr(model, "backbone", None)
+    inside = ({id(layer) for layer in all_sublayers(backbone)} if isinstance(backbone, keras.Model) else None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
-        model.quantize(mode)
-    skipped = [layer.name for layer in all_sublayers(model) if hasattr(layer, "kernel")
-               and not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))]
+        model.quantize(mode, filters=None if inside is None else (lambda layer: id(layer) in inside))
+    kernels = [layer for layer in all_sublayers(model) if hasattr(layer, "kernel")]
+    skipped = [layer.name for layer in kernels if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))]
     if skipped:
         warnings.warn(f"export_compressed(quantize={mode!r}): Keras quantises Dense and EinsumDense layers "
                       f"only; these stay float32: {', '.join(skipped)}.", stacklevel=3, category=LowRankWarning)
+    outside = [layer.name for layer in kernels if inside is not None and id(layer) not in inside
+               and layer.name not in skipped]
+    if outside:
+        warnings.warn(f"export_compressed(quantize={mode!r}): keras-hub records quantisation in the backbone's "
+                      "config only, so the task's own layers stay float32 (quantised, the file would not load "
+                      f"back): {', '.join(outside)}.", stacklevel=3, category=LowRankWarning)
