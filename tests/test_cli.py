@@ -146,6 +146,54 @@ def test_max_drop_that_no_budget_meets_is_one_line_and_writes_nothing(saved, tmp
     assert not (tmp_path / "o").exists()
 
 
+def _mlp(shape):
+    return keras.Sequential([keras.Input(shape), keras.layers.Flatten(), keras.layers.Dense(256, activation="relu"),
+                             keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
+
+
+def _conv1d(shape):
+    return keras.Sequential([keras.Input(shape), keras.layers.Conv1D(32, 5, activation="relu"),
+                             keras.layers.Conv1D(64, 5, strides=2, activation="relu"), keras.layers.Flatten(),
+                             keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
+
+
+def _transformer(shape, tokens=16, width=32):
+    images = keras.Input(shape)
+    x = keras.layers.Reshape((tokens, width))(keras.layers.Conv2D(width, 2, strides=2)(images))
+    h = keras.layers.LayerNormalization()(x)
+    q, k, v = (keras.layers.EinsumDense("abc,cde->abde", (tokens, 4, 8), bias_axes="de")(h) for _ in range(3))
+    attended = keras.ops.dot_product_attention(q, k, v)
+    x = keras.layers.Add()([x, keras.layers.EinsumDense("abcd,cde->abe", (tokens, width), bias_axes="e")(attended)])
+    x = keras.layers.Add()([x, keras.layers.Dense(width)(keras.layers.Dense(128, activation="gelu")(x))])
+    return keras.Model(images, keras.layers.Dense(10)(keras.layers.Flatten()(x)))
+
+
+@pytest.mark.parametrize("build, dataset", [(_mlp, "digits"), (_conv1d, "mnist1d"), (_transformer, "digits")],
+                         ids=["digits MLP", "MNIST-1D CNN", "digits transformer"])
+def test_compress_with_its_defaults_makes_every_trained_model_smaller(build, dataset, tmp_path):
+    """No --budget, --tol or --rank: the default budget compresses each architecture of
+    benchmarks/compress_budget.py (Dense, Conv1D, EinsumDense attention), trained here;
+    the exported file is smaller and reproduces the model."""
+    from keras_lowrank._jobs.compress import DEFAULT_BUDGET
+
+    load = {"digits": data.load_digits_arrays, "mnist1d": data.load_mnist1d_arrays}[dataset]
+    x, y = (np.asarray(a) for a in load("train"))
+    keras.utils.set_random_seed(0)
+    model = build(x.shape[1:])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    model.save(tmp_path / "model.keras")
+    done = _cli("compress", str(tmp_path / "model.keras"), "--data", dataset, "--limit", "400",
+                "--finetune-epochs", "1", "--formats", "keras", "--output", str(tmp_path / "out"), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = _report(tmp_path / "out")
+    assert report["settings"]["budget"] == DEFAULT_BUDGET
+    assert report["converted_layers"]
+    assert report["parameters"]["after"] < report["parameters"]["before"] == model.count_params()
+    assert report["file_sizes"]["after"]["keras"] < os.path.getsize(tmp_path / "model.keras")
+    assert all(check["passed"] for check in report["reload_checks"])
+
+
 def test_reload_check_fails_for_a_file_that_needs_keras_lowrank(tmp_path):
     """The re-load really runs without keras_lowrank: a model of our layers fails there."""
     from keras_lowrank import DynamicLowRankDense
