@@ -49,16 +49,36 @@ def test_one_hot_labels_and_zero_noise_give_clean_accuracy(trained):
     assert got["categorical_accuracy"] == pytest.approx(accuracy(model, x, y), abs=1e-6)
 
 
-def test_adversarial_fit_trains_the_wrapped_model(trained):
+def test_adversarial_fit_trains_the_wrapped_model_on_the_attacked_inputs(trained):
+    """One SGD step of ``PerturbedModel(student, PGD).fit`` is the step plain Keras takes
+    on the PGD examples of the same weights (made here beforehand, deterministic PGD),
+    not the one it takes on the clean batch: the two updates differ by far more than
+    float32 round-off separates the first pair."""
     model, x, y = trained
+    attack = PGD(0.1, steps=3, random_start=False)
+    xb, yb = x[:50], y[:50]
     keras.utils.set_random_seed(1)
     student = small_cnn()
-    before = [w.copy() for w in student.get_weights()]
-    wrapper = PerturbedModel(student, PGD(0.1, steps=3))
-    wrapper.compile("adam", CE)
-    history = wrapper.fit(x, y, epochs=2, batch_size=50, verbose=0)
+    start = [w.copy() for w in student.get_weights()]
+    adversarial = keras.ops.convert_to_numpy(attack(student, xb, yb))
+    wrapper = PerturbedModel(student, attack)
+    wrapper.compile(keras.optimizers.SGD(0.5), CE)
+    history = wrapper.fit(xb, yb, epochs=1, batch_size=50, shuffle=False, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
-    assert any(not np.allclose(a, b) for a, b in zip(before, student.get_weights()))
+
+    def one_plain_step(inputs):
+        twin = small_cnn()
+        twin.set_weights(start)
+        twin.compile(keras.optimizers.SGD(0.5), CE)
+        twin.fit(inputs, yb, epochs=1, batch_size=50, shuffle=False, verbose=0)
+        return twin.get_weights()
+
+    on_attacked, on_clean = one_plain_step(adversarial), one_plain_step(xb)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(on_attacked, start))
+    apart = max(float(np.abs(a - b).max()) for a, b in zip(on_attacked, on_clean))
+    error = max(float(np.abs(a - b).max()) for a, b in zip(student.get_weights(), on_attacked))
+    assert moved > 1e-3 and apart > 1e-2 * moved  # the step matters, and the attack changes it
+    assert error < 1e-3 * apart, (error, apart)
 
 
 def test_adversarial_fit_with_validation_data(trained):
