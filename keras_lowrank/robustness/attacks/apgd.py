@@ -231,7 +231,11 @@ class APGD(_RunsOnUnbroken):
         def body(i, state):
             (x_adv, x_old, grad, step, x_best, loss_best, grad_best, x_best_adv, acc,
              prev_loss, rises, reduced_last, loss_best_last) = state
-            momentum = ops.where(i > 0, 0.75, 1.0)
+            # Where the loop runs eagerly (torch: ``i`` is a Python int) the iteration's
+            # own constants are Python numbers and the checkpoint runs only where due;
+            # traced (TF, JAX) every iteration is the same graph.
+            eager = isinstance(i, int)
+            momentum = (0.75 if i > 0 else 1.0) if eager else ops.where(i > 0, 0.75, 1.0)
             change = x_adv - x_old
             x_old = x_adv
             if self.norm == "inf":
@@ -250,6 +254,9 @@ class APGD(_RunsOnUnbroken):
             x_best = ops.where(_per_example(improved, x), x_new, x_best)
             grad_best = ops.where(_per_example(improved, x), grad, grad_best)
             loss_best = ops.where(improved, loss, loss_best)
+            if eager and not self._checkpoint[i]:
+                return (x_new, x_old, grad, step, x_best, loss_best, grad_best, x_best_adv, acc,
+                        prev_loss, rises, reduced_last, loss_best_last)
             # the checkpoint (a no-op at other iterations)
             at = ops.take(checkpoint, i) > 0.5
             k = ops.take(window, i)
