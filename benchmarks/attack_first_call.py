@@ -35,7 +35,7 @@ model_name, steps, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if mode == "unrolled":
     attacks._MAX_UNROLLED_LAYERS = 10 ** 9
 if model_name == "cnn":
-    from keras_lowrank_experiments.models import small_cnn
+    from keras_lowrank._demo.models import small_cnn
     model, shape = small_cnn(), (8, 8, 1)
 else:
     build = {"mobilenetv2": keras.applications.MobileNetV2, "resnet50": keras.applications.ResNet50,

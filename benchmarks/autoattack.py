@@ -35,10 +35,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_lowrank import data  # noqa: E402
+from keras_lowrank._demo.dlrt_table import FGSM_EPS, train_variant  # noqa: E402
+from keras_lowrank._demo.full import ATTACK_EPS, train_model  # noqa: E402
+from keras_lowrank._demo.models import small_cnn  # noqa: E402
 from keras_lowrank.robustness import APGD, FGSM, PGD, AutoAttack, PerturbedModel  # noqa: E402
-from keras_lowrank_experiments.demo import ATTACK_EPS, train_model  # noqa: E402
-from keras_lowrank_experiments.dlrt_demo import FGSM_EPS, train_variant  # noqa: E402
-from keras_lowrank_experiments.models import small_cnn  # noqa: E402
 
 
 def accuracy(model, x, y):

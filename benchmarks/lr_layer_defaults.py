@@ -31,7 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_lowrank import LowRankProjection, analysis, data  # noqa: E402
-from keras_lowrank_experiments.models import small_cnn  # noqa: E402
+from keras_lowrank._demo.models import small_cnn  # noqa: E402
 
 PAIRS = {
     # name: (dataset, rank, epochs, batch size)

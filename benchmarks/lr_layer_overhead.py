@@ -24,7 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_lowrank import LowRankProjection, data  # noqa: E402
-from keras_lowrank_experiments.models import small_cnn  # noqa: E402
+from keras_lowrank._demo.models import small_cnn  # noqa: E402
 
 CONFIGS = (  # (description, filters, feature dim)
     ("demo CNN", (16, 32), 64),

@@ -44,8 +44,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_lowrank import data  # noqa: E402
+from keras_lowrank._demo.models import small_cnn  # noqa: E402
 from keras_lowrank.robustness import PGD, PerturbedModel  # noqa: E402
-from keras_lowrank_experiments.models import small_cnn  # noqa: E402
 
 EPS, STEP, STEPS = 0.1, 0.025, 10
 CONFIGS = (("demo CNN", (16, 32), 64), ("large CNN", (64, 128), 512), ("x-large CNN", (256, 512), 1024))

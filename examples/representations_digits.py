@@ -18,9 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from keras_lowrank import analysis, data  # noqa: E402
+from keras_lowrank._demo.models import small_cnn  # noqa: E402
 from keras_lowrank.regularizers import SelectivityRegularizedModel  # noqa: E402
 from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel  # noqa: E402
-from keras_lowrank_experiments.models import small_cnn  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=20)

@@ -8,8 +8,8 @@ import argparse
 import keras
 
 from keras_lowrank import data
+from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.robustness import FGSM, PGD, PerturbedModel, all_corruptions, evaluate_robustness
-from keras_lowrank_experiments.models import small_cnn
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=30)

@@ -297,7 +297,7 @@ def main(argv=None):
         if args.command == "demo":
             # imports Keras and the demos: keep --help fast
             if args.full:
-                from keras_lowrank_experiments.demo import run_demo
+                from keras_lowrank._demo.full import run_demo
 
                 run_demo(args.output, dataset=args.dataset, epochs=args.epochs, rank=args.rank,
                          projection_weight=args.projection_weight, lr_loss=args.lr_loss,
@@ -305,7 +305,7 @@ def main(argv=None):
                          dlrt_epochs=args.dlrt_epochs, analysis_datasets=tuple(args.analysis_datasets),
                          analysis_epochs=args.analysis_epochs, overwrite=args.overwrite)
                 return 0
-            from keras_lowrank_experiments.quick_demo import run_quick_demo
+            from keras_lowrank._demo.quick import run_quick_demo
 
             return run_quick_demo(args, meta)
         from keras_lowrank._jobs import analyze, compress, evaluate

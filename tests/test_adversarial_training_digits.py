@@ -4,8 +4,8 @@ import keras
 import pytest
 
 from keras_lowrank import data
+from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.robustness import FGSM, PGD, PerturbedModel, evaluate_robustness
-from keras_lowrank_experiments.models import small_cnn
 
 pytestmark = pytest.mark.slow
 EPS = (0.05, 0.1, 0.2)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from keras_lowrank import data
+from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.robustness import FGSM, PGD
-from keras_lowrank_experiments.models import small_cnn
 
 pytestmark = pytest.mark.tf_only("cleverhans' tf2 attacks run on TensorFlow tensors")
 ch_fgm = pytest.importorskip("cleverhans.tf2.attacks.fast_gradient_method")

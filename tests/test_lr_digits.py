@@ -4,8 +4,8 @@ import keras
 import pytest
 
 from keras_lowrank import analysis, data
-from keras_lowrank_experiments.demo import train_model
-from keras_lowrank_experiments.models import small_cnn
+from keras_lowrank._demo.full import train_model
+from keras_lowrank._demo.models import small_cnn
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from keras_lowrank import data
+from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel, evaluate_robustness
 from keras_lowrank.robustness.report import _checks
-from keras_lowrank_experiments.models import small_cnn
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -185,7 +185,7 @@ def test_checks_catch_each_violation():
 def test_attacks_on_a_model_that_adds_losses():
     # LowRankProjection adds losses in call; the attack's forward passes (inside
     # PGD's loop, inside the train step) must neither leak nor double them.
-    from keras_lowrank_experiments.models import small_cnn as cnn
+    from keras_lowrank._demo.models import small_cnn as cnn
 
     x, y = data.load_digits_arrays("test")
     x, y = x[:64], y[:64]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from keras_lowrank import data
+from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.robustness import PGD, SPSA, evaluate_robustness
-from keras_lowrank_experiments.models import small_cnn
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from keras_lowrank import SelectivityRegularizedModel, data
+from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.robustness import FGSM, PGD, SPSA, Corruption, GaussianNoise, PerturbedModel
-from keras_lowrank_experiments.models import small_cnn
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

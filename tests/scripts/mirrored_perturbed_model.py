@@ -12,7 +12,7 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from keras_lowrank import data  # noqa: E402
-from keras_lowrank_experiments.models import small_cnn  # noqa: E402
+from keras_lowrank._demo.models import small_cnn  # noqa: E402
 from keras_lowrank.robustness import PGD, PerturbedModel  # noqa: E402
 
 x, y = data.load_digits_arrays("test")

@@ -21,10 +21,10 @@ import keras
 import numpy as np
 
 from keras_lowrank import data
+from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.analysis import cka_map, class_selectivity, perturbation_dimensionality
 from keras_lowrank.regularizers import SelectivityRegularizedModel
 from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel, all_corruptions
-from keras_lowrank_experiments.models import small_cnn
 
 CKA_LAYER_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense)
 ALPHAS = (-2.0, -1.0, 0.0, 1.0, 2.0)

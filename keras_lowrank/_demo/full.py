@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from keras_lowrank import analysis, data
+from keras_lowrank._demo.models import small_cnn
 from keras_lowrank._files import staged_folder
 from keras_lowrank.robustness import (
     FGSM,
@@ -22,7 +23,6 @@ from keras_lowrank.robustness import (
     all_corruptions,
     evaluate_robustness,
 )
-from keras_lowrank_experiments.models import small_cnn
 
 ATTACK_EPS = (0.05, 0.1, 0.2)
 
@@ -133,12 +133,12 @@ def _run_demo(output, dataset, epochs, rank, lr_kwargs, sigmas, seeds, learning_
                                                seeds[0], epochs, learning_rate,
                                                output, echo)
     if dlrt_datasets:
-        from keras_lowrank_experiments.dlrt_demo import run_dlrt_table
+        from keras_lowrank._demo.dlrt_table import run_dlrt_table
 
         echo(f"\nDynamical low-rank training (DLRT), {dlrt_epochs} epochs per model")
         results["dlrt"] = run_dlrt_table(dlrt_datasets, seeds, dlrt_epochs, echo=echo)
     if analysis_datasets:
-        from keras_lowrank_experiments.analysis_demo import run_analysis
+        from keras_lowrank._demo.analysis_tour import run_analysis
 
         echo(f"\nRepresentation analysis (CKA maps, class selectivity), {analysis_epochs} "
              "epochs per model")
