@@ -122,32 +122,42 @@ def test_apgd_ce_equals_torchattacks_within_the_seeds_spread(trained):
     assert np.mean(ours) < np.mean(_predict(model, x) == y)  # the attack does something
 
 
+def _their_autoattack(model, x, y, steps=100, queries=5000):
+    """torchattacks' standard ensemble built from its parts at our budgets (APGD-CE,
+    APGD-T × 9 targets, FAB-T × 9, Square; its own ``AutoAttack`` runs 10 steps:
+    torchattacks issue #196), each stage on what the earlier left robust, as AutoAttack
+    does. Returns (robust flags, robust accuracy clean and after each stage)."""
+    import torch
+    import torchattacks
+
+    network, images, labels = _theirs(model), _nchw(x), torch.tensor(y).long()
+    common = dict(norm="Linf", eps=0.1, n_restarts=1, seed=0)
+    stages = [torchattacks.APGD(network, steps=steps, loss="ce", **common),
+              torchattacks.APGDT(network, steps=steps, n_classes=10, **common),
+              torchattacks.FAB(network, steps=steps, multi_targeted=True, n_classes=10, **common),
+              torchattacks.Square(network, n_queries=queries, **common)]
+    with torch.no_grad():
+        robust = (network(images).argmax(1) == labels).numpy()
+    accuracy = [robust.mean()]
+    for stage in stages:
+        rows = np.flatnonzero(robust)
+        if len(rows):
+            adversarial = stage(images[rows], labels[rows])
+            with torch.no_grad():
+                robust[rows] = (network(adversarial).argmax(1) == labels[rows]).numpy()
+        accuracy.append(robust.mean())
+    return robust, accuracy
+
+
 def test_autoattack_leaves_the_robust_examples_torchattacks_ensemble_does(trained):
     """AutoAttack (standard, L∞) against torchattacks' ensemble built from its parts at
     the same budgets (APGD-CE 100, APGD-T 100 × 9 targets, FAB-T 100 × 9, Square 5000;
     its own ``AutoAttack`` runs 10 steps: torchattacks issue #196), each stage on what the
     earlier left robust. Random starts differ between the two, so a few examples may
     fall differently (1 of 200 here); the robust sets must agree on all but 3 of 100."""
-    import torch
-    import torchattacks
-
     model, x, y = trained
     result = AutoAttack(0.1, seed=0).run(model, x, y)
-    network, images, labels = _theirs(model), _nchw(x), torch.tensor(y).long()
-    stages = [torchattacks.APGD(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=0, loss="ce"),
-              torchattacks.APGDT(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=0, n_classes=10),
-              torchattacks.FAB(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=0, multi_targeted=True,
-                               n_classes=10),
-              torchattacks.Square(network, norm="Linf", eps=0.1, n_queries=5000, n_restarts=1, seed=0)]
-    with torch.no_grad():
-        robust = (network(images).argmax(1) == labels).numpy()
-    for stage in stages:
-        rows = np.flatnonzero(robust)
-        if not len(rows):
-            break
-        adversarial = stage(images[rows], labels[rows])
-        with torch.no_grad():
-            robust[rows] = (network(adversarial).argmax(1) == labels[rows]).numpy()
+    robust, _ = _their_autoattack(model, x, y)
     assert np.sum(robust != result.robust) <= 3, (robust.mean(), result.robust_accuracy)
     assert result.robust_accuracy < result.clean_accuracy
 
@@ -159,29 +169,12 @@ def test_on_a_masked_gradient_square_breaks_what_the_gradient_stages_cannot_as_i
     stage, ours and torchattacks' ensemble (same budgets: 20 iterations, 1000 queries) on
     the same weights agree to within 3 of 50 examples, and so do the final robust sets
     (1 of 50 differs here; their random draws differ)."""
-    import torch
-    import torchattacks
-
     cnn, x, y = trained
     x, y = x[:50], y[:50]
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Lambda(lambda t: keras.ops.round(t * 8) / 8), cnn])
     result = AutoAttack(0.1, n_iter=20, n_queries=1000, seed=0).run(model, x, y)
     ours = [result.clean_accuracy] + list(result.stage_accuracy.values())
-    network, images, labels = _theirs(model), _nchw(x), torch.tensor(y).long()
-    stages = [torchattacks.APGD(network, norm="Linf", eps=0.1, steps=20, n_restarts=1, seed=0, loss="ce"),
-              torchattacks.APGDT(network, norm="Linf", eps=0.1, steps=20, n_restarts=1, seed=0, n_classes=10),
-              torchattacks.FAB(network, norm="Linf", eps=0.1, steps=20, n_restarts=1, seed=0, multi_targeted=True,
-                               n_classes=10),
-              torchattacks.Square(network, norm="Linf", eps=0.1, n_queries=1000, n_restarts=1, seed=0)]
-    with torch.no_grad():
-        robust = (network(images).argmax(1) == labels).numpy()
-    theirs = [robust.mean()]
-    for stage in stages:
-        rows = np.flatnonzero(robust)
-        adversarial = stage(images[rows], labels[rows])
-        with torch.no_grad():
-            robust[rows] = (network(adversarial).argmax(1) == labels[rows]).numpy()
-        theirs.append(robust.mean())
+    robust, theirs = _their_autoattack(model, x, y, steps=20, queries=1000)
     assert np.max(np.abs(np.array(ours) - np.array(theirs))) <= 3 / 50 + 1e-9, (ours, theirs)
     for counts in (ours, theirs):  # the gradient stages barely move; Square breaks ≥ 10 examples more
         assert counts[0] - counts[3] <= 3 / 50 + 1e-9 and counts[3] - counts[4] >= 10 / 50, counts
