@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_lowrank import DLRT, compression, data  # noqa: E402
+from keras_lowrank import DLRT, callbacks, compression, data  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -80,27 +80,27 @@ def accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, verbose=0, batch_size=512), axis=1) == y))
 
 
-def weigh(model, x_test, y_test, quantize=None):
-    """(test accuracy, .keras file bytes, weight bytes) of ``model`` exported by
-    ``export_compressed`` (a model without low-rank layers: rebuilt from its config, so
-    without optimizer state), quantised by Keras when asked. Weight bytes: each variable's
-    size × its dtype's bytes (int8 kernels and their float32 scales after quantisation);
-    the file adds HDF5 headers (~2-3 KiB a variable) and the config, a fixed cost that
-    dominates for small models."""
+def exported(model, quantize=None):
+    """(the model as exported, its ``.keras`` bytes, its weight bytes): a low-rank model
+    by ``export_compressed`` (int8 factors when ``quantize``), a dense one rebuilt from its
+    config (so without optimizer state) and quantised by Keras' own ``Model.quantize``.
+    Weight bytes: each variable's size × its dtype's bytes (int8 kernels and their float32
+    scales after quantisation); the file adds HDF5 headers (~2-3 KiB a variable) and the
+    config, a fixed cost that dominates for small models."""
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Keras' notes on layers it does not quantise (Conv, LayerNorm)
-        if any(hasattr(layer, "factors") for layer in model.layers):
+        warnings.simplefilter("ignore")  # notes on layers Keras does not quantise (Conv, LayerNorm, a task head)
+        if callbacks.low_rank_layers(model):
             written = compression.export_compressed(model, folder + "/out", formats="keras", quantize=quantize)
-            exported, path = written["model"], written["keras"]
+            result, path = written["model"], written["keras"]
         else:
-            exported = model.__class__.from_config(model.get_config())
-            exported.set_weights(model.get_weights())
+            result = model.__class__.from_config(model.get_config())
+            result.set_weights(model.get_weights())
             if quantize:
-                exported.quantize(quantize)
+                result.quantize(quantize)
             path = folder + "/model.keras"
-            exported.save(path)
-        weights = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in exported.weights)
-        return accuracy(exported, x_test, y_test), os.path.getsize(path), weights
+            result.save(path)
+        weights = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in result.weights)
+        return result, os.path.getsize(path), weights
 
 
 def run(name, seeds, budgets, finetune_epochs):
@@ -109,8 +109,9 @@ def run(name, seeds, budgets, finetune_epochs):
     results = {}
 
     def record(key, model, size):
-        f32, int8 = weigh(model, x_test, y_test), weigh(model, x_test, y_test, "int8")
-        results.setdefault(key, []).append((f32[0], int8[0], size, f32[1], int8[1], f32[2], int8[2]))
+        (f32, file32, w32), (int8, file8, w8) = exported(model), exported(model, "int8")
+        results.setdefault(key, []).append((accuracy(f32, x_test, y_test), accuracy(int8, x_test, y_test), size,
+                                            file32, file8, w32, w8))
 
     for seed in seeds:
         keras.utils.set_random_seed(seed)
@@ -175,25 +176,9 @@ def byte_lm(seed, budgets, steps, quick=False):
     calibration, _ = windows(ids["train"], rng.integers(0, len(ids["train"]) - window - 1, 256))
     rows = []
 
-    def weigh_lm(model, quantize):
-        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if model is lm:
-                exported = keras_hub.models.GPT2CausalLM.from_config(lm.get_config())
-                exported.set_weights(lm.get_weights())
-                if quantize:
-                    exported.quantize(quantize)
-                path = folder + "/model.keras"
-                exported.save(path)
-            else:
-                written = compression.export_compressed(model, folder + "/out", formats="keras", quantize=quantize)
-                exported, path = written["model"], written["keras"]
-            weights = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in exported.weights)
-            return perplexity(exported), os.path.getsize(path), weights
-
     def record(label, method, model, params):
-        (p32, file32, w32), (p8, file8, w8) = weigh_lm(model, None), weigh_lm(model, "int8")
-        rows.append((label, method, p32, p8, params, w32, w8, file32, file8))
+        (f32, file32, w32), (int8, file8, w8) = exported(model), exported(model, "int8")
+        rows.append((label, method, perplexity(f32), perplexity(int8), params, w32, w8, file32, file8))
 
     record("dense", "—", lm, lm.count_params())
     for budget in budgets:
