@@ -87,12 +87,9 @@ def _as_keras_layers(layer, path):
     Dense. Built under the name scope of ``path``'s parent, so that each sub-layer's Keras
     path is unique in the model (keras-hub's quantisation map is keyed by it)."""
     shape = tuple(build_input_shape(layer))
-    scope = contextlib.ExitStack()
-    for name in path.split("/")[:-1]:
-        scope.enter_context(keras.name_scope(name))
     if isinstance(layer, LowRankProjection):
         new = _projection_as_keras(layer)
-        with scope:
+        with _under_parent_of(path):
             new.build(shape)
         plan = _projection_plan(layer)
         if plan is not None:
@@ -115,7 +112,7 @@ def _as_keras_layers(layer, path):
                  conv(layer.filters, 1, activation=act, use_bias=layer.use_bias, name=f"{layer.name}_sv",
                       dtype=dtype)]
     new = keras.Sequential(parts, name=layer.name)
-    with scope:
+    with _under_parent_of(path):
         new.build(shape)
     first, second = new.layers
     first.kernel.assign(u.reshape(first.kernel.shape))
@@ -123,6 +120,16 @@ def _as_keras_layers(layer, path):
     if layer.use_bias:
         second.bias.assign(ops.convert_to_numpy(layer.bias))  # a copy: JAX donates buffers
     return new
+
+
+@contextlib.contextmanager
+def _under_parent_of(path):
+    """Keras name scopes for each parent in ``path`` ("a/b/layer": a, then b), opened
+    here and closed on leaving, so that a layer built inside gets the path below them."""
+    with contextlib.ExitStack() as scopes:
+        for name in path.split("/")[:-1]:
+            scopes.enter_context(keras.name_scope(name))
+        yield
 
 
 def _projection_plan(layer):
