@@ -190,6 +190,42 @@ def test_autoattack_fast_and_l2(trained):
         assert result.flags["max_perturbation"] <= attack.eps * (1 + 1e-5) + 1e-6
 
 
+class _AutogradSpy(keras.layers.Layer):
+    """The identity; records, per call on real tensors, whether torch records autograd."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+
+    def call(self, inputs):
+        import torch
+
+        if inputs.device.type != "meta":  # not Keras' symbolic build
+            self.seen.append(torch.is_grad_enabled())
+        return inputs
+
+
+def test_gradient_free_loops_record_no_autograd_graph(trained):
+    """Square's 5000 eager iterations each kept their forward pass alive through the
+    model's weights (13 GB on 200 digits) while torch recorded autograd in them: no
+    attack's forward pass may record it but the one whose input gradient it takes, and
+    an adversarial ``fit`` records it for the training pass alone."""
+    model, x, y = trained
+    spy = _AutogradSpy()
+    spied = keras.Sequential([keras.Input((8, 8, 1))] + model.layers[:-1] + [spy, model.layers[-1]])
+    Square(0.1, n_queries=30, seed=0)(spied, x[:20], y[:20])
+    assert len(spy.seen) > 30 and not any(spy.seen)
+    spy.seen.clear()
+    PGD(0.1, steps=3, seed=0)(spied, x[:20], y[:20])
+    assert spy.seen.count(True) == 3  # the three gradients
+    spy.seen.clear()
+    adversarial = PerturbedModel(spied, Square(0.1, n_queries=30, seed=0))
+    adversarial.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    adversarial.fit(x[:20], y[:20], epochs=1, batch_size=20, verbose=0)
+    assert len(spy.seen) > 30 and spy.seen.count(True) == 1
+
+
 def test_perturbed_model_evaluates_and_trains_adversarially(trained):
     model, x, y = trained
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -33,7 +33,7 @@ from keras import ops
 
 from keras_lowrank._labels_in_call import LabelsInCall, label_counter
 from keras_lowrank.analysis._batches import check_not_load_pair
-from keras_lowrank.robustness._gradients import is_symbolic
+from keras_lowrank.robustness._gradients import is_symbolic, without_autograd
 from keras_lowrank.robustness._report_inputs import refuse_token_inputs
 from keras_lowrank.robustness.perturbations import class_count
 
@@ -155,7 +155,8 @@ class PerturbedModel(LabelsInCall, keras.Model):
         self.inputs_out_of_range.assign_add(
             ops.sum(ops.cast(ops.any(outside, axis=1), "float32")))
         self._count_invalid_labels()
-        with _sizes_read(self.perturbation):
+        # the perturbation's gradient is stopped: on torch, no graph is recorded for it
+        with _sizes_read(self.perturbation), without_autograd():
             # A perturbation that computes the model's outputs at its result on the
             # way (a report's shared step) hands them over in inference.
             with_outputs = getattr(self.perturbation, "_perturb_with_outputs", None)
