@@ -103,7 +103,9 @@ def test_max_drop_keeps_the_smallest_budget_within_the_drop(saved, tmp_path):
     from keras_lowrank import compression
     from keras_lowrank._jobs.compress import BUDGET_LADDER
 
-    out, limit, max_drop = tmp_path / "search", 400, 2.0
+    # 40 held-out examples: one flip is 2.5 points; 5 allows two (one flip at 71 % was
+    # seen on a model trained on torch)
+    out, limit, max_drop = tmp_path / "search", 400, 5.0
     done = _cli("compress", saved["model"], "--data", "digits", "--max-drop", str(max_drop), "--limit", str(limit),
                 "--finetune-epochs", "0", "--formats", "keras", "--output", str(out), "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -672,7 +672,7 @@ def _keras_file_error_without_package(path, x, expected, folder):
     np.save(folder / "x.npy", x)
     np.save(folder / "y.npy", expected)
     script = _LOAD_WITHOUT_PACKAGE.format(
-        module="keras", load="out = np.asarray(keras.models.load_model(sys.argv[1])(x))")
+        module="keras", load="out = keras.ops.convert_to_numpy(keras.models.load_model(sys.argv[1])(x))")
     result = subprocess.run(
         [sys.executable, "-c", script, path, str(folder / "x.npy"), str(folder / "y.npy")],
         capture_output=True, text=True, cwd=str(folder), timeout=300,

