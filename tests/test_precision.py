@@ -26,6 +26,10 @@ def exact_float32_now():
         import jax
 
         return jax.config.jax_default_matmul_precision in ("highest", "float32")
+    if keras.backend.backend() == "torch":  # matmuls are exact by default there, convolutions are not
+        import torch
+
+        return torch.get_float32_matmul_precision() == "highest" and not torch.backends.cudnn.allow_tf32
     import tensorflow as tf
 
     return not tf.config.experimental.tensor_float_32_execution_enabled()
@@ -57,6 +61,7 @@ def test_estimators_and_basis_updates_multiply_in_full_float32(matmul_precisions
     u, _ = np.linalg.qr(rng.normal(size=(6, 4)).astype("float32"))
     v, _ = np.linalg.qr(rng.normal(size=(5, 4)).astype("float32"))
     s = np.diag([3.0, 2.0, 1.0, 0.5]).astype("float32")
+    u, s, v = (keras.ops.convert_to_tensor(a) for a in (u, s, v))  # as the optimizer holds them
     calls = {
         "linear_cka": lambda: linear_cka(x, y),
         "rbf_cka": lambda: rbf_cka(x, y),
