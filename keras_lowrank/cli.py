@@ -152,10 +152,10 @@ def build_parser():
     compress.add_argument("--learning-rate", type=_finite(0.0, strict=True), default=1e-3,
                           help="Adam's learning rate inside DLRT (default 1e-3)")
     compress.add_argument("--batch-size", type=_positive_int, default=32)
-    compress.add_argument("--formats", nargs="+", choices=["keras", "saved_model", "tflite"],
+    compress.add_argument("--formats", nargs="+", choices=["keras", "saved_model", "tflite", "onnx"],
                           default=None,
                           help="exported formats (default keras saved_model, or keras without TensorFlow; "
-                               "saved_model and tflite need TensorFlow)")
+                               "saved_model and tflite need TensorFlow, onnx the onnx extra)")
     compress.add_argument("--quantize", choices=["int8", "int4"], default=None,
                           help="store the exported Dense factors as integers (Keras' own quantisation; "
                                "convolutions stay float32)")

@@ -2,6 +2,7 @@
 and saved here, its report checked against truth computed here another way; the
 bad-input paths; the demo."""
 
+import importlib.util
 import json
 import os
 import re
@@ -63,6 +64,7 @@ def _report(folder):
 def test_compress_end_to_end(saved, tmp_path):
     out = tmp_path / "small"
     formats = ["keras", "saved_model", "tflite"] if HAS_TF and keras.backend.backend() == "tensorflow" else ["keras"]
+    formats += ["onnx"] if importlib.util.find_spec("onnxruntime") else []  # the onnx extra
     done = _cli("compress", saved["model"], "--data", "digits", "--rank", "4", "--finetune-epochs", "1",
                 "--limit", "200", "--formats", *formats, "--output", str(out), "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]

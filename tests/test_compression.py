@@ -501,7 +501,42 @@ def test_exported_savedmodel_and_keras_file_load_without_keras_lowrank(rng, tmp_
 
 def test_export_formats_are_checked(tmp_path):
     with pytest.raises(ValueError, match="formats"):
-        compression.export_compressed(compression.to_low_rank(_cnn(), rank=2), str(tmp_path), formats=("onnx",))
+        compression.export_compressed(compression.to_low_rank(_cnn(), rank=2), str(tmp_path), formats=("h5",))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("formats", [("onnx",), ("keras", "onnx")])
+def test_onnx_export_runs_in_onnxruntime_smaller_and_equal(rng, tmp_path, formats):
+    """Keras' ONNX export of the exact-rank model (on JAX written by TensorFlow from the
+    .keras file, on torch from the model loaded from it), run in onnxruntime at another
+    batch size than any seen; the dense model's ONNX file, written the same way, is larger."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    x = rng.uniform(size=(13, 8, 8, 1)).astype("float32")
+    dense = _cnn()
+    model = compression.to_low_rank(dense, rank=3)
+    written = compression.export_compressed(model, str(tmp_path / "out"), formats=formats)
+    assert sorted(f for f in os.listdir(tmp_path / "out") if not f.startswith(".")) == sorted(
+        {"keras": "model.keras", "onnx": "model.onnx"}[f] for f in formats)
+    session = onnxruntime.InferenceSession(written["onnx"])
+    (name,) = [i.name for i in session.get_inputs()]
+    (out,) = session.run(None, {name: x})
+    expected = _np(model(x))
+    np.testing.assert_allclose(out, expected, atol=1e-5 * max(1.0, np.abs(expected).max()))
+    reference = compression.export_compressed(dense, str(tmp_path / "dense"), formats=formats)
+    assert os.path.getsize(written["onnx"]) < os.path.getsize(reference["onnx"])
+
+
+def test_onnx_export_without_its_packages_is_refused_before_any_work(tmp_path, monkeypatch):
+    from keras_lowrank.compression import export
+
+    found = export.importlib.util.find_spec
+    missing = {"tensorflow": "tf2onnx", "jax": "tf2onnx", "torch": "onnxscript"}[keras.backend.backend()]
+    monkeypatch.setattr(export.importlib.util, "find_spec", lambda name, *a: None if name == missing else found(
+        name, *a))
+    with pytest.raises(ValueError, match=rf"needs {missing} installed.*keras-lowrank\[onnx\].*Nothing was written"):
+        compression.export_compressed(compression.to_low_rank(_cnn(), rank=2), str(tmp_path / "out"),
+                                      formats=("keras", "onnx"))
+    assert not (tmp_path / "out").exists()
 
 
 # -- callbacks ------------------------------------------------------------------

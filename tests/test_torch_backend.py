@@ -284,12 +284,12 @@ def test_cli_compresses_and_evaluates_on_torch(trained, tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}  # --backend torch must switch it
     done = subprocess.run([sys.executable, "-m", "keras_lowrank", "compress", str(tmp_path / "cnn.keras"), "--data",
                            "digits", "--rank", "4", "--finetune-epochs", "1", "--limit", "200", "--backend", "torch",
-                           "--output", str(tmp_path / "small"), "--quiet"],
+                           "--formats", "keras", "saved_model", "onnx", "--output", str(tmp_path / "small"), "--quiet"],
                           capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "small" / "report.json").read_text())
     assert report["meta"]["backend"] == "torch"
-    assert [c["format"] for c in report["reload_checks"]] == ["keras", "saved_model"]
+    assert [c["format"] for c in report["reload_checks"]] == ["keras", "saved_model", "onnx"]
     assert all(c["passed"] for c in report["reload_checks"])
     done = subprocess.run([sys.executable, "-m", "keras_lowrank", "evaluate", str(tmp_path / "cnn.keras"), "--data",
                            "digits", "--limit", "100", "--attacks", "fgsm:0.1", "pgd:0.1", "--backend",

@@ -50,6 +50,13 @@ if os.path.exists(os.path.join(folder, "model.tflite")):
         interpreter.invoke()
         return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     attempt("tflite", tflite)
+if os.path.exists(os.path.join(folder, "model.onnx")):
+    def onnx_file():
+        import onnxruntime
+        session = onnxruntime.InferenceSession(os.path.join(folder, "model.onnx"))
+        names = [i.name for i in session.get_inputs()]
+        return session.run(None, {n: x[n] for n in names} if isinstance(x, dict) else {names[0]: x})[0]
+    attempt("onnx", onnx_file)
 if os.path.exists(os.path.join(folder, "model.keras")):
     if allow == "1":  # low-rank layers inside the model's own layers: keras_lowrank rebuilds them
         del sys.modules["keras_lowrank"]
@@ -79,13 +86,27 @@ def default_formats(model=None):
     return ["keras", "saved_model"]
 
 
-def check_formats(formats):
+def check_formats(formats, model=None):
+    """What the formats need installed; with ``model``, on this backend (ONNX: what
+    Keras' export needs, and onnxruntime for the reload check)."""
+    import importlib.util
+
     from keras_lowrank.data import _has_tensorflow
 
     needs_tf = [f for f in formats if f in ("saved_model", "tflite")]
     if needs_tf and not _has_tensorflow():
         raise JobError(f"--formats {' '.join(needs_tf)} need TensorFlow installed "
                        "(pip install tensorflow-cpu); --formats keras needs only Keras.")
+    if "onnx" in formats and importlib.util.find_spec("onnxruntime") is None:
+        raise JobError("--formats onnx: the exported file is checked in onnxruntime, which is not installed "
+                       "(pip install 'keras-lowrank[onnx]').")
+    if "onnx" in formats and model is not None:
+        from keras_lowrank.compression.export import check_onnx_export
+
+        try:
+            check_onnx_export(model)
+        except ValueError as error:
+            raise JobError(f"--formats onnx: {error}") from None
 
 
 def reload_elsewhere(folder, x, timeout=600, keras_needs_us=False):
@@ -128,7 +149,7 @@ def run(args, meta):
 
     model = common.load_model(args.model)
     args.formats = args.formats or default_formats(model)
-    check_formats(args.formats)
+    check_formats(args.formats, model)
     arrays = common.check_against_model(common.load_arrays(args.data, args.data_dir, args.limit),
                                         model, args.clip)
     (x, y), (x_test, y_test) = arrays["train"], arrays["test"]
@@ -363,6 +384,12 @@ def _original_sizes(model, path, formats):
             sizes["saved_model"] = common.size_on_disk(saved)
             if tflite is not None:
                 sizes["tflite"] = os.path.getsize(tflite)
+    if "onnx" in formats:
+        from keras_lowrank.compression.export import write_onnx
+
+        with tempfile.TemporaryDirectory() as scratch:
+            write_onnx(model, path, os.path.join(scratch, "model.onnx"))
+            sizes["onnx"] = os.path.getsize(os.path.join(scratch, "model.onnx"))
     return sizes
 
 

@@ -5,6 +5,7 @@ the SavedModel really are small and load without keras_lowrank."""
 
 import contextlib
 import importlib.util
+import io
 import os
 import shutil
 import subprocess
@@ -24,7 +25,11 @@ from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase, DynamicLow
 from keras_lowrank.layers.dynamic_low_rank_einsum import DynamicLowRankEinsumDense
 from keras_lowrank.layers.low_rank_projection import LowRankProjection
 
-FORMATS = ("keras", "saved_model", "tflite")
+FORMATS = ("keras", "saved_model", "tflite", "onnx")
+# What Keras' ONNX export needs on the backend that writes the file (on JAX, TensorFlow
+# writes it in a child process: Keras' JAX route needs jax2onnx, not on the package index
+# for our pins)
+_ONNX_NEEDS = {"tensorflow": ("tf2onnx", "onnx"), "torch": ("onnx", "onnxscript")}
 
 __all__ = ["compressed_model", "export_compressed"]
 
@@ -179,7 +184,10 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
     Args:
         model: a Keras model with dynamic low-rank layers (at any depth).
         path: the output folder (new or empty unless ``overwrite``).
-        formats: any of ``"keras"``, ``"saved_model"``, ``"tflite"``.
+        formats: any of ``"keras"``, ``"saved_model"``, ``"tflite"``, ``"onnx"`` (Keras'
+            ``Model.export(format="onnx")``, dynamic batch: on TensorFlow through tf2onnx, on
+            torch through ``torch.onnx``, on JAX by TensorFlow in a child process; the
+            ``onnx`` extra installs what each needs).
         overwrite: replace a non-empty ``path`` that an earlier export wrote.
         quantize: None, ``"int8"`` or ``"int4"``: the exported factor layers (and every
             other Dense / EinsumDense) quantised by Keras' own ``Model.quantize`` — weights
@@ -219,11 +227,13 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
             "export_compressed(formats=...): on the torch backend the SavedModel and TFLite files are "
             "written by TensorFlow, from the .keras file in a child process, and TensorFlow is not "
             "installed. Install it (pip install tensorflow-cpu) or export formats=('keras',) alone.")
+    if "onnx" in formats:
+        check_onnx_export(model)
     compact = compressed_model(model)
     if quantize is not None:
         _quantize(compact, quantize)
     written = {"model": compact}
-    names = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite"}
+    names = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
     with staged_folder(path, overwrite, "path") as staging:
         if "keras" in formats:
             written["keras_needs_keras_lowrank"] = save_model(compact, os.path.join(staging, names["keras"]))
@@ -234,17 +244,23 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
         scratch = tempfile.mkdtemp(prefix="klr-saved-model-") if needs_scratch else None
         saved = os.path.join(staging if "saved_model" in formats else scratch, names["saved_model"])
         tflite = os.path.join(staging, names["tflite"]) if "tflite" in formats else None
+        # on JAX and torch the ONNX file is written from the .keras file (see write_onnx)
+        onnx_from_file = "onnx" in formats and keras.backend.backend() in ("jax", "torch")
+        scratch = scratch or (tempfile.mkdtemp(prefix="klr-saved-model-")
+                              if onnx_from_file and "keras" not in formats else None)
         try:
+            keras_file = os.path.join(staging, names["keras"])
+            if "keras" not in formats and (through_tensorflow or onnx_from_file):
+                keras_file = os.path.join(scratch, names["keras"])
+                save_model(compact, keras_file)
             if "saved_model" in formats or "tflite" in formats:
-                keras_file = os.path.join(staging, names["keras"])
-                if through_tensorflow and "keras" not in formats:
-                    keras_file = os.path.join(scratch, names["keras"])
-                    save_model(compact, keras_file)
                 write_tensorflow_files(compact, keras_file, saved, tflite)
+            if "onnx" in formats:
+                write_onnx(compact, keras_file, os.path.join(staging, names["onnx"]))
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
-    for kind in ("keras", "saved_model", "tflite"):
+    for kind in FORMATS:
         if os.path.exists(os.path.join(path, names[kind])):
             written[kind] = os.path.join(path, names[kind])
     return written
@@ -260,6 +276,85 @@ def write_tensorflow_files(model, keras_file, saved, tflite=None):
     _saved_model(model, saved)
     if tflite is not None:
         _tflite(saved, tflite)
+
+
+def check_onnx_export(model):
+    """Refuses, before any work, an ONNX export this installation cannot write: the
+    packages Keras' export needs on the backend that writes the file, and a model with
+    declared inputs (Keras exports the signature of ``model.input``)."""
+    backend = keras.backend.backend()
+    writer = "tensorflow" if backend == "jax" else backend
+    if writer not in _ONNX_NEEDS:
+        raise ValueError(f"ONNX export supports the tensorflow, jax and torch backends, not {backend!r}.")
+    needed = (("tensorflow",) if writer != backend else ()) + _ONNX_NEEDS[writer]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        where = "" if writer == backend else " (on JAX the file is written by TensorFlow, in a child process)"
+        raise ValueError(
+            f"formats=('onnx',) needs {', '.join(missing)} installed on the {backend} backend{where}: "
+            "pip install 'keras-lowrank[onnx]'. Nothing was written.")
+    if _input_structure(model) is None:
+        raise ValueError("ONNX export needs a model with declared inputs (a functional or Sequential "
+                         "model built on keras.Input): Keras exports the signature of model.input. "
+                         "Nothing was written.")
+
+
+def _input_structure(model):
+    """``model.input`` (a KerasTensor, or their list or dict), or None where the model
+    declares none; a loaded Sequential has ``inputs`` but no ``input``."""
+    try:
+        return keras.tree.map_structure(lambda t: t, model.input)  # plain lists and dicts
+    except (AttributeError, ValueError):
+        inputs = getattr(model, "inputs", None)
+        return (inputs[0] if len(inputs) == 1 else list(inputs)) if inputs else None
+
+
+def write_onnx(model, keras_file, path):
+    """``model`` as ONNX at ``path`` by Keras' own export (a dynamic batch axis): on
+    TensorFlow of ``model``, on torch of ``model`` loaded from ``keras_file``, on JAX by
+    Keras on TensorFlow in a child process reading ``keras_file``."""
+    if keras.backend.backend() == "jax":
+        _in_child_process("tensorflow", _ONNX_SCRIPT, [keras_file, path], "the ONNX file")
+        return
+    if keras.backend.backend() == "torch":
+        # torch.onnx traces the model as a torch.nn.Module: the rebuilt model's factor
+        # layers are not all registered parameters of it ("Cannot insert a Tensor that
+        # requires grad as a constant"); the model loaded from its .keras file is
+        model = keras.saving.load_model(keras_file, compile=False)
+    _onnx(model, path)
+
+
+def _onnx(model, path):
+    signature = [_input_structure(model)]
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # torch.onnx and tf2onnx report their progress on stdout and in warnings
+        warnings.simplefilter("ignore")
+        try:
+            model.export(path, format="onnx", input_signature=signature, verbose=False)
+        except Exception as error:  # what tf2onnx or torch.onnx raise
+            raise ValueError(
+                f"Keras' ONNX export of this model failed on the {keras.backend.backend()} backend "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}); "
+                "nothing was written. Export the other formats without 'onnx'.") from error
+
+
+_ONNX_SCRIPT = """
+import sys
+import keras
+import keras_lowrank  # noqa: F401  (puts factor layers inside custom layers back)
+from keras_lowrank.compression.export import _onnx
+_onnx(keras.saving.load_model(sys.argv[1], compile=False), sys.argv[2])
+"""
+
+
+def _in_child_process(backend, script, args, what):
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    result = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ValueError(
+            f"Writing {what} on {backend} (a child process, from the .keras file) failed: "
+            f"{last[:300]}; nothing was written.")
 
 
 def _tflite(saved, path):
