@@ -46,8 +46,9 @@ test-tf: $(STAMP)
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PYTEST)
 
-# Every public entry point on Keras' torch backend (tests marked `torch`), AutoAttack
-# against torchattacks on the same weights (~8 min here).
+# Every public entry point on Keras' torch backend (tests marked `torch`: the robustness
+# tests, AutoAttack against torchattacks on the same weights, and the files of the layers,
+# DLRT, compression and analysis; docs/development.md lists them).
 test-torch: $(TORCH_STAMP)
 	KERAS_BACKEND=torch $(PYTEST) -m torch
 

@@ -7,7 +7,7 @@ import pytest
 from keras_lowrank import LowRankWarning, float32_matmuls
 from keras_lowrank.analysis import cka_map, linear_cka, rbf_cka
 
-pytestmark = pytest.mark.own_precision  # own_precision: see conftest
+pytestmark = [pytest.mark.own_precision, pytest.mark.torch]  # own_precision: see conftest  # torch: in the torch half
 # float64 on TensorFlow; JAX forms its Gram matrices in float32 unless x64 is enabled.
 TOL = 1e-6 if keras.backend.backend() == "tensorflow" else 1e-5
 

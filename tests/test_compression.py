@@ -16,6 +16,8 @@ from keras_lowrank._keras_compat import layer_paths
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense, LowRankProjection
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 
+pytestmark = pytest.mark.torch  # in the torch half of the suite (make test-torch) too
+
 
 def _cnn(seed=0):
     keras.utils.set_random_seed(seed)
@@ -504,7 +506,6 @@ def test_export_formats_are_checked(tmp_path):
         compression.export_compressed(compression.to_low_rank(_cnn(), rank=2), str(tmp_path), formats=("h5",))
 
 
-@pytest.mark.torch
 @pytest.mark.parametrize("formats", [("onnx",), ("keras", "onnx")])
 def test_onnx_export_runs_in_onnxruntime_smaller_and_equal(rng, tmp_path, formats):
     """Keras' ONNX export of the exact-rank model (on JAX written by TensorFlow from the

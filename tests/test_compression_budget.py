@@ -16,6 +16,8 @@ from keras_lowrank.compression._common import _kernel_matrix
 from keras_lowrank.compression.allocation import allocate_ranks
 from keras_lowrank.compression.calibration import rows_of, second_moments, whitened_svd
 
+pytestmark = pytest.mark.torch  # in the torch half of the suite (make test-torch) too
+
 
 def _np(x):
     return np.asarray(ops.convert_to_numpy(x))

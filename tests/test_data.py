@@ -3,6 +3,8 @@ import pytest
 
 from keras_lowrank import LowRankWarning, data
 
+pytestmark = pytest.mark.torch  # in the torch half of the suite (make test-torch) too
+
 tfds = pytest.importorskip("tensorflow_datasets")
 
 

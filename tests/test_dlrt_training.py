@@ -9,6 +9,8 @@ from keras_lowrank import LowRankWarning
 from keras_lowrank.layers import DynamicLowRankConv2D, DynamicLowRankDense
 from keras_lowrank.optimizers import DLRT
 
+pytestmark = pytest.mark.torch  # in the torch half of the suite (make test-torch) too
+
 
 def _linear_problem(rng, rank, n=1280, dim=64):
     x = rng.normal(size=(n, dim)).astype("float32")

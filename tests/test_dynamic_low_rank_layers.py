@@ -14,6 +14,8 @@ from keras_lowrank.layers import (
     DynamicLowRankEinsumDense,
 )
 
+pytestmark = pytest.mark.torch  # in the torch half of the suite (make test-torch) too
+
 
 def _np(x):
     return ops.convert_to_numpy(x)

@@ -13,6 +13,8 @@ from keras_lowrank import (
     LowRankProjection,
 )
 
+pytestmark = pytest.mark.torch  # in the torch half of the suite (make test-torch) too
+
 
 def _x(shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype("float32")

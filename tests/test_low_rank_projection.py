@@ -5,6 +5,8 @@ from backend_gradients import input_gradient
 
 from keras_lowrank import LowRankProjection
 
+pytestmark = pytest.mark.torch  # in the torch half of the suite (make test-torch) too
+
 
 def numpy_losses(a, w, b, loss="paper"):
     """L_c and L_n of docs/methods.md §1 written independently in column-vector form."""

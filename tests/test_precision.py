@@ -18,7 +18,7 @@ from keras_lowrank import factorization
 from keras_lowrank.analysis import cka_map, class_selectivity_index, linear_cka, rbf_cka
 from keras_lowrank.layers.low_rank_projection import randomized_truncate_to_rank, truncate_to_rank
 
-pytestmark = pytest.mark.own_precision
+pytestmark = [pytest.mark.own_precision, pytest.mark.torch]  # torch: in the torch half
 
 
 def exact_float32_now():

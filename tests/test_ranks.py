@@ -3,6 +3,8 @@ import pytest
 
 from keras_lowrank import analysis
 
+pytestmark = pytest.mark.torch  # in the torch half of the suite (make test-torch) too
+
 
 def matrix_of_rank(rng, n, m, r, spectrum=None):
     q1, _ = np.linalg.qr(rng.normal(size=(n, r)))

@@ -4,6 +4,8 @@ import pytest
 
 from keras_lowrank import LowRankWarning, analysis
 
+pytestmark = pytest.mark.torch  # in the torch half of the suite (make test-torch) too
+
 
 def conv_model():
     inputs = keras.Input((6, 6, 2))

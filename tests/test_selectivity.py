@@ -10,7 +10,7 @@ from keras_lowrank import float32_matmuls
 from keras_lowrank.analysis import class_selectivity, class_selectivity_index
 from keras_lowrank.regularizers import SelectivityRegularizedModel
 
-pytestmark = pytest.mark.own_precision  # own_precision: see conftest
+pytestmark = [pytest.mark.own_precision, pytest.mark.torch]  # own_precision: see conftest  # torch: in the torch half
 
 
 def np_selectivity(activations, labels, num_classes, eps=1e-7):
