@@ -196,6 +196,25 @@ def replace_layer(root, old, new):
             history = getattr(tensor, "_keras_history", None)
             if history is not None and history.operation is old:
                 tensor._keras_history = history._replace(operation=new)
+    _retrack_torch_parameters(root)
+
+
+def _retrack_torch_parameters(root):
+    """On torch a Keras layer is a ``torch.nn.Module`` whose parameters are a
+    ``ParameterDict`` of its variables, made when it is built
+    (``TorchLayer._track_variables``): after a swap, ``root`` and the layers above
+    ``new`` would still list ``old``'s (``model.parameters()``, ``state_dict()``,
+    ``model.to(device)`` and ``torch.onnx`` would see the old weights). Made again from
+    the layers' variables."""
+    if keras.backend.backend() != "torch":
+        return
+    # the torch modules under ``root`` (a Sequential's inner ``_functional`` model among
+    # them, which Keras does not list as a layer) and every Keras sublayer
+    layers = {id(m): m for m in root.modules() if isinstance(m, keras.layers.Layer)}
+    layers.update({id(layer): layer for layer in all_sublayers(root)})
+    for layer in layers.values():
+        if "_torch_params" in getattr(layer, "_modules", {}):
+            layer._track_variables()
 
 
 def set_untracked(layer, name, value):

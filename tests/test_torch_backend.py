@@ -261,6 +261,20 @@ def test_evaluate_robustness_report_with_sweeps_and_checks(trained):
     assert report.checks and all(check.passed for check in report.checks), report.checks  # masking checks ran
 
 
+def test_converted_and_exported_models_are_torch_modules_of_their_own_weights(trained):
+    """On torch a Keras model is a torch.nn.Module whose parameters Keras lists once, when
+    it is built: after to_low_rank's and compressed_model's layer swaps they listed the
+    replaced layers' weights (model.to(device), state_dict and torch.onnx saw those)."""
+    from keras_lowrank.compression import compressed_model
+
+    model, x, _ = trained
+    low = to_low_rank(model, rank=4)
+    for converted in (low, compressed_model(low)):
+        values = {id(v.value) for v in converted.variables}
+        assert {id(p) for p in converted.parameters()} == values
+        assert sum(p.numel() for p in converted.parameters()) == converted.count_params() < model.count_params()
+
+
 def test_export_writes_a_savedmodel_through_tensorflow_that_computes_the_model(trained, tmp_path):
     pytest.importorskip("tensorflow")
     model, x, _ = trained

@@ -244,8 +244,8 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
         scratch = tempfile.mkdtemp(prefix="klr-saved-model-") if needs_scratch else None
         saved = os.path.join(staging if "saved_model" in formats else scratch, names["saved_model"])
         tflite = os.path.join(staging, names["tflite"]) if "tflite" in formats else None
-        # on JAX and torch the ONNX file is written from the .keras file (see write_onnx)
-        onnx_from_file = "onnx" in formats and keras.backend.backend() in ("jax", "torch")
+        # on JAX the ONNX file is written from the .keras file (see write_onnx)
+        onnx_from_file = "onnx" in formats and keras.backend.backend() == "jax"
         scratch = scratch or (tempfile.mkdtemp(prefix="klr-saved-model-")
                               if onnx_from_file and "keras" not in formats else None)
         try:
@@ -310,17 +310,11 @@ def _input_structure(model):
 
 
 def write_onnx(model, keras_file, path):
-    """``model`` as ONNX at ``path`` by Keras' own export (a dynamic batch axis): on
-    TensorFlow of ``model``, on torch of ``model`` loaded from ``keras_file``, on JAX by
-    Keras on TensorFlow in a child process reading ``keras_file``."""
+    """``model`` as ONNX at ``path`` by Keras' own export (a dynamic batch axis), on this
+    backend, or on JAX by Keras on TensorFlow in a child process reading ``keras_file``."""
     if keras.backend.backend() == "jax":
         _in_child_process("tensorflow", _ONNX_SCRIPT, [keras_file, path], "the ONNX file")
         return
-    if keras.backend.backend() == "torch":
-        # torch.onnx traces the model as a torch.nn.Module: the rebuilt model's factor
-        # layers are not all registered parameters of it ("Cannot insert a Tensor that
-        # requires grad as a constant"); the model loaded from its .keras file is
-        model = keras.saving.load_model(keras_file, compile=False)
     _onnx(model, path)
 
 
