@@ -342,13 +342,15 @@ _onnx(keras.saving.load_model(sys.argv[1], compile=False), sys.argv[2])
 
 
 def _in_child_process(backend, script, args, what):
+    """Runs ``script`` with ``args`` in a fresh Python on Keras' ``backend``; its last
+    error line in a ValueError (raised inside the staging folder: nothing is written)."""
     env = {**os.environ, "KERAS_BACKEND": backend}
     result = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no message"])[-1]
         raise ValueError(
             f"Writing {what} on {backend} (a child process, from the .keras file) failed: "
-            f"{last[:300]}; nothing was written.")
+            f"{last[:300]}; nothing was written. Export formats=('keras',) alone.")
 
 
 def _tflite(saved, path):
@@ -376,14 +378,7 @@ def export_in_tensorflow(keras_file, saved, tflite=None):
     TensorFlow in a child process: Keras' SavedModel export runs on TensorFlow, and its
     torch path (``torch.export``) fails on plain models in Keras 3.15. The child loads
     the same weights, so the files compute what the model computes (to float32 rounding)."""
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    result = subprocess.run([sys.executable, "-c", _EXPORT_SCRIPT, keras_file, saved, tflite or ""],
-                            env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        raise ValueError(
-            f"Writing the SavedModel on TensorFlow (a child process, from the .keras file) failed: "
-            f"{last[:300]}; nothing was written. Export formats=('keras',) alone.")
+    _in_child_process("tensorflow", _EXPORT_SCRIPT, [keras_file, saved, tflite or ""], "the SavedModel")
 
 
 def _saved_model(model, path):
