@@ -239,15 +239,14 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
             written["keras_needs_keras_lowrank"] = save_model(compact, os.path.join(staging, names["keras"]))
         # TFLite converts from a SavedModel: one asked for is written in place, else in a
         # scratch folder removed after (formats=("tflite",) writes model.tflite alone)
-        # (on torch, a .keras file not asked for is written there too, for TensorFlow to read)
-        needs_scratch = "saved_model" not in formats or (through_tensorflow and "keras" not in formats)
+        # (a .keras file not asked for is written there too where a child process reads it:
+        # TensorFlow's SavedModel on torch, the ONNX file on JAX — see write_onnx)
+        onnx_from_file = "onnx" in formats and keras.backend.backend() == "jax"
+        needs_scratch = "saved_model" not in formats or (
+            "keras" not in formats and (through_tensorflow or onnx_from_file))
         scratch = tempfile.mkdtemp(prefix="klr-saved-model-") if needs_scratch else None
         saved = os.path.join(staging if "saved_model" in formats else scratch, names["saved_model"])
         tflite = os.path.join(staging, names["tflite"]) if "tflite" in formats else None
-        # on JAX the ONNX file is written from the .keras file (see write_onnx)
-        onnx_from_file = "onnx" in formats and keras.backend.backend() == "jax"
-        scratch = scratch or (tempfile.mkdtemp(prefix="klr-saved-model-")
-                              if onnx_from_file and "keras" not in formats else None)
         try:
             keras_file = os.path.join(staging, names["keras"])
             if "keras" not in formats and (through_tensorflow or onnx_from_file):
