@@ -221,3 +221,19 @@ def set_untracked(layer, name, value):
     """``layer.<name> = value`` without Keras' tracking (``Layer.__setattr__`` would wrap
     a list in a TrackedList and track any layer in it as a dependency)."""
     object.__setattr__(layer, name, value)
+
+
+def seed_states(model):
+    """The state variables of the seed generators ``model``'s layers draw from
+    (``Layer._seed_generators``: Keras lists them among ``model.variables`` but says
+    nowhere which they are), and of Keras' global generator (``keras.random`` ops
+    with ``seed=None``) where one exists (kept in Keras' global state under
+    "global_seed_generator")."""
+    from keras.src.backend.common import global_state
+
+    layers = [model] + (all_sublayers(model) if isinstance(model, keras.layers.Layer) else [])
+    states = {id(g.state): g.state for layer in layers for g in getattr(layer, "_seed_generators", [])}
+    shared = global_state.get_global_attribute("global_seed_generator")
+    if shared is not None:
+        states[id(shared.state)] = shared.state
+    return list(states.values())

@@ -310,6 +310,21 @@ def test_autoattack_on_a_three_class_model_names_the_flags_that_apply(tmp_path, 
         err = capsys.readouterr().err
         assert status == 2 and f"--attacks {name}:0.1: needs a model of at least 4 classes" in err, err
         assert "--attacks apgd-ce:0.1 square:0.1" in err and not (tmp_path / "out").exists()
+    binary = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    binary.save(tmp_path / "two.keras")
+    np.savez(tmp_path / "d2.npz", x=rng.uniform(size=(12, 4)).astype("float32"), y=np.arange(12) % 2)
+    status = cli.main(["evaluate", str(tmp_path / "two.keras"), "--data", str(tmp_path / "d2.npz"),
+                       "--attacks", "autoattack-rand:0.1", "--no-probe", "--quiet", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2 and "--attacks autoattack-rand:0.1: needs a model of at least 3 classes (its DLR" in err, err
+
+
+def test_autoattack_versions_by_name():
+    from keras_lowrank._jobs.evaluate import parse_attack
+
+    versions = {name: parse_attack(f"{name}:0.1").build((0, 1), 0).version
+                for name in ("autoattack", "autoattack-fast", "autoattack-rand")}
+    assert versions == {"autoattack": "standard", "autoattack-fast": "fast", "autoattack-rand": "rand"}
 
 
 def test_bad_arguments_exit_2_before_any_work(saved, tmp_path, capsys):

@@ -130,3 +130,30 @@ def test_replace_layer_reaches_attributes_lists_and_the_functional_graph(tmp_pat
     assert keras.Model.from_config(model.get_config(), custom_objects={"Holder": Holder}) is not None
     compat.set_untracked(holder, "note", [new_held])
     assert model.count_params() == 6 * 6 + 6 + 6 * 4 + 4  # not tracked twice
+
+
+def test_seed_states_are_the_variables_that_are_not_weights_and_the_global_generator():
+    """Keras lists its seed generators' states among ``model.variables`` but not among
+    ``model.weights``: the difference is exactly ``seed_states`` (nested layers and a
+    nested model included); Keras' global generator joins once ``seed=None`` made it."""
+
+    class Noise(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.generator = keras.random.SeedGenerator(3)
+
+        def call(self, x):
+            return x + keras.random.normal(ops.shape(x), seed=self.generator)
+
+    inner = keras.Sequential([keras.Input((4,)), Noise(), keras.layers.Dense(4)])
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5, seed=1), inner, keras.layers.Dense(2)])
+    expected = {id(v) for v in model.variables} - {id(w) for w in model.weights}
+    states = compat.seed_states(model)
+    assert len(expected) == 2 and {id(s) for s in states} >= expected
+    from keras.src.backend.common import global_state
+
+    shared = global_state.get_global_attribute("global_seed_generator")
+    assert len(states) == len(expected) + (shared is not None)
+    keras.random.normal((1,))  # makes the global generator if none was
+    shared = global_state.get_global_attribute("global_seed_generator")
+    assert id(shared.state) in {id(s) for s in compat.seed_states(model)}

@@ -162,6 +162,57 @@ def test_autoattack_leaves_the_robust_examples_torchattacks_ensemble_does(traine
     assert result.robust_accuracy < result.clean_accuracy
 
 
+class RandomPhase(keras.layers.Layer):
+    """x + 0.05 sin(100 x + 2π u), u uniform per pixel and pass: a randomised defence
+    whose single-pass input gradients are of random sign (tests/test_autoattack.py)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = keras.random.SeedGenerator(0)
+
+    def call(self, x):
+        u = keras.random.uniform(keras.ops.shape(x), seed=self.seed)
+        return x + 0.05 * keras.ops.sin(100.0 * x + 2 * np.pi * u)
+
+
+def test_autoattack_rand_equals_torchattacks_eot_stages_within_the_seeds_spread(trained):
+    """AutoAttack's "rand" version (APGD-CE then APGD-DLR, each gradient the mean of 20
+    passes) against torchattacks' APGD with ``eot_iter=20``, the same two stages built
+    from its parts, on a randomised model (``RandomPhase`` in front of the CNN), robust
+    accuracy averaged over 20 fresh passes; two seeds each. They may differ by no more
+    than the larger spread over seeds plus two examples; and EOT must matter here (one
+    pass per gradient leaves clearly more robust)."""
+    import torch
+    import torchattacks
+
+    base, x, y = trained
+    model = keras.Sequential([keras.Input((8, 8, 1)), RandomPhase()] + base.layers)
+    network, images, labels = _theirs(model), _nchw(x), torch.tensor(y).long()
+
+    def robust(adversarial):
+        return float(np.mean([np.mean(_predict(model, adversarial) == y) for _ in range(20)]))
+
+    ours, theirs, single = [], [], []
+    for seed in (0, 1):
+        ours.append(robust(AutoAttack(0.1, version="rand", n_iter=30, seed=seed).run(model, x, y).x_adv))
+        adversarial = images.clone()
+        with torch.no_grad():
+            alive = np.flatnonzero((network(images).argmax(1) == labels).numpy())
+        for loss in ("ce", "dlr"):
+            attack = torchattacks.APGD(network, norm="Linf", eps=0.1, steps=30, n_restarts=1, seed=seed,
+                                       loss=loss, eot_iter=20)
+            found = attack(images[alive], labels[alive])
+            with torch.no_grad():
+                fooled = (network(found).argmax(1) != labels[alive]).numpy()
+            adversarial[alive[fooled]] = found[fooled]
+            alive = alive[~fooled]
+        theirs.append(robust(adversarial.detach().permute(0, 2, 3, 1).numpy()))
+        single.append(robust(APGD(0.1, n_iter=30, seed=seed)(model, x, y)))
+    spread = max(np.ptp(ours), np.ptp(theirs)) + 2 / len(y)
+    assert abs(np.mean(ours) - np.mean(theirs)) <= spread, (ours, theirs)
+    assert np.mean(ours) < np.mean(single) - spread, (ours, single)
+
+
 def test_on_a_masked_gradient_square_breaks_what_the_gradient_stages_cannot_as_in_torchattacks(trained):
     """Input quantisation (round to eighths: its gradient is zero everywhere) in front
     of the CNN masks every gradient: APGD-CE, APGD-T and FAB-T break only what their

@@ -19,6 +19,7 @@ ATTACKS = {
     "spsa": "SPSA (black box), 10 steps of 32 samples",
     "autoattack": "AutoAttack, standard: APGD-CE, APGD-T, FAB-T, Square",
     "autoattack-fast": "AutoAttack, fast: APGD-CE, APGD-T with 3 targets",
+    "autoattack-rand": "AutoAttack for randomised models: APGD-CE, APGD-DLR, gradients averaged over 20 passes",
 }
 DEFAULT_ATTACKS = ("fgsm:0.03", "pgd:0.03")
 ATTACK_HELP = "; ".join(f"{name}: {text}" for name, text in ATTACKS.items())
@@ -50,7 +51,7 @@ class AttackSpec:
             return r.Square(self.eps, norm=self.norm, seed=seed, **common_args)
         if self.name == "spsa":
             return r.SPSA(self.eps, seed=seed, **common_args)
-        version = "fast" if self.name == "autoattack-fast" else "standard"
+        version = {"autoattack-fast": "fast", "autoattack-rand": "rand"}.get(self.name, "standard")
         return r.AutoAttack(self.eps, norm=self.norm, version=version, seed=seed, **common_args)
 
 
@@ -82,7 +83,7 @@ def run(args, meta):
     import keras
 
     from keras_lowrank.robustness import all_corruptions, evaluate_robustness
-    from keras_lowrank.robustness.attacks.losses import TARGETED_DLR_MIN_CLASSES
+    from keras_lowrank.robustness.attacks.losses import DLR_MIN_CLASSES, TARGETED_DLR_MIN_CLASSES
 
     model = common.load_model(args.model)
     explicit = args.attacks is not None
@@ -96,10 +97,12 @@ def run(args, meta):
         return _token_model(args, meta, model, arrays, explicit)
     classes = common.num_classes(model)
     for spec in attacks:  # before any row runs
-        if spec.name in ("autoattack", "autoattack-fast", "apgd-t") and classes < TARGETED_DLR_MIN_CLASSES:
-            raise JobError(f"--attacks {spec.name}:{spec.eps:g}: needs a model of at least "
-                           f"{TARGETED_DLR_MIN_CLASSES} classes "
-                           f"(its targeted DLR loss); this one has {classes}. Use the attacks that apply: "
+        needed, loss = ((DLR_MIN_CLASSES, "DLR") if spec.name == "autoattack-rand"
+                        else (TARGETED_DLR_MIN_CLASSES, "targeted DLR")
+                        if spec.name in ("autoattack", "autoattack-fast", "apgd-t") else (0, None))
+        if classes < needed:
+            raise JobError(f"--attacks {spec.name}:{spec.eps:g}: needs a model of at least {needed} classes "
+                           f"(its {loss} loss); this one has {classes}. Use the attacks that apply: "
                            f"--attacks apgd-ce:{spec.eps:g} square:{spec.eps:g}.")
     keras.utils.set_random_seed(args.seed)
     corruptions = []

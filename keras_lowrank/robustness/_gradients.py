@@ -11,7 +11,7 @@ import contextlib
 
 import keras
 
-from keras_lowrank._keras_compat import all_sublayers, replaced_attribute
+from keras_lowrank._keras_compat import all_sublayers, replaced_attribute, seed_states
 from keras_lowrank._tracing import holds_values
 
 
@@ -68,15 +68,43 @@ def _final_softmax_removed(model):
         yield
 
 
-def forward_without_side_effects(model, x, logits=False):
+def forward_without_side_effects(model, x, logits=False, draw=None):
     """model(x) in inference mode that records no losses (``add_loss`` of e.g.
     LowRankProjection or activity regularizers) and changes no state: the attack's
     forward passes, often inside a loop, must not leak into the training step.
-    ``logits=True``: a model ending in a softmax returns the softmax's input."""
+    ``logits=True``: a model ending in a softmax returns the softmax's input.
+
+    A random layer (one drawing from a ``keras.random.SeedGenerator`` in inference,
+    a randomised defence) draws the same numbers on every such pass, from the
+    generators' current states. ``draw`` (an integer, traced or not) makes it draw
+    anew: each generator's state is moved to a stream of its own for that ``draw``
+    (the pass number of an expectation over transformation), the same on every pass
+    given the same ``draw``."""
     mapping = [(v, v.value) for v in model.variables]
+    if draw is not None:
+        mapping = _moved_seed_states(model, mapping, draw)
     removed = _final_softmax_removed(model) if logits and ends_in_softmax(model) else contextlib.nullcontext()
     with removed, keras.StatelessScope(state_mapping=mapping, collect_losses=False):
         return model(x, training=False)
+
+
+# Odd, so that distinct draws move a state by distinct amounts modulo 2³² (a seed is
+# 32 bits on JAX and torch); large, so that generators seeded s and s + 1 do not meet.
+_DRAW_STRIDE = 1_000_003
+
+
+def _moved_seed_states(model, mapping, draw):
+    """``mapping`` with the first word of every seed generator's state (the seed; the
+    second counts the draws) moved by (draw + 1) · ``_DRAW_STRIDE``."""
+    states = seed_states(model)
+    values = {id(v): value for v, value in mapping}
+    moved = {id(v) for v in states}
+    mapping = [(v, value) for v, value in mapping if id(v) not in moved]
+    for state in states:
+        value = values.get(id(state), state.value)
+        step = (keras.ops.cast(draw, state.dtype) + 1) * _DRAW_STRIDE
+        mapping.append((state, value + keras.ops.stack([step, keras.ops.zeros_like(step)])))
+    return mapping
 
 
 class Oracle:

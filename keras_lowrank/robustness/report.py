@@ -491,9 +491,7 @@ def _autoattack_checks(row):
         Check("AutoAttack: outputs attacked as logits are logits", not flags["probabilities"],
               f"{label}: " + ("the outputs sum to 1 like probabilities: pass from_logits=False"
                               if flags["probabilities"] else "logits, or probabilities handled")),
-        Check("AutoAttack: forward pass deterministic", not flags["randomized"],
-              f"{label}: " + ("outputs differ between passes (a randomised defence?)"
-                              if flags["randomized"] else "repeated passes agree")),
+        _randomized_check(flags, label),
     ]
     if flags["black_box_gain"] is not None:
         checks.append(Check(
@@ -501,6 +499,19 @@ def _autoattack_checks(row):
             f"{label}: Square lowered robust accuracy by {flags['black_box_gain']:.2%} after the white-box stages"
             + (" (gradients likely masked)" if flags["black_box_gain"] > AUTOATTACK_BLACK_BOX_MARGIN else "")))
     return checks
+
+
+def _randomized_check(flags, label):
+    """The authors' check_randomized: a randomised forward pass needs the "rand"
+    version (gradients averaged over passes), which passes it."""
+    if flags.get("version") == "rand":
+        return Check("AutoAttack: forward pass deterministic, or attacked with EOT", True,
+                     f"{label}: version 'rand', each gradient averaged over 20 passes"
+                     + (" (outputs differ between passes)" if flags["randomized"] else ""))
+    return Check("AutoAttack: forward pass deterministic, or attacked with EOT", not flags["randomized"],
+                 f"{label}: " + ("outputs differ between passes (a randomised defence?): attack it with "
+                                 "AutoAttack(eps, version='rand') (CLI: autoattack-rand:EPS)"
+                                 if flags["randomized"] else "repeated passes agree"))
 
 
 def _checks(rows, probe, num_examples):

@@ -6,6 +6,7 @@ import weakref
 import numpy as np
 from keras import ops
 
+from keras_lowrank._keras_compat import seed_states
 from keras_lowrank.robustness._gradients import (
     compile_function,
     ends_in_softmax,
@@ -25,12 +26,15 @@ def _scores_function(model, from_logits):
     """x ↦ the model's logits (a final softmax is bypassed) or, for a model that
     outputs probabilities some other way (``from_logits=False``), log p (logits up
     to a per-example shift, which neither DLR nor cross-entropy sees). Returns
-    (function, how: "logits", "softmax bypassed" or "log p")."""
+    (function, how: "logits", "softmax bypassed" or "log p"). The function's
+    ``draw`` is ``forward_without_side_effects``'s (random layers drawing anew)."""
     from_logits = resolve_from_logits(model, from_logits)
     logits_view = not from_logits and ends_in_softmax(model)
+    random = bool(seed_states(model))  # else every draw is the same pass
 
-    def scores(x):
-        out = ops.cast(forward_without_side_effects(model, x, logits_view), "float32")
+    def scores(x, draw=None):
+        draw = draw if random else None
+        out = ops.cast(forward_without_side_effects(model, x, logits_view, draw), "float32")
         if from_logits or logits_view:
             return out
         return ops.log(ops.maximum(out, 1e-30))

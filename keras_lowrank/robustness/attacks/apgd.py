@@ -21,6 +21,7 @@ from keras_lowrank.robustness.attacks.base import (
     _check_norm,
 )
 from keras_lowrank.robustness.attacks.losses import (
+    DLR_MIN_CLASSES,
     TARGETED_DLR_MIN_CLASSES,
     _l2,
     _normalize,
@@ -77,6 +78,13 @@ class APGD(_RunsOnUnbroken):
     its last misclassified iterate (x itself where none was). Restarts and targets run
     only on the examples not yet broken.
 
+    Against a randomised model (one whose layers draw random numbers in inference,
+    from a ``keras.random.SeedGenerator``) every pass draws anew, as in the authors'
+    eager loop, and ``eot_iter`` > 1 takes each gradient as the mean over that many
+    forward/backward passes (expectation over transformation, Athalye et al. 2018;
+    the authors' ``eot_iter``): the loss and the misclassification check are the
+    last pass's, as theirs.
+
     Args:
         eps: the perturbation budget (≥ 0).
         norm: "inf" (or np.inf) or 2.
@@ -89,7 +97,8 @@ class APGD(_RunsOnUnbroken):
         restarts: random restarts (≥ 1) per target.
         n_target_classes: targets of APGD-T (at most classes − 1 are used).
         rho: ρ, the share of rising steps below which η is halved.
-        seed: seed of the random starts.
+        eot_iter: passes per gradient (≥ 1; 20 in AutoAttack's "rand" version).
+        seed: seed of the random starts (and of the passes' draws).
 
     Keyword Args:
         clip: see ``Attack``.
@@ -108,7 +117,7 @@ class APGD(_RunsOnUnbroken):
     """
 
     def __init__(self, eps, norm="inf", loss=None, targeted=False, n_iter=100, restarts=1,
-                 n_target_classes=9, rho=0.75, seed=None, **kwargs):
+                 n_target_classes=9, rho=0.75, eot_iter=1, seed=None, **kwargs):
         kwargs.pop("targeted", None)
         super().__init__(targeted=False, **kwargs)
         self.eps = check_number(eps, "eps", minimum=0.0)
@@ -123,6 +132,7 @@ class APGD(_RunsOnUnbroken):
         self.restarts = check_int(restarts, "restarts")
         self.n_target_classes = check_int(n_target_classes, "n_target_classes")
         self.rho = check_number(rho, "rho", minimum=0.0, maximum=1.0)
+        self.eot_iter = check_int(eot_iter, "eot_iter")
         self._set_seed(seed)
         points = apgd_checkpoints(self.n_iter)
         checkpoint = np.zeros(self.n_iter, "float32")
@@ -137,17 +147,20 @@ class APGD(_RunsOnUnbroken):
         config.pop("targeted")
         return {**config, "eps": self.eps, "norm": self.norm, "loss": self.loss,
                 "targeted": self.apgd_targeted, "n_iter": self.n_iter, "restarts": self.restarts,
-                "n_target_classes": self.n_target_classes, "rho": self.rho, "seed": self.seed}
+                "n_target_classes": self.n_target_classes, "rho": self.rho, "eot_iter": self.eot_iter,
+                "seed": self.seed}
 
     @property
     def name(self):
         kind = "APGD-T" if self.apgd_targeted else f"APGD-{self.loss.upper()}"
         restarts = f" ×{self.restarts}" if self.restarts > 1 else ""
-        return f"{kind}-{self.n_iter} L{_SYMBOL[self.norm]} ε={self.eps:g}{restarts}"
+        eot = f" EOT-{self.eot_iter}" if self.eot_iter > 1 else ""
+        return f"{kind}-{self.n_iter} L{_SYMBOL[self.norm]} ε={self.eps:g}{restarts}{eot}"
 
     def __repr__(self):
         return (f"APGD(eps={self.eps:g}, norm={self.norm}, loss={self.loss}, "
-                f"targeted={self.apgd_targeted}, n_iter={self.n_iter}, restarts={self.restarts})")
+                f"targeted={self.apgd_targeted}, n_iter={self.n_iter}, restarts={self.restarts}, "
+                f"eot_iter={self.eot_iter})")
 
     # -- the pieces
     def _targets(self, num_classes):
@@ -168,18 +181,21 @@ class APGD(_RunsOnUnbroken):
 
     def _check_classes(self, num_classes):
         targeted = self.apgd_targeted and self.loss == "dlr"
-        needed = TARGETED_DLR_MIN_CLASSES if targeted else 3 if self.loss == "dlr" else 2
+        needed = TARGETED_DLR_MIN_CLASSES if targeted else DLR_MIN_CLASSES if self.loss == "dlr" else 2
         if num_classes < needed:
             what = "the targeted DLR loss" if targeted else "the DLR loss"
             raise ValueError(f"{what} needs at least {needed} classes; the model has {num_classes}. "
                              'Use loss="ce" (untargeted).')
 
     def _noise(self, x):
-        """One random start, shaped like ``x``."""
+        """One random start, shaped like ``x``, and the first draw number of the
+        run's passes (a random int32)."""
         shape = ops.shape(x)
         if self.norm == "inf":
-            return keras.random.uniform(shape, -1.0, 1.0, seed=self._seed)
-        return keras.random.normal(shape, seed=self._seed)
+            start = keras.random.uniform(shape, -1.0, 1.0, seed=self._seed)
+        else:
+            start = keras.random.normal(shape, seed=self._seed)
+        return start, keras.random.randint((), 0, 2 ** 24, dtype="int32", seed=self._seed)
 
     def _project(self, v, x):
         if self.norm == "inf":
@@ -190,8 +206,8 @@ class APGD(_RunsOnUnbroken):
         return self._clip(v)
 
     def _loss_function(self, scores):
-        def loss(x, y, target):
-            z = scores(x)
+        def loss(x, y, target, draw=None):
+            z = scores(x, draw)
             if self.apgd_targeted:
                 if self.loss == "dlr":
                     value = targeted_dlr_loss(z, y, target)
@@ -205,6 +221,28 @@ class APGD(_RunsOnUnbroken):
 
         return loss
 
+    def _expected_loss_and_grad(self, loss_fn, first_draw, classes):
+        """``(x, y, target, k) -> (loss, scores, gradient)`` at APGD's k-th point (0:
+        the start): one pass, or with ``eot_iter`` > 1 the gradient averaged over
+        that many passes; the passes draw as numbers first_draw + k·eot_iter + e."""
+        loss_grad = value_and_grad(loss_fn)
+        if self.eot_iter == 1:
+            return lambda x, y, target, k: loss_grad(x, y, target, first_draw + k)
+
+        def expected(x, y, target, k):
+            first = first_draw + k * self.eot_iter
+
+            def one_pass(e, state):
+                loss, z, grad = loss_grad(x, y, target, first + e)
+                return loss, z, state[2] + grad
+
+            batch = ops.shape(x)[0]
+            state = (ops.zeros((batch,), "float32"), ops.zeros((batch, classes), "float32"), ops.zeros_like(x))
+            loss, z, total = ops.fori_loop(0, self.eot_iter, one_pass, state)
+            return loss, z, total / float(self.eot_iter)
+
+        return expected
+
     def _single_run(self, scores, x, y, rank, noise, start=None):
         """One APGD run on a batch: returns (last misclassified iterate, still
         robust (1/0), best-loss point, best loss, final step sizes)."""
@@ -214,11 +252,12 @@ class APGD(_RunsOnUnbroken):
         order = ops.argsort(clean, axis=-1)
         target = ops.take(order, ops.clip(classes - ops.cast(rank, "int32"), 0, classes - 1), axis=1)
         target = ops.cast(target, "int32")
-        loss_grad = value_and_grad(self._loss_function(scores))
+        noise, first_draw = noise if isinstance(noise, (tuple, list)) else (noise, 0)
+        loss_grad = self._expected_loss_and_grad(self._loss_function(scores), first_draw, classes)
         if start is None:
             start = x + self.eps * _normalize(noise, self.norm)
         x_adv = self._clip(start)
-        loss, z, grad = loss_grad(x_adv, y, target)
+        loss, z, grad = loss_grad(x_adv, y, target, 0)
         acc = ops.cast(ops.equal(ops.cast(ops.argmax(z, axis=-1), "int32"), y), "float32")
         batch = ops.shape(x)[0]
         step = ops.full((batch,), 2.0 * self.eps, "float32")
@@ -244,7 +283,7 @@ class APGD(_RunsOnUnbroken):
                 direction = _normalize(grad, "2")
             z1 = self._project(x_adv + _per_example(step, x_adv) * direction, x)
             x_new = self._project(x_adv + (z1 - x_adv) * momentum + change * (1.0 - momentum), x)
-            loss, z, grad = loss_grad(x_new, y, target)
+            loss, z, grad = loss_grad(x_new, y, target, i + 1)
             correct = ops.cast(ops.equal(ops.cast(ops.argmax(z, axis=-1), "int32"), y), "float32")
             acc = ops.minimum(acc, correct)
             x_best_adv = ops.where(_per_example(correct < 0.5, x), x_new, x_best_adv)

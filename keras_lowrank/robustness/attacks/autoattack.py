@@ -38,6 +38,7 @@ from keras_lowrank.robustness.attacks.fab import (
     FAB,
 )
 from keras_lowrank.robustness.attacks.losses import (
+    DLR_MIN_CLASSES,
     TARGETED_DLR_MIN_CLASSES,
     _per_example,
 )
@@ -85,7 +86,8 @@ class AutoAttackResult:
     seconds: float
 
 
-_VERSIONS = ("standard", "fast")
+_VERSIONS = ("standard", "fast", "rand")
+EOT_ITER = 20  # passes per gradient in the "rand" version, as the authors
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
@@ -102,6 +104,11 @@ class AutoAttack(Attack):
       targets, 100 iterations; needs ``clip``), Square (5000 queries).
     - ``version="fast"``: APGD-CE and APGD-T with 3 targets: a quick estimate for
       sweeps, not the standard.
+    - ``version="rand"``, for randomised defences (a model whose layers draw random
+      numbers in inference, from a ``keras.random.SeedGenerator``): APGD-CE and
+      APGD-DLR, each gradient the mean over 20 passes with fresh draws (expectation
+      over transformation). ``flags["randomized"]`` of the other versions says when
+      a model needs it.
 
     ``run`` returns the per-stage accuracies and the checks of the authors'
     ``checks.py`` (gradient masking, randomised defences, probabilities);
@@ -112,7 +119,7 @@ class AutoAttack(Attack):
         eps: the budget (≥ 0).
         norm: "inf" or 2 (Square L2 needs images of ≥ 3×3 pixels: on other
             inputs the ensemble runs without it and ``flags["skipped"]`` says so).
-        version: "standard" or "fast".
+        version: "standard", "fast" or "rand".
         n_iter: APGD iterations (100 in the standard).
         n_queries: Square's queries (5000 in the standard).
         batch_size: examples per compiled batch in ``run``.
@@ -151,6 +158,11 @@ class AutoAttack(Attack):
         self.seed = seed = check_seed(seed)
         common = {"clip": self.clip, "from_logits": self.from_logits}
         seeds = [None if seed is None else seed + k for k in range(3)]
+        if version == "rand":
+            self.stages = [APGD(self.eps, self.norm, loss=loss, n_iter=self.n_iter, eot_iter=EOT_ITER,
+                                seed=seeds[k], **common) for k, loss in enumerate(("ce", "dlr"))]
+            self._gradients = _CompiledPerModel(self._build_gradients)
+            return
         self.stages = [APGD(self.eps, self.norm, loss="ce", n_iter=self.n_iter, seed=seeds[0], **common),
                        APGD(self.eps, self.norm, targeted=True, n_iter=self.n_iter,
                             n_target_classes=9 if version == "standard" else 3, seed=seeds[1], **common)]
@@ -218,10 +230,11 @@ class AutoAttack(Attack):
         refuse_token_inputs(model, x, "AutoAttack")
         x = np.asarray(ops.convert_to_numpy(ops.convert_to_tensor(x, "float32")))
         num_classes = self._num_classes(model, ops.convert_to_tensor(x[:1]))
-        if num_classes < TARGETED_DLR_MIN_CLASSES:  # every version runs APGD-T
+        needed, stage = ((DLR_MIN_CLASSES, "APGD-DLR stage's DLR") if self.version == "rand"
+                         else (TARGETED_DLR_MIN_CLASSES, "APGD-T stage's targeted DLR"))
+        if num_classes < needed:
             raise ValueError(
-                f"AutoAttack needs a model of at least {TARGETED_DLR_MIN_CLASSES} classes (its APGD-T "
-                f"stage's targeted DLR "
+                f"AutoAttack ({self.version}) needs a model of at least {needed} classes (its {stage} "
                 f"loss); the model has {num_classes}. Evaluate such a model with the stages "
                 "that apply: evaluate_robustness(model, data, attacks=[APGD(eps, loss='ce'), "
                 "Square(eps)]).")
@@ -271,6 +284,7 @@ class AutoAttack(Attack):
                                   and _scores_function(model, self.from_logits)[1] == "logits"),
             "max_perturbation": _max_norm(adversarial - x, self.norm),
             "skipped": [f"{stage.name}: L2 needs images of at least 3×3 pixels" for stage in skipped],
+            "version": self.version,
         }
         return AutoAttackResult(x_adv=adversarial, robust=robust, broken_by=broken_by, clean_accuracy=clean,
                                 robust_accuracy=float(robust.mean()), stage_accuracy=stage_accuracy, flags=flags,

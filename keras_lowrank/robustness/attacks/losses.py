@@ -65,6 +65,8 @@ def dlr_loss(logits, y):
 
 # z_π1 − (z_π3 + z_π4)/2: the fewest classes APGD-T (and so AutoAttack) can attack
 TARGETED_DLR_MIN_CLASSES = 4
+# z_π1 − z_π3: the fewest classes the (untargeted) DLR loss can attack
+DLR_MIN_CLASSES = 3
 
 
 def targeted_dlr_loss(logits, y, target):
