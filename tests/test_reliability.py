@@ -577,8 +577,13 @@ def test_autoattack_on_fewer_than_four_classes_names_the_stages_that_apply():
     from keras_lowrank.robustness import APGD, AutoAttack, Square
 
     for version in ("standard", "fast"):
-        with pytest.raises(ValueError, match=r"AutoAttack needs a model of at least 4 classes.*has 3.*Square"):
+        with pytest.raises(ValueError, match=rf"AutoAttack \({version}\) needs a model of at least 4 classes"
+                                             r".*has 3.*Square"):
             AutoAttack(0.1, version=version).run(_classifier(classes=3), x, y)
+    # "rand" (APGD-CE, APGD-DLR) runs on 3 classes, not on 2
+    AutoAttack(0.1, version="rand", n_iter=2).run(_classifier(classes=3), x, y)
+    with pytest.raises(ValueError, match=r"AutoAttack \(rand\) needs a model of at least 3 classes.*has 2"):
+        AutoAttack(0.1, version="rand", n_iter=2).run(_classifier(classes=2), *_unit_data(n=8, classes=2))
     # what the message proposes runs on that model
     report = evaluate_robustness(_classifier(classes=3), (x, y), large_eps=None,
                                  attacks=[APGD(0.1, loss="ce", n_iter=2), Square(0.1, n_queries=2)])
