@@ -513,7 +513,7 @@ def test_eot_gradient_is_the_mean_of_the_passes_gradients():
     scores = _scores_function(model, from_logits=True)[0]
     attack = APGD(0.1, eot_iter=5)
     first, k = 7, 2
-    expected = attack._expected_loss_and_grad(attack._loss_function(scores), first, 4)
+    expected = attack._expected_loss_and_grad(attack._loss_function(scores), first)
     target = keras.ops.zeros((3,), "int32")
     loss, z, grad = (np.asarray(keras.ops.convert_to_numpy(v), "float64") for v in expected(
         keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y, "int32"), target, k))

@@ -197,13 +197,20 @@ class APGD(_RunsOnUnbroken):
             start = keras.random.normal(shape, seed=self._seed)
         return start, keras.random.randint((), 0, 2 ** 24, dtype="int32", seed=self._seed)
 
-    def _project(self, v, x):
-        if self.norm == "inf":
-            v = ops.minimum(ops.maximum(v, x - self.eps), x + self.eps)
-        else:
-            d = v - x
-            v = x + _normalize(d, "2") * _per_example(ops.minimum(self.eps, _l2(d)), d)
-        return self._clip(v)
+    def _projection(self, x):
+        """v ↦ P(v), the projection onto the ε-ball around ``x`` and the input range.
+        L∞: onto the box [max(x − ε, low), min(x + ε, high)], its bounds computed once
+        per run (x lies in the range, so the box is the two boxes' intersection and
+        this equals the ε-box's projection clipped, to the bit: min and max round
+        nothing)."""
+        if self.norm != "inf":
+            def project(v):
+                d = v - x
+                return self._clip(x + _normalize(d, "2") * _per_example(ops.minimum(self.eps, _l2(d)), d))
+
+            return project
+        low, high = self._clip(x - self.eps), self._clip(x + self.eps)
+        return lambda v: ops.minimum(ops.maximum(v, low), high)
 
     def _loss_function(self, scores):
         def loss(x, y, target, draw=None):
@@ -221,7 +228,7 @@ class APGD(_RunsOnUnbroken):
 
         return loss
 
-    def _expected_loss_and_grad(self, loss_fn, first_draw, classes):
+    def _expected_loss_and_grad(self, loss_fn, first_draw):
         """``(x, y, target, k) -> (loss, scores, gradient)`` at APGD's k-th point (0:
         the start): one pass, or with ``eot_iter`` > 1 the gradient averaged over
         that many passes; the passes draw as numbers first_draw + k·eot_iter + e."""
@@ -236,9 +243,7 @@ class APGD(_RunsOnUnbroken):
                 loss, z, grad = loss_grad(x, y, target, first + e)
                 return loss, z, state[2] + grad
 
-            batch = ops.shape(x)[0]
-            state = (ops.zeros((batch,), "float32"), ops.zeros((batch, classes), "float32"), ops.zeros_like(x))
-            loss, z, total = ops.fori_loop(0, self.eot_iter, one_pass, state)
+            loss, z, total = ops.fori_loop(1, self.eot_iter, one_pass, loss_grad(x, y, target, first))
             return loss, z, total / float(self.eot_iter)
 
         return expected
@@ -247,16 +252,20 @@ class APGD(_RunsOnUnbroken):
         """One APGD run on a batch: returns (last misclassified iterate, still
         robust (1/0), best-loss point, best loss, final step sizes)."""
         y = ops.cast(y, "int32")
-        clean = scores(x)
-        classes = clean.shape[-1]
-        order = ops.argsort(clean, axis=-1)
-        target = ops.take(order, ops.clip(classes - ops.cast(rank, "int32"), 0, classes - 1), axis=1)
-        target = ops.cast(target, "int32")
+        if self.apgd_targeted:  # the class ranked ``rank`` on the clean input
+            clean = scores(x)
+            classes = clean.shape[-1]
+            order = ops.argsort(clean, axis=-1)
+            target = ops.take(order, ops.clip(classes - ops.cast(rank, "int32"), 0, classes - 1), axis=1)
+            target = ops.cast(target, "int32")
+        else:
+            target = y  # unused by the untargeted losses
         noise, first_draw = noise if isinstance(noise, (tuple, list)) else (noise, 0)
-        loss_grad = self._expected_loss_and_grad(self._loss_function(scores), first_draw, classes)
+        loss_grad = self._expected_loss_and_grad(self._loss_function(scores), first_draw)
         if start is None:
             start = x + self.eps * _normalize(noise, self.norm)
         x_adv = self._clip(start)
+        project = self._projection(x)
         loss, z, grad = loss_grad(x_adv, y, target, 0)
         acc = ops.cast(ops.equal(ops.cast(ops.argmax(z, axis=-1), "int32"), y), "float32")
         batch = ops.shape(x)[0]
@@ -281,8 +290,8 @@ class APGD(_RunsOnUnbroken):
                 direction = ops.sign(grad)
             else:
                 direction = _normalize(grad, "2")
-            z1 = self._project(x_adv + _per_example(step, x_adv) * direction, x)
-            x_new = self._project(x_adv + (z1 - x_adv) * momentum + change * (1.0 - momentum), x)
+            z1 = project(x_adv + _per_example(step, x_adv) * direction)
+            x_new = project(x_adv + (z1 - x_adv) * momentum + change * (1.0 - momentum))
             loss, z, grad = loss_grad(x_new, y, target, i + 1)
             correct = ops.cast(ops.equal(ops.cast(ops.argmax(z, axis=-1), "int32"), y), "float32")
             acc = ops.minimum(acc, correct)
