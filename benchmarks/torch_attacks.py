@@ -14,7 +14,8 @@ machine); the standard AutoAttack twice (the second call's seconds); "rand" once
 short warm-up. Robust accuracies ("rand": averaged over 20 fresh passes) and how many
 examples the two robust sets differ on are printed too.
 
-    KERAS_BACKEND=torch python benchmarks/torch_attacks.py [--examples 200] [--repeats 9] [--out runs/torch_attacks.json]
+    KERAS_BACKEND=torch python benchmarks/torch_attacks.py [--examples 200] [--repeats 9] \
+        [--out runs/torch_attacks.json]
 """
 
 import argparse

@@ -306,13 +306,16 @@ class LowRankProjection(keras.layers.Layer):
             done = ops.cast(self.steps, self.variable_dtype)
             weight = weight * ops.minimum(done / self.warmup_steps, 1.0)
         w = self._training_projection_matrix() if training else self.projection_matrix
+        # (A + b)W once, for the loss and the output: each product costs n·m² forward
+        # and 2·n·m² backward, and eager torch does not merge two equal ones.
+        product = ops.matmul(a + self.bias, w) if self.projection_weight or self.output_mode != "input" else None
         if self.projection_weight:
-            self.add_loss(weight * self._projection_loss(a, w))
+            self.add_loss(weight * self._projection_loss(a, w, product))
         if self.norm_weight:
             self.add_loss(self.norm_weight * self._norm_loss(a))
         if self.output_mode == "input":
             return inputs
-        projected = ops.matmul(a + self.bias, w) - self.bias
+        projected = product - self.bias
         projected = ops.reshape(projected, ops.shape(inputs))
         return ops.cast(projected, self.compute_dtype)
 
@@ -341,9 +344,11 @@ class LowRankProjection(keras.layers.Layer):
             return ops.reshape(x, (-1, self.features))
         return ops.reshape(x, (-1, ops.shape(x)[-1]))
 
-    def _projection_loss(self, a, w):
+    def _projection_loss(self, a, w, product=None):
+        """L_c of the rows ``a`` under ``w``; ``product``: (a + b)w if already computed."""
         shifted = a + self.bias
-        squared = ops.sum(ops.square(ops.matmul(shifted, w) - shifted), axis=-1)
+        product = ops.matmul(shifted, w) if product is None else product
+        squared = ops.sum(ops.square(product - shifted), axis=-1)
         if self.loss == "paper":
             return ops.mean(squared)
         # Relative: residual energy over the batch's spread. A batch without spread
