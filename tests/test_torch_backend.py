@@ -363,3 +363,17 @@ def test_cli_compresses_and_evaluates_on_torch(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "robust" / "report.json").read_text())
     assert report["meta"]["backend"] == "torch"
+
+
+def test_square_writes_its_windows_as_slices_eagerly_equal_to_the_compiled_masks(trained, monkeypatch):
+    """On torch Square writes each window as a slice, its corners computed on the host;
+    TF and JAX build the window's mask in the graph. Both give the same points, bit for
+    bit, on the same draws."""
+    from keras_lowrank.robustness.attacks import square
+
+    model, x, y = trained
+    eager = np.asarray(keras.ops.convert_to_numpy(Square(0.1, n_queries=300, seed=0)(model, x, y)))
+    monkeypatch.setattr(square, "holds_values", lambda tensor: False)
+    masks = np.asarray(keras.ops.convert_to_numpy(Square(0.1, n_queries=300, seed=0)(model, x, y)))
+    np.testing.assert_array_equal(eager, masks)
+    assert np.any(eager != x)

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lowrank._tracing import holds_values
 from keras_lowrank._validation import check_int, check_number
 from keras_lowrank.robustness.attacks._runner import (
     _CompiledPerModel,
@@ -32,6 +33,15 @@ def _square_fraction(p_init, iteration, n_queries):
         if it <= bound:
             return p_init / divisor
     return p_init / 512
+
+
+def _corners(positions, heights, widths, h, w):
+    """(top rows, left columns) of every iteration's window, on the host: the authors'
+    random_int(0, h − s) as floor(u (h − s)) in float32, as the graph computes it."""
+    positions = np.asarray(positions, np.float32)
+    top = np.floor(positions[:, 0] * (h - heights).astype(np.float32)).astype(np.int64)
+    left = np.floor(positions[:, 1] * (w - widths).astype(np.float32)).astype(np.int64)
+    return top, left
 
 
 def _eta_rectangles(rows, cols):
@@ -222,12 +232,27 @@ class Square(_RunsOnUnbroken):
         y = ops.cast(y, "int32")
         xc = ops.reshape(x, (-1, h, w, c))
         heights, widths = self._windows(h, w)
-        heights, widths = ops.convert_to_tensor(heights), ops.convert_to_tensor(widths)
+        heights_host, widths_host = heights, widths
         rows = ops.reshape(ops.arange(h, dtype="int32"), (h, 1, 1))
         cols = ops.reshape(ops.arange(w, dtype="int32"), (1, w, 1))
 
         x_best = self._clip(xc + self.eps * stripes)
+        # the ε-box and the input range as one box (x lies in the range; min and max
+        # round nothing, so this is the box's projection clipped, to the bit)
+        low, high = self._clip(xc - self.eps), self._clip(xc + self.eps)
+        eager = holds_values(positions)
+        if eager:  # torch: the windows' corners on the host, once
+            window_rows, window_cols = _corners(ops.convert_to_numpy(positions), heights, widths, h, w)
+        heights, widths = ops.convert_to_tensor(heights), ops.convert_to_tensor(widths)
+
         def propose(i, x_best):
+            if eager:  # the window written as a slice: 2 ops instead of the mask's ~15
+                k = int(i)
+                top, left = int(window_rows[k]), int(window_cols[k])
+                block = ops.broadcast_to(2.0 * self.eps * ops.reshape(signs[k], (1, 1, 1, c)),
+                                         (1, int(heights_host[k]), int(widths_host[k]), c))
+                delta = ops.slice_update(ops.zeros((1, h, w, c)), (0, top, left, 0), block)
+                return ops.minimum(ops.maximum(x_best + delta, low), high)
             side_h, side_w = ops.take(heights, i), ops.take(widths, i)
             u = ops.take(positions, i, axis=0)
             # the authors' random_int(0, h − s): floor(u (h − s)), never h − s itself
@@ -236,8 +261,7 @@ class Square(_RunsOnUnbroken):
             inside = ops.logical_and(ops.logical_and(rows >= top, rows < top + side_h),
                                      ops.logical_and(cols >= left, cols < left + side_w))
             delta = 2.0 * self.eps * ops.cast(inside, "float32") * ops.reshape(ops.take(signs, i, axis=0), (1, 1, c))
-            x_new = ops.minimum(ops.maximum(x_best + delta, xc - self.eps), xc + self.eps)
-            return self._clip(x_new)
+            return ops.minimum(ops.maximum(x_best + delta, low), high)
 
         return self._search(scores, xc, y, shape, x_best, propose)
 
