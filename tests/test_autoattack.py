@@ -23,6 +23,9 @@ from keras_lowrank.robustness.attacks import (
 from keras_lowrank.robustness.attacks._runner import _scores_function
 
 
+pytestmark = pytest.mark.torch  # also in the torch half (27 s there)
+
+
 @pytest.fixture(scope="module")
 def digits():
     x, y = data.load_digits_arrays("test")
