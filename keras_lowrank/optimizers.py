@@ -151,6 +151,11 @@ class DLRT(keras.optimizers.Optimizer):
         >>> u, _, _ = layer.factors()
         >>> bool(np.allclose(u.T @ u, np.eye(layer.rank), atol=1e-4))
         True
+
+    References:
+        - Schotthöfer et al., "Low-rank lottery tickets", NeurIPS 2022: https://arxiv.org/abs/2205.13571
+        - Schotthöfer et al., "Dynamical Low-Rank Compression of Neural Networks with Robustness under Adversarial
+          Attacks" (augmented BUG integrator), NeurIPS 2025: https://arxiv.org/abs/2505.08022
     """
 
     def __init__(self, inner_optimizer, steps_per_cycle=10, name=None, **kwargs):

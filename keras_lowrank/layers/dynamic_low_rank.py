@@ -354,6 +354,12 @@ class DynamicLowRankDense(DynamicLowRankBase):
         >>> _ = model.fit(x, x, epochs=2, verbose=0)
         >>> 1 <= layer.rank <= 8
         True
+
+    References:
+        - Schotthöfer, Zangrando, Kusch, Ceruti & Tudisco, "Low-rank lottery tickets: finding efficient low-rank
+          neural networks via matrix differential equations", NeurIPS 2022: https://arxiv.org/abs/2205.13571
+        - Schotthöfer et al., "Dynamical Low-Rank Compression of Neural Networks with Robustness under Adversarial
+          Attacks", NeurIPS 2025: https://arxiv.org/abs/2505.08022
     """
 
     def __init__(self, units, max_rank=None, rank=None, **kwargs):

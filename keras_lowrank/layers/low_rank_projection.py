@@ -124,6 +124,10 @@ class LowRankProjection(keras.layers.Layer):
         3
         >>> tuple(lr.encode(np.ones((5, 16), "float32")).shape)
         (5, 3)
+
+    References:
+        - Sanyal, Torr & Dokania, "Robustness via Deep Low-Rank Representations" (first title "Low Rank Structure of
+          Learned Representations"), 2018: https://arxiv.org/abs/1804.07090
     """
 
     def __init__(

@@ -114,6 +114,12 @@ class APGD(_RunsOnUnbroken):
         >>> [int(np.argmax(model.predict(APGD(eps, n_iter=10, seed=0)(model, x, [0]), verbose=0)))
         ...  for eps in (0.03, 0.1)]
         [0, 1]
+
+    References:
+        - Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free
+          attacks", ICML 2020: https://arxiv.org/abs/2003.01690
+        - Athalye, Engstrom, Ilyas & Kwok, "Synthesizing Robust Adversarial Examples" (expectation over
+          transformation), ICML 2018: https://arxiv.org/abs/1707.07397
     """
 
     def __init__(self, eps, norm="inf", loss=None, targeted=False, n_iter=100, restarts=1,

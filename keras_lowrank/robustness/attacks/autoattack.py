@@ -140,6 +140,12 @@ class AutoAttack(Attack):
         >>> result = AutoAttack(0.1, n_queries=100, seed=0).run(model, x, np.array([0, 0]))
         >>> result.robust.tolist(), result.broken_by.tolist(), result.robust_accuracy
         ([False, True], [0, -1], 0.5)
+
+    References:
+        - Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free
+          attacks", ICML 2020: https://arxiv.org/abs/2003.01690 (code: https://github.com/fra31/auto-attack)
+        - Athalye, Carlini & Wagner, "Obfuscated Gradients Give a False Sense of Security" (EOT against randomised
+          defences), ICML 2018: https://arxiv.org/abs/1802.00420
     """
 
     def __init__(self, eps, norm="inf", version="standard", n_iter=100, n_queries=5000,

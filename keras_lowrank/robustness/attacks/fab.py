@@ -184,6 +184,10 @@ class FAB(_RunsOnUnbroken):
         >>> [int(np.argmax(model.predict(FAB(eps, n_iter=10, n_target_classes=1)(model, x, [0]), verbose=0)))
         ...  for eps in (0.03, 0.1)]
         [0, 1]
+
+    References:
+        - Croce & Hein, "Minimally distorted Adversarial Examples with a Fast Adaptive Boundary Attack", ICML 2020:
+          https://arxiv.org/abs/1907.02044
     """
 
     def __init__(self, eps, norm="inf", n_iter=100, n_target_classes=9, alpha_max=0.1, eta=1.05, beta=0.9,

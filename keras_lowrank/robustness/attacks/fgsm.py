@@ -37,6 +37,10 @@ class FGSM(Attack):
         >>> x = np.full((1, 2), 0.5, "float32")
         >>> np.round(keras.ops.convert_to_numpy(FGSM(0.1)(model, x, [0])).astype(float), 4).tolist()
         [[0.4, 0.5]]
+
+    References:
+        - Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial Examples", ICLR 2015:
+          https://arxiv.org/abs/1412.6572
     """
 
     _sizes = ("eps",)

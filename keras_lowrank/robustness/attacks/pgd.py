@@ -50,6 +50,10 @@ class PGD(Attack):
         >>> adversarial = PGD(0.1, steps=5, random_start=False)(model, x, [0])
         >>> np.round(ops.convert_to_numpy(adversarial).astype(float), 4).tolist()
         [[0.4, 0.5]]
+
+    References:
+        - Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018:
+          https://arxiv.org/abs/1706.06083
     """
 
     _sizes = ("eps", "step_size")

@@ -57,6 +57,10 @@ class SPSA(Attack):
         >>> adversarial = SPSA(0.1, steps=8, samples=16, seed=0)(model, x, [0])
         >>> round(float(ops.convert_to_numpy(adversarial)[0, 0]), 4)
         0.4
+
+    References:
+        - Uesato et al., "Adversarial Risk and the Dangers of Evaluating Against Weak Attacks", ICML 2018:
+          https://arxiv.org/abs/1802.05666
     """
 
     norm = "inf"

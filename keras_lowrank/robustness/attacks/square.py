@@ -142,6 +142,10 @@ class Square(_RunsOnUnbroken):
         >>> x = np.array([[0.55, 0.5]], "float32")
         >>> int(np.argmax(model.predict(Square(0.1, n_queries=50, seed=0)(model, x, [0]), verbose=0)))
         1
+
+    References:
+        - Andriushchenko, Croce, Flammarion & Hein, "Square Attack: a query-efficient black-box adversarial attack
+          via random search", ECCV 2020: https://arxiv.org/abs/1912.00049
     """
 
     needs_gradients = False
