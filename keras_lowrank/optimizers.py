@@ -91,9 +91,9 @@ def _integrate_on_host(layers, augmenting):
     ``keep_all`` in ``DLRT._step`` returns, in the same dtypes.
 
     Why on the host, on JAX's CPU backend: XLA:CPU compiles each layer's (or each group
-    of alike layers') QR / SVD / basis-change code into kernels of their own — MobileNetV2's
-    29 low-rank layers added ~1700 kernel-level instructions to the train step and 4.4 s
-    to its first ``fit`` call, DenseNet121's 120 layers 14–17 s (docs/benchmarks.md) — where NumPy runs
+    of alike layers') QR / SVD / basis-change code into kernels of their own — seconds
+    added to the first ``fit`` call per few dozen low-rank layers (docs/benchmarks.md) —
+    where NumPy runs
     the same formulas at once, on matrices of r_max columns that a CPU factorizes in
     microseconds. Batched in XLA instead (``vectorized_map``), a LAPACK call
     waits on tasks of XLA's intra-op thread pool from a thread of that pool, and two such

@@ -125,7 +125,7 @@ def to_low_rank(
     initialised by the SVD of the trained kernel (as a matrix) truncated to ``rank``
     (an int), to a ``budget``, or by the tolerance rule ‖d[r:]‖ < tol·‖d‖ (float64; with
     ``rank`` given, a kernel of ≥ 256 on its short side takes only its leading triplets,
-    by SciPy's ARPACK where installed: VGG16's conversion 33 → 4 s). Outputs match the
+    by SciPy's ARPACK where installed, several times faster). Outputs match the
     original up to the truncation error. Other layers keep their weights; the model's
     class stays (a keras-hub ``CausalLM`` still generates). The copy is made by Keras'
     own saving, so the model and its custom layers must be serializable (get_config,

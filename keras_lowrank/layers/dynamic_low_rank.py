@@ -288,12 +288,11 @@ def _svd_factors(matrix):
 def _leading_factors(kernel, shape, rank):
     """(U, d, V) holding at least the leading ``rank`` triplets of a drawn kernel, as a
     matrix of ``shape`` (n_in, n_out). A concrete kernel is decomposed in float64 NumPy
-    (``_svd.matrix_svd``): by ARPACK where few of a large matrix's are needed
-    (``DynamicLowRankDense(4096, max_rank=64)`` on 4096 inputs: ~1 s instead of a 14 s
-    full SVD on TF), else by LAPACK's full SVD up to 1024 on the short side (an eager
-    ``ops.svd`` on JAX compiles for each layer shape: 12 layers built in 5.6 s against
-    Dense's 2.6 s). A larger full SVD and a traced kernel take the backend's SVD
-    (float32, faster there)."""
+    (``_svd.matrix_svd``): by ARPACK where few of a large matrix's are needed (far
+    cheaper than a full SVD of e.g. a 4096 × 4096 kernel at max_rank 64), else by
+    LAPACK's full SVD up to 1024 on the short side (an eager ``ops.svd`` on JAX would
+    compile for each layer shape). A larger full SVD and a traced kernel take the
+    backend's SVD (float32, faster there)."""
     if leading_pays(shape, rank) or min(shape) <= 1024:
         try:
             concrete = np.asarray(ops.convert_to_numpy(kernel), "float64").reshape(shape)

@@ -251,8 +251,7 @@ def compile_function(model, fn):
     jax.jit); on JAX the model's variables are arguments, so a cached function never
     sees stale weights. TensorFlow traces without AutoGraph, as Keras' own train and
     test steps do: the attacks' loops are graph loops (``keras.ops``) already, and
-    AutoGraph's source conversion was ~80 % of an attack's first call (APGD-100 on the
-    digits CNN: 3.6 s → 0.8 s)."""
+    AutoGraph's source conversion was most of an attack's first call (docs/benchmarks.md)."""
     if keras.backend.backend() == "torch":
         return _eager(fn)
     if keras.backend.backend() == "tensorflow":
@@ -276,8 +275,8 @@ def without_autograd():
 
     An attack's loop runs eagerly on torch, and every forward pass through a model
     whose weights require gradients records a graph: a value kept from one iteration to
-    the next (Square's best margin) would hold every iteration's activations alive —
-    13 GB for Square's 5000 queries on 200 digits before this."""
+    the next (Square's best margin) would hold every iteration's activations alive:
+    memory growing with the queries (docs/development.md)."""
     if keras.backend.backend() != "torch":
         yield
         return

@@ -222,9 +222,10 @@ class _Evaluator:
     def _pair_inputs(self, pair):
         """``evaluate``'s arguments for ``pair`` padded (``_padded_pair``), made once per
         report: on TensorFlow a ``tf.data.Dataset`` of (x, y, sample weight) batches —
-        from arrays Keras builds one at every ``evaluate``, ~40 ms of tracing dataset
-        functions per row (docs/benchmarks.md) — elsewhere the arrays and batch size
-        (Keras' array adapter costs ~1 ms there, and JAX users need not have TensorFlow)."""
+        from arrays Keras builds one at every ``evaluate``, tracing dataset functions
+        again for every row (docs/benchmarks.md) — elsewhere the arrays and batch size
+        (Keras' array adapter costs little there, and JAX users need not have
+        TensorFlow)."""
         key = id(pair)
         if key not in self._pairs:
             x, y, weights, batch = _padded_pair(pair)
@@ -311,7 +312,7 @@ def _padded_pair(data):
     """(x, y) padded to a whole number of equal batches, the padding weighted 0.
 
     JAX compiles a step once per batch shape: a smaller last batch would compile
-    every perturbation's step twice (~1 s each on a CPU). The padding repeats the
+    every perturbation's step twice (each a compile of the whole step). The padding repeats the
     first examples with sample weight 0, so the weighted accuracy is exactly the
     accuracy on ``data``."""
     x, y = (np.asarray(keras.ops.convert_to_numpy(a)) for a in data)
