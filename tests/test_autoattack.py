@@ -10,10 +10,11 @@ import keras
 import numpy as np
 import pytest
 
-from keras_lowrank import data
+from keras_lowrank import LowRankWarning, data
 from keras_lowrank.robustness import PGD, PerturbedModel, evaluate_robustness
 from keras_lowrank.robustness.attacks import (
     APGD,
+    APGDT,
     AutoAttack,
     Square,
     apgd_checkpoints,
@@ -349,7 +350,7 @@ def test_apgd_is_at_least_as_strong_as_pgd_100(trained_cnn, digits):
 
 
 @pytest.mark.parametrize("attack", [
-    APGD(0.1, seed=0, n_iter=20), APGD(0.1, targeted=True, n_target_classes=3, n_iter=20, seed=0),
+    APGD(0.1, seed=0, n_iter=20), APGDT(0.1, n_target_classes=3, n_iter=20, seed=0),
     APGD(1.0, norm=2, loss="dlr", n_iter=20, seed=0), Square(0.1, n_queries=300, seed=0),
     Square(1.0, norm=2, n_queries=300, seed=0),
 ], ids=lambda a: a.name)
@@ -574,8 +575,8 @@ class SoftmaxByOps(keras.layers.Layer):
 def test_softmax_outputs_are_attacked_through_their_logits(trained_cnn, digits):
     x, y = digits
     with_softmax = keras.Sequential([keras.Input((8, 8, 1))] + trained_cnn.layers + [keras.layers.Softmax()])
-    on_logits = APGD(0.1, targeted=True, n_target_classes=2, n_iter=20, seed=0)(trained_cnn, x, y)
-    on_softmax = APGD(0.1, targeted=True, n_target_classes=2, n_iter=20, seed=0)(with_softmax, x, y)
+    on_logits = APGDT(0.1, n_target_classes=2, n_iter=20, seed=0)(trained_cnn, x, y)
+    on_softmax = APGDT(0.1, n_target_classes=2, n_iter=20, seed=0)(with_softmax, x, y)
     np.testing.assert_array_equal(on_softmax, on_logits)
     hidden = keras.Sequential([keras.Input((8, 8, 1))] + trained_cnn.layers + [SoftmaxByOps()])
     attack = AutoAttack(0.1, version="fast", n_iter=10, seed=0)
@@ -624,13 +625,26 @@ def test_bad_inputs_say_what_is_wrong(trained_cnn, digits):
         APGD(0.1, loss="dlr")(binary, np.full((2, 3), 0.5, "float32"), [0, 1])
 
 
-@pytest.mark.parametrize("attack", [APGD(0.1, targeted=True, n_iter=7, seed=3), Square(0.2, n_queries=9, seed=1),
+@pytest.mark.parametrize("attack", [APGDT(0.1, n_iter=7, seed=3), Square(0.2, n_queries=9, seed=1),
                                     AutoAttack(0.3, norm=2, version="fast", seed=2), APGD(0.1, eot_iter=4),
                                     AutoAttack(0.1, version="rand")], ids=repr)
 def test_configs_round_trip(attack):
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(attack))
     assert type(clone) is type(attack) and clone.get_config() == attack.get_config()
     assert clone.name == attack.name
+
+
+def test_apgd_targeted_is_deprecated_for_apgdt_which_runs_the_same_attack(trained_cnn, digits):
+    """``APGD(targeted=True)`` (y the true labels, unlike ``targeted`` elsewhere) warns
+    and names ``APGDT``; the two give the same points. ``APGDT`` refuses ``targeted=True``."""
+    x, y = digits
+    with pytest.warns(LowRankWarning, match=r"APGD\(targeted=True\) is deprecated.*APGDT"):
+        old = APGD(0.1, targeted=True, n_target_classes=2, n_iter=10, seed=0)
+    new = APGDT(0.1, n_target_classes=2, n_iter=10, seed=0)
+    assert old.name == new.name and new.apgd_targeted and new.loss == "dlr"
+    np.testing.assert_array_equal(np.asarray(old(trained_cnn, x, y)), np.asarray(new(trained_cnn, x, y)))
+    with pytest.raises(ValueError, match="APGDT takes no `targeted=True`"):
+        APGDT(0.1, targeted=True)
 
 
 # ---------------------------------------------------------------- FAB-T against the authors' code

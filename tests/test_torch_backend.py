@@ -17,6 +17,7 @@ from keras_lowrank import data
 from keras_lowrank.compression import export_compressed, to_low_rank
 from keras_lowrank.robustness import (
     APGD,
+    APGDT,
     FAB,
     FGSM,
     PGD,
@@ -87,7 +88,7 @@ def test_every_attack_stays_in_its_ball_and_lowers_accuracy(trained, norm):
     eps = 0.1 if norm == "inf" else 0.8
     clean = np.mean(_predict(model, x) == y)
     attacks = [FGSM(eps, norm=norm), PGD(eps, norm=norm, steps=10, seed=0), APGD(eps, norm=norm, n_iter=20, seed=0),
-               APGD(eps, norm=norm, n_iter=20, targeted=True, seed=0), FAB(eps, norm=norm, n_iter=10),
+               APGDT(eps, norm=norm, n_iter=20, seed=0), FAB(eps, norm=norm, n_iter=10),
                Square(eps, norm=norm, n_queries=200, seed=0)]
     if norm == "inf":
         attacks.append(SPSA(eps, steps=5, samples=16, seed=0))

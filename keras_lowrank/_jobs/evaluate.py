@@ -44,7 +44,7 @@ class AttackSpec:
         if self.name == "apgd-ce":
             return r.APGD(self.eps, norm=self.norm, loss="ce", seed=seed, **common_args)
         if self.name == "apgd-t":
-            return r.APGD(self.eps, norm=self.norm, targeted=True, seed=seed, **common_args)
+            return r.APGDT(self.eps, norm=self.norm, seed=seed, **common_args)
         if self.name == "fab":
             return r.FAB(self.eps, norm=self.norm, **common_args)
         if self.name == "square":

@@ -22,7 +22,7 @@ Files: ``base`` (the ``Attack`` class and shared steps), ``fgsm``, ``pgd``,
 ``autoattack`` (the ensemble); ``_runner`` holds what AutoAttack's stages share.
 """
 
-from keras_lowrank.robustness.attacks.apgd import APGD, apgd_checkpoints
+from keras_lowrank.robustness.attacks.apgd import APGD, APGDT, apgd_checkpoints
 from keras_lowrank.robustness.attacks.autoattack import AutoAttack, AutoAttackResult
 from keras_lowrank.robustness.attacks.base import Attack
 from keras_lowrank.robustness.attacks.fab import FAB, project_to_hyperplane_l2, project_to_hyperplane_linf
@@ -32,6 +32,6 @@ from keras_lowrank.robustness.attacks.pgd import PGD
 from keras_lowrank.robustness.attacks.spsa import SPSA
 from keras_lowrank.robustness.attacks.square import Square, square_eta
 
-__all__ = ["Attack", "FGSM", "PGD", "SPSA", "APGD", "Square", "FAB", "AutoAttack", "AutoAttackResult",
+__all__ = ["Attack", "FGSM", "PGD", "SPSA", "APGD", "APGDT", "Square", "FAB", "AutoAttack", "AutoAttackResult",
            "apgd_checkpoints", "dlr_loss", "targeted_dlr_loss", "square_eta", "project_to_hyperplane_linf",
            "project_to_hyperplane_l2"]

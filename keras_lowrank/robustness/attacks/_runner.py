@@ -49,7 +49,7 @@ def _refuse_targeted(name, targeted, why):
         raise ValueError(
             f"{name} takes no `targeted=True`: {why}. For an attack towards classes you "
             "choose, use PGD(eps, targeted=True) or FGSM(eps, targeted=True) with y the target "
-            "classes; for AutoAttack's targeted stage, APGD(eps, targeted=True).")
+            "classes; for AutoAttack's targeted stage, APGDT(eps).")
 
 
 def _bucket(n, full):

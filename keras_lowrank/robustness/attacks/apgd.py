@@ -2,11 +2,14 @@
 adapts itself."""
 
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
 
 from keras_lowrank._validation import check_int, check_number
+from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.robustness._gradients import (
     compile_function,
     value_and_grad,
@@ -89,13 +92,13 @@ class APGD(_RunsOnUnbroken):
         eps: the perturbation budget (≥ 0).
         norm: "inf" (or np.inf) or 2.
         loss: "ce" (cross-entropy) or "dlr" (difference of logits ratio); None
-            (default): "ce", and the targeted DLR loss when ``targeted``.
-        targeted: APGD-T: for each of the ``n_target_classes`` classes ranked
-            highest after the true one (on the clean input), maximise the targeted
-            loss towards it. ``y`` still holds the true labels.
+            (default): "ce".
+        targeted: deprecated (a ``LowRankWarning``; removed in the next release): use
+            ``APGDT``. Elsewhere ``targeted=True`` means that ``y`` holds target
+            classes; here it meant APGD-T, with ``y`` the true labels.
         n_iter: iterations N per run (≥ 1).
         restarts: random restarts (≥ 1) per target.
-        n_target_classes: targets of APGD-T (at most classes − 1 are used).
+        n_target_classes: targets of the deprecated ``targeted=True``.
         rho: ρ, the share of rising steps below which η is halved.
         eot_iter: passes per gradient (≥ 1; 20 in AutoAttack's "rand" version).
         seed: seed of the random starts (and of the passes' draws).
@@ -122,13 +125,19 @@ class APGD(_RunsOnUnbroken):
           transformation), ICML 2018: https://arxiv.org/abs/1707.07397
     """
 
+    _TARGETED = False  # APGDT: True
+
     def __init__(self, eps, norm="inf", loss=None, targeted=False, n_iter=100, restarts=1,
                  n_target_classes=9, rho=0.75, eot_iter=1, seed=None, **kwargs):
-        kwargs.pop("targeted", None)
+        if targeted and not self._TARGETED:
+            warnings.warn(
+                "APGD(targeted=True) is deprecated and will be removed in the next release: use "
+                "APGDT(eps, ...), with y the true labels (targeted=True on FGSM, PGD and SPSA means "
+                "that y holds the target classes).", LowRankWarning, stacklevel=2)
         super().__init__(targeted=False, **kwargs)
         self.eps = check_number(eps, "eps", minimum=0.0)
         self.norm = _check_norm(norm)
-        self.apgd_targeted = bool(targeted)
+        self.apgd_targeted = self._TARGETED or bool(targeted)
         if loss is None:
             loss = "dlr" if self.apgd_targeted else "ce"
         if loss not in ("ce", "dlr"):
@@ -340,3 +349,69 @@ class APGD(_RunsOnUnbroken):
             x, ops.convert_to_tensor(np.asarray(y), "int32"), ops.convert_to_tensor(start, "float32"))
         names = ("x_adv", "robust", "x_best", "loss_best", "step_size")
         return {n: np.asarray(ops.convert_to_numpy(v)) for n, v in zip(names, out)}
+
+
+@keras.saving.register_keras_serializable(package="keras_lowrank")
+class APGDT(APGD):
+    """APGD-T (Croce & Hein 2020): APGD on the targeted DLR loss
+
+        L(x) = −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12),
+
+    run once per target t: the ``n_target_classes`` classes ranked highest after the
+    true one on the clean input, each run only on the examples no earlier target broke.
+    ``y`` holds the true labels (the attack chooses its targets; for an attack towards
+    classes you choose, ``PGD(eps, targeted=True)`` with ``y`` the targets). Needs ≥ 4
+    classes. The iteration, step-size schedule and arguments are ``APGD``'s.
+
+    Args:
+        eps: the perturbation budget (≥ 0).
+        norm: "inf" (or np.inf) or 2.
+        loss: "dlr" (the targeted DLR above, default) or "ce" (minus the cross-entropy
+            of the target).
+        n_iter: iterations N per run (≥ 1).
+        restarts: random restarts (≥ 1) per target.
+        n_target_classes: targets (at most classes − 1 are used; 9 in AutoAttack).
+        rho: ρ, the share of rising steps below which η is halved.
+        eot_iter: passes per gradient (≥ 1).
+        seed: seed of the random starts (and of the passes' draws).
+
+    Keyword Args:
+        clip: see ``Attack``.
+        from_logits: see ``Attack``.
+
+    Examples:
+        four classes; the example sits 0.05 from the decision towards class 1, the
+        runner-up: APGD-T at ε = 0.1 reaches it.
+
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4)])
+        >>> model.layers[0].set_weights([np.array([[1.0, -1.0, 0, 0], [0, 0, 0, 0]]),
+        ...                              np.array([-0.5, 0.5, -5, -5])])
+        >>> x = np.array([[0.55, 0.5]], "float32")
+        >>> found = APGDT(0.1, n_iter=10, n_target_classes=1, seed=0)(model, x, [0])
+        >>> int(np.argmax(model.predict(found, verbose=0)))
+        1
+
+    References:
+        - Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free
+          attacks", ICML 2020: https://arxiv.org/abs/2003.01690
+    """
+
+    _TARGETED = True
+
+    def __init__(self, eps, norm="inf", loss="dlr", n_iter=100, restarts=1, n_target_classes=9, rho=0.75,
+                 eot_iter=1, seed=None, **kwargs):
+        if kwargs.pop("targeted", False):
+            raise ValueError("APGDT takes no `targeted=True`: it is targeted, choosing its own target "
+                             "classes, with y the true labels. For an attack towards classes you choose, "
+                             "use PGD(eps, targeted=True) with y the target classes.")
+        super().__init__(eps, norm, loss=loss, n_iter=n_iter, restarts=restarts,
+                         n_target_classes=n_target_classes, rho=rho, eot_iter=eot_iter, seed=seed, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("targeted")
+        return config
+
+    def __repr__(self):
+        return (f"APGDT(eps={self.eps:g}, norm={self.norm}, loss={self.loss}, n_iter={self.n_iter}, "
+                f"restarts={self.restarts}, n_target_classes={self.n_target_classes}, eot_iter={self.eot_iter})")

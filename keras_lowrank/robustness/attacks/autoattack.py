@@ -28,6 +28,7 @@ from keras_lowrank.robustness.attacks._runner import (
 )
 from keras_lowrank.robustness.attacks.apgd import (
     APGD,
+    APGDT,
 )
 from keras_lowrank.robustness.attacks.base import (
     _SYMBOL,
@@ -170,7 +171,7 @@ class AutoAttack(Attack):
             self._gradients = _CompiledPerModel(self._build_gradients)
             return
         self.stages = [APGD(self.eps, self.norm, loss="ce", n_iter=self.n_iter, seed=seeds[0], **common),
-                       APGD(self.eps, self.norm, targeted=True, n_iter=self.n_iter,
+                       APGDT(self.eps, self.norm, n_iter=self.n_iter,
                             n_target_classes=9 if version == "standard" else 3, seed=seeds[1], **common)]
         if version == "standard":
             if self.clip is not None:
