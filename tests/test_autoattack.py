@@ -23,7 +23,6 @@ from keras_lowrank.robustness.attacks import (
 )
 from keras_lowrank.robustness.attacks._runner import _scores_function
 
-
 pytestmark = pytest.mark.torch  # also in the torch half (27 s there)
 
 
