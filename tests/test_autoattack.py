@@ -23,7 +23,7 @@ from keras_lowrank.robustness.attacks import (
 )
 from keras_lowrank.robustness.attacks._runner import _scores_function
 
-pytestmark = pytest.mark.torch  # also in the torch half (27 s there)
+pytestmark = pytest.mark.torch  # also in the torch half
 
 
 @pytest.fixture(scope="module")
@@ -367,6 +367,9 @@ def test_attacks_stay_in_the_ball_and_only_return_misclassified_points(trained_c
     assert accuracy(trained_cnn, adversarial, y) < accuracy(trained_cnn, x, y)
 
 
+@pytest.mark.skipif(keras.backend.backend() == "torch",
+                    reason="on torch, tests/test_torch_backend.py runs AutoAttack against torchattacks' "
+                           "ensemble and in a report (keeps the torch half within its time)")
 def test_autoattack_is_the_worst_case_of_its_stages(trained_cnn, digits):
     x, y = digits
     eps = 0.08
@@ -590,6 +593,9 @@ def test_softmax_outputs_are_attacked_through_their_logits(trained_cnn, digits):
 # ---------------------------------------------------------------- the report, inputs, configs
 
 
+@pytest.mark.skipif(keras.backend.backend() == "torch",
+                    reason="on torch, tests/test_torch_backend.py runs AutoAttack against torchattacks' "
+                           "ensemble and in a report (keeps the torch half within its time)")
 def test_evaluate_robustness_reports_autoattack_and_its_stages(trained_cnn, digits):
     x, y = digits
     attack = AutoAttack(0.1, n_iter=20, n_queries=200, seed=0)
