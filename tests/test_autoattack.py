@@ -9,6 +9,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from randomised import RandomPhase
 
 from keras_lowrank import LowRankWarning, data
 from keras_lowrank.robustness import PGD, PerturbedModel, evaluate_robustness
@@ -534,20 +535,6 @@ def test_eot_gradient_is_the_mean_of_the_passes_gradients():
     np.testing.assert_allclose(z, passes[-1], rtol=1e-5, atol=1e-6)
     last = passes[-1] - passes[-1].max(axis=1, keepdims=True)
     np.testing.assert_allclose(loss, np.log(np.exp(last).sum(axis=1)) - last[np.arange(3), y], rtol=1e-5, atol=1e-6)
-
-
-class RandomPhase(keras.layers.Layer):
-    """x + 0.05 sin(100 x + 2π u), u uniform per pixel and pass: the output moves by at
-    most 0.05, but the input gradient's factor 1 + 5 cos(·) is of random sign on each
-    pass, 1 on average (a randomised defence whose single-pass gradients mislead)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.seed = keras.random.SeedGenerator(0)
-
-    def call(self, x):
-        u = keras.random.uniform(keras.ops.shape(x), seed=self.seed)
-        return x + 0.05 * keras.ops.sin(100.0 * x + 2 * math.pi * u)
 
 
 def test_eot_breaks_more_of_a_randomised_model_than_single_passes(trained_cnn, digits):

@@ -12,6 +12,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from randomised import RandomPhase
 
 from keras_lowrank import data
 from keras_lowrank.compression import export_compressed, to_low_rank
@@ -161,19 +162,6 @@ def test_autoattack_leaves_the_robust_examples_torchattacks_ensemble_does(traine
     robust, _ = _their_autoattack(model, x, y)
     assert np.sum(robust != result.robust) <= 3, (robust.mean(), result.robust_accuracy)
     assert result.robust_accuracy < result.clean_accuracy
-
-
-class RandomPhase(keras.layers.Layer):
-    """x + 0.05 sin(100 x + 2π u), u uniform per pixel and pass: a randomised defence
-    whose single-pass input gradients are of random sign (tests/test_autoattack.py)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.seed = keras.random.SeedGenerator(0)
-
-    def call(self, x):
-        u = keras.random.uniform(keras.ops.shape(x), seed=self.seed)
-        return x + 0.05 * keras.ops.sin(100.0 * x + 2 * np.pi * u)
 
 
 def test_autoattack_rand_equals_torchattacks_eot_stages_within_the_seeds_spread(trained):
