@@ -23,6 +23,7 @@ from keras_lowrank.robustness._report_inputs import (
 )
 from keras_lowrank.robustness._sweep import Identity, Sweep, sweep_group
 from keras_lowrank.robustness.attacks import APGD, FAB, FGSM, PGD, SPSA, AutoAttack, Square
+from keras_lowrank.robustness.attacks.autoattack import EOT_ITER
 from keras_lowrank.robustness.attacks.base import _SYMBOL, resolve_from_logits
 from keras_lowrank.robustness.corruptions import Corruption
 from keras_lowrank.robustness.evaluation import PerturbedModel
@@ -507,7 +508,7 @@ def _randomized_check(flags, label):
     version (gradients averaged over passes), which passes it."""
     if flags.get("version") == "rand":
         return Check("AutoAttack: forward pass deterministic, or attacked with EOT", True,
-                     f"{label}: version 'rand', each gradient averaged over 20 passes"
+                     f"{label}: version 'rand', each gradient averaged over {EOT_ITER} passes"
                      + (" (outputs differ between passes)" if flags["randomized"] else ""))
     return Check("AutoAttack: forward pass deterministic, or attacked with EOT", not flags["randomized"],
                  f"{label}: " + ("outputs differ between passes (a randomised defence?): attack it with "
