@@ -83,7 +83,6 @@ def run(args, meta):
     import keras
 
     from keras_lowrank.robustness import all_corruptions, evaluate_robustness
-    from keras_lowrank.robustness.attacks.losses import DLR_MIN_CLASSES, TARGETED_DLR_MIN_CLASSES
 
     model = common.load_model(args.model)
     explicit = args.attacks is not None
@@ -96,20 +95,18 @@ def run(args, meta):
     if common.named_inputs(model) is not None:
         return _token_model(args, meta, model, arrays, explicit)
     classes = common.num_classes(model)
-    for spec in attacks:  # before any row runs
-        needed, loss = ((DLR_MIN_CLASSES, "DLR") if spec.name == "autoattack-rand"
-                        else (TARGETED_DLR_MIN_CLASSES, "targeted DLR")
-                        if spec.name in ("autoattack", "autoattack-fast", "apgd-t") else (0, None))
+    built = [spec.build(args.clip, args.seed) for spec in attacks]
+    for spec, attack in zip(attacks, built):  # before any row runs; each attack knows what it needs
+        needed, what = getattr(attack, "required_classes", (0, None))
         if classes < needed:
             raise JobError(f"--attacks {spec.name}:{spec.eps:g}: needs a model of at least {needed} classes "
-                           f"(its {loss} loss); this one has {classes}. Use the attacks that apply: "
+                           f"({what}); this one has {classes}. Use the attacks that apply: "
                            f"--attacks apgd-ce:{spec.eps:g} square:{spec.eps:g}.")
     keras.utils.set_random_seed(args.seed)
     corruptions = []
     if args.corruptions:
         image = len(x.shape) == 4
         corruptions = all_corruptions(severities=tuple(args.corruptions), seed=args.seed, image=image)
-    built = [spec.build(args.clip, args.seed) for spec in attacks]
     print(f"{args.model}: {len(x)} test examples; {len(built)} attack(s), {len(args.noise)} noise level(s), "
           f"{len(corruptions)} corruption(s)")
     try:

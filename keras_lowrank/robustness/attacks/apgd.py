@@ -194,11 +194,18 @@ class APGD(_RunsOnUnbroken):
         found, still = self._single_run(scores, x, y, key, noise)[:2]
         return found, still < 0.5
 
+    @property
+    def required_classes(self):
+        """(the fewest classes the attack can run on, what needs them)."""
+        if self.loss != "dlr":
+            return 2, "the cross-entropy"
+        if self.apgd_targeted:
+            return TARGETED_DLR_MIN_CLASSES, "the targeted DLR loss"
+        return DLR_MIN_CLASSES, "the DLR loss"
+
     def _check_classes(self, num_classes):
-        targeted = self.apgd_targeted and self.loss == "dlr"
-        needed = TARGETED_DLR_MIN_CLASSES if targeted else DLR_MIN_CLASSES if self.loss == "dlr" else 2
+        needed, what = self.required_classes
         if num_classes < needed:
-            what = "the targeted DLR loss" if targeted else "the DLR loss"
             raise ValueError(f"{what} needs at least {needed} classes; the model has {num_classes}. "
                              'Use loss="ce" (untargeted).')
 

@@ -168,11 +168,10 @@ class AutoAttack(Attack):
         if version == "rand":
             self.stages = [APGD(self.eps, self.norm, loss=loss, n_iter=self.n_iter, eot_iter=EOT_ITER,
                                 seed=seeds[k], **common) for k, loss in enumerate(("ce", "dlr"))]
-            self._gradients = _CompiledPerModel(self._build_gradients)
-            return
-        self.stages = [APGD(self.eps, self.norm, loss="ce", n_iter=self.n_iter, seed=seeds[0], **common),
-                       APGDT(self.eps, self.norm, n_iter=self.n_iter,
-                            n_target_classes=9 if version == "standard" else 3, seed=seeds[1], **common)]
+        else:
+            self.stages = [APGD(self.eps, self.norm, loss="ce", n_iter=self.n_iter, seed=seeds[0], **common),
+                           APGDT(self.eps, self.norm, n_iter=self.n_iter,
+                                 n_target_classes=9 if version == "standard" else 3, seed=seeds[1], **common)]
         if version == "standard":
             if self.clip is not None:
                 self.stages.append(FAB(self.eps, self.norm, n_iter=self.n_iter, n_target_classes=9, **common))
@@ -192,6 +191,13 @@ class AutoAttack(Attack):
 
     def __repr__(self):
         return f"AutoAttack(eps={self.eps:g}, norm={self.norm}, version={self.version!r})"
+
+    @property
+    def required_classes(self):
+        """(the fewest classes the ensemble can run on, what needs them)."""
+        if self.version == "rand":
+            return DLR_MIN_CLASSES, "its DLR loss, in APGD-DLR"
+        return TARGETED_DLR_MIN_CLASSES, "its targeted DLR loss, in APGD-T"
 
     @property
     def stage_names(self):
@@ -237,12 +243,11 @@ class AutoAttack(Attack):
         refuse_token_inputs(model, x, "AutoAttack")
         x = np.asarray(ops.convert_to_numpy(ops.convert_to_tensor(x, "float32")))
         num_classes = self._num_classes(model, ops.convert_to_tensor(x[:1]))
-        needed, stage = ((DLR_MIN_CLASSES, "APGD-DLR stage's DLR") if self.version == "rand"
-                         else (TARGETED_DLR_MIN_CLASSES, "APGD-T stage's targeted DLR"))
+        needed, what = self.required_classes
         if num_classes < needed:
             raise ValueError(
-                f"AutoAttack ({self.version}) needs a model of at least {needed} classes (its {stage} "
-                f"loss); the model has {num_classes}. Evaluate such a model with the stages "
+                f"AutoAttack ({self.version}) needs a model of at least {needed} classes ({what}); "
+                f"the model has {num_classes}. Evaluate such a model with the stages "
                 "that apply: evaluate_robustness(model, data, attacks=[APGD(eps, loss='ce'), "
                 "Square(eps)]).")
         self._check_range(x)
