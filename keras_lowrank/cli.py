@@ -159,6 +159,10 @@ def build_parser():
     compress.add_argument("--quantize", choices=["int8", "int4"], default=None,
                           help="store the exported Dense factors as integers (Keras' own quantisation; "
                                "convolutions stay float32)")
+    compress.add_argument("--prefer", choices=["size", "speed"], default="size",
+                          help="each low-rank layer exported as its factor pair or as one layer with the kernel "
+                               "multiplied back: the form with fewer weights (size, default) or the one timed "
+                               "faster here, on test inputs (speed: run where the model will run)")
     compress.add_argument("--check-examples", type=_positive_int, default=256,
                           help="test examples the re-loaded files are checked on (default 256)")
 

@@ -445,12 +445,20 @@ def test_other_backend_and_no_tensorflow(saved, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert _report(tmp_path / "other")["meta"]["backend"] == other
     done = _cli("compress", saved["model"], "--data", "digits", "--limit", "100", "--rank", "4",
-                "--finetune-epochs", "1", "--output", str(tmp_path / "jax"), "--quiet",
+                "--finetune-epochs", "1", "--prefer", "speed", "--output", str(tmp_path / "jax"), "--quiet",
                 env={"KERAS_BACKEND": "jax"}, block_tensorflow=True)
     assert done.returncode == 0, done.stderr[-2000:]
     report = _report(tmp_path / "jax")
     assert report["meta"]["backend"] == "jax" and "tensorflow" not in report["meta"]["versions"]
     assert [c["format"] for c in report["reload_checks"]] == ["keras"] and report["reload_checks"][0]["passed"]
+    # --prefer speed: each converted layer timed in both forms, and the file holds the form
+    # the report names (a Keras layer with the kernel multiplied back, or the factor pair)
+    exported = keras.saving.load_model(tmp_path / "jax" / "export" / "model.keras")
+    assert report["settings"]["prefer"] == "speed"
+    assert sorted(report["exported_forms"]) == sorted(report["export_timings"]) == ["conv", "features"]
+    for path, form in report["exported_forms"].items():
+        assert isinstance(exported.get_layer(path), keras.Sequential) == (form == "factors")
+        assert all(seconds > 0 for seconds in report["export_timings"][path]["seconds"].values())
     done = _cli("compress", saved["model"], "--data", "digits", "--formats", "saved_model", "--output",
                 str(tmp_path / "no"), env={"KERAS_BACKEND": "jax"}, block_tensorflow=True)
     assert done.returncode == 2 and "need TensorFlow" in done.stderr

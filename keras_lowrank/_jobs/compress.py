@@ -217,7 +217,10 @@ def run(args, meta):
         export = os.path.join(folder, "export")
         quantize = getattr(args, "quantize", None)
         try:
-            written = compression.export_compressed(low, export, formats=args.formats, quantize=quantize)
+            prefer = getattr(args, "prefer", "size")
+            timing_x = common.rows(x_test, None, args.batch_size) if prefer == "speed" else None
+            written = compression.export_compressed(low, export, formats=args.formats, quantize=quantize,
+                                                    prefer=prefer, data=timing_x)
         except ValueError as error:  # e.g. a SavedModel Keras cannot trace on this backend
             raise JobError(f"--formats {' '.join(args.formats)}: {error}") from None
         compact = written["model"]
@@ -247,6 +250,7 @@ def run(args, meta):
             ["DLRT fine-tuning", "", finetuning],
         ] + ([["test accuracy after quantisation", "", f"{quantised:.4f} ({quantize}, Keras' own)"]]
              if quantize else []) + [
+            ["exported forms", "", _forms_text(written["forms"], prefer)],
             ["parameters", f"{model.count_params():,}", f"{compact.count_params():,}"],
         ] + [[f"file size ({kind})", common.human_size(sizes_before[kind]),
               common.human_size(sizes_after[kind])] for kind in args.formats]
@@ -275,11 +279,13 @@ def run(args, meta):
                   "parameters": {"before": model.count_params(), "after": compact.count_params()},
                   "file_sizes": {"before": sizes_before, "after": sizes_after},
                   "summary": summary.to_dict(), "reload_checks": checks,
+                  "exported_forms": written["forms"], "export_timings": written["timings"],
                   "fine_tuning": finetuning, "fine_tuning_held_out": held_out, "quantize": quantize,
                   "budget_search": search,
                   "settings": {"budget": args.budget, "tol": args.tol, "rank": args.rank, "max_drop": max_drop,
                                "calibration_examples": n_calibration, "spectral_weight": args.spectral_weight,
-                               "finetune_epochs": args.finetune_epochs, "formats": list(args.formats)}}
+                               "finetune_epochs": args.finetune_epochs, "formats": list(args.formats),
+                               "prefer": prefer}}
         _plot(summary, os.path.join(folder, "compression.png"))
         common.write_report(folder, f"Compression of {os.path.basename(args.model)}", meta, sections, record)
     print(f"accuracy {before:.4f} → {after:.4f}; parameters {model.count_params():,} → "
@@ -291,6 +297,17 @@ def run(args, meta):
               f"(see {args.output}/report.md)", file=sys.stderr)
         return 1
     return 0
+
+
+def _forms_text(forms, prefer):
+    """The report's line on the exported forms: how many layers as factor pairs, which dense."""
+    import keras
+
+    dense = [path for path, form in forms.items() if form == "dense"]
+    why = ("fewer weights" if prefer == "size" else
+           f"timed faster here, on {keras.backend.backend()}, on a batch of test inputs")
+    return (f"--prefer {prefer} ({why}): {len(forms) - len(dense)} layer(s) as factor pairs"
+            + (f", {len(dense)} with the kernel multiplied back: {', '.join(dense)}" if dense else ""))
 
 
 CALIBRATION_EXAMPLES = 256
@@ -406,9 +423,9 @@ def _plot(summary, path):
     fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(rows), 3.4))
     positions = np.arange(len(rows))
     ax.bar(positions - 0.2, [r["dense_params"] for r in rows], 0.4, label="dense")
-    ax.bar(positions + 0.2, [r["low_rank_params"] for r in rows], 0.4, label="exported low-rank")
+    ax.bar(positions + 0.2, [r["exported_params"] for r in rows], 0.4, label="exported")
     for p, r in zip(positions, rows):
-        ax.annotate(f"r={r['rank']}", (p + 0.2, r["low_rank_params"]), ha="center", va="bottom", fontsize=8)
+        ax.annotate(f"r={r['rank']}", (p + 0.2, r["exported_params"]), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(positions, [r["layer"] for r in rows], rotation=30, ha="right")
     ax.set_ylabel("parameters")
     ax.set_yscale("log")

@@ -21,8 +21,8 @@ from keras_lowrank._keras_compat import all_sublayers, build_input_shape, layer_
 from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.compression._common import _check_model, _unfinished_cycle
 from keras_lowrank.compression._surgery import copy_model, save_model, swap
-from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase, DynamicLowRankDense
-from keras_lowrank.layers.dynamic_low_rank_einsum import DynamicLowRankEinsumDense
+from keras_lowrank.compression.forms import export_forms, keras_form
+from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 from keras_lowrank.layers.low_rank_projection import LowRankProjection
 
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
@@ -34,16 +34,26 @@ _ONNX_NEEDS = {"tensorflow": ("tf2onnx", "onnx"), "torch": ("onnx", "onnxscript"
 __all__ = ["compressed_model", "export_compressed"]
 
 
-def compressed_model(model):
+def compressed_model(model, prefer="size", data=None):
     """The model rebuilt at exact ranks from Keras' built-in layers: each dynamic
     low-rank layer, wherever it sits (nested models, custom layers, keras-hub's
     blocks), becomes a two-layer Sequential (x U_r, then (S_r V_rᵀ) + b with the
-    activation), so nothing of keras_lowrank is needed to run it. The model's class
-    stays (a keras-hub ``CausalLM`` still generates).
+    activation) or, where that is larger (a rank at or above the break-even
+    n_in·n_out / (n_in + n_out)) or, with ``prefer="speed"``, measured slower, the
+    layer's Keras class with the kernel multiplied back (``forms``); so nothing of
+    keras_lowrank is needed to run it. The model's class stays (a keras-hub
+    ``CausalLM`` still generates).
 
     Args:
         model: a Keras model with dynamic low-rank layers (a copy is rebuilt; ``model``
             is unchanged).
+        prefer: ``"size"`` (each layer in the form with fewer weights), ``"speed"`` (in
+            the form measured faster on this backend and device, ``forms.export_forms``;
+            run it where the model will run) or a mapping {layer path: "factors" or
+            "dense"} for every low-rank layer.
+        data: for ``prefer="speed"``, inputs of the model whose first batch the layers
+            are timed on (needed for inputs of unknown length, e.g. token sequences;
+            its batch size is the one timed); else random inputs, batch 32.
 
     Returns:
         a new Keras model of built-in layers, computing what ``model`` computes.
@@ -59,19 +69,29 @@ def compressed_model(model):
         True
     """
     _check_model(model)
+    _warn_unfinished(model)
+    forms, _ = export_forms(model, prefer, data)
+    return _rebuilt(model, forms)
+
+
+def _warn_unfinished(model):
     unfinished = _unfinished_cycle(model)
     if unfinished is not None:
         warnings.warn(
             f"The DLRT optimizer stopped at step {unfinished[0] % unfinished[1]} of a "
             f"{unfinished[1]}-step cycle: the layers hold augmented bases (up to twice "
             "their rank). Call keras_lowrank.compression.truncate_ranks(model) first to "
-            "export at the truncated ranks.", stacklevel=2, category=LowRankWarning)
+            "export at the truncated ranks.", stacklevel=3, category=LowRankWarning)
+
+
+def _rebuilt(model, forms):
+    """``model`` rebuilt with each low-rank layer in ``forms[path]``."""
     targets = [(path, layer) for path, layer in layer_paths(model)
                if isinstance(layer, (DynamicLowRankBase, LowRankProjection))]
     compact, twins = copy_model(model, "compressed_model", targets)
     for path, layer in targets:
         twin = twins[id(layer)]
-        swap(compact, path, twin, _as_keras_layers(twin, path))
+        swap(compact, path, twin, _as_keras_layers(twin, path, forms.get(path)))
     if model.compiled:
         # Keep the compile settings (a fresh optimizer) but not the DLRT wrapper,
         # which only training needs and which would make the file unloadable
@@ -85,12 +105,12 @@ def compressed_model(model):
     return compact
 
 
-def _as_keras_layers(layer, path):
+def _as_keras_layers(layer, path, form):
     """Keras' own layers computing what low-rank ``layer`` (at ``path`` in the model)
-    computes at inference, built and set: a Sequential of the two factor layers (x U_r,
-    then (S_r V_rᵀ) + b with the activation), or for a LowRankProjection an Identity / a
-    Dense. Built under the name scope of ``path``'s parent, so that each sub-layer's Keras
-    path is unique in the model (keras-hub's quantisation map is keyed by it)."""
+    computes at inference, built and set: in ``form`` (``forms.keras_form``), or for a
+    LowRankProjection an Identity / a Dense. Built under the name scope of ``path``'s
+    parent, so that each sub-layer's Keras path is unique in the model (keras-hub's
+    quantisation map is keyed by it)."""
     shape = tuple(build_input_shape(layer))
     if isinstance(layer, LowRankProjection):
         new = _projection_as_keras(layer)
@@ -100,31 +120,8 @@ def _as_keras_layers(layer, path):
         if plan is not None:
             next(l for l in new.layers if isinstance(l, keras.layers.Dense)).set_weights(list(plan))
         return new
-    u, s, v = layer.factors()
-    r = u.shape[1]
-    act = keras.activations.serialize(layer.activation)
-    dtype = layer.dtype_policy
-    if isinstance(layer, DynamicLowRankEinsumDense):
-        parts = layer.exported_layers(r)
-    elif isinstance(layer, DynamicLowRankDense):
-        parts = [keras.layers.Dense(r, use_bias=False, name=f"{layer.name}_u", dtype=dtype),
-                 keras.layers.Dense(layer.units, activation=act, use_bias=layer.use_bias,
-                                    name=f"{layer.name}_sv", dtype=dtype)]
-    else:
-        conv = layer.keras_class  # Conv1D or Conv2D
-        parts = [conv(r, layer.kernel_size, strides=layer.strides, padding=layer.padding,
-                      dilation_rate=layer.dilation_rate, use_bias=False, name=f"{layer.name}_u", dtype=dtype),
-                 conv(layer.filters, 1, activation=act, use_bias=layer.use_bias, name=f"{layer.name}_sv",
-                      dtype=dtype)]
-    new = keras.Sequential(parts, name=layer.name)
     with _under_parent_of(path):
-        new.build(shape)
-    first, second = new.layers
-    first.kernel.assign(u.reshape(first.kernel.shape))
-    second.kernel.assign((s @ v.T).reshape(second.kernel.shape))
-    if layer.use_bias:
-        second.bias.assign(ops.convert_to_numpy(layer.bias))  # a copy: JAX donates buffers
-    return new
+        return keras_form(layer, form, shape)
 
 
 @contextlib.contextmanager
@@ -161,7 +158,8 @@ def _projection_as_keras(layer):
     return keras.Sequential([keras.layers.Flatten(), dense, keras.layers.Reshape(shape)], name=layer.name)
 
 
-def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=False, quantize=None):
+def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=False, quantize=None,
+                      prefer="size", data=None):
     """Writes the exact-rank model (``compressed_model``) under directory ``path``:
     ``model.keras`` and/or ``saved_model/`` (``Model.export``, loadable with plain
     ``tf.saved_model.load``) and/or ``model.tflite``. The SavedModel and TFLite
@@ -194,9 +192,15 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
             stored as integers with per-channel scales, files that load with plain Keras.
             Keras quantises Dense and EinsumDense only: convolutions stay float32, named
             in a warning.
+        prefer: the form of each low-rank layer, as in ``compressed_model``: ``"size"``,
+            ``"speed"`` (timed here: export on the device and backend the model will run
+            on) or a mapping {layer path: "factors" or "dense"}.
+        data: the inputs ``prefer="speed"`` times the layers on, as in ``compressed_model``.
 
     Returns:
-        {"model": the compressed model, format: path of the file written,
+        {"model": the compressed model, "forms": {layer path: the form written},
+        "timings": ``forms.time_export_forms``'s measurements behind ``prefer="speed"``
+        (else None), format: path of the file written,
         "keras_needs_keras_lowrank": whether loading model.keras needs keras_lowrank
         imported — True where low-rank layers sit inside custom layers or a model class
         with its own config (keras-hub's), which Keras rebuilds from their code}.
@@ -229,10 +233,13 @@ def export_compressed(model, path, formats=("keras", "saved_model"), overwrite=F
             "installed. Install it (pip install tensorflow-cpu) or export formats=('keras',) alone.")
     if "onnx" in formats:
         check_onnx_export(model)
-    compact = compressed_model(model)
+    _check_model(model)
+    _warn_unfinished(model)
+    forms, timings = export_forms(model, prefer, data)
+    compact = _rebuilt(model, forms)
     if quantize is not None:
         _quantize(compact, quantize)
-    written = {"model": compact}
+    written = {"model": compact, "forms": forms, "timings": timings}
     names = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
     with staged_folder(path, overwrite, "path") as staging:
         if "keras" in formats:

@@ -50,12 +50,12 @@ class CompressionSummary:
             cond = "" if r["cond"] is None else f"{r['cond']:.3g}"
             lines.append(
                 f"| {r['layer']} | {r['n_in']}×{r['n_out']} | {rank} | "
-                f"{r['dense_params']:,} | {r['low_rank_params']:,} | {r['compression_rate']:.1%} | "
+                f"{r['dense_params']:,} | {r['exported_params']:,} | {r['compression_rate']:.1%} | "
                 f"{r['dense_macs']:,} | {r['low_rank_macs']:,} | {cond} |"
             )
         t = self.total
         lines.append(
-            f"| **low-rank layers** | | | {t['dense_params']:,} | {t['low_rank_params']:,} | "
+            f"| **low-rank layers** | | | {t['dense_params']:,} | {t['exported_params']:,} | "
             f"{t['compression_rate']:.1%} | {t['dense_macs']:,} | {t['low_rank_macs']:,} | |"
         )
         lines.append(
@@ -72,8 +72,10 @@ def compression_summary(model):
 
     Rows, one per dynamic low-rank layer: n_in, n_out, rank r, max_rank,
     ``dense_params`` n_in·n_out + bias (the equivalent Keras layer),
-    ``low_rank_params`` r(n_in + n_out) + bias (the exported pair of layers, S
-    folded into the second), their ``compression_rate``, multiply-adds per
+    ``low_rank_params`` r(n_in + n_out) + bias (the pair of factor layers, S
+    folded into the second), ``exported_params`` the smaller of the two (what
+    ``compressed_model`` writes with its default ``prefer="size"``: the dense layer at
+    a rank at or above the break-even n_in·n_out / (n_in + n_out)), their ``compression_rate``, multiply-adds per
     sample of the dense and of the exported layer (r(n_in + n_out) per output
     position of a convolution, and per position of a Dense applied to feature
     maps; per token where the model takes sequences of any length, as keras-hub's
@@ -83,7 +85,7 @@ def compression_summary(model):
     Totals: over the low-rank layers (``dense_params``, ``low_rank_params``,
     ``compression_rate``, MACs), and for the whole model: ``model_dense_params``
     (every low-rank layer dense), ``model_exported_params`` (exactly the
-    parameter count of ``compressed_model(model)``) and
+    parameter count of ``compressed_model(model)``, never above ``model_dense_params``) and
     ``model_compression_rate``.
 
     Args:
@@ -118,6 +120,7 @@ def compression_summary(model):
         rows.append(dict(
             layer=layer.name, n_in=n_in, n_out=n_out, rank=r, max_rank=layer.max_rank,
             dense_params=dense_params, low_rank_params=low_params,
+            exported_params=min(dense_params, low_params),
             compression_rate=1.0 - low_params / dense_params,
             dense_macs=dense_macs, low_rank_macs=low_macs, cond=condition_number(layer),
         ))
@@ -126,11 +129,13 @@ def compression_summary(model):
             n_in, n_out = _kernel_matrix(layer).shape
             params = n_in * n_out + _bias_size(layer)
             rows.append(dict(layer=layer.name, n_in=n_in, n_out=n_out, rank=None, max_rank=None,
-                             dense_params=params, low_rank_params=params, compression_rate=0.0,
+                             dense_params=params, low_rank_params=params, exported_params=params,
+                             compression_rate=0.0,
                              dense_macs=0, low_rank_macs=0, cond=None))
     low_rows = [r for r in rows if r["rank"] is not None]
     dense = sum(r["dense_params"] for r in low_rows)
     low = sum(r["low_rank_params"] for r in low_rows)
+    exported = sum(r["exported_params"] for r in low_rows)
     held = sum(int(np.prod(w.shape)) for layer in low_rank for w in layer.weights)
     # A LowRankProjection exports as an Identity or one Dense (``_projection_as_keras``).
     projections = [l for l in all_sublayers(model) if isinstance(l, LowRankProjection) and l.built]
@@ -139,11 +144,11 @@ def compression_summary(model):
                                if l.output_mode != "input")
     others = model.count_params() - held + exported_projections if model.built else 0
     total = dict(
-        dense_params=dense, low_rank_params=low,
+        dense_params=dense, low_rank_params=low, exported_params=exported,
         compression_rate=(1.0 - low / dense) if dense else 0.0,
         dense_macs=sum(r["dense_macs"] for r in low_rows),
         low_rank_macs=sum(r["low_rank_macs"] for r in low_rows),
-        model_dense_params=others + dense, model_exported_params=others + low,
-        model_compression_rate=(1.0 - (others + low) / (others + dense)) if others + dense else 0.0,
+        model_dense_params=others + dense, model_exported_params=others + exported,
+        model_compression_rate=(1.0 - (others + exported) / (others + dense)) if others + dense else 0.0,
     )
     return CompressionSummary(rows, total)

@@ -34,8 +34,10 @@ class DynamicLowRankBase(keras.layers.Layer):
     """Shared machinery: factor variables, rank bookkeeping, spectral loss.
 
     Subclasses define ``_matrix_shape(input_shape)`` → (n_in, n_out),
-    ``_kernel_shape(n_in, n_out)`` (the shape the kernel initializer sees) and
-    ``_apply_kernel(inputs, u, s_vt)``.
+    ``_kernel_shape(n_in, n_out)`` (the shape the kernel initializer sees),
+    ``_apply_kernel(inputs, u, s_vt)``, and for export ``keras_class`` (the
+    equivalent Keras layer), ``_keras_arguments()`` (its arguments besides the
+    activation) and ``exported_layers(rank)``.
     """
 
     def __init__(
@@ -239,6 +241,20 @@ class DynamicLowRankBase(keras.layers.Layer):
         matrix = ops.matmul(ops.matmul(self.u, self.s), ops.transpose(self.v))
         return ops.reshape(matrix, self._kernel_shape(self.n_in, self.n_out))
 
+    # -- export -------------------------------------------------------------
+    def exported_layers(self, rank):
+        """Keras' own layers computing this layer at ``rank``, unbuilt: x U_r, then
+        (S_r V_rᵀ) + b with the activation — the factored form ``compressed_model``
+        writes (their kernels are U_r and S_r V_rᵀ reshaped)."""
+        raise NotImplementedError
+
+    def exported_dense_layer(self):
+        """The one Keras layer (``keras_class``) computing this layer with its kernel
+        U S Vᵀ multiplied back (the ``kernel`` property), unbuilt — the form
+        ``compressed_model`` writes where it is smaller or faster than the pair."""
+        return self.keras_class(**self._keras_arguments(), activation=keras.activations.serialize(self.activation),
+                                name=self.name, dtype=self.dtype_policy)
+
     # -- forward ------------------------------------------------------------
     def call(self, inputs):
         if self.kernel_regularizer is not None:
@@ -361,6 +377,8 @@ class DynamicLowRankDense(DynamicLowRankBase):
           Attacks", NeurIPS 2025: https://arxiv.org/abs/2505.08022
     """
 
+    keras_class = keras.layers.Dense
+
     def __init__(self, units, max_rank=None, rank=None, **kwargs):
         units = _check_positive_int(units, "units")
         super().__init__(max_rank=max_rank, rank=rank, **kwargs)
@@ -381,6 +399,14 @@ class DynamicLowRankDense(DynamicLowRankBase):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
+
+    def _keras_arguments(self):
+        return dict(units=self.units, use_bias=self.use_bias)
+
+    def exported_layers(self, rank):
+        return [keras.layers.Dense(rank, use_bias=False, name=f"{self.name}_u", dtype=self.dtype_policy),
+                keras.layers.Dense(self.units, activation=keras.activations.serialize(self.activation),
+                                   use_bias=self.use_bias, name=f"{self.name}_sv", dtype=self.dtype_policy)]
 
     def multiply_adds(self, rank=None):
         """Multiply-adds per sample of the dense and of the rank-r layer (S folded)."""

@@ -90,6 +90,16 @@ class _DynamicLowRankConv(DynamicLowRankBase):
         positions = int(np.prod(out[1:1 + self.spatial]))
         return positions * self.n_in * self.n_out, positions * rank * (self.n_in + self.n_out)
 
+    def _keras_arguments(self):
+        return dict(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides, padding=self.padding,
+                    dilation_rate=self.dilation_rate, use_bias=self.use_bias)
+
+    def exported_layers(self, rank):
+        first = {**self._keras_arguments(), "filters": rank, "use_bias": False}
+        return [self.keras_class(**first, name=f"{self.name}_u", dtype=self.dtype_policy),
+                self.keras_class(self.filters, 1, activation=keras.activations.serialize(self.activation),
+                                 use_bias=self.use_bias, name=f"{self.name}_sv", dtype=self.dtype_policy)]
+
     def get_config(self):
         return {
             **super().get_config(),

@@ -113,16 +113,20 @@ class DynamicLowRankEinsumDense(DynamicLowRankBase):
     def compute_output_shape(self, input_shape):
         return einsum_dense_shapes(self.equation, self.bias_axes, input_shape, self.partial_output_shape)[2]
 
+    def _keras_arguments(self):
+        return dict(equation=self.equation, output_shape=self.partial_output_shape, bias_axes=self.bias_axes)
+
     def exported_layers(self, rank):
         """The two ``keras.layers.EinsumDense`` that compute this layer at ``rank``
         (x U_r, then (S_r V_rᵀ) + b with the activation); their kernels are
         U_r and S_r V_rᵀ reshaped."""
         hidden_shape = [*self._hidden_sizes, rank]
         return [
-            keras.layers.EinsumDense(self._plan["first"], hidden_shape, name=f"{self.name}_u"),
+            keras.layers.EinsumDense(self._plan["first"], hidden_shape, name=f"{self.name}_u",
+                                     dtype=self.dtype_policy),
             keras.layers.EinsumDense(self._plan["second"], self.partial_output_shape, bias_axes=self.bias_axes,
                                      activation=keras.activations.serialize(self.activation),
-                                     name=f"{self.name}_sv"),
+                                     name=f"{self.name}_sv", dtype=self.dtype_policy),
         ]
 
     def multiply_adds(self, rank=None, input_shape=None):
