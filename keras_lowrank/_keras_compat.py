@@ -237,3 +237,21 @@ def seed_states(model):
     if shared is not None:
         states[id(shared.state)] = shared.state
     return list(states.values())
+
+
+def tensorflow_host_callbacks_allowed():
+    """Whether a TensorFlow graph being traced now may call back into Python
+    (``tf.numpy_function``): not under XLA (``jit_compile=True``, which cannot compile
+    the callback) and not where TensorFlow sees a GPU or TPU (whose step Keras compiles
+    with XLA by default). TensorFlow's XLA check (``control_flow_util``) has no public
+    form; where it is missing, False (the caller keeps to graph ops)."""
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:
+        return False
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return False
+    return not control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())

@@ -253,12 +253,12 @@ def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch):
 
 
 def test_the_host_callback_integrates_as_the_compiled_ops(rng, monkeypatch):
-    """On JAX's CPU backend augment and truncate run in NumPy (float64) in one host
-    callback; the same cycles with every layer's own keras.ops in the compiled step
-    give the same ranks, kernels and outputs (float32 rounding of two cycles: 1e-5; the
-    bases themselves may turn where singular values nearly tie)."""
-    if keras.backend.backend() != "jax":
-        pytest.skip("a JAX host callback")
+    """On a CPU (JAX; TensorFlow without XLA) augment and truncate run in NumPy
+    (float64) in one host callback; the same cycles with every layer's own keras.ops in
+    the compiled step give the same ranks, kernels and outputs (float32 rounding of two
+    cycles: 1e-5; the bases themselves may turn where singular values nearly tie)."""
+    if keras.backend.backend() not in ("jax", "tensorflow"):
+        pytest.skip("a host callback in a compiled step: JAX and TensorFlow")
     from keras_lowrank import optimizers
 
     x = rng.normal(size=(192, 16)).astype("float32")
@@ -286,12 +286,17 @@ def test_the_host_callback_integrates_as_the_compiled_ops(rng, monkeypatch):
         _check_invariants(layer)
 
 
-def test_where_the_integrator_runs_on_each_backend(rng, monkeypatch):
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_where_the_integrator_runs_on_each_backend(rng, monkeypatch, jit_compile):
     """JAX's CPU: one host callback (NumPy), no batched call — two batched LAPACK calls
     can deadlock XLA's thread pool there (VGG16 hung on 2 cores); JAX on a GPU/TPU:
-    alike layers batched (``ops.vectorized_map``); TensorFlow, whose pfor compiles
-    slower: each layer its own ops."""
+    alike layers batched (``ops.vectorized_map``); TensorFlow on a CPU: one host callback
+    (``tf.numpy_function``), but under XLA (``jit_compile=True``, a GPU's default), which
+    cannot compile one, each layer its own ops, as on torch (eager)."""
     from keras_lowrank import optimizers
+
+    if jit_compile and keras.backend.backend() != "tensorflow":
+        pytest.skip("jit_compile decides only on TensorFlow (JAX always compiles, torch runs eagerly)")
 
     calls = []
     on_host = optimizers._integrate_on_host
@@ -304,7 +309,9 @@ def test_where_the_integrator_runs_on_each_backend(rng, monkeypatch):
     model = keras.Sequential([keras.Input((16,))] + [DynamicLowRankDense(16, max_rank=8, rank=2)
                                                      for _ in range(3)] + [keras.layers.Dense(4)])
     model.compile(optimizer=DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
+    layers = [layer for layer in model.layers if isinstance(layer, DynamicLowRankDense)]
+    before = [ops.convert_to_numpy(layer.kernel) for layer in layers]
     model.fit(rng.normal(size=(64, 16)).astype("float32"), rng.integers(0, 4, size=64),
               batch_size=32, epochs=1, verbose=0)
     expected = set()
@@ -312,4 +319,11 @@ def test_where_the_integrator_runs_on_each_backend(rng, monkeypatch):
         import jax
 
         expected = {"host"} if jax.default_backend() == "cpu" else {"vectorized_map"}
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        expected = {"host"} if not (jit_compile or tf.config.list_logical_devices("GPU")) else set()
     assert set(calls) == expected
+    for layer, kernel in zip(layers, before):  # whole cycles ran: the kernels moved, bases orthonormal
+        _check_invariants(layer)
+        assert not np.allclose(ops.convert_to_numpy(layer.kernel), kernel)
