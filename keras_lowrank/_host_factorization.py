@@ -1,5 +1,6 @@
 """``factorization``'s basis changes in NumPy (float64): DLRT's augment and truncate
-on JAX's CPU backend (a host callback in the compiled step, see ``DLRT._step``), and the
+on a CPU (JAX; TensorFlow without XLA: a host callback in the compiled step, see
+``DLRT._step``), and the
 steps taken eagerly: DLRT finishing its cycle when ``fit`` ends, ``truncate_ranks`` /
 ``RankTruncation``, ``SpectralConditioning``, a layer's rank.
 
