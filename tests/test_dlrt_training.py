@@ -107,6 +107,31 @@ def test_non_finite_gradients_skip_the_step_and_keep_the_factors(rng):
     assert all(np.all(np.isfinite(ops.convert_to_numpy(w))) for w in model.weights)
 
 
+def test_an_inner_step_that_makes_s_non_finite_is_undone_whole(rng):
+    """Finite gradients, but an inner step so large that S overflows to ±inf: the whole
+    step is undone — every weight and optimizer slot as before, the cycle not advanced —
+    and counted as skipped (on TensorFlow and torch by a branch after the inner step,
+    on JAX by selection)."""
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, name="plain"),
+                              DynamicLowRankDense(8, max_rank=4, rank=2, name="low")])
+    optimizer = DLRT(keras.optimizers.SGD(1e-2, momentum=0.9), steps_per_cycle=3)
+    model.compile(optimizer=optimizer, loss="mse")
+    x = rng.normal(size=(16, 8)).astype("float32")
+    y = rng.normal(size=(16, 8)).astype("float32")
+    model.fit(x, y, batch_size=16, epochs=4, verbose=0)  # mid-cycle, the momenta not zero
+    before = [ops.convert_to_numpy(w).copy() for w in model.weights + optimizer.variables]
+    cycle = int(ops.convert_to_numpy(optimizer.cycle_step))
+    optimizer.inner_optimizer.learning_rate.assign(np.inf)  # S → ±inf (finite gradients)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    after = [ops.convert_to_numpy(w) for w in model.weights + optimizer.variables]
+    changed = [v.path for v, b, a in zip(model.weights + optimizer.variables, before, after)
+               if not np.array_equal(a, b)
+               and v.path not in (optimizer.skipped_steps.path, optimizer.inner_optimizer.learning_rate.path)]
+    assert changed == []
+    assert int(ops.convert_to_numpy(optimizer.skipped_steps)) == 1
+    assert int(ops.convert_to_numpy(optimizer.cycle_step)) == cycle
+
+
 def _conv_model(max_rank=6, rank=3):
     return keras.Sequential([
         keras.Input((8, 8, 1)),
