@@ -39,15 +39,16 @@ changes one line (``optimizer=DLRT(keras.optimizers.Adam())``).
 import warnings
 
 import keras
+import numpy as np
 from keras import backend, ops
 
 from keras_lowrank import _host_factorization as host
 from keras_lowrank import factorization
-from keras_lowrank._integrator import _integrate_on_host, _integrator_mode
 from keras_lowrank._keras_compat import (
     built_trainable_variables,
     no_automatic_dependency_tracking,
     own_optimizer_variables,
+    tensorflow_host_callbacks_allowed,
 )
 from keras_lowrank._validation import check_int
 from keras_lowrank._warning import LowRankWarning
@@ -72,6 +73,66 @@ def low_rank_groups(variables):
         for layer, roles in found.values()
         if set(roles) == {"U", "S", "V"}
     ]
+
+
+def _integrator_mode():
+    """Where DLRT's augment and truncate run (see ``DLRT._step``): ``"host"`` (NumPy in
+    one host callback: JAX on the CPU, TensorFlow on the CPU without XLA), ``"vmap"``
+    (alike layers batched: JAX on a GPU/TPU) or None (each layer its own ops:
+    TensorFlow on a GPU or under ``jit_compile=True``, torch)."""
+    if backend.backend() == "tensorflow":
+        return "host" if tensorflow_host_callbacks_allowed() else None
+    if backend.backend() != "jax":
+        return None
+    import jax
+
+    return "host" if jax.default_backend() == "cpu" else "vmap"
+
+
+def _integrate_on_host(layers, augmenting):
+    """Augments (``augmenting``) or truncates every layer, carrying S's slots, in one
+    host callback (``jax.pure_callback``, ``tf.numpy_function``): ``_host_factorization``'s
+    float64 NumPy. Returns what ``keep_all`` in ``DLRT._step`` returns, in the same dtypes.
+
+    Why on the host, on a CPU: XLA:CPU compiles each layer's (or each group
+    of alike layers') QR / SVD / basis-change code into kernels of their own — seconds
+    added to the first ``fit`` call per few dozen low-rank layers (docs/benchmarks.md) —
+    and TensorFlow traces and optimises them as graph nodes of their own (a DenseNet121's
+    120 layers: a third of DLRT's first call), where NumPy runs the same formulas at
+    once, on matrices of r_max columns that a CPU factorizes in microseconds. Batched in
+    XLA instead (``vectorized_map``), a LAPACK call
+    waits on tasks of XLA's intra-op thread pool from a thread of that pool, and two such
+    calls at once can hold every thread of a small pool: VGG16's DLRT step hung for good
+    on 2 cores (jaxlib 0.10.2)."""
+    inputs = [t for _, gu, gv, u0, s0, s_now, v0, moments, _ in layers
+              for t in (gu, gv, u0, s0, s_now, v0, *moments)]
+    outputs = [(tuple(t.shape), t.dtype)
+               for _, _, _, u0, _, s_now, v0, moments, _ in layers for t in (u0, s_now, v0, *moments)]
+    settings = [(layer.max_rank, layer.tol, layer.min_rank, kinds) for layer, *_, kinds in layers]
+
+    def integrate(augment_now, *arrays):
+        results, arrays = [], list(arrays)
+        for max_rank, tol, min_rank, kinds in settings:
+            (gu, gv, u0, s0, s_now, v0), moments = arrays[:6], arrays[6:6 + len(kinds)]
+            arrays = arrays[6 + len(kinds):]
+            new = (host.augment(u0, s0, v0, gu, gv, max_rank) if augment_now
+                   else host.truncate(u0, s_now, v0, tol, min_rank))
+            a, b = host.basis_change(u0, v0, new[0], new[2])
+            results += [*new, *(host.carry_slot(m, a, b, kind) for m, kind in zip(moments, kinds))]
+        return tuple(np.asarray(r).astype(backend.standardize_dtype(dtype)) for r, (_, dtype) in zip(results, outputs))
+
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        results = tf.numpy_function(integrate, [augmenting, *inputs], [dtype for _, dtype in outputs],
+                                    stateful=False)
+        for result, (shape, _) in zip(results, outputs):
+            result.set_shape(shape)
+        return tuple(results)
+    import jax
+
+    return jax.pure_callback(integrate, tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in outputs),
+                             augmenting, *inputs)
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
@@ -203,17 +264,11 @@ class DLRT(keras.optimizers.Optimizer):
 
     # -- the step ---------------------------------------------------------------
     def _step(self, grads, trainable_variables, finite):
-        """One DLRT step (stateful). ``finite`` (a boolean tensor): where it is false
-        every variable keeps its value — the step is computed on zeroed gradients and
-        then discarded by selection, so that no branch holds a synchronisation point
-        (tf.distribute) or a side effect (JAX). None: the caller has branched on the
-        gradients' finiteness (``_branches``), so the step is taken and undone only if
-        the inner step made some S non-finite, and a Galerkin step costs no more
-        than the inner optimizer's (no selection per variable and slot: for a
-        DenseNet121's 120 layers, thousands of small graph ops per step)."""
-        selecting = finite is not None
-        if selecting:
-            grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g)) for g in grads]
+        """One DLRT step (stateful). Where ``finite`` is false every variable keeps
+        its value: the step is computed on zeroed gradients and then discarded by
+        selection, so no branch holds a synchronisation point (tf.distribute) or a
+        side effect (JAX)."""
+        grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g)) for g in grads]
         inner_variables = [trainable_variables[i] for i in self._inner_indices]
         kept = list(inner_variables) + list(self.inner_optimizer.variables)
         snapshot = [ops.copy(v.value) for v in kept]
@@ -223,10 +278,9 @@ class DLRT(keras.optimizers.Optimizer):
         ]
         before = [tuple(ops.copy(v.value) for v in f) for f in factors]
         self.inner_optimizer.apply([grads[i] for i in self._inner_indices], inner_variables)
-        # an inner step that made some S non-finite is skipped too, like a NaN batch
-        s_finite = ops.all(ops.stack([ops.all(ops.isfinite(s.value)) for _, s, _ in factors])) if factors else None
-        if selecting and s_finite is not None:
-            finite = ops.logical_and(finite, s_finite)
+        if factors:  # an inner step that made some S non-finite is skipped too, like a NaN batch
+            finite = ops.logical_and(finite, ops.all(ops.stack(
+                [ops.all(ops.isfinite(s.value)) for _, s, _ in factors])))
         phase = self.cycle_step % self.steps_per_cycle
         augmenting = ops.equal(phase, 0)
         truncating = ops.equal(phase, self.steps_per_cycle - 1)
@@ -234,59 +288,10 @@ class DLRT(keras.optimizers.Optimizer):
         for (layer, iu, _, iv), (u0, s0, v0), (_, s, _), slots in zip(
             self._groups, before, factors, self._s_slots
         ):
-            layers.append((layer, grads[iu], grads[iv], u0, s0,
-                           ops.where(finite, s.value, s0) if selecting else ops.copy(s.value), v0,
+            layers.append((layer, grads[iu], grads[iv], u0, s0, ops.where(finite, s.value, s0), v0,
                            [ops.copy(slot.value) for slot, _ in slots],
                            [kind for _, kind in slots]))
-        integrated = self._integrated(layers, augmenting, truncating)
-        if not selecting:
-            self._take(factors, integrated, s_finite, kept, snapshot)
-            return
-        flat = list(integrated(lambda values: values, keep=True))
-        updates = []
-        for (u, s, v), (u0, s0, v0), slots in zip(factors, before, self._s_slots):
-            new, flat = flat[:3 + len(slots)], flat[3 + len(slots):]
-            updates += [(u, new[0], u0), (s, new[1], s0), (v, new[2], v0)]
-            updates += [(slot, value, None) for (slot, _), value in zip(slots, new[3:])]
-        for variable, old in zip(kept, snapshot):
-            variable.assign(ops.where(finite, variable.value, old))
-        for variable, value, old in updates:
-            if old is None:  # a slot: its pre-step value was restored above
-                old = variable.value
-            variable.assign(ops.where(finite, value, old))
-        self.cycle_step.assign_add(ops.cast(finite, "int64"))
-        self.skipped_steps.assign_add(1 - ops.cast(finite, "int64"))
 
-    def _take(self, factors, integrated, s_finite, kept, snapshot):
-        """The branching step's end: where every S is finite, the new factors and
-        slots assigned in the augment / truncate branch (nothing in a Galerkin step);
-        else every variable back to ``snapshot``, the step counted as skipped."""
-        def assign(values):
-            flat = list(values)
-            for (u, s, v), slots in zip(factors, self._s_slots):
-                targets = (u, s, v, *(slot for slot, _ in slots))
-                for variable, value in zip(targets, flat[:len(targets)]):
-                    variable.assign(value)
-                flat = flat[len(targets):]
-
-        def take():
-            integrated(assign, keep=False)
-            self.cycle_step.assign_add(1)
-
-        def undo():
-            for variable, old in zip(kept, snapshot):
-                variable.assign(old)
-            self.skipped_steps.assign_add(1)
-
-        if s_finite is None:  # no low-rank layers
-            self.cycle_step.assign_add(1)
-        else:
-            ops.cond(s_finite, take, undo)
-
-    def _integrated(self, layers, augmenting, truncating):
-        """``run(then, keep)``: the augment / truncate / keep branch for ``layers``,
-        ``then`` applied to the new (U, S, V, S's slots) of every layer in the branch
-        taken; ``keep=False``: nothing in the Galerkin steps' branch (``then`` not called)."""
         mode = _integrator_mode()
 
         def carried(new, u0, v0, moments, kinds):
@@ -339,34 +344,27 @@ class DLRT(keras.optimizers.Optimizer):
             return tuple(value for _, _, _, u0, _, s_now, v0, moments, _ in layers
                          for value in (u0, s_now, v0, *moments))
 
-        def run(then, keep):
-            if not layers:
-                return ()
-            galerkin = keep_all if keep else (lambda: None)
-            if mode == "host":
-                return ops.cond(ops.logical_or(augmenting, truncating),
-                                lambda: then(_integrate_on_host(layers, augmenting)),
-                                lambda: then(galerkin()) if keep else None)
-            return ops.cond(augmenting, lambda: then(augment_all()),
-                            lambda: ops.cond(truncating, lambda: then(truncate_all()),
-                                             lambda: then(galerkin()) if keep else None))
-
-        return run
-
-    def _branches(self):
-        """Whether ``apply`` may branch on the gradients' finiteness (a step taken or
-        skipped whole, as Keras' ``LossScaleOptimizer`` does) rather than select every
-        variable's value: on torch (eager) and on TensorFlow outside ``tf.distribute``
-        (whose cross-replica reductions cannot sit in a branch); not on JAX, whose
-        optimizer steps are stateless functions (a branch holding assignments would leak
-        traced values; XLA fuses the selections)."""
-        if backend.backend() == "torch":
-            return True
-        if backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            return not tf.distribute.has_strategy()
-        return False
+        if not layers:
+            flat = []
+        elif mode == "host":
+            flat = list(ops.cond(ops.logical_or(augmenting, truncating),
+                                 lambda: _integrate_on_host(layers, augmenting), keep_all))
+        else:
+            flat = list(ops.cond(augmenting, augment_all,
+                                 lambda: ops.cond(truncating, truncate_all, keep_all)))
+        updates = []
+        for (u, s, v), (u0, s0, v0), slots in zip(factors, before, self._s_slots):
+            new, flat = flat[:3 + len(slots)], flat[3 + len(slots):]
+            updates += [(u, new[0], u0), (s, new[1], s0), (v, new[2], v0)]
+            updates += [(slot, value, None) for (slot, _), value in zip(slots, new[3:])]
+        for variable, old in zip(kept, snapshot):
+            variable.assign(ops.where(finite, variable.value, old))
+        for variable, value, old in updates:
+            if old is None:  # a slot: its pre-step value was restored above
+                old = variable.value
+            variable.assign(ops.where(finite, value, old))
+        self.cycle_step.assign_add(ops.cast(finite, "int64"))
+        self.skipped_steps.assign_add(1 - ops.cast(finite, "int64"))
 
     def _finite(self, grads):
         return ops.all(ops.isfinite(ops.concatenate([ops.reshape(g, (-1,)) for g in grads if g is not None])))
@@ -400,13 +398,7 @@ class DLRT(keras.optimizers.Optimizer):
                     tf.distribute.ReduceOp.SUM, 1.0 - ops.cast(finite, "float32")
                 )
                 finite = ops.equal(bad, 0.0)
-        if self._branches():
-            def skip():
-                self.skipped_steps.assign_add(1)
-
-            ops.cond(finite, lambda: self._step(grads, trainable_variables, None), skip)
-        else:
-            self._step(grads, trainable_variables, finite)
+        self._step(grads, trainable_variables, finite)
 
     # -- between steps --------------------------------------------------------
     def finish_cycle(self):

@@ -110,8 +110,7 @@ def test_non_finite_gradients_skip_the_step_and_keep_the_factors(rng):
 def test_an_inner_step_that_makes_s_non_finite_is_undone_whole(rng):
     """Finite gradients, but an inner step so large that S overflows to ±inf: the whole
     step is undone — every weight and optimizer slot as before, the cycle not advanced —
-    and counted as skipped (on TensorFlow and torch by a branch after the inner step,
-    on JAX by selection)."""
+    and counted as skipped."""
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, name="plain"),
                               DynamicLowRankDense(8, max_rank=4, rank=2, name="low")])
     optimizer = DLRT(keras.optimizers.SGD(1e-2, momentum=0.9), steps_per_cycle=3)
