@@ -54,6 +54,26 @@ def rows_of(layer, inputs):
     return inputs.reshape(-1, inputs.shape[-1])
 
 
+@contextlib.contextmanager
+def inputs_seen(layers, record):
+    """Inside the block each of ``layers`` hands its input, as numpy, to
+    ``record(layer, inputs)`` at every call before computing (its ``call`` wrapped;
+    restored after): what a layer receives anywhere in a model, nested or custom."""
+    def recording(layer):
+        original = layer.call
+
+        def call(inputs, *args, **kwargs):
+            record(layer, np.asarray(ops.convert_to_numpy(inputs)))
+            return original(inputs, *args, **kwargs)
+
+        return call
+
+    with contextlib.ExitStack() as stack:
+        for layer in layers:
+            stack.enter_context(replaced_attribute(layer, "call", recording(layer)))
+        yield
+
+
 def second_moments(model, layers, data, examples=256):
     """{id(layer): C = mean over calibration rows of aᵀa (n_in × n_in, float64)} for
     ``layers`` of ``model`` (at any depth: nested models, custom layers), from the first
@@ -63,21 +83,13 @@ def second_moments(model, layers, data, examples=256):
     sums = {id(layer): 0.0 for layer in layers}
     counts = dict.fromkeys(sums, 0)
 
-    def recording(layer):
-        original = layer.call
-
-        def call(inputs, *args, **kwargs):
-            rows = rows_of(layer, np.asarray(ops.convert_to_numpy(inputs)))
-            sums[id(layer)] = sums[id(layer)] + rows.T @ rows
-            counts[id(layer)] += len(rows)
-            return original(inputs, *args, **kwargs)
-
-        return call
+    def record(layer, inputs):
+        rows = rows_of(layer, inputs)
+        sums[id(layer)] = sums[id(layer)] + rows.T @ rows
+        counts[id(layer)] += len(rows)
 
     seen = 0
-    with contextlib.ExitStack() as stack:
-        for layer in layers:
-            stack.enter_context(replaced_attribute(layer, "call", recording(layer)))
+    with inputs_seen(layers, record):
         for x in iterate_inputs(data, batch_size=64):
             x = take(x, examples - seen)
             model(x, training=False)

@@ -19,15 +19,15 @@ docs/benchmarks.md). No form is larger than the layer the model was converted fr
 the exported model is never larger than the dense one.
 """
 
-import contextlib
 import time
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank._keras_compat import build_input_shape, layer_paths, replaced_attribute
+from keras_lowrank._keras_compat import build_input_shape, layer_paths
 from keras_lowrank.analysis._batches import iterate_inputs
+from keras_lowrank.compression.calibration import inputs_seen
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 
 FORMS = ("factors", "dense")
@@ -188,24 +188,13 @@ def _layer_inputs(model, targets, data):
                     "size): pass `data` (inputs of the model) to time it on what it really receives.")
             inputs[path] = rng.normal(size=(TIMING_BATCH, *tuple(shape)[1:])).astype(layer.compute_dtype)
         return inputs
-    seen = {}
-
-    def recording(path, layer):
-        original = layer.call
-
-        def call(x, *args, **kwargs):
-            seen.setdefault(path, np.asarray(ops.convert_to_numpy(x)))
-            return original(x, *args, **kwargs)
-
-        return call
-
     batch = next(iter(iterate_inputs(data, batch_size=TIMING_BATCH)), None)
     if batch is None:
         raise ValueError("`data` holds no examples to time the layers on.")
-    with contextlib.ExitStack() as stack:
-        for path, layer in targets:
-            stack.enter_context(replaced_attribute(layer, "call", recording(path, layer)))
+    first = {}
+    with inputs_seen([layer for _, layer in targets], lambda layer, x: first.setdefault(id(layer), x)):
         model(batch, training=False)
+    seen = {path: first[id(layer)] for path, layer in targets if id(layer) in first}
     unseen = [path for path, _ in targets if path not in seen]
     if unseen:
         raise ValueError(f"These low-rank layers were not called when the model ran on `data`: {unseen}; "
