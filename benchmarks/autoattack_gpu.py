@@ -122,7 +122,7 @@ def main():
         for call in ("first", "second"):
             results["apgd_ce_bare_accuracy"], results[f"apgd_ce_bare_{call}_s"] = timed(run)
         results["apgd_ce_ours_over_bare"] = results["apgd_ce_second_s"] / results["apgd_ce_bare_second_s"]
-    attack = AutoAttack(eps, n_queries=args.queries, batch_size=args.batch, seed=0)
+    attack = AutoAttack(eps, square_steps=args.queries, batch_size=args.batch, seed=0)
     for call in ("first", "second"):
         result, seconds = timed(lambda: attack.run(model, x, y))
         results[f"autoattack_{call}_s"] = seconds
@@ -130,7 +130,7 @@ def main():
     results["autoattack_accuracy"] = result.robust_accuracy
     results["autoattack_stages"] = result.stage_accuracy
     if bare:
-        stages = AutoAttack(eps, n_queries=args.queries, batch_size=args.batch, seed=0).stages
+        stages = AutoAttack(eps, square_steps=args.queries, batch_size=args.batch, seed=0).stages
         run = bare_jit(model, stages, x, y, args.batch)
         for call in ("first", "second"):
             results["autoattack_bare_accuracy"], results[f"autoattack_bare_{call}_s"] = timed(run)

@@ -47,7 +47,7 @@ def child(backend, path, examples):
     model = keras.saving.load_model(path)
     x, y = x_test[:examples], y_test[:examples]
     out = {"backend": backend}
-    attack = APGD(0.1, n_iter=100, seed=0)
+    attack = APGD(0.1, steps=100, seed=0)
     for label in ("apgd_first", "apgd_second"):
         start = time.perf_counter()
         adversarial = keras.ops.convert_to_numpy(attack(model, x, y))

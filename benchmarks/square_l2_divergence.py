@@ -24,8 +24,8 @@ from test_autoattack import reference_square_l2  # noqa: E402  (the authors' loo
 
 from keras_lowrank import float32_matmuls  # noqa: E402
 from keras_lowrank.robustness import Square  # noqa: E402
+from keras_lowrank.robustness._classifier import ClassifierView  # noqa: E402
 from keras_lowrank.robustness._gradients import compile_function  # noqa: E402
-from keras_lowrank.robustness.attacks._runner import _scores_function  # noqa: E402
 
 N, EPS = 80, 1.5
 
@@ -37,15 +37,15 @@ def main():
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (24, 10, 10, 2)).astype("float32")
     y = np.argmax(model.predict(x, verbose=0), axis=1)
-    full = Square(EPS, norm=2, n_queries=N, seed=0)
+    full = Square(EPS, norm=2, steps=N, seed=0)
     noise = [np.asarray(keras.ops.convert_to_numpy(n)) for n in full._noise(x)]
     sides = full._windows(10, 10)
 
     def run(k):
-        attack = Square(EPS, norm=2, n_queries=k, seed=0)
+        attack = Square(EPS, norm=2, steps=k, seed=0)
         attack._windows = lambda h, w: (sides[0][:k], sides[1][:k])
         part = (noise[0], noise[1], noise[2][:k], noise[3][:k])
-        scores, _ = _scores_function(model, None)
+        scores = ClassifierView(model).scores
         with float32_matmuls():
             found, margin, _ = compile_function(model, lambda a, b, n: attack._square_run(scores, a, b, n))(
                 x, y, tuple(keras.ops.convert_to_tensor(t) for t in part))

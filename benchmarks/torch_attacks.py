@@ -72,7 +72,7 @@ def main():
                                                loss="ce")(images, labels))
 
     def apgd_ours():
-        adversarial = keras.ops.convert_to_numpy(APGD(0.1, n_iter=100, seed=0)(model, x, y))
+        adversarial = keras.ops.convert_to_numpy(APGD(0.1, steps=100, seed=0)(model, x, y))
         return np.argmax(keras.ops.convert_to_numpy(model(adversarial)), -1) == y
 
     def autoattack_theirs():
@@ -175,7 +175,7 @@ def _rand_row(base, x, y, network_of, images, labels, torch, torchattacks):
             alive = alive[~fooled]
         return adversarial.detach().permute(0, 2, 3, 1).numpy()
 
-    AutoAttack(0.1, version="rand", n_iter=2, seed=0).run(model, x[:8], y[:8])  # warm-up
+    AutoAttack(0.1, version="rand", steps=2, seed=0).run(model, x[:8], y[:8])  # warm-up
     row = {}
     for side, run in (("ours", ours), ("torchattacks", theirs)):
         start = time.perf_counter()

@@ -2,6 +2,7 @@
 question the layers ask (their ``rank`` is read on the host, which a trace cannot do)."""
 
 import keras
+import numpy as np
 
 
 def holds_values(x):
@@ -19,3 +20,11 @@ def holds_values(x):
     if backend == "torch":
         return getattr(getattr(x, "device", None), "type", None) != "meta"
     return True
+
+
+def concrete(*tensors):
+    """The values of ``tensors`` as NumPy arrays, or None where any is being traced
+    (a NumPy array or Python number is always concrete)."""
+    if not all(isinstance(t, (np.ndarray, np.generic, int, float)) or holds_values(t) for t in tensors):
+        return None
+    return [np.asarray(keras.ops.convert_to_numpy(t)) for t in tensors]

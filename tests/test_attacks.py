@@ -108,7 +108,7 @@ def test_confident_softmax_model_is_attacked_through_its_logits(digits, head):
     before = keras.ops.convert_to_numpy(probs(x))
     p_label = before[np.arange(len(y)), y]
     assert np.mean((p_label < 1e-7) | (p_label > 1 - 1e-7)) > 0.5  # where Keras clips
-    from keras_lowrank.robustness.attacks.base import outputs_logits
+    from keras_lowrank.robustness._classifier import outputs_logits
 
     assert not outputs_logits(probs)
     for attack in (FGSM(0.1), FGSM(1.0, norm=2), PGD(0.1, step_size=0.02, steps=5, random_start=False)):

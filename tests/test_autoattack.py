@@ -13,16 +13,17 @@ from randomised import RandomPhase
 
 from keras_lowrank import LowRankWarning, data
 from keras_lowrank.robustness import PGD, PerturbedModel, evaluate_robustness
+from keras_lowrank.robustness._classifier import ClassifierView
 from keras_lowrank.robustness.attacks import (
     APGD,
     APGDT,
+    FAB,
     AutoAttack,
     Square,
     apgd_checkpoints,
     dlr_loss,
     targeted_dlr_loss,
 )
-from keras_lowrank.robustness.attacks._runner import _scores_function
 
 pytestmark = pytest.mark.torch  # also in the torch half
 
@@ -204,7 +205,7 @@ def test_apgd_equals_the_authors_loop(digits, rng, norm, eps, loss, n_iter, iden
     noise = rng.uniform(-1, 1, x.shape) if norm == "inf" else rng.normal(size=x.shape)
     size = np.abs(noise).reshape(40, -1).max(1) if norm == "inf" else np.sqrt((noise**2).reshape(40, -1).sum(1))
     start = np.clip(x + eps * noise / size[:, None, None, None], 0, 1).astype("float32")
-    ours = APGD(eps, norm=norm, loss=loss, n_iter=n_iter).trace(model, x, y, start)
+    ours = APGD(eps, norm=norm, loss=loss, steps=n_iter).trace(model, x, y, start)
     expected = reference_apgd(model, x, y, start, eps, n_iter, norm, loss)
     same = ours["step_size"] == expected["step_size"].astype("float32")
     assert same.mean() >= identical, (ours["step_size"], expected["step_size"])
@@ -323,12 +324,11 @@ def test_square_l2_equals_the_authors_loop(rng):
                               keras.layers.Flatten(), keras.layers.Dense(5)])
     x = rng.uniform(0, 1, (24, 10, 10, 2)).astype("float32")
     y = np.argmax(model.predict(x, verbose=0), axis=1)
-    attack = Square(1.5, norm=2, n_queries=80, seed=0)
+    attack = Square(1.5, norm=2, steps=80, seed=0)
     noise = attack._noise(x)
     from keras_lowrank.robustness._gradients import compile_function
-    from keras_lowrank.robustness.attacks._runner import _scores_function
 
-    scores, _ = _scores_function(model, None)
+    scores = ClassifierView(model).scores
     found, margin, _ = compile_function(model, lambda a, b, n: attack._square_run(scores, a, b, n))(x, y, noise)
     expected, expected_margin = reference_square_l2(
         lambda a: model.predict(a, verbose=0), x, y, 1.5, attack._windows(10, 10)[0], noise)
@@ -350,9 +350,9 @@ def test_apgd_is_at_least_as_strong_as_pgd_100(trained_cnn, digits):
 
 
 @pytest.mark.parametrize("attack", [
-    APGD(0.1, seed=0, n_iter=20), APGDT(0.1, n_target_classes=3, n_iter=20, seed=0),
-    APGD(1.0, norm=2, loss="dlr", n_iter=20, seed=0), Square(0.1, n_queries=300, seed=0),
-    Square(1.0, norm=2, n_queries=300, seed=0),
+    APGD(0.1, seed=0, steps=20), APGDT(0.1, n_target_classes=3, steps=20, seed=0),
+    APGD(1.0, norm=2, loss="dlr", steps=20, seed=0), Square(0.1, steps=300, seed=0),
+    Square(1.0, norm=2, steps=300, seed=0),
 ], ids=lambda a: a.name)
 def test_attacks_stay_in_the_ball_and_only_return_misclassified_points(trained_cnn, digits, attack):
     x, y = digits
@@ -374,7 +374,7 @@ def test_attacks_stay_in_the_ball_and_only_return_misclassified_points(trained_c
 def test_autoattack_is_the_worst_case_of_its_stages(trained_cnn, digits):
     x, y = digits
     eps = 0.08
-    attack = AutoAttack(eps, n_iter=15, n_queries=300, seed=0)
+    attack = AutoAttack(eps, steps=15, square_steps=300, seed=0)
     result = attack.run(trained_cnn, x, y)
     assert result.clean_accuracy == pytest.approx(accuracy(trained_cnn, x, y))
     # its adversarials are what it says: robust accuracy re-measured
@@ -422,11 +422,11 @@ def with_front(trained, layer):
 def test_flags_gradient_masking_on_a_rounding_model(trained_cnn, digits):
     x, y = digits
     model = with_front(trained_cnn, Rounding())
-    result = AutoAttack(0.2, n_iter=10, n_queries=300, seed=0).run(model, x, y)
+    result = AutoAttack(0.2, steps=10, square_steps=300, seed=0).run(model, x, y)
     assert result.flags["zero_gradient_share"] == 1.0
     # the white-box stages find only what their random starts hit; Square finds more
     assert result.flags["black_box_gain"] > 0.1
-    report = evaluate_robustness(model, (x, y), attacks=[AutoAttack(0.2, n_iter=10, n_queries=300, seed=0)],
+    report = evaluate_robustness(model, (x, y), attacks=[AutoAttack(0.2, steps=10, square_steps=300, seed=0)],
                                  large_eps=None)
     failed = {c.name for c in report.checks if not c.passed}
     assert "AutoAttack: input gradients not zero" in failed
@@ -443,7 +443,7 @@ def test_the_zero_gradient_check_is_the_input_gradient_and_one_compiled_program_
     x, y = digits
     x, y = x[:7], y[:7]  # a batch size no other test compiles
     inputs, labels = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
-    attack = AutoAttack(0.1, version="fast", n_iter=5)
+    attack = AutoAttack(0.1, version="fast", steps=5)
     with jax_compiles() as compiled:
         grad = np.asarray(keras.ops.convert_to_numpy(attack._gradients(trained_cnn)(inputs, labels)), "float64")
     if keras.backend.backend() == "jax":
@@ -466,9 +466,9 @@ def test_the_zero_gradient_check_is_the_input_gradient_and_one_compiled_program_
 
 def test_flags_a_randomised_model(trained_cnn, digits):
     x, y = digits
-    result = AutoAttack(0.05, version="fast", n_iter=5).run(with_front(trained_cnn, NoisyInference()), x, y)
+    result = AutoAttack(0.05, version="fast", steps=5).run(with_front(trained_cnn, NoisyInference()), x, y)
     assert result.flags["randomized"]
-    deterministic = AutoAttack(0.05, version="fast", n_iter=5).run(trained_cnn, x, y)
+    deterministic = AutoAttack(0.05, version="fast", steps=5).run(trained_cnn, x, y)
     assert not deterministic.flags["randomized"]
 
 
@@ -478,11 +478,11 @@ def test_flags_a_randomised_model_and_the_rand_version_attacks_it_with_eot(train
     per gradient."""
     x, y = digits
     noisy = with_front(trained_cnn, NoisyInference())
-    rand = AutoAttack(0.05, version="rand", n_iter=5, seed=0)
+    rand = AutoAttack(0.05, version="rand", steps=5, seed=0)
     assert rand.stage_names == ["APGD-CE-5", "APGD-DLR-5"]
     assert [stage.eot_iter for stage in rand.stages] == [20, 20]
     checks = {}
-    for attack in (AutoAttack(0.05, version="fast", n_iter=5), rand):
+    for attack in (AutoAttack(0.05, version="fast", steps=5), rand):
         report = evaluate_robustness(noisy, (x[:40], y[:40]), attacks=[attack], large_eps=None)
         (checks[attack.version],) = [c for c in report.checks if c.name.startswith("AutoAttack: forward pass")]
     assert not checks["fast"].passed and "version='rand'" in checks["fast"].detail
@@ -494,7 +494,7 @@ def test_draws_make_random_layers_draw_anew_repeatably_and_leave_the_model_alone
     each number (independent N(0, 0.3²) draws), the same again for the same number,
     and the model's own generator state is untouched."""
     model = keras.Sequential([keras.Input((2000,)), NoisyInference()])
-    scores = _scores_function(model, from_logits=True)[0]
+    scores = ClassifierView(model, from_logits=True).scores
     state = keras.ops.convert_to_numpy(model.layers[0].seed.state.value).copy()
     zeros = keras.ops.zeros((1, 2000))
     noise = [np.asarray(keras.ops.convert_to_numpy(scores(zeros, draw)))[0] for draw in (None, 0, 1, 2, 3)]
@@ -517,7 +517,7 @@ def test_eot_gradient_is_the_mean_of_the_passes_gradients():
     kernel = np.asarray(keras.ops.convert_to_numpy(model.layers[-1].kernel), "float64")
     x = np.random.default_rng(0).uniform(size=(3, 6)).astype("float32")
     y = np.array([0, 1, 3])
-    scores = _scores_function(model, from_logits=True)[0]
+    scores = ClassifierView(model, from_logits=True).scores
     attack = APGD(0.1, eot_iter=5)
     first, k = 7, 2
     expected = attack._expected_loss_and_grad(attack._loss_function(scores), first)
@@ -548,7 +548,7 @@ def test_eot_breaks_more_of_a_randomised_model_than_single_passes(trained_cnn, d
     def robust(adversarial):
         return float(np.mean([accuracy(model, adversarial, y) for _ in range(20)]))
 
-    single, averaged = ([robust(APGD(0.1, n_iter=20, eot_iter=eot, seed=seed)(model, x, y)) for seed in (0, 1)]
+    single, averaged = ([robust(APGD(0.1, steps=20, eot_iter=eot, seed=seed)(model, x, y)) for seed in (0, 1)]
                         for eot in (1, 20))
     spread = max(np.ptp(single), np.ptp(averaged)) + 2 / len(y)
     assert np.mean(averaged) < np.mean(single) - spread, (single, averaged)
@@ -564,14 +564,14 @@ class SoftmaxByOps(keras.layers.Layer):
 def test_softmax_outputs_are_attacked_through_their_logits(trained_cnn, digits):
     x, y = digits
     with_softmax = keras.Sequential([keras.Input((8, 8, 1))] + trained_cnn.layers + [keras.layers.Softmax()])
-    on_logits = APGDT(0.1, n_target_classes=2, n_iter=20, seed=0)(trained_cnn, x, y)
-    on_softmax = APGDT(0.1, n_target_classes=2, n_iter=20, seed=0)(with_softmax, x, y)
+    on_logits = APGDT(0.1, n_target_classes=2, steps=20, seed=0)(trained_cnn, x, y)
+    on_softmax = APGDT(0.1, n_target_classes=2, steps=20, seed=0)(with_softmax, x, y)
     np.testing.assert_array_equal(on_softmax, on_logits)
     hidden = keras.Sequential([keras.Input((8, 8, 1))] + trained_cnn.layers + [SoftmaxByOps()])
-    attack = AutoAttack(0.1, version="fast", n_iter=10, seed=0)
+    attack = AutoAttack(0.1, version="fast", steps=10, seed=0)
     flagged = attack.run(hidden, x[:40], y[:40])
     assert flagged.flags["probabilities"]  # attacked as logits: the check says so
-    told = AutoAttack(0.1, version="fast", n_iter=10, seed=0, from_logits=False).run(hidden, x[:40], y[:40])
+    told = AutoAttack(0.1, version="fast", steps=10, seed=0, from_logits=False).run(hidden, x[:40], y[:40])
     assert not told.flags["probabilities"]  # attacked through log p
     plain = attack.run(trained_cnn, x[:40], y[:40])
     assert told.robust_accuracy == pytest.approx(plain.robust_accuracy, abs=1 / 40)
@@ -585,7 +585,7 @@ def test_softmax_outputs_are_attacked_through_their_logits(trained_cnn, digits):
                            "ensemble and in a report (keeps the torch half within its time)")
 def test_evaluate_robustness_reports_autoattack_and_its_stages(trained_cnn, digits):
     x, y = digits
-    attack = AutoAttack(0.1, n_iter=20, n_queries=200, seed=0)
+    attack = AutoAttack(0.1, steps=20, square_steps=200, seed=0)
     report = evaluate_robustness(trained_cnn, (x, y), attacks=[PGD(0.1, steps=20, seed=0), attack],
                                  large_eps=None)
     row = next(r for r in report.rows if r["family"] == "AutoAttack")
@@ -617,7 +617,7 @@ def test_bad_inputs_say_what_is_wrong(trained_cnn, digits):
         APGD(0.1, loss="dlr")(binary, np.full((2, 3), 0.5, "float32"), [0, 1])
 
 
-@pytest.mark.parametrize("attack", [APGDT(0.1, n_iter=7, seed=3), Square(0.2, n_queries=9, seed=1),
+@pytest.mark.parametrize("attack", [APGDT(0.1, steps=7, seed=3), Square(0.2, steps=9, seed=1),
                                     AutoAttack(0.3, norm=2, version="fast", seed=2), APGD(0.1, eot_iter=4),
                                     AutoAttack(0.1, version="rand")], ids=repr)
 def test_configs_round_trip(attack):
@@ -631,12 +631,31 @@ def test_apgd_targeted_is_deprecated_for_apgdt_which_runs_the_same_attack(traine
     and names ``APGDT``; the two give the same points. ``APGDT`` refuses ``targeted=True``."""
     x, y = digits
     with pytest.warns(LowRankWarning, match=r"APGD\(targeted=True\) is deprecated.*APGDT"):
-        old = APGD(0.1, targeted=True, n_target_classes=2, n_iter=10, seed=0)
-    new = APGDT(0.1, n_target_classes=2, n_iter=10, seed=0)
+        old = APGD(0.1, targeted=True, n_target_classes=2, steps=10, seed=0)
+    new = APGDT(0.1, n_target_classes=2, steps=10, seed=0)
     assert old.name == new.name and new.apgd_targeted and new.loss == "dlr"
     np.testing.assert_array_equal(np.asarray(old(trained_cnn, x, y)), np.asarray(new(trained_cnn, x, y)))
     with pytest.raises(ValueError, match="APGDT takes no `targeted=True`"):
         APGDT(0.1, targeted=True)
+
+
+@pytest.mark.parametrize("kind,old,new,default", [
+    (APGD, "n_iter", "steps", 100), (APGDT, "n_iter", "steps", 100), (FAB, "n_iter", "steps", 100),
+    (Square, "n_queries", "steps", 5000), (AutoAttack, "n_iter", "steps", 100),
+    (AutoAttack, "n_queries", "square_steps", 5000)])
+def test_former_names_of_the_step_counts_warn_and_give_the_same_attack(kind, old, new, default):
+    """``steps`` names every attack's iteration count; ``n_iter``/``n_queries`` still work
+    for one release, with a warning, in the constructor and in a saved config."""
+    seed = {} if kind is FAB else {"seed": 0}  # FAB draws nothing
+    with pytest.warns(LowRankWarning, match=rf"{kind.__name__}\({old}=...\) is deprecated.*{new}="):
+        former = kind(0.1, **{old: 7}, **seed)
+    current = kind(0.1, **{new: 7}, **seed)
+    assert getattr(former, new) == 7 != default and former.get_config() == current.get_config()
+    config = {(old if key == new else key): value for key, value in current.get_config().items()}
+    with pytest.warns(LowRankWarning, match="deprecated"):
+        assert kind.from_config(config).get_config() == current.get_config()
+    with pytest.raises(ValueError, match=f"pass `{new}` only"):
+        kind(0.1, **{old: 7, new: 8})
 
 
 # ---------------------------------------------------------------- FAB-T against the authors' code
@@ -810,7 +829,6 @@ def reference_fab_targeted(model, x, y, rank, n_iter, alpha_max=0.1, eta=1.05, b
 @pytest.mark.parametrize("norm", ["inf", 2])
 def test_fab_equals_the_authors_loop(rng, norm):
     from keras_lowrank.robustness.attacks import FAB
-    from keras_lowrank.robustness.attacks._runner import _scores_function
 
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="tanh",
@@ -818,8 +836,8 @@ def test_fab_equals_the_authors_loop(rng, norm):
                               keras.layers.Dense(6, bias_initializer="random_normal")])
     x = rng.uniform(0.2, 0.8, (40, 12)).astype("float32")
     y = np.argmax(model.predict(x, verbose=0), axis=1)
-    attack = FAB(0.3, norm=norm, n_iter=20)
-    scores, _ = _scores_function(model, None)
+    attack = FAB(0.3, norm=norm, steps=20)
+    scores = ClassifierView(model).scores
     for rank in (2, 3):
         found, distance = attack._single_run(scores, keras.ops.convert_to_tensor(x), y, rank)
         expected, expected_distance = reference_fab_targeted(model, x, y, rank, 20, norm=norm)

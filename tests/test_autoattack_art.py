@@ -46,7 +46,7 @@ def accuracy(model, x, y):
 def test_apgd_matches_art(setting, loss, art_loss, n_iter):
     model, classifier, x, y = setting
     eps = 0.1
-    ours = accuracy(model, APGD(eps, loss=loss, n_iter=n_iter, seed=0)(model, x, y), y)
+    ours = accuracy(model, APGD(eps, loss=loss, steps=n_iter, seed=0)(model, x, y), y)
     theirs = accuracy(model, AutoProjectedGradientDescent(
         classifier, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=n_iter, nb_random_init=1, batch_size=400,
         loss_type=art_loss, verbose=False).generate(x, np.eye(10)[y]), y)
@@ -61,7 +61,7 @@ def test_square_matches_art(setting):
     checked against a port of the authors' loop in test_autoattack.py."""
     model, classifier, x, y = setting
     norm, eps = np.inf, 0.1
-    ours = accuracy(model, Square(eps, norm=norm, n_queries=1000, seed=0)(model, x, y), y)
+    ours = accuracy(model, Square(eps, norm=norm, steps=1000, seed=0)(model, x, y), y)
     theirs = accuracy(model, SquareAttack(classifier, norm=norm, eps=eps, max_iter=1000, p_init=0.8, nb_restarts=1,
                                           batch_size=400, verbose=False).generate(x, np.eye(10)[y]), y)
     assert ours < accuracy(model, x, y) - 0.1
@@ -82,7 +82,7 @@ def test_autoattack_at_least_as_strong_as_arts_ensemble(setting):
                                verbose=False))
     theirs = accuracy(model, ArtAutoAttack(classifier, norm=np.inf, eps=eps, eps_step=2 * eps, attacks=stages,
                                            batch_size=400).generate(x, np.eye(10)[y]), y)
-    result = AutoAttack(eps, n_queries=500, seed=0).run(model, x, y)
+    result = AutoAttack(eps, square_steps=500, seed=0).run(model, x, y)
     assert result.robust_accuracy <= theirs + POINT, (result.robust_accuracy, theirs)
     assert result.robust_accuracy >= theirs - 3 * POINT, (result.robust_accuracy, theirs)
     assert result.robust_accuracy < accuracy(model, x, y) - 0.1

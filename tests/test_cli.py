@@ -355,6 +355,19 @@ def test_autoattack_versions_by_name():
     assert versions == {"autoattack": "standard", "autoattack-fast": "fast", "autoattack-rand": "rand"}
 
 
+def test_a_number_after_an_attacks_name_sets_its_steps():
+    from keras_lowrank._jobs.common import JobError
+    from keras_lowrank._jobs.evaluate import parse_attack
+
+    for name in ("pgd", "apgd-ce", "apgd-t", "fab", "square", "spsa", "autoattack", "autoattack-fast"):
+        default = parse_attack(f"{name}:0.1").build((0, 1), 0)
+        attack = parse_attack(f"{name}7:0.1").build((0, 1), 0)
+        assert attack.steps == 7 != default.steps, name
+        assert type(attack) is type(default) and attack.eps == default.eps == 0.1
+    with pytest.raises(JobError, match="fgsm is one step"):
+        parse_attack("fgsm3:0.1")
+
+
 def test_bad_arguments_exit_2_before_any_work(saved, tmp_path, capsys):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "notes.txt").write_text("mine")
@@ -364,7 +377,7 @@ def test_bad_arguments_exit_2_before_any_work(saved, tmp_path, capsys):
          "is not a file"),
         (["evaluate", saved["model"], "--data", "imagenet", "--output", str(tmp_path / "o")], "unknown dataset"),
         (["evaluate", saved["model"], "--data", "digits", "--attacks", "pgd:abc", "--output", str(tmp_path / "o")],
-         "NAME:EPS"),
+         "NAME[STEPS]:EPS"),
         (["evaluate", saved["model"], "--data", "digits", "--attacks", "cw:0.1", "--output", str(tmp_path / "o")],
          "autoattack"),
         (["evaluate", saved["model"], "--data", "digits", "--clip", "1", "0", "--output", str(tmp_path / "o")],

@@ -38,8 +38,8 @@ def test_saved_model_attacked_white_box(exported):
     written, x, y = exported
     model, saved = written["model"], load_exported(written["saved_model"])
     assert accuracy(saved, x, y) == accuracy(model, x, y)
-    ours = accuracy(model, APGD(0.1, n_iter=30, seed=0)(model, x, y), y)
-    through_file = accuracy(model, APGD(0.1, n_iter=30, seed=0)(saved, x, y), y)
+    ours = accuracy(model, APGD(0.1, steps=30, seed=0)(model, x, y), y)
+    through_file = accuracy(model, APGD(0.1, steps=30, seed=0)(saved, x, y), y)
     assert ours < accuracy(model, x, y) - 0.1
     assert abs(ours - through_file) <= 0.01 + 1e-9
 
@@ -48,7 +48,7 @@ def test_tflite_attacked_black_box(exported):
     written, x, y = exported
     model, lite = written["model"], load_exported(written["tflite"])
     np.testing.assert_allclose(lite.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-4)
-    for attack in (Square(0.15, n_queries=300, seed=0), SPSA(0.15, steps=5, samples=16, seed=0)):
+    for attack in (Square(0.15, steps=300, seed=0), SPSA(0.15, steps=5, samples=16, seed=0)):
         keras_side = accuracy(model, attack(model, x, y), y)
         file_side = accuracy(lite, attack(lite, x, y), y)
         assert file_side < accuracy(model, x, y) - 0.1, attack
@@ -56,12 +56,12 @@ def test_tflite_attacked_black_box(exported):
             attack, keras_side, file_side)
     # white-box attacks would see no gradient through the interpreter (before, they reported
     # about the clean accuracy): refused, directly and in a report, naming the black-box ones
-    for attack in (AutoAttack(0.15, n_iter=5, n_queries=100, seed=0), PGD(0.15), FGSM(0.15), APGD(0.15)):
+    for attack in (AutoAttack(0.15, steps=5, square_steps=100, seed=0), PGD(0.15), FGSM(0.15), APGD(0.15)):
         with pytest.raises(ValueError, match="TFLite.*Square"):
             attack(lite, x[:8], y[:8])
         with pytest.raises(ValueError, match="TFLite"):
             evaluate_robustness(lite, (x[:8], y[:8]), attacks=[attack])
-    report = evaluate_robustness(lite, (x[:50], y[:50]), attacks=[Square(0.15, n_queries=50, seed=0)])
+    report = evaluate_robustness(lite, (x[:50], y[:50]), attacks=[Square(0.15, steps=50, seed=0)])
     assert [r["family"] for r in report.rows] == ["clean", "Square"]  # no PGD probe on it either
 
 

@@ -559,14 +559,14 @@ def test_attacks_called_directly_refuse_nan_and_infinite_inputs():
     bad[2, 3], bad[7, 0], bad[7, 5] = np.nan, np.inf, -np.inf
     assert (~np.isfinite(bad)).any(axis=1).sum() == 2
     attacks = [FGSM(0.1), PGD(0.1, steps=2), PGD(0.1, steps=2, clip=None), SPSA(0.1, steps=1),
-               APGD(0.1, n_iter=2), Square(0.1, n_queries=2), FAB(0.1, n_iter=2),
+               APGD(0.1, steps=2), Square(0.1, steps=2), FAB(0.1, steps=2),
                GaussianNoise(0.1), GaussianNoise(0.1, clip=None)]
     for attack in attacks:
         with pytest.raises(ValueError, match=r"`x`: 2 input\(s\) hold NaN or infinite"):
             attack(model, bad, y)
         assert np.isfinite(_np(attack(model, x, y))).all(), attack  # clean data still runs
-    for call in (lambda: AutoAttack(0.1, n_iter=2, n_queries=2).run(model, bad, y),
-                 lambda: evaluate_robustness(model, (bad, y), attacks=[AutoAttack(0.1, n_iter=2, n_queries=2)],
+    for call in (lambda: AutoAttack(0.1, steps=2, square_steps=2).run(model, bad, y),
+                 lambda: evaluate_robustness(model, (bad, y), attacks=[AutoAttack(0.1, steps=2, square_steps=2)],
                                              large_eps=None)):
         with pytest.raises(ValueError, match=r"`x`: 2 input\(s\) hold NaN or infinite"):
             call()
@@ -581,12 +581,12 @@ def test_autoattack_on_fewer_than_four_classes_names_the_stages_that_apply():
                                              r".*has 3.*Square"):
             AutoAttack(0.1, version=version).run(_classifier(classes=3), x, y)
     # "rand" (APGD-CE, APGD-DLR) runs on 3 classes, not on 2
-    AutoAttack(0.1, version="rand", n_iter=2).run(_classifier(classes=3), x, y)
+    AutoAttack(0.1, version="rand", steps=2).run(_classifier(classes=3), x, y)
     with pytest.raises(ValueError, match=r"AutoAttack \(rand\) needs a model of at least 3 classes.*has 2"):
-        AutoAttack(0.1, version="rand", n_iter=2).run(_classifier(classes=2), *_unit_data(n=8, classes=2))
+        AutoAttack(0.1, version="rand", steps=2).run(_classifier(classes=2), *_unit_data(n=8, classes=2))
     # what the message proposes runs on that model
     report = evaluate_robustness(_classifier(classes=3), (x, y), large_eps=None,
-                                 attacks=[APGD(0.1, loss="ce", n_iter=2), Square(0.1, n_queries=2)])
+                                 attacks=[APGD(0.1, loss="ce", steps=2), Square(0.1, steps=2)])
     assert [r["family"] for r in report.rows] == ["clean", "APGD", "Square"]
 
 
@@ -634,8 +634,8 @@ def test_from_logits_that_the_model_contradicts_is_refused_everywhere(rng):
     softmax = keras.Sequential(body + [keras.layers.Dense(4, activation="softmax")])
     hidden = keras.Sequential(body + [keras.layers.Dense(4), _SoftmaxByOps()])
     logits = keras.Sequential(body + [keras.layers.Dense(4)])
-    wrong = [(FAB(0.1, n_iter=5, from_logits=True), softmax), (PGD(0.1, from_logits=True), hidden),
-             (Square(0.1, n_queries=5, from_logits=True), hidden), (APGD(0.1, n_iter=5, from_logits=False), logits),
+    wrong = [(FAB(0.1, steps=5, from_logits=True), softmax), (PGD(0.1, from_logits=True), hidden),
+             (Square(0.1, steps=5, from_logits=True), hidden), (APGD(0.1, steps=5, from_logits=False), logits),
              (FGSM(0.1, from_logits=False), logits)]
     for attack, model in wrong:
         with pytest.raises(ValueError, match="from_logits"):
@@ -643,12 +643,12 @@ def test_from_logits_that_the_model_contradicts_is_refused_everywhere(rng):
         with pytest.raises(ValueError, match="from_logits"):
             evaluate_robustness(model, (x, y), attacks=[attack], large_eps=None)
     with pytest.raises(ValueError, match="from_logits=True"):
-        AutoAttack(0.1, version="fast", n_iter=5, from_logits=True).run(hidden, x, y)
+        AutoAttack(0.1, version="fast", steps=5, from_logits=True).run(hidden, x, y)
     with pytest.raises(ValueError, match="from_logits"):
         evaluate_robustness(softmax, (x, y), attacks=[PGD(0.1)], from_logits=True, large_eps=None)
     # the flags that agree with the model run
     PGD(0.1, from_logits=False)(hidden, x, y)
-    FAB(0.1, n_iter=5)(softmax, x, y)
+    FAB(0.1, steps=5)(softmax, x, y)
     evaluate_robustness(logits, (x, y), attacks=[PGD(0.1, from_logits=True)], large_eps=None)
 
 
@@ -664,7 +664,7 @@ def test_targeted_is_refused_where_it_cannot_be_honoured_and_a_left_out_stage_is
     y = rng.integers(0, 4, size=16)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
     # L2 Square needs images: on (n, features) data the ensemble runs without it, and says so
-    attack = AutoAttack(0.5, norm=2, n_iter=5, n_queries=5)
+    attack = AutoAttack(0.5, norm=2, steps=5, square_steps=5)
     result = attack.run(model, x, y)
     assert [s.split(":")[0].split("-")[0] for s in result.flags["skipped"]] == ["Square"]
     assert "Square" not in " ".join(result.stage_accuracy)

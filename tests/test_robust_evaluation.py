@@ -8,7 +8,7 @@ import pytest
 from keras_lowrank import data
 from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel, evaluate_robustness
-from keras_lowrank.robustness.report import _checks
+from keras_lowrank.robustness._checks import masking_checks as _checks
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -325,7 +325,7 @@ def test_a_report_compiles_one_step_for_clean_noise_fgsm_and_pgd_and_scores_each
     not projected; a PGD-20 probe runs in the step traced for PGD-3; PGD rows of 1, 2
     and 3 restarts share a step built for 3; and every row draws what a fresh object
     with its seed draws, batch after batch (common random numbers)."""
-    from keras_lowrank.robustness import SPSA, report
+    from keras_lowrank.robustness import SPSA, _evaluator
 
     model, x, y = trained
     dataset = batches(x, y)  # 4 batches: the random draws must follow a fresh object's, batch after batch
@@ -336,7 +336,7 @@ def test_a_report_compiles_one_step_for_clean_noise_fgsm_and_pgd_and_scores_each
             super().__init__(*args, **kwargs)
             created.append((type(self.perturbation).__name__, getattr(self.perturbation, "norm", None)))
 
-    monkeypatch.setattr(report, "PerturbedModel", Counting)
+    monkeypatch.setattr(_evaluator, "PerturbedModel", Counting)
     sweep = (0.05, 0.1, 0.2)
     attacks = ([FGSM(e) for e in sweep] + [PGD(e, steps=3, seed=1) for e in sweep]
                + [PGD(0.1, steps=5, step_size=0.02, seed=1), PGD(0.1, steps=2, random_start=False),
@@ -384,7 +384,9 @@ def test_a_reports_step_outputs_what_the_model_outputs_at_each_rows_point(traine
     model ending in a softmax (attacked through its logits) that means the last
     layer's softmax of them: the cross-entropy would differ on logits. A model that
     cannot say its number of classes gets the loop of K passes, then ``model``."""
-    from keras_lowrank.robustness import _gradients, report
+    from keras_lowrank.robustness import _gradients
+    from keras_lowrank.robustness._evaluator import Evaluator
+    from keras_lowrank.robustness._sweep import Identity
 
     traced = []
     own = _gradients.Oracle.outputs_and_grad
@@ -396,9 +398,9 @@ def test_a_reports_step_outputs_what_the_model_outputs_at_each_rows_point(traine
     from_logits = head.startswith("logits")
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
     dataset = batches(x, y)
-    rows = [report.Identity(), GaussianNoise(0.2, seed=3), FGSM(0.1), PGD(0.1, steps=3, seed=1),
+    rows = [Identity(), GaussianNoise(0.2, seed=3), FGSM(0.1), PGD(0.1, steps=3, seed=1),
             PGD(0.2, steps=2, restarts=2, seed=5)]
-    evaluator = report._Evaluator(model, from_logits, "auto", 0, rows)
+    evaluator = Evaluator(model, from_logits, "auto", 0, rows)
     for row in rows:
         shared = evaluator._ready_wrapper(row, False).evaluate(dataset, verbose=0, return_dict=True)
         fresh = PerturbedModel(model, row)

@@ -103,6 +103,15 @@ def test_private_keras_api_only_in_the_compat_module():
     assert not offenders, offenders
 
 
+def test_no_library_module_over_500_lines():
+    """Files a reader can take in, each about one thing: a module past 500 lines is
+    split by what its parts do (as ``robustness/report.py`` into the report, its
+    evaluator and its checks)."""
+    long = {str(path.relative_to(ROOT)): count for path in PACKAGE.rglob("*.py")
+            if (count := len(path.read_text().splitlines())) > 500}
+    assert not long, long
+
+
 def test_nothing_points_outside_the_repository():
     files = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".toml", ".sh", ".cfg")
              and ".venv" not in p.parts and ".git" not in p.parts and "runs" not in p.parts]

@@ -88,9 +88,9 @@ def test_every_attack_stays_in_its_ball_and_lowers_accuracy(trained, norm):
     model, x, y = trained
     eps = 0.1 if norm == "inf" else 0.8
     clean = np.mean(_predict(model, x) == y)
-    attacks = [FGSM(eps, norm=norm), PGD(eps, norm=norm, steps=10, seed=0), APGD(eps, norm=norm, n_iter=20, seed=0),
-               APGDT(eps, norm=norm, n_iter=20, seed=0), FAB(eps, norm=norm, n_iter=10),
-               Square(eps, norm=norm, n_queries=200, seed=0)]
+    attacks = [FGSM(eps, norm=norm), PGD(eps, norm=norm, steps=10, seed=0), APGD(eps, norm=norm, steps=20, seed=0),
+               APGDT(eps, norm=norm, steps=20, seed=0), FAB(eps, norm=norm, steps=10),
+               Square(eps, norm=norm, steps=200, seed=0)]
     if norm == "inf":
         attacks.append(SPSA(eps, steps=5, samples=16, seed=0))
     for attack in attacks:
@@ -113,7 +113,7 @@ def test_apgd_ce_equals_torchattacks_within_the_seeds_spread(trained):
     network, images, labels = _theirs(model), _nchw(x), torch.tensor(y).long()
     ours, theirs = [], []
     for seed in (0, 1):
-        ours.append(np.mean(_predict(model, keras.ops.convert_to_numpy(APGD(0.1, n_iter=100, seed=seed)(model, x, y)))
+        ours.append(np.mean(_predict(model, keras.ops.convert_to_numpy(APGD(0.1, steps=100, seed=seed)(model, x, y)))
                             == y))
         adversarial = torchattacks.APGD(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=seed,
                                         loss="ce")(images, labels)
@@ -183,7 +183,7 @@ def test_autoattack_rand_equals_torchattacks_eot_stages_within_the_seeds_spread(
 
     ours, theirs, single = [], [], []
     for seed in (0, 1):
-        ours.append(robust(AutoAttack(0.1, version="rand", n_iter=30, seed=seed).run(model, x, y).x_adv))
+        ours.append(robust(AutoAttack(0.1, version="rand", steps=30, seed=seed).run(model, x, y).x_adv))
         adversarial = images.clone()
         with torch.no_grad():
             alive = np.flatnonzero((network(images).argmax(1) == labels).numpy())
@@ -196,7 +196,7 @@ def test_autoattack_rand_equals_torchattacks_eot_stages_within_the_seeds_spread(
             adversarial[alive[fooled]] = found[fooled]
             alive = alive[~fooled]
         theirs.append(robust(adversarial.detach().permute(0, 2, 3, 1).numpy()))
-        single.append(robust(APGD(0.1, n_iter=30, seed=seed)(model, x, y)))
+        single.append(robust(APGD(0.1, steps=30, seed=seed)(model, x, y)))
     spread = max(np.ptp(ours), np.ptp(theirs)) + 2 / len(y)
     assert abs(np.mean(ours) - np.mean(theirs)) <= spread, (ours, theirs)
     assert np.mean(ours) < np.mean(single) - spread, (ours, single)
@@ -212,7 +212,7 @@ def test_on_a_masked_gradient_square_breaks_what_the_gradient_stages_cannot_as_i
     cnn, x, y = trained
     x, y = x[:50], y[:50]
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Lambda(lambda t: keras.ops.round(t * 8) / 8), cnn])
-    result = AutoAttack(0.1, n_iter=20, n_queries=1000, seed=0).run(model, x, y)
+    result = AutoAttack(0.1, steps=20, square_steps=1000, seed=0).run(model, x, y)
     ours = [result.clean_accuracy] + list(result.stage_accuracy.values())
     robust, theirs = _their_autoattack(model, x, y, steps=20, queries=1000)
     assert np.max(np.abs(np.array(ours) - np.array(theirs))) <= 3 / 50 + 1e-9, (ours, theirs)
@@ -253,13 +253,13 @@ def test_gradient_free_loops_record_no_autograd_graph(trained):
     model, x, y = trained
     spy = _AutogradSpy()
     spied = keras.Sequential([keras.Input((8, 8, 1))] + model.layers[:-1] + [spy, model.layers[-1]])
-    Square(0.1, n_queries=30, seed=0)(spied, x[:20], y[:20])
+    Square(0.1, steps=30, seed=0)(spied, x[:20], y[:20])
     assert len(spy.seen) > 30 and not any(spy.seen)
     spy.seen.clear()
     PGD(0.1, steps=3, seed=0)(spied, x[:20], y[:20])
     assert spy.seen.count(True) == 3  # the three gradients
     spy.seen.clear()
-    adversarial = PerturbedModel(spied, Square(0.1, n_queries=30, seed=0))
+    adversarial = PerturbedModel(spied, Square(0.1, steps=30, seed=0))
     adversarial.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.SparseCategoricalCrossentropy(
         from_logits=True))
     adversarial.fit(x[:20], y[:20], epochs=1, batch_size=20, verbose=0)
@@ -361,8 +361,8 @@ def test_square_writes_its_windows_as_slices_eagerly_equal_to_the_compiled_masks
     from keras_lowrank.robustness.attacks import square
 
     model, x, y = trained
-    eager = np.asarray(keras.ops.convert_to_numpy(Square(0.1, n_queries=300, seed=0)(model, x, y)))
+    eager = np.asarray(keras.ops.convert_to_numpy(Square(0.1, steps=300, seed=0)(model, x, y)))
     monkeypatch.setattr(square, "holds_values", lambda tensor: False)
-    masks = np.asarray(keras.ops.convert_to_numpy(Square(0.1, n_queries=300, seed=0)(model, x, y)))
+    masks = np.asarray(keras.ops.convert_to_numpy(Square(0.1, steps=300, seed=0)(model, x, y)))
     np.testing.assert_array_equal(eager, masks)
     assert np.any(eager != x)

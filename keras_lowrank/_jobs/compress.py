@@ -145,7 +145,7 @@ def run(args, meta):
     from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
     from keras_lowrank.optimizers import DLRT
     from keras_lowrank.precision import float32_matmuls
-    from keras_lowrank.robustness.attacks.base import outputs_logits
+    from keras_lowrank.robustness._classifier import outputs_logits
 
     model = common.load_model(args.model)
     args.formats = args.formats or default_formats(model)

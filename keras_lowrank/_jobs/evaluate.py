@@ -11,7 +11,7 @@ from keras_lowrank._jobs.common import JobError
 
 ATTACKS = {
     "fgsm": "FGSM (one signed-gradient step)",
-    "pgd": "PGD, 10 steps (pgdN: N steps, e.g. pgd100)",
+    "pgd": "PGD, 10 steps",
     "apgd-ce": "APGD on cross-entropy, 100 iterations",
     "apgd-t": "targeted APGD on the DLR loss, 9 target classes",
     "fab": "FAB-T, 9 target classes",
@@ -22,7 +22,9 @@ ATTACKS = {
     "autoattack-rand": "AutoAttack for randomised models: APGD-CE, APGD-DLR, gradients averaged over 20 passes",
 }
 DEFAULT_ATTACKS = ("fgsm:0.03", "pgd:0.03")
-ATTACK_HELP = "; ".join(f"{name}: {text}" for name, text in ATTACKS.items())
+ATTACK_HELP = ("; ".join(f"{name}: {text}" for name, text in ATTACKS.items())
+               + ". NAME followed by a number sets the steps (pgd100:0.03, apgd-ce20:0.03; for "
+               "autoattack those of its APGD and FAB stages), except fgsm")
 _PATTERN = re.compile(r"^(?P<name>[a-z-]+?)(?P<steps>\d+)?:(?P<eps>[^:]+)(?::(?P<norm>linf|l2))?$")
 
 
@@ -37,10 +39,12 @@ class AttackSpec:
         from keras_lowrank import robustness as r
 
         common_args = {"clip": tuple(clip)}
+        if self.steps is not None:  # else each attack's own default
+            common_args["steps"] = self.steps
         if self.name == "fgsm":
             return r.FGSM(self.eps, norm=self.norm, **common_args)
         if self.name == "pgd":
-            return r.PGD(self.eps, steps=self.steps or 10, norm=self.norm, seed=seed, **common_args)
+            return r.PGD(self.eps, norm=self.norm, seed=seed, **common_args)
         if self.name == "apgd-ce":
             return r.APGD(self.eps, norm=self.norm, loss="ce", seed=seed, **common_args)
         if self.name == "apgd-t":
@@ -58,7 +62,7 @@ class AttackSpec:
 def parse_attack(text):
     """``NAME[STEPS]:EPS[:linf|l2]`` → AttackSpec (raises JobError with the grammar)."""
     match = _PATTERN.match(text.strip().lower())
-    grammar = (f"expected NAME:EPS[:linf|l2], e.g. pgd:0.03 or autoattack:0.5:l2, with NAME one of "
+    grammar = (f"expected NAME[STEPS]:EPS[:linf|l2], e.g. pgd:0.03, pgd100:0.03 or autoattack:0.5:l2, with NAME one of "
                f"{', '.join(ATTACKS)}")
     if not match or match["name"] not in ATTACKS:
         raise JobError(f"--attacks {text!r}: {grammar}.")
@@ -68,14 +72,14 @@ def parse_attack(text):
         raise JobError(f"--attacks {text!r}: ε must be a number; {grammar}.") from None
     if not math.isfinite(eps) or eps < 0:
         raise JobError(f"--attacks {text!r}: ε must be finite and ≥ 0.")
-    if match["steps"] and match["name"] != "pgd":
-        raise JobError(f"--attacks {text!r}: only pgd takes a step count (pgd100:0.03).")
+    if match["steps"] and match["name"] == "fgsm":
+        raise JobError(f"--attacks {text!r}: fgsm is one step; a step count goes with the others (pgd100:0.03).")
     norm = "2" if match["norm"] == "l2" else "inf"
     if norm == "2" and match["name"] == "spsa":
         raise JobError(f"--attacks {text!r}: {match['name']} is L∞ only here.")
     steps = int(match["steps"]) if match["steps"] else None
     if steps == 0:
-        raise JobError(f"--attacks {text!r}: PGD needs at least 1 step.")
+        raise JobError(f"--attacks {text!r}: an attack needs at least 1 step.")
     return AttackSpec(match["name"], eps, norm, steps)
 
 

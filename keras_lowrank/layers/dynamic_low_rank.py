@@ -19,7 +19,7 @@ from keras import ops
 from keras_lowrank import _host_factorization as host
 from keras_lowrank import factorization
 from keras_lowrank._svd import leading_pays, matrix_svd
-from keras_lowrank._tracing import holds_values
+from keras_lowrank._tracing import concrete, holds_values
 from keras_lowrank._validation import check_int, check_number
 
 FACTOR_ROLE = "_keras_lowrank_role"
@@ -139,10 +139,10 @@ class DynamicLowRankBase(keras.layers.Layer):
                     kernel = self.kernel_initializer(self._kernel_shape(n_in, n_out), self.dtype)
                     factors = dict(zip("USV", self._pad_factors(*_leading_factors(
                         kernel, (n_in, n_out), self.initial_rank), self.initial_rank)))
-                try:
-                    initial.update({k: ops.convert_to_numpy(v) for k, v in factors.items()})
-                except Exception:  # traced: a placeholder, not kept
+                values = concrete(*factors.values())
+                if values is None:  # traced: a placeholder, not kept
                     return factors[role]
+                initial.update(zip(factors, values))
                 return initial[role]
 
             return initialize
@@ -172,10 +172,10 @@ class DynamicLowRankBase(keras.layers.Layer):
         v: n_out × k, k ≥ rank) to the storage shape at r_max: in NumPy where they
         are concrete (eager ops on JAX compile a program per op and shape: every
         layer of a converted DenseNet121 would pay ~5), else in ``keras.ops``."""
-        try:
-            u, s, v = (np.asarray(ops.convert_to_numpy(t)) for t in (u, s, v))
-        except Exception:  # traced
+        values = concrete(u, s, v)
+        if values is None:  # traced
             return self._pad_traced_factors(u, s, v, rank)
+        u, s, v = values
         dtype = keras.backend.standardize_dtype(self.dtype)
         s = np.diag(s[:rank]) if s.ndim == 1 else s[:rank, :rank]
         pad = self.max_rank - rank
@@ -310,12 +310,9 @@ def _leading_factors(kernel, shape, rank):
     compile for each layer shape). A larger full SVD and a traced kernel take the
     backend's SVD (float32, faster there)."""
     if leading_pays(shape, rank) or min(shape) <= 1024:
-        try:
-            concrete = np.asarray(ops.convert_to_numpy(kernel), "float64").reshape(shape)
-        except Exception:  # traced: the backend's SVD
-            concrete = None
-        if concrete is not None:
-            return matrix_svd(concrete, rank)
+        values = concrete(kernel)
+        if values is not None:  # else traced: the backend's SVD
+            return matrix_svd(values[0].astype("float64").reshape(shape), rank)
     return _svd_factors(ops.reshape(kernel, shape))
 
 
@@ -352,6 +349,12 @@ class DynamicLowRankDense(DynamicLowRankBase):
 
     ``rank`` is the current active rank: the property, and the ``rank`` of
     ``get_config`` once the layer is built (so a reloaded layer starts there).
+
+    Input shape:
+        N-D tensor of shape ``(batch_size, ..., input_dim)``, as Dense's.
+
+    Output shape:
+        N-D tensor of shape ``(batch_size, ..., units)``.
 
     Examples:
         trained by the ``DLRT`` optimizer, which adapts the rank.

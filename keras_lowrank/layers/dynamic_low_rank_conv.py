@@ -137,6 +137,12 @@ class DynamicLowRankConv2D(_DynamicLowRankConv):
             ``spectral_weight``, ``activation``, ``use_bias``, the initializers,
             regularizers and ``bias_constraint``.
 
+    Input shape:
+        4D tensor ``(batch_size, rows, cols, channels)`` (channels last), as Conv2D's.
+
+    Output shape:
+        4D tensor ``(batch_size, new_rows, new_cols, filters)``, as Conv2D's.
+
     Examples:
 
         >>> layer = DynamicLowRankConv2D(8, 3, padding="same", max_rank=4)
@@ -175,6 +181,12 @@ class DynamicLowRankConv1D(_DynamicLowRankConv):
         min_rank: as in ``DynamicLowRankDense``, as are ``tol``,
             ``spectral_weight``, ``activation``, ``use_bias``, the initializers,
             regularizers and ``bias_constraint``.
+
+    Input shape:
+        3D tensor ``(batch_size, steps, channels)`` (channels last), as Conv1D's.
+
+    Output shape:
+        3D tensor ``(batch_size, new_steps, filters)``, as Conv1D's.
 
     Examples:
 

@@ -40,6 +40,12 @@ class DynamicLowRankEinsumDense(DynamicLowRankBase):
             initializer draws the n_in × n_out matrix, whose fans are those Keras'
             EinsumDense gives it), regularizers and ``bias_constraint``.
 
+    Input shape:
+        the tensor the equation's first operand describes, as EinsumDense's.
+
+    Output shape:
+        ``(batch_size,) + output_shape`` (with the ellipsis' axes), as EinsumDense's.
+
     Examples:
 
         >>> layer = DynamicLowRankEinsumDense("abc,cde->abde", (None, 4, 8), bias_axes="de", max_rank=6)

@@ -107,6 +107,12 @@ class LowRankProjection(keras.layers.Layer):
     The representation is compressed after training with ``encode`` (r
     coefficients per sample) and ``decode`` (back to features).
 
+    Input shape:
+        any tensor ``(batch_size, ...)``: the representation the layer is attached to.
+
+    Output shape:
+        the input's shape (``output_mode="input"`` or ``"projection"``).
+
     Examples:
         attached after the penultimate layer; ``fit`` trains W with the
         losses and thresholds it, then ``encode`` stores r numbers per sample.

@@ -26,7 +26,7 @@ what a fresh ``PGD`` draws.
 In inference (``evaluate``, ``predict``) the step also takes the model's outputs
 at the row's point from the loop: K + 1 forward passes, the last without its
 backward pass, so the model's forward pass is traced and optimised once, not
-twice (``_perturb_with_outputs``).
+twice (``perturb_and_predict``).
 
 Every row computes exactly what its own object computes (the same operations
 in the same order; the zero terms add exact zeros), and draws what a fresh
@@ -41,7 +41,7 @@ import math
 import keras
 from keras import ops
 
-from keras_lowrank.robustness._gradients import forward_without_side_effects
+from keras_lowrank.robustness._classifier import predicted_classes
 from keras_lowrank.robustness.attacks import FGSM, PGD, Attack
 from keras_lowrank.robustness.attacks.base import clip_to_ball, random_start, steepest_step
 from keras_lowrank.robustness.perturbations import GaussianNoise, Perturbation
@@ -51,6 +51,9 @@ class Identity(Perturbation):
     """The clean row: the input as it is (no declared range)."""
 
     name = "clean"
+
+    def describe(self):
+        return "clean", None, 0.0
 
     def perturb_in_graph(self, model, x, y=None):
         return x
@@ -140,9 +143,9 @@ class Sweep(Perturbation):
         self.row = row
 
     def perturb_in_graph(self, model, x, y=None):
-        return self._perturb_with_outputs(model, x, y)[0]
+        return self.perturb_and_predict(model, x, y)[0]
 
-    def _perturb_with_outputs(self, model, x, y=None, num_classes=None):
+    def perturb_and_predict(self, model, x, y=None, num_classes=None):
         """(the row's perturbed ``x``, ``model``'s outputs there in inference mode as
         float32, or None without ``num_classes``). With ``num_classes`` the outputs
         come from the loop itself: it runs K + 1 forward passes and skips the last
@@ -151,9 +154,7 @@ class Sweep(Perturbation):
         once less (docs/benchmarks.md). Those outputs record no ``add_loss`` (no
         attack's forward pass does): a report reads only the accuracy."""
         oracle = self._oracle(model)
-        if y is None:
-            y = ops.argmax(forward_without_side_effects(model, x), axis=-1)
-        y = ops.cast(y, "int32")
+        y = predicted_classes(model, x) if y is None else ops.cast(y, "int32")
         fused = num_classes is not None
 
         def clip(value):

@@ -17,6 +17,7 @@ functions of the ``cleverhans`` package are imported back when loading.
 """
 
 import importlib
+import math
 
 import keras
 
@@ -69,6 +70,11 @@ class CleverhansAttack(Perturbation):
             raise ValueError(f"CleverhansAttack loads only functions of the cleverhans package, "
                              f"got attack_fn={module}.{name!r}.")
         return cls(getattr(importlib.import_module(module), name), **config)
+
+    def input_range(self):
+        """cleverhans' ``clip_min``/``clip_max`` (it clips to them), else none."""
+        low, high = self.kwargs.get("clip_min"), self.kwargs.get("clip_max")
+        return (-math.inf, math.inf) if low is None or high is None else (float(low), float(high))
 
     def perturb_in_graph(self, model, x, y=None):
         # cleverhans' model_fn returns logits: a softmax output's are taken before it.

@@ -78,6 +78,9 @@ class Corruption(Perturbation):
     def get_config(self):
         return {"name": self.corruption, "severity": self.severity, "seed": self.seed}
 
+    def describe(self):
+        return f"corruption:{self.corruption}", None, self.severity
+
     @classmethod
     def from_config(cls, config):
         return cls(**config)

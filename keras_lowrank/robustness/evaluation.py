@@ -35,7 +35,7 @@ from keras_lowrank._labels_in_call import LabelsInCall, label_counter
 from keras_lowrank.analysis._batches import check_not_load_pair
 from keras_lowrank.robustness._gradients import is_symbolic, without_autograd
 from keras_lowrank.robustness._report_inputs import refuse_token_inputs
-from keras_lowrank.robustness.perturbations import class_count
+from keras_lowrank.robustness.perturbations import Perturbation, class_count
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")
@@ -143,9 +143,8 @@ class PerturbedModel(LabelsInCall, keras.Model):
         if is_symbolic(inputs):  # Keras infers output shapes (torch: meta tensors, no values)
             return self.model(inputs, training=training)
         num_classes = self._num_classes(inputs.shape)
-        input_range = getattr(self.perturbation, "input_range", None)
-        if input_range is not None:  # a range that changes between calls (variables)
-            low, high = input_range()
+        if isinstance(self.perturbation, Perturbation):  # a range that may change between calls
+            low, high = self.perturbation.input_range()
         else:
             low, high = self.clip if self.clip is not None else (-math.inf, math.inf)
         # NaN and ±∞ are outside whatever the range (±∞ bounds: no declared range)
@@ -159,12 +158,15 @@ class PerturbedModel(LabelsInCall, keras.Model):
         with _sizes_read(self.perturbation), without_autograd():
             # A perturbation that computes the model's outputs at its result on the
             # way (a report's shared step) hands them over in inference.
-            with_outputs = getattr(self.perturbation, "_perturb_with_outputs", None)
-            if with_outputs is not None and not training and num_classes is not None:
-                return ops.stop_gradient(with_outputs(self.model, inputs, self._labels, num_classes)[1])
-            perturbed = ops.stop_gradient(
-                self.perturbation.perturb_in_graph(self.model, inputs, self._labels)
-            )
+            if isinstance(self.perturbation, Perturbation):
+                fused = None if training else num_classes
+                perturbed, outputs = self.perturbation.perturb_and_predict(
+                    self.model, inputs, self._labels, fused)
+                if outputs is not None:
+                    return ops.stop_gradient(outputs)
+            else:
+                perturbed = self.perturbation.perturb_in_graph(self.model, inputs, self._labels)
+            perturbed = ops.stop_gradient(perturbed)
         return self.model(perturbed, training=training)
 
     def fit(self, *args, **kwargs):
@@ -231,9 +233,10 @@ def _sizes_read(perturbation):
 
 
 def declared_range(perturbation):
-    """The (low, high) input range a perturbation clips to, or None."""
-    clip = getattr(perturbation, "clip", None)
-    kwargs = getattr(perturbation, "kwargs", {})  # CleverhansAttack
-    if clip is None and kwargs.get("clip_min") is not None and kwargs.get("clip_max") is not None:
-        clip = (kwargs["clip_min"], kwargs["clip_max"])
-    return None if clip is None else (float(clip[0]), float(clip[1]))
+    """The (low, high) input range a perturbation clips to now, or None."""
+    if isinstance(perturbation, Perturbation):
+        low, high = (float(ops.convert_to_numpy(v)) for v in perturbation.input_range())
+    else:  # any object with ``perturb_in_graph``
+        clip = getattr(perturbation, "clip", None)
+        low, high = (-math.inf, math.inf) if clip is None else (float(clip[0]), float(clip[1]))
+    return None if (low, high) == (-math.inf, math.inf) else (low, high)

@@ -2,6 +2,8 @@
 ``evaluate_robustness`` apply to inputs (attacks, noise, corruptions), and the
 random perturbations. They act inside the compiled step, in ``keras.ops``."""
 
+import math
+
 import keras
 import numpy as np
 from keras import ops
@@ -71,6 +73,33 @@ class Perturbation:
     def perturb_in_graph(self, model, x, y=None):
         raise NotImplementedError(
             f"{type(self).__name__} must implement perturb_in_graph(model, x, y=None).")
+
+    def input_range(self):
+        """(low, high): the range the inputs must lie in, ±∞ for none; ``PerturbedModel``
+        reads it inside its step and counts the inputs outside. Default: ``clip``."""
+        return (-math.inf, math.inf) if self.clip is None else self.clip
+
+    def perturb_and_predict(self, model, x, y=None, num_classes=None):
+        """(the perturbed ``x``, the model's outputs there in inference mode or None):
+        a perturbation that computes those outputs on its way (given ``num_classes``)
+        hands them over, saving ``PerturbedModel`` a forward pass. Default: no outputs."""
+        return self.perturb_in_graph(model, x, y), None
+
+    def describe(self):
+        """(family, norm, size) of the perturbation's row in a robustness report: the
+        family's name; the threat model's norm ("inf" or "2") for an attack — the
+        reports' checks compare the rows that have one — else None; its size (ε, σ,
+        severity) or None."""
+        return type(self).__name__, None, None
+
+    #: True for a perturbation that a report evaluates by ``report_row`` rather than
+    #: inside Keras' ``evaluate`` (``PerturbedModel``).
+    evaluates_itself = False
+
+    def report_row(self, model, x, y, verbose=0):
+        """{"accuracy": …, any other entries of the report's row} on arrays ``x`` and
+        integer labels ``y``, for a perturbation that ``evaluates_itself``."""
+        raise NotImplementedError(f"{type(self).__name__} is evaluated inside Keras' evaluate.")
 
     def __call__(self, model, x, y=None):
         """The perturbed batch, computed now (``perturb_in_graph`` outside a step)."""
@@ -142,6 +171,9 @@ class GaussianNoise(Perturbation):
 
     def get_config(self):
         return {"sigma": self.sigma, "clip": self.clip, "seed": self.seed}
+
+    def describe(self):
+        return "gaussian", None, self.sigma
 
     def perturb_in_graph(self, model, x, y=None):
         noisy = x + self.sigma * keras.random.normal(ops.shape(x), seed=self._seed)

@@ -6,40 +6,13 @@ import weakref
 import numpy as np
 from keras import ops
 
-from keras_lowrank._keras_compat import seed_states
-from keras_lowrank.robustness._gradients import (
-    compile_function,
-    ends_in_softmax,
-    forward_without_side_effects,
-)
+from keras_lowrank.robustness._classifier import ClassifierView
+from keras_lowrank.robustness._gradients import compile_function
 from keras_lowrank.robustness._report_inputs import refuse_token_inputs
-from keras_lowrank.robustness.attacks.base import (
-    Attack,
-    resolve_from_logits,
-)
+from keras_lowrank.robustness.attacks.base import Attack
 from keras_lowrank.robustness.attacks.losses import (
     _per_example,
 )
-
-
-def _scores_function(model, from_logits):
-    """x ↦ the model's logits (a final softmax is bypassed) or, for a model that
-    outputs probabilities some other way (``from_logits=False``), log p (logits up
-    to a per-example shift, which neither DLR nor cross-entropy sees). Returns
-    (function, how: "logits", "softmax bypassed" or "log p"). The function's
-    ``draw`` is ``forward_without_side_effects``'s (random layers drawing anew)."""
-    from_logits = resolve_from_logits(model, from_logits)
-    logits_view = not from_logits and ends_in_softmax(model)
-    random = bool(seed_states(model))  # else every draw is the same pass
-
-    def scores(x, draw=None):
-        draw = draw if random else None
-        out = ops.cast(forward_without_side_effects(model, x, logits_view, draw), "float32")
-        if from_logits or logits_view:
-            return out
-        return ops.log(ops.maximum(out, 1e-30))
-
-    return scores, "logits" if from_logits else "softmax bypassed" if logits_view else "log p"
 
 
 def _refuse_targeted(name, targeted, why):
@@ -61,18 +34,6 @@ def _bucket(n, full):
 def _padded(rows, size):
     """Indices ``rows`` padded to ``size`` by repeating the first."""
     return np.concatenate([rows, np.full(size - len(rows), rows[0], rows.dtype)])
-
-
-_FORWARDS = weakref.WeakKeyDictionary()
-
-
-def _compiled_scores(model, from_logits):
-    """The compiled ``_scores_function`` of ``model``, one per (model, from_logits)
-    for all attacks."""
-    per_model = _FORWARDS.setdefault(model, {})
-    if from_logits not in per_model:
-        per_model[from_logits] = compile_function(model, _scores_function(model, from_logits)[0])
-    return per_model[from_logits]
 
 
 class _CompiledPerModel:
@@ -102,7 +63,7 @@ class _RunsOnUnbroken(Attack):
         pass
 
     def _build_compiled(self, model):
-        scores, _ = _scores_function(model, self.from_logits)
+        scores = ClassifierView(model, self.from_logits).scores
         return compile_function(model, lambda x, y, key, noise: self._run(scores, x, y, key, noise))
 
     def __call__(self, model, x, y=None):
@@ -117,7 +78,8 @@ class _RunsOnUnbroken(Attack):
         self._check_range(x)
         y = np.asarray(ops.convert_to_numpy(self._labels(model, x, y, num_classes)))
         x_np = np.asarray(ops.convert_to_numpy(x))
-        predicted = np.asarray(ops.convert_to_numpy(_compiled_scores(model, self.from_logits)(x))).argmax(axis=1)
+        scores = ClassifierView(model, self.from_logits).compiled_scores()
+        predicted = np.asarray(ops.convert_to_numpy(scores(x))).argmax(axis=1)
         adversarial = x_np.copy()
         robust = predicted == y
         run = self._runs(model)
@@ -139,7 +101,7 @@ class _RunsOnUnbroken(Attack):
         """All runs inside the step being compiled (for ``PerturbedModel``): each
         covers the whole batch, and an example keeps the first run's adversarial
         that breaks it."""
-        scores, _ = _scores_function(model, self.from_logits)
+        scores = ClassifierView(model, self.from_logits).scores
         clean = scores(x)
         if y is None:
             y = ops.argmax(clean, axis=-1)

@@ -10,6 +10,7 @@ from keras import ops
 
 from keras_lowrank._validation import check_int, check_number
 from keras_lowrank._warning import LowRankWarning
+from keras_lowrank.robustness._classifier import ClassifierView
 from keras_lowrank.robustness._gradients import (
     compile_function,
     value_and_grad,
@@ -17,11 +18,11 @@ from keras_lowrank.robustness._gradients import (
 from keras_lowrank.robustness.attacks._runner import (
     _CompiledPerModel,
     _RunsOnUnbroken,
-    _scores_function,
 )
 from keras_lowrank.robustness.attacks.base import (
     _SYMBOL,
     _check_norm,
+    renamed_argument,
 )
 from keras_lowrank.robustness.attacks.losses import (
     DLR_MIN_CLASSES,
@@ -34,13 +35,13 @@ from keras_lowrank.robustness.attacks.losses import (
 )
 
 
-def apgd_checkpoints(n_iter):
+def apgd_checkpoints(steps):
     """Iterations (0-based) after which APGD checks its step size, and the length
     of the window each check looks back on: the first after ⌊0.22 N⌋ iterations,
     each next window max(previous − ⌊0.03 N⌋, ⌊0.06 N⌋) long (each at least 1).
 
     Args:
-        n_iter: N, the number of iterations.
+        steps: N, the number of iterations.
 
     Returns:
         list of (iteration, window) pairs.
@@ -49,12 +50,12 @@ def apgd_checkpoints(n_iter):
         >>> apgd_checkpoints(100)[:4]
         [(21, 22), (40, 19), (56, 16), (69, 13)]
     """
-    n_iter = check_int(n_iter, "n_iter")
-    window = max(int(0.22 * n_iter), 1)
-    shortest = max(int(0.06 * n_iter), 1)
-    decrease = max(int(0.03 * n_iter), 1)
+    steps = check_int(steps, "steps")
+    window = max(int(0.22 * steps), 1)
+    shortest = max(int(0.06 * steps), 1)
+    decrease = max(int(0.03 * steps), 1)
     points, counter = [], 0
-    for i in range(n_iter):
+    for i in range(steps):
         counter += 1
         if counter == window:
             points.append((i, window))
@@ -96,7 +97,7 @@ class APGD(_RunsOnUnbroken):
         targeted: deprecated (a ``LowRankWarning``; removed in the next release): use
             ``APGDT``. Elsewhere ``targeted=True`` means that ``y`` holds target
             classes; here it meant APGD-T, with ``y`` the true labels.
-        n_iter: iterations N per run (≥ 1).
+        steps: iterations N per run (≥ 1; formerly ``n_iter``, deprecated).
         restarts: random restarts (≥ 1) per target.
         n_target_classes: targets of the deprecated ``targeted=True``.
         rho: ρ, the share of rising steps below which η is halved.
@@ -114,7 +115,7 @@ class APGD(_RunsOnUnbroken):
         >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
         >>> model.layers[0].set_weights([np.array([[1.0, -1.0], [0.0, 0.0]]), np.array([-0.5, 0.5])])
         >>> x = np.array([[0.55, 0.5]], "float32")
-        >>> [int(np.argmax(model.predict(APGD(eps, n_iter=10, seed=0)(model, x, [0]), verbose=0)))
+        >>> [int(np.argmax(model.predict(APGD(eps, steps=10, seed=0)(model, x, [0]), verbose=0)))
         ...  for eps in (0.03, 0.1)]
         [0, 1]
 
@@ -127,8 +128,9 @@ class APGD(_RunsOnUnbroken):
 
     _TARGETED = False  # APGDT: True
 
-    def __init__(self, eps, norm="inf", loss=None, targeted=False, n_iter=100, restarts=1,
+    def __init__(self, eps, norm="inf", loss=None, targeted=False, steps=100, restarts=1,
                  n_target_classes=9, rho=0.75, eot_iter=1, seed=None, **kwargs):
+        steps = renamed_argument(kwargs, "n_iter", "steps", steps, 100, type(self).__name__)
         if targeted and not self._TARGETED:
             warnings.warn(
                 "APGD(targeted=True) is deprecated and will be removed in the next release: use "
@@ -143,15 +145,15 @@ class APGD(_RunsOnUnbroken):
         if loss not in ("ce", "dlr"):
             raise ValueError(f'`loss` must be "ce" or "dlr", got loss={loss!r}.')
         self.loss = loss
-        self.n_iter = check_int(n_iter, "n_iter")
+        self.steps = check_int(steps, "steps")
         self.restarts = check_int(restarts, "restarts")
         self.n_target_classes = check_int(n_target_classes, "n_target_classes")
         self.rho = check_number(rho, "rho", minimum=0.0, maximum=1.0)
         self.eot_iter = check_int(eot_iter, "eot_iter")
         self._set_seed(seed)
-        points = apgd_checkpoints(self.n_iter)
-        checkpoint = np.zeros(self.n_iter, "float32")
-        window = np.zeros(self.n_iter, "float32")
+        points = apgd_checkpoints(self.steps)
+        checkpoint = np.zeros(self.steps, "float32")
+        window = np.zeros(self.steps, "float32")
         for i, k in points:
             checkpoint[i], window[i] = 1.0, k
         self._checkpoint, self._window = checkpoint, window
@@ -161,7 +163,7 @@ class APGD(_RunsOnUnbroken):
         config = super().get_config()
         config.pop("targeted")
         return {**config, "eps": self.eps, "norm": self.norm, "loss": self.loss,
-                "targeted": self.apgd_targeted, "n_iter": self.n_iter, "restarts": self.restarts,
+                "targeted": self.apgd_targeted, "steps": self.steps, "restarts": self.restarts,
                 "n_target_classes": self.n_target_classes, "rho": self.rho, "eot_iter": self.eot_iter,
                 "seed": self.seed}
 
@@ -170,11 +172,11 @@ class APGD(_RunsOnUnbroken):
         kind = "APGD-T" if self.apgd_targeted else f"APGD-{self.loss.upper()}"
         restarts = f" ×{self.restarts}" if self.restarts > 1 else ""
         eot = f" EOT-{self.eot_iter}" if self.eot_iter > 1 else ""
-        return f"{kind}-{self.n_iter} L{_SYMBOL[self.norm]} ε={self.eps:g}{restarts}{eot}"
+        return f"{kind}-{self.steps} L{_SYMBOL[self.norm]} ε={self.eps:g}{restarts}{eot}"
 
     def __repr__(self):
         return (f"APGD(eps={self.eps:g}, norm={self.norm}, loss={self.loss}, "
-                f"targeted={self.apgd_targeted}, n_iter={self.n_iter}, restarts={self.restarts}, "
+                f"targeted={self.apgd_targeted}, steps={self.steps}, restarts={self.restarts}, "
                 f"eot_iter={self.eot_iter})")
 
     # -- the pieces
@@ -342,7 +344,7 @@ class APGD(_RunsOnUnbroken):
             return (x_adv, x_old, grad, step, x_best, loss_best, grad_best, x_best_adv, acc,
                     prev_loss, rises, reduced_last, loss_best_last)
 
-        state = ops.fori_loop(0, self.n_iter, body, state)
+        state = ops.fori_loop(0, self.steps, body, state)
         return state[7], state[8], state[4], state[5], state[3]
 
     def trace(self, model, x, y, start):
@@ -350,7 +352,7 @@ class APGD(_RunsOnUnbroken):
         checks against another implementation): dict of numpy arrays ``x_adv``
         (last misclassified iterate), ``robust``, ``x_best``, ``loss_best``,
         ``step_size``. Targeted runs use the runner-up class."""
-        scores, _ = _scores_function(model, self.from_logits)
+        scores = ClassifierView(model, self.from_logits).scores
         x = ops.convert_to_tensor(x, "float32")
         out = compile_function(model, lambda x, y, s: self._single_run(scores, x, y, 2, None, start=s))(
             x, ops.convert_to_tensor(np.asarray(y), "int32"), ops.convert_to_tensor(start, "float32"))
@@ -375,7 +377,7 @@ class APGDT(APGD):
         norm: "inf" (or np.inf) or 2.
         loss: "dlr" (the targeted DLR above, default) or "ce" (minus the cross-entropy
             of the target).
-        n_iter: iterations N per run (≥ 1).
+        steps: iterations N per run (≥ 1; formerly ``n_iter``, deprecated).
         restarts: random restarts (≥ 1) per target.
         n_target_classes: targets (at most classes − 1 are used; 9 in AutoAttack).
         rho: ρ, the share of rising steps below which η is halved.
@@ -394,7 +396,7 @@ class APGDT(APGD):
         >>> model.layers[0].set_weights([np.array([[1.0, -1.0, 0, 0], [0, 0, 0, 0]]),
         ...                              np.array([-0.5, 0.5, -5, -5])])
         >>> x = np.array([[0.55, 0.5]], "float32")
-        >>> found = APGDT(0.1, n_iter=10, n_target_classes=1, seed=0)(model, x, [0])
+        >>> found = APGDT(0.1, steps=10, n_target_classes=1, seed=0)(model, x, [0])
         >>> int(np.argmax(model.predict(found, verbose=0)))
         1
 
@@ -405,13 +407,14 @@ class APGDT(APGD):
 
     _TARGETED = True
 
-    def __init__(self, eps, norm="inf", loss="dlr", n_iter=100, restarts=1, n_target_classes=9, rho=0.75,
+    def __init__(self, eps, norm="inf", loss="dlr", steps=100, restarts=1, n_target_classes=9, rho=0.75,
                  eot_iter=1, seed=None, **kwargs):
+        steps = renamed_argument(kwargs, "n_iter", "steps", steps, 100, "APGDT")
         if kwargs.pop("targeted", False):
             raise ValueError("APGDT takes no `targeted=True`: it is targeted, choosing its own target "
                              "classes, with y the true labels. For an attack towards classes you choose, "
                              "use PGD(eps, targeted=True) with y the target classes.")
-        super().__init__(eps, norm, loss=loss, n_iter=n_iter, restarts=restarts,
+        super().__init__(eps, norm, loss=loss, steps=steps, restarts=restarts,
                          n_target_classes=n_target_classes, rho=rho, eot_iter=eot_iter, seed=seed, **kwargs)
 
     def get_config(self):
@@ -420,5 +423,5 @@ class APGDT(APGD):
         return config
 
     def __repr__(self):
-        return (f"APGDT(eps={self.eps:g}, norm={self.norm}, loss={self.loss}, n_iter={self.n_iter}, "
+        return (f"APGDT(eps={self.eps:g}, norm={self.norm}, loss={self.loss}, steps={self.steps}, "
                 f"restarts={self.restarts}, n_target_classes={self.n_target_classes}, eot_iter={self.eot_iter})")

@@ -15,16 +15,15 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank._validation import check_int, check_number, check_seed
+from keras_lowrank.robustness._classifier import ClassifierView, are_probabilities
 from keras_lowrank.robustness._gradients import (
     compile_function,
     value_and_grad,
 )
 from keras_lowrank.robustness._report_inputs import refuse_token_inputs
 from keras_lowrank.robustness.attacks._runner import (
-    _compiled_scores,
     _CompiledPerModel,
     _refuse_targeted,
-    _scores_function,
 )
 from keras_lowrank.robustness.attacks.apgd import (
     APGD,
@@ -34,6 +33,7 @@ from keras_lowrank.robustness.attacks.base import (
     _SYMBOL,
     Attack,
     _check_norm,
+    renamed_argument,
 )
 from keras_lowrank.robustness.attacks.fab import (
     FAB,
@@ -121,8 +121,10 @@ class AutoAttack(Attack):
         norm: "inf" or 2 (Square L2 needs images of ≥ 3×3 pixels: on other
             inputs the ensemble runs without it and ``flags["skipped"]`` says so).
         version: "standard", "fast" or "rand".
-        n_iter: APGD iterations (100 in the standard).
-        n_queries: Square's queries (5000 in the standard).
+        steps: the iterations of APGD, APGD-T and FAB-T (100 in the standard; formerly
+            ``n_iter``, deprecated).
+        square_steps: Square's iterations, one query each (5000 in the standard; formerly
+            ``n_queries``, deprecated).
         batch_size: examples per compiled batch in ``run``.
         seed: seed of every stage's random draws.
 
@@ -138,7 +140,7 @@ class AutoAttack(Attack):
         >>> model.layers[0].set_weights([np.array([[1.0, -1.0, 0, 0], [0, 0, 0, 0]]),
         ...                              np.array([-0.5, 0.5, -5, -5])])
         >>> x = np.array([[0.55, 0.5], [0.9, 0.5]], "float32")
-        >>> result = AutoAttack(0.1, n_queries=100, seed=0).run(model, x, np.array([0, 0]))
+        >>> result = AutoAttack(0.1, square_steps=100, seed=0).run(model, x, np.array([0, 0]))
         >>> result.robust.tolist(), result.broken_by.tolist(), result.robust_accuracy
         ([False, True], [0, -1], 0.5)
 
@@ -149,8 +151,10 @@ class AutoAttack(Attack):
           defences), ICML 2018: https://arxiv.org/abs/1802.00420
     """
 
-    def __init__(self, eps, norm="inf", version="standard", n_iter=100, n_queries=5000,
+    def __init__(self, eps, norm="inf", version="standard", steps=100, square_steps=5000,
                  batch_size=500, seed=0, **kwargs):
+        steps = renamed_argument(kwargs, "n_iter", "steps", steps, 100, "AutoAttack")
+        square_steps = renamed_argument(kwargs, "n_queries", "square_steps", square_steps, 5000, "AutoAttack")
         _refuse_targeted("AutoAttack", kwargs.pop("targeted", False),
                          "AutoAttack's stages choose their own targets (APGD-T, FAB-T), with y the true labels")
         super().__init__(targeted=False, **kwargs)
@@ -159,30 +163,30 @@ class AutoAttack(Attack):
         if version not in _VERSIONS:
             raise ValueError(f"`version` must be one of {_VERSIONS}, got version={version!r}.")
         self.version = version
-        self.n_iter = check_int(n_iter, "n_iter")
-        self.n_queries = check_int(n_queries, "n_queries")
+        self.steps = check_int(steps, "steps")
+        self.square_steps = check_int(square_steps, "square_steps")
         self.batch_size = check_int(batch_size, "batch_size")
         self.seed = seed = check_seed(seed)
         common = {"clip": self.clip, "from_logits": self.from_logits}
         seeds = [None if seed is None else seed + k for k in range(3)]
         if version == "rand":
-            self.stages = [APGD(self.eps, self.norm, loss=loss, n_iter=self.n_iter, eot_iter=EOT_ITER,
+            self.stages = [APGD(self.eps, self.norm, loss=loss, steps=self.steps, eot_iter=EOT_ITER,
                                 seed=seeds[k], **common) for k, loss in enumerate(("ce", "dlr"))]
         else:
-            self.stages = [APGD(self.eps, self.norm, loss="ce", n_iter=self.n_iter, seed=seeds[0], **common),
-                           APGDT(self.eps, self.norm, n_iter=self.n_iter,
+            self.stages = [APGD(self.eps, self.norm, loss="ce", steps=self.steps, seed=seeds[0], **common),
+                           APGDT(self.eps, self.norm, steps=self.steps,
                                  n_target_classes=9 if version == "standard" else 3, seed=seeds[1], **common)]
         if version == "standard":
             if self.clip is not None:
-                self.stages.append(FAB(self.eps, self.norm, n_iter=self.n_iter, n_target_classes=9, **common))
-            self.stages.append(Square(self.eps, norm=self.norm, n_queries=self.n_queries, seed=seeds[2], **common))
+                self.stages.append(FAB(self.eps, self.norm, steps=self.steps, n_target_classes=9, **common))
+            self.stages.append(Square(self.eps, norm=self.norm, steps=self.square_steps, seed=seeds[2], **common))
         self._gradients = _CompiledPerModel(self._build_gradients)
 
     def get_config(self):
         config = super().get_config()
         config.pop("targeted")
         return {**config, "eps": self.eps, "norm": self.norm, "version": self.version,
-                "n_iter": self.n_iter, "n_queries": self.n_queries, "batch_size": self.batch_size,
+                "steps": self.steps, "square_steps": self.square_steps, "batch_size": self.batch_size,
                 "seed": self.seed}
 
     @property
@@ -204,7 +208,7 @@ class AutoAttack(Attack):
         return [_stage_name(stage) for stage in self.stages]
 
     def _build_gradients(self, model):
-        scores, _ = _scores_function(model, self.from_logits)
+        scores = ClassifierView(model, self.from_logits).scores
 
         def loss(x, y):
             z = scores(x)
@@ -224,6 +228,16 @@ class AutoAttack(Attack):
 
     def __call__(self, model, x, y=None):
         return self.run(model, x, y).x_adv
+
+    # A report runs the ensemble stage by stage, each stage on the examples not yet
+    # broken (cheaper than every stage on every example inside ``evaluate``).
+    evaluates_itself = True
+
+    def report_row(self, model, x, y, verbose=0):
+        """The report's row: the robust accuracy, the accuracy after each stage and the
+        authors' checks' flags (``run``)."""
+        result = self.run(model, x, y, verbose=verbose)
+        return {"accuracy": result.robust_accuracy, "stages": result.stage_accuracy, "flags": result.flags}
 
     def run(self, model, x, y=None, verbose=0):
         """The ensemble on (x, y) in batches of ``batch_size``.
@@ -252,10 +266,10 @@ class AutoAttack(Attack):
                 "Square(eps)]).")
         self._check_range(x)
         y = np.asarray(ops.convert_to_numpy(self._labels(model, ops.convert_to_tensor(x), y, num_classes)))
-        forward = _compiled_scores(model, self.from_logits)
+        forward = ClassifierView(model, self.from_logits).compiled_scores()
         stages, skipped = [], []
         for stage in self.stages:
-            (skipped if isinstance(stage, Square) and not stage.applies_to(x.shape[1:]) else stages).append(stage)
+            (skipped if not stage.applies_to(x.shape[1:]) else stages).append(stage)
         adversarial = x.copy()
         broken_by = np.full(len(x), -1)
         after_stage = np.zeros(len(stages))
@@ -291,9 +305,10 @@ class AutoAttack(Attack):
             "zero_gradient_share": zero_gradients / n,
             "randomized": randomized,
             "black_box_gain": (float(after_stage[-2] - after_stage[-1]) / n
-                               if isinstance(stages[-1], Square) else None),
-            "probabilities": bool(_looks_like_probabilities(raw)
-                                  and _scores_function(model, self.from_logits)[1] == "logits"),
+                               if not stages[-1].needs_gradients else None),
+            # the authors' check_range_output (tolerance 1e-5) on outputs taken for logits
+            "probabilities": (are_probabilities(raw, tolerance=1e-5)
+                              and ClassifierView(model, self.from_logits).how == "logits"),
             "max_perturbation": _max_norm(adversarial - x, self.norm),
             "skipped": [f"{stage.name}: L2 needs images of at least 3×3 pixels" for stage in skipped],
             "version": self.version,
@@ -319,14 +334,14 @@ class AutoAttack(Attack):
         the whole batch, an example keeping the first stage's adversarial that breaks
         it. ``run`` (and ``evaluate_robustness``) run each stage on the unbroken
         examples only, which is much cheaper."""
-        scores, _ = _scores_function(model, self.from_logits)
+        scores = ClassifierView(model, self.from_logits).scores
         if y is None:
             y = ops.argmax(scores(x), axis=-1)
         y = ops.cast(y, "int32")
         adversarial = x
         robust = ops.equal(ops.cast(ops.argmax(scores(x), axis=-1), "int32"), y)
         for stage in self.stages:
-            if isinstance(stage, Square) and not stage.applies_to(tuple(x.shape[1:])):
+            if not stage.applies_to(tuple(x.shape[1:])):
                 continue
             found = stage.perturb_in_graph(model, x, y)
             fooled = ops.not_equal(ops.cast(ops.argmax(scores(found), axis=-1), "int32"), y)
@@ -338,12 +353,6 @@ class AutoAttack(Attack):
 
 def _stage_name(stage):
     return stage.name.split(" L")[0]
-
-
-def _looks_like_probabilities(outputs, tolerance=1e-5):
-    """The authors' ``check_range_output``: every row in [0, 1] and summing to 1."""
-    return bool(outputs.max() < 1 + tolerance and outputs.min() > -tolerance
-                and np.all(np.abs(outputs.sum(axis=-1) - 1) < tolerance))
 
 
 def _max_norm(delta, norm):

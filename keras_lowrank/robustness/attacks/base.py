@@ -1,6 +1,7 @@
 """The attack base class and what every attack shares: norms, steepest steps, the
 projection onto the ε-ball, the model's output kind, the checks of x and y."""
 
+import warnings
 import weakref
 
 import keras
@@ -8,13 +9,9 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank._validation import check_clip, check_number
-from keras_lowrank.robustness._gradients import (
-    Oracle,
-    blocked_gradient,
-    compile_attack,
-    ends_in_softmax,
-    forward_without_side_effects,
-)
+from keras_lowrank._warning import LowRankWarning
+from keras_lowrank.robustness._classifier import ClassifierView, predicted_classes, resolve_from_logits
+from keras_lowrank.robustness._gradients import blocked_gradient, compile_attack
 from keras_lowrank.robustness._report_inputs import refuse_token_inputs
 from keras_lowrank.robustness.perturbations import Perturbation, class_count
 
@@ -45,6 +42,19 @@ def unrolls(model, steps):
     except Exception:  # not a Keras model (e.g. a wrapped exported graph): keep the loop
         return False
     return size <= _MAX_UNROLLED_LAYERS
+
+
+def renamed_argument(kwargs, old, new, value, default, owner):
+    """``value``, the argument ``new``; or, for one release and with a warning, what the
+    caller passed under its former name ``old`` (popped from ``kwargs``). Both at once
+    (``new`` not at its ``default``) are an error."""
+    if old not in kwargs:
+        return value
+    if value != default:
+        raise ValueError(f"{owner}: pass `{new}` only (`{old}` is its former name).")
+    warnings.warn(f"{owner}({old}=...) is deprecated and will be removed in the next release: pass "
+                  f"{new}= (every attack names its iteration count `steps`).", LowRankWarning, stacklevel=3)
+    return kwargs.pop(old)
 
 
 def _check_norm(norm):
@@ -102,53 +112,6 @@ def keep_larger_loss(best, best_loss, adv, loss):
     return ops.where(mask, adv, best), ops.where(wins, loss, best_loss)
 
 
-def outputs_logits(model):
-    """True unless the model's last layer applies a softmax (``ends_in_softmax``)."""
-    return not ends_in_softmax(model)
-
-
-def _are_probabilities(outputs):
-    """Every row non-negative and summing to 1 (to float32 rounding)."""
-    outputs = np.asarray(outputs, "float64").reshape(len(outputs), -1)
-    return bool(np.all(outputs >= -1e-6) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-4))
-
-
-def resolve_from_logits(model, from_logits, x=None, argument="from_logits"):
-    """The one answer to "does ``model`` output logits?", for every attack and report.
-
-    ``None``: logits unless the model's last layer applies a softmax. A value the
-    user gave is checked against the model and refused where it contradicts it:
-    ``True`` on a model ending in a softmax, or (given a batch ``x``) ``True`` where
-    every output row is a probability vector, ``False`` where they are not — an
-    attack would otherwise optimise the wrong loss and report robustness that is
-    not there.
-
-    Returns:
-        bool: whether the model's outputs are treated as logits.
-    """
-    if from_logits is None:
-        return outputs_logits(model)
-    from_logits = bool(from_logits)
-    if from_logits and ends_in_softmax(model):
-        raise ValueError(
-            f"`{argument}=True`, but the model ends in a softmax: it outputs probabilities. "
-            f"Leave `{argument}=None` (the attack then works on the softmax's input, its logits).")
-    if x is not None:
-        outputs = np.asarray(ops.convert_to_numpy(forward_without_side_effects(model, x[:64])))
-        if not np.all(np.isfinite(outputs)):
-            return from_logits  # NaN inputs: the input checks that follow name them
-        probabilities = _are_probabilities(outputs)
-        if from_logits and probabilities:
-            raise ValueError(
-                f"`{argument}=True`, but every output row of the model is non-negative and sums to 1: "
-                f"it outputs probabilities. Pass `{argument}=False` (or None for a model ending in a softmax).")
-        if not from_logits and not probabilities:
-            raise ValueError(
-                f"`{argument}=False`, but the model's outputs are not probabilities (rows with negative "
-                f"values or not summing to 1): pass `{argument}=True` or None.")
-    return from_logits
-
-
 def _check_batch_rank(model, x):
     """A clear error for ``x`` whose rank is not that of the model's (first) input,
     e.g. one example without its batch axis (else the model's output shape or a
@@ -202,6 +165,13 @@ class Attack(Perturbation):
     def from_config(cls, config):
         return cls(**config)
 
+    def describe(self):
+        return type(self).__name__, self.norm, self.eps
+
+    def applies_to(self, input_shape):
+        """Whether the attack can run on inputs of ``input_shape`` (no batch axis)."""
+        return True
+
     # -- to be defined by attacks
     def _attack(self, oracle, x, y, noise):
         raise NotImplementedError
@@ -227,27 +197,12 @@ class Attack(Perturbation):
     def perturb_in_graph(self, model, x, y=None):
         """The attack inside a step Keras is already compiling (no host-side
         checks): used by ``PerturbedModel``. ``y``: integer labels or None."""
-        if y is None:
-            y = ops.argmax(forward_without_side_effects(model, x), axis=-1)
-        y = ops.cast(y, "int32")
+        y = predicted_classes(model, x) if y is None else ops.cast(y, "int32")
         return self._attack(self._oracle(model), x, y, self._noise(x))
 
     def _oracle(self, model):
-        """The loss is the cross-entropy of the model's logits: those of a model
-        ending in a softmax are taken before it (see ``_final_softmax_removed``);
-        ``from_logits=False`` on any other model: Keras' cross-entropy of the
-        probabilities."""
-        from_logits = resolve_from_logits(model, self.from_logits)
-        logits_view = not from_logits and ends_in_softmax(model)
-        from_logits = from_logits or logits_view
-        sign = -1.0 if self.targeted else 1.0
-
-        def loss_fn(y, outputs):
-            return sign * keras.losses.sparse_categorical_crossentropy(
-                y, outputs, from_logits=from_logits
-            )
-
-        return Oracle(model, loss_fn, logits=logits_view)
+        """The cross-entropy ``Oracle`` of ``ClassifierView.cross_entropy_oracle``."""
+        return ClassifierView(model, self.from_logits).cross_entropy_oracle(self.targeted)
 
     #: False for the attacks that need only the model's outputs (SPSA, Square).
     needs_gradients = True
@@ -271,8 +226,7 @@ class Attack(Perturbation):
         if y is None:
             if self.targeted:
                 raise ValueError("A targeted attack needs `y`: the target classes.")
-            return ops.cast(ops.argmax(forward_without_side_effects(model, x), axis=-1),
-                            "int32")
+            return predicted_classes(model, x)
         y = np.asarray(ops.convert_to_numpy(y))
         if y.dtype.kind not in "biuf":
             raise ValueError(

@@ -19,6 +19,7 @@ from keras_lowrank.robustness.attacks._runner import (
 from keras_lowrank.robustness.attacks.base import (
     _SYMBOL,
     _check_norm,
+    renamed_argument,
 )
 from keras_lowrank.robustness.attacks.losses import (
     _per_example,
@@ -153,7 +154,7 @@ class FAB(_RunsOnUnbroken):
     with a fast adaptive boundary attack"): the targeted version AutoAttack runs.
 
     For each of the ``n_target_classes`` classes ranked highest after the true one,
-    ``n_iter`` steps from x⁰ = x: linearise g = z_t − z_y at xᵏ, take the smallest
+    ``steps`` steps from x⁰ = x: linearise g = z_t − z_y at xᵏ, take the smallest
     steps (in the attack's norm) d₁ from xᵏ and d₂ from x onto {g = 0} within the
     input box (``project_to_hyperplane_linf`` / ``project_to_hyperplane_l2``), and move to
     clip((xᵏ + η d₁)(1 − α) + (x + η d₂) α), α = min(‖d₁‖ / (‖d₁‖ + ‖d₂‖), α_max); a
@@ -164,7 +165,7 @@ class FAB(_RunsOnUnbroken):
     Args:
         eps: budget (≥ 0), in the norm ``norm``.
         norm: "inf" (default) or 2.
-        n_iter: steps per target (≥ 1).
+        steps: steps per target (≥ 1; formerly ``n_iter``, deprecated).
         n_target_classes: targets (at most classes − 1 are used).
         alpha_max: α_max (the authors' 0.1).
         eta: overshoot η (1.05).
@@ -181,7 +182,7 @@ class FAB(_RunsOnUnbroken):
         >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
         >>> model.layers[0].set_weights([np.array([[1.0, -1.0, 0], [0, 0, 0]]), np.array([-0.5, 0.5, -5])])
         >>> x = np.array([[0.55, 0.5]], "float32")
-        >>> [int(np.argmax(model.predict(FAB(eps, n_iter=10, n_target_classes=1)(model, x, [0]), verbose=0)))
+        >>> [int(np.argmax(model.predict(FAB(eps, steps=10, n_target_classes=1)(model, x, [0]), verbose=0)))
         ...  for eps in (0.03, 0.1)]
         [0, 1]
 
@@ -190,8 +191,9 @@ class FAB(_RunsOnUnbroken):
           https://arxiv.org/abs/1907.02044
     """
 
-    def __init__(self, eps, norm="inf", n_iter=100, n_target_classes=9, alpha_max=0.1, eta=1.05, beta=0.9,
+    def __init__(self, eps, norm="inf", steps=100, n_target_classes=9, alpha_max=0.1, eta=1.05, beta=0.9,
                  **kwargs):
+        steps = renamed_argument(kwargs, "n_iter", "steps", steps, 100, "FAB")
         _refuse_targeted("FAB", kwargs.pop("targeted", False),
                          "FAB here is FAB-T as AutoAttack runs it: it already aims at the "
                          "`n_target_classes` most likely other classes, with y the true labels")
@@ -200,7 +202,7 @@ class FAB(_RunsOnUnbroken):
             raise ValueError("FAB projects onto the input box: pass clip=(low, high).")
         self.eps = check_number(eps, "eps", minimum=0.0)
         self.norm = _check_norm(norm)
-        self.n_iter = check_int(n_iter, "n_iter")
+        self.steps = check_int(steps, "steps")
         self.n_target_classes = check_int(n_target_classes, "n_target_classes")
         self.alpha_max = check_number(alpha_max, "alpha_max", minimum=0.0, maximum=1.0)
         self.eta = check_number(eta, "eta", minimum=0.0)
@@ -210,16 +212,16 @@ class FAB(_RunsOnUnbroken):
     def get_config(self):
         config = super().get_config()
         config.pop("targeted")
-        return {**config, "eps": self.eps, "norm": self.norm, "n_iter": self.n_iter,
+        return {**config, "eps": self.eps, "norm": self.norm, "steps": self.steps,
                 "n_target_classes": self.n_target_classes, "alpha_max": self.alpha_max, "eta": self.eta,
                 "beta": self.beta}
 
     @property
     def name(self):
-        return f"FAB-T-{self.n_iter} L{_SYMBOL[self.norm]} ε={self.eps:g}"
+        return f"FAB-T-{self.steps} L{_SYMBOL[self.norm]} ε={self.eps:g}"
 
     def __repr__(self):
-        return (f"FAB(eps={self.eps:g}, norm={self.norm!r}, n_iter={self.n_iter}, "
+        return (f"FAB(eps={self.eps:g}, norm={self.norm!r}, steps={self.steps}, "
                 f"n_target_classes={self.n_target_classes})")
 
     def _run_keys(self, num_classes):
@@ -278,5 +280,5 @@ class FAB(_RunsOnUnbroken):
             return x1, adv, distance
 
         state = (x, x, ops.full((batch,), 1e10, "float32"))
-        _, adv, distance = ops.fori_loop(0, self.n_iter, body, state)
+        _, adv, distance = ops.fori_loop(0, self.steps, body, state)
         return adv, distance

@@ -16,6 +16,7 @@ from keras_lowrank.robustness.attacks._runner import (
 from keras_lowrank.robustness.attacks.base import (
     _SYMBOL,
     _check_norm,
+    renamed_argument,
 )
 from keras_lowrank.robustness.attacks.losses import (
     _EPS_DIV,
@@ -24,10 +25,10 @@ from keras_lowrank.robustness.attacks.losses import (
 )
 
 
-def _square_fraction(p_init, iteration, n_queries):
+def _square_fraction(p_init, iteration, steps):
     """The authors' schedule: p halves at iterations 10, 50, 200, 500, 1000, 2000,
-    4000, 6000, 8000 of 10 000 (rescaled to ``n_queries``)."""
-    it = int(iteration / n_queries * 10000)
+    4000, 6000, 8000 of 10 000 (rescaled to ``steps``)."""
+    it = int(iteration / steps * 10000)
     for divisor, bound in ((1, 10), (2, 50), (4, 200), (8, 500), (16, 1000), (32, 2000),
                            (64, 4000), (128, 6000), (256, 8000)):
         if it <= bound:
@@ -125,7 +126,8 @@ class Square(_RunsOnUnbroken):
 
     Args:
         eps: L∞ budget (≥ 0).
-        n_queries: iterations, one forward pass of the batch each (≥ 1).
+        steps: iterations, one query (forward pass of the batch) each (≥ 1; formerly
+            ``n_queries``, deprecated).
         p_init: initial share of the image a window covers (0 < p_init ≤ 1).
         norm: "inf" (or np.inf) or 2.
         seed: seed of the random draws.
@@ -140,7 +142,7 @@ class Square(_RunsOnUnbroken):
         >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
         >>> model.layers[0].set_weights([np.array([[1.0, -1.0], [0.0, 0.0]]), np.array([-0.5, 0.5])])
         >>> x = np.array([[0.55, 0.5]], "float32")
-        >>> int(np.argmax(model.predict(Square(0.1, n_queries=50, seed=0)(model, x, [0]), verbose=0)))
+        >>> int(np.argmax(model.predict(Square(0.1, steps=50, seed=0)(model, x, [0]), verbose=0)))
         1
 
     References:
@@ -150,13 +152,14 @@ class Square(_RunsOnUnbroken):
 
     needs_gradients = False
 
-    def __init__(self, eps, n_queries=5000, p_init=0.8, norm="inf", seed=None, **kwargs):
+    def __init__(self, eps, steps=5000, p_init=0.8, norm="inf", seed=None, **kwargs):
+        steps = renamed_argument(kwargs, "n_queries", "steps", steps, 5000, "Square")
         _refuse_targeted("Square", kwargs.pop("targeted", False),
                          "Square here is the untargeted attack of AutoAttack (y: the true labels)")
         super().__init__(targeted=False, **kwargs)
         self.eps = check_number(eps, "eps", minimum=0.0)
         self.norm = _check_norm(norm)
-        self.n_queries = check_int(n_queries, "n_queries")
+        self.steps = check_int(steps, "steps")
         self.p_init = check_number(p_init, "p_init", minimum=0.0, maximum=1.0)
         if self.p_init <= 0:
             raise ValueError(f"`p_init` must be in (0, 1], got p_init={p_init!r}.")
@@ -166,15 +169,15 @@ class Square(_RunsOnUnbroken):
     def get_config(self):
         config = super().get_config()
         config.pop("targeted")
-        return {**config, "eps": self.eps, "n_queries": self.n_queries, "p_init": self.p_init,
+        return {**config, "eps": self.eps, "steps": self.steps, "p_init": self.p_init,
                 "norm": self.norm, "seed": self.seed}
 
     @property
     def name(self):
-        return f"Square-{self.n_queries} L{_SYMBOL[self.norm]} ε={self.eps:g} (black-box)"
+        return f"Square-{self.steps} L{_SYMBOL[self.norm]} ε={self.eps:g} (black-box)"
 
     def __repr__(self):
-        return f"Square(eps={self.eps:g}, n_queries={self.n_queries}, p_init={self.p_init:g}, norm={self.norm})"
+        return f"Square(eps={self.eps:g}, steps={self.steps}, p_init={self.p_init:g}, norm={self.norm})"
 
     @staticmethod
     def _canonical_shape(shape):
@@ -190,8 +193,8 @@ class Square(_RunsOnUnbroken):
     def _windows(self, h, w):
         """(heights, widths) of the windows of every iteration."""
         heights, widths = [], []
-        for i in range(self.n_queries):
-            p = _square_fraction(self.p_init, i, self.n_queries)
+        for i in range(self.steps):
+            p = _square_fraction(self.p_init, i, self.steps)
             if self.norm == "2":  # odd sides ≥ 3 (the authors' L2 schedule)
                 side = max(int(round(math.sqrt(p * h * w))), 3)
                 side += 1 - side % 2
@@ -213,8 +216,8 @@ class Square(_RunsOnUnbroken):
         if self.norm == "2":
             return self._noise_l2(x, h, w, c)
         stripes = ops.sign(keras.random.uniform((ops.shape(x)[0], 1, w, c), -1.0, 1.0, seed=self._seed))
-        positions = keras.random.uniform((self.n_queries, 2), seed=self._seed)
-        signs = ops.sign(keras.random.uniform((self.n_queries, c), -1.0, 1.0, seed=self._seed))
+        positions = keras.random.uniform((self.steps, 2), seed=self._seed)
+        signs = ops.sign(keras.random.uniform((self.steps, c), -1.0, 1.0, seed=self._seed))
         return stripes, positions, signs
 
     def _check_inputs(self, num_classes, shape):
@@ -279,7 +282,7 @@ class Square(_RunsOnUnbroken):
             return _margin(scores(ops.reshape(points, (-1,) + shape)), y)
 
         def cond(i, x_best, margin_min, queries):
-            return ops.logical_and(i < self.n_queries, ops.any(margin_min > 0.0))
+            return ops.logical_and(i < self.steps, ops.any(margin_min > 0.0))
 
         def body(i, x_best, margin_min, queries):
             x_new = propose(i, x_best)
@@ -336,8 +339,8 @@ class Square(_RunsOnUnbroken):
         blocks = len(self._init_blocks(h, w)[0])
         init_signs = ops.sign(keras.random.uniform((batch, blocks, c), -1.0, 1.0, seed=self._seed))
         init_flips = keras.random.uniform((blocks,), seed=self._seed)
-        draws = keras.random.uniform((self.n_queries, 5), seed=self._seed)  # 2 windows, transpose
-        signs = ops.sign(keras.random.uniform((self.n_queries, batch, c), -1.0, 1.0, seed=self._seed))
+        draws = keras.random.uniform((self.steps, 5), seed=self._seed)  # 2 windows, transpose
+        signs = ops.sign(keras.random.uniform((self.steps, batch, c), -1.0, 1.0, seed=self._seed))
         return init_signs, init_flips, draws, signs
 
     def _run_l2(self, scores, x, y, noise):
