@@ -165,6 +165,9 @@ def test_checks_catch_each_violation():
     assert not _checks(weak_pgd, None, 100)[-1].passed
     above_clean = [clean, row("FGSM", 0.1, 0.95)]
     assert not _checks(above_clean, None, 100)[0].passed
+    # an attack row is one with a threat model's norm, whatever its family's name
+    assert not _checks([clean, row("APGDT", 0.1, 0.95)], None, 100)[0].passed
+    assert _checks([clean, row("gaussian", 0.1, 0.95, None)], None, 100)[0].passed
     # One example of 450 is tolerated, two are not, with accuracies as Keras' float32
     # metrics give them (float32(357/450) − float32(356/450) > 1/450 in float64).
     def acc(k):
@@ -245,6 +248,42 @@ def test_inputs_outside_the_declared_range_are_an_error_not_silently_clipped(tra
     ok.compile(loss=CE, metrics=["accuracy"], jit_compile=jit_compile)
     ok.evaluate(standardised, y, batch_size=50, verbose=0)
     wrapper.evaluate(x, y, batch_size=50, verbose=0)
+
+
+def test_a_perturbation_of_ones_own_names_its_row_and_declares_its_input_range(trained):
+    """A ``Perturbation`` subclass says what its report row is (``describe``) and which
+    inputs it accepts (``input_range``, by default its ``clip``): the report and
+    ``PerturbedModel`` ask it, not a list of the library's classes."""
+    from keras_lowrank.robustness import Perturbation
+
+    class Shift(Perturbation):
+        def __init__(self, delta, high=1.0):
+            self.delta, self.high = delta, high
+
+        def perturb_in_graph(self, model, x, y=None):
+            return keras.ops.clip(x + self.delta, 0.0, 1.0)
+
+        def get_config(self):
+            return {"delta": self.delta, "high": self.high}
+
+        def describe(self):
+            return "shift", "inf", self.delta
+
+        def input_range(self):  # no ``clip``: the range is declared here alone
+            return 0.0, self.high
+
+    model, x, y = trained
+    report = evaluate_robustness(model, (x, y), attacks=[Shift(0.0), Shift(0.3)], large_eps=None)
+    assert [(r["family"], r["norm"], r["size"]) for r in report.rows[1:]] == [("shift", "inf", 0.0),
+                                                                               ("shift", "inf", 0.3)]
+    assert report.rows[1]["accuracy"] == report.clean_accuracy  # a zero shift is the clean input
+    wrapper = PerturbedModel(model, Shift(0.1))
+    wrapper.compile(loss=CE, metrics=["accuracy"])
+    with pytest.raises(ValueError, match=r"outside the declared input range clip=\(0.0, 1.0\)"):
+        wrapper.evaluate(x + 2.0, y, batch_size=50, verbose=0)
+    wide = PerturbedModel(model, Shift(0.1, high=3.0))
+    wide.compile(loss=CE, metrics=["accuracy"])
+    wide.evaluate(x + 2.0, y, batch_size=50, verbose=0)
 
 
 def test_the_pair_data_load_returns_is_a_clear_error_where_the_dataset_is_meant(trained):
