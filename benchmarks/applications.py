@@ -85,7 +85,7 @@ def one(name):
     import numpy as np
 
     from keras_lowrank import DLRT, analysis, compression
-    from keras_lowrank._low_rank_model import low_rank_layers
+    from keras_lowrank._low_rank.model import low_rank_layers
     from keras_lowrank.robustness import PGD, evaluate_robustness
 
     side, extra = MODELS[name]

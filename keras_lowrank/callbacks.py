@@ -18,8 +18,8 @@ import warnings
 import keras
 from keras import ops
 
-from keras_lowrank import _host_factorization as host
-from keras_lowrank._low_rank_model import check_finite, condition_number, dlrt_of, low_rank_layers, truncate_layer
+from keras_lowrank._low_rank import host_factorization as host
+from keras_lowrank._low_rank.model import check_finite, condition_number, dlrt_of, low_rank_layers, truncate_layer
 from keras_lowrank._validation import check_int, check_number
 from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.compression import compression_summary

@@ -42,18 +42,18 @@ import keras
 import numpy as np
 from keras import backend, ops
 
-from keras_lowrank import _host_factorization as host
-from keras_lowrank import factorization
 from keras_lowrank._keras_compat import (
     built_trainable_variables,
     no_automatic_dependency_tracking,
     own_optimizer_variables,
     tensorflow_host_callbacks_allowed,
 )
+from keras_lowrank._low_rank import factorization
+from keras_lowrank._low_rank import host_factorization as host
+from keras_lowrank._low_rank.optimizer_slots import optimizer_slots, slot_kind
 from keras_lowrank._validation import check_int
 from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.layers.dynamic_low_rank import FACTOR_OWNER, FACTOR_ROLE
-from keras_lowrank.optimizer_slots import optimizer_slots, slot_kind
 
 __all__ = ["DLRT"]
 
@@ -91,7 +91,7 @@ def _integrator_mode():
 
 def _integrate_on_host(layers, augmenting):
     """Augments (``augmenting``) or truncates every layer, carrying S's slots, in one
-    host callback (``jax.pure_callback``, ``tf.numpy_function``): ``_host_factorization``'s
+    host callback (``jax.pure_callback``, ``tf.numpy_function``): ``_low_rank.host_factorization``'s
     float64 NumPy. Returns what ``keep_all`` in ``DLRT._step`` returns, in the same dtypes.
 
     Why on the host, on a CPU: XLA:CPU compiles each layer's (or each group
@@ -404,7 +404,7 @@ class DLRT(keras.optimizers.Optimizer):
     def finish_cycle(self):
         """Ends an unfinished cycle now: truncates every layer's augmented bases
         by its ``tol`` (as the cycle's last step would, here in float64 NumPy: see
-        ``_host_factorization``) and carries S's slots; the next step augments. A
+        ``_low_rank.host_factorization``) and carries S's slots; the next step augments. A
         no-op at a cycle boundary. Eager; on JAX call
         ``model.jax_state_sync()`` first (``fit`` does). Returns True if it
         truncated."""

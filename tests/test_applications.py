@@ -11,7 +11,7 @@ import numpy as np
 
 from keras_lowrank import DLRT, analysis, compression
 from keras_lowrank._keras_compat import all_sublayers
-from keras_lowrank._low_rank_model import low_rank_layers
+from keras_lowrank._low_rank.model import low_rank_layers
 from keras_lowrank.robustness import PGD, evaluate_robustness
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

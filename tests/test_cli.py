@@ -103,7 +103,7 @@ def test_max_drop_keeps_the_smallest_budget_within_the_drop(saved, tmp_path):
     accuracy (the last tenth of the training split, scored here again) is within the
     drop; the exported model is that budget's conversion."""
     from keras_lowrank import compression
-    from keras_lowrank._jobs.compress import BUDGET_LADDER
+    from keras_lowrank.cli.compress import BUDGET_LADDER
 
     # 40 held-out examples: one flip is 2.5 points; 5 allows two (one flip at 71 % was
     # seen on a model trained on torch)
@@ -140,7 +140,7 @@ def test_max_drop_keeps_the_smallest_budget_within_the_drop(saved, tmp_path):
 
 
 def test_max_drop_that_no_budget_meets_is_one_line_and_writes_nothing(saved, tmp_path, capsys, monkeypatch):
-    from keras_lowrank._jobs import compress
+    from keras_lowrank.cli import compress
 
     monkeypatch.setattr(compress, "BUDGET_LADDER", (0.1,))  # rank ≤ 4 of 48 for the CNN's Dense
     status = cli.main(["compress", saved["model"], "--data", "digits", "--max-drop", "0", "--limit", "300",
@@ -178,7 +178,7 @@ def test_compress_with_its_defaults_makes_every_trained_model_smaller(build, dat
     """No --budget, --tol or --rank: the default budget compresses each architecture of
     benchmarks/compress_budget.py (Dense, Conv1D, EinsumDense attention), trained here;
     the exported file is smaller and reproduces the model."""
-    from keras_lowrank._jobs.compress import DEFAULT_BUDGET
+    from keras_lowrank.cli.compress import DEFAULT_BUDGET
 
     load = {"digits": data.load_digits_arrays, "mnist1d": data.load_mnist1d_arrays}[dataset]
     x, y = (np.asarray(a) for a in load("train"))
@@ -201,7 +201,7 @@ def test_compress_with_its_defaults_makes_every_trained_model_smaller(build, dat
 def test_reload_check_fails_for_a_file_that_needs_keras_lowrank(tmp_path):
     """The re-load really runs without keras_lowrank: a model of our layers fails there."""
     from keras_lowrank import DynamicLowRankDense
-    from keras_lowrank._jobs.compress import reload_elsewhere
+    from keras_lowrank.cli.compress import reload_elsewhere
 
     model = keras.Sequential([keras.Input((6,)), DynamicLowRankDense(4, max_rank=2)])
     model.save(tmp_path / "model.keras")
@@ -348,7 +348,7 @@ def test_autoattack_on_a_three_class_model_names_the_flags_that_apply(tmp_path, 
 
 
 def test_autoattack_versions_by_name():
-    from keras_lowrank._jobs.evaluate import parse_attack
+    from keras_lowrank.cli.evaluate import parse_attack
 
     versions = {name: parse_attack(f"{name}:0.1").build((0, 1), 0).version
                 for name in ("autoattack", "autoattack-fast", "autoattack-rand")}
@@ -356,8 +356,8 @@ def test_autoattack_versions_by_name():
 
 
 def test_a_number_after_an_attacks_name_sets_its_steps():
-    from keras_lowrank._jobs.common import JobError
-    from keras_lowrank._jobs.evaluate import parse_attack
+    from keras_lowrank.cli.common import JobError
+    from keras_lowrank.cli.evaluate import parse_attack
 
     for name in ("pgd", "apgd-ce", "apgd-t", "fab", "square", "spsa", "autoattack", "autoattack-fast"):
         default = parse_attack(f"{name}:0.1").build((0, 1), 0)
@@ -407,7 +407,7 @@ def test_bad_arguments_exit_2_before_any_work(saved, tmp_path, capsys):
 
 
 def test_report_tables_keep_a_quoted_multiline_error_in_its_cell():
-    from keras_lowrank._jobs.common import markdown_table
+    from keras_lowrank.cli.common import markdown_table
 
     table = markdown_table(["format", "detail"], [["keras", "Traceback:\n  x | y\nValueError: bad"]])
     lines = table.splitlines()

@@ -585,7 +585,7 @@ def test_spectral_conditioning_callback_caps_the_condition_number(rng):
 def _gradient_like_moments(rng, layer, optimizer):
     """Sets Adam's first moments of U, S, V to the gradients ∂L/∂U = G V Sᵀ,
     ∂L/∂S = Uᵀ G V, ∂L/∂V = Gᵀ U S of a weight gradient G (chain rule, numpy)."""
-    from keras_lowrank.optimizer_slots import optimizer_slots
+    from keras_lowrank._low_rank.optimizer_slots import optimizer_slots
 
     u, s, v = (ops.convert_to_numpy(t).astype("float64") for t in (layer.u, layer.s, layer.v))
     g = rng.normal(size=(u.shape[0], v.shape[0]))
@@ -669,7 +669,7 @@ def test_leading_triplets_give_the_best_approximation_on_awkward_spectra(kind):
     """The factorisation `to_low_rank` and the layers start from, for a rank of a large
     matrix: whatever the spectrum (all singular values equal, fewer nonzero ones than the
     rank, none), orthonormal bases and the Eckart–Young error of numpy's full SVD."""
-    from keras_lowrank._svd import matrix_svd
+    from keras_lowrank._low_rank.svd import matrix_svd
 
     rng = np.random.default_rng(0)
     a = {"gaussian": lambda: rng.normal(size=(600, 520)),

@@ -204,7 +204,7 @@ def test_moments_of_s_are_carried_into_the_new_basis_not_reset(rng):
     """Keras' Adam corrects its bias by the global step, so zeroed moments would
     make S jump; at an augmentation its first moment is carried (same weight-space
     meaning) and its second moment stays a non-zero, non-negative estimate."""
-    from keras_lowrank.optimizer_slots import optimizer_slots
+    from keras_lowrank._low_rank.optimizer_slots import optimizer_slots
 
     keras.utils.set_random_seed(0)
     layer = DynamicLowRankDense(8, max_rank=6, rank=2, tol=0.01)

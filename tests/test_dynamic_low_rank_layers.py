@@ -6,7 +6,7 @@ import pytest
 from backend_gradients import input_gradient
 from keras import ops
 
-from keras_lowrank import factorization
+from keras_lowrank._low_rank import factorization
 from keras_lowrank.layers import (
     DynamicLowRankConv1D,
     DynamicLowRankConv2D,
@@ -209,7 +209,7 @@ def test_host_factorization_equals_the_keras_ops_one(rng, tol, min_rank):
     column's sign (SVD and QR fix no sign), carried slots of every kind; augmentation the
     same rank, span and W. Tolerance: float32 rounding (≈1e-7) amplified by the smallest
     gap of d relative to its largest value (0.1 / 5) — 1e-4."""
-    from keras_lowrank import _host_factorization as host
+    from keras_lowrank._low_rank import host_factorization as host
 
     n, m, r_max, r = 20, 15, 8, 6
     d = np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import keras_lowrank
-from keras_lowrank import factorization
+from keras_lowrank._low_rank import factorization
 from keras_lowrank.analysis import cka_map, class_selectivity_index, linear_cka, rbf_cka
 from keras_lowrank.layers.low_rank_projection import randomized_truncate_to_rank, truncate_to_rank
 

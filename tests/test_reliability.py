@@ -797,7 +797,7 @@ def test_python_lists_in_a_report_score_as_arrays():
 
 
 def test_damaged_exported_files_are_named(tmp_path):
-    from keras_lowrank._jobs.common import JobError, load_model
+    from keras_lowrank.cli.common import JobError, load_model
 
     (tmp_path / "model.keras").write_bytes(b"not a zip")
     with pytest.raises(JobError, match="not a readable .keras file"):

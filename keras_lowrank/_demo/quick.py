@@ -20,7 +20,7 @@ import numpy as np
 from keras_lowrank import analysis, data
 from keras_lowrank._demo.models import small_cnn
 from keras_lowrank._files import staged_folder
-from keras_lowrank._jobs import analyze, common, compress, evaluate
+from keras_lowrank.cli import analyze, common, compress, evaluate
 
 EPOCHS = 15
 RANK = 10

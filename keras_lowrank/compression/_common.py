@@ -6,7 +6,7 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank._keras_compat import build_input_shape
-from keras_lowrank._low_rank_model import dlrt_of
+from keras_lowrank._low_rank.model import dlrt_of
 from keras_lowrank.layers.dynamic_low_rank_einsum import _einsum_plan, einsum_kernel_matrix
 
 CONVS = (keras.layers.Conv1D, keras.layers.Conv2D)

@@ -11,8 +11,8 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank._keras_compat import build_input_shape, layer_paths
-from keras_lowrank._low_rank_model import dlrt_of, low_rank_layers, truncate_layer
-from keras_lowrank._svd import matrix_svd
+from keras_lowrank._low_rank.model import dlrt_of, low_rank_layers, truncate_layer
+from keras_lowrank._low_rank.svd import matrix_svd
 from keras_lowrank._validation import check_int, check_number
 from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.compression._common import (

@@ -6,7 +6,7 @@ import keras  # noqa: F401  (the examples use it)
 import numpy as np
 
 from keras_lowrank._keras_compat import all_sublayers
-from keras_lowrank._low_rank_model import condition_number, low_rank_layers
+from keras_lowrank._low_rank.model import condition_number, low_rank_layers
 from keras_lowrank.compression._common import KINDS, _bias_size, _kernel_matrix, _positions
 from keras_lowrank.layers.dynamic_low_rank_conv import _DynamicLowRankConv
 from keras_lowrank.layers.dynamic_low_rank_einsum import DynamicLowRankEinsumDense

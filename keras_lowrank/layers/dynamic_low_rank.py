@@ -16,9 +16,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank import _host_factorization as host
-from keras_lowrank import factorization
-from keras_lowrank._svd import leading_pays, matrix_svd
+from keras_lowrank._low_rank import factorization
+from keras_lowrank._low_rank import host_factorization as host
+from keras_lowrank._low_rank.svd import leading_pays, matrix_svd
 from keras_lowrank._tracing import concrete, holds_values
 from keras_lowrank._validation import check_int, check_number
 
@@ -304,7 +304,7 @@ def _svd_factors(matrix):
 def _leading_factors(kernel, shape, rank):
     """(U, d, V) holding at least the leading ``rank`` triplets of a drawn kernel, as a
     matrix of ``shape`` (n_in, n_out). A concrete kernel is decomposed in float64 NumPy
-    (``_svd.matrix_svd``): by ARPACK where few of a large matrix's are needed (far
+    (``_low_rank.svd.matrix_svd``): by ARPACK where few of a large matrix's are needed (far
     cheaper than a full SVD of e.g. a 4096 × 4096 kernel at max_rank 64), else by
     LAPACK's full SVD up to 1024 on the short side (an eager ``ops.svd`` on JAX would
     compile for each layer shape). A larger full SVD and a traced kernel take the

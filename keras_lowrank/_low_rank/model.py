@@ -9,10 +9,10 @@ other).
 import numpy as np
 from keras import ops
 
-from keras_lowrank import _host_factorization as host
 from keras_lowrank._keras_compat import all_sublayers
+from keras_lowrank._low_rank import host_factorization as host
+from keras_lowrank._low_rank.optimizer_slots import optimizer_slots, slot_kind
 from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
-from keras_lowrank.optimizer_slots import optimizer_slots, slot_kind
 from keras_lowrank.optimizers import DLRT
 
 

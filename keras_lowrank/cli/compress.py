@@ -10,8 +10,8 @@ import warnings
 
 import numpy as np
 
-from keras_lowrank._jobs import common
-from keras_lowrank._jobs.common import JobError
+from keras_lowrank.cli import common
+from keras_lowrank.cli.common import JobError
 
 # Run in a fresh interpreter: keras_lowrank is made unimportable, so a file that
 # needs it fails to load here exactly as it would on a user's serving machine.

@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 
-from keras_lowrank._jobs import common
-from keras_lowrank._jobs.common import JobError
+from keras_lowrank.cli import common
+from keras_lowrank.cli.common import JobError
 
 
 def _chosen_layers(model, names, argument):

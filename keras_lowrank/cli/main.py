@@ -116,7 +116,7 @@ def _common(parser, model=True, data=True, default_output=None):
 
 
 def build_parser():
-    from keras_lowrank._jobs.evaluate import ATTACK_HELP
+    from keras_lowrank.cli.evaluate import ATTACK_HELP
 
     parser = _OneLineParser(
         prog="keras-lowrank",
@@ -236,8 +236,8 @@ def _check(parser, args, argv, from_shell):
     if getattr(args, "clip", None) is not None and not args.clip[0] < args.clip[1]:
         parser.error(f"--clip: LOW must be below HIGH, got {args.clip[0]:g} {args.clip[1]:g}.")
     if args.command == "evaluate":
-        from keras_lowrank._jobs.common import JobError
-        from keras_lowrank._jobs.evaluate import parse_attack
+        from keras_lowrank.cli.common import JobError
+        from keras_lowrank.cli.evaluate import parse_attack
 
         for text in args.attacks or []:
             try:
@@ -249,8 +249,8 @@ def _check(parser, args, argv, from_shell):
             parser.error(f"--budget: a share of the layers' parameters in (0, 1], got {args.budget:g}.")
         if args.tol is not None and args.tol >= 1:
             parser.error(f"--tol: must be below 1, got {args.tol:g}.")
-        from keras_lowrank._jobs.common import JobError
-        from keras_lowrank._jobs.compress import check_formats
+        from keras_lowrank.cli.common import JobError
+        from keras_lowrank.cli.compress import check_formats
 
         try:
             check_formats(args.formats or [])
@@ -294,7 +294,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     _check(parser, args, argv, from_shell)
     _quiet_tensorflow()
-    from keras_lowrank._jobs import common
+    from keras_lowrank.cli import common
 
     meta = common.metadata(common.command_line(argv), args.seed)
     try:
@@ -312,7 +312,7 @@ def main(argv=None):
             from keras_lowrank._demo.quick import run_quick_demo
 
             return run_quick_demo(args, meta)
-        from keras_lowrank._jobs import analyze, compress, evaluate
+        from keras_lowrank.cli import analyze, compress, evaluate
 
         return {"compress": compress, "evaluate": evaluate, "analyze": analyze}[args.command].run(args, meta)
     except common.JobError as error:

@@ -6,8 +6,8 @@ import math
 import os
 import re
 
-from keras_lowrank._jobs import common
-from keras_lowrank._jobs.common import JobError
+from keras_lowrank.cli import common
+from keras_lowrank.cli.common import JobError
 
 ATTACKS = {
     "fgsm": "FGSM (one signed-gradient step)",

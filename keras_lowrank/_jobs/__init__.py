@@ -1,1 +1,0 @@
-"""The command line's subcommands (``keras_lowrank.cli`` parses, these run)."""
