@@ -171,6 +171,10 @@ class SpectralConditioning(_FactorCallback):
         >>> _ = model.fit(x, x, verbose=0, callbacks=[SpectralConditioning(kappa=1.5)])
         >>> round(condition_number(layer), 4)
         1.5
+
+    References:
+        - Savostianova, Zangrando, Ceruti & Tudisco, "Robust low-rank training via approximate
+          orthonormal constraints" (CondLR), NeurIPS 2023: https://arxiv.org/abs/2306.01485
     """
 
     def __init__(self, kappa=1.5, frequency="epoch"):

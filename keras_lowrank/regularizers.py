@@ -59,6 +59,10 @@ class SelectivityRegularizedModel(LabelsInCall, keras.Model):
         >>> history = reg.fit(x, np.arange(30) % 3, epochs=1, verbose=0)  # trains ``model``
         >>> bool(np.isfinite(history.history["loss"][0]))
         True
+
+    References:
+        - Leavitt & Morcos, "Selectivity considered harmful: evaluating the causal impact of class
+          selectivity in DNNs", ICLR 2021: https://arxiv.org/abs/2003.01262
     """
 
     def __init__(self, model, alpha, layers=None, num_classes=None, **kwargs):

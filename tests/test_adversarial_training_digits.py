@@ -2,9 +2,9 @@
 
 import keras
 import pytest
+from models import digits_cnn as small_cnn
 
 from keras_lowrank import data
-from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.robustness import FGSM, PGD, PerturbedModel, evaluate_robustness
 
 pytestmark = pytest.mark.slow

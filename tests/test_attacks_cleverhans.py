@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from models import digits_cnn as small_cnn
 
 from keras_lowrank import data
-from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.robustness import FGSM, PGD
 
 pytestmark = pytest.mark.tf_only("cleverhans' tf2 attacks run on TensorFlow tensors")

@@ -418,8 +418,10 @@ def test_report_tables_keep_a_quoted_multiline_error_in_its_cell():
 
 
 def test_help_shows_examples():
+    from keras_lowrank.cli import parser
+
     for command in ("compress", "evaluate", "analyze", "demo"):
-        text = cli.build_parser()._subparsers._group_actions[0].choices[command].format_help()
+        text = parser.build_parser()._subparsers._group_actions[0].choices[command].format_help()
         assert "examples:" in text and f"keras-lowrank {command}" in text
 
 

@@ -4,9 +4,9 @@ import re
 import keras
 import numpy as np
 import pytest
+from models import digits_cnn as small_cnn
 
 from keras_lowrank import data
-from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel, evaluate_robustness
 from keras_lowrank.robustness._checks import masking_checks as _checks
 
@@ -188,12 +188,14 @@ def test_checks_catch_each_violation():
 def test_attacks_on_a_model_that_adds_losses():
     # LowRankProjection adds losses in call; the attack's forward passes (inside
     # PGD's loop, inside the train step) must neither leak nor double them.
-    from keras_lowrank._demo.models import small_cnn as cnn
+    from keras_lowrank import LowRankProjection
 
     x, y = data.load_digits_arrays("test")
     x, y = x[:64], y[:64]
     keras.utils.set_random_seed(0)
-    model = cnn(lr_rank=4)
+    base = small_cnn()  # the LR layer after the features, as in Sanyal et al.
+    model = keras.Sequential([keras.Input((8, 8, 1)), *base.layers[:-1], LowRankProjection(4, name="low_rank"),
+                              base.layers[-1]])
     model.compile("adam", CE)
     clean_loss = model.evaluate(x, y, verbose=0)
     wrapper = PerturbedModel(model, PGD(0.0, steps=2, random_start=False))

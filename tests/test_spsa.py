@@ -4,9 +4,9 @@ strength against PGD, and the report check that it exposes gradient masking."""
 import keras
 import numpy as np
 import pytest
+from models import digits_cnn as small_cnn
 
 from keras_lowrank import data
-from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.robustness import PGD, SPSA, evaluate_robustness
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

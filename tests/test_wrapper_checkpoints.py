@@ -5,9 +5,9 @@ the same model and attack, BackupAndRestore resumes an interrupted fit."""
 import keras
 import numpy as np
 import pytest
+from models import digits_cnn as small_cnn
 
 from keras_lowrank import SelectivityRegularizedModel, data
-from keras_lowrank._demo.models import small_cnn
 from keras_lowrank.robustness import FGSM, PGD, SPSA, Corruption, GaussianNoise, PerturbedModel
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -93,6 +93,10 @@ def linear_cka(x, y, unbiased=False):
         >>> q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(8, 8)))
         >>> round(linear_cka(x, 3.0 * x @ q), 4)  # invariant to rotation and scale
         1.0
+
+    References:
+        - Kornblith, Norouzi, Lee & Hinton, "Similarity of Neural Network Representations
+          Revisited", ICML 2019: https://arxiv.org/abs/1905.00414
     """
     return _pair_cka(x, y, "linear", 1.0, unbiased)
 
@@ -353,6 +357,12 @@ def cka_map(model_a, data, model_b=None, layers=None, layers_b=None, unbiased=Tr
         >>> result = cka_map(model, x)
         >>> result.rows, np.round(np.diag(result.matrix), 4).tolist()
         (['a', 'b'], [1.0, 1.0])
+
+    References:
+        - Kornblith et al., "Similarity of Neural Network Representations Revisited", ICML 2019:
+          https://arxiv.org/abs/1905.00414
+        - Cianfarani et al., "Understanding Robust Learning through the Lens of Representation
+          Similarities", NeurIPS 2022: https://arxiv.org/abs/2206.09868
     """
     if kernel not in ("linear", "rbf"):
         raise ValueError(f'`kernel` must be "linear" or "rbf", got kernel={kernel!r}.')

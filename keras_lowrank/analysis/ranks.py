@@ -141,6 +141,9 @@ def effective_rank(x, center=False):
 
         >>> round(effective_rank(np.eye(3)), 4)
         3.0
+
+    References:
+        - Roy & Vetterli, "The effective rank: a measure of effective dimensionality", EUSIPCO 2007.
     """
     return effective_rank_from_singular_values(singular_values(x, center))
 

@@ -323,6 +323,12 @@ def class_selectivity(model, data, layers=None, num_classes=None, max_batches=No
         >>> summary = class_selectivity(model, (x, np.arange(30) % 3))
         >>> list(summary.layers), 0.0 <= summary.mean <= 1.0
         (['hidden'], True)
+
+    References:
+        - Leavitt & Morcos, "Selectivity considered harmful: evaluating the causal impact of class
+          selectivity in DNNs", ICLR 2021: https://arxiv.org/abs/2003.01262
+        - Leavitt & Morcos, "On the relationship between class selectivity, dimensionality, and
+          robustness": https://arxiv.org/abs/2007.04440
     """
     num_classes = num_classes_of(model, num_classes)
     layers = selectivity_layers(model, layers)

@@ -1,7 +1,7 @@
 """The command line ``keras-lowrank``: ``main`` parses and checks the arguments
-(``main.py``); each subcommand runs in a module of its own (``compress``, ``evaluate``,
+(``parser.py``); each subcommand runs in a module of its own (``compress``, ``evaluate``,
 ``analyze``; what they share in ``common``)."""
 
-from keras_lowrank.cli.main import main
+from keras_lowrank.cli.parser import main
 
 __all__ = ["main"]

@@ -57,6 +57,10 @@ class Corruption(Perturbation):
         >>> corrupted = ops.convert_to_numpy(Corruption("contrast", 5)(None, x))
         >>> bool(abs(corrupted.mean() - 0.5) < 1e-6), bool(np.ptp(corrupted) < np.ptp(x))
         (True, True)
+
+    References:
+        - Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions
+          and Perturbations", ICLR 2019: https://arxiv.org/abs/1903.12261
     """
 
     clip = (0.0, 1.0)  # the CIFAR-10-C corruptions act on images in [0, 1]

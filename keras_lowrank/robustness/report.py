@@ -189,6 +189,10 @@ def evaluate_robustness(model, data, attacks=(), noise_sigmas=(), corruptions=()
         >>> report = evaluate_robustness(model, (x, y), attacks=[FGSM(0.1)], noise_sigmas=[0.0], large_eps=None)
         >>> report.clean_accuracy, report.accuracy("FGSM", 0.1), report.accuracy("gaussian", 0.0)
         (1.0, 0.5, 1.0)
+
+    References:
+        - Carlini et al., "On Evaluating Adversarial Robustness", 2019:
+          https://arxiv.org/abs/1902.06705
     """
     attacks, corruptions = _as_list(attacks), _as_list(corruptions)
     if isinstance(noise_sigmas, numbers.Number) or getattr(noise_sigmas, "ndim", None) == 0:
