@@ -101,12 +101,14 @@ class ClassifierView:
         self.softmax_bypassed = not self.from_logits and ends_in_softmax(model)
         self.how = "logits" if self.from_logits else "softmax bypassed" if self.softmax_bypassed else "log p"
         self._key = from_logits
-        self._random = bool(seed_states(model))  # random layers: each ``draw`` a pass of its own
+        self._random = None  # random layers (each ``draw`` a pass of its own): asked on first use
 
     def scores(self, x, draw=None):
         """The scores the attacks' margins and DLR losses take (float32): the logits, the
         bypassed softmax's input, or log p. ``draw``: as ``forward_without_side_effects``'
         (a model with random layers draws anew per ``draw``)."""
+        if self._random is None:
+            self._random = bool(seed_states(self.model))
         draw = draw if self._random else None  # else every draw is the same pass
         out = ops.cast(forward_without_side_effects(self.model, x, self.softmax_bypassed, draw), "float32")
         if self.from_logits or self.softmax_bypassed:

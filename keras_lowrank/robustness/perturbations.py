@@ -47,6 +47,13 @@ class Perturbation:
     outside it are reported by ``PerturbedModel``. Register subclasses with
     ``keras.saving.register_keras_serializable`` to save them with a model.
 
+    What the report and ``PerturbedModel`` ask of a perturbation, each with a default a
+    subclass may override: ``describe()`` (its report row: family, norm — an attack's
+    threat model, None otherwise — and size), ``input_range()`` (the inputs it accepts;
+    ``clip``), ``perturb_and_predict`` (the perturbed batch and, where it computes them
+    on the way, the model's outputs there) and ``evaluates_itself``/``report_row`` (a
+    perturbation that a report runs its own way, as AutoAttack stage by stage).
+
     Attributes:
         clip: the declared input range, (low, high) or None.
 
