@@ -63,6 +63,43 @@ def test_the_dense_form_at_full_rank_is_the_original_layer_back(rng, kind):
     assert plain.count_params() == model.count_params()
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_from_keras_layer_computes_the_layer_from_its_factors_without_drawing_a_kernel(rng, kind, monkeypatch):
+    """Each low-rank class converts its own Keras class: given the full SVD of the
+    kernel matrix it computes the Keras layer's outputs, with its bias, activation and
+    configuration (the dense form gives the layer back); the factors are the initial
+    values, so no kernel is drawn and decomposed on the way."""
+    from keras_lowrank.compression.convert import LOW_RANK_CLASSES
+    from keras_lowrank.layers import dynamic_low_rank
+
+    shape, make, full = KINDS[kind]
+    original = make()
+    x = rng.uniform(size=(3, *shape)).astype("float32")
+    original(x)  # built
+    for variable in original.weights:
+        variable.assign(rng.normal(size=variable.shape).astype("float32"))
+    expected = _np(original(x))
+    matrix = einsum_kernel_matrix(original.equation, _np(original.kernel)) if kind == "einsum" \
+        else _np(original.kernel).reshape(-1, original.kernel.shape[-1])
+    u, d, vt = np.linalg.svd(matrix.astype("float64"), full_matrices=False)
+
+    def no_draw(*args):
+        raise AssertionError("a kernel was drawn and decomposed")
+
+    monkeypatch.setattr(dynamic_low_rank, "_leading_factors", no_draw)
+    low = LOW_RANK_CLASSES[type(original)].from_keras_layer(original, (u, d, vt.T), max_rank=full)
+    assert low.rank == full and low.name == original.name
+    got = _np(low(x))
+    np.testing.assert_allclose(got, expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
+    skip = {"kernel_initializer", "bias_initializer"}
+    back = {k: v for k, v in low.exported_dense_layer().get_config().items() if k not in skip}
+    assert back == {k: v for k, v in original.get_config().items() if k not in skip}
+    with pytest.raises(ValueError, match="takes a"):
+        DynamicLowRankDense.from_keras_layer(keras.layers.Conv1D(2, 3), (u, d, vt.T))
+    with pytest.raises(ValueError, match="not built"):
+        type(low).from_keras_layer(make(), (u, d, vt.T))
+
+
 def _two_layers(rank_big):
     """32 → 32 → 32 → 3: the first low-rank layer at ``rank_big`` (break-even 16), the second at 4."""
     model = keras.Sequential([

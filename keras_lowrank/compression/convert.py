@@ -6,9 +6,7 @@ inside a cycle, on augmented bases."""
 
 import warnings
 
-import keras
 import numpy as np
-from keras import ops
 
 from keras_lowrank._keras_compat import build_input_shape, layer_paths
 from keras_lowrank._low_rank.model import dlrt_of, low_rank_layers, truncate_layer
@@ -53,6 +51,7 @@ def truncate_ranks(model):
 
     Examples:
 
+        >>> import keras
         >>> from keras_lowrank import DynamicLowRankDense
         >>> layer = DynamicLowRankDense(6, max_rank=3, tol=0.1, name="f")
         >>> model = keras.Sequential([keras.Input((6,)), layer])
@@ -86,6 +85,7 @@ def kernel_layers(model):
 
     Examples:
 
+        >>> import keras
         >>> tokens = keras.Input((6, 16))
         >>> attended = keras.layers.MultiHeadAttention(2, 8, name="mha")(tokens, tokens)
         >>> model = keras.Model(tokens, keras.layers.Dense(3, name="head")(attended))
@@ -181,6 +181,7 @@ def to_low_rank(
     Examples:
         the output layer stays dense (``skip_last``).
 
+        >>> import keras
         >>> model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(32, activation="relu"),
         ...                           keras.layers.Dense(3)])
         >>> small = to_low_rank(model, rank=4)
@@ -269,10 +270,11 @@ def to_low_rank(
             continue
         twin = twins[id(layer)]
         fixed = budget is not None and max_rank is None
-        new = _low_rank_layer(twin, plan, plan[3] if fixed else min_rank, FIXED_RANK_TOL if fixed else tol,
-                              spectral_weight)
-        new.build(tuple(build_input_shape(twin)))
-        _set_low_rank(twin, new, plan)
+        u, d, v, r, r_max = plan
+        new = LOW_RANK_CLASSES[type(twin)].from_keras_layer(
+            twin, (u.astype("float32"), d.astype("float32"), v.astype("float32")), max_rank=r_max,
+            min_rank=r if fixed else min(min_rank, r), tol=FIXED_RANK_TOL if fixed else tol,
+            spectral_weight=spectral_weight)
         swap(converted, path, twin, new)
     return converted
 
@@ -343,36 +345,15 @@ def _choose_layers(model, layers, skip_first, skip_last):
     return chosen
 
 
+#: the low-rank class standing for each Keras class ``to_low_rank`` converts (exactly that
+#: class: a subclass of Dense may compute something else)
+LOW_RANK_CLASSES = {kind.keras_class: kind for kind in (DynamicLowRankDense, DynamicLowRankConv1D,
+                                                         DynamicLowRankConv2D, DynamicLowRankEinsumDense)}
+
 #: the truncation tolerance of a layer held at its budgeted rank (with min_rank = that rank):
 #: every DLRT cycle truncates the augmented 2r basis back to r, the fixed-rank augmented
 #: integrator (‖d[j:]‖ < 0.999‖d‖ holds from j = 1 on, so the floor decides)
 FIXED_RANK_TOL = 0.999
-
-
-def _low_rank_layer(layer, plan, min_rank, tol, spectral_weight):
-    """The dynamic low-rank layer standing for ``layer`` (not built)."""
-    _, _, _, r, r_max = plan
-    config = layer.get_config()
-    common = dict(
-        max_rank=r_max, rank=r, min_rank=min(min_rank, r), tol=tol, spectral_weight=spectral_weight,
-        activation=config["activation"], name=config["name"],
-        bias_initializer=config["bias_initializer"], dtype=config.get("dtype"),
-        kernel_regularizer=config.get("kernel_regularizer"),
-        bias_regularizer=config.get("bias_regularizer"),
-        activity_regularizer=config.get("activity_regularizer"),
-        bias_constraint=config.get("bias_constraint"),
-    )
-    if isinstance(layer, keras.layers.EinsumDense):
-        return DynamicLowRankEinsumDense(config["equation"], config["output_shape"],
-                                         bias_axes=config["bias_axes"], **common)
-    common["use_bias"] = config["use_bias"]
-    if isinstance(layer, keras.layers.Dense):
-        return DynamicLowRankDense(config["units"], **common)
-    kind = DynamicLowRankConv1D if isinstance(layer, keras.layers.Conv1D) else DynamicLowRankConv2D
-    return kind(
-        config["filters"], config["kernel_size"], strides=config["strides"],
-        padding=config["padding"], dilation_rate=config["dilation_rate"], **common,
-    )
 
 
 def _budget_ranks(chosen, factors, budget, budget_of, min_rank):
@@ -422,10 +403,3 @@ def _other_kernel_layers(found, kinds):
         shown = ", ".join(members[:3]) + (", …" if len(members) > 3 else "")
         parts.append(f"{name} ×{len(members)} ({shown}; {why})")
     return "; ".join(parts)
-
-
-def _set_low_rank(old, new, plan):
-    u, d, v, _, _ = plan
-    new.set_factors(u.astype("float32"), d.astype("float32"), v.astype("float32"))
-    if getattr(old, "bias", None) is not None:
-        new.bias.assign(ops.convert_to_numpy(old.bias))  # a copy: JAX donates buffers

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lowrank._keras_compat import build_input_shape
 from keras_lowrank._low_rank import factorization
 from keras_lowrank._low_rank import host_factorization as host
 from keras_lowrank._low_rank.svd import leading_pays, matrix_svd
@@ -35,9 +36,10 @@ class DynamicLowRankBase(keras.layers.Layer):
 
     Subclasses define ``_matrix_shape(input_shape)`` → (n_in, n_out),
     ``_kernel_shape(n_in, n_out)`` (the shape the kernel initializer sees),
-    ``_apply_kernel(inputs, u, s_vt)``, and for export ``keras_class`` (the
-    equivalent Keras layer), ``_keras_arguments()`` (its arguments besides the
-    activation) and ``exported_layers(rank)``.
+    ``_apply_kernel(inputs, u, s_vt)``, and for conversion and export ``keras_class``
+    (the equivalent Keras layer), ``keras_argument_names`` (its arguments besides the
+    activation that the low-rank class takes too), ``_keras_arguments()`` (their
+    values) and ``exported_layers(rank)``.
     """
 
     def __init__(
@@ -124,7 +126,7 @@ class DynamicLowRankBase(keras.layers.Layer):
         # outside the trace (TF lifts the initializer, JAX defers it) but may
         # also call an initializer inside it for a placeholder value; only a
         # concrete draw is kept, so that U, S and V share one kernel.
-        # ``to_low_rank`` hands over the factors it will assign (``_initial_factors``):
+        # ``from_keras_layer`` hands over the factors it will assign (``_initial_factors``):
         # no kernel drawn and decomposed in vain (a 4096 × 4096 SVD takes seconds).
         planned, self._initial_factors = getattr(self, "_initial_factors", None), None
         initial = {}
@@ -247,6 +249,62 @@ class DynamicLowRankBase(keras.layers.Layer):
         (S_r V_rᵀ) + b with the activation — the factored form ``compressed_model``
         writes (their kernels are U_r and S_r V_rᵀ reshaped)."""
         raise NotImplementedError
+
+    @classmethod
+    def from_keras_layer(cls, layer, factors, max_rank=None, **kwargs):
+        """The low-rank layer standing for the Keras layer ``layer``, built, with the
+        given factors of its kernel matrix and its bias, activation, regularizers,
+        bias initializer and constraint, name and dtype policy.
+
+        The factors become the initial U, S, V as the variables are created: no kernel
+        is drawn and decomposed in vain (a 4096 × 4096 SVD takes seconds).
+
+        Args:
+            layer: a built layer of class ``keras_class`` (exactly: a subclass may
+                compute something else).
+            factors: (u, d, v): u (n_in × r) with orthonormal columns, d the r
+                singular values (or an r × r S), v (n_out × r); e.g. a truncated SVD of
+                the kernel as an n_in × n_out matrix.
+            max_rank: the storage rank r_max (≥ r; default: the class's, from r).
+
+        Keyword Args:
+            min_rank: as in the constructor, as are ``tol`` and ``spectral_weight``.
+
+        Returns:
+            the new layer (built), computing U S Vᵀ where ``layer`` computes its kernel.
+
+        Examples:
+            at full rank the layer computes what the Dense does.
+
+            >>> dense = keras.layers.Dense(3)
+            >>> x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+            >>> y = dense(x)
+            >>> u, d, vt = np.linalg.svd(ops.convert_to_numpy(dense.kernel), full_matrices=False)
+            >>> low = DynamicLowRankDense.from_keras_layer(dense, (u, d, vt.T), max_rank=3)
+            >>> low.rank, bool(np.allclose(ops.convert_to_numpy(low(x)), ops.convert_to_numpy(y), atol=1e-5))
+            (3, True)
+        """
+        if type(layer) is not cls.keras_class:
+            raise ValueError(f"{cls.__name__}.from_keras_layer takes a {cls.keras_class.__name__}, got "
+                             f"{type(layer).__name__} {layer.name!r}.")
+        if not layer.built:
+            raise ValueError(f"from_keras_layer: layer {layer.name!r} is not built (its kernel's shape comes "
+                             "from its input); build it or call it on a batch first.")
+        config = layer.get_config()
+        u, d, v = factors
+        new = cls(**{name: config[name] for name in cls.keras_argument_names}, max_rank=max_rank,
+                  rank=int(ops.shape(u)[1]), activation=config["activation"], name=config["name"],
+                  dtype=config.get("dtype"), bias_initializer=config["bias_initializer"],
+                  kernel_regularizer=config.get("kernel_regularizer"),
+                  bias_regularizer=config.get("bias_regularizer"),
+                  activity_regularizer=config.get("activity_regularizer"),
+                  bias_constraint=config.get("bias_constraint"), **kwargs)
+        new._initial_factors = (u, d, v)  # read once, in ``build``
+        new.build(tuple(build_input_shape(layer)))
+        new.set_factors(u, d, v)  # checks the shapes and rank bounds with a clear error
+        if getattr(layer, "bias", None) is not None:
+            new.bias.assign(ops.convert_to_numpy(layer.bias))  # a copy: JAX donates buffers
+        return new
 
     def exported_dense_layer(self):
         """The one Keras layer (``keras_class``) computing this layer with its kernel
@@ -402,6 +460,8 @@ class DynamicLowRankDense(DynamicLowRankBase):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
+
+    keras_argument_names = ("units", "use_bias")
 
     def _keras_arguments(self):
         return dict(units=self.units, use_bias=self.use_bias)

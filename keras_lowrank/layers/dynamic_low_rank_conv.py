@@ -90,6 +90,8 @@ class _DynamicLowRankConv(DynamicLowRankBase):
         positions = int(np.prod(out[1:1 + self.spatial]))
         return positions * self.n_in * self.n_out, positions * rank * (self.n_in + self.n_out)
 
+    keras_argument_names = ("filters", "kernel_size", "strides", "padding", "dilation_rate", "use_bias")
+
     def _keras_arguments(self):
         return dict(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides, padding=self.padding,
                     dilation_rate=self.dilation_rate, use_bias=self.use_bias)

@@ -119,6 +119,8 @@ class DynamicLowRankEinsumDense(DynamicLowRankBase):
     def compute_output_shape(self, input_shape):
         return einsum_dense_shapes(self.equation, self.bias_axes, input_shape, self.partial_output_shape)[2]
 
+    keras_argument_names = ("equation", "output_shape", "bias_axes")
+
     def _keras_arguments(self):
         return dict(equation=self.equation, output_shape=self.partial_output_shape, bias_axes=self.bias_axes)
 
