@@ -144,6 +144,9 @@ def test_dense_on_feature_maps_counts_multiply_adds_per_position(rng):
     low = compression.to_low_rank(model, rank=2)
     row = {r["layer"]: r for r in compression.compression_summary(low).rows}["pointwise"]
     assert (row["dense_macs"], row["low_rank_macs"]) == (24 * 8 * 16, 24 * 2 * (8 + 16))
+    # the layer says the same (one count, the layer's own), and on vectors one position
+    assert low.get_layer("pointwise").multiply_adds() == (row["dense_macs"], row["low_rank_macs"])
+    assert low.get_layer("pointwise").multiply_adds(input_shape=(None, 8)) == (8 * 16, 2 * (8 + 16))
     x = rng.normal(size=(5, 4, 6, 8)).astype("float32")
     assert low.predict(x, verbose=0).shape == (5, 3)
 

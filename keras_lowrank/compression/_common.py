@@ -5,7 +5,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lowrank._keras_compat import build_input_shape
 from keras_lowrank._low_rank.model import dlrt_of
 from keras_lowrank.layers.dynamic_low_rank_einsum import _einsum_plan, einsum_kernel_matrix
 
@@ -52,16 +51,6 @@ def _unconvertible(layer):
     if layer.data_format != "channels_last":
         return f"data_format={layer.data_format!r}"
     return ""
-
-
-def _positions(layer):
-    """Positions a Dense layer is applied at per sample: the product of its input's
-    axes between batch and features (1 for a (batch, features) input, h·w for a
-    (batch, h, w, c) map), from the shape it was built with."""
-    shape = build_input_shape(layer)
-    if shape is None or len(shape) <= 2:
-        return 1
-    return int(np.prod([d for d in shape[1:-1] if d is not None]))
 
 
 def _bias_size(layer):

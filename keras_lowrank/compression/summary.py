@@ -7,9 +7,7 @@ import numpy as np
 
 from keras_lowrank._keras_compat import all_sublayers
 from keras_lowrank._low_rank.model import condition_number, low_rank_layers
-from keras_lowrank.compression._common import KINDS, _bias_size, _kernel_matrix, _positions
-from keras_lowrank.layers.dynamic_low_rank_conv import _DynamicLowRankConv
-from keras_lowrank.layers.dynamic_low_rank_einsum import DynamicLowRankEinsumDense
+from keras_lowrank.compression._common import KINDS, _bias_size, _kernel_matrix
 from keras_lowrank.layers.low_rank_projection import LowRankProjection
 
 __all__ = ["compression_summary", "CompressionSummary"]
@@ -112,11 +110,7 @@ def compression_summary(model):
         r, n_in, n_out = layer.rank, layer.n_in, layer.n_out
         bias = _bias_size(layer)
         dense_params, low_params = n_in * n_out + bias, r * (n_in + n_out) + bias
-        if isinstance(layer, (_DynamicLowRankConv, DynamicLowRankEinsumDense)):
-            dense_macs, low_macs = layer.multiply_adds(r)
-        else:  # a Dense on feature maps (batch, h, w, c) multiplies once per position
-            positions = _positions(layer)
-            dense_macs, low_macs = positions * n_in * n_out, positions * r * (n_in + n_out)
+        dense_macs, low_macs = layer.multiply_adds(r)  # at every position it multiplies
         rows.append(dict(
             layer=layer.name, n_in=n_in, n_out=n_out, rank=r, max_rank=layer.max_rank,
             dense_params=dense_params, low_rank_params=low_params,

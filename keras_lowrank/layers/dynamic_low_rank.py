@@ -471,10 +471,16 @@ class DynamicLowRankDense(DynamicLowRankBase):
                 keras.layers.Dense(self.units, activation=keras.activations.serialize(self.activation),
                                    use_bias=self.use_bias, name=f"{self.name}_sv", dtype=self.dtype_policy)]
 
-    def multiply_adds(self, rank=None):
-        """Multiply-adds per sample of the dense and of the rank-r layer (S folded)."""
+    def multiply_adds(self, rank=None, input_shape=None):
+        """Multiply-adds per sample of the dense and of the rank-r layer (S folded):
+        n_in·n_out and r(n_in + n_out) at each position the layer is applied at — one for
+        a (batch, features) input, h·w for a (batch, h, w, c) map (ConvNeXt's MLPs)."""
         rank = self.rank if rank is None else rank
-        return self.n_in * self.n_out, rank * (self.n_in + self.n_out)
+        shape = input_shape or build_input_shape(self)
+        if shape is None:
+            raise ValueError(f"Layer {self.name!r} is not built; pass `input_shape`.")
+        positions = int(np.prod([d for d in shape[1:-1] if d is not None]))
+        return positions * self.n_in * self.n_out, positions * rank * (self.n_in + self.n_out)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
