@@ -17,6 +17,9 @@ Public API:
     float32_matmuls                    exact float32 products on GPUs (no TF32), used by the
                                        analysis and the DLRT basis updates (keras_lowrank.precision)
     LowRankWarning                     the class of every warning the library issues
+
+The formulas, their sources and where the code departs from the papers: methods.md,
+shipped beside this file (docstrings cite its sections as "keras_lowrank/methods.md §n").
 """
 
 from keras_lowrank import analysis, callbacks, compression, data, optimizers, regularizers, robustness

@@ -1,4 +1,4 @@
-"""Callbacks for dynamic low-rank layers (docs/methods.md §2).
+"""Callbacks for dynamic low-rank layers (keras_lowrank/methods.md §2).
 
 - ``RankTruncation``: truncates each layer's rank by its ``tol`` on a schedule, for
   users who train U, S, V with an ordinary optimizer instead of

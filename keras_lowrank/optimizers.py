@@ -1,6 +1,6 @@
 """DLRT: the rank-adaptive dynamical low-rank integrator as a Keras optimizer wrapper.
 
-docs/methods.md §2 (Schotthöfer et al. 2025, augmented BUG). Wrap any Keras optimizer,
+keras_lowrank/methods.md §2 (Schotthöfer et al. 2025, augmented BUG). Wrap any Keras optimizer,
 compile, fit — the wrapper recognises the factors of ``DynamicLowRankDense`` /
 ``DynamicLowRankConv2D`` layers among the trainable variables and runs, in
 cycles of ``steps_per_cycle`` training steps, inside the compiled train step:
@@ -17,12 +17,12 @@ including the augment batch (the authors' code skips it; a wasted batch buys
 nothing). Where S changes basis (augment, truncate), the wrapped optimizer's
 slots of S are carried into the new basis as the authors' code does (first
 moments like S, second moments through their square roots; see
-``factorization.carry_slot``). Resetting them instead, as docs/methods.md §2 allows,
+``factorization.carry_slot``). Resetting them instead, as keras_lowrank/methods.md §2 allows,
 is wrong for Keras optimizers: their bias correction counts the global step,
 so zeroed Adam moments make the next steps of S 3–6× the learning rate in
 sign-like jumps. (On MNIST-1D the two give the same accuracy, 61.8 vs 61.5 %
 over 3 seeds; carried moments keep higher ranks at the same tol.) Unlike the authors'
-code, biases of the low-rank layers train (docs/methods.md §2, "bug to avoid").
+code, biases of the low-rank layers train (keras_lowrank/methods.md §2, "bug to avoid").
 
 Non-finite gradients: the whole step is discarded (no variable changes), counted
 in ``skipped_steps`` — a NaN batch never corrupts the factors or the rank. Under

@@ -1,7 +1,7 @@
 """Regularizers that need more than a layer's weights.
 
 ``SelectivityRegularizedModel`` — the class-selectivity regularizer of Leavitt &
-Morcos (2020, docs/methods.md §4):
+Morcos (2020, keras_lowrank/methods.md §4):
 
     loss = task loss − α · mean_layers( mean_units SI ),
 

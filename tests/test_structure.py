@@ -120,6 +120,57 @@ def test_nothing_points_outside_the_repository():
     assert not offenders, offenders
 
 
+def _sections(markdown):
+    """The numbers ("2") and titles ("ranks for a budget") of a markdown file's headings."""
+    found = set()
+    for heading in re.findall(r"^#+ (.+)$", markdown, re.MULTILINE):
+        number = re.match(r"(\d+)\. ", heading)
+        found.add(number.group(1) if number else heading.strip().lower())
+    return found
+
+
+def test_methods_pointers_name_sections_of_the_shipped_methods_file():
+    """Docstrings cite "keras_lowrank/methods.md §n" (or a section's title): the file is
+    in the package (so in every install, not only in a clone's docs/), and each cited
+    section exists there."""
+    methods = PACKAGE / "methods.md"
+    sections = _sections(methods.read_text())
+    assert {"1", "7", "ranks for a budget"} <= sections
+    cited = []
+    for path in PACKAGE.rglob("*.py"):
+        text = " ".join(path.read_text().split())  # pointers may wrap
+        assert "docs/methods.md" not in text, f"{path}: point to keras_lowrank/methods.md"
+        for match in re.finditer(r"methods\.md(?: §(\d+)(?:[–-](\d+))?|, \"([^\"]+)\")?", text):
+            first, last, title = match.groups()
+            if title:
+                cited.append((path.name, title.lower()))
+            elif first:
+                cited += [(path.name, str(n)) for n in range(int(first), int(last or first) + 1)]
+    assert len(cited) > 20
+    missing = [(name, section) for name, section in cited if section not in sections]
+    assert not missing, missing
+
+
+def test_the_methods_file_is_in_the_wheel(tmp_path):
+    """Built as pip builds it: the wheel holds keras_lowrank/methods.md."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    for name in ("keras_lowrank", "keras_lowrank_experiments"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                           "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    assert "keras_lowrank/methods.md" in zipfile.ZipFile(wheel).namelist()
+
+
 def test_docstring_examples_run():
     """Every ``>>>`` example in the package's docstrings runs and prints what it says."""
     import doctest

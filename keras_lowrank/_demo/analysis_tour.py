@@ -1,4 +1,4 @@
-"""Representation analysis on real data (docs/methods.md §3–§4).
+"""Representation analysis on real data (keras_lowrank/methods.md §3–§4).
 
 Two demonstrations, each on digits (2-D CNN) and MNIST-1D (1-D CNN), both the
 ``small_cnn`` of the main job:

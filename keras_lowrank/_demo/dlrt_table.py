@@ -1,4 +1,4 @@
-"""DLRT on real data: a miniature of the paper's table (docs/methods.md §2).
+"""DLRT on real data: a miniature of the paper's table (keras_lowrank/methods.md §2).
 
 An MLP (input → 512 → 512 → 512 → classes) on digits (flattened 8×8) and on
 MNIST-1D: a dense baseline, DLRT (the two 512×512 layers as
@@ -6,7 +6,7 @@ DynamicLowRankDense, trained with the DLRT optimizer) and DLRT with the spectral
 regularizer (β > 0), from scratch; and the dense baseline compressed after
 training (``to_low_rank``: SVD of its kernels at rank 24, ≥ 90 % compression)
 then fine-tuned with DLRT (the authors' initialisation "from a trained dense
-layer", docs/methods.md §2). Reported per variant, mean ± std over seeds: clean accuracy,
+layer", keras_lowrank/methods.md §2). Reported per variant, mean ± std over seeds: clean accuracy,
 FGSM accuracy at several ε (inputs in [0, 1]), final ranks, compression rate of
 the compressed layers. Ranks are truncated by each layer's tol before measuring,
 so accuracy, ranks and compression describe the same model.

@@ -5,10 +5,10 @@ the callbacks): U is n_in × r_max, V is n_out × r_max, S is r_max × r_max. Th
 active rank r is the number of leading non-zero columns of U; columns r… of U
 and V and rows/columns r… of S are exactly zero. Zero columns make the forward
 pass x U S Vᵀ and its gradients right without any mask, so changing the rank
-changes no variable shape (as in the authors' code, docs/methods.md §2) and the rank
+changes no variable shape (as in the authors' code, keras_lowrank/methods.md §2) and the rank
 travels with the trainable variables on every backend.
 
-Formulas: docs/methods.md §2 (Schotthöfer et al. 2025, augmented BUG integrator;
+Formulas: keras_lowrank/methods.md §2 (Schotthöfer et al. 2025, augmented BUG integrator;
 Savostianova et al. 2023, CondLR conditioning).
 """
 
@@ -17,7 +17,7 @@ from keras import ops
 from keras_lowrank.precision import float32_matmuls
 
 # Added under the square root of the spectral penalty so that its gradient is
-# finite where S Sᵀ = α² I (docs/methods.md §2).
+# finite where S Sᵀ = α² I (keras_lowrank/methods.md §2).
 SPECTRAL_EPSILON = 1e-12
 
 
@@ -46,7 +46,7 @@ def _orthonormal_columns(a, keep):
 
 @float32_matmuls()
 def augment(u, s, v, grad_u, grad_v, max_rank):
-    """Basis augmentation (docs/methods.md §2, step 1): r₁ = min(r_max, 2r),
+    """Basis augmentation (keras_lowrank/methods.md §2, step 1): r₁ = min(r_max, 2r),
     U₁ = orth([U_r, −∇_U L])[:, :r₁], V₁ likewise, S ← (U₁ᵀ U_r) S_r (V_rᵀ V₁).
 
     The first r₁ columns of a QR factor depend only on the first r₁ columns of
@@ -72,7 +72,7 @@ def augment(u, s, v, grad_u, grad_v, max_rank):
 
 def truncation_rank(singular_values, tol, min_rank, max_rank):
     """Smallest j with ‖d[j:]‖₂ < tol·‖d‖₂, clipped to [min_rank, max_rank]
-    (docs/methods.md §2, step 3). ``singular_values`` sorted in decreasing order."""
+    (keras_lowrank/methods.md §2, step 3). ``singular_values`` sorted in decreasing order."""
     squares = ops.square(singular_values)
     tails = ops.flip(ops.cumsum(ops.flip(squares, 0)), 0)  # Σ_{i≥j} d_i²
     threshold = (tol**2) * ops.sum(squares)
@@ -82,7 +82,7 @@ def truncation_rank(singular_values, tol, min_rank, max_rank):
 
 @float32_matmuls()
 def truncate(u, s, v, tol, min_rank):
-    """Rank truncation (docs/methods.md §2, step 3): P, d, Q = svd(S_r); keep the r_new
+    """Rank truncation (keras_lowrank/methods.md §2, step 3): P, d, Q = svd(S_r); keep the r_new
     leading triplets, U ← U_r P, V ← V_r Q, S ← diag(d).
 
     U P and V Q are re-orthonormalised by QR, with S ← R_U diag(d) R_Vᵀ so that
@@ -147,7 +147,7 @@ def condition(s, rank, kappa):
 
 def spectral_penalty(s, rank):
     """‖S_r S_rᵀ − α² I_r‖_F with α² = ‖S_r‖_F² / r (the paper's regularizer
-    without β; docs/methods.md §2), as √(x + ε) so that the gradient is finite at 0."""
+    without β; keras_lowrank/methods.md §2), as √(x + ε) so that the gradient is finite at 0."""
     size = s.shape[0]
     keep = leading_mask(rank, size, s.dtype)
     alpha2 = ops.sum(ops.square(s)) / ops.cast(ops.maximum(rank, 1), s.dtype)

@@ -9,7 +9,7 @@ op is compiled for its shapes on first use, so finishing the cycle of MobileNetV
 29 low-rank layers at the end of a first ``fit`` call compiled 133 small programs, a
 large part of that call (figures: docs/benchmarks.md). NumPy runs them at once, and in
 float64.
-The formulas are ``factorization``'s (docs/methods.md §2), line for line; the tests
+The formulas are ``factorization``'s (keras_lowrank/methods.md §2), line for line; the tests
 hold the two equal. Arguments are NumPy arrays (``ops.convert_to_numpy`` of the variables);
 results are float64 arrays, which ``assign`` casts to the variable's dtype.
 """

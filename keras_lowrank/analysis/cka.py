@@ -1,4 +1,4 @@
-"""Centred kernel alignment (CKA) between representations (docs/methods.md §3).
+"""Centred kernel alignment (CKA) between representations (keras_lowrank/methods.md §3).
 
 Kornblith et al., "Similarity of Neural Network Representations Revisited"
 (ICML 2019); minibatch CKA of Nguyen et al. (2021), as used by Cianfarani et al.

@@ -1,5 +1,5 @@
 """Dimensionality of the representation change a perturbation causes
-(docs/methods.md §4; Leavitt & Morcos 2020).
+(keras_lowrank/methods.md §4; Leavitt & Morcos 2020).
 
 For inputs x, perturbed inputs x + δ (δ from an attack, noise or a
 corruption) and a layer f, the dimensionality is the number of principal

@@ -1,4 +1,4 @@
-"""Measures of rank of a representation matrix (docs/methods.md §5).
+"""Measures of rank of a representation matrix (keras_lowrank/methods.md §5).
 
 For a matrix A (samples × features; conv maps are flattened per sample) with
 singular values σ₁ ≥ σ₂ ≥ … :

@@ -5,7 +5,7 @@ Per chosen layer, second moments are accumulated batch by batch — the scatter
 which avoids the cancellation of Σ a aᵀ − n μ μᵀ) — so memory is O(m²) per layer
 whatever the number of samples (O(n·m) while n < m: the rows themselves). The eigenvalues λ of the scatter give the
 singular values √λ of the (centred) activation matrix, and from them the ranks
-of docs/methods.md §5.
+of keras_lowrank/methods.md §5.
 """
 
 import dataclasses

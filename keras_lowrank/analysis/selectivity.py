@@ -1,4 +1,4 @@
-"""Class selectivity of units (docs/methods.md §4; Leavitt & Morcos 2020).
+"""Class selectivity of units (keras_lowrank/methods.md §4; Leavitt & Morcos 2020).
 
 For a unit with class-conditional mean activations μ_c (post-ReLU; conv maps
 averaged over space first), μ_max = max_c μ_c and μ_−max the mean of the

@@ -207,7 +207,7 @@ def build_parser():
     full.add_argument("--projection-weight", type=_finite(0.0), default=None,
                       help="λ_c of the LR layer (default: the layer's, 0.5 for the relative loss, 1 for the paper's)")
     full.add_argument("--lr-loss", choices=["relative", "paper"], default="relative",
-                      help="the LR layer's projection loss (docs/methods.md §1)")
+                      help="the LR layer's projection loss (keras_lowrank/methods.md §1)")
     full.add_argument("--sigmas", type=_finite(0.0), nargs="+", default=[0.1, 0.2, 0.3])
     full.add_argument("--seeds", type=_count, nargs="+", default=[0, 1, 2])
     full.add_argument("--dlrt-datasets", nargs="*", default=["digits", "mnist1d"], choices=["digits", "mnist1d"],

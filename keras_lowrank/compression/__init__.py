@@ -6,7 +6,7 @@
   trained kernel (plain, or whitened by calibration data), ranks by tol, rank or budget.
 - ``compression_summary``: per layer and total parameters, ranks, compression
   rate 1 − Σ(n_in r + r² + n_out r)/Σ(n_in n_out) (biases on neither side, as
-  docs/methods.md §2), multiply-adds, cond(S).
+  keras_lowrank/methods.md §2), multiply-adds, cond(S).
 - ``truncate_ranks``: truncates every layer by its tol now — after DLRT's
   ``fit``, which usually stops inside a cycle, on augmented bases.
 - ``export_compressed``: rebuilds the model at the exact ranks from Keras' own

@@ -1,5 +1,5 @@
 """Ranks for a budget: one allocation across all converted layers at once
-(docs/methods.md, "Ranks for a budget").
+(keras_lowrank/methods.md, "Ranks for a budget").
 
 Keeping the k-th singular triplet of layer ℓ costs c_ℓ = n_in + n_out parameters (or
 that many multiply-adds per output position) and removes σ_k² / Σ_j σ_j² of the

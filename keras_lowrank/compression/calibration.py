@@ -1,6 +1,6 @@
 """Data-aware factorisation: each kernel factorised to keep its *outputs* on the
 user's data, not its weights (the activation-whitened, truncation-aware SVD of
-SVD-LLM, Wang et al., ICLR 2025, https://arxiv.org/abs/2403.07378; docs/methods.md,
+SVD-LLM, Wang et al., ICLR 2025, https://arxiv.org/abs/2403.07378; keras_lowrank/methods.md,
 "Data-aware factorisation").
 
 For a layer whose kernel matrix W (n_in × n_out) multiplies rows a (a Dense's input

@@ -1,6 +1,6 @@
 """``to_low_rank``: Dense / Conv1D / Conv2D / EinsumDense → DynamicLowRankDense /
 DynamicLowRankConv1D / DynamicLowRankConv2D / DynamicLowRankEinsumDense, initialised by
-the truncated SVD of the trained kernel (docs/methods.md §2); ``truncate_ranks``:
+the truncated SVD of the trained kernel (keras_lowrank/methods.md §2); ``truncate_ranks``:
 truncates every layer by its tol now — after DLRT's ``fit``, which usually stops
 inside a cycle, on augmented bases."""
 
@@ -158,7 +158,7 @@ def to_low_rank(
         budget: a fraction in (0, 1]: the converted layers together keep at most this
             share of their dense parameters (or multiply-adds, ``budget_of="macs"``),
             with ranks allocated across all layers at once by the smallest relative
-            error per unit of cost (docs/methods.md, "Ranks for a budget"). Exclusive
+            error per unit of cost (keras_lowrank/methods.md, "Ranks for a budget"). Exclusive
             with ``rank``.
         budget_of: ``"params"`` (default) or ``"macs"``: what ``budget`` counts.
         data: calibration inputs (arrays, an (x, y) pair, a tf.data.Dataset or a

@@ -1,6 +1,6 @@
 """``compression_summary``: per layer and total parameters, ranks, compression
 rate 1 − Σ(n_in r + r² + n_out r)/Σ(n_in n_out) (biases on neither side, as
-docs/methods.md §2), multiply-adds, cond(S), counting what ``export_compressed`` writes."""
+keras_lowrank/methods.md §2), multiply-adds, cond(S), counting what ``export_compressed`` writes."""
 
 import keras  # noqa: F401  (the examples use it)
 import numpy as np

@@ -1,7 +1,7 @@
 """Dense, Conv1D/Conv2D and EinsumDense layers whose kernel is held as W = U S Vᵀ.
 
 Schotthöfer, Wang & Schnake, "Dynamical Low-Rank Compression of Neural Networks
-with Robustness under Adversarial Attacks" (NeurIPS 2025); docs/methods.md §2.
+with Robustness under Adversarial Attacks" (NeurIPS 2025); keras_lowrank/methods.md §2.
 
 U (n_in × r_max) and V (n_out × r_max) have orthonormal active columns, S is
 r_max × r_max; the active rank r is the number of non-zero columns of U (see

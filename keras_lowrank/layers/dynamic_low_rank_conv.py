@@ -119,7 +119,7 @@ class DynamicLowRankConv2D(_DynamicLowRankConv):
     """Conv2D whose kernel, as a (kh·kw·c_in) × c_out matrix, is W = U S Vᵀ.
 
     Computed as a kh×kw convolution to r_max channels with kernel U followed by a
-    1×1 map S Vᵀ — the matrix form of CondLR (docs/methods.md §2): one ordinary
+    1×1 map S Vᵀ — the matrix form of CondLR (keras_lowrank/methods.md §2): one ordinary
     convolution, so every backend's fast conv kernel applies. Only
     ``data_format="channels_last"`` and ``groups=1``.
 

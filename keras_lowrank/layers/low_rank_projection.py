@@ -1,5 +1,5 @@
 """The LR layer of Sanyal et al., "Robustness via Deep Low-Rank Representations"
-(arXiv 1804.07090); formulas in docs/methods.md §1.
+(arXiv 1804.07090); formulas in keras_lowrank/methods.md §1.
 
 A virtual layer attached to a representation a (batch × m). It carries W (m × m,
 held at rank r) and b (m). In the forward pass it returns a unchanged (or, on
@@ -83,7 +83,7 @@ class LowRankProjection(keras.layers.Layer):
             pins ‖a‖. ``"paper"``: Sanyal et al.'s
             mean_i ‖(a_i + b)W − (a_i + b)‖², whose size follows the
             representation's scale, with the norm loss mean_i |1 − ‖a_i‖| against
-            shrinking a. docs/methods.md §1 compares them.
+            shrinking a. keras_lowrank/methods.md §1 compares them.
         update_every: W is hard-thresholded to rank r (its best rank-r
             approximation) on the first training step and then every
             ``update_every`` training steps (default 10).

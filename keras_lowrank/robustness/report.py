@@ -1,5 +1,5 @@
 """``evaluate_robustness``: accuracy under attacks and noise, with the checks of
-Carlini et al., "On Evaluating Adversarial Robustness" (docs/methods.md §6), so that a
+Carlini et al., "On Evaluating Adversarial Robustness" (keras_lowrank/methods.md §6), so that a
 real robustness gain can be told from a broken attack (gradient masking)."""
 
 import dataclasses

@@ -5,7 +5,7 @@ Written by hand: the authors' implementation runs in PyTorch (its TensorFlow pat
 copies every call to PyTorch), and ART's wrappers refuse Keras 3 models. The
 algorithms follow the authors' code (fra31/auto-attack: ``autopgd_base.py``,
 ``fab_base.py``, ``fab_projections.py``, ``square.py``, ``checks.py``) step for
-step; docs/methods.md §7 gives the formulas.
+step; keras_lowrank/methods.md §7 gives the formulas.
 """
 
 import dataclasses

@@ -112,7 +112,7 @@ class Square(_RunsOnUnbroken):
     """Square attack (Andriushchenko et al. 2020): a score-based black-box random
     search that needs only the model's outputs. L∞ below; L2 as in the authors'
     code (windows of odd side ≥ 3 filled with ±``square_eta`` patterns, the mass
-    moved between two windows, images only; docs/methods.md §7).
+    moved between two windows, images only; keras_lowrank/methods.md §7).
 
     From vertical stripes of ±ε (a random sign per column and channel), each
     iteration i draws one window of side s_i = round(√(p_i · h · w)) at a random
