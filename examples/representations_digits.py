@@ -18,13 +18,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from keras_lowrank import analysis, data  # noqa: E402
-from keras_lowrank._demo.models import small_cnn  # noqa: E402
 from keras_lowrank.regularizers import SelectivityRegularizedModel  # noqa: E402
 from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=20)
 epochs = parser.parse_args().epochs
+
+
+def small_cnn(input_shape, num_classes):
+    """Conv(16)–Conv(32, stride 2)–Dense(64, "features")–Dense(classes): logits."""
+    init = lambda k: keras.initializers.GlorotUniform(seed=k)  # noqa: E731
+    return keras.Sequential([
+        keras.Input(input_shape),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu", kernel_initializer=init(0), name="conv_1"),
+        keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", kernel_initializer=init(1),
+                            name="conv_2"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu", kernel_initializer=init(2), name="features"),
+        keras.layers.Dense(num_classes, kernel_initializer=init(3), name="logits"),
+    ])
+
 
 train, info = data.load("digits", "train", batch_size=32)
 test, _ = data.load("digits", "test", batch_size=128)

@@ -59,7 +59,10 @@ def test_compression_example_exports_a_savedmodel_equal_to_the_model(tmp_path):
 def test_representations_example(tmp_path):
     out = _run("representations_digits.py", tmp_path)
     scores = [float(s) for s in re.findall(r"block-structure score ([-\d.]+)", out)]
-    assert len(scores) == 2 and all(-0.1 <= s <= 1 for s in scores)
+    # the mean linear CKA between distinct layers (0.90 for both models here at 2 epochs):
+    # near 0 would mean unrelated layers (e.g. rows shuffled between layers), 1 a layer
+    # compared with itself
+    assert len(scores) == 2 and all(0.3 < s < 0.99 for s in scores), scores
     # the example's claim: the regularizer with α < 0 lowers the mean class selectivity
     # (0.114 → 0.075 here at 2 epochs; trained without it, the two would be alike)
     standard, lowered = map(float, re.search(r"mean selectivity: standard ([\d.]+), α = −2 ([\d.]+)", out).groups())
@@ -157,7 +160,10 @@ def test_text_classifier_example_compresses_and_reloads(tmp_path):
     assert int(after.replace(",", "")) < int(before.replace(",", ""))
     accuracies = [float(a) for a in re.search(
         r"dense ([\d.]+); right after conversion ([\d.]+); after DLRT fine-tuning ([\d.]+)", out).groups()]
-    assert all(0 <= a <= 1 for a in accuracies)  # one epoch: the pipeline is tested, not the accuracy
+    # One epoch of a tiny BERT predicts one class (0.25 here): the pipeline is tested, not
+    # the accuracy. Each accuracy is a count over the printed test set (to its 4 decimals)
+    tests = int(re.search(r"([\d,]+) test snippets", out).group(1).replace(",", ""))
+    assert all(abs(a * tests - round(a * tests)) <= tests * 5e-5 for a in accuracies), (accuracies, tests)
     reloaded = float(re.search(r"the reloaded file's test accuracy ([\d.]+)", out).group(1))
     difference = float(re.search(r"max \|logit difference\| vs the model ([\d.e+-]+)", out).group(1))
     assert reloaded == accuracies[2] and difference < 1e-5

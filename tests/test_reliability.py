@@ -470,8 +470,7 @@ def _dense_mlp(seed=0):
 
 def test_to_low_rank_keeps_dense_where_the_rank_does_not_pay():
     model = _dense_mlp()  # random kernels: full spectra, tol 0.05 keeps nearly all
-    with (pytest.warns(LowRankWarning, match="converted no layer"),
-          pytest.warns(LowRankWarning, match="left these layers dense")):
+    with pytest.warns(LowRankWarning, match=r"(?s)left these layers dense.*converted no layer"):  # one warning
         converted = compression.to_low_rank(model, tol=0.05)
     assert converted.count_params() <= model.count_params()
     summary = compression.compression_summary(converted)

@@ -92,6 +92,16 @@ def test_the_library_does_not_import_the_experiments():
                    for name in _modules())
 
 
+def test_examples_use_only_the_public_api():
+    """The examples are what users copy: no private module (``keras_lowrank._demo`` and
+    the like) — they define their own small models."""
+    offenders = [f"{path.relative_to(ROOT)}:{number}"
+                 for path in (ROOT / "examples").rglob("*.py")
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.search(r"keras_lowrank(\.\w+)*\._(?!_)|from keras_lowrank(\.\w+)* import _", line)]
+    assert not offenders, offenders
+
+
 def test_private_keras_api_only_in_the_compat_module():
     pattern = re.compile(r"keras\.src|\._flatten_layers|_build_shapes_dict|_is_graph_network"
                          r"|object\.__setattr__|object\.__delattr__|\._variables\b|\._trainable_variables\b"

@@ -6,10 +6,21 @@ import numpy as np
 from keras import ops
 
 from keras_lowrank._low_rank.model import dlrt_of
-from keras_lowrank.layers.dynamic_low_rank_einsum import _einsum_plan, einsum_kernel_matrix
+from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankDense
+from keras_lowrank.layers.dynamic_low_rank_conv import DynamicLowRankConv1D, DynamicLowRankConv2D
+from keras_lowrank.layers.dynamic_low_rank_einsum import (
+    DynamicLowRankEinsumDense,
+    _einsum_plan,
+    einsum_kernel_matrix,
+)
 
+#: the low-rank class standing for each Keras class ``to_low_rank`` converts (exactly that
+#: class: a subclass of Dense may compute something else)
+LOW_RANK_CLASSES = {kind.keras_class: kind for kind in (DynamicLowRankDense, DynamicLowRankConv1D,
+                                                         DynamicLowRankConv2D, DynamicLowRankEinsumDense)}
+#: the Keras classes that convert (conversion, the summary and export ask this)
+KINDS = tuple(LOW_RANK_CLASSES)
 CONVS = (keras.layers.Conv1D, keras.layers.Conv2D)
-KINDS = (keras.layers.Dense, keras.layers.EinsumDense) + CONVS
 
 
 def _check_model(model):

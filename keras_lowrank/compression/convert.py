@@ -15,6 +15,7 @@ from keras_lowrank._validation import check_int, check_number
 from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.compression._common import (
     KINDS,
+    LOW_RANK_CLASSES,
     _check_model,
     _kernel_matrix,
     _unconvertible,
@@ -23,9 +24,7 @@ from keras_lowrank.compression._common import (
 from keras_lowrank.compression._surgery import copy_model, swap
 from keras_lowrank.compression.allocation import allocate_ranks
 from keras_lowrank.compression.calibration import second_moments, whitened_svd
-from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase, DynamicLowRankDense
-from keras_lowrank.layers.dynamic_low_rank_conv import DynamicLowRankConv1D, DynamicLowRankConv2D
-from keras_lowrank.layers.dynamic_low_rank_einsum import DynamicLowRankEinsumDense
+from keras_lowrank.layers.dynamic_low_rank import DynamicLowRankBase
 from keras_lowrank.layers.low_rank_projection import LowRankProjection
 
 __all__ = ["kernel_layers", "to_low_rank", "truncate_ranks"]
@@ -202,7 +201,8 @@ def to_low_rank(
     if budget_of not in ("params", "macs"):
         raise ValueError(f'`budget_of` must be "params" or "macs", got {budget_of!r}.')
     calibration_examples = check_int(calibration_examples, "calibration_examples")
-    chosen = _choose_layers(model, layers, skip_first, skip_last)
+    notes = []  # what the user is told, in one warning at the end
+    chosen = _choose_layers(model, layers, skip_first, skip_last, notes)
     moments = (second_moments(model, [l for _, l in chosen], data, calibration_examples)
                if data is not None and chosen else {})
     factors = {}  # id(layer): (factor(r) -> (u, s, v), spectrum, n_in, n_out)
@@ -246,23 +246,25 @@ def to_low_rank(
         plans[id(layer)] = (u, s_r, v, r, r_max)
     constrained = [p for p, l in chosen if id(l) in plans and l.kernel_constraint is not None]
     if constrained:
-        warnings.warn(
+        notes.append(
             f"to_low_rank dropped the kernel_constraint of {constrained}: a low-rank kernel is "
             "trained through its factors and takes no kernel constraint (regularizers, the "
-            "bias constraint, initializers and activations are carried).", stacklevel=2, category=LowRankWarning)
+            "bias constraint, initializers and activations are carried).")
     if kept_dense:
-        warnings.warn(
+        notes.append(
             "to_low_rank left these layers dense: at their rank the factorised layer "
             "(r·(n_in + n_out) parameters) would be larger than the dense one "
             f"(n_in·n_out): {', '.join(kept_dense)}. Use a larger `tol` or a smaller "
-            "`rank` to compress them.", stacklevel=2, category=LowRankWarning)
-    if not plans:  # a conversion that converts nothing says so (the warnings above say why)
-        warnings.warn(
+            "`rank` to compress them.")
+    if not plans:  # a conversion that converts nothing says so (the notes above say why)
+        notes.append(
             "to_low_rank converted no layer: the model it returns computes what `model` does, with "
             "the same layers. " + ("The layers asked for do not pay at this rank or tol (see above)."
                                    if chosen else "The model has no Dense, Conv1D, Conv2D or EinsumDense "
-                                   "layer it converts (the last one stays dense: skip_last=True)."),
-            stacklevel=2, category=LowRankWarning)
+                                   "layer it converts (the last one stays dense: skip_last=True)."))
+    if notes:  # one warning, however many things there are to say
+        warnings.warn(notes[0] if len(notes) == 1 else f"to_low_rank has {len(notes)} notes:\n- " + "\n- ".join(notes),
+                      stacklevel=2, category=LowRankWarning)
     converted, twins = copy_model(model, "to_low_rank", [(p, l) for p, l in chosen if id(l) in plans])
     for path, layer in chosen:
         plan = plans.get(id(layer))
@@ -279,11 +281,12 @@ def to_low_rank(
     return converted
 
 
-def _choose_layers(model, layers, skip_first, skip_last):
+def _choose_layers(model, layers, skip_first, skip_last, notes):
     """[(path, layer)] of ``model`` to convert, wherever they sit (nested models, custom
     layers): by default every Dense, Conv1D, Conv2D and EinsumDense with a low-rank form
     (minus the model's own first / last per ``skip_first`` / ``skip_last``); else those
-    ``layers`` names (paths, Keras layer paths or unique names) or picks (a predicate)."""
+    ``layers`` names (paths, Keras layer paths or unique names) or picks (a predicate).
+    What the user should hear about the layers left as they are goes to ``notes``."""
     found = layer_paths(model)
     candidates = [(p, l) for p, l in found if type(l) in KINDS]
     why = {id(l): _unconvertible(l) for _, l in candidates}
@@ -293,27 +296,25 @@ def _choose_layers(model, layers, skip_first, skip_last):
         if callable(layers):
             return [(p, l) for p, l in usable if layers(p, l)]
         if skipped:
-            warnings.warn(
+            notes.append(
                 f"to_low_rank left these layers as they are: {', '.join(skipped)}; "
                 "only groups=1, channels_last, non-causal convolutions and EinsumDense layers "
-                "whose kernel is one matrix convert.", stacklevel=3, category=LowRankWarning)
+                "whose kernel is one matrix convert.")
         own = [l for p, l in usable if "/" not in p]
         dropped = {id(own[0])} if skip_first and own else set()
         dropped |= {id(own[-1])} if skip_last and own else set()
         factorised = [p for p, l in found if isinstance(l, DynamicLowRankBase)]
         if factorised:
             shown = ", ".join(factorised[:3]) + (", …" if len(factorised) > 3 else "")
-            warnings.warn(
+            notes.append(
                 f"to_low_rank left the model's {len(factorised)} layer(s) that are low rank already "
                 f"as they are ({shown}), whatever `rank` or `tol` asks: to lower their ranks, set "
-                "their `tol` and call compression.truncate_ranks(model), or convert the dense model.",
-                stacklevel=3, category=LowRankWarning)
+                "their `tol` and call compression.truncate_ranks(model), or convert the dense model.")
         others = _other_kernel_layers(found, KINDS)
         if others:
-            warnings.warn(
+            notes.append(
                 "to_low_rank converts Dense, Conv1D, Conv2D and EinsumDense layers (those classes "
-                f"exactly); these layers with kernels stay as they are: {others}.",
-                stacklevel=3, category=LowRankWarning)
+                f"exactly); these layers with kernels stay as they are: {others}.")
         return [(p, l) for p, l in usable if id(l) not in dropped]
     if isinstance(layers, str):
         layers = [layers]
@@ -343,12 +344,6 @@ def _choose_layers(model, layers, skip_first, skip_last):
                 "convolutions and EinsumDense layers whose kernel is one matrix convert.")
         chosen.append((path, layer))
     return chosen
-
-
-#: the low-rank class standing for each Keras class ``to_low_rank`` converts (exactly that
-#: class: a subclass of Dense may compute something else)
-LOW_RANK_CLASSES = {kind.keras_class: kind for kind in (DynamicLowRankDense, DynamicLowRankConv1D,
-                                                         DynamicLowRankConv2D, DynamicLowRankEinsumDense)}
 
 #: the truncation tolerance of a layer held at its budgeted rank (with min_rank = that rank):
 #: every DLRT cycle truncates the augmented 2r basis back to r, the fixed-rank augmented

@@ -7,13 +7,18 @@ one bad image goes to the second replica.
 """
 
 import two_cpus  # noqa: F401  (first: backend and devices before TensorFlow starts)
+import os  # noqa: E402
+import sys  # noqa: E402
+
 import tensorflow as tf  # noqa: E402
 
 import keras  # noqa: E402
 
 from keras_lowrank import data  # noqa: E402
-from keras_lowrank._demo.models import small_cnn  # noqa: E402
 from keras_lowrank.robustness import PGD, PerturbedModel  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+from models import digits_cnn as small_cnn  # noqa: E402
 
 x, y = data.load_digits_arrays("test")
 ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
