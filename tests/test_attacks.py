@@ -3,9 +3,11 @@
 import keras
 import numpy as np
 import pytest
+from keras import ops
+from models import linear_classifier, unit_data
 
 from keras_lowrank import data
-from keras_lowrank.robustness import FGSM, PGD
+from keras_lowrank.robustness import FGSM, PGD, GaussianNoise, PerturbedModel, evaluate_robustness
 
 pytestmark = pytest.mark.torch  # in the torch half too (make test-torch)
 
@@ -206,3 +208,70 @@ def test_loop_form_depends_on_model_size_and_not_the_result(rng, monkeypatch):
                 for a in (PGD(0.1, steps=5, seed=3), SPSA(0.1, steps=3, samples=4, seed=3))]
     for a, b in zip(looped, unrolled):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_attacks_called_directly_refuse_nan_and_infinite_inputs():
+    """``attack(model, x, y)`` on a batch holding NaN or ±∞ returned NaN "adversarial
+    examples" without a word (the report and PerturbedModel caught it, the direct call
+    did not), also with clip=None; the error counts the examples, as NumPy does."""
+    from keras_lowrank.robustness import APGD, FAB, SPSA, AutoAttack, Square
+
+    x, y = unit_data(n=12, classes=5)
+    model = linear_classifier(classes=5)
+    bad = x.copy()
+    bad[2, 3], bad[7, 0], bad[7, 5] = np.nan, np.inf, -np.inf
+    assert (~np.isfinite(bad)).any(axis=1).sum() == 2
+    attacks = [FGSM(0.1), PGD(0.1, steps=2), PGD(0.1, steps=2, clip=None), SPSA(0.1, steps=1),
+               APGD(0.1, steps=2), Square(0.1, steps=2), FAB(0.1, steps=2),
+               GaussianNoise(0.1), GaussianNoise(0.1, clip=None)]
+    for attack in attacks:
+        with pytest.raises(ValueError, match=r"`x`: 2 input\(s\) hold NaN or infinite"):
+            attack(model, bad, y)
+        assert np.isfinite(_np(attack(model, x, y))).all(), attack  # clean data still runs
+    for call in (lambda: AutoAttack(0.1, steps=2, square_steps=2).run(model, bad, y),
+                 lambda: evaluate_robustness(model, (bad, y), attacks=[AutoAttack(0.1, steps=2, square_steps=2)],
+                                             large_eps=None)):
+        with pytest.raises(ValueError, match=r"`x`: 2 input\(s\) hold NaN or infinite"):
+            call()
+
+
+def test_one_example_without_its_batch_axis_is_named():
+    x, y = unit_data(n=4)
+    with pytest.raises(ValueError, match=r"`x` must be a batch.*\(None, 8\); got shape \(8,\).*x\[None\]"):
+        PGD(0.1, steps=2)(linear_classifier(), x[0], y[:1])
+    assert _np(PGD(0.1, steps=2)(linear_classifier(), x[:1], y[:1])).shape == (1, 8)
+
+
+def test_a_perturbed_model_is_not_evaluated_as_a_model(rng):
+    """Its gradient is stopped: every attack on it read as the clean accuracy."""
+    x = rng.uniform(size=(16, 6)).astype("float32")
+    y = rng.integers(0, 3, size=16)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    wrapped = PerturbedModel(model, GaussianNoise(0.1))
+    with pytest.raises(ValueError, match="PerturbedModel.*`.model`"):
+        evaluate_robustness(wrapped, (x, y), attacks=[FGSM(0.1)])
+    with pytest.raises(ValueError, match="PerturbedModel"):
+        PGD(0.1)(wrapped, x, y)
+
+
+def test_targeted_is_refused_where_it_cannot_be_honoured_and_a_left_out_stage_is_named(rng):
+    from keras_lowrank.robustness import FAB, AutoAttack, Square
+
+    for make in (lambda: Square(0.1, targeted=True), lambda: FAB(0.1, targeted=True),
+                 lambda: AutoAttack(0.1, targeted=True)):
+        with pytest.raises(ValueError, match="targeted=True"):
+            make()
+    x = rng.uniform(size=(16, 6)).astype("float32")
+    y = rng.integers(0, 4, size=16)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    # L2 Square needs images: on (n, features) data the ensemble runs without it, and says so
+    attack = AutoAttack(0.5, norm=2, steps=5, square_steps=5)
+    result = attack.run(model, x, y)
+    assert [s.split(":")[0].split("-")[0] for s in result.flags["skipped"]] == ["Square"]
+    assert "Square" not in " ".join(result.stage_accuracy)
+    report = evaluate_robustness(model, (x, y), attacks=[attack], large_eps=None)
+    assert " without Square" in report.rows[1]["name"], report.rows[1]["name"]
+
+
+def _np(x):
+    return np.asarray(ops.convert_to_numpy(x))

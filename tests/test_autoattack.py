@@ -9,6 +9,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from models import linear_classifier, unit_data
 from randomised import RandomPhase
 
 from keras_lowrank import LowRankWarning, data
@@ -858,3 +859,22 @@ def test_fab_equals_the_authors_loop(rng, norm):
             np.testing.assert_allclose(np.linalg.norm(found[parted] - x[parted], ord=order, axis=1),
                                        distance[parted], rtol=1e-4)
             assert np.all(np.argmax(model.predict(found[parted], verbose=0), axis=1) != y[parted])
+
+
+def test_autoattack_on_fewer_than_four_classes_names_the_stages_that_apply():
+    x, y = unit_data(n=8, classes=3)
+    from keras_lowrank.robustness import APGD, AutoAttack, Square
+
+    for version in ("standard", "fast"):
+        with pytest.raises(ValueError, match=rf"AutoAttack \({version}\) needs a model of at least 4 classes"
+                                             r".*has 3.*Square"):
+            AutoAttack(0.1, version=version).run(linear_classifier(classes=3), x, y)
+    # "rand" (APGD-CE, APGD-DLR) runs on 3 classes, not on 2
+    AutoAttack(0.1, version="rand", steps=2).run(linear_classifier(classes=3), x, y)
+    with pytest.raises(ValueError, match=r"AutoAttack \(rand\) needs a model of at least 3 classes.*has 2"):
+        AutoAttack(0.1, version="rand", steps=2).run(linear_classifier(classes=2), *unit_data(n=8, classes=2))
+    # what the message proposes runs on that model
+    report = evaluate_robustness(linear_classifier(classes=3), (x, y), large_eps=None,
+                                 attacks=[APGD(0.1, loss="ce", steps=2), Square(0.1, steps=2)])
+    assert [r["family"] for r in report.rows] == ["clean", "APGD", "Square"]
+

@@ -564,3 +564,16 @@ def test_tfds_name_through_mock_data(tmp_path):
                          "--no-probe", "--output", str(tmp_path / "out"), "--quiet"]) == 0
     report = _report(tmp_path / "out")
     assert report["report"]["num_examples"] == 16 and report["data"].startswith("mnist (TensorFlow Datasets")
+
+
+def test_cli_refuses_bad_arguments_before_training(tmp_path):
+    (tmp_path / "old.json").write_text("{}")
+    done = _cli("demo", "--output", str(tmp_path))
+    assert done.returncode == 2 and "--overwrite" in done.stderr
+    for args, message in ((["--projection-weight", "nan"], "projection-weight"),
+                          (["--rank", "0"], "rank"), (["--sigmas", "inf"], "sigmas"),
+                          (["--lr-loss", "l2"], "--lr-loss")):
+        done = _cli("demo", "--output", str(tmp_path / "new"), *args)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert os.listdir(tmp_path) == ["old.json"]
+

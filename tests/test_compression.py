@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from models import dense_mlp
 from truncated import truncated_copy
 
 from keras_lowrank import LowRankWarning, callbacks, compression
@@ -781,3 +782,19 @@ def test_quantised_export_loads_with_plain_keras_smaller_and_close(rng, tmp_path
     assert 0 < error < {"int8": 0.05, "int4": 0.3}[mode] * scale  # quantised, yet close
     with pytest.raises(ValueError, match="`quantize`"):
         compression.export_compressed(low, str(tmp_path / "bad"), formats="keras", quantize="int2")
+
+
+def test_to_low_rank_keeps_dense_where_the_rank_does_not_pay():
+    model = dense_mlp()  # random kernels: full spectra, tol 0.05 keeps nearly all
+    with pytest.warns(LowRankWarning, match=r"(?s)left these layers dense.*converted no layer"):  # one warning
+        converted = compression.to_low_rank(model, tol=0.05)
+    assert converted.count_params() <= model.count_params()
+    summary = compression.compression_summary(converted)
+    assert summary.total["model_exported_params"] <= summary.total["model_dense_params"]
+    assert {r["layer"] for r in summary.rows if r["rank"] is None} >= {
+        model.layers[0].name, model.layers[1].name}
+    small = compression.to_low_rank(model, rank=4)  # pays: 4·(16+32) < 16·32
+    summary = compression.compression_summary(small)
+    assert summary.total["model_exported_params"] == compression.compressed_model(
+        small).count_params() < model.count_params()
+

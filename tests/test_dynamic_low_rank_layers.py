@@ -13,8 +13,10 @@ from keras_lowrank.layers import (
     DynamicLowRankDense,
     DynamicLowRankEinsumDense,
 )
+from keras_lowrank.optimizers import DLRT
 
 pytestmark = pytest.mark.torch  # in the torch half of the suite (make test-torch) too
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _np(x):
@@ -495,3 +497,91 @@ def test_config_rank_is_read_on_the_host_only_outside_a_trace():
     else:
         pytest.skip(f"no trace of layer state to test on {backend}")
     assert seen == [2]  # the initial rank
+
+
+class SubclassedNet(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = DynamicLowRankConv2D(6, 3, max_rank=4, padding="same", activation="relu")
+        self.flatten = keras.layers.Flatten()
+        self.dense = DynamicLowRankDense(4, max_rank=3)
+
+    def call(self, x):
+        return self.dense(self.flatten(self.conv(x)))
+
+
+class CustomBlock(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = DynamicLowRankDense(8, max_rank=4, activation="relu")
+
+    def call(self, x):
+        return self.inner(x) + 1.0
+
+
+def _numpy_forward(model, x):
+    """The subclassed model computed in numpy from its factors."""
+    conv, dense = model.conv, model.dense
+    kernel = _np(conv.kernel)  # (3, 3, c_in, filters)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h = np.zeros(x.shape[:3] + (kernel.shape[-1],), np.float64)
+    for i in range(3):
+        for j in range(3):
+            h += padded[:, i:i + x.shape[1], j:j + x.shape[2], :] @ kernel[i, j]
+    h = np.maximum(h + _np(conv.bias), 0).reshape(len(x), -1)
+    return h @ _np(dense.kernel) + _np(dense.bias)
+
+
+def test_low_rank_layers_in_a_subclassed_model_call_fit_predict(rng):
+    x = rng.uniform(size=(32, 5, 5, 2)).astype("float32")
+    y = rng.integers(0, 4, size=32)
+    for first in ("call", "predict", "fit"):  # whichever builds the model first
+        keras.utils.set_random_seed(0)
+        model = SubclassedNet()
+        model.compile(DLRT(keras.optimizers.Adam(1e-2), steps_per_cycle=3), LOSS)
+        if first == "call":
+            model(x[:2])
+        elif first == "predict":
+            model.predict(x, verbose=0)
+        history = model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+        assert history.history["loss"][-1] < history.history["loss"][0]
+        np.testing.assert_allclose(model.predict(x, verbose=0), _numpy_forward(model, x),
+                                   rtol=1e-4, atol=1e-4)
+        for layer in (model.conv, model.dense):  # the integrator kept U orthonormal
+            u = layer.factors()[0]
+            np.testing.assert_allclose(u.T @ u, np.eye(u.shape[1]), atol=1e-5)
+    # a custom layer holding one, inside a functional model, built by its first call
+    inputs = keras.Input((16,))
+    block = CustomBlock()
+    model = keras.Model(inputs, keras.layers.Dense(2)(block(inputs)))
+    xs = rng.normal(size=(4, 16)).astype("float32")
+    expected = np.maximum(xs @ _np(block.inner.kernel) + _np(block.inner.bias), 0) + 1.0
+    np.testing.assert_allclose(_np(block(xs)), expected, rtol=1e-5, atol=1e-5)
+    model.predict(xs, verbose=0)
+
+
+@pytest.mark.tf_only("SavedModel export")
+def test_subclassed_model_exports_a_saved_model(rng, tmp_path):
+    import tensorflow as tf
+
+    x = rng.uniform(size=(4, 5, 5, 2)).astype("float32")
+    model = SubclassedNet()
+    model(x)  # Keras exports built models only
+    model.export(str(tmp_path / "sm"), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))  # kept: it owns the variables
+    served = loaded.serve(x)
+    np.testing.assert_allclose(served.numpy(), _np(model(x)), atol=1e-5)
+
+
+def test_set_factors_checks_what_it_is_given():
+    layer = DynamicLowRankDense(6, max_rank=3)
+    with pytest.raises(ValueError, match="not built"):
+        layer.set_factors(np.eye(4, 2), np.ones(2), np.eye(6, 2))
+    layer.build((None, 4))
+    with pytest.raises(ValueError, match="`s` must hold finite"):
+        layer.set_factors(np.eye(4, 2), np.array([1.0, np.nan]), np.eye(6, 2))
+    with pytest.raises(ValueError, match=r"expected u \(4, r\)"):
+        layer.set_factors(np.eye(5, 2), np.ones(2), np.eye(6, 2))
+    layer.set_factors(np.eye(4, 2), np.ones(2), np.eye(6, 2))
+    assert layer.rank == 2
+

@@ -10,6 +10,7 @@ import inspect
 import keras
 import numpy as np
 import pytest
+from models import linear_classifier, unit_data
 
 from keras_lowrank import robustness
 from keras_lowrank.robustness import (
@@ -24,6 +25,7 @@ from keras_lowrank.robustness import (
     GaussianNoise,
     PerturbedModel,
     Square,
+    evaluate_robustness,
 )
 
 pytestmark = pytest.mark.torch  # also in the torch half
@@ -126,3 +128,30 @@ def test_inside_keras_evaluate(setting, name):
     assert 0.0 <= accuracy <= 1.0
     if perturbation.describe()[1] is not None:
         assert accuracy < 1.0
+
+
+def test_every_perturbation_shares_the_base_class_and_a_user_subclass_evaluates():
+    from keras_lowrank.robustness import SPSA, Corruption, Perturbation
+
+    for perturbation in (FGSM(0.1), PGD(0.1), SPSA(0.1), GaussianNoise(0.1),
+                         Corruption("contrast", 3)):
+        assert isinstance(perturbation, Perturbation)
+
+    class Darken(Perturbation):
+        clip = (0.0, 1.0)
+
+        def perturb_in_graph(self, model, x, y=None):
+            return x * 0.25
+
+        def get_config(self):
+            return {}
+
+    x, y = unit_data()
+    model = linear_classifier()
+    report = evaluate_robustness(model, (x, y), corruptions=[Darken()], large_eps=None)
+    expected = np.mean(keras.ops.convert_to_numpy(model(x * 0.25)).argmax(1) == y)
+    assert report.rows[-1]["accuracy"] == pytest.approx(expected, abs=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(Darken()(model, x)), x * 0.25)
+    with pytest.raises(ValueError, match="Perturbation"):
+        PerturbedModel(model, object())
+

@@ -1,8 +1,10 @@
 import keras
 import numpy as np
 import pytest
+from models import unit_data
 
 from keras_lowrank import LowRankWarning, analysis
+from keras_lowrank.analysis import cka_map, class_selectivity, representation_ranks
 
 pytestmark = pytest.mark.torch  # in the torch half of the suite (make test-torch) too
 
@@ -110,3 +112,38 @@ def test_moments_equal_the_svd_with_fewer_or_more_rows_than_features(rng, n, cen
     assert got.shape == (m,) and moments.count == n
     # float64 eigenvalues of a Gram/scatter: errors ~1e-16·σ₁², i.e. ~1e-8·σ₁ in σ
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-7 * reference[0])
+
+
+def _relu_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(6, activation="relu", name="h")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(h))
+
+
+def test_analysis_entry_points_refuse_what_they_cannot_measure():
+    x, y = unit_data(n=40)
+    model = _relu_model()
+    with pytest.raises(ValueError, match="`layers` is empty"):
+        cka_map(model, x, layers=[])
+    with pytest.raises(ValueError, match="`layers` is empty"):
+        representation_ranks(model, x, layers=[])
+    x_nan = x.copy()
+    x_nan[0, 0] = np.nan
+    # refused as input, not left to the activations (a ReLU maps NaN to 0 on AVX-512's oneDNN)
+    with pytest.raises(ValueError, match="batch 0 holds NaN"):
+        representation_ranks(model, x_nan)
+    with pytest.raises(ValueError, match="batch 0 holds NaN"):
+        cka_map(model, x_nan)
+    with pytest.raises(ValueError, match="batch 0 holds NaN"):
+        class_selectivity(model, (x_nan, y), layers=["h"])
+    with pytest.raises(ValueError, match="at least 2"):
+        representation_ranks(model, x[:1])
+    with pytest.raises(ValueError, match="integer classes"):
+        class_selectivity(model, (x, y + 0.7), layers=["h"])
+    with pytest.raises(ValueError, match="one class"):
+        class_selectivity(model, (x, np.zeros_like(y)), layers=["h"])
+    # valid inputs still measure
+    ranks = representation_ranks(model, x)
+    assert all(r.variance_rank >= 1 for r in ranks.values())
+
