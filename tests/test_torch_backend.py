@@ -366,3 +366,22 @@ def test_square_writes_its_windows_as_slices_eagerly_equal_to_the_compiled_masks
     masks = np.asarray(keras.ops.convert_to_numpy(Square(0.1, steps=300, seed=0)(model, x, y)))
     np.testing.assert_array_equal(eager, masks)
     assert np.any(eager != x)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_loop_in_torch_ops_equals_the_keras_ops_loop_to_the_bit(trained, monkeypatch, loss):
+    """On torch APGD's loop body runs torch's own functions (``_gradients.loop_ops``:
+    Keras' per-call dispatch costs more than the ops); the same attack with the body
+    in ``keras.ops`` gives the same examples, bit for bit, and both go through the
+    same model passes (the side-effect-free forward pass without a full variable
+    mapping on torch)."""
+    from keras_lowrank.robustness import _gradients
+    from keras_lowrank.robustness.attacks import apgd
+
+    model, x, y = trained
+    fast = keras.ops.convert_to_numpy(APGD(0.1, loss=loss, steps=30, seed=3)(model, x, y))
+    monkeypatch.setattr(apgd, "loop_ops", lambda: _gradients._KerasLoopOps)
+    plain = keras.ops.convert_to_numpy(APGD(0.1, loss=loss, steps=30, seed=3)(model, x, y))
+    np.testing.assert_array_equal(fast, plain)
+    assert isinstance(_gradients.loop_ops(), _gradients._TorchLoopOps)
+    assert np.abs(fast - x).max() > 0.05  # the attack moved the inputs

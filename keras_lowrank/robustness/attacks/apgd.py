@@ -13,6 +13,7 @@ from keras_lowrank._warning import LowRankWarning
 from keras_lowrank.robustness._classifier import ClassifierView
 from keras_lowrank.robustness._gradients import (
     compile_function,
+    loop_ops,
     value_and_grad,
 )
 from keras_lowrank.robustness.attacks._runner import (
@@ -234,7 +235,8 @@ class APGD(_RunsOnUnbroken):
 
             return project
         low, high = self._clip(x - self.eps), self._clip(x + self.eps)
-        return lambda v: ops.minimum(ops.maximum(v, low), high)
+        xp = loop_ops()
+        return lambda v: xp.minimum(xp.maximum(v, low), high)
 
     def _loss_function(self, scores):
         def loss(x, y, target, draw=None):
@@ -307,25 +309,26 @@ class APGD(_RunsOnUnbroken):
             # own constants are Python numbers and the checkpoint runs only where due;
             # traced (TF, JAX) every iteration is the same graph.
             eager = isinstance(i, int)
+            xp = loop_ops()
             momentum = (0.75 if i > 0 else 1.0) if eager else ops.where(i > 0, 0.75, 1.0)
             change = x_adv - x_old
             x_old = x_adv
             if self.norm == "inf":
-                direction = ops.sign(grad)
+                direction = xp.sign(grad)
             else:
                 direction = _normalize(grad, "2")
             z1 = project(x_adv + _per_example(step, x_adv) * direction)
             x_new = project(x_adv + (z1 - x_adv) * momentum + change * (1.0 - momentum))
             loss, z, grad = loss_grad(x_new, y, target, i + 1)
-            correct = ops.cast(ops.equal(ops.cast(ops.argmax(z, axis=-1), "int32"), y), "float32")
-            acc = ops.minimum(acc, correct)
-            x_best_adv = ops.where(_per_example(correct < 0.5, x), x_new, x_best_adv)
-            rises = rises + ops.cast(loss > prev_loss, "float32")
+            correct = xp.hits(z, y)
+            acc = xp.minimum(acc, correct)
+            x_best_adv = xp.where(_per_example(correct < 0.5, x), x_new, x_best_adv)
+            rises = rises + xp.to_float(loss > prev_loss)
             prev_loss = loss
             improved = loss > loss_best
-            x_best = ops.where(_per_example(improved, x), x_new, x_best)
-            grad_best = ops.where(_per_example(improved, x), grad, grad_best)
-            loss_best = ops.where(improved, loss, loss_best)
+            x_best = xp.where(_per_example(improved, x), x_new, x_best)
+            grad_best = xp.where(_per_example(improved, x), grad, grad_best)
+            loss_best = xp.where(improved, loss, loss_best)
             if eager and not self._checkpoint[i]:
                 return (x_new, x_old, grad, step, x_best, loss_best, grad_best, x_best_adv, acc,
                         prev_loss, rises, reduced_last, loss_best_last)
