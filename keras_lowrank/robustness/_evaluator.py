@@ -9,7 +9,7 @@ from keras_lowrank.robustness._classifier import ClassifierView
 from keras_lowrank.robustness._report_inputs import is_pair
 from keras_lowrank.robustness._sweep import Sweep, sweep_group
 from keras_lowrank.robustness.attacks import PGD
-from keras_lowrank.robustness.evaluation import PerturbedModel
+from keras_lowrank.robustness.perturbed_model import PerturbedModel
 
 
 def arrays(data):

@@ -25,8 +25,8 @@ from keras_lowrank.robustness._report_inputs import (
 )
 from keras_lowrank.robustness._sweep import Identity
 from keras_lowrank.robustness.attacks import PGD, SPSA
-from keras_lowrank.robustness.evaluation import PerturbedModel
 from keras_lowrank.robustness.perturbations import GaussianNoise, class_count
+from keras_lowrank.robustness.perturbed_model import PerturbedModel
 
 __all__ = ["Check", "RobustnessReport", "evaluate_robustness"]
 
