@@ -52,7 +52,8 @@ test-jax: $(STAMP)
 test-torch: $(TORCH_STAMP)
 	KERAS_BACKEND=torch $(PYTEST) -m torch
 
-# The end-to-end scripts (demo, examples) on JAX too (~30 min here: XLA compile time).
+# The larger end-to-end scripts (the demos, the transformer, CIFAR and keras-hub examples)
+# on JAX too (~30 min here: XLA compile time); the digits examples run in test-jax.
 test-jax-slow: $(STAMP)
 	KERAS_BACKEND=jax KERAS_LOWRANK_SLOW_JAX=1 $(PYTEST) -m slow_on_jax
 
