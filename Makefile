@@ -1,4 +1,5 @@
-# `make demo` and `make test` each set up .venv on first use (Python ≥ 3.10).
+# `make demo` and `make test` each set up .venv on first use (Python ≥ 3.10), with the
+# setuptools pyproject.toml builds with (the wheel test builds without isolation).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile -q
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77"
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
