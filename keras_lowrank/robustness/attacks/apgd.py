@@ -292,8 +292,9 @@ class APGD(_RunsOnUnbroken):
             start = x + self.eps * _normalize(noise, self.norm)
         x_adv = self._clip(start)
         project = self._projection(x)
+        xp = loop_ops()  # the body's element-wise ops (torch's own on torch)
         loss, z, grad = loss_grad(x_adv, y, target, 0)
-        acc = ops.cast(ops.equal(ops.cast(ops.argmax(z, axis=-1), "int32"), y), "float32")
+        acc = xp.hits(z, y)
         batch = ops.shape(x)[0]
         step = ops.full((batch,), 2.0 * self.eps, "float32")
         checkpoint = ops.convert_to_tensor(self._checkpoint)
@@ -309,7 +310,6 @@ class APGD(_RunsOnUnbroken):
             # own constants are Python numbers and the checkpoint runs only where due;
             # traced (TF, JAX) every iteration is the same graph.
             eager = isinstance(i, int)
-            xp = loop_ops()
             momentum = (0.75 if i > 0 else 1.0) if eager else ops.where(i > 0, 0.75, 1.0)
             change = x_adv - x_old
             x_old = x_adv
