@@ -39,9 +39,9 @@ changes one line (``optimizer=DLRT(keras.optimizers.Adam())``).
 import warnings
 
 import keras
-import numpy as np
 from keras import backend, ops
 
+from keras_lowrank._host import on_host
 from keras_lowrank._keras_compat import (
     built_trainable_variables,
     no_automatic_dependency_tracking,
@@ -91,7 +91,7 @@ def _integrator_mode():
 
 def _integrate_on_host(layers, augmenting):
     """Augments (``augmenting``) or truncates every layer, carrying S's slots, in one
-    host callback (``jax.pure_callback``, ``tf.numpy_function``): ``_low_rank.host_factorization``'s
+    host callback (``_host.on_host``, one BLAS thread): ``_low_rank.host_factorization``'s
     float64 NumPy. Returns what ``keep_all`` in ``DLRT._step`` returns, in the same dtypes.
 
     Why on the host, on a CPU: XLA:CPU compiles each layer's (or each group
@@ -119,20 +119,9 @@ def _integrate_on_host(layers, augmenting):
                    else host.truncate(u0, s_now, v0, tol, min_rank))
             a, b = host.basis_change(u0, v0, new[0], new[2])
             results += [*new, *(host.carry_slot(m, a, b, kind) for m, kind in zip(moments, kinds))]
-        return tuple(np.asarray(r).astype(backend.standardize_dtype(dtype)) for r, (_, dtype) in zip(results, outputs))
+        return results
 
-    if backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        results = tf.numpy_function(integrate, [augmenting, *inputs], [dtype for _, dtype in outputs],
-                                    stateful=False)
-        for result, (shape, _) in zip(results, outputs):
-            result.set_shape(shape)
-        return tuple(results)
-    import jax
-
-    return jax.pure_callback(integrate, tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in outputs),
-                             augmenting, *inputs)
+    return on_host(integrate, [augmenting, *inputs], outputs)
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")

@@ -585,3 +585,19 @@ def test_set_factors_checks_what_it_is_given():
     layer.set_factors(np.eye(4, 2), np.ones(2), np.eye(6, 2))
     assert layer.rank == 2
 
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="strides are torch's")
+def test_factors_are_stored_row_major_on_torch_through_dlrt_training():
+    # Factors built by QR/SVD (column-major on torch) would keep that layout in their
+    # variables and slow every elementwise update of U, S, V (see LowRankProjection's).
+    model = keras.Sequential([keras.Input((12,)), DynamicLowRankDense(10, rank=3, max_rank=6),
+                              keras.layers.Dense(3)])
+    model.compile(DLRT(keras.optimizers.Adam(1e-3)), "mse")
+    x = np.random.default_rng(0).normal(size=(16, 12)).astype("float32")
+    model.fit(x, x[:, :3], epochs=3, batch_size=8, verbose=0)
+    others = [DynamicLowRankConv2D(4, 3, rank=2), DynamicLowRankEinsumDense("ab,bc->ac", 5, rank=2)]
+    others[0].build((None, 6, 6, 2))
+    others[1].build((None, 7))
+    for variable in model.layers[0].weights + others[0].weights + others[1].weights:
+        assert variable.value.is_contiguous(), variable.path

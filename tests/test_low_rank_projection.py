@@ -291,3 +291,16 @@ def test_fit_on_conv_maps_holds_rank(rng, flatten):
     assert w.shape == ((144, 144) if flatten else (4, 4))
     layer.threshold()
     assert np.linalg.matrix_rank(weights_of(layer)[0], tol=1e-5) == 2
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="strides are torch's")
+def test_kernel_is_stored_row_major_on_torch():
+    # Keras' "orthogonal" initializer gives a transposed (column-major) tensor on torch,
+    # and a variable keeps its initial layout: Adam's updates then mixed layouts (~10×
+    # slower elementwise work at 1024 features). Gradients follow the kernel's layout.
+    layer = LowRankProjection(4)
+    layer.build((None, 32))
+    assert layer.kernel.value.is_contiguous()
+    layer(np.random.default_rng(0).normal(size=(8, 32)).astype("float32"), training=True)
+    sum(layer.losses).backward()
+    assert layer.kernel.value.grad.is_contiguous()

@@ -20,7 +20,7 @@ from keras_lowrank._keras_compat import build_input_shape
 from keras_lowrank._low_rank import factorization
 from keras_lowrank._low_rank import host_factorization as host
 from keras_lowrank._low_rank.svd import leading_pays, matrix_svd
-from keras_lowrank._tracing import concrete, holds_values
+from keras_lowrank._tracing import concrete, holds_values, row_major
 from keras_lowrank._validation import check_int, check_number
 
 FACTOR_ROLE = "_keras_lowrank_role"
@@ -164,7 +164,7 @@ class DynamicLowRankBase(keras.layers.Layer):
         return (self.n_out,)
 
     def _add_factor(self, role, shape, initializer):
-        variable = self.add_weight(name=role, shape=shape, initializer=initializer)
+        variable = self.add_weight(name=role, shape=shape, initializer=row_major(initializer))
         setattr(variable, FACTOR_ROLE, role)
         setattr(variable, FACTOR_OWNER, weakref.ref(self))
         return variable

@@ -1,0 +1,92 @@
+"""NumPy inside a compiled step: the one place that asks the backend for a host call.
+
+``on_host(function, inputs, outputs)`` runs a NumPy function from inside a traced step
+(``tf.numpy_function`` on TensorFlow, ``jax.pure_callback`` on JAX) with the BLAS that
+NumPy (and SciPy) load kept to one thread while it runs. ``qr`` and ``svd`` are
+``keras.ops.qr`` / ``keras.ops.svd``, except on JAX's CPU backend, where they are NumPy's
+through ``on_host``.
+
+Why one BLAS thread: OpenBLAS, which NumPy and SciPy wheels bundle, leaves its worker
+threads spinning for a while after each call it spreads over them. A compiled train step
+that makes such a call every few steps then shares the CPU with those spinning threads
+for the steps that follow. On JAX's CPU backend every QR / SVD / Cholesky is such a call
+(jaxlib hands LAPACK to SciPy's OpenBLAS): on a 2-core machine, a 1024 × 1024 matrix
+product ran 2× slower for some tens of milliseconds after even a 20 × 20 Cholesky, and the
+LR layer's thresholding every 10 steps made every step of its model ~1.5× slower
+(docs/benchmarks.md, "The LR layer against a plain layer"). The host calls made here
+factorize matrices of a few dozen columns, which one thread handles as fast.
+``threadpoolctl`` sets the limit for the call's duration only; a user's own NumPy code
+keeps its threads.
+"""
+
+import contextlib
+
+import keras
+import numpy as np
+
+_controller = None
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """The BLAS libraries loaded in this process use one thread for the duration."""
+    global _controller
+    import threadpoolctl
+
+    if _controller is None:  # a scan of the loaded libraries: once
+        _controller = threadpoolctl.ThreadpoolController()
+    with _controller.limit(limits=1, user_api="blas"):
+        yield
+
+
+def on_host(function, inputs, outputs):
+    """``function(*numpy_inputs)`` → a tuple of arrays of ``outputs``' (shape, dtype), from
+    inside a traced step or eagerly, on TensorFlow and JAX."""
+
+    def run(*arrays):
+        with single_threaded_blas():
+            results = function(*(np.asarray(a) for a in arrays))
+        return tuple(np.asarray(r).astype(keras.backend.standardize_dtype(dtype))
+                     for r, (_, dtype) in zip(results, outputs))
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        results = tf.numpy_function(run, list(inputs), [dtype for _, dtype in outputs], stateful=False)
+        for result, (shape, _) in zip(results, outputs):
+            result.set_shape(shape)
+        return tuple(results)
+    if backend != "jax":
+        raise NotImplementedError(f"on_host: no host call on the {backend} backend (TensorFlow and JAX only).")
+    import jax
+
+    return jax.pure_callback(run, tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in outputs), *inputs)
+
+
+def _factorize_on_host():
+    """JAX on its CPU backend (see the module docstring)."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+def qr(x):
+    """``keras.ops.qr(x)`` (reduced) of a matrix of known shape."""
+    if not _factorize_on_host():
+        return keras.ops.qr(x)
+    m, n = x.shape
+    k = min(m, n)
+    return on_host(lambda a: np.linalg.qr(a), [x], [((m, k), x.dtype), ((k, n), x.dtype)])
+
+
+def svd(x):
+    """``keras.ops.svd(x, full_matrices=False)`` of a matrix of known shape."""
+    if not _factorize_on_host():
+        return keras.ops.svd(x, full_matrices=False)
+    m, n = x.shape
+    k = min(m, n)
+    return on_host(lambda a: np.linalg.svd(a, full_matrices=False), [x],
+                   [((m, k), x.dtype), ((k,), x.dtype), ((k, n), x.dtype)])
