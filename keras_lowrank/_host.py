@@ -3,8 +3,8 @@
 ``on_host(function, inputs, outputs)`` runs a NumPy function from inside a traced step
 (``tf.numpy_function`` on TensorFlow, ``jax.pure_callback`` on JAX) with the BLAS that
 NumPy (and SciPy) load kept to one thread while it runs. ``qr`` and ``svd`` are
-``keras.ops.qr`` / ``keras.ops.svd``, except on JAX's CPU backend, where they are NumPy's
-through ``on_host``.
+``keras.ops.qr`` / ``keras.ops.svd``, except on JAX's CPU backend for matrices of 512 rows
+or columns or more, where they are NumPy's through ``on_host``.
 
 Why one BLAS thread: OpenBLAS, which NumPy and SciPy wheels bundle, leaves its worker
 threads spinning for a while after each call it spreads over them. A compiled train step
@@ -64,9 +64,17 @@ def on_host(function, inputs, outputs):
     return jax.pure_callback(run, tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in outputs), *inputs)
 
 
-def _factorize_on_host():
-    """JAX on its CPU backend (see the module docstring)."""
-    if keras.backend.backend() != "jax":
+# From this many rows or columns a factorization leaves JAX's CPU graph for the host.
+# Below it OpenBLAS keeps jaxlib's LAPACK on the calling thread and a host round trip
+# costs more than it saves: the LR layer's step, against a plain layer's, in the graph /
+# on the host: 1.06× / 1.38× at 64 features, 1.00× / 1.12× at 256, 1.70× / 1.11× at 512
+# (2-core CPU, docs/benchmarks.md).
+_HOST_FROM = 512
+
+
+def _factorize_on_host(x):
+    """A factorization of ``x`` on JAX's CPU backend, ``x`` large enough (see above)."""
+    if keras.backend.backend() != "jax" or max(x.shape) < _HOST_FROM:
         return False
     import jax
 
@@ -75,7 +83,7 @@ def _factorize_on_host():
 
 def qr(x):
     """``keras.ops.qr(x)`` (reduced) of a matrix of known shape."""
-    if not _factorize_on_host():
+    if not _factorize_on_host(x):
         return keras.ops.qr(x)
     m, n = x.shape
     k = min(m, n)
@@ -84,7 +92,7 @@ def qr(x):
 
 def svd(x):
     """``keras.ops.svd(x, full_matrices=False)`` of a matrix of known shape."""
-    if not _factorize_on_host():
+    if not _factorize_on_host(x):
         return keras.ops.svd(x, full_matrices=False)
     m, n = x.shape
     k = min(m, n)

@@ -50,7 +50,7 @@ def test_a_host_call_in_a_compiled_step_runs_on_one_blas_thread():
     assert seen and all(n == 1 for threads in seen for n in threads)
 
 
-@pytest.mark.parametrize("shape", [(9, 4), (4, 9)])
+@pytest.mark.parametrize("shape", [(600, 4), (4, 600), (9, 4)])
 def test_qr_and_svd_factorize_in_a_compiled_step(shape, monkeypatch):
     calls = []
     for name in ("qr", "svd"):
@@ -62,10 +62,11 @@ def test_qr_and_svd_factorize_in_a_compiled_step(shape, monkeypatch):
     factorizations, k = list(calls), min(shape)
     assert q.shape == (shape[0], k) and r.shape == (k, shape[1]) and np.allclose(np.triu(r), r)
     assert u.shape == (shape[0], k) and s.shape == (k,) and vt.shape == (k, shape[1])
-    # float32 round-off on matrices of norm ~3: 1e-5 is ~100 ulps of the largest entry.
+    # float32 round-off: 1e-5 is ~100 ulps of the largest entries (|x| ≲ 4.5).
     np.testing.assert_allclose(q @ r, x, atol=1e-5)
     np.testing.assert_allclose(q.T @ q, np.eye(k), atol=1e-5)
     np.testing.assert_allclose((u * s) @ vt, x, atol=1e-5)
     np.testing.assert_allclose(s, np.linalg.svd(x.astype("float64"), compute_uv=False), rtol=1e-5)
-    on_jax_cpu = keras.backend.backend() == "jax" and __import__("jax").default_backend() == "cpu"
-    assert factorizations == (["qr", "svd"] if on_jax_cpu else [])
+    on_host = (keras.backend.backend() == "jax" and __import__("jax").default_backend() == "cpu"
+               and max(shape) >= 512)  # smaller ones stay in the graph (see _host._HOST_FROM)
+    assert factorizations == (["qr", "svd"] if on_host else [])

@@ -58,9 +58,9 @@ def randomized_truncate_to_rank(matrix, rank, sketch, power_iterations=2):
     & Tropp 2011, Alg. 4.4): Q spans W Ω after power iterations, then the SVD of
     the small Qᵀ W. O(m² k) for k = sketch columns instead of O(m³); the authors
     of the LR layer likewise use an approximate SVD. Keras has no randomized SVD,
-    hence this function. Its QRs and SVD are ``_host``'s: on JAX's CPU, NumPy's on one
-    BLAS thread, so that the step's following products do not share the CPU with
-    LAPACK's spinning threads (1.4–1.6× a plain layer's step otherwise).
+    hence this function. Its QRs and SVD are ``_host``'s: on JAX's CPU from 512 features,
+    NumPy's on one BLAS thread, so that the step's following products do not share the
+    CPU with LAPACK's spinning threads (1.6–1.7× a plain layer's step otherwise).
     """
     q, _ = _host.qr(ops.matmul(matrix, sketch))
     for _ in range(power_iterations):
