@@ -16,7 +16,8 @@ LR layer's thresholding every 10 steps made every step of its model ~1.5× slowe
 (docs/benchmarks.md, "The LR layer against a plain layer"). The host calls made here
 factorize matrices of a few dozen columns, which one thread handles as fast.
 ``threadpoolctl`` sets the limit for the call's duration only; a user's own NumPy code
-keeps its threads.
+keeps its threads (and where a user's thread holds a limit of its own, threadpoolctl
+leaves OpenBLAS to it).
 """
 
 import contextlib
