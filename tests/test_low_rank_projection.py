@@ -304,3 +304,25 @@ def test_kernel_is_stored_row_major_on_torch():
     layer(np.random.default_rng(0).normal(size=(8, 32)).astype("float32"), training=True)
     sum(layer.losses).backward()
     assert layer.kernel.value.grad.is_contiguous()
+
+
+def test_thresholding_in_a_training_step_of_a_wide_layer_keeps_the_best_rank_r_part():
+    # 512 features: on JAX's CPU the thresholding's QRs and SVD run on the host
+    # (keras_lowrank._host) inside the compiled step's branch. With a zero learning
+    # rate W after one step is exactly what thresholding made of the initial W, whose
+    # spectrum 2^-i has gaps the randomized range finder resolves to float32 precision.
+    m, rank = 512, 4
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.normal(size=(m, m)))
+    v, _ = np.linalg.qr(rng.normal(size=(m, m)))
+    spectrum = 0.5 ** np.arange(m)
+    initial = ((u * spectrum) @ v.T).astype("float32")
+    layer = LowRankProjection(rank, update_every=1, kernel_initializer=lambda shape, dtype=None: initial)
+    model = keras.Sequential([keras.Input((m,)), layer])
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    x = rng.normal(size=(8, m)).astype("float32")
+    model.fit(x, x, epochs=1, batch_size=8, verbose=0)
+    w = keras.ops.convert_to_numpy(layer.projection_matrix).astype("float64")
+    best = (u[:, :rank] * spectrum[:rank]) @ v[:, :rank].T  # Eckart–Young, in float64
+    # float32 products of a unit-norm matrix: ~1e-7 per entry, grown by m = 512 terms.
+    np.testing.assert_allclose(w, best, atol=1e-5)
