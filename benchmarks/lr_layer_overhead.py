@@ -93,5 +93,6 @@ def main():
               f"{np.median(times['plain']) * 1e3:>9.2f} {np.median(times['lr']) * 1e3:>7.2f} "
               f"{ratios['none']:>10.2f} {mac_ratio:>9.2f} {ratios['plain']:>11.2f}")
 
+
 if __name__ == "__main__":
     main()

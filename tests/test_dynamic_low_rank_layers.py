@@ -586,7 +586,6 @@ def test_set_factors_checks_what_it_is_given():
     assert layer.rank == 2
 
 
-
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="strides are torch's")
 def test_factors_are_stored_row_major_on_torch_through_dlrt_training():
     # Factors built by QR/SVD (column-major on torch) would keep that layout in their
