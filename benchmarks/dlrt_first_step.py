@@ -15,11 +15,13 @@ is in it), the process's peak resident memory (the model alone, after ``predict`
 ``before_mib``). Goal: DLRT's first call ≤ 1.5× Adam's
 in time and memory at 100+ low-rank layers, step time unchanged.
 
-    python benchmarks/dlrt_first_step.py [--models MobileNetV2 DenseNet121] [--integrator host vmap]
+    python benchmarks/dlrt_first_step.py [--models MobileNetV2 DenseNet121] [--integrator host graph vmap]
 
 ``--integrator``: DLRT also with its augment / truncate forced where they run on JAX
-(``host``: one NumPy host callback, the CPU's default; ``vmap``: alike layers batched
-in the compiled step, a GPU's default), as ``dlrt-host`` / ``dlrt-vmap`` — the GPU
+(``host``: one NumPy host callback, the CPU's default beyond 32 low-rank layers;
+``graph``: each layer's own ops in the compiled step, the CPU's default up to 32; ``vmap``:
+alike layers batched in the compiled step, a GPU's default), as ``dlrt-host`` /
+``dlrt-graph`` / ``dlrt-vmap`` — the GPU
 suite asks whether the host callback pays on a GPU too. (On a 2-core CPU ``vmap`` did
 not finish MobileNetV2's first call in 300 s — the thread-pool deadlock
 ``optimizers._integrate_on_host`` describes; a configuration over ``--child-timeout``
@@ -38,7 +40,8 @@ from keras_lowrank import DLRT, compression
 name, which = sys.argv[1], sys.argv[2]
 if which.startswith("dlrt-"):  # the integrator forced to run where the name says
     from keras_lowrank import optimizers
-    optimizers._integrator_mode = lambda: which[len("dlrt-"):]
+    where = which[len("dlrt-"):]
+    optimizers._integrator_mode = lambda _layer_count: None if where == "graph" else where
 kw = {"alpha": 0.35} if name == "MobileNetV2" else {}
 model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=10,
                                           classifier_activation=None, **kw)
@@ -65,7 +68,7 @@ print(json.dumps({"model": name, "which": which, "first_fit_s": round(first, 1),
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["MobileNetV2", "DenseNet121"])
-    parser.add_argument("--integrator", nargs="*", default=[], choices=["host", "vmap"],
+    parser.add_argument("--integrator", nargs="*", default=[], choices=["host", "graph", "vmap"],
                         help="also DLRT with its integrator forced to run there (JAX only)")
     parser.add_argument("--child-timeout", type=float, default=600, help="seconds per configuration")
     args = parser.parse_args(argv)

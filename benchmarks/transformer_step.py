@@ -5,10 +5,11 @@
 The same model as the example (2 pre-norm blocks, width 64, 4 heads, MLP 128, 16 tokens of
 2×2 patches; its ``block`` is copied here because the example runs on import), untrained,
 real digits, batch 32. First ``fit`` call (one step: tracing, slots, the first execution)
-for each; then steps timed with ``train_on_batch`` over whole DLRT cycles (10 steps),
-the three models alternated per repeat; medians.
+for each; then steps timed inside ``fit`` (one call per repeat over whole DLRT cycles of 10
+steps, not shuffled: what a user runs; ``train_on_batch`` would synchronise JAX's state
+after every step), the three models alternated per repeat; medians.
 
-    python benchmarks/transformer_step.py [--repeats 7] [--cycles 3]
+    python benchmarks/transformer_step.py [--repeats 7] [--cycles 6]
 """
 
 import argparse
@@ -51,10 +52,11 @@ def transformer():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--cycles", type=int, default=6)
     args = parser.parse_args()
     x, y = data.load_digits_arrays("train")
-    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, len(x) - 31, 32)]
+    steps = 10 * args.cycles
+    x, y = np.resize(x, (32 * steps, *x.shape[1:])), np.resize(y, 32 * steps)  # whole cycles
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     dense = transformer()
     models = {"dense Adam": (dense, keras.optimizers.Adam(1e-3))}
@@ -65,17 +67,16 @@ def main():
     for label, (model, optimizer) in models.items():
         model.compile(optimizer, loss)
         start = time.perf_counter()
-        model.fit(*batches[0], batch_size=32, epochs=1, verbose=0)
+        model.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0)
         first[label] = time.perf_counter() - start
-        for i in range(1, 30):  # the rest of the first cycles: every branch has run once
-            model.train_on_batch(*batches[i % len(batches)])
-    steps = 10 * args.cycles
+        # the rest of the first cycle (every branch runs once), then one call as timed
+        model.fit(x[32:320], y[32:320], batch_size=32, epochs=1, verbose=0, shuffle=False)
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
     times = {label: [] for label in models}
     for _ in range(args.repeats):
         for label, (model, _) in models.items():
             start = time.perf_counter()
-            for i in range(steps):
-                model.train_on_batch(*batches[i % len(batches)])
+            model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
             times[label].append((time.perf_counter() - start) / steps)
     print(f"backend {keras.backend.backend()}, batch 32, {steps} steps x {args.repeats} repeats (median); "
           f"parameters dense {dense.count_params():,}")

@@ -249,7 +249,7 @@ def test_layers_alike_are_integrated_together_as_each_alone(rng, monkeypatch):
     tolerances differ by 1e-9 (the same truncations, no sharing)."""
     from keras_lowrank import optimizers
 
-    monkeypatch.setattr(optimizers, "_integrator_mode", lambda: "vmap")
+    monkeypatch.setattr(optimizers, "_integrator_mode", lambda _layer_count: "vmap")
     x = rng.normal(size=(96, 16)).astype("float32")
     y = rng.integers(0, 4, size=96)
     calls = []
@@ -293,7 +293,7 @@ def test_the_host_callback_integrates_as_the_compiled_ops(rng, monkeypatch):
                         lambda *args: calls.append(1) or on_host(*args))
     models = {}
     for mode in ("host", None):
-        monkeypatch.setattr(optimizers, "_integrator_mode", lambda mode=mode: mode)
+        monkeypatch.setattr(optimizers, "_integrator_mode", lambda _layer_count, mode=mode: mode)
         with pytest.warns(LowRankWarning, match="ended training at their max_rank"):  # tol 0.001 keeps all 8
             models[mode] = _three_alike_layers_one_cycle(x, y, (0.6, 0.1, 0.001))
         assert bool(calls) == (mode == "host")
@@ -311,17 +311,22 @@ def test_the_host_callback_integrates_as_the_compiled_ops(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
-def test_where_the_integrator_runs_on_each_backend(rng, monkeypatch, jit_compile):
-    """JAX's CPU: one host callback (NumPy), no batched call — two batched LAPACK calls
-    can deadlock XLA's thread pool there (VGG16 hung on 2 cores); JAX on a GPU/TPU:
-    alike layers batched (``ops.vectorized_map``); TensorFlow on a CPU: one host callback
-    (``tf.numpy_function``), but under XLA (``jit_compile=True``, a GPU's default), which
-    cannot compile one, each layer its own ops, as on torch (eager)."""
+@pytest.mark.parametrize("in_graph_up_to", [2, 3])
+def test_where_the_integrator_runs_on_each_backend(rng, monkeypatch, jit_compile, in_graph_up_to):
+    """JAX's CPU: each layer's own ops in the compiled step up to ``_IN_GRAPH_UP_TO``
+    low-rank layers (a host callback makes every step synchronous), one host callback
+    (NumPy) beyond, and never a batched call — two batched LAPACK calls can deadlock XLA's
+    thread pool there (VGG16 hung on 2 cores); JAX on a GPU/TPU: alike layers batched
+    (``ops.vectorized_map``); TensorFlow on a CPU: one host callback (``tf.numpy_function``)
+    whatever the count, but under XLA (``jit_compile=True``, a GPU's default), which cannot
+    compile one, each layer its own ops, as on torch (eager). Three layers here, the
+    threshold set to 2 and 3."""
     from keras_lowrank import optimizers
 
     if jit_compile and keras.backend.backend() != "tensorflow":
         pytest.skip("jit_compile decides only on TensorFlow (JAX always compiles, torch runs eagerly)")
 
+    monkeypatch.setattr(optimizers, "_IN_GRAPH_UP_TO", in_graph_up_to)
     calls = []
     on_host = optimizers._integrate_on_host
     monkeypatch.setattr(optimizers, "_integrate_on_host",
@@ -342,7 +347,10 @@ def test_where_the_integrator_runs_on_each_backend(rng, monkeypatch, jit_compile
     if keras.backend.backend() == "jax":
         import jax
 
-        expected = {"host"} if jax.default_backend() == "cpu" else {"vectorized_map"}
+        if jax.default_backend() != "cpu":
+            expected = {"vectorized_map"}
+        elif len(layers) > in_graph_up_to:
+            expected = {"host"}
     elif keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
