@@ -18,8 +18,8 @@ in time and memory at 100+ low-rank layers, step time unchanged.
     python benchmarks/dlrt_first_step.py [--models MobileNetV2 DenseNet121] [--integrator host graph vmap]
 
 ``--integrator``: DLRT also with its augment / truncate forced where they run on JAX
-(``host``: one NumPy host callback, the CPU's default beyond 32 low-rank layers;
-``graph``: each layer's own ops in the compiled step, the CPU's default up to 32; ``vmap``:
+(``host``: one NumPy host callback, the CPU's default beyond 16 low-rank layers;
+``graph``: each layer's own ops in the compiled step, the CPU's default up to 16; ``vmap``:
 alike layers batched in the compiled step, a GPU's default), as ``dlrt-host`` /
 ``dlrt-graph`` / ``dlrt-vmap`` — the GPU
 suite asks whether the host callback pays on a GPU too. (On a 2-core CPU ``vmap`` did

@@ -78,7 +78,7 @@ def low_rank_groups(variables):
 # On JAX's CPU backend, models of up to this many dynamic low-rank layers integrate in the
 # compiled step (each layer its own ops); larger ones in one host callback. See
 # ``_integrator_mode``.
-_IN_GRAPH_UP_TO = 32
+_IN_GRAPH_UP_TO = 16
 
 
 def _integrator_mode(layer_count):
@@ -91,14 +91,13 @@ def _integrator_mode(layer_count):
 
     Why a layer count on JAX's CPU: a host callback in a compiled program makes JAX run
     that program synchronously and off its C++ dispatch path, so every step of ``fit`` —
-    Galerkin steps too, which never call it — waits for the Python side of the loop and
-    the step in turn instead of overlapping them: on a 2-core CPU the transformer example
-    (12 layers) stepped 1.38× its dense model with the callback and 0.99× without, MobileNetV2
-    (29 layers) 62 vs 56 ms, DenseNet121 (120) 135 vs 105 ms. In the graph, each layer's
-    QR / SVD kernels lengthen XLA's compile of the first call, by seconds per dozens of
-    layers (DenseNet121: 81 → 100 s; the transformer 3.4 → 4.0 s): for a few layers the
-    graph pays from the first few hundred steps, for a hundred the callback keeps the
-    first call near plain Adam's (docs/benchmarks.md)."""
+    Galerkin steps too, which never call it — waits for the Python side of the loop instead
+    of overlapping it: a few milliseconds a step, a third of a small model's step
+    (the transformer example, 12 layers: 1.43× its dense model's step with the callback,
+    1.07× in the graph, as plain Adam on the factors) and noise in a large one's
+    (MobileNetV2, 29 layers: 65.0 vs 65.3 ms). In the graph, each layer's QR / SVD kernels
+    lengthen XLA's compile of the first call (MobileNetV2 12.2 → 15.6 s, DenseNet121's 120
+    layers 57 → 69 s), so larger models keep the callback (docs/benchmarks.md)."""
     if backend.backend() == "tensorflow":
         return "host" if tensorflow_host_callbacks_allowed() else None
     if backend.backend() != "jax":
