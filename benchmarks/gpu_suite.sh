@@ -14,7 +14,11 @@
 #    - APGD-CE and AutoAttack, ours against the same runs each in a bare jax.jit
 #      (benchmarks/autoattack_gpu.py);
 #    - VGG16-CIFAR: DLRT's step against the dense network's at > 90 % compression, and
-#      the exported model's inference against the dense one's (benchmarks/vgg16_cpu.py);
+#      the exported model's inference against the dense one's (benchmarks/vgg16_cpu.py),
+#      and the same at 224×224, batch 64 (compute-bound; issue 42: DLRT step ≤ 0.7×,
+#      exported inference ≤ 1.0× dense; never run on a GPU yet);
+#    - the transformer example's step, dense vs low-rank Adam vs DLRT
+#      (benchmarks/transformer_step.py; never run on a GPU yet);
 #    - the exported VGG16-CIFAR with each layer in its smaller or its faster form, against
 #      the dense model, at batch 1 and 128 (benchmarks/export_forms.py: issue 42's
 #      exported inference ≤ 1.0× dense on a GPU, never run on one yet);
@@ -65,6 +69,8 @@ if [ "${GPU_SUITE_BENCH:-0}" = 1 ]; then
     bench pgd100 90 python3 benchmarks/pgd_gpu.py --steps 100 --repeats 3 --no-cpu --models 2
     bench autoattack 100 python3 benchmarks/autoattack_gpu.py --examples 1000 --batch 500
     bench vgg16 120 python3 benchmarks/vgg16_cpu.py
+    bench vgg16_224 240 python3 benchmarks/vgg16_cpu.py --image-size 224 --batch 64 --cycles 1
+    bench transformer 120 python3 benchmarks/transformer_step.py
     bench export_forms 120 python3 benchmarks/export_forms.py --models vgg16 --rounds 5
     bench cka_resnet50 120 python3 benchmarks/cka_resnet50.py --examples 1024
     bench square_l2 120 python3 benchmarks/square_l2_divergence.py

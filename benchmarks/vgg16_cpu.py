@@ -2,7 +2,9 @@
 against the dense network's (issue 21's CPU figures), ratios in one run.
 
 The network of ``examples/dlrt_vgg16_cifar10.py`` (13 convolutions, 3 dense layers,
-32×32×3 inputs), batch 128 of synthetic images. Low rank: ``to_low_rank`` at ``--rank``
+32×32×3 inputs; ``--image-size 224`` the same network on 224×224 images, issue 42's
+compute-bound case, at ``--batch 64`` in ``gpu_suite.sh``), batch 128 of synthetic images.
+Low rank: ``to_low_rank`` at ``--rank``
 (room to ``--max-rank``; the first convolution and the classifier stay dense, layers
 whose rank would not pay stay dense too), trained by ``DLRT(Adam)``; dense by Adam.
 Step time: the mean over whole DLRT cycles (10 steps: one basis augmentation, nine
@@ -13,7 +15,7 @@ dense model, ``predict_on_batch`` on one batch, after a warm-up call.
 Goals (issue 21): DLRT step ≤ 0.5× dense at ranks giving ≥ 90 % compression; exported
 inference ≤ 0.2× dense.
 
-    python benchmarks/vgg16_cpu.py [--rank 32 --max-rank 64 --cycles 2 --batch 128]
+    python benchmarks/vgg16_cpu.py [--rank 32 --max-rank 64 --cycles 2 --batch 128 --image-size 32]
 """
 
 import argparse
@@ -52,12 +54,13 @@ def main():
     parser.add_argument("--max-rank", type=int, default=64)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--cycles", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=32, help="a multiple of 32 (224: compute-bound)")
     args = parser.parse_args()
-    x, y = synthetic_cifar10("train", 10 * args.batch)
+    x, y = synthetic_cifar10("train", 10 * args.batch, image_size=args.image_size)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     keras.utils.set_random_seed(0)
-    dense = vgg16_cifar()
+    dense = vgg16_cifar(image_size=args.image_size)
     low = compression.to_low_rank(dense, rank=args.rank, max_rank=args.max_rank, skip_first=True)
     dense.compile(keras.optimizers.Adam(1e-3), loss)
     low.compile(DLRT(keras.optimizers.Adam(1e-3)), loss)
@@ -68,7 +71,8 @@ def main():
     batch = x[:args.batch]
     dense_inference, exported_inference = inference(dense, batch), inference(exported, batch)
     result = {"backend": keras.backend.backend(), "rank": args.rank, "max_rank": args.max_rank,
-              "batch": args.batch, "ranks_after": {r["layer"]: r["rank"] for r in summary.rows},
+              "batch": args.batch, "image_size": args.image_size,
+              "ranks_after": {r["layer"]: r["rank"] for r in summary.rows},
               "model_compression_rate": summary.total["model_compression_rate"],
               "dense_params": dense.count_params(), "exported_params": exported.count_params(),
               "dense_step_s": dense_step, "dlrt_step_s": low_step, "step_ratio": low_step / dense_step,

@@ -29,12 +29,16 @@ def _channels(n, width):
     return max(4, int(round(n * width)))
 
 
-def vgg16_cifar(num_classes=10, width=1.0, dense_units=512, seed=0):
+def vgg16_cifar(num_classes=10, width=1.0, dense_units=512, seed=0, image_size=32):
     """VGG16 with batch normalisation for 32×32×3 inputs (the DLRT papers' network):
     13 3×3 convolutions in five blocks (64–128–256–512–512 channels, ×``width``), each
-    block ending in 2×2 max-pooling, then Dense(512)–Dense(512)–Dense(classes). Logits."""
+    block ending in 2×2 max-pooling, then Dense(512)–Dense(512)–Dense(classes). Logits.
+    ``image_size`` (a multiple of 32, e.g. 224): the same network on larger images, its
+    first dense layer as wide as the last feature map is large (a compute-bound benchmark)."""
+    if image_size % 32 or image_size < 32:
+        raise ValueError(f"image_size must be a positive multiple of 32 (five 2×2 poolings), got {image_size}.")
     init = iter(range(seed, seed + 100))
-    layers = [keras.Input((32, 32, 3)), _standardize()]
+    layers = [keras.Input((image_size, image_size, 3)), _standardize()]
     conv = 0
     for item in VGG16_BLOCKS:
         if item == "M":
@@ -97,15 +101,19 @@ def resnet18_cifar(num_classes=10, width=1.0, lr_rank=None, lr_kwargs=None, seed
     return keras.Model(inputs, outputs, name="resnet18_cifar" + ("_lr" if lr_rank else ""))
 
 
-def synthetic_cifar10(split, num_examples, seed=0):
+def synthetic_cifar10(split, num_examples, seed=0, image_size=32):
     """Learnable stand-in data shaped like CIFAR-10: each class a fixed smooth random
     pattern (the same in both splits), each image that pattern plus per-image noise, in
-    [0, 1]. Arrays ``(x float32 (n, 32, 32, 3), y int32 (n,))``."""
+    [0, 1]. Arrays ``(x float32 (n, s, s, 3), y int32 (n,))``, s = ``image_size`` (a
+    multiple of 4; 32 by default)."""
+    if image_size % 4 or image_size < 4:
+        raise ValueError(f"image_size must be a positive multiple of 4, got {image_size}.")
+    block = image_size // 4
     patterns = np.random.default_rng(12345).normal(size=(10, 4, 4, 3))
-    patterns = np.repeat(np.repeat(patterns, 8, axis=1), 8, axis=2)  # 32×32 blocks
+    patterns = np.repeat(np.repeat(patterns, block, axis=1), block, axis=2)  # s×s blocks
     rng = np.random.default_rng(seed + (0 if split == "train" else 1))
     y = rng.integers(0, 10, num_examples).astype("int32")
-    x = 0.5 + 0.15 * patterns[y] + 0.1 * rng.normal(size=(num_examples, 32, 32, 3))
+    x = 0.5 + 0.15 * patterns[y] + 0.1 * rng.normal(size=(num_examples, image_size, image_size, 3))
     return np.clip(x, 0.0, 1.0).astype("float32"), y
 
 

@@ -136,3 +136,25 @@ def test_the_cifar_examples_read_tfds_cifar10_with_limit(tmp_path):
     assert x.shape == (10, 32, 32, 3) and x_test.shape == (10, 32, 32, 3) and len(y_test) == 10
     assert 0 <= x.min() and x.max() <= 1 and set(np.unique(y)) <= set(range(10))
     assert len(test) == 1 and len(train) == 3  # ArrayBatches: 10 examples in batches of 4
+
+
+def test_the_synthetic_cifar_stand_in_scales_to_larger_images():
+    """``synthetic_cifar10(image_size=64)`` draws the same classes' patterns on finer
+    pixels: averaged 2×2, each class's mean image is the 32×32 one's (noise aside), and
+    ``vgg16_cifar(image_size=64)`` takes it (its first dense layer 4× wider); sizes the
+    five poolings cannot halve are refused."""
+    from keras_lowrank_experiments.cifar import synthetic_cifar10, vgg16_cifar
+
+    x32, y32 = synthetic_cifar10("train", 400)
+    x64, y64 = synthetic_cifar10("train", 400, image_size=64)
+    assert x64.shape == (400, 64, 64, 3) and np.array_equal(y32, y64) and 0 <= x64.min() and x64.max() <= 1
+    pooled = x64.reshape(400, 32, 2, 32, 2, 3).mean(axis=(2, 4))
+    for c in range(10):  # per-pixel noise 0.1: class means of ~40 images differ by ~0.02
+        assert np.mean(np.abs(pooled[y64 == c].mean(0) - x32[y32 == c].mean(0))) < 0.05
+    model = vgg16_cifar(width=0.125, dense_units=64, image_size=64)
+    assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 10)
+    assert model.get_layer("fc_1").kernel.shape == (2 * 2 * 64, 8)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        vgg16_cifar(image_size=48)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        synthetic_cifar10("train", 4, image_size=30)
