@@ -69,7 +69,7 @@ def main():
         start = time.perf_counter()
         model.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0)
         first[label] = time.perf_counter() - start
-        # the rest of the first cycle (every branch runs once), then one call as timed
+        # warm-up: the rest of the first cycle, then one call as timed (every branch has run)
         model.fit(x[32:320], y[32:320], batch_size=32, epochs=1, verbose=0, shuffle=False)
         model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
     times = {label: [] for label in models}

@@ -155,7 +155,6 @@ def test_optimizers_that_break_low_rank_factors_are_refused_up_front(rng):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[callbacks.RankTruncation()])
 
 
-
 @pytest.mark.parametrize("mode", ["host", None])
 def test_the_step_tests_finiteness_in_one_reduction_whatever_the_layer_count(monkeypatch, mode):
     """The gradients' and the S factors' finiteness are each one reduction over all of
