@@ -16,6 +16,7 @@ from randomised import RandomPhase
 
 from keras_lowrank import data
 from keras_lowrank.compression import export_compressed, to_low_rank
+from keras_lowrank.layers import LowRankProjection
 from keras_lowrank.robustness import (
     APGD,
     APGDT,
@@ -385,3 +386,34 @@ def test_apgd_loop_in_torch_ops_equals_the_keras_ops_loop_to_the_bit(trained, mo
     np.testing.assert_array_equal(fast, plain)
     assert isinstance(_gradients.loop_ops(), _gradients._TorchLoopOps)
     assert np.abs(fast - x).max() > 0.05  # the attack moved the inputs
+
+
+class _TrainingUnlessTold(keras.layers.Layer):
+    """A user's layer that reads ``training=None`` as training (Keras allows it): adds 1."""
+
+    def call(self, x, training=None):
+        return x if training is False else x + 1.0
+
+
+def test_attacks_call_the_model_in_inference_whatever_its_layers_defaults(trained):
+    """Eager on torch, the attacks call a model of Keras' layers and this library's without the
+    ``training`` keyword (Keras' fast call path) and any other with it: every model
+    gives its inference pass, ``model(x, training=False)``, including one holding an
+    augmentation layer (``training`` defaults to True) or a user's layer that reads None
+    as training."""
+    from keras_lowrank.robustness import _gradients
+
+    model, x, _ = trained
+    plain = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.BatchNormalization(), keras.layers.Dropout(0.5),
+                              *model.layers[:3], LowRankProjection(8), *model.layers[3:]])
+    augmented = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.RandomTranslation(0.5, 0.5, seed=0),
+                                  *model.layers])
+    inner = keras.Sequential([keras.Input((8, 8, 1)), _TrainingUnlessTold()])
+    outer = keras.Sequential([keras.Input((8, 8, 1)), inner, *model.layers])
+    assert _gradients._inference_by_default(plain)  # the fast path is taken where it is the same
+    for m in (plain, augmented, outer):
+        inference = keras.ops.convert_to_numpy(m(x, training=False))
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(_gradients.forward_without_side_effects(m, x)), inference)
+        if m is not plain:  # the model's default call would not be inference
+            assert np.abs(keras.ops.convert_to_numpy(m(x)) - inference).max() > 0.1
