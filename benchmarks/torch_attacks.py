@@ -10,7 +10,9 @@ torchattacks' ensembles are built from its parts at those budgets (its own ``Aut
 runs 10 steps), each stage on what the earlier left robust, as AutoAttack does.
 APGD-CE runs ``--repeats`` times, ours and theirs in turn (the median of each side and of
 the per-pair ratios are the figures: single half-second runs vary by ±20 % on a shared
-machine); the standard AutoAttack twice (the second call's seconds); "rand" once after a
+machine); the standard AutoAttack twice (the second call's seconds), then once more on
+each side with seed 1 (how many examples each side's robust set changes by with other
+random starts: the spread the two sides' difference is judged against); "rand" once after a
 short warm-up. Robust accuracies ("rand": averaged over 20 fresh passes) and how many
 examples the two robust sets differ on are printed too.
 
@@ -75,12 +77,12 @@ def main():
         adversarial = keras.ops.convert_to_numpy(APGD(0.1, steps=100, seed=0)(model, x, y))
         return np.argmax(keras.ops.convert_to_numpy(model(adversarial)), -1) == y
 
-    def autoattack_theirs():
-        stages = [torchattacks.APGD(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=0, loss="ce"),
-                  torchattacks.APGDT(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=0, n_classes=10),
-                  torchattacks.FAB(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=0,
+    def autoattack_theirs(seed=0):
+        stages = [torchattacks.APGD(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=seed, loss="ce"),
+                  torchattacks.APGDT(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=seed, n_classes=10),
+                  torchattacks.FAB(network, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=seed,
                                    multi_targeted=True, n_classes=10),
-                  torchattacks.Square(network, norm="Linf", eps=0.1, n_queries=5000, n_restarts=1, seed=0)]
+                  torchattacks.Square(network, norm="Linf", eps=0.1, n_queries=5000, n_restarts=1, seed=seed)]
         robust = robust_theirs(images)
         for stage in stages:
             rows = np.flatnonzero(robust)
@@ -91,8 +93,8 @@ def main():
                 robust[rows] = (network(adversarial).argmax(1) == labels[rows]).numpy()
         return robust
 
-    def autoattack_ours():
-        return AutoAttack(0.1, seed=0).run(model, x, y).robust
+    def autoattack_ours(seed=0):
+        return AutoAttack(0.1, seed=seed).run(model, x, y).robust
 
     results = {"examples": len(y), "torch": torch.__version__, "keras": keras.__version__,
                "torchattacks": torchattacks.__version__, "threads": torch.get_num_threads()}
@@ -128,7 +130,13 @@ def main():
             row[side] = {"first_s": round(seconds[0], 2), "second_s": round(seconds[1], 2),
                          "robust_accuracy": float(np.mean(robust))}
             row[side + "_robust"] = robust
-        row["differing_examples"] = int(np.sum(row.pop("ours_robust") != row.pop("torchattacks_robust")))
+        ours_robust, theirs_robust = row.pop("ours_robust"), row.pop("torchattacks_robust")
+        row["differing_examples"] = int(np.sum(ours_robust != theirs_robust))
+        # The seeds' spread: each side against itself with other random starts.
+        ours_1, theirs_1 = ours(seed=1), theirs(seed=1)
+        row["differing_examples_seed_1_vs_0"] = {"ours": int(np.sum(ours_1 != ours_robust)),
+                                                 "torchattacks": int(np.sum(theirs_1 != theirs_robust))}
+        row["differing_examples_ours_vs_torchattacks_seed_1"] = int(np.sum(ours_1 != theirs_1))
         row["ratio_ours_to_theirs"] = round(row["ours"]["second_s"] / row["torchattacks"]["second_s"], 2)
         results[name] = row
         print(name, json.dumps(row))
