@@ -42,7 +42,8 @@ def single_threaded_blas():
 
 def on_host(function, inputs, outputs):
     """``function(*numpy_inputs)`` → a tuple of arrays of ``outputs``' (shape, dtype), from
-    inside a traced step or eagerly, on TensorFlow and JAX."""
+    inside a traced step or eagerly, on TensorFlow and JAX; on torch (eager) on the
+    tensors' values, as tensors."""
 
     def run(*arrays):
         with single_threaded_blas():
@@ -55,11 +56,15 @@ def on_host(function, inputs, outputs):
         import tensorflow as tf
 
         results = tf.numpy_function(run, list(inputs), [dtype for _, dtype in outputs], stateful=False)
+        if not isinstance(results, (list, tuple)):  # one output comes back as itself
+            results = [results]
         for result, (shape, _) in zip(results, outputs):
             result.set_shape(shape)
         return tuple(results)
+    if backend == "torch":
+        return tuple(keras.ops.convert_to_tensor(r) for r in run(*(keras.ops.convert_to_numpy(t) for t in inputs)))
     if backend != "jax":
-        raise NotImplementedError(f"on_host: no host call on the {backend} backend (TensorFlow and JAX only).")
+        raise NotImplementedError(f"on_host: no host call on the {backend} backend.")
     import jax
 
     return jax.pure_callback(run, tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in outputs), *inputs)

@@ -1,4 +1,4 @@
-"""Optional dependencies: the core needs only Keras and NumPy."""
+"""Optional dependencies: the core needs only Keras, NumPy, threadpoolctl and Pillow."""
 
 import importlib
 

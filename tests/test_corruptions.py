@@ -108,3 +108,58 @@ def test_signals_get_the_per_value_corruptions_and_a_clear_error_otherwise(rng):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(Corruption("contrast", 3)(None, two)),
                                np.clip((two - means) * SEVERITIES["contrast"][2] + means, 0, 1),
                                rtol=1e-6, atol=1e-7)
+
+
+def _photos(channels):
+    """Two 32×32 crops of a photograph scikit-learn ships (a JPEG's worth of detail)."""
+    from sklearn.datasets import load_sample_image
+
+    photo = load_sample_image("china.jpg").astype("float32") / 255.0
+    crops = np.stack([photo[100:132, 200:232], photo[250:282, 300:332]])
+    return crops if channels == 3 else crops.mean(-1, keepdims=True)
+
+
+def _libjpeg_through_tensorflow(images, quality):
+    """The reference: TensorFlow's own libjpeg binding, encoding at ``quality`` and decoding
+    with the accurate inverse DCT (the CIFAR-10-C script's Pillow decodes so)."""
+    import tensorflow as tf
+
+    levels = np.floor(np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return np.stack([tf.io.decode_jpeg(tf.io.encode_jpeg(image, quality=quality), channels=image.shape[-1],
+                                       dct_method="INTEGER_ACCURATE").numpy() for image in levels]) / 255.0
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_jpeg_is_the_cifar_c_codec_eagerly_and_inside_a_compiled_evaluate(channels):
+    """jpeg is Pillow's JPEG round trip, as in the CIFAR-10-C script, on every backend:
+    at every severity its values are libjpeg's through another binding (TensorFlow's,
+    accurate inverse DCT: `tf.image.adjust_jpeg_quality`'s fast one moves ~2/3 of them),
+    a gray image compressed as a gray JPEG; inside Keras' compiled `evaluate` (a host
+    call on TensorFlow and JAX; XLA asked for, which TensorFlow's host call cannot take:
+    ``PerturbedModel`` compiles without it there) the accuracy is the model's on those
+    images."""
+    from keras_lowrank.robustness import evaluate_robustness
+
+    x = _photos(channels)
+    for severity, quality in enumerate(SEVERITIES["jpeg"], start=1):
+        expected = _libjpeg_through_tensorflow(x, quality)
+        out = apply("jpeg", severity, x)
+        assert out.shape == x.shape and out.dtype == np.float32
+        off = np.abs(out - expected) * 255
+        assert off.max() <= 1.0 + 1e-3 and np.mean(off > 0.5) <= 0.01, (severity, off.max(), np.mean(off > 0.5))
+        assert np.abs(out - x).max() > 2 / 255  # it did compress
+    model = keras.Sequential([keras.Input(x.shape[1:]), keras.layers.Flatten(), keras.layers.Dense(4)])
+    model.layers[-1].set_weights([np.random.default_rng(1).normal(size=(x[0].size, 4)).astype("float32"),
+                                  np.zeros(4, "float32")])
+    corrupted = apply("jpeg", 5, x)
+    y = np.argmax(keras.ops.convert_to_numpy(model(corrupted)), -1)
+    y[1] = (y[1] + 1) % 4  # one right, one wrong on the compressed images
+    xla = keras.backend.backend() != "torch"  # torch's True would be torch.compile
+    report = evaluate_robustness(model, (x, y), corruptions=[Corruption("jpeg", 5)], large_eps=None,
+                                 jit_compile=True if xla else "auto")
+    assert report.rows[-1]["accuracy"] == pytest.approx(0.5)
+
+
+def test_jpeg_refuses_images_that_are_neither_gray_nor_rgb(rng):
+    with pytest.raises(ValueError, match="gray or RGB"):
+        Corruption("jpeg", 1)(None, rng.uniform(size=(2, 8, 8, 2)).astype("float32"))

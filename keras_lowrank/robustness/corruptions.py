@@ -11,18 +11,23 @@ CIFAR-10-C script (`make_cifar_c.py`), on images in [0, 1] of shape (h, w, c):
     contrast        (x − mean) · c + mean             c = .75 .50 .40 .30 .15
     gaussian_blur   blur with σ = c pixels            c = .40 .60 .70 .80 1.0
     pixelate        down to c·size, up nearest        c = .95 .90 .85 .75 .65
-    jpeg            JPEG quality c (TensorFlow only)  c = 80 65 58 50 40
+    jpeg            JPEG quality c (Pillow)           c = 80 65 58 50 40
 
-Written in ``keras.ops`` (jpeg through ``tf.image``), so they run inside the
-compiled test step on a batch, like the attacks. For the real CIFAR-10-C, load
+Written in ``keras.ops``, so they run inside the compiled test step on a batch, like the
+attacks; jpeg is Pillow's codec, as in the CIFAR-10-C script, called from the step
+(``_host.on_host``). For the real CIFAR-10-C, load
 ``keras_lowrank.data.load("cifar10_corrupted/<name>_<severity>", "test")``.
 """
 
+import io
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
+from keras_lowrank._host import on_host
+from keras_lowrank.robustness._gradients import is_symbolic
 from keras_lowrank.robustness.perturbations import Perturbation
 
 SEVERITIES = {
@@ -72,8 +77,6 @@ class Corruption(Perturbation):
             )
         if severity not in (1, 2, 3, 4, 5):
             raise ValueError(f"`severity` must be 1, 2, 3, 4 or 5, got severity={severity!r}.")
-        if name == "jpeg" and keras.backend.backend() != "tensorflow":
-            raise ValueError("The 'jpeg' corruption needs the TensorFlow backend (tf.image).")
         self.corruption = name
         self.severity = severity
         self.parameter = SEVERITIES[name][severity - 1]
@@ -93,6 +96,10 @@ class Corruption(Perturbation):
     def name(self):
         return f"{self.corruption} {self.severity}"
 
+    @property
+    def host_call(self):
+        return self.corruption == "jpeg"  # Pillow's codec
+
     def __repr__(self):
         return f"Corruption({self.corruption!r}, severity={self.severity})"
 
@@ -103,6 +110,10 @@ class Corruption(Perturbation):
                 f"The {self.corruption!r} corruption needs image batches (n, h, w, c), got "
                 f"inputs of shape {tuple(x.shape)}; on other data use "
                 f"all_corruptions(image=False).")
+        if self.corruption == "jpeg" and x.shape[-1] not in (1, 3):
+            raise ValueError(
+                f"The 'jpeg' corruption needs gray or RGB images (1 or 3 channels), got inputs of "
+                f"shape {tuple(x.shape)}.")
         return ops.clip(getattr(self, "_" + self.corruption)(x, self.parameter), 0.0, 1.0)
 
     __call__ = perturb_in_graph
@@ -157,13 +168,31 @@ class Corruption(Perturbation):
         return ops.image.resize(down, (height, width), interpolation="nearest")
 
     def _jpeg(self, x, quality):
-        import tensorflow as tf
+        if is_symbolic(x):  # torch's shape inference on "meta" tensors: x's shape and dtype
+            return x
+        dtype = keras.backend.standardize_dtype(x.dtype)
+        return on_host(lambda images: (_pillow_jpeg(images, quality),), [x], [(tuple(x.shape), dtype)])[0]
 
-        channels = x.shape[-1]
-        rgb = x if channels == 3 else tf.repeat(x, 3, axis=-1)
-        compressed = tf.map_fn(
-            lambda image: tf.image.adjust_jpeg_quality(image, quality), rgb)
-        return compressed if channels == 3 else tf.reduce_mean(compressed, -1, keepdims=True)
+
+def _pillow_jpeg(images, quality):
+    """Each image of ``images`` (n, h, w, 1 or 3; values in [0, 1]) saved as a JPEG of
+    ``quality`` and read back by Pillow, as the CIFAR-10-C script does
+    (``PIL.Image.save(output, "JPEG", quality=c)``, then ``PIL.Image.open``): its 8 bits
+    per value rounded to nearest, a gray image as a gray JPEG.
+
+    Pillow, not ``tf.image.adjust_jpeg_quality`` (the TensorFlow-only form used before):
+    the same libjpeg encoder, but TensorFlow decodes with libjpeg's fast integer inverse
+    DCT, which moves values by up to 4/255 from the script's (Pillow's accurate one)."""
+    from PIL import Image
+
+    levels = np.floor(np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    out = np.empty(images.shape, np.float32)
+    for i, image in enumerate(levels):
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+            buffer, format="JPEG", quality=int(quality))
+        out[i] = np.asarray(Image.open(buffer)).reshape(image.shape) / 255.0
+    return out
 
 
 def _symmetric_pad(x, radius):
@@ -185,8 +214,7 @@ def all_corruptions(severities=(1, 2, 3, 4, 5), names=None, seed=0, image=True):
 
     Args:
         severities: the severities (1..5) to include.
-        names: corruption names (default: all of ``CORRUPTIONS`` this backend runs;
-            ``jpeg`` needs TensorFlow).
+        names: corruption names (default: all of ``CORRUPTIONS``).
         seed: seed of the random corruptions.
         image: False keeps those that act per value (signals, tabular data).
 
@@ -198,7 +226,5 @@ def all_corruptions(severities=(1, 2, 3, 4, 5), names=None, seed=0, image=True):
         >>> [c.name for c in all_corruptions(severities=(3,), image=False)][:3]
         ['gaussian_noise 3', 'shot_noise 3', 'impulse_noise 3']
     """
-    names = names or [n for n in CORRUPTIONS
-                      if (n != "jpeg" or keras.backend.backend() == "tensorflow")
-                      and (image or n not in IMAGE_CORRUPTIONS)]
+    names = names or [n for n in CORRUPTIONS if image or n not in IMAGE_CORRUPTIONS]
     return [Corruption(name, s, seed=seed) for name in names for s in severities]

@@ -56,6 +56,8 @@ class Perturbation:
 
     Attributes:
         clip: the declared input range, (low, high) or None.
+        host_call: True where ``perturb_in_graph`` calls NumPy on the host (a
+            ``tf.numpy_function`` on TensorFlow, which XLA cannot compile).
 
     Examples:
 
@@ -71,6 +73,7 @@ class Perturbation:
     """
 
     clip = None
+    host_call = False
     # Attributes that may be scalar ``keras.Variable``s instead of floats: the
     # perturbation's sizes (ε, step sizes, σ), used only in graph ops. Declared
     # in a class's own body (not inherited); ``evaluate_robustness`` shares one

@@ -107,6 +107,20 @@ class PerturbedModel(LabelsInCall, keras.Model):
         # the wrapper's own state is built above.
         self.built = model.built
 
+    @property
+    def jit_compile(self):
+        """Keras' ``jit_compile``, but False on TensorFlow where the perturbation calls NumPy
+        on the host (``host_call``: the jpeg corruption), a call XLA cannot compile. A
+        property, not a ``compile`` override: Keras does not re-compile a loaded model
+        whose class overrides ``compile``."""
+        if getattr(getattr(self, "perturbation", None), "host_call", False) and keras.backend.backend() == "tensorflow":
+            return False
+        return keras.Model.jit_compile.fget(self)
+
+    @jit_compile.setter
+    def jit_compile(self, value):
+        keras.Model.jit_compile.fset(self, value)
+
     def build(self, input_shape):
         if not self.model.built:
             self.model.build(input_shape)
