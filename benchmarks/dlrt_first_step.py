@@ -12,8 +12,11 @@ For each: the first ``fit`` call (one step: tracing, optimizer slots, graph
 optimisation), the mean step over one whole DLRT cycle (10 steps: augment, Galerkin
 steps, truncate) after the first cycle has run once (so no first execution of a branch
 is in it), the process's peak resident memory (the model alone, after ``predict``, in
-``before_mib``). Goal: DLRT's first call ≤ 1.5× Adam's
-in time and memory at 100+ low-rank layers, step time unchanged.
+``before_mib``), and ``phase_ms``: medians over three more cycles of the cycle's first step
+(DLRT's augment), its eight middle steps (Galerkin steps) and its last (truncate), each
+step timed to the end of its logs (a callback of the user's makes ``fit`` wait for them).
+Goal: DLRT's first call ≤ 1.5× Adam's in time and memory at 100+ low-rank layers, step time
+unchanged.
 
     python benchmarks/dlrt_first_step.py [--models MobileNetV2 DenseNet121] [--integrator host graph vmap]
 
@@ -59,9 +62,19 @@ cycle_x, cycle_y = np.concatenate([x] * 10), np.concatenate([y] * 10)
 model.fit(cycle_x[:-16], cycle_y[:-16], epochs=1, batch_size=16, verbose=0, shuffle=False)  # the first cycle's rest
 t = time.perf_counter(); model.fit(cycle_x, cycle_y, epochs=1, batch_size=16, verbose=0, shuffle=False)
 step = (time.perf_counter() - t) / 10
+class Stamps(keras.callbacks.Callback):  # a callback of the user's: Keras waits for each step's logs
+    def on_train_batch_begin(self, batch, logs=None): self.start = time.perf_counter()
+    def on_train_batch_end(self, batch, logs=None): seconds.append(time.perf_counter() - self.start)
+seconds = []
+for _ in range(3):
+    model.fit(cycle_x, cycle_y, epochs=1, batch_size=16, verbose=0, shuffle=False, callbacks=[Stamps()])
+phases = np.array(seconds).reshape(3, 10) * 1e3
 print(json.dumps({"model": name, "which": which, "first_fit_s": round(first, 1), "step_s": round(step, 3),
                   "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                  "before_mib": round(before / 1024)}))
+                  "before_mib": round(before / 1024),
+                  "phase_ms": {"first": round(float(np.median(phases[:, 0]))),
+                               "middle": round(float(np.median(phases[:, 1:9]))),
+                               "last": round(float(np.median(phases[:, 9])))}}))
 """
 
 
