@@ -26,21 +26,27 @@ def _leading(rank, size):
     return (np.arange(size) < rank).astype(np.float64)
 
 
+def _padded(x, columns):
+    """x (n × c) with zero columns appended up to ``columns``."""
+    padded = np.zeros((x.shape[0], columns))
+    padded[:, :x.shape[1]] = x
+    return padded
+
+
 def augment(u, s, v, grad_u, grad_v, max_rank):
-    """``factorization.augment``: U₁ = orth([U_r, −∇_U L]), V₁ likewise, r₁ = min(r_max, 2r)."""
+    """``factorization.augment``: U₁ = orth([U_r, −∇_U L]), V₁ likewise, r₁ = min(r_max, 2r).
+
+    The first r₁ columns of a QR factor depend only on the first r₁ columns of its
+    argument: [U_r, −∇_U L] is cut to U_r and the gradient's first r₁ − r columns."""
     u, s, v, grad_u, grad_v = (np.asarray(t, np.float64) for t in (u, s, v, grad_u, grad_v))
     rank = active_rank(u)
-    new_rank = min(max_rank, 2 * rank)
-    positions = np.arange(max_rank)
-    take = np.minimum(np.where(positions < rank, positions, max_rank + positions - rank), 2 * max_rank - 1)
-    mask = _leading(rank, max_rank)
+    added = min(max_rank, 2 * rank) - rank
 
-    def orthonormal(stacked):
-        q, _ = np.linalg.qr(stacked[:, take])
-        return q[:, :max_rank] * _leading(new_rank, max_rank)
+    def orthonormal(factor, grad):
+        return _padded(np.linalg.qr(np.concatenate([factor[:, :rank], -grad[:, :added]], axis=1))[0],
+                       max_rank)
 
-    u1 = orthonormal(np.concatenate([u, -grad_u * mask], axis=1))
-    v1 = orthonormal(np.concatenate([v, -grad_v * mask], axis=1))
+    u1, v1 = orthonormal(u, grad_u), orthonormal(v, grad_v)
     return u1, (u1.T @ u) @ (s @ (v.T @ v1)), v1
 
 
@@ -57,11 +63,12 @@ def truncate(u, s, v, tol, min_rank):
     u, s, v = (np.asarray(t, np.float64) for t in (u, s, v))
     rank = active_rank(u)
     p, d, qt = np.linalg.svd(s)
-    keep = _leading(truncation_rank(d, tol, min(min_rank, rank), rank), u.shape[1])
-    qu, ru = np.linalg.qr((u @ p) * keep)
-    qv, rv = np.linalg.qr((v @ qt.T) * keep)
-    s_new = (ru * (d * keep)) @ rv.T
-    return qu * keep, s_new * keep[:, None] * keep[None, :], qv * keep
+    new_rank = truncation_rank(d, tol, min(min_rank, rank), rank)
+    qu, ru = np.linalg.qr(u @ p[:, :new_rank])
+    qv, rv = np.linalg.qr(v @ qt[:new_rank].T)
+    s_new = np.zeros_like(s)
+    s_new[:new_rank, :new_rank] = (ru * d[:new_rank]) @ rv.T
+    return _padded(qu, u.shape[1]), s_new, _padded(qv, v.shape[1])
 
 
 def orthonormalize(u, s, v):
