@@ -38,8 +38,8 @@ def all_finite(*tensors):
 
 def _orthonormal_columns(a, keep):
     """Q of the QR factorisation of ``a``, columns ≥ ``keep`` zeroed. Householder
-    QR keeps Q orthonormal even where ``a`` is rank-deficient; its signs are the
-    ones DLRT's carried second moments were tuned with (``host_factorization``)."""
+    QR keeps Q orthonormal even where ``a`` is rank-deficient. Its signs matter: DLRT's
+    carried second moments depend on them (``host_factorization``)."""
     q, _ = ops.qr(a, mode="reduced")
     q = q[:, : a.shape[1]]
     return q * leading_mask(keep, a.shape[1], q.dtype)
