@@ -26,6 +26,9 @@
 #      (benchmarks/cka_resnet50.py);
 #    - where Square L2's graph and the authors' loop part on the GPU, if they do
 #      (benchmarks/square_l2_divergence.py; the test of their equality fails there);
+#    - whether the GPU's QR / SVD give DLRT's bases NumPy's (LAPACK's) signs, on which its
+#      carried second moments depend, and the rank a rank-3 target trains to there
+#      (benchmarks/dlrt_signs.py; never run on a GPU yet);
 #    with GPU_SUITE_FIRST_CALLS=1 as well (≈ 5 more minutes; never run on a GPU yet):
 #    - DLRT's first fit call against Adam's on MobileNetV2 (benchmarks/dlrt_first_step.py;
 #      on a GPU alike layers are batched with vectorized_map in the step, on the CPU all
@@ -74,6 +77,7 @@ if [ "${GPU_SUITE_BENCH:-0}" = 1 ]; then
     bench export_forms 120 python3 benchmarks/export_forms.py --models vgg16 --rounds 5
     bench cka_resnet50 120 python3 benchmarks/cka_resnet50.py --examples 1024
     bench square_l2 120 python3 benchmarks/square_l2_divergence.py
+    bench dlrt_signs 90 python3 benchmarks/dlrt_signs.py
 fi
 if [ "${GPU_SUITE_FIRST_CALLS:-0}" = 1 ]; then
     bench dlrt_first 200 python3 benchmarks/dlrt_first_step.py --models MobileNetV2 --integrator host

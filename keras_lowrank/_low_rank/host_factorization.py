@@ -14,8 +14,9 @@ hold the two equal, the bases' signs included: Householder QR (LAPACK, as ``kera
 on a CPU) on both sides. Every basis is valid, but the second moments DLRT carries into a
 new basis, (A √v Bᵀ)², depend on its columns' signs: Cholesky-QR (R's diagonal positive)
 here, faster on these tall, narrow matrices, trained a rank-3 target to rank 12 where
-Householder's signs reach 3-4 (docs/benchmarks.md). Arguments are NumPy arrays (``ops.convert_to_numpy`` of the variables);
-results are float64 arrays, which ``assign`` casts to the variable's dtype.
+Householder's signs reach 3-4 (docs/benchmarks.md). Arguments are NumPy arrays
+(``ops.convert_to_numpy`` of the variables); results are float64 arrays, which ``assign``
+casts to the variable's dtype.
 """
 
 import numpy as np
