@@ -9,8 +9,8 @@ op is compiled for its shapes on first use, so finishing the cycle of MobileNetV
 29 low-rank layers at the end of a first ``fit`` call compiled 133 small programs, a
 large part of that call (figures: docs/benchmarks.md). NumPy runs them at once, and in
 float64.
-The formulas are ``factorization``'s (keras_lowrank/methods.md §2), line for line; the tests
-hold the two equal, the bases' signs included: Householder QR (LAPACK, as ``keras.ops.qr``
+The formulas are ``factorization``'s (keras_lowrank/methods.md §2), the QRs here of the
+kept columns only (the same reflectors, so the same factors); the tests hold the two equal, the bases' signs included: Householder QR (LAPACK, as ``keras.ops.qr``
 on a CPU) on both sides. Every basis is valid, but the second moments DLRT carries into a
 new basis, (A √v Bᵀ)², depend on its columns' signs: Cholesky-QR (R's diagonal positive)
 here, faster on these tall, narrow matrices, trained a rank-3 target to rank 12 where
