@@ -36,6 +36,7 @@ models, ``fit``, ``BackupAndRestore`` and saving all work unchanged; the user
 changes one line (``optimizer=DLRT(keras.optimizers.Adam())``).
 """
 
+import math
 import warnings
 
 import keras
@@ -141,7 +142,31 @@ def _integrate_on_host(layers, augmenting):
             results += [*new, *(host.carry_slot(m, a, b, kind) for m, kind in zip(moments, kinds))]
         return results
 
-    return on_host(integrate, [augmenting, *inputs], outputs)
+    if backend.backend() != "jax":
+        return on_host(integrate, [augmenting, *inputs], outputs)
+    # On JAX the inputs cross as one flat array per dtype: JAX puts each argument of a host
+    # callback on the device on its own (~20 µs each), and DenseNet121's 961 arguments cost
+    # 29 ms a call against 10 ms flat. Its results stay apart (slicing one flat result in the
+    # step added 5 s to the first call), and TensorFlow's arguments too (its
+    # ``numpy_function`` takes them at little cost; flat, its first call took 5 s more).
+    # benchmarks/host_callback_transport.py measures the ways.
+    shapes = [tuple(t.shape) for t in inputs]
+    packs = {}
+    for index, tensor in enumerate(inputs):
+        packs.setdefault(backend.standardize_dtype(tensor.dtype), []).append(index)
+
+    def unpacked(augment_now, *flat_arrays):
+        arrays = [None] * len(shapes)
+        for indices, values in zip(packs.values(), flat_arrays):
+            start = 0
+            for i in indices:
+                size = math.prod(shapes[i])
+                arrays[i] = values[start:start + size].reshape(shapes[i])
+                start += size
+        return integrate(augment_now, *arrays)
+
+    flat = [ops.concatenate([ops.reshape(inputs[i], (-1,)) for i in indices]) for indices in packs.values()]
+    return on_host(unpacked, [augmenting, *flat], outputs)
 
 
 @keras.saving.register_keras_serializable(package="keras_lowrank")

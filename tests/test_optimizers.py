@@ -181,3 +181,42 @@ def test_the_step_tests_finiteness_in_one_reduction_whatever_the_layer_count(mon
         return sum(equation.primitive.name == "reduce_and" for equation in jaxpr.jaxpr.eqns)
 
     assert reductions(2) == reductions(6) > 0
+
+
+@pytest.mark.parametrize("augmenting", [True, False])
+def test_the_host_callback_hands_each_layer_its_own_arrays(rng, augmenting):
+    """``_integrate_on_host`` (on JAX) packs its inputs into one flat array per dtype and
+    the callback unpacks them: each layer must get back exactly its own arrays. Truth:
+    ``host_factorization`` called on each layer's arrays, cast to its dtype (the same
+    float64 arithmetic on the same values: equal bit for bit). Layers of two dtypes and
+    shapes, interleaved, with one and two slots."""
+    from types import SimpleNamespace
+
+    from keras_lowrank import optimizers
+    from keras_lowrank._low_rank import host_factorization as host
+
+    layers, truth = [], []
+    for n, m, r_max, rank, dtype, kinds in ((12, 9, 6, 2, "float32", ["linear", "square"]),
+                                             (7, 10, 4, 3, "float16", ["square"]),
+                                             (12, 9, 6, 3, "float32", ["linear"])):
+        u, v = np.zeros((n, r_max)), np.zeros((m, r_max))
+        u[:, :rank], v[:, :rank] = (np.linalg.qr(rng.normal(size=(k, rank)))[0] for k in (n, m))
+        s0 = np.pad(rng.normal(size=(rank, rank)), [(0, r_max - rank)] * 2)
+        s_now = s0 + 0.1 * np.pad(rng.normal(size=(rank, rank)), [(0, r_max - rank)] * 2)
+        grads = [rng.normal(size=t.shape) for t in (u, v)]
+        moments = [np.abs(rng.normal(size=(r_max, r_max))) for _ in kinds]
+        arrays = [a.astype(dtype) for a in (*grads, u, s0, s_now, v, *moments)]
+        layer = SimpleNamespace(max_rank=r_max, tol=0.3, min_rank=1)
+        tensors = [ops.convert_to_tensor(a) for a in arrays]
+        layers.append((layer, *tensors[:6], tensors[6:], kinds))
+        gu, gv, u, s0, s_now, v, *moments = arrays
+        new = (host.augment(u, s0, v, gu, gv, r_max) if augmenting
+               else host.truncate(u, s_now, v, layer.tol, layer.min_rank))
+        a, b = host.basis_change(u, v, new[0], new[2])
+        truth += [t.astype(dtype) for t in (*new, *(host.carry_slot(x, a, b, kind)
+                                                    for x, kind in zip(moments, kinds)))]
+    got = optimizers._integrate_on_host(layers, ops.convert_to_tensor(augmenting))
+    assert len(got) == len(truth)
+    for mine, want in zip(got, truth):
+        assert keras.backend.standardize_dtype(mine.dtype) == str(want.dtype)
+        np.testing.assert_array_equal(_np(mine), want)

@@ -10,11 +10,12 @@ op is compiled for its shapes on first use, so finishing the cycle of MobileNetV
 large part of that call (figures: docs/benchmarks.md). NumPy runs them at once, and in
 float64.
 The formulas are ``factorization``'s (keras_lowrank/methods.md §2), the QRs here of the
-kept columns only (the same reflectors, so the same factors); the tests hold the two equal, the bases' signs included: Householder QR (LAPACK, as ``keras.ops.qr``
-on a CPU) on both sides. Every basis is valid, but the second moments DLRT carries into a
-new basis, (A √v Bᵀ)², depend on its columns' signs: Cholesky-QR (R's diagonal positive)
-here, faster on these tall, narrow matrices, trained a rank-3 target to rank 12 where
-Householder's signs reach 3-4 (docs/benchmarks.md). Arguments are NumPy arrays
+kept columns only (the same reflectors, so the same factors); the tests hold the two equal,
+the bases' signs included: Householder QR (LAPACK, as ``keras.ops.qr`` on a CPU) on both
+sides. Every basis is valid, but the second moments DLRT carries into a new basis,
+(A √v Bᵀ)², depend on its columns' signs: Cholesky-QR (R's diagonal positive) here, faster
+on these tall, narrow matrices, trained a rank-3 target to rank 12 where Householder's
+signs reach 3-4 (docs/benchmarks.md). Arguments are NumPy arrays
 (``ops.convert_to_numpy`` of the variables); results are float64 arrays, which ``assign``
 casts to the variable's dtype.
 """
