@@ -69,17 +69,20 @@ def ways(inputs, outputs):
     def unpack(flat):
         return [flat[starts[i]:starts[i + 1]].reshape(shapes[i]) for i in range(len(shapes))]
 
+    def pick(arrays):
+        return [arrays[i] for i in outputs]
+
     def apart(*x):
-        return on_host(lambda *a: [a[i] for i in outputs], list(x), result_specs)
+        return on_host(lambda *a: pick(a), list(x), result_specs)
 
     def flat_in(*x):
         flat = ops.concatenate([ops.reshape(t, (-1,)) for t in x])
-        return on_host(lambda f: [unpack(f)[i] for i in outputs], [flat], result_specs)
+        return on_host(lambda f: pick(unpack(f)), [flat], result_specs)
 
     def flat_both(*x):
         flat = ops.concatenate([ops.reshape(t, (-1,)) for t in x])
         total = sum(sizes[i] for i in outputs)
-        (out,) = on_host(lambda f: [np.concatenate([unpack(f)[i].ravel() for i in outputs])], [flat],
+        (out,) = on_host(lambda f: [np.concatenate([a.ravel() for a in pick(unpack(f))])], [flat],
                          [((total,), "float32")])
         results, start = [], 0
         for i in outputs:
