@@ -27,7 +27,7 @@ alike layers batched in the compiled step, a GPU's default), as ``dlrt-host`` /
 ``dlrt-graph`` / ``dlrt-vmap`` — the GPU
 suite asks whether the host callback pays on a GPU too. (On a 2-core CPU ``vmap`` did
 not finish MobileNetV2's first call in 300 s — the thread-pool deadlock
-``optimizers._integrate_on_host`` describes; a configuration over ``--child-timeout``
+``_low_rank.host_integrator`` describes; a configuration over ``--child-timeout``
 seconds is reported as hung.)
 """
 
@@ -95,7 +95,7 @@ def main(argv=None):
             try:
                 done = subprocess.run([sys.executable, "-c", CHILD, model, which], capture_output=True, text=True,
                                       env=env, check=True, timeout=args.child_timeout)
-            except subprocess.TimeoutExpired:  # e.g. vmap on a CPU of few cores (see _integrate_on_host)
+            except subprocess.TimeoutExpired:  # e.g. vmap on a CPU of few cores (see _low_rank/host_integrator.py)
                 print(f'{{"model": "{model}", "which": "{which}", "hung": "over {args.child_timeout} s"}}', flush=True)
                 continue
             print(done.stdout.strip().splitlines()[-1], flush=True)

@@ -1,7 +1,7 @@
 """What crossing the host boundary costs DLRT's callback on a CPU, by how its arrays cross.
 
-DLRT integrates a CPU model's low-rank layers in one host callback (``optimizers.
-_integrate_on_host``): per layer the gradients of U and V, U, S before and after the inner
+DLRT integrates a CPU model's low-rank layers in one host callback (``_low_rank.
+host_integrator``): per layer the gradients of U and V, U, S before and after the inner
 step, V and S's slots go in; U, S, V and the slots come out. This script builds the arrays
 of DenseNet121's 120 low-rank layers (``to_low_rank(rank=8)``; random values, their
 shapes), and times a compiled function whose callback does no work (it returns the
