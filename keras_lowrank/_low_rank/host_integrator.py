@@ -45,11 +45,11 @@ def integrate_on_host(layers, augmenting):
     if backend.backend() != "jax":
         return on_host(integrate, [augmenting, *inputs], outputs)
     # On JAX the inputs cross as one flat array per dtype: JAX puts each argument of a host
-    # callback on the device on its own (~20 µs each), and DenseNet121's 961 arguments cost
-    # 29 ms a call against 10 ms flat. Its results stay apart (slicing one flat result in the
-    # step added 5 s to the first call), and TensorFlow's arguments too (its
-    # ``numpy_function`` takes them at little cost; flat, its first call took 5 s more).
-    # benchmarks/host_callback_transport.py measures the ways.
+    # callback on the device on its own (~25 µs each); a callback that computes nothing, with
+    # DenseNet121's 960 arrays in and 600 out, took 43 ms a call, 13 ms with them flat
+    # (benchmarks/host_callback_transport.py). Its results stay apart (slicing one flat
+    # result in the step added 5 s to the first call), and TensorFlow's arguments too (its
+    # ``numpy_function`` takes them at little cost; flat, DLRT's first call took 5 s more).
     shapes = [tuple(t.shape) for t in inputs]
     packs = {}
     for index, tensor in enumerate(inputs):
