@@ -15,7 +15,7 @@ medians over repeats.
   ``Dense(m)`` (no activation) where the LR layer was, the same three n×m×m products;
   what is left is the LR layer's own work: its loss, its thresholding every 10 steps.
 
-    python benchmarks/lr_layer_overhead.py [--steps 200] [--repeats 5]
+    python benchmarks/lr_layer_overhead.py [--steps 200] [--repeats 5] [--features 512 1024]
 """
 
 import argparse
@@ -63,6 +63,7 @@ def main():
     parser.add_argument("--rank", type=int, default=10)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--features", type=int, nargs="*", help="only these feature sizes (default: all)")
     args = parser.parse_args()
     x, y = data.load_digits_arrays("train")
     batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, len(x) - 127, 128)]
@@ -71,6 +72,8 @@ def main():
     print(f"{'model':<26} {'m':>5} {'none ms':>8} {'plain ms':>9} {'LR ms':>7} "
           f"{'LR / none':>10} {'MAC ratio':>9} {'LR / plain':>11}")
     for description, filters, dim in CONFIGS:
+        if args.features and dim not in args.features:
+            continue
         models = {}
         for label in ("none", "plain", "lr"):
             keras.utils.set_random_seed(0)

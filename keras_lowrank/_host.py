@@ -4,7 +4,8 @@
 (``tf.numpy_function`` on TensorFlow, ``jax.pure_callback`` on JAX) with the BLAS that
 NumPy (and SciPy) load kept to one thread while it runs. ``qr`` and ``svd`` are
 ``keras.ops.qr`` / ``keras.ops.svd``, except on JAX's CPU backend for matrices of 512 rows
-or columns or more, where they are NumPy's through ``on_host``.
+or columns or more while SciPy's BLAS runs more than one thread, where they are NumPy's
+through ``on_host``.
 
 Why one BLAS thread: OpenBLAS, which NumPy and SciPy wheels bundle, leaves its worker
 threads spinning for a while after each call it spreads over them. A compiled train step
@@ -18,6 +19,15 @@ factorize matrices of a few dozen columns, which one thread handles as fast.
 ``threadpoolctl`` sets the limit for the call's duration only; a user's own NumPy code
 keeps its threads (and where a user's thread holds a limit of its own, threadpoolctl
 leaves OpenBLAS to it).
+
+Why not always: a step with a host call in it, taken or not, loses JAX's C++ dispatch
+(``pxla.MeshExecutable.create_cpp_call`` declines executables with host callbacks) and
+each call of it goes through Python, and each host call moves its arrays. Where SciPy's
+BLAS — the one jaxlib's LAPACK calls — already runs one thread (``OPENBLAS_NUM_THREADS=1``
+or a ``threadpoolctl`` limit around ``fit``), nothing spins and the factorizations stay in
+the graph: the LR layer at 1024 features cost 1.13× a plain layer's step in the graph
+against 1.26× through the host (docs/benchmarks.md, "The LR layer against a plain layer").
+The choice is made when the step is traced.
 """
 
 import contextlib
@@ -78,13 +88,29 @@ def on_host(function, inputs, outputs):
 _HOST_FROM = 512
 
 
+def _lapack_blas_threads():
+    """The most threads that the BLAS under jaxlib's CPU LAPACK may run: SciPy's (jaxlib
+    calls SciPy's LAPACK); every BLAS loaded where SciPy's cannot be told apart (a shared
+    system library)."""
+    import os
+
+    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, as jaxlib's first LAPACK call would)
+    import threadpoolctl
+
+    libraries = [info for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+    scipy_dir = os.path.dirname(os.path.realpath(scipy.__file__))
+    own = [info for info in libraries if os.path.realpath(info["filepath"]).startswith(scipy_dir)]
+    return max((info["num_threads"] for info in own or libraries), default=1)
+
+
 def _factorize_on_host(x):
-    """A factorization of ``x`` on JAX's CPU backend, ``x`` large enough (see above)."""
+    """A factorization of ``x`` on JAX's CPU backend, ``x`` large enough and LAPACK's BLAS
+    on more than one thread (see above)."""
     if keras.backend.backend() != "jax" or max(x.shape) < _HOST_FROM:
         return False
     import jax
 
-    return jax.default_backend() == "cpu"
+    return jax.default_backend() == "cpu" and _lapack_blas_threads() > 1
 
 
 def qr(x):

@@ -1,5 +1,6 @@
 """``keras_lowrank._host``: NumPy inside a compiled step on one BLAS thread, and the QR /
-SVD that the LR layer's thresholding calls (NumPy's on JAX's CPU backend)."""
+SVD that the LR layer's thresholding calls (NumPy's on JAX's CPU backend while LAPACK's
+BLAS runs several threads)."""
 
 import keras
 import numpy as np
@@ -50,15 +51,20 @@ def test_a_host_call_in_a_compiled_step_runs_on_one_blas_thread():
     assert seen and all(n == 1 for threads in seen for n in threads)
 
 
+@pytest.mark.parametrize("blas_threads_limit", [1, 2])
 @pytest.mark.parametrize("shape", [(600, 4), (4, 600), (9, 4)])
-def test_qr_and_svd_factorize_in_a_compiled_step(shape, monkeypatch):
+def test_qr_and_svd_factorize_in_a_compiled_step(shape, blas_threads_limit, monkeypatch):
+    if blas_threads_limit > 1 and max(blas_threads()) < 2:
+        pytest.skip("BLAS runs one thread on this machine anyway")
     calls = []
     for name in ("qr", "svd"):
         original = getattr(np.linalg, name)
         monkeypatch.setattr(np.linalg, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     x = np.random.default_rng(0).normal(size=shape).astype("float32")
-    q, r = (keras.ops.convert_to_numpy(t) for t in compiled(_host.qr)(x))
-    u, s, vt = (keras.ops.convert_to_numpy(t) for t in compiled(_host.svd)(x))
+    with threadpoolctl.threadpool_limits(limits=blas_threads_limit, user_api="blas"):  # while tracing
+        # (new functions: JAX would reuse a trace of the same function made under another limit)
+        q, r = (keras.ops.convert_to_numpy(t) for t in compiled(lambda a: _host.qr(a))(x))
+        u, s, vt = (keras.ops.convert_to_numpy(t) for t in compiled(lambda a: _host.svd(a))(x))
     factorizations, k = list(calls), min(shape)
     assert q.shape == (shape[0], k) and r.shape == (k, shape[1]) and np.allclose(np.triu(r), r)
     assert u.shape == (shape[0], k) and s.shape == (k,) and vt.shape == (k, shape[1])
@@ -67,6 +73,8 @@ def test_qr_and_svd_factorize_in_a_compiled_step(shape, monkeypatch):
     np.testing.assert_allclose(q.T @ q, np.eye(k), atol=1e-5)
     np.testing.assert_allclose((u * s) @ vt, x, atol=1e-5)
     np.testing.assert_allclose(s, np.linalg.svd(x.astype("float64"), compute_uv=False), rtol=1e-5)
+    # Smaller ones stay in the graph (see _host._HOST_FROM), and all do where LAPACK's BLAS
+    # runs one thread: nothing then spins after the call, and a host call costs the step.
     on_host = (keras.backend.backend() == "jax" and __import__("jax").default_backend() == "cpu"
-               and max(shape) >= 512)  # smaller ones stay in the graph (see _host._HOST_FROM)
+               and max(shape) >= 512 and blas_threads_limit > 1)
     assert factorizations == (["qr", "svd"] if on_host else [])
