@@ -51,6 +51,7 @@ def test_lr_layer_thresholds_in_float32_under_mixed_precision(mixed_bfloat16, di
                               keras.layers.Dense(10, dtype="float32")])
     assert layer.compute_dtype == "bfloat16"
     kernel = keras.ops.convert_to_numpy(layer.kernel)
+    sketch = keras.ops.convert_to_numpy(layer.sketch) if svd == "randomized" else None  # the first one's
     model.compile(keras.optimizers.SGD(0.01), CE)
     history = model.fit(x, y, batch_size=256, epochs=1, verbose=0)  # one step, thresholding
     assert np.isfinite(history.history["loss"][0])
@@ -58,7 +59,6 @@ def test_lr_layer_thresholds_in_float32_under_mixed_precision(mixed_bfloat16, di
     # of the initial kernel (the optimizer then moved only the kernel).
     correction = keras.ops.convert_to_numpy(layer.threshold_correction)
     assert layer.threshold_correction.dtype == "float32"
-    sketch = keras.ops.convert_to_numpy(layer.sketch) if svd == "randomized" else None
     np.testing.assert_allclose(correction, numpy_truncate(kernel, 3, sketch) - kernel, atol=2e-5)
     out = model.layers[1](model.layers[0](x[:4]))
     assert keras.backend.standardize_dtype(layer(out).dtype) == "bfloat16"
